@@ -1,0 +1,3 @@
+//! Outbound HTTP clients the actors call.
+
+pub mod ms4;

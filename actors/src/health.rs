@@ -1,0 +1,78 @@
+//! Readiness as the actors report it, read by `/ready` (and, later, the systemd watchdog).
+//!
+//! Cheap to clone and to update from any actor; every flag is an atomic.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+
+/// Shared readiness flags.
+#[derive(Clone, Debug)]
+pub struct Health(Arc<Flags>);
+
+#[derive(Debug)]
+struct Flags {
+    redis_ok: AtomicBool,
+    ms4_auth_ok: AtomicBool,
+    breaker: AtomicU8,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self(Arc::new(Flags {
+            redis_ok: AtomicBool::new(false),
+            ms4_auth_ok: AtomicBool::new(true),
+            breaker: AtomicU8::new(0),
+        }))
+    }
+}
+
+/// What `/ready` reports.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct Readiness {
+    pub ready: bool,
+    pub redis: bool,
+    pub ms4_auth: bool,
+    /// `closed`, `open` or `half_open`.
+    pub ms4_breaker: &'static str,
+    /// Why it is not ready, for an operator.
+    pub reasons: Vec<String>,
+}
+
+impl Health {
+    pub fn set_redis(&self, ok: bool) {
+        self.0.redis_ok.store(ok, Ordering::Relaxed);
+    }
+    pub fn set_ms4_auth(&self, ok: bool) {
+        self.0.ms4_auth_ok.store(ok, Ordering::Relaxed);
+    }
+    pub fn set_breaker(&self, state: crate::retry::BreakerState) {
+        self.0.breaker.store(state.as_gauge() as u8, Ordering::Relaxed);
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        let redis = self.0.redis_ok.load(Ordering::Relaxed);
+        let ms4_auth = self.0.ms4_auth_ok.load(Ordering::Relaxed);
+        let breaker = match self.0.breaker.load(Ordering::Relaxed) {
+            0 => "closed",
+            1 => "open",
+            _ => "half_open",
+        };
+        let mut reasons = Vec::new();
+        if !redis {
+            reasons.push("redis is not reachable".to_string());
+        }
+        if !ms4_auth {
+            reasons.push("MS4 rejects the API key (401): check ms4.api_key".to_string());
+        }
+        if breaker == "open" {
+            reasons.push("MS4 circuit breaker is open: MS4 keeps failing".to_string());
+        }
+        Readiness {
+            ready: reasons.is_empty(),
+            redis,
+            ms4_auth,
+            ms4_breaker: breaker,
+            reasons,
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! `ms1-actors`: the engine of ms1-ingestor.
+//!
+//! Supervised actix actors move e-mails through durable Redis Streams:
+//!
+//! ```text
+//! [inbound stream] ─▶ BatchProcessor ─▶ [outbound stream] ─▶ MS4Sender ─▶ MS4
+//!                           └──────────────▶ [dead-letter stream] ◀──────┘
+//!                                  RateLimiter (shared budgets in Redis)
+//! ```
+//!
+//! Every actor runs under `actix::Supervisor` and rebuilds its state from Redis when restarted.
+//! [`Pipeline::start`] wires them together; the daemon shell (`src/`) only loads configuration,
+//! serves HTTP and turns signals into [`Pipeline::drain`].
+
+pub mod clients;
+pub mod health;
+pub mod metrics;
+pub mod model;
+pub mod processor;
+pub mod ratelimiter;
+pub mod retry;
+pub mod sender;
+pub mod settings;
+pub mod shutdown;
+pub mod store;
+pub mod supervision;
+
+use actix::{Addr, Supervisor};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use health::Health;
+pub use settings::Settings;
+pub use shutdown::Shutdown;
+pub use store::Store;
+
+/// The running delivery path: its actors' addresses and the drain signal.
+pub struct Pipeline {
+    pub processor: Addr<processor::BatchProcessor>,
+    pub sender: Addr<sender::Ms4Sender>,
+    pub limiter: Addr<ratelimiter::RateLimiter>,
+    pub health: Health,
+    shutdown: Shutdown,
+}
+
+impl Pipeline {
+    /// Starts every actor under its supervisor. Must run inside an actix `System`.
+    pub fn start(settings: Arc<Settings>, store: Store, health: Health) -> Self {
+        let shutdown = Shutdown::default();
+        let limiter = {
+            let store = store.clone();
+            let per_min = settings.ms4.rate_limit_per_min;
+            let margin = Duration::from_millis(settings.ms4.rate_margin_ms);
+            Supervisor::start(move |_| ratelimiter::RateLimiter::new(store, per_min, margin))
+        };
+        let processor = {
+            let (store, settings, health, shutdown) =
+                (store.clone(), settings.clone(), health.clone(), shutdown.clone());
+            Supervisor::start(move |_| {
+                processor::BatchProcessor::new(store, settings, health, shutdown)
+            })
+        };
+        let sender = {
+            let (store, settings, health, shutdown, limiter) = (
+                store.clone(),
+                settings.clone(),
+                health.clone(),
+                shutdown.clone(),
+                limiter.clone(),
+            );
+            Supervisor::start(move |_| {
+                sender::Ms4Sender::new(store, settings, limiter, health, shutdown)
+            })
+        };
+        Self {
+            processor,
+            sender,
+            limiter,
+            health,
+            shutdown,
+        }
+    }
+
+    /// Graceful drain: stop reading, flush the partial batch, wait for in-flight MS4 requests
+    /// and their acknowledgements. Returns false when `deadline` passed first (what was not
+    /// acknowledged stays pending in Redis and is re-sent on the next start).
+    pub async fn drain(&self, deadline: Duration) -> bool {
+        self.shutdown.raise();
+        let work = async {
+            let _ = self.processor.send(processor::Drain).await;
+            let _ = self.sender.send(sender::Drain).await;
+        };
+        tokio::time::timeout(deadline, work).await.is_ok()
+    }
+}

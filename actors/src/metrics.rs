@@ -1,0 +1,29 @@
+//! Names of the metrics the engine records (through the `metrics` facade; the daemon installs
+//! the Prometheus exporter). One place, so dashboards and alerts can rely on them.
+
+/// Inbound entries read by the BatchProcessor.
+pub const RECEIVED: &str = "ms1_emails_received_total";
+/// Records handed to the outbound stream.
+pub const PROCESSED: &str = "ms1_emails_processed_total";
+/// Records MS4 accepted.
+pub const DELIVERED: &str = "ms1_emails_delivered_total";
+/// Entries dead-lettered, by `stage`.
+pub const DEAD_LETTERED: &str = "ms1_emails_dead_lettered_total";
+/// Entries whose idempotency key was seen before (acknowledged, not re-sent).
+pub const DUPLICATES: &str = "ms1_emails_duplicate_total";
+/// MS4 requests by `outcome` (accepted, rejected, unauthorized, throttled, transient).
+pub const MS4_REQUESTS: &str = "ms1_ms4_requests_total";
+/// MS4 request latency by `status`.
+pub const MS4_LATENCY: &str = "ms1_ms4_request_duration_seconds";
+/// From entering the inbound stream to MS4's 202.
+pub const END_TO_END: &str = "ms1_delivery_latency_seconds";
+/// Batches in flight to MS4.
+pub const IN_FLIGHT: &str = "ms1_ms4_batches_in_flight";
+/// Circuit breaker state: 0 closed, 1 open, 2 half-open.
+pub const BREAKER: &str = "ms1_ms4_breaker_state";
+/// Time spent waiting for a rate permit, by `budget`.
+pub const RATE_WAIT: &str = "ms1_rate_limit_wait_seconds";
+/// Actor restarts by their supervisor, by `actor`.
+pub const RESTARTS: &str = "ms1_actor_restarts_total";
+/// Stream lengths, by `stream`.
+pub const STREAM_LEN: &str = "ms1_stream_length";

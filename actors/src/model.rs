@@ -1,0 +1,384 @@
+//! The domain: what an e-mail is on its way in, what MS4 receives, and the pure transform
+//! between the two.
+//!
+//! An inbound stream entry holds a source message (today a Microsoft Graph message as JSON, as
+//! CONTRACTS.md shows it) together with the mailbox it came from. [`to_record`] turns it into one
+//! [`Ms4Record`] or says precisely why it cannot ([`Malformed`]); it does no I/O so it is unit
+//! tested here and fuzzed later.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Longest `bodyPreview` sent to MS4, in characters.
+pub const PREVIEW_CHARS: usize = 255;
+
+/// Where a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Graph,
+    Imap,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Graph => "graph",
+            Source::Imap => "imap",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "graph" => Some(Source::Graph),
+            "imap" => Some(Source::Imap),
+            _ => None,
+        }
+    }
+}
+
+/// One attachment's metadata (never its content).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentMeta {
+    pub name: String,
+    #[serde(rename = "contentType")]
+    pub content_type: String,
+    pub size: u64,
+}
+
+/// One record of `POST /batch-metadata`: the seed's `/metadata` shape plus the fields MS4 needs
+/// to deduplicate and route (CONTRACTS.md, "MS4 Persistence API").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ms4Record {
+    pub id: String,
+    pub subject: String,
+    #[serde(rename = "hasAttachments")]
+    pub has_attachments: bool,
+    pub sender: String,
+    #[serde(rename = "receivedDateTime")]
+    pub received_date_time: String,
+    pub raw_message: Option<String>,
+    pub idempotency_key: String,
+    pub source: Source,
+    pub mailbox: String,
+    pub recipients: Vec<String>,
+    #[serde(rename = "bodyPreview")]
+    pub body_preview: String,
+    pub attachments: Vec<AttachmentMeta>,
+}
+
+/// Why an inbound entry cannot become a record. The text goes into the dead letter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("entry has no `{0}` field")]
+    MissingField(&'static str),
+    #[error("unknown source `{0}`")]
+    UnknownSource(String),
+    #[error("payload is not a Graph message: {0}")]
+    NotJson(String),
+    #[error("message has no `{0}`")]
+    MissingProperty(&'static str),
+    #[error("receivedDateTime `{0}` is not an ISO 8601 date-time")]
+    BadDate(String),
+}
+
+/// The Graph message properties ms1 selects (`$select` in CONTRACTS.md), as Graph sends them.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GraphMessage {
+    id: Option<String>,
+    internet_message_id: Option<String>,
+    subject: Option<String>,
+    from: Option<GraphRecipient>,
+    #[serde(default)]
+    to_recipients: Option<Vec<GraphRecipient>>,
+    received_date_time: Option<String>,
+    #[serde(default)]
+    has_attachments: Option<bool>,
+    #[serde(default)]
+    body_preview: Option<String>,
+    /// Attachment metadata, filled in by the poller for messages that have attachments.
+    #[serde(default)]
+    attachments: Option<Vec<GraphAttachment>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GraphRecipient {
+    email_address: Option<GraphEmailAddress>,
+}
+
+#[derive(Debug, Deserialize)]
+struct GraphEmailAddress {
+    address: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GraphAttachment {
+    name: Option<String>,
+    content_type: Option<String>,
+    size: Option<u64>,
+}
+
+/// Options of the transform that come from configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TransformOptions {
+    /// Copy the whole source payload into `raw_message`.
+    pub include_raw: bool,
+}
+
+/// Turns a Graph message (JSON) from `mailbox` into an MS4 record.
+pub fn graph_to_record(
+    mailbox: &str,
+    payload: &str,
+    opts: TransformOptions,
+) -> Result<Ms4Record, Malformed> {
+    let msg: GraphMessage =
+        serde_json::from_str(payload).map_err(|e| Malformed::NotJson(e.to_string()))?;
+    let id = non_empty(msg.id).ok_or(Malformed::MissingProperty("id"))?;
+    let sender = msg
+        .from
+        .and_then(|f| f.email_address)
+        .and_then(|a| non_empty(a.address))
+        .ok_or(Malformed::MissingProperty("from.emailAddress.address"))?;
+    let received = non_empty(msg.received_date_time)
+        .ok_or(Malformed::MissingProperty("receivedDateTime"))?;
+    let received_date_time = normalize_date(&received)?;
+    let recipients = msg
+        .to_recipients
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|r| r.email_address.and_then(|a| non_empty(a.address)))
+        .collect();
+    let attachments: Vec<AttachmentMeta> = msg
+        .attachments
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| AttachmentMeta {
+            name: a.name.unwrap_or_default(),
+            content_type: a
+                .content_type
+                .unwrap_or_else(|| "application/octet-stream".into()),
+            size: a.size.unwrap_or(0),
+        })
+        .collect();
+    let idempotency_key = match non_empty(msg.internet_message_id) {
+        Some(imid) => imid,
+        None => format!("graph:{mailbox}:{id}"),
+    };
+    Ok(Ms4Record {
+        has_attachments: msg.has_attachments.unwrap_or(!attachments.is_empty()),
+        subject: msg.subject.unwrap_or_default(),
+        sender,
+        received_date_time,
+        raw_message: opts.include_raw.then(|| payload.to_string()),
+        idempotency_key,
+        source: Source::Graph,
+        mailbox: mailbox.to_string(),
+        recipients,
+        body_preview: preview(msg.body_preview.as_deref().unwrap_or("")),
+        attachments,
+        id,
+    })
+}
+
+/// Turns one inbound stream entry (its fields) into a record.
+///
+/// Fields: `source` (`graph`; default `graph`), `mailbox`, `payload` (the message).
+pub fn entry_to_record(
+    fields: &InboundFields<'_>,
+    opts: TransformOptions,
+) -> Result<Ms4Record, Malformed> {
+    let mailbox = fields.mailbox.ok_or(Malformed::MissingField("mailbox"))?;
+    let payload = fields.payload.ok_or(Malformed::MissingField("payload"))?;
+    match fields.source.unwrap_or("graph") {
+        "graph" => graph_to_record(mailbox, payload, opts),
+        other => Err(Malformed::UnknownSource(other.to_string())),
+    }
+}
+
+/// The fields of an inbound stream entry, borrowed from the Redis reply.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct InboundFields<'a> {
+    pub source: Option<&'a str>,
+    pub mailbox: Option<&'a str>,
+    pub payload: Option<&'a str>,
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|v| !v.trim().is_empty())
+}
+
+/// Graph sends `2026-11-21T10:00:00Z`; other sources may carry offsets or fractions. MS4 gets
+/// RFC 3339 in UTC, whole seconds.
+pub fn normalize_date(s: &str) -> Result<String, Malformed> {
+    DateTime::parse_from_rfc3339(s.trim())
+        .map(|d| {
+            d.with_timezone(&Utc)
+                .to_rfc3339_opts(SecondsFormat::Secs, true)
+        })
+        .map_err(|_| Malformed::BadDate(s.chars().take(64).collect()))
+}
+
+/// At most [`PREVIEW_CHARS`] characters, cut on a character boundary, whitespace collapsed.
+pub fn preview(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(PREVIEW_CHARS * 2));
+    let mut count = 0;
+    let mut last_space = true;
+    for c in text.chars() {
+        if count == PREVIEW_CHARS {
+            break;
+        }
+        if c.is_whitespace() {
+            if last_space {
+                continue;
+            }
+            out.push(' ');
+            last_space = true;
+        } else {
+            out.push(c);
+            last_space = false;
+        }
+        count += 1;
+    }
+    let trimmed = out.trim_end().len();
+    out.truncate(trimmed);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSG: &str = r#"{
+        "id": "AAMkAD-1",
+        "internetMessageId": "<inv-1042@vendor.example>",
+        "subject": "Invoice INV-1042",
+        "from": {"emailAddress": {"name": "Billing", "address": "billing@vendor.example"}},
+        "toRecipients": [{"emailAddress": {"address": "invoices@contoso.example"}},
+                         {"emailAddress": {"address": "ap@contoso.example"}}],
+        "receivedDateTime": "2026-11-21T10:00:00Z",
+        "hasAttachments": true,
+        "bodyPreview": "Please find attached",
+        "attachments": [{"name": "INV-1042.pdf", "contentType": "application/pdf", "size": 48213}]
+    }"#;
+
+    #[test]
+    fn a_graph_message_becomes_the_contract_record() {
+        let r = graph_to_record("invoices@contoso.example", MSG, Default::default()).unwrap();
+        assert_eq!(r.id, "AAMkAD-1");
+        assert_eq!(r.idempotency_key, "<inv-1042@vendor.example>");
+        assert_eq!(r.sender, "billing@vendor.example");
+        assert_eq!(
+            r.recipients,
+            vec!["invoices@contoso.example", "ap@contoso.example"]
+        );
+        assert_eq!(r.received_date_time, "2026-11-21T10:00:00Z");
+        assert!(r.has_attachments);
+        assert_eq!(r.raw_message, None);
+        assert_eq!(r.attachments[0].name, "INV-1042.pdf");
+        let json = serde_json::to_value(&r).unwrap();
+        for field in [
+            "id",
+            "subject",
+            "hasAttachments",
+            "sender",
+            "receivedDateTime",
+            "raw_message",
+            "idempotency_key",
+            "source",
+            "mailbox",
+            "recipients",
+            "bodyPreview",
+            "attachments",
+        ] {
+            assert!(json.get(field).is_some(), "missing {field}");
+        }
+        assert_eq!(json["source"], "graph");
+        assert_eq!(json["attachments"][0]["contentType"], "application/pdf");
+    }
+
+    #[test]
+    fn without_internet_message_id_the_key_is_source_mailbox_id() {
+        let msg = r#"{"id":"X1","from":{"emailAddress":{"address":"a@b.example"}},
+                      "receivedDateTime":"2026-01-01T00:00:00Z"}"#;
+        let r = graph_to_record("mb@x.example", msg, Default::default()).unwrap();
+        assert_eq!(r.idempotency_key, "graph:mb@x.example:X1");
+        assert_eq!(r.attachments, vec![]);
+        assert!(!r.has_attachments);
+        assert_eq!(r.subject, "");
+    }
+
+    #[test]
+    fn include_raw_copies_the_payload() {
+        let r = graph_to_record("m", MSG, TransformOptions { include_raw: true }).unwrap();
+        assert_eq!(r.raw_message.as_deref(), Some(MSG));
+    }
+
+    #[test]
+    fn dates_are_normalized_to_utc_seconds() {
+        assert_eq!(
+            normalize_date("2026-11-21T12:00:00.123+02:00").unwrap(),
+            "2026-11-21T10:00:00Z"
+        );
+        assert!(matches!(
+            normalize_date("yesterday"),
+            Err(Malformed::BadDate(_))
+        ));
+    }
+
+    #[test]
+    fn preview_is_cut_at_255_characters_on_a_char_boundary() {
+        let long = "é".repeat(300);
+        let p = preview(&long);
+        assert_eq!(p.chars().count(), 255);
+        assert_eq!(preview("  a \n\n b  "), "a b");
+    }
+
+    #[test]
+    fn malformed_messages_say_what_is_missing() {
+        let cases = [
+            ("not json", "not a Graph message"),
+            (r#"{"from":{"emailAddress":{"address":"a@b"}}}"#, "`id`"),
+            (
+                r#"{"id":"1","receivedDateTime":"2026-01-01T00:00:00Z"}"#,
+                "from.emailAddress.address",
+            ),
+            (
+                r#"{"id":"1","from":{"emailAddress":{"address":"a@b"}}}"#,
+                "receivedDateTime",
+            ),
+            (
+                r#"{"id":"1","from":{"emailAddress":{"address":"a@b"}},"receivedDateTime":"x"}"#,
+                "ISO 8601",
+            ),
+            ("[1,2]", "not a Graph message"),
+        ];
+        for (payload, want) in cases {
+            let err = graph_to_record("m", payload, Default::default()).unwrap_err();
+            assert!(err.to_string().contains(want), "{payload}: {err}");
+        }
+    }
+
+    #[test]
+    fn entries_need_mailbox_payload_and_a_known_source() {
+        let f = InboundFields {
+            source: Some("fax"),
+            mailbox: Some("m"),
+            payload: Some(MSG),
+        };
+        assert_eq!(
+            entry_to_record(&f, Default::default()).unwrap_err(),
+            Malformed::UnknownSource("fax".into())
+        );
+        let f = InboundFields {
+            payload: Some(MSG),
+            ..Default::default()
+        };
+        assert_eq!(
+            entry_to_record(&f, Default::default()).unwrap_err(),
+            Malformed::MissingField("mailbox")
+        );
+    }
+}

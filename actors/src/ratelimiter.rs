@@ -1,0 +1,117 @@
+//! The RateLimiter actor: hands out permits for outbound requests from budgets shared in Redis.
+//!
+//! Today it serves MS4's budget (`ms4.rate_limit_per_min`, one permit per `(60 s + margin) /
+//! limit`, so any 60-second window holds at most the limit even with some clock skew and
+//! network jitter). A 429's Retry-After pauses the whole budget in Redis: every holder on every
+//! daemon waits it out. The state lives in Redis, so a restarted limiter has nothing to
+//! rebuild.
+
+use crate::store::Store;
+use crate::supervision::RestartPacer;
+use actix::prelude::*;
+use std::time::{Duration, Instant};
+
+/// Budget name of MS4 requests.
+pub const MS4: &str = "ms4";
+/// Longest single sleep between two asks, so a drain is noticed quickly.
+const MAX_NAP: Duration = Duration::from_millis(500);
+
+/// Proof that a request may go out now.
+#[derive(Debug)]
+pub struct Permit {
+    /// How long the caller waited for it.
+    pub waited: Duration,
+}
+
+/// Ask for one permit of a budget; resolves when granted.
+#[derive(Message)]
+#[rtype(result = "Result<Permit, crate::store::StoreError>")]
+pub struct Acquire {
+    pub budget: &'static str,
+}
+
+/// A Retry-After: pause every holder of the budget.
+#[derive(Message)]
+#[rtype(result = "Result<(), crate::store::StoreError>")]
+pub struct PauseBudget {
+    pub budget: &'static str,
+    pub delay: Duration,
+}
+
+pub struct RateLimiter {
+    store: Store,
+    /// Emission interval of MS4 permits; `None` for no limit.
+    ms4_interval: Option<Duration>,
+    pacer: RestartPacer,
+}
+
+impl RateLimiter {
+    /// `per_min = 0` means no limit.
+    pub fn new(store: Store, ms4_per_min: u32, margin: Duration) -> Self {
+        let ms4_interval = (ms4_per_min > 0)
+            .then(|| (Duration::from_secs(60) + margin) / ms4_per_min);
+        Self {
+            store,
+            ms4_interval,
+            pacer: RestartPacer::new("rate_limiter"),
+        }
+    }
+
+    fn interval(&self, budget: &str) -> Option<Duration> {
+        match budget {
+            MS4 => self.ms4_interval,
+            _ => None,
+        }
+    }
+}
+
+impl Actor for RateLimiter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Context<Self>) {
+        self.pacer.delay(Instant::now());
+    }
+}
+
+impl Supervised for RateLimiter {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.pacer.on_restart();
+    }
+}
+
+impl Handler<Acquire> for RateLimiter {
+    type Result = ResponseFuture<Result<Permit, crate::store::StoreError>>;
+
+    fn handle(&mut self, msg: Acquire, _ctx: &mut Context<Self>) -> Self::Result {
+        let store = self.store.clone();
+        let interval = self.interval(msg.budget);
+        Box::pin(async move {
+            let started = Instant::now();
+            let Some(interval) = interval else {
+                return Ok(Permit {
+                    waited: Duration::ZERO,
+                });
+            };
+            loop {
+                match store.take_permit(msg.budget, interval).await? {
+                    None => {
+                        let waited = started.elapsed();
+                        metrics::histogram!(crate::metrics::RATE_WAIT, "budget" => msg.budget)
+                            .record(waited.as_secs_f64());
+                        return Ok(Permit { waited });
+                    }
+                    Some(wait) => tokio::time::sleep(wait.min(MAX_NAP)).await,
+                }
+            }
+        })
+    }
+}
+
+impl Handler<PauseBudget> for RateLimiter {
+    type Result = ResponseFuture<Result<(), crate::store::StoreError>>;
+
+    fn handle(&mut self, msg: PauseBudget, _ctx: &mut Context<Self>) -> Self::Result {
+        let store = self.store.clone();
+        Box::pin(async move { store.pause_budget(msg.budget, msg.delay).await })
+    }
+}

@@ -1,0 +1,591 @@
+//! The MS4Sender actor: outbound stream → `POST /batch-metadata`.
+//!
+//! Delivery rules, in the order a batch meets them:
+//!
+//! - **Batching.** A feeder reads the outbound stream through the `senders` group whenever one
+//!   of `ms4.max_in_flight` slots is free: a full batch of `ms4.batch_size`, or a partial one
+//!   once `ms4.linger_ms` has passed since its first record (at once when draining).
+//! - **Admission.** Before each request the batch waits for the gate (circuit breaker and
+//!   MS4 authentication state) and for a permit of the shared MS4 rate budget.
+//! - **Answers** are classified once ([`Verdict`]) and acted on:
+//!   202 → XACK + XDEL; 400 → split the batch in halves and deliver each, until single invalid
+//!   records are isolated and dead-lettered with MS4's answer; 401 → stop all sending, report
+//!   not ready, keep everything pending and let one batch probe every `ms4.auth_probe_s`;
+//!   429 → pause the whole budget (every sender, every daemon) for Retry-After; 5xx, timeouts and
+//!   connection errors → retry with exponential backoff and jitter, counted by the breaker.
+//!   A transient failure never dead-letters.
+//! - **Ownership.** Entries stay pending in Redis until acknowledged. While a batch is being
+//!   retried its entries are touched so that no other daemon claims them; entries a dead
+//!   consumer left idle longer than `redis.claim_idle_ms` are claimed and sent. After a crash
+//!   the same consumer re-sends what it held (MS4 deduplicates by idempotency key).
+
+use crate::clients::ms4::{batch_body, batch_key, classify, Ms4Client, Verdict};
+use crate::health::Health;
+use crate::metrics as m;
+use crate::processor::now_ms;
+use crate::ratelimiter::{self, Acquire, PauseBudget, RateLimiter};
+use crate::retry::{Admission, Backoff, Breaker};
+use crate::settings::Settings;
+use crate::shutdown::Shutdown;
+use crate::store::dlq::Stage;
+use crate::store::keys::SENDERS;
+use crate::store::streams::outbound_fields as F;
+use crate::store::{DeadLetter, Entry, Store, StoreError};
+use crate::supervision::RestartPacer;
+use actix::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashSet, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+
+/// Wait until in-flight batches are finished and the feeder has stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+/// A batch the feeder formed; delivered in the actor's context so a restart drops it.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Deliver {
+    generation: u64,
+    batch: Vec<Entry>,
+}
+
+pub struct Ms4Sender {
+    store: Store,
+    settings: Arc<Settings>,
+    limiter: Addr<RateLimiter>,
+    health: Health,
+    shutdown: Shutdown,
+    pacer: RestartPacer,
+    generation: u64,
+    core: Option<Rc<Core>>,
+    stopped: watch::Sender<bool>,
+}
+
+impl Ms4Sender {
+    pub fn new(
+        store: Store,
+        settings: Arc<Settings>,
+        limiter: Addr<RateLimiter>,
+        health: Health,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            store,
+            settings,
+            limiter,
+            health,
+            shutdown,
+            pacer: RestartPacer::new("ms4_sender"),
+            generation: 0,
+            core: None,
+            stopped: watch::channel(false).0,
+        }
+    }
+}
+
+impl Actor for Ms4Sender {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.generation += 1;
+        let delay = self.pacer.delay(Instant::now());
+        let core = Rc::new(Core {
+            consumer: self.settings.consumer_name(),
+            client: Ms4Client::new(&self.settings.ms4),
+            store: self.store.clone(),
+            settings: self.settings.clone(),
+            limiter: self.limiter.clone(),
+            health: self.health.clone(),
+            breaker: RefCell::new(Breaker::new(&self.settings.breaker)),
+            auth: RefCell::new(AuthGate::default()),
+            held: RefCell::new(HashSet::new()),
+            in_flight: Cell::new(0),
+            slot_freed: Notify::new(),
+        });
+        self.core = Some(core.clone());
+        let addr = ctx.address();
+        let generation = self.generation;
+        let shutdown = self.shutdown.clone();
+        let fut = async move {
+            tokio::time::sleep(delay).await;
+            feed(core, addr, generation, shutdown).await
+        };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(actor = "ms4_sender", error = %e, "feeding failed; restarting");
+                act.health.set_redis(false);
+                ctx.stop();
+            }
+        }));
+    }
+}
+
+impl Supervised for Ms4Sender {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.pacer.on_restart();
+        metrics::gauge!(m::IN_FLIGHT).set(0.0);
+    }
+}
+
+impl Handler<Deliver> for Ms4Sender {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+        let Some(core) = self.core.clone() else { return };
+        if msg.generation != self.generation {
+            // Formed before a restart; the restarted feeder re-reads these entries itself.
+            return;
+        }
+        let stopped = self.stopped.clone();
+        let shutdown = self.shutdown.clone();
+        ctx.spawn(
+            async move {
+                deliver(core.clone(), msg.batch).await;
+                core.finish_slot();
+                if shutdown.is_raised() && core.in_flight.get() == 0 {
+                    stopped.send_replace(true);
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Handler<Drain> for Ms4Sender {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Drain, _ctx: &mut Context<Self>) -> Self::Result {
+        let core = self.core.clone();
+        let stopped = self.stopped.clone();
+        let mut rx = self.stopped.subscribe();
+        Box::pin(async move {
+            if core.is_none_or(|c| c.in_flight.get() == 0) {
+                stopped.send_replace(true);
+            }
+            let _ = rx.wait_for(|s| *s).await;
+        })
+    }
+}
+
+/// 401 handling: while blocked, nothing is sent but one probe every `auth_probe_s`.
+#[derive(Debug, Default)]
+struct AuthGate {
+    blocked_until: Option<Instant>,
+    probing: bool,
+}
+
+/// Which kind of turn a request was admitted on, reported back with its verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    Normal,
+    BreakerProbe,
+    AuthProbe,
+}
+
+/// State shared by the feeder and the delivery tasks of one actor generation.
+struct Core {
+    consumer: String,
+    client: Ms4Client,
+    store: Store,
+    settings: Arc<Settings>,
+    limiter: Addr<RateLimiter>,
+    health: Health,
+    breaker: RefCell<Breaker>,
+    auth: RefCell<AuthGate>,
+    /// Entry ids held by a batch in flight (not to be claimed twice).
+    held: RefCell<HashSet<String>>,
+    in_flight: Cell<usize>,
+    slot_freed: Notify,
+}
+
+impl Core {
+    fn outbound(&self) -> String {
+        self.store.keys().outbound()
+    }
+
+    fn finish_slot(&self) {
+        self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        metrics::gauge!(m::IN_FLIGHT).set(self.in_flight.get() as f64);
+        self.slot_freed.notify_one();
+    }
+
+    /// Waits until the gate lets a request out.
+    async fn wait_turn(&self) -> Turn {
+        loop {
+            let now = Instant::now();
+            let nap = {
+                let mut auth = self.auth.borrow_mut();
+                match auth.blocked_until {
+                    Some(t) if now >= t && !auth.probing => {
+                        auth.probing = true;
+                        return Turn::AuthProbe;
+                    }
+                    Some(t) => t.saturating_duration_since(now).max(Duration::from_millis(50)),
+                    None => {
+                        let admission = self.breaker.borrow_mut().admit(now);
+                        self.health.set_breaker(self.breaker.borrow().state(now));
+                        match admission {
+                            Admission::Go => return Turn::Normal,
+                            Admission::Probe => return Turn::BreakerProbe,
+                            Admission::Wait(d) => d,
+                        }
+                    }
+                }
+            };
+            tokio::time::sleep(nap.min(Duration::from_millis(500))).await;
+        }
+    }
+
+    /// Updates the gate with what MS4 said on a turn.
+    fn report(&self, turn: Turn, verdict: Option<&Verdict>) {
+        let now = Instant::now();
+        let probe_every = Duration::from_secs(self.settings.ms4.auth_probe_s);
+        {
+            let mut auth = self.auth.borrow_mut();
+            match (turn, verdict) {
+                (_, Some(Verdict::Unauthorized { status })) => {
+                    if auth.blocked_until.is_none() {
+                        tracing::error!(
+                            status,
+                            probe_every_s = probe_every.as_secs(),
+                            "MS4 refuses the API key: delivery paused, everything stays queued; fix ms4.api_key (or MS4's key) and delivery resumes by itself"
+                        );
+                    }
+                    auth.blocked_until = Some(now + probe_every);
+                    auth.probing = false;
+                    self.health.set_ms4_auth(false);
+                }
+                (Turn::AuthProbe, Some(Verdict::Accepted | Verdict::Reject { .. })) => {
+                    tracing::info!("MS4 accepts the API key again: delivery resumes");
+                    auth.blocked_until = None;
+                    auth.probing = false;
+                    self.health.set_ms4_auth(true);
+                }
+                (Turn::AuthProbe, _) => {
+                    // No word on the key yet (MS4 down, throttled, Redis error): probe again soon.
+                    auth.probing = false;
+                    auth.blocked_until = Some(now);
+                }
+                _ => {}
+            }
+        }
+        let mut breaker = self.breaker.borrow_mut();
+        match verdict {
+            Some(Verdict::Transient(_)) => {
+                if breaker.on_failure(now, turn == Turn::BreakerProbe) {
+                    tracing::warn!(
+                        open_ms = self.settings.breaker.open_ms,
+                        "MS4 keeps failing: circuit opened, sending only probes"
+                    );
+                }
+            }
+            Some(Verdict::RetryAfter(_)) | None => {
+                if turn == Turn::BreakerProbe {
+                    breaker.abandon_probe();
+                }
+            }
+            Some(_) => breaker.on_success(),
+        }
+        let state = breaker.state(now);
+        self.health.set_breaker(state);
+        metrics::gauge!(m::BREAKER).set(state.as_gauge());
+    }
+
+    /// Acknowledges delivered entries, retrying Redis until it answers: MS4 has them, so
+    /// giving up would only cause a re-send.
+    async fn ack(&self, ids: &[String]) {
+        let mut backoff = Backoff::new(&self.settings.ms4);
+        while let Err(e) = self.store.ack(&self.outbound(), SENDERS, ids).await {
+            tracing::warn!(error = %e, "could not acknowledge delivered entries; retrying");
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+
+    async fn dead_letter(&self, entry: &Entry, status: u16, body: &str, attempts: u32, first_ms: u64) {
+        let now = now_ms();
+        let d = DeadLetter {
+            stage: Stage::Deliver,
+            reason: format!("MS4 rejected the record ({status})"),
+            status,
+            attempts,
+            first_failure_ms: first_ms,
+            last_failure_ms: now,
+            payload: entry.field(F::RECORD).unwrap_or_default().to_string(),
+            mailbox: record_mailbox(entry.field(F::RECORD).unwrap_or_default()),
+            key: entry.field(F::KEY).unwrap_or_default().to_string(),
+            entry_id: entry.id.clone(),
+            response: body.to_string(),
+        };
+        let ids = [entry.id.clone()];
+        let mut backoff = Backoff::new(&self.settings.ms4);
+        while let Err(e) = self
+            .store
+            .dead_letter_and_ack(
+                &self.outbound(),
+                SENDERS,
+                std::slice::from_ref(&d),
+                &ids,
+                self.settings.redis.dlq_maxlen,
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "could not dead-letter a rejected record; retrying");
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+        metrics::counter!(m::DEAD_LETTERED, "stage" => "deliver").increment(1);
+        tracing::warn!(entry = %entry.id, status, "MS4 rejected a record: dead-lettered");
+    }
+}
+
+fn record_mailbox(record: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(record)
+        .ok()
+        .and_then(|v| v.get("mailbox").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The feeder: forms batches while slots are free and hands them to the actor.
+async fn feed(
+    core: Rc<Core>,
+    addr: Addr<Ms4Sender>,
+    generation: u64,
+    shutdown: Shutdown,
+) -> Result<(), StoreError> {
+    let s = &core.settings;
+    let outbound = core.outbound();
+    let blocking = core.store.blocking()?;
+    core.store.ensure_group(&outbound, SENDERS).await?;
+    core.health.set_redis(true);
+
+    let mut backlog: VecDeque<Entry> = core
+        .store
+        .own_pending(&outbound, SENDERS, &core.consumer, 1_000)
+        .await?
+        .into();
+    if !backlog.is_empty() {
+        tracing::info!(entries = backlog.len(), "re-sending entries this consumer held before it stopped");
+    }
+    let claim_idle = s.redis.claim_idle_ms;
+    let housekeeping_every = Duration::from_millis((claim_idle / 3).max(300));
+    let mut next_housekeeping = Instant::now() + housekeeping_every;
+    let mut claim_cursor = "0-0".to_string();
+
+    while !shutdown.is_raised() {
+        while core.in_flight.get() >= s.ms4.max_in_flight {
+            let _ = tokio::time::timeout(Duration::from_millis(200), core.slot_freed.notified()).await;
+            if shutdown.is_raised() {
+                break;
+            }
+        }
+        if shutdown.is_raised() {
+            break;
+        }
+        if Instant::now() >= next_housekeeping {
+            next_housekeeping = Instant::now() + housekeeping_every;
+            let held: Vec<String> = core.held.borrow().iter().cloned().collect();
+            core.store
+                .touch(&outbound, SENDERS, &core.consumer, &held)
+                .await?;
+            let (next, claimed) = core
+                .store
+                .autoclaim(&outbound, SENDERS, &core.consumer, claim_idle, &claim_cursor, 1_000)
+                .await?;
+            claim_cursor = next;
+            let held = core.held.borrow();
+            let fresh: Vec<Entry> = claimed.into_iter().filter(|e| !held.contains(&e.id)).collect();
+            if !fresh.is_empty() {
+                tracing::info!(entries = fresh.len(), "claimed outbound entries a dead consumer left");
+            }
+            backlog.extend(fresh);
+        }
+        let batch = form_batch(&core, &blocking, &mut backlog, &shutdown).await?;
+        if batch.is_empty() {
+            continue;
+        }
+        core.held
+            .borrow_mut()
+            .extend(batch.iter().map(|e| e.id.clone()));
+        core.in_flight.set(core.in_flight.get() + 1);
+        metrics::gauge!(m::IN_FLIGHT).set(core.in_flight.get() as f64);
+        addr.do_send(Deliver { generation, batch });
+    }
+    // Whatever was formed but not sent stays pending and is re-sent on the next start.
+    tracing::info!("drained: no longer reading the outbound stream");
+    Ok(())
+}
+
+/// One batch: backlog first, then new entries until full or `linger_ms` after the first one.
+async fn form_batch(
+    core: &Core,
+    blocking: &Store,
+    backlog: &mut VecDeque<Entry>,
+    shutdown: &Shutdown,
+) -> Result<Vec<Entry>, StoreError> {
+    let s = &core.settings;
+    let size = s.ms4.batch_size;
+    let mut batch: Vec<Entry> = Vec::with_capacity(size);
+    while batch.len() < size {
+        match backlog.pop_front() {
+            Some(e) => batch.push(e),
+            None => break,
+        }
+    }
+    let outbound = core.outbound();
+    let mut deadline = (!batch.is_empty()).then(|| Instant::now() + s.ms4.linger());
+    while batch.len() < size {
+        let block_ms = match deadline {
+            None => s.pipeline.block_ms,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left < Duration::from_millis(1) || shutdown.is_raised() {
+                    break;
+                }
+                left.as_millis().max(1) as u64
+            }
+        };
+        let got = blocking
+            .read_group(
+                &outbound,
+                SENDERS,
+                &core.consumer,
+                ">",
+                size - batch.len(),
+                Some(block_ms),
+            )
+            .await?;
+        if got.is_empty() {
+            if deadline.is_none() {
+                // Idle: let the feeder do its housekeeping and notice a drain.
+                break;
+            }
+            continue;
+        }
+        if deadline.is_none() {
+            deadline = Some(Instant::now() + s.ms4.linger());
+        }
+        batch.extend(got);
+    }
+    Ok(batch)
+}
+
+/// A slice of a batch on its way; 400s split it.
+struct Part {
+    entries: Vec<Entry>,
+    /// Requests that carried these entries so far.
+    attempts: u32,
+    first_failure_ms: Option<u64>,
+}
+
+/// Delivers one batch until every entry is accepted or dead-lettered.
+async fn deliver(core: Rc<Core>, batch: Vec<Entry>) {
+    let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
+    let mut stack = vec![Part {
+        entries: batch,
+        attempts: 0,
+        first_failure_ms: None,
+    }];
+    while let Some(part) = stack.pop() {
+        deliver_part(&core, part, &mut stack).await;
+    }
+    let mut held = core.held.borrow_mut();
+    for id in &ids {
+        held.remove(id);
+    }
+}
+
+async fn deliver_part(core: &Core, mut part: Part, stack: &mut Vec<Part>) {
+    let mut backoff = Backoff::new(&core.settings.ms4);
+    loop {
+        let turn = core.wait_turn().await;
+        match core.limiter.send(Acquire { budget: ratelimiter::MS4 }).await {
+            Ok(Ok(_permit)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "rate permit unavailable (redis); retrying");
+                core.report(turn, None);
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "rate limiter unavailable; retrying");
+                core.report(turn, None);
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+        }
+        let body = batch_body(part.entries.iter().map(|e| e.field(F::RECORD).unwrap_or("null")));
+        let key = batch_key(part.entries.iter().map(|e| e.field(F::KEY).unwrap_or("")));
+        part.attempts += 1;
+        let started = Instant::now();
+        let answer = core.client.post(body, &key).await;
+        let status = answer.as_ref().map(|a| a.status).unwrap_or(0);
+        let verdict = classify(answer);
+        metrics::histogram!(m::MS4_LATENCY, "status" => status.to_string())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(m::MS4_REQUESTS, "outcome" => verdict.outcome()).increment(1);
+        core.report(turn, Some(&verdict));
+        match verdict {
+            Verdict::Accepted => {
+                let ids: Vec<String> = part.entries.iter().map(|e| e.id.clone()).collect();
+                core.ack(&ids).await;
+                let now = now_ms();
+                metrics::counter!(m::DELIVERED).increment(ids.len() as u64);
+                let latency = metrics::histogram!(m::END_TO_END);
+                for e in &part.entries {
+                    let ms = e
+                        .field(F::INBOUND_MS)
+                        .and_then(|t| t.parse::<u64>().ok())
+                        .unwrap_or(now);
+                    latency.record(now.saturating_sub(ms) as f64 / 1_000.0);
+                }
+                return;
+            }
+            Verdict::Reject { status, body } => {
+                let first = *part.first_failure_ms.get_or_insert_with(now_ms);
+                if part.entries.len() == 1 {
+                    core.dead_letter(&part.entries[0], status, &body, part.attempts, first)
+                        .await;
+                } else {
+                    tracing::info!(records = part.entries.len(), status, "MS4 rejected a batch: bisecting to isolate the invalid records");
+                    let right = part.entries.split_off(part.entries.len() / 2);
+                    stack.push(Part {
+                        entries: right,
+                        attempts: part.attempts,
+                        first_failure_ms: Some(first),
+                    });
+                    stack.push(Part {
+                        entries: part.entries,
+                        attempts: part.attempts,
+                        first_failure_ms: Some(first),
+                    });
+                }
+                return;
+            }
+            Verdict::Unauthorized { .. } => continue,
+            Verdict::RetryAfter(delay) => {
+                tracing::warn!(retry_after_ms = delay.as_millis() as u64, "MS4 throttled: pausing every sender");
+                if let Ok(Err(e)) | Err(e) = core
+                    .limiter
+                    .send(PauseBudget {
+                        budget: ratelimiter::MS4,
+                        delay,
+                    })
+                    .await
+                    .map_err(|e| StoreError::Reply(e.to_string()))
+                {
+                    tracing::warn!(error = %e, "could not record the pause in redis; waiting locally");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            Verdict::Transient(reason) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, records = part.entries.len(), "MS4 delivery failed; will retry");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}

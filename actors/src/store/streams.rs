@@ -1,0 +1,444 @@
+//! Streams and consumer groups: the only place that speaks XADD / XREADGROUP / XAUTOCLAIM /
+//! XACK.
+//!
+//! Work streams behave as durable queues: an entry is read into a consumer's pending list,
+//! stays there until the hand-off that finishes it acknowledges *and deletes* it (so a stream's
+//! length is its backlog), and is reclaimed by another consumer when its owner died
+//! (`XAUTOCLAIM` of entries idle longer than `claim_idle_ms`).
+
+use super::{DeadLetter, Store, StoreError, StoreResult};
+use redis::Value;
+
+/// One stream entry: its id and its fields in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub id: String,
+    pub fields: Vec<(String, String)>,
+}
+
+impl Entry {
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Milliseconds part of the entry id: when it was added, by Redis' clock.
+    pub fn added_ms(&self) -> u64 {
+        self.id
+            .split('-')
+            .next()
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// A record on its way to the outbound stream.
+#[derive(Debug, Clone)]
+pub struct OutboundRecord {
+    /// The record's idempotency key (also its `seen:` mark).
+    pub key: String,
+    /// The record as MS4 will receive it (JSON object).
+    pub json: String,
+    /// When its source entry entered the inbound stream (ms since the epoch).
+    pub inbound_ms: u64,
+}
+
+/// Field names of an outbound entry.
+pub mod outbound_fields {
+    pub const KEY: &str = "k";
+    pub const RECORD: &str = "r";
+    pub const INBOUND_MS: &str = "t";
+}
+
+/// Everything the BatchProcessor finishes for one chunk of inbound entries, applied as one
+/// MULTI/EXEC: either all of it happens or none of it.
+#[derive(Debug, Default)]
+pub struct Handoff {
+    /// New records for the outbound stream; their `seen:` marks are set with them.
+    pub outbound: Vec<OutboundRecord>,
+    /// Entries that cannot become records.
+    pub dead: Vec<DeadLetter>,
+    /// Inbound entry ids to acknowledge and delete (all of the chunk).
+    pub done: Vec<String>,
+}
+
+fn utf8(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+fn as_string(v: Value) -> StoreResult<String> {
+    match v {
+        Value::BulkString(b) => Ok(utf8(b)),
+        Value::SimpleString(s) => Ok(s),
+        Value::VerbatimString { text, .. } => Ok(text),
+        Value::Int(i) => Ok(i.to_string()),
+        other => Err(StoreError::Reply(format!("expected a string, got {other:?}"))),
+    }
+}
+
+/// Parses `[[id, [field, value, …]], …]`. Entries deleted while pending come back as
+/// `[id, nil]`: they are skipped (their ids are returned in the second list).
+pub(crate) fn parse_entries_public(v: Value) -> StoreResult<Vec<Entry>> {
+    Ok(parse_entries(v)?.0)
+}
+
+fn parse_entries(v: Value) -> StoreResult<(Vec<Entry>, Vec<String>)> {
+    let items = match v {
+        Value::Array(items) => items,
+        Value::Nil => return Ok((vec![], vec![])),
+        other => return Err(StoreError::Reply(format!("entries: {other:?}"))),
+    };
+    let mut entries = Vec::with_capacity(items.len());
+    let mut gone = Vec::new();
+    for item in items {
+        let Value::Array(mut pair) = item else {
+            return Err(StoreError::Reply("entry is not an array".into()));
+        };
+        if pair.len() != 2 {
+            return Err(StoreError::Reply("entry is not [id, fields]".into()));
+        }
+        let body = pair.pop().unwrap_or(Value::Nil);
+        let id = as_string(pair.pop().unwrap_or(Value::Nil))?;
+        let flat = match body {
+            Value::Array(flat) => flat,
+            Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            Value::Nil => {
+                gone.push(id);
+                continue;
+            }
+            other => return Err(StoreError::Reply(format!("entry fields: {other:?}"))),
+        };
+        let mut fields = Vec::with_capacity(flat.len() / 2);
+        let mut it = flat.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            fields.push((as_string(k)?, as_string(v)?));
+        }
+        entries.push(Entry { id, fields });
+    }
+    Ok((entries, gone))
+}
+
+/// Parses an XREADGROUP reply (RESP2 array or RESP3 map) for a single stream.
+fn parse_read(v: Value) -> StoreResult<(Vec<Entry>, Vec<String>)> {
+    let streams: Vec<Value> = match v {
+        Value::Nil => return Ok((vec![], vec![])),
+        Value::Array(s) => s
+            .into_iter()
+            .filter_map(|kv| match kv {
+                Value::Array(mut kv) if kv.len() == 2 => kv.pop(),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(m) => m.into_iter().map(|(_, v)| v).collect(),
+        other => return Err(StoreError::Reply(format!("xreadgroup: {other:?}"))),
+    };
+    let mut out = Vec::new();
+    let mut gone = Vec::new();
+    for s in streams {
+        let (e, g) = parse_entries(s)?;
+        out.extend(e);
+        gone.extend(g);
+    }
+    Ok((out, gone))
+}
+
+impl Store {
+    /// Creates `group` on `stream` (and the stream) unless it exists. The group starts at the
+    /// beginning of the stream: entries already finished were deleted, so everything still in
+    /// the stream is work.
+    pub async fn ensure_group(&self, stream: &str, group: &str) -> StoreResult<()> {
+        let res: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn())
+            .await;
+        match res {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `XREADGROUP`: new entries (`from = ">"`) or this consumer's own pending ones
+    /// (`from = "0"` or the last id seen). `block_ms = None` returns at once.
+    pub async fn read_group(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        from: &str,
+        count: usize,
+        block_ms: Option<u64>,
+    ) -> StoreResult<Vec<Entry>> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(count);
+        if let Some(ms) = block_ms {
+            cmd.arg("BLOCK").arg(ms);
+        }
+        cmd.arg("STREAMS").arg(stream).arg(from);
+        let v: Value = cmd.query_async(&mut self.conn()).await?;
+        let (entries, gone) = parse_read(v)?;
+        if !gone.is_empty() {
+            // Deleted while pending: finished by an earlier hand-off; drop them from the PEL.
+            let _: i64 = redis::cmd("XACK")
+                .arg(stream)
+                .arg(group)
+                .arg(&gone)
+                .query_async(&mut self.conn())
+                .await?;
+        }
+        Ok(entries)
+    }
+
+    /// All entries this consumer already holds (read before a crash or an actor restart and
+    /// never acknowledged), oldest first, paging with the last id seen.
+    pub async fn own_pending(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        page: usize,
+    ) -> StoreResult<Vec<Entry>> {
+        let mut all = Vec::new();
+        let mut cursor = "0".to_string();
+        loop {
+            let got = self
+                .read_group(stream, group, consumer, &cursor, page, None)
+                .await?;
+            match got.last() {
+                None => return Ok(all),
+                Some(last) => cursor = last.id.clone(),
+            }
+            all.extend(got);
+        }
+    }
+
+    /// `XAUTOCLAIM`: takes over entries idle longer than `min_idle_ms` (their consumer died).
+    /// Returns the cursor for the next call ("0-0" when the scan wrapped) and the entries.
+    pub async fn autoclaim(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        min_idle_ms: u64,
+        cursor: &str,
+        count: usize,
+    ) -> StoreResult<(String, Vec<Entry>)> {
+        let v: Value = redis::cmd("XAUTOCLAIM")
+            .arg(stream)
+            .arg(group)
+            .arg(consumer)
+            .arg(min_idle_ms)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn())
+            .await?;
+        let Value::Array(mut parts) = v else {
+            return Err(StoreError::Reply("xautoclaim: not an array".into()));
+        };
+        if parts.len() < 2 {
+            return Err(StoreError::Reply("xautoclaim: short reply".into()));
+        }
+        parts.truncate(2);
+        let entries = parts.pop().unwrap_or(Value::Nil);
+        let next = as_string(parts.pop().unwrap_or(Value::Nil))?;
+        Ok((next, parse_entries(entries)?.0))
+    }
+
+    /// Resets the idle time of entries this consumer still holds (a long MS4 retry), so no
+    /// other daemon claims them meanwhile.
+    pub async fn touch(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        ids: &[String],
+    ) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let _: Value = redis::cmd("XCLAIM")
+            .arg(stream)
+            .arg(group)
+            .arg(consumer)
+            .arg(0)
+            .arg(ids)
+            .arg("JUSTID")
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Acknowledges and deletes finished entries in one MULTI/EXEC.
+    pub async fn ack(&self, stream: &str, group: &str, ids: &[String]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let _: Value = redis::pipe()
+            .atomic()
+            .cmd("XACK")
+            .arg(stream)
+            .arg(group)
+            .arg(ids)
+            .ignore()
+            .cmd("XDEL")
+            .arg(stream)
+            .arg(ids)
+            .ignore()
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Dead-letters entries and acknowledges them in one MULTI/EXEC.
+    pub async fn dead_letter_and_ack(
+        &self,
+        stream: &str,
+        group: &str,
+        dead: &[DeadLetter],
+        ids: &[String],
+        dlq_maxlen: u64,
+    ) -> StoreResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for d in dead {
+            self.push_dead_letter(&mut pipe, d, dlq_maxlen);
+        }
+        if !ids.is_empty() {
+            pipe.cmd("XACK").arg(stream).arg(group).arg(ids).ignore();
+            pipe.cmd("XDEL").arg(stream).arg(ids).ignore();
+        }
+        let _: Value = pipe.query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    /// Which of `keys` carry an idempotency mark already.
+    pub async fn seen(&self, keys: &[&str]) -> StoreResult<Vec<bool>> {
+        if keys.is_empty() {
+            return Ok(vec![]);
+        }
+        let names: Vec<String> = keys.iter().map(|k| self.keys.seen(k)).collect();
+        let v: Vec<Option<u8>> = redis::cmd("MGET")
+            .arg(&names)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(v.into_iter().map(|x| x.is_some()).collect())
+    }
+
+    /// Applies a BatchProcessor hand-off in one MULTI/EXEC: XADD outbound + idempotency marks +
+    /// dead letters + XACK/XDEL of the inbound chunk.
+    pub async fn handoff(
+        &self,
+        h: &Handoff,
+        idempotency_ttl_s: u64,
+        dlq_maxlen: u64,
+    ) -> StoreResult<()> {
+        let inbound = self.keys.inbound();
+        let outbound = self.keys.outbound();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for r in &h.outbound {
+            pipe.cmd("XADD")
+                .arg(&outbound)
+                .arg("*")
+                .arg(outbound_fields::KEY)
+                .arg(&r.key)
+                .arg(outbound_fields::RECORD)
+                .arg(&r.json)
+                .arg(outbound_fields::INBOUND_MS)
+                .arg(r.inbound_ms)
+                .ignore();
+            pipe.cmd("SET")
+                .arg(self.keys.seen(&r.key))
+                .arg(1)
+                .arg("EX")
+                .arg(idempotency_ttl_s)
+                .ignore();
+        }
+        for d in &h.dead {
+            self.push_dead_letter(&mut pipe, d, dlq_maxlen);
+        }
+        if !h.done.is_empty() {
+            pipe.cmd("XACK")
+                .arg(&inbound)
+                .arg(super::keys::PROCESSORS)
+                .arg(&h.done)
+                .ignore();
+            pipe.cmd("XDEL").arg(&inbound).arg(&h.done).ignore();
+        }
+        let _: Value = pipe.query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    /// `XLEN`.
+    pub async fn len(&self, stream: &str) -> StoreResult<u64> {
+        Ok(redis::cmd("XLEN")
+            .arg(stream)
+            .query_async(&mut self.conn())
+            .await?)
+    }
+
+    /// Adds raw entries to a stream in pipelined chunks (loaders, tests, benchmarks, replays).
+    pub async fn add_entries(
+        &self,
+        stream: &str,
+        entries: &[Vec<(&str, String)>],
+    ) -> StoreResult<()> {
+        for chunk in entries.chunks(1_000) {
+            let mut pipe = redis::pipe();
+            for fields in chunk {
+                pipe.cmd("XADD").arg(stream).arg("*");
+                for (k, v) in fields {
+                    pipe.arg(*k).arg(v);
+                }
+                pipe.ignore();
+            }
+            let _: Value = pipe.query_async(&mut self.conn()).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn entries_parse_and_deleted_ones_are_skipped() {
+        let v = Value::Array(vec![
+            Value::Array(vec![
+                bulk("1-0"),
+                Value::Array(vec![bulk("mailbox"), bulk("m"), bulk("payload"), bulk("{}")]),
+            ]),
+            Value::Array(vec![bulk("2-0"), Value::Nil]),
+        ]);
+        let (e, gone) = parse_entries(v).unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].field("payload"), Some("{}"));
+        assert_eq!(e[0].added_ms(), 1);
+        assert_eq!(gone, vec!["2-0".to_string()]);
+    }
+
+    #[test]
+    fn a_read_reply_for_one_stream_parses_in_resp2_and_resp3() {
+        let entries = Value::Array(vec![Value::Array(vec![
+            bulk("5-1"),
+            Value::Array(vec![bulk("k"), bulk("v")]),
+        ])]);
+        let resp2 = Value::Array(vec![Value::Array(vec![bulk("s"), entries.clone()])]);
+        let resp3 = Value::Map(vec![(bulk("s"), entries)]);
+        assert_eq!(parse_read(resp2).unwrap().0[0].id, "5-1");
+        assert_eq!(parse_read(resp3).unwrap().0[0].field("k"), Some("v"));
+        assert!(parse_read(Value::Nil).unwrap().0.is_empty());
+    }
+}

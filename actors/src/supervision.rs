@@ -1,0 +1,71 @@
+//! Restart pacing for supervised actors.
+//!
+//! `actix::Supervisor` restarts a stopped actor at once; an actor whose dependency is down
+//! (Redis restarting) would spin. Each actor keeps a [`RestartPacer`] and waits the delay it
+//! gives before starting its work again: nothing the first time, then 100 ms doubling to 10 s,
+//! back to nothing once a run has lasted a minute.
+
+use std::time::{Duration, Instant};
+
+const FIRST: Duration = Duration::from_millis(100);
+const MAX: Duration = Duration::from_secs(10);
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+pub struct RestartPacer {
+    actor: &'static str,
+    restarts: u32,
+    started: Option<Instant>,
+}
+
+impl RestartPacer {
+    pub fn new(actor: &'static str) -> Self {
+        Self {
+            actor,
+            restarts: 0,
+            started: None,
+        }
+    }
+
+    /// Called from `restarting`: counts the restart.
+    pub fn on_restart(&mut self) {
+        metrics::counter!(crate::metrics::RESTARTS, "actor" => self.actor).increment(1);
+        let healthy = self
+            .started
+            .is_some_and(|t| t.elapsed() >= HEALTHY_RUN);
+        self.restarts = if healthy { 1 } else { self.restarts + 1 };
+    }
+
+    /// Called from `started`: how long to wait before working.
+    pub fn delay(&mut self, now: Instant) -> Duration {
+        self.started = Some(now);
+        delay_for(self.restarts)
+    }
+
+    pub fn restarts(&self) -> u32 {
+        self.restarts
+    }
+}
+
+fn delay_for(restarts: u32) -> Duration {
+    if restarts == 0 {
+        return Duration::ZERO;
+    }
+    FIRST
+        .saturating_mul(1u32 << (restarts - 1).min(16))
+        .min(MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_up_to_ten_seconds() {
+        assert_eq!(delay_for(0), Duration::ZERO);
+        assert_eq!(delay_for(1), Duration::from_millis(100));
+        assert_eq!(delay_for(2), Duration::from_millis(200));
+        assert_eq!(delay_for(8), Duration::from_secs(10));
+        assert_eq!(delay_for(40), Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,173 @@
+//! Loading the settings: built-in defaults (`config/default.toml`, compiled in), then the file
+//! given with `--config`, then `MS1__SECTION__KEY` environment variables. Unknown keys and bad
+//! values are refused with a message that names the key.
+
+use ms1_actors::Settings;
+use std::path::Path;
+
+/// The commented defaults, as shipped in `config/default.toml`.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Settings that could not be loaded, with the place and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+/// Loads and validates the settings.
+pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+    load_from(file, std::env::vars())
+}
+
+/// [`load`] with an explicit environment (tests).
+pub fn load_from(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Settings, ConfigError> {
+    use config::{Config, Environment, File, FileFormat};
+    let mut builder =
+        Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+    let mut origin = "built-in defaults".to_string();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        // Check the file on its own first, so an error names the file, not the merge.
+        let own = Config::builder()
+            .add_source(File::from_str(&text, FileFormat::Toml))
+            .build()
+            .map_err(|e| ConfigError::Invalid {
+                origin: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        own.try_deserialize::<Settings>()
+            .map_err(|e| ConfigError::Invalid {
+                origin: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        builder = builder.add_source(File::from_str(&text, FileFormat::Toml));
+        origin = path.display().to_string();
+    }
+    let env: config::Map<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("MS1__"))
+        .collect();
+    if !env.is_empty() {
+        origin.push_str(" + MS1__* environment");
+    }
+    builder = builder.add_source(
+        Environment::with_prefix("MS1")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(env)),
+    );
+    let settings: Settings = builder
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| ConfigError::Invalid {
+            origin: origin.clone(),
+            message: e.to_string(),
+        })?;
+    settings.validate().map_err(|e| ConfigError::Invalid {
+        origin,
+        message: e.to_string(),
+    })?;
+    Ok(settings)
+}
+
+/// The settings as TOML with secrets replaced, for `check-config`.
+pub fn redacted(settings: &Settings) -> String {
+    let mut s = settings.clone();
+    for secret in [&mut s.ms4.api_key, &mut s.control.token] {
+        if !secret.is_empty() {
+            *secret = "<redacted>".into();
+        }
+    }
+    toml::to_string_pretty(&s).unwrap_or_else(|e| format!("(cannot render: {e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn default_toml_matches_the_built_in_defaults() {
+        let parsed = load_from(None, env(&[])).unwrap();
+        assert_eq!(parsed, Settings::default());
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[ms4]\nbatch_size = 20\nbase_url = \"http://file\"").unwrap();
+        let s = load_from(
+            Some(f.path()),
+            env(&[
+                ("MS1__MS4__BASE_URL", "http://env:9"),
+                ("MS1__MS4__INCLUDE_RAW", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.ms4.batch_size, 20);
+        assert_eq!(s.ms4.base_url, "http://env:9");
+        assert!(s.ms4.include_raw);
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_refused_by_name() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[ms4]\nbatch_sise = 20").unwrap();
+        let err = load_from(Some(f.path()), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("batch_sise"), "{err}");
+        assert!(err.contains(&f.path().display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_environment_key_is_refused_by_name() {
+        let err = load_from(None, env(&[("MS1__MS4__BATCH_SISE", "3")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("batch_sise"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let err = load_from(None, env(&[("MS1__MS4__BATCH_SIZE", "lots")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("batch_size"), "{err}");
+        let err = load_from(None, env(&[("MS1__MS4__MAX_IN_FLIGHT", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ms4.max_in_flight"), "{err}");
+        let err = load_from(None, env(&[("MS1__LOG__FORMAT", "xml")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("xml"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut s = Settings::default();
+        s.ms4.api_key = "k-123".into();
+        let out = redacted(&s);
+        assert!(!out.contains("k-123"));
+        assert!(out.contains("<redacted>"));
+    }
+}

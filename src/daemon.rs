@@ -1,0 +1,143 @@
+//! `ms1-ingestor run`: wires the engine, the control API and the signals together.
+//!
+//! Start: metrics recorder → Redis (configured, or a private redis-server when `redis.url` is
+//! empty) → supervised actors → control API. SIGTERM or SIGINT: drain (stop reading, flush the
+//! partial batch, wait for in-flight MS4 requests up to `pipeline.drain_timeout_ms`), then exit.
+
+use crate::http::control::{self, ControlState};
+use crate::redis_launcher::PrivateRedis;
+use actix_web::{web, App, HttpServer};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use ms1_actors::{metrics as m, Health, Pipeline, Settings, Store};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Installs the process-wide Prometheus recorder.
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let latency_buckets = [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(m::MS4_LATENCY.into()), &latency_buckets)?
+        .set_buckets_for_metric(Matcher::Full(m::RATE_WAIT.into()), &latency_buckets)?
+        .set_quantiles(&[0.5, 0.9, 0.99, 0.999, 1.0])?
+        .install_recorder()
+        .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))
+}
+
+/// Installs the process-wide TLS provider awc needs (once; later calls are no-ops).
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. Returns when drained.
+pub fn run(settings: Settings) -> anyhow::Result<()> {
+    install_tls_provider();
+    let prometheus = install_metrics()?;
+    let mut settings = settings;
+    // Keep the private Redis alive for as long as the daemon runs.
+    let _private_redis = if settings.redis.url.is_empty() {
+        let redis = PrivateRedis::start(Path::new(&settings.redis.data_dir), None, false)?;
+        tracing::info!(url = %redis.url(), dir = %settings.redis.data_dir, "started a private redis-server (redis.url is empty)");
+        settings.redis.url = redis.url();
+        Some(redis)
+    } else {
+        None
+    };
+    let settings = Arc::new(settings);
+    actix_rt::System::new().block_on(serve(settings, prometheus))
+}
+
+async fn serve(settings: Arc<Settings>, prometheus: PrometheusHandle) -> anyhow::Result<()> {
+    let store = Store::open(&settings.redis.url, &settings.redis.prefix)
+        .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
+    let health = Health::default();
+    let pipeline = Pipeline::start(settings.clone(), store.clone(), health.clone());
+    tracing::info!(
+        consumer = %settings.consumer_name(),
+        prefix = %settings.redis.prefix,
+        ms4 = %settings.ms4.base_url,
+        batch_size = settings.ms4.batch_size,
+        rate_limit_per_min = settings.ms4.rate_limit_per_min,
+        "ms1-ingestor started"
+    );
+
+    actix_rt::spawn(watch_redis(store.clone(), health.clone(), prometheus.clone()));
+
+    let state = web::Data::new(ControlState {
+        health: health.clone(),
+        prometheus,
+        token: settings.control.token.clone(),
+    });
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(control::routes)
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .bind(&settings.control.bind)
+    .map_err(|e| anyhow::anyhow!("control.bind {}: {e}", settings.control.bind))?
+    .run();
+    let server_handle = server.handle();
+    actix_rt::spawn(server);
+    tracing::info!(bind = %settings.control.bind, "control API listening");
+
+    wait_for_signal().await;
+    tracing::info!(
+        deadline_ms = settings.pipeline.drain_timeout_ms,
+        "stopping: draining in-flight work"
+    );
+    let drained = pipeline
+        .drain(Duration::from_millis(settings.pipeline.drain_timeout_ms))
+        .await;
+    if drained {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!("drain deadline passed; unacknowledged entries stay pending and are re-sent on the next start");
+    }
+    server_handle.stop(true).await;
+    actix_rt::System::current().stop();
+    Ok(())
+}
+
+/// Keeps readiness and stream-length gauges current.
+async fn watch_redis(store: Store, health: Health, prometheus: PrometheusHandle) {
+    let keys = store.keys().clone();
+    let streams = [
+        ("inbound", keys.inbound()),
+        ("outbound", keys.outbound()),
+        ("dlq", keys.dlq()),
+    ];
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        match store.ping().await {
+            Ok(()) => {
+                health.set_redis(true);
+                for (name, key) in &streams {
+                    if let Ok(len) = store.len(key).await {
+                        metrics::gauge!(m::STREAM_LEN, "stream" => *name).set(len as f64);
+                    }
+                }
+            }
+            Err(e) => {
+                health.set_redis(false);
+                tracing::warn!(error = %e, "redis is not reachable");
+            }
+        }
+        prometheus.run_upkeep();
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,10 @@
+//! The daemon shell of ms1-ingestor: configuration, telemetry, HTTP edges, the simulators and
+//! the private Redis launcher. The engine is the `ms1-actors` crate.
+
+pub mod config;
+pub mod daemon;
+pub mod http;
+pub mod redis_launcher;
+pub mod sim;
+pub mod synthetic;
+pub mod telemetry;

@@ -1,0 +1,3 @@
+//! Simulators of the services ms1 talks to, for the demo, the tests and the benchmarks.
+
+pub mod ms4;

@@ -107,9 +107,28 @@ impl PrivateRedis {
         }
     }
 
-    /// Starts it again on the same port and data (the AOF brings the data back).
+    /// Stops the server with SIGTERM (it writes its AOF and exits), as an operator would.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts it (SIGTERM, then start) on the same port and data; the AOF brings the data
+    /// back.
     pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill();
+        self.stop();
         self.spawn()
     }
 }

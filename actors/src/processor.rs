@@ -22,6 +22,7 @@ use crate::store::{DeadLetter, Entry, Handoff, OutboundRecord, Store, StoreError
 use crate::supervision::RestartPacer;
 use crate::{health::Health, metrics as m};
 use actix::prelude::*;
+use tracing::Instrument;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,10 +77,12 @@ impl Actor for BatchProcessor {
             health: self.health.clone(),
             shutdown: self.shutdown.clone(),
         };
+        let span = tracing::info_span!("batch_processor", consumer = %self.consumer);
         let fut = async move {
             tokio::time::sleep(delay).await;
             work.run().await
-        };
+        }
+        .instrument(span);
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(()) => {
                 act.stopped.send_replace(true);
@@ -132,8 +135,6 @@ impl Work {
             .ensure_group(&outbound, crate::store::keys::SENDERS)
             .await?;
         self.health.set_redis(true);
-        let span = tracing::info_span!("batch_processor", consumer = %self.consumer);
-        let _enter = span.enter();
 
         let pending = self
             .store

@@ -40,16 +40,19 @@ pub struct PauseBudget {
 
 pub struct RateLimiter {
     store: Store,
-    /// Emission interval of MS4 permits; `None` for no limit.
-    ms4_interval: Option<Duration>,
+    /// Emission interval of MS4 permits; zero for no limit.
+    ms4_interval: Duration,
     pacer: RestartPacer,
 }
 
 impl RateLimiter {
-    /// `per_min = 0` means no limit.
+    /// `per_min = 0` means no limit (permits are still checked against a Retry-After pause).
     pub fn new(store: Store, ms4_per_min: u32, margin: Duration) -> Self {
-        let ms4_interval = (ms4_per_min > 0)
-            .then(|| (Duration::from_secs(60) + margin) / ms4_per_min);
+        let ms4_interval = if ms4_per_min > 0 {
+            (Duration::from_secs(60) + margin) / ms4_per_min
+        } else {
+            Duration::ZERO
+        };
         Self {
             store,
             ms4_interval,
@@ -57,10 +60,10 @@ impl RateLimiter {
         }
     }
 
-    fn interval(&self, budget: &str) -> Option<Duration> {
+    fn interval(&self, budget: &str) -> Duration {
         match budget {
             MS4 => self.ms4_interval,
-            _ => None,
+            _ => Duration::ZERO,
         }
     }
 }
@@ -87,11 +90,6 @@ impl Handler<Acquire> for RateLimiter {
         let interval = self.interval(msg.budget);
         Box::pin(async move {
             let started = Instant::now();
-            let Some(interval) = interval else {
-                return Ok(Permit {
-                    waited: Duration::ZERO,
-                });
-            };
             loop {
                 match store.take_permit(msg.budget, interval).await? {
                     None => {

@@ -33,6 +33,7 @@ use crate::store::streams::outbound_fields as F;
 use crate::store::{DeadLetter, Entry, Store, StoreError};
 use crate::supervision::RestartPacer;
 use actix::prelude::*;
+use tracing::Instrument;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
@@ -110,10 +111,12 @@ impl Actor for Ms4Sender {
         let addr = ctx.address();
         let generation = self.generation;
         let shutdown = self.shutdown.clone();
+        let span = tracing::info_span!("ms4_sender", consumer = %core.consumer);
         let fut = async move {
             tokio::time::sleep(delay).await;
             feed(core, addr, generation, shutdown).await
-        };
+        }
+        .instrument(span);
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(()) => {}
             Err(e) => {
@@ -143,6 +146,7 @@ impl Handler<Deliver> for Ms4Sender {
         }
         let stopped = self.stopped.clone();
         let shutdown = self.shutdown.clone();
+        let span = tracing::info_span!("ms4_batch", consumer = %core.consumer, records = msg.batch.len(), first_entry = %msg.batch.first().map(|e| e.id.as_str()).unwrap_or(""));
         ctx.spawn(
             async move {
                 deliver(core.clone(), msg.batch).await;
@@ -151,6 +155,7 @@ impl Handler<Deliver> for Ms4Sender {
                     stopped.send_replace(true);
                 }
             }
+            .instrument(span)
             .into_actor(self),
         );
     }

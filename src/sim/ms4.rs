@@ -22,7 +22,9 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const WINDOW: Duration = Duration::from_secs(60);
+/// A request that arrives this long after a 429 was sent cannot have been in flight already:
+/// if it falls inside the Retry-After, the client ignored it.
+const RETRY_AFTER_GRACE: Duration = Duration::from_millis(100);
 
 /// Start-up options (also changeable at run time through `/_sim/config`).
 #[derive(Debug, Clone, clap::Args)]
@@ -42,6 +44,10 @@ pub struct Ms4SimOptions {
     /// Largest batch accepted, in records.
     #[arg(long, default_value_t = 100)]
     pub max_batch: usize,
+    /// Length of the sliding rate window in ms (60000 as MS4; shorter only to compress time
+    /// in tests).
+    #[arg(long, default_value_t = 60_000)]
+    pub window_ms: u64,
     /// HTTP worker threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
@@ -60,6 +66,7 @@ pub struct SimConfig {
     pub latency_ms: Option<u64>,
     pub rate_limit_per_min: Option<u32>,
     pub max_batch: Option<usize>,
+    pub window_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Clone)]
@@ -82,7 +89,7 @@ pub struct SimStats {
     pub requests_during_retry_after: u64,
     /// Requests without an `Idempotency-Key` header.
     pub missing_idempotency_key: u64,
-    /// Most requests admitted within any 60-second window.
+    /// Most requests admitted within any window (60 s unless `window_ms` says otherwise).
     pub max_requests_in_window: usize,
     /// Records in batches refused with 400.
     pub rejected_batches: u64,
@@ -95,9 +102,11 @@ struct State {
     latency: Duration,
     rate_limit_per_min: u32,
     max_batch: usize,
+    window: Duration,
     /// Arrival times of admitted requests within the last 60 s.
-    window: VecDeque<Instant>,
-    retry_after_until: Option<Instant>,
+    arrivals: VecDeque<Instant>,
+    /// When the last 429 was sent and until when it asked the client to wait.
+    retry_after: Option<(Instant, Instant)>,
     keys: HashSet<String>,
     stats: SimStats,
 }
@@ -111,8 +120,9 @@ impl State {
             latency: Duration::ZERO,
             rate_limit_per_min: o.rate_limit_per_min,
             max_batch: o.max_batch,
-            window: VecDeque::new(),
-            retry_after_until: None,
+            window: Duration::from_millis(o.window_ms.max(1)),
+            arrivals: VecDeque::new(),
+            retry_after: None,
             keys: HashSet::new(),
             stats: SimStats::default(),
         }
@@ -147,7 +157,10 @@ fn gate(state: &Shared, req: &HttpRequest) -> (Gate, Duration) {
     if req.headers().get("Idempotency-Key").is_none() {
         s.stats.missing_idempotency_key += 1;
     }
-    if s.retry_after_until.is_some_and(|t| now < t) {
+    if s
+        .retry_after
+        .is_some_and(|(sent, until)| now >= sent + RETRY_AFTER_GRACE && now < until)
+    {
         s.stats.requests_during_retry_after += 1;
     }
     let latency = s.latency;
@@ -163,15 +176,16 @@ fn gate(state: &Shared, req: &HttpRequest) -> (Gate, Duration) {
             latency,
         );
     }
-    while s.window.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
-        s.window.pop_front();
+    let window = s.window;
+    while s.arrivals.front().is_some_and(|t| now.duration_since(*t) >= window) {
+        s.arrivals.pop_front();
     }
-    if s.rate_limit_per_min > 0 && s.window.len() >= s.rate_limit_per_min as usize {
-        let oldest = *s.window.front().expect("window is full");
-        let wait = WINDOW.saturating_sub(now.duration_since(oldest));
+    if s.rate_limit_per_min > 0 && s.arrivals.len() >= s.rate_limit_per_min as usize {
+        let oldest = *s.arrivals.front().expect("window is full");
+        let wait = window.saturating_sub(now.duration_since(oldest));
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let secs = secs.max(1);
-        s.retry_after_until = Some(now + Duration::from_secs(secs));
+        s.retry_after = Some((now, now + Duration::from_secs(secs)));
         s.stats.rate_limited += 1;
         s.answer(429);
         let resp = HttpResponse::TooManyRequests()
@@ -179,8 +193,8 @@ fn gate(state: &Shared, req: &HttpRequest) -> (Gate, Duration) {
             .json(json!({"error": {"code": "rate_limited", "message": "rate limit exceeded"}}));
         return (Gate::Refuse(resp), latency);
     }
-    s.window.push_back(now);
-    s.stats.max_requests_in_window = s.stats.max_requests_in_window.max(s.window.len());
+    s.arrivals.push_back(now);
+    s.stats.max_requests_in_window = s.stats.max_requests_in_window.max(s.arrivals.len());
     if s.outage {
         s.answer(503);
         return (
@@ -337,6 +351,9 @@ async fn configure(state: web::Data<Shared>, body: web::Bytes) -> HttpResponse {
     if let Some(m) = cfg.max_batch {
         s.max_batch = m.max(1);
     }
+    if let Some(w) = cfg.window_ms {
+        s.window = Duration::from_millis(w.max(1));
+    }
     HttpResponse::Ok().json(json!({
         "error_rate": s.error_rate, "outage": s.outage,
         "latency_ms": s.latency.as_millis() as u64,
@@ -348,8 +365,8 @@ async fn reset(state: web::Data<Shared>) -> HttpResponse {
     let mut s = lock(&state);
     s.keys.clear();
     s.stats = SimStats::default();
-    s.window.clear();
-    s.retry_after_until = None;
+    s.arrivals.clear();
+    s.retry_after = None;
     HttpResponse::Ok().json(json!({"reset": true}))
 }
 

@@ -1,0 +1,346 @@
+//! Test harness: a private redis-server per test, the MS4 simulator and the daemon as real
+//! processes (the binary cargo built), talking over real HTTP and RESP.
+#![allow(dead_code)]
+
+use ms1_ingestor::redis_launcher::{free_port, PrivateRedis};
+use ms1_ingestor::synthetic;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ms1-ingestor");
+pub const PREFIX: &str = "ms1:";
+pub const API_KEY: &str = "test-key";
+
+/// Everything one test runs against; dropped (killed, removed) at the end of the test.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub redis: PrivateRedis,
+    pub ms4: Ms4Sim,
+}
+
+impl World {
+    /// A fresh Redis and an MS4 simulator started with `sim_args`.
+    pub fn new(sim_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let redis = PrivateRedis::start(&dir.path().join("redis"), None, false)
+            .expect("redis-server starts (apt-get install redis-server)");
+        let ms4 = Ms4Sim::start(sim_args);
+        Self { dir, redis, ms4 }
+    }
+
+    pub fn redis(&self) -> redis::Connection {
+        redis::Client::open(self.redis.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// Starts the daemon with settings for this world plus `extra` (MS1__… = value).
+    pub fn daemon(&self, extra: &[(&str, &str)]) -> Daemon {
+        let mut env: Vec<(String, String)> = vec![
+            ("MS1__REDIS__URL".into(), self.redis.url()),
+            ("MS1__REDIS__CONSUMER".into(), "test-daemon".into()),
+            ("MS1__MS4__BASE_URL".into(), self.ms4.url.clone()),
+            ("MS1__MS4__API_KEY".into(), API_KEY.into()),
+            ("MS1__MS4__RATE_LIMIT_PER_MIN".into(), "0".into()),
+            ("MS1__MS4__RETRY_MIN_MS".into(), "50".into()),
+            ("MS1__MS4__RETRY_MAX_MS".into(), "1000".into()),
+            ("MS1__LOG__FORMAT".into(), "json".into()),
+            ("MS1__LOG__LEVEL".into(), "info".into()),
+        ];
+        for (k, v) in extra {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        Daemon::start(env, self.dir.path().join("daemon.log"))
+    }
+
+    /// XADDs synthetic Graph messages `range` to the inbound stream in one MULTI/EXEC per
+    /// thousand; `invalid(n)` says which ones MS4 must refuse.
+    pub fn load(&self, range: std::ops::Range<u64>, invalid: impl Fn(u64) -> bool) {
+        let mut con = self.redis();
+        let stream = format!("{PREFIX}stream:inbound");
+        let all: Vec<u64> = range.collect();
+        for chunk in all.chunks(1_000) {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for &n in chunk {
+                let mailbox = format!("invoices-{}@contoso.example", n % 3);
+                let fields = synthetic::inbound_entry(n, &mailbox, !invalid(n));
+                pipe.cmd("XADD").arg(&stream).arg("*");
+                for (k, v) in fields {
+                    pipe.arg(k).arg(v);
+                }
+                pipe.ignore();
+            }
+            let _: () = pipe.query(&mut con).unwrap();
+        }
+    }
+
+    /// The idempotency key synthetic message `n` carries.
+    pub fn key_of(n: u64) -> String {
+        format!("<inv-{n}.invoices-{}@contoso.example@vendor.example>", n % 3)
+    }
+
+    pub fn xlen(&self, stream: &str) -> u64 {
+        redis::cmd("XLEN")
+            .arg(format!("{PREFIX}stream:{stream}"))
+            .query(&mut self.redis())
+            .unwrap()
+    }
+
+    /// Entries pending in a group (read, not acknowledged).
+    pub fn pending(&self, stream: &str, group: &str) -> u64 {
+        let v: redis::Value = redis::cmd("XPENDING")
+            .arg(format!("{PREFIX}stream:{stream}"))
+            .arg(group)
+            .query(&mut self.redis())
+            .unwrap_or(redis::Value::Nil);
+        match v {
+            redis::Value::Array(items) => match items.first() {
+                Some(redis::Value::Int(n)) => *n as u64,
+                _ => 0,
+            },
+            _ => 0,
+        }
+    }
+
+    /// Dead letters as field maps.
+    pub fn dead_letters(&self) -> Vec<std::collections::HashMap<String, String>> {
+        let v: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
+            .arg(format!("{PREFIX}stream:dlq"))
+            .arg("-")
+            .arg("+")
+            .query(&mut self.redis())
+            .unwrap();
+        v.into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// Waits until MS4 holds `n` unique records; panics with the daemon's log otherwise.
+    pub fn wait_delivered(&self, n: u64, timeout: Duration, daemon: &Daemon) {
+        let ok = wait_until(timeout, || self.ms4.stats()["unique_records"].as_u64() == Some(n));
+        if !ok {
+            panic!(
+                "MS4 has {} of {n} records after {timeout:?}\nsim stats: {}\ndaemon log tail:\n{}",
+                self.ms4.stats()["unique_records"],
+                self.ms4.stats(),
+                daemon.log_tail(40)
+            );
+        }
+    }
+
+    /// Nothing left anywhere in the pipeline.
+    pub fn assert_drained(&self) {
+        assert_eq!(self.xlen("inbound"), 0, "inbound stream not empty");
+        assert_eq!(self.xlen("outbound"), 0, "outbound stream not empty");
+        assert_eq!(self.pending("inbound", "processors"), 0, "inbound pending");
+        assert_eq!(self.pending("outbound", "senders"), 0, "outbound pending");
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build()
+}
+
+/// GET returning (status, body as JSON or as a string).
+pub fn get(url: &str) -> (u16, String) {
+    match agent().get(url).call() {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// The MS4 simulator as a child process.
+pub struct Ms4Sim {
+    child: Child,
+    pub url: String,
+}
+
+impl Ms4Sim {
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["sim", "ms4", "--port", "0", "--api-key", API_KEY])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the MS4 simulator");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .expect("simulator prints its address")
+            .to_string();
+        assert!(url.starts_with("http://"), "unexpected: {line}");
+        Self { child, url }
+    }
+
+    pub fn stats(&self) -> Value {
+        let (_, body) = get(&format!("{}/_sim/stats", self.url));
+        serde_json::from_str(&body).unwrap_or(Value::Null)
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        let (_, body) = get(&format!("{}/_sim/keys", self.url));
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub fn configure(&self, cfg: Value) {
+        agent()
+            .post(&format!("{}/_sim/config", self.url))
+            .send_json(cfg)
+            .expect("simulator accepts the config");
+    }
+}
+
+impl Drop for Ms4Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The daemon as a child process.
+pub struct Daemon {
+    child: Option<Child>,
+    env: Vec<(String, String)>,
+    pub control: String,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(mut env: Vec<(String, String)>, log: PathBuf) -> Self {
+        if !env.iter().any(|(k, _)| k == "MS1__CONTROL__BIND") {
+            let port = free_port().unwrap();
+            env.push(("MS1__CONTROL__BIND".into(), format!("127.0.0.1:{port}")));
+        }
+        let bind = env
+            .iter()
+            .find(|(k, _)| k == "MS1__CONTROL__BIND")
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        let mut d = Self {
+            child: None,
+            env,
+            control: format!("http://{bind}"),
+            log,
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the daemon");
+        self.child = Some(child);
+        let up = wait_until(Duration::from_secs(20), || {
+            get(&format!("{}/health", self.control)).0 == 200
+        });
+        assert!(up, "daemon did not come up:\n{}", self.log_tail(30));
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns how long the process took to exit and its exit code.
+    pub fn terminate(&mut self) -> (Duration, Option<i32>) {
+        let mut c = self.child.take().expect("daemon running");
+        let started = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let status = c.wait().unwrap();
+        (started.elapsed(), status.code())
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    pub fn ready(&self) -> (u16, Value) {
+        let (code, body) = get(&format!("{}/ready", self.control));
+        (code, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    pub fn metrics(&self) -> String {
+        get(&format!("{}/metrics/prometheus", self.control)).1
+    }
+
+    /// The value of a metric line (`name` or `name{labels}`), summed over label sets that
+    /// start with it.
+    pub fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                l.starts_with(name)
+                    && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{') | Some(b',') | Some(b'}'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -63,7 +63,11 @@ async fn serve(settings: Arc<Settings>, prometheus: PrometheusHandle) -> anyhow:
         "ms1-ingestor started"
     );
 
-    actix_rt::spawn(watch_redis(store.clone(), health.clone(), prometheus.clone()));
+    actix_rt::spawn(watch_redis(
+        store.clone(),
+        health.clone(),
+        prometheus.clone(),
+    ));
 
     let state = web::Data::new(ControlState {
         health: health.clone(),

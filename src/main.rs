@@ -106,7 +106,14 @@ fn run(command: Command) -> anyhow::Result<()> {
                 !settings.redis.url.is_empty(),
                 "redis.url is empty: say which Redis to load into (MS1__REDIS__URL=redis://…)"
             );
-            load(&settings, count, mailboxes.max(1), start, invalid, malformed)
+            load(
+                &settings,
+                count,
+                mailboxes.max(1),
+                start,
+                invalid,
+                malformed,
+            )
         }
         Command::Sim {
             which: SimCommand::Ms4(opts),
@@ -123,12 +130,13 @@ fn load(
     malformed: u64,
 ) -> anyhow::Result<()> {
     use ms1_actors::processor::inbound_fields as f;
+    // Spread the invalid ones evenly over the run: every `every`-th message, `invalid` times.
+    let every = (count / invalid.max(1)).max(1);
     let mut entries: Vec<Vec<(&str, String)>> = (start..start + count)
         .map(|n| {
             let mailbox = format!("invoices-{}@contoso.example", n % mailboxes);
-            // Spread the invalid ones evenly over the run.
-            let valid = invalid == 0 || (n - start) % (count / invalid.max(1)).max(1) != 0
-                || (n - start) / (count / invalid.max(1)).max(1) >= invalid;
+            let i = n - start;
+            let valid = !(i.is_multiple_of(every) && i / every < invalid);
             synthetic::inbound_entry(n, &mailbox, valid)
         })
         .collect();

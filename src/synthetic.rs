@@ -19,9 +19,9 @@ pub fn graph_message(n: u64, mailbox: &str, valid: bool) -> String {
         "from": {"emailAddress": {"name": "Billing", "address": sender}},
         "toRecipients": [{"emailAddress": {"name": "Invoices", "address": mailbox}}],
         "receivedDateTime": format!("2026-11-{:02}T{:02}:{:02}:{:02}Z", 1 + n % 28, n % 24, n % 60, (n / 60) % 60),
-        "hasAttachments": n % 3 == 0,
+        "hasAttachments": n.is_multiple_of(3),
         "bodyPreview": format!("Dear customer, please find attached invoice INV-{n:06}. Amount due: {}.{:02} EUR, payable within 30 days.", 100 + n % 9_000, n % 100),
-        "attachments": if n % 3 == 0 {
+        "attachments": if n.is_multiple_of(3) {
             json!([{"name": format!("INV-{n:06}.pdf"), "contentType": "application/pdf", "size": 40_000 + n % 20_000}])
         } else {
             json!([])
@@ -47,8 +47,16 @@ mod tests {
 
     #[test]
     fn synthetic_messages_transform_into_records() {
-        let r = graph_to_record("inv@contoso.example", &graph_message(3, "inv@contoso.example", true), Default::default()).unwrap();
-        assert_eq!(r.idempotency_key, "<inv-3.inv@contoso.example@vendor.example>");
+        let r = graph_to_record(
+            "inv@contoso.example",
+            &graph_message(3, "inv@contoso.example", true),
+            Default::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            r.idempotency_key,
+            "<inv-3.inv@contoso.example@vendor.example>"
+        );
         assert!(r.has_attachments);
         assert!(r.sender.contains('@'));
         let bad = graph_to_record("m", &graph_message(4, "m", false), Default::default()).unwrap();

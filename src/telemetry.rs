@@ -13,7 +13,12 @@ pub fn init(log: &LogSettings) -> anyhow::Result<()> {
     match log.format {
         LogFormat::Pretty => registry.with(fmt::layer().with_target(false)).init(),
         LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(true))
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true),
+            )
             .init(),
         LogFormat::Journald => match tracing_journald::layer() {
             Ok(layer) => registry
@@ -21,7 +26,12 @@ pub fn init(log: &LogSettings) -> anyhow::Result<()> {
                 .init(),
             Err(e) => {
                 registry
-                    .with(fmt::layer().json().flatten_event(true).with_current_span(true))
+                    .with(
+                        fmt::layer()
+                            .json()
+                            .flatten_event(true)
+                            .with_current_span(true),
+                    )
                     .init();
                 tracing::warn!(error = %e, "log.format = journald but journald is not reachable; logging JSON to stdout instead");
             }

@@ -24,7 +24,9 @@ fn ten_thousand_entries_reach_ms4_exactly_once_in_batches_of_at_most_fifty() {
     let got: BTreeSet<String> = world.ms4.keys().into_iter().collect();
     let want: BTreeSet<String> = (0..10_000).map(World::key_of).collect();
     assert_eq!(got, want);
-    assert!(common::wait_until(Duration::from_secs(5), || world.xlen("outbound") == 0));
+    assert!(common::wait_until(Duration::from_secs(5), || world
+        .xlen("outbound")
+        == 0));
     world.assert_drained();
     assert!(world.dead_letters().is_empty());
     assert_eq!(daemon.metric("ms1_emails_delivered_total"), 10_000.0);
@@ -50,7 +52,10 @@ fn malformed_entries_are_dead_lettered_at_processing_with_a_reason() {
     let stream = format!("{}stream:inbound", common::PREFIX);
     for (mailbox, payload) in [
         ("m@x.example", "{not json"),
-        ("m@x.example", r#"{"id":"1","receivedDateTime":"2026-01-01T00:00:00Z"}"#),
+        (
+            "m@x.example",
+            r#"{"id":"1","receivedDateTime":"2026-01-01T00:00:00Z"}"#,
+        ),
     ] {
         let _: String = redis::cmd("XADD")
             .arg(&stream)
@@ -77,8 +82,14 @@ fn malformed_entries_are_dead_lettered_at_processing_with_a_reason() {
         == 3));
     let dead = world.dead_letters();
     assert!(dead.iter().all(|d| d["stage"] == "process"));
-    assert!(dead[0]["reason"].contains("not a Graph message"), "{dead:?}");
-    assert!(dead[1]["reason"].contains("from.emailAddress.address"), "{dead:?}");
+    assert!(
+        dead[0]["reason"].contains("not a Graph message"),
+        "{dead:?}"
+    );
+    assert!(
+        dead[1]["reason"].contains("from.emailAddress.address"),
+        "{dead:?}"
+    );
     assert!(dead[2]["reason"].contains("mailbox"), "{dead:?}");
     assert_eq!(dead[0]["payload"], "{not json");
     world.assert_drained();
@@ -142,7 +153,10 @@ fn a_refused_api_key_pauses_delivery_keeps_everything_and_resumes_by_itself() {
 
     world.ms4.configure(json!({"api_key": API_KEY}));
     world.wait_delivered(500, MINUTE, &daemon);
-    assert!(common::wait_until(Duration::from_secs(10), || daemon.ready().0 == 200));
+    assert!(common::wait_until(Duration::from_secs(10), || daemon
+        .ready()
+        .0
+        == 200));
     assert_eq!(world.ms4.stats()["duplicate_records"], 0);
     world.assert_drained();
 }
@@ -156,7 +170,10 @@ fn retry_after_is_honoured_by_every_sender_before_any_new_request() {
     world.load(0..1_500, |_| false);
     world.wait_delivered(1_500, Duration::from_secs(90), &daemon);
     let stats = world.ms4.stats();
-    assert!(stats["rate_limited"].as_u64().unwrap() >= 1, "no 429 provoked: {stats}");
+    assert!(
+        stats["rate_limited"].as_u64().unwrap() >= 1,
+        "no 429 provoked: {stats}"
+    );
     assert_eq!(stats["requests_during_retry_after"], 0, "{stats}");
     assert_eq!(stats["duplicate_records"], 0);
     assert!(world.dead_letters().is_empty());
@@ -177,7 +194,10 @@ fn the_shared_rate_limit_keeps_every_window_inside_ms4s_limit_without_429s() {
     world.wait_delivered(1_200, Duration::from_secs(60), &daemon);
     let stats = world.ms4.stats();
     assert_eq!(stats["rate_limited"], 0, "{stats}");
-    assert!(stats["max_requests_in_window"].as_u64().unwrap() <= 40, "{stats}");
+    assert!(
+        stats["max_requests_in_window"].as_u64().unwrap() <= 40,
+        "{stats}"
+    );
 }
 
 #[test]
@@ -197,8 +217,14 @@ fn a_5xx_storm_opens_the_breaker_falls_to_probes_and_everything_arrives_after_re
     let before = world.ms4.stats()["requests_total"].as_u64().unwrap();
     std::thread::sleep(Duration::from_secs(4));
     let during = world.ms4.stats()["requests_total"].as_u64().unwrap() - before;
-    assert!(during <= 8, "{during} requests in 4 s with the breaker open");
-    assert!(world.dead_letters().is_empty(), "transient failures never dead-letter");
+    assert!(
+        during <= 8,
+        "{during} requests in 4 s with the breaker open"
+    );
+    assert!(
+        world.dead_letters().is_empty(),
+        "transient failures never dead-letter"
+    );
 
     world.ms4.configure(json!({"outage": false}));
     world.wait_delivered(600, MINUTE, &daemon);
@@ -224,7 +250,10 @@ fn errors_and_slow_answers_are_retried_until_delivered() {
     world.ms4.configure(json!({"latency_ms": 0}));
     world.wait_delivered(1_000, MINUTE, &daemon);
     let stats = world.ms4.stats();
-    assert!(stats["responses"]["500"].as_u64().unwrap_or(0) > 0, "{stats}");
+    assert!(
+        stats["responses"]["500"].as_u64().unwrap_or(0) > 0,
+        "{stats}"
+    );
     assert!(world.dead_letters().is_empty());
     world.assert_drained();
 }

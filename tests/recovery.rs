@@ -22,13 +22,22 @@ fn sigkill_three_times_during_a_20000_entry_run_loses_nothing() {
         });
         assert!(reached, "stalled before {at}:\n{}", daemon.log_tail(30));
         daemon.restart(); // SIGKILL, then start again
+        let at_kill = world.ms4.stats()["unique_records"].as_u64().unwrap();
+        assert!(
+            at_kill < 20_000,
+            "the kill landed mid-run ({at_kill} delivered)"
+        );
+        eprintln!("killed at {at_kill} delivered");
     }
     world.wait_delivered(20_000, MINUTES, &daemon);
     let stats = world.ms4.stats();
     let duplicates = stats["duplicate_records"].as_u64().unwrap();
+    eprintln!("duplicates at MS4 after 3 kills: {duplicates}");
     // At most the batches in flight at each kill: 3 kills × max_in_flight (4) × batch (50).
     assert!(duplicates <= 3 * 4 * 50, "{duplicates} duplicates: {stats}");
-    assert!(common::wait_until(Duration::from_secs(10), || world.xlen("outbound") == 0));
+    assert!(common::wait_until(Duration::from_secs(10), || world
+        .xlen("outbound")
+        == 0));
     world.assert_drained();
     assert!(world.dead_letters().is_empty());
 }
@@ -43,12 +52,26 @@ fn a_restarted_redis_server_is_reconnected_to_and_the_run_finishes() {
         world.ms4.stats()["unique_records"].as_u64().unwrap_or(0) >= 5_000
     });
     assert!(reached);
-    world.redis.restart().expect("redis-server restarts with its AOF");
+    world
+        .redis
+        .restart()
+        .expect("redis-server restarts with its AOF");
+    let at_restart = world.ms4.stats()["unique_records"].as_u64().unwrap();
+    assert!(
+        at_restart < 20_000,
+        "the restart landed mid-run ({at_restart} delivered)"
+    );
+    eprintln!("redis restarted at {at_restart} delivered");
     world.wait_delivered(20_000, MINUTES, &daemon);
     assert!(daemon.is_running(), "the daemon survived the Redis restart");
-    assert!(common::wait_until(Duration::from_secs(10), || world.xlen("outbound") == 0));
+    assert!(common::wait_until(Duration::from_secs(10), || world
+        .xlen("outbound")
+        == 0));
     world.assert_drained();
-    assert!(common::wait_until(Duration::from_secs(10), || daemon.ready().0 == 200));
+    assert!(common::wait_until(Duration::from_secs(10), || daemon
+        .ready()
+        .0
+        == 200));
 }
 
 #[test]
@@ -71,9 +94,8 @@ fn actors_that_fail_are_restarted_by_their_supervisor_and_carry_on_from_redis() 
     }
     world.load(200..1_200, |_| false);
     world.wait_delivered(1_200, MINUTES, &daemon);
-    let restarts = |actor: &str| {
-        daemon.metric(&format!("ms1_actor_restarts_total{{actor=\"{actor}\""))
-    };
+    let restarts =
+        |actor: &str| daemon.metric(&format!("ms1_actor_restarts_total{{actor=\"{actor}\""));
     assert!(restarts("batch_processor") >= 1.0, "{}", daemon.metrics());
     assert!(restarts("ms4_sender") >= 1.0, "{}", daemon.metrics());
     assert_eq!(world.ms4.stats()["duplicate_records"], 0);
@@ -90,15 +112,27 @@ fn sigterm_drains_in_flight_batches_and_a_restart_finishes_without_duplicates() 
         world.ms4.stats()["unique_records"].as_u64().unwrap_or(0) >= 2_000
     }));
     let (took, code) = daemon.terminate();
+    let at_stop = world.ms4.stats()["unique_records"].as_u64().unwrap();
+    assert!(
+        at_stop < 20_000,
+        "SIGTERM landed mid-run ({at_stop} delivered)"
+    );
+    eprintln!("SIGTERM at {at_stop} delivered, exit took {took:?}");
     assert!(took < Duration::from_secs(12), "drain took {took:?}");
     assert_eq!(code, Some(0), "{}", daemon.log_tail(20));
     // Everything MS4 accepted before the exit was acknowledged.
-    assert_eq!(world.pending("outbound", "senders"), 0, "in-flight batches were finished");
+    assert_eq!(
+        world.pending("outbound", "senders"),
+        0,
+        "in-flight batches were finished"
+    );
 
     world.ms4.configure(json!({"latency_ms": 0}));
     let daemon = world.daemon(&[]);
     world.wait_delivered(20_000, MINUTES, &daemon);
     assert_eq!(world.ms4.stats()["duplicate_records"], 0);
-    assert!(common::wait_until(Duration::from_secs(10), || world.xlen("outbound") == 0));
+    assert!(common::wait_until(Duration::from_secs(10), || world
+        .xlen("outbound")
+        == 0));
     world.assert_drained();
 }

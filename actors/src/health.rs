@@ -46,7 +46,9 @@ impl Health {
         self.0.ms4_auth_ok.store(ok, Ordering::Relaxed);
     }
     pub fn set_breaker(&self, state: crate::retry::BreakerState) {
-        self.0.breaker.store(state.as_gauge() as u8, Ordering::Relaxed);
+        self.0
+            .breaker
+            .store(state.as_gauge() as u8, Ordering::Relaxed);
     }
 
     pub fn readiness(&self) -> Readiness {

@@ -54,8 +54,12 @@ impl Pipeline {
             Supervisor::start(move |_| ratelimiter::RateLimiter::new(store, per_min, margin))
         };
         let processor = {
-            let (store, settings, health, shutdown) =
-                (store.clone(), settings.clone(), health.clone(), shutdown.clone());
+            let (store, settings, health, shutdown) = (
+                store.clone(),
+                settings.clone(),
+                health.clone(),
+                shutdown.clone(),
+            );
             Supervisor::start(move |_| {
                 processor::BatchProcessor::new(store, settings, health, shutdown)
             })

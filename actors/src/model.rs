@@ -142,8 +142,8 @@ pub fn graph_to_record(
         .and_then(|f| f.email_address)
         .and_then(|a| non_empty(a.address))
         .ok_or(Malformed::MissingProperty("from.emailAddress.address"))?;
-    let received = non_empty(msg.received_date_time)
-        .ok_or(Malformed::MissingProperty("receivedDateTime"))?;
+    let received =
+        non_empty(msg.received_date_time).ok_or(Malformed::MissingProperty("receivedDateTime"))?;
     let received_date_time = normalize_date(&received)?;
     let recipients = msg
         .to_recipients

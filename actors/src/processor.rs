@@ -22,11 +22,11 @@ use crate::store::{DeadLetter, Entry, Handoff, OutboundRecord, Store, StoreError
 use crate::supervision::RestartPacer;
 use crate::{health::Health, metrics as m};
 use actix::prelude::*;
-use tracing::Instrument;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// Field names of an inbound entry.
 pub mod inbound_fields {
@@ -141,7 +141,10 @@ impl Work {
             .own_pending(&inbound, PROCESSORS, &self.consumer, p.read_chunk)
             .await?;
         if !pending.is_empty() {
-            tracing::info!(entries = pending.len(), "resuming entries this consumer held");
+            tracing::info!(
+                entries = pending.len(),
+                "resuming entries this consumer held"
+            );
         }
         for chunk in pending.chunks(p.read_chunk) {
             self.process(chunk).await?;
@@ -170,7 +173,10 @@ impl Work {
                     )
                     .await?;
                 if !claimed.is_empty() {
-                    tracing::info!(entries = claimed.len(), "claimed entries a dead consumer left");
+                    tracing::info!(
+                        entries = claimed.len(),
+                        "claimed entries a dead consumer left"
+                    );
                     self.process(&claimed).await?;
                 }
                 if next == "0-0" {

@@ -158,7 +158,10 @@ mod tests {
         let later = t0 + Duration::from_millis(1_001);
         assert_eq!(b.state(later), BreakerState::HalfOpen);
         assert_eq!(b.admit(later), Admission::Probe);
-        assert!(matches!(b.admit(later), Admission::Wait(_)), "only one probe");
+        assert!(
+            matches!(b.admit(later), Admission::Wait(_)),
+            "only one probe"
+        );
         b.on_success();
         assert_eq!(b.state(later), BreakerState::Closed);
         assert_eq!(b.admit(later), Admission::Go);

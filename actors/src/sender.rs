@@ -33,13 +33,13 @@ use crate::store::streams::outbound_fields as F;
 use crate::store::{DeadLetter, Entry, Store, StoreError};
 use crate::supervision::RestartPacer;
 use actix::prelude::*;
-use tracing::Instrument;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
+use tracing::Instrument;
 
 /// Wait until in-flight batches are finished and the feeder has stopped.
 #[derive(Message)]
@@ -139,7 +139,9 @@ impl Handler<Deliver> for Ms4Sender {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        let Some(core) = self.core.clone() else { return };
+        let Some(core) = self.core.clone() else {
+            return;
+        };
         if msg.generation != self.generation {
             // Formed before a restart; the restarted feeder re-reads these entries itself.
             return;
@@ -230,7 +232,9 @@ impl Core {
                         auth.probing = true;
                         return Turn::AuthProbe;
                     }
-                    Some(t) => t.saturating_duration_since(now).max(Duration::from_millis(50)),
+                    Some(t) => t
+                        .saturating_duration_since(now)
+                        .max(Duration::from_millis(50)),
                     None => {
                         let admission = self.breaker.borrow_mut().admit(now);
                         self.health.set_breaker(self.breaker.borrow().state(now));
@@ -311,7 +315,14 @@ impl Core {
         }
     }
 
-    async fn dead_letter(&self, entry: &Entry, status: u16, body: &str, attempts: u32, first_ms: u64) {
+    async fn dead_letter(
+        &self,
+        entry: &Entry,
+        status: u16,
+        body: &str,
+        attempts: u32,
+        first_ms: u64,
+    ) {
         let now = now_ms();
         let d = DeadLetter {
             stage: Stage::Deliver,
@@ -350,7 +361,11 @@ impl Core {
 fn record_mailbox(record: &str) -> String {
     serde_json::from_str::<serde_json::Value>(record)
         .ok()
-        .and_then(|v| v.get("mailbox").and_then(|m| m.as_str()).map(str::to_string))
+        .and_then(|v| {
+            v.get("mailbox")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
         .unwrap_or_default()
 }
 
@@ -373,7 +388,10 @@ async fn feed(
         .await?
         .into();
     if !backlog.is_empty() {
-        tracing::info!(entries = backlog.len(), "re-sending entries this consumer held before it stopped");
+        tracing::info!(
+            entries = backlog.len(),
+            "re-sending entries this consumer held before it stopped"
+        );
     }
     let claim_idle = s.redis.claim_idle_ms;
     let housekeeping_every = Duration::from_millis((claim_idle / 3).max(300));
@@ -382,7 +400,8 @@ async fn feed(
 
     while !shutdown.is_raised() {
         while core.in_flight.get() >= s.ms4.max_in_flight {
-            let _ = tokio::time::timeout(Duration::from_millis(200), core.slot_freed.notified()).await;
+            let _ =
+                tokio::time::timeout(Duration::from_millis(200), core.slot_freed.notified()).await;
             if shutdown.is_raised() {
                 break;
             }
@@ -398,13 +417,26 @@ async fn feed(
                 .await?;
             let (next, claimed) = core
                 .store
-                .autoclaim(&outbound, SENDERS, &core.consumer, claim_idle, &claim_cursor, 1_000)
+                .autoclaim(
+                    &outbound,
+                    SENDERS,
+                    &core.consumer,
+                    claim_idle,
+                    &claim_cursor,
+                    1_000,
+                )
                 .await?;
             claim_cursor = next;
             let held = core.held.borrow();
-            let fresh: Vec<Entry> = claimed.into_iter().filter(|e| !held.contains(&e.id)).collect();
+            let fresh: Vec<Entry> = claimed
+                .into_iter()
+                .filter(|e| !held.contains(&e.id))
+                .collect();
             if !fresh.is_empty() {
-                tracing::info!(entries = fresh.len(), "claimed outbound entries a dead consumer left");
+                tracing::info!(
+                    entries = fresh.len(),
+                    "claimed outbound entries a dead consumer left"
+                );
             }
             backlog.extend(fresh);
         }
@@ -507,7 +539,13 @@ async fn deliver_part(core: &Core, mut part: Part, stack: &mut Vec<Part>) {
     let mut backoff = Backoff::new(&core.settings.ms4);
     loop {
         let turn = core.wait_turn().await;
-        match core.limiter.send(Acquire { budget: ratelimiter::MS4 }).await {
+        match core
+            .limiter
+            .send(Acquire {
+                budget: ratelimiter::MS4,
+            })
+            .await
+        {
             Ok(Ok(_permit)) => {}
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "rate permit unavailable (redis); retrying");
@@ -522,7 +560,11 @@ async fn deliver_part(core: &Core, mut part: Part, stack: &mut Vec<Part>) {
                 continue;
             }
         }
-        let body = batch_body(part.entries.iter().map(|e| e.field(F::RECORD).unwrap_or("null")));
+        let body = batch_body(
+            part.entries
+                .iter()
+                .map(|e| e.field(F::RECORD).unwrap_or("null")),
+        );
         let key = batch_key(part.entries.iter().map(|e| e.field(F::KEY).unwrap_or("")));
         part.attempts += 1;
         let started = Instant::now();
@@ -555,7 +597,11 @@ async fn deliver_part(core: &Core, mut part: Part, stack: &mut Vec<Part>) {
                     core.dead_letter(&part.entries[0], status, &body, part.attempts, first)
                         .await;
                 } else {
-                    tracing::info!(records = part.entries.len(), status, "MS4 rejected a batch: bisecting to isolate the invalid records");
+                    tracing::info!(
+                        records = part.entries.len(),
+                        status,
+                        "MS4 rejected a batch: bisecting to isolate the invalid records"
+                    );
                     let right = part.entries.split_off(part.entries.len() / 2);
                     stack.push(Part {
                         entries: right,
@@ -572,7 +618,10 @@ async fn deliver_part(core: &Core, mut part: Part, stack: &mut Vec<Part>) {
             }
             Verdict::Unauthorized { .. } => continue,
             Verdict::RetryAfter(delay) => {
-                tracing::warn!(retry_after_ms = delay.as_millis() as u64, "MS4 throttled: pausing every sender");
+                tracing::warn!(
+                    retry_after_ms = delay.as_millis() as u64,
+                    "MS4 throttled: pausing every sender"
+                );
                 if let Ok(Err(e)) | Err(e) = core
                     .limiter
                     .send(PauseBudget {

@@ -30,9 +30,7 @@ impl RestartPacer {
     /// Called from `restarting`: counts the restart.
     pub fn on_restart(&mut self) {
         metrics::counter!(crate::metrics::RESTARTS, "actor" => self.actor).increment(1);
-        let healthy = self
-            .started
-            .is_some_and(|t| t.elapsed() >= HEALTHY_RUN);
+        let healthy = self.started.is_some_and(|t| t.elapsed() >= HEALTHY_RUN);
         self.restarts = if healthy { 1 } else { self.restarts + 1 };
     }
 

@@ -3,7 +3,7 @@
 //!
 //! Errors are JSON `{"error":{"code","message"}}`.
 
-use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
+use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse, ResponseError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use ms1_actors::Health;
 use serde_json::json;
@@ -16,13 +16,38 @@ pub struct ControlState {
     pub token: String,
 }
 
-/// An error answer in the API's shape.
-pub fn api_error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
-    HttpResponse::build(status).json(json!({"error": {"code": code, "message": message}}))
+/// An error answer in the API's shape: `{"error":{"code","message"}}` with its status.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
 }
 
-/// Checks `Authorization: Bearer <token>` in constant time. `Err` is the 401 to return.
-pub fn authorize(req: &HttpRequest, token: &str) -> Result<(), HttpResponse> {
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status)
+            .json(json!({"error": {"code": self.code, "message": self.message}}))
+    }
+}
+
+/// Checks `Authorization: Bearer <token>` in constant time.
+pub fn authorize(req: &HttpRequest, token: &str) -> Result<(), ApiError> {
     if token.is_empty() {
         return Ok(());
     }
@@ -35,7 +60,7 @@ pub fn authorize(req: &HttpRequest, token: &str) -> Result<(), HttpResponse> {
     if constant_time_eq(given.as_bytes(), token.as_bytes()) {
         Ok(())
     } else {
-        Err(api_error(
+        Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing or wrong bearer token (Authorization: Bearer <control.token>)",
@@ -63,17 +88,18 @@ async fn ready(state: web::Data<ControlState>) -> HttpResponse {
     HttpResponse::build(status).json(r)
 }
 
-async fn prometheus(state: web::Data<ControlState>, req: HttpRequest) -> HttpResponse {
-    if let Err(resp) = authorize(&req, &state.token) {
-        return resp;
-    }
-    HttpResponse::Ok()
+async fn prometheus(
+    state: web::Data<ControlState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state.token)?;
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.prometheus.render())
+        .body(state.prometheus.render()))
 }
 
 async fn not_found() -> HttpResponse {
-    api_error(StatusCode::NOT_FOUND, "not_found", "no such route")
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").error_response()
 }
 
 /// Registers the control routes.

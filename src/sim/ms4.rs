@@ -157,8 +157,7 @@ fn gate(state: &Shared, req: &HttpRequest) -> (Gate, Duration) {
     if req.headers().get("Idempotency-Key").is_none() {
         s.stats.missing_idempotency_key += 1;
     }
-    if s
-        .retry_after
+    if s.retry_after
         .is_some_and(|(sent, until)| now >= sent + RETRY_AFTER_GRACE && now < until)
     {
         s.stats.requests_during_retry_after += 1;
@@ -177,7 +176,11 @@ fn gate(state: &Shared, req: &HttpRequest) -> (Gate, Duration) {
         );
     }
     let window = s.window;
-    while s.arrivals.front().is_some_and(|t| now.duration_since(*t) >= window) {
+    while s
+        .arrivals
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= window)
+    {
         s.arrivals.pop_front();
     }
     if s.rate_limit_per_min > 0 && s.arrivals.len() >= s.rate_limit_per_min as usize {
@@ -300,18 +303,21 @@ pub fn valid_record(v: &Value) -> Option<String> {
         && s("receivedDateTime").is_some_and(|d| DateTime::parse_from_rfc3339(d).is_ok())
         && matches!(s("source"), Some("graph" | "imap"))
         && s("mailbox").is_some()
-        && o.get("raw_message").is_some_and(|r| r.is_null() || r.is_string())
+        && o.get("raw_message")
+            .is_some_and(|r| r.is_null() || r.is_string())
         && o.get("recipients")
             .and_then(Value::as_array)
             .is_some_and(|r| r.iter().all(Value::is_string))
         && s("bodyPreview").is_some_and(|p| p.chars().count() <= 255)
-        && o.get("attachments").and_then(Value::as_array).is_some_and(|a| {
-            a.iter().all(|x| {
-                x.get("name").is_some_and(Value::is_string)
-                    && x.get("contentType").is_some_and(Value::is_string)
-                    && x.get("size").is_some_and(Value::is_u64)
-            })
-        });
+        && o.get("attachments")
+            .and_then(Value::as_array)
+            .is_some_and(|a| {
+                a.iter().all(|x| {
+                    x.get("name").is_some_and(Value::is_string)
+                        && x.get("contentType").is_some_and(Value::is_string)
+                        && x.get("size").is_some_and(Value::is_u64)
+                })
+            });
     ok.then(|| key.to_string())
 }
 
@@ -376,7 +382,11 @@ pub async fn serve(opts: Ms4SimOptions) -> anyhow::Result<()> {
         .bind
         .parse()
         .map_err(|_| anyhow::anyhow!("--bind {}: not an IP address", opts.bind))?;
-    anyhow::ensure!(ip.is_loopback(), "--bind {}: the simulator listens on loopback only", ip);
+    anyhow::ensure!(
+        ip.is_loopback(),
+        "--bind {}: the simulator listens on loopback only",
+        ip
+    );
     let state: Shared = Arc::new(Mutex::new(State::new(&opts)));
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {

@@ -82,7 +82,10 @@ impl World {
 
     /// The idempotency key synthetic message `n` carries.
     pub fn key_of(n: u64) -> String {
-        format!("<inv-{n}.invoices-{}@contoso.example@vendor.example>", n % 3)
+        format!(
+            "<inv-{n}.invoices-{}@contoso.example@vendor.example>",
+            n % 3
+        )
     }
 
     pub fn xlen(&self, stream: &str) -> u64 {
@@ -121,7 +124,9 @@ impl World {
 
     /// Waits until MS4 holds `n` unique records; panics with the daemon's log otherwise.
     pub fn wait_delivered(&self, n: u64, timeout: Duration, daemon: &Daemon) {
-        let ok = wait_until(timeout, || self.ms4.stats()["unique_records"].as_u64() == Some(n));
+        let ok = wait_until(timeout, || {
+            self.ms4.stats()["unique_records"].as_u64() == Some(n)
+        });
         if !ok {
             panic!(
                 "MS4 has {} of {n} records after {timeout:?}\nsim stats: {}\ndaemon log tail:\n{}",
@@ -326,7 +331,10 @@ impl Daemon {
             .filter(|l| !l.starts_with('#'))
             .filter(|l| {
                 l.starts_with(name)
-                    && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{') | Some(b',') | Some(b'}'))
+                    && matches!(
+                        l.as_bytes().get(name.len()),
+                        Some(b' ') | Some(b'{') | Some(b',') | Some(b'}')
+                    )
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()

@@ -87,6 +87,6 @@ impl Store {
             .arg(count)
             .query_async(&mut self.conn())
             .await?;
-        Ok(super::streams::parse_entries_public(v)?)
+        super::streams::parse_entries_public(v)
     }
 }

@@ -25,7 +25,11 @@ impl Scripts {
 impl Store {
     /// Tries to take one permit of `budget`, spaced `interval` apart. `None`: granted;
     /// `Some(d)`: ask again after `d`.
-    pub async fn take_permit(&self, budget: &str, interval: Duration) -> StoreResult<Option<Duration>> {
+    pub async fn take_permit(
+        &self,
+        budget: &str,
+        interval: Duration,
+    ) -> StoreResult<Option<Duration>> {
         let wait_us: i64 = self
             .ratelimit
             .take

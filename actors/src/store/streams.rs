@@ -74,7 +74,9 @@ fn as_string(v: Value) -> StoreResult<String> {
         Value::SimpleString(s) => Ok(s),
         Value::VerbatimString { text, .. } => Ok(text),
         Value::Int(i) => Ok(i.to_string()),
-        other => Err(StoreError::Reply(format!("expected a string, got {other:?}"))),
+        other => Err(StoreError::Reply(format!(
+            "expected a string, got {other:?}"
+        ))),
     }
 }
 
@@ -176,7 +178,11 @@ impl Store {
         block_ms: Option<u64>,
     ) -> StoreResult<Vec<Entry>> {
         let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(count);
+        cmd.arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count);
         if let Some(ms) = block_ms {
             cmd.arg("BLOCK").arg(ms);
         }
@@ -418,7 +424,12 @@ mod tests {
         let v = Value::Array(vec![
             Value::Array(vec![
                 bulk("1-0"),
-                Value::Array(vec![bulk("mailbox"), bulk("m"), bulk("payload"), bulk("{}")]),
+                Value::Array(vec![
+                    bulk("mailbox"),
+                    bulk("m"),
+                    bulk("payload"),
+                    bulk("{}"),
+                ]),
             ]),
             Value::Array(vec![bulk("2-0"), Value::Nil]),
         ]);

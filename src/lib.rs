@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod http;
 pub mod redis_launcher;
 pub mod sim;

@@ -55,7 +55,13 @@ enum Command {
         /// How many extra entries are malformed (not a Graph message at all).
         #[arg(long, default_value_t = 0)]
         malformed: u64,
+        /// Offer them at this many per second instead of all at once.
+        #[arg(long)]
+        rate: Option<u64>,
     },
+    /// Run the whole path on this machine: private redis-server, MS4 simulator, the daemon,
+    /// synthetic mail; prints a summary and exits 0 when nothing was lost.
+    Demo(ms1_ingestor::demo::DemoOptions),
     /// Run a simulator of an outside service.
     Sim {
         #[command(subcommand)]
@@ -100,66 +106,42 @@ fn run(command: Command) -> anyhow::Result<()> {
             start,
             invalid,
             malformed,
+            rate,
         } => {
             let settings = config::load(file.as_deref())?;
             anyhow::ensure!(
                 !settings.redis.url.is_empty(),
                 "redis.url is empty: say which Redis to load into (MS1__REDIS__URL=redis://…)"
             );
-            load(
-                &settings,
+            let plan = synthetic::LoadPlan {
                 count,
-                mailboxes.max(1),
+                mailboxes: mailboxes.max(1),
                 start,
                 invalid,
                 malformed,
-            )
+                rate_per_s: rate,
+            };
+            load(&settings, plan)
         }
+        Command::Demo(opts) => ms1_ingestor::demo::run(opts),
         Command::Sim {
             which: SimCommand::Ms4(opts),
         } => actix_rt::System::new().block_on(sim::ms4::serve(opts)),
     }
 }
 
-fn load(
-    settings: &ms1_actors::Settings,
-    count: u64,
-    mailboxes: u64,
-    start: u64,
-    invalid: u64,
-    malformed: u64,
-) -> anyhow::Result<()> {
-    use ms1_actors::processor::inbound_fields as f;
-    // Spread the invalid ones evenly over the run: every `every`-th message, `invalid` times.
-    let every = (count / invalid.max(1)).max(1);
-    let mut entries: Vec<Vec<(&str, String)>> = (start..start + count)
-        .map(|n| {
-            let mailbox = format!("invoices-{}@contoso.example", n % mailboxes);
-            let i = n - start;
-            let valid = !(i.is_multiple_of(every) && i / every < invalid);
-            synthetic::inbound_entry(n, &mailbox, valid)
-        })
-        .collect();
-    for i in 0..malformed {
-        entries.push(vec![
-            (f::SOURCE, "graph".into()),
-            (f::MAILBOX, "invoices-0@contoso.example".into()),
-            (f::PAYLOAD, format!("{{\"id\": \"broken-{i}\", truncated")),
-        ]);
-    }
+fn load(settings: &ms1_actors::Settings, plan: synthetic::LoadPlan) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
-        let store = ms1_actors::Store::open(&settings.redis.url, &settings.redis.prefix)?;
-        let inbound = store.keys().inbound();
-        store.add_entries(&inbound, &entries).await?;
-        anyhow::Ok(())
-    })
-    .context("loading the inbound stream")?;
+    let loaded = rt
+        .block_on(async {
+            let store = ms1_actors::Store::open(&settings.redis.url, &settings.redis.prefix)?;
+            synthetic::load(&store, &plan).await
+        })
+        .context("loading the inbound stream")?;
     eprintln!(
-        "loaded {} entries into {}stream:inbound",
-        entries.len(),
+        "loaded {loaded} entries into {}stream:inbound",
         settings.redis.prefix
     );
     Ok(())

@@ -40,10 +40,89 @@ pub fn inbound_entry(n: u64, mailbox: &str, valid: bool) -> Vec<(&'static str, S
     ]
 }
 
+/// What `load` puts into the inbound stream.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    pub count: u64,
+    pub mailboxes: u64,
+    /// Number of the first message (several loads do not repeat keys).
+    pub start: u64,
+    /// How many of them MS4 refuses, spread evenly.
+    pub invalid: u64,
+    /// Extra entries that are not Graph messages at all.
+    pub malformed: u64,
+    /// Offered rate; `None` for as fast as Redis takes them.
+    pub rate_per_s: Option<u64>,
+}
+
+impl LoadPlan {
+    /// The entries, in order.
+    pub fn entries(&self) -> Vec<Vec<(&'static str, String)>> {
+        use ms1_actors::processor::inbound_fields as f;
+        let every = (self.count / self.invalid.max(1)).max(1);
+        let mut entries: Vec<Vec<(&str, String)>> = (self.start..self.start + self.count)
+            .map(|n| {
+                let mailbox = format!("invoices-{}@contoso.example", n % self.mailboxes.max(1));
+                let i = n - self.start;
+                let valid = !(i.is_multiple_of(every) && i / every < self.invalid);
+                inbound_entry(n, &mailbox, valid)
+            })
+            .collect();
+        for i in 0..self.malformed {
+            entries.push(vec![
+                (f::SOURCE, "graph".into()),
+                (f::MAILBOX, "invoices-0@contoso.example".into()),
+                (f::PAYLOAD, format!("{{\"id\": \"broken-{i}\", truncated")),
+            ]);
+        }
+        entries
+    }
+}
+
+/// Loads a plan into the inbound stream; returns how many entries were added.
+pub async fn load(store: &ms1_actors::Store, plan: &LoadPlan) -> anyhow::Result<u64> {
+    let entries = plan.entries();
+    let inbound = store.keys().inbound();
+    match plan.rate_per_s {
+        None => store.add_entries(&inbound, &entries).await?,
+        Some(rate) => {
+            // Chunks every 10 ms, paced against the start so the average rate holds.
+            let per_tick = (rate / 100).max(1) as usize;
+            let started = std::time::Instant::now();
+            for (i, chunk) in entries.chunks(per_tick).enumerate() {
+                let due = started + std::time::Duration::from_millis(10 * i as u64);
+                tokio::time::sleep_until(due.into()).await;
+                store.add_entries(&inbound, chunk).await?;
+            }
+        }
+    }
+    Ok(entries.len() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ms1_actors::model::graph_to_record;
+
+    #[test]
+    fn a_plan_spreads_its_invalid_messages_and_appends_malformed_ones() {
+        let plan = LoadPlan {
+            count: 100,
+            mailboxes: 3,
+            start: 0,
+            invalid: 4,
+            malformed: 2,
+            rate_per_s: None,
+        };
+        let entries = plan.entries();
+        assert_eq!(entries.len(), 102);
+        let invalid = entries
+            .iter()
+            .filter(|e| e[2].1.contains("not-an-address"))
+            .count();
+        assert_eq!(invalid, 4);
+        assert!(entries[101][2].1.contains("truncated"));
+    }
 
     #[test]
     fn synthetic_messages_transform_into_records() {

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Benchmarks, printed as figures (never asserted in tests).
+#
+#   scripts/bench.sh pipeline   inbound stream → MS4 simulator:
+#     - 100,000 entries, unlimited simulator, batch 50 and batch 500: e-mails/s draining a
+#       preloaded backlog, peak RSS of the daemon, and p50/p99 inbound-to-MS4 latency with the
+#       same 100,000 offered at half that throughput (so latency is the system's, not a queue's);
+#     - the contract case: MS4 limit 600/min, 12,000 records in batches of 50: achieved request
+#       rate as a percent of the limit, 429s, most requests seen in any 60-second window.
+#
+# Everything runs on loopback: a private redis-server (AOF on, as in production), the MS4
+# simulator and the daemon (release build).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+what="${1:-pipeline}"
+need_packages redis-server:redis-server curl:curl jq:jq
+cargo build --release --quiet
+BIN="$ROOT/target/release/ms1-ingestor"
+WORK="$(mktemp -d /tmp/ms1-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
+  || echo $((20000 + RANDOM % 20000)); }
+
+start_redis() {
+  REDIS_PORT=$(free_port)
+  mkdir -p "$WORK/redis-$REDIS_PORT"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK/redis-$REDIS_PORT" \
+    --appendonly yes --appendfsync everysec --save "" --daemonize no --logfile redis.log &
+  PIDS+=($!)
+  REDIS_PID=$!
+  for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+  export MS1__REDIS__URL="redis://127.0.0.1:$REDIS_PORT"
+}
+
+start_sim() { # args: sim options
+  "$BIN" sim ms4 --port 0 --api-key bench-key "$@" >"$WORK/sim.out" 2>"$WORK/sim.err" &
+  PIDS+=($!)
+  SIM_PID=$!
+  for _ in $(seq 100); do grep -q listening "$WORK/sim.out" 2>/dev/null && break; sleep 0.05; done
+  SIM_URL=$(awk '{print $NF}' "$WORK/sim.out")
+  export MS1__MS4__BASE_URL="$SIM_URL" MS1__MS4__API_KEY=bench-key
+}
+
+start_daemon() {
+  CONTROL="127.0.0.1:$(free_port)"
+  MS1__CONTROL__BIND="$CONTROL" MS1__LOG__FORMAT=json MS1__LOG__LEVEL=warn \
+    MS1__REDIS__CONSUMER=bench "$BIN" run >>"$WORK/daemon.log" 2>&1 &
+  DAEMON_PID=$!
+  PIDS+=($DAEMON_PID)
+  for _ in $(seq 200); do curl -sf "http://$CONTROL/health" >/dev/null && break; sleep 0.05; done
+}
+
+stop_daemon() { kill -TERM "$DAEMON_PID" 2>/dev/null || true; wait "$DAEMON_PID" 2>/dev/null || true; }
+stop_all() { stop_daemon; kill "$SIM_PID" "$REDIS_PID" 2>/dev/null || true; wait "$SIM_PID" "$REDIS_PID" 2>/dev/null || true; }
+
+sim_stat() { curl -s "$SIM_URL/_sim/stats" | jq -r ".$1"; }
+
+wait_for_records() { # n timeout_s
+  local deadline=$(( $(date +%s) + $2 ))
+  while [ "$(sim_stat unique_records)" -lt "$1" ]; do
+    [ "$(date +%s)" -gt "$deadline" ] && { echo "timed out waiting for $1 records" >&2; tail -5 "$WORK/daemon.log" >&2; return 1; }
+    sleep 0.02
+  done
+}
+
+quantile() { # q → seconds, from the daemon's summary
+  curl -s "http://$CONTROL/metrics/prometheus" \
+    | awk -v q="$1" '$1 == "ms1_delivery_latency_seconds{quantile=\"" q "\"}" {print $2}'
+}
+
+now() { date +%s.%N; }
+
+bench_unlimited() { # batch
+  local batch=$1 n=100000
+  export MS1__MS4__BATCH_SIZE=$batch MS1__MS4__RATE_LIMIT_PER_MIN=0 MS1__MS4__MAX_IN_FLIGHT=4 MS1__PIPELINE__READ_CHUNK=1000
+  # Throughput: drain a preloaded backlog.
+  start_redis; start_sim --rate-limit-per-min 0 --max-batch 1000
+  "$BIN" load --count $n 2>/dev/null
+  local t0; t0=$(now)
+  start_daemon
+  wait_for_records $n 300
+  local t1; t1=$(now)
+  local rss; rss=$(awk '/VmHWM/ {print $2}' "/proc/$DAEMON_PID/status")
+  local rate; rate=$(echo "$n / ($t1 - $t0)" | bc)
+  stop_all
+  # Latency: the same volume offered at half the measured throughput.
+  local offered=$(( rate / 2 ))
+  start_redis; start_sim --rate-limit-per-min 0 --max-batch 1000
+  start_daemon
+  "$BIN" load --count $n --rate $offered 2>/dev/null
+  wait_for_records $n 300
+  sleep 0.3
+  local p50 p99
+  p50=$(quantile 0.5); p99=$(quantile 0.99)
+  stop_all
+  printf '%-28s %10s e-mails/s   p50 %7.1f ms   p99 %7.1f ms (offered %s/s)   peak RSS %5.1f MB\n' \
+    "batch $batch, unlimited MS4:" "$rate" "$(echo "$p50 * 1000" | bc -l)" "$(echo "$p99 * 1000" | bc -l)" "$offered" "$(echo "$rss / 1024" | bc -l)"
+}
+
+bench_contract() {
+  local n=12000 limit=600
+  export MS1__MS4__BATCH_SIZE=50 MS1__MS4__RATE_LIMIT_PER_MIN=$limit MS1__MS4__MAX_IN_FLIGHT=4 MS1__PIPELINE__READ_CHUNK=500
+  start_redis; start_sim --rate-limit-per-min $limit
+  "$BIN" load --count $n 2>/dev/null
+  local t0; t0=$(now)
+  start_daemon
+  wait_for_records $n 600
+  local t1; t1=$(now)
+  local requests throttled maxwin
+  requests=$(sim_stat requests_total); throttled=$(sim_stat rate_limited); maxwin=$(sim_stat max_requests_in_window)
+  local rss; rss=$(awk '/VmHWM/ {print $2}' "/proc/$DAEMON_PID/status")
+  stop_all
+  # The first request goes out at once, then one per interval: rate = (requests - 1) / elapsed.
+  local pct; pct=$(echo "($requests - 1) / ($t1 - $t0) * 60 / $limit * 100" | bc -l)
+  printf '%-28s %d records, %d requests in %.1f s = %.1f%% of %d/min, %d answered 429, max %d in any 60 s, peak RSS %.1f MB\n' \
+    "contract (600/min, batch 50):" "$n" "$requests" "$(echo "$t1 - $t0" | bc -l)" "$pct" "$limit" "$throttled" "$maxwin" "$(echo "$rss / 1024" | bc -l)"
+}
+
+need_packages bc:bc
+case "$what" in
+  pipeline)
+    echo "ms1-ingestor pipeline benchmark ($(nproc) cores, $(redis-server --version | awk '{print $3}'))"
+    bench_unlimited 50
+    bench_unlimited 500
+    bench_contract
+    ;;
+  *)
+    echo "usage: scripts/bench.sh pipeline" >&2
+    exit 2
+    ;;
+esac

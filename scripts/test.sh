@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Every check CI runs, in the order CI runs them:
+#   formatting, clippy with warnings as errors, then all tests — unit tests and the end-to-end
+#   tests, which start their own redis-server (installed here when missing), the MS4 simulator
+#   and the daemon as real processes.
+# Usage: scripts/test.sh [cargo test filter…]
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+need_packages redis-server:redis-server
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "==> cargo test"
+cargo test --workspace --quiet -- "$@"
+echo "==> all checks passed"

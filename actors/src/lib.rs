@@ -25,7 +25,7 @@ pub mod shutdown;
 pub mod store;
 pub mod supervision;
 
-use actix::{Addr, Supervisor};
+use actix::{Addr, Arbiter, Supervisor};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +41,7 @@ pub struct Pipeline {
     pub limiter: Addr<ratelimiter::RateLimiter>,
     pub health: Health,
     shutdown: Shutdown,
+    _processor_thread: Arbiter,
 }
 
 impl Pipeline {
@@ -53,6 +54,9 @@ impl Pipeline {
             let margin = Duration::from_millis(settings.ms4.rate_margin_ms);
             Supervisor::start(move |_| ratelimiter::RateLimiter::new(store, per_min, margin))
         };
+        // The BatchProcessor is CPU-bound (parse, transform, serialize): it gets a thread of
+        // its own so it never starves the sender's network loop.
+        let processor_thread = Arbiter::new();
         let processor = {
             let (store, settings, health, shutdown) = (
                 store.clone(),
@@ -60,7 +64,7 @@ impl Pipeline {
                 health.clone(),
                 shutdown.clone(),
             );
-            Supervisor::start(move |_| {
+            Supervisor::start_in_arbiter(&processor_thread.handle(), move |_| {
                 processor::BatchProcessor::new(store, settings, health, shutdown)
             })
         };
@@ -82,6 +86,7 @@ impl Pipeline {
             limiter,
             health,
             shutdown,
+            _processor_thread: processor_thread,
         }
     }
 

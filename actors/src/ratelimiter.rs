@@ -42,6 +42,8 @@ pub struct RateLimiter {
     store: Store,
     /// Emission interval of MS4 permits; zero for no limit.
     ms4_interval: Duration,
+    /// Lateness that keeps the schedule: a quarter of the margin or of the interval.
+    ms4_tolerance: Duration,
     pacer: RestartPacer,
 }
 
@@ -56,14 +58,15 @@ impl RateLimiter {
         Self {
             store,
             ms4_interval,
+            ms4_tolerance: (margin / 4).min(ms4_interval / 4),
             pacer: RestartPacer::new("rate_limiter"),
         }
     }
 
-    fn interval(&self, budget: &str) -> Duration {
+    fn schedule(&self, budget: &str) -> (Duration, Duration) {
         match budget {
-            MS4 => self.ms4_interval,
-            _ => Duration::ZERO,
+            MS4 => (self.ms4_interval, self.ms4_tolerance),
+            _ => (Duration::ZERO, Duration::ZERO),
         }
     }
 }
@@ -87,11 +90,11 @@ impl Handler<Acquire> for RateLimiter {
 
     fn handle(&mut self, msg: Acquire, _ctx: &mut Context<Self>) -> Self::Result {
         let store = self.store.clone();
-        let interval = self.interval(msg.budget);
+        let (interval, tolerance) = self.schedule(msg.budget);
         Box::pin(async move {
             let started = Instant::now();
             loop {
-                match store.take_permit(msg.budget, interval).await? {
+                match store.take_permit(msg.budget, interval, tolerance).await? {
                     None => {
                         let waited = started.elapsed();
                         metrics::histogram!(crate::metrics::RATE_WAIT, "budget" => msg.budget)

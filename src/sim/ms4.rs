@@ -91,8 +91,12 @@ pub struct SimStats {
     pub missing_idempotency_key: u64,
     /// Most requests admitted within any window (60 s unless `window_ms` says otherwise).
     pub max_requests_in_window: usize,
-    /// Records in batches refused with 400.
+    /// Batches refused with 400.
     pub rejected_batches: u64,
+    /// Wall-clock time of the first and the last request (ms since the epoch), to compute the
+    /// achieved request rate.
+    pub first_request_ms: u64,
+    pub last_request_ms: u64,
 }
 
 struct State {
@@ -154,6 +158,11 @@ fn gate(state: &Shared, req: &HttpRequest) -> (Gate, Duration) {
     let now = Instant::now();
     let mut s = lock(state);
     s.stats.requests_total += 1;
+    let wall_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    if s.stats.first_request_ms == 0 {
+        s.stats.first_request_ms = wall_ms;
+    }
+    s.stats.last_request_ms = wall_ms;
     if req.headers().get("Idempotency-Key").is_none() {
         s.stats.missing_idempotency_key += 1;
     }

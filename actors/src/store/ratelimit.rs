@@ -23,12 +23,13 @@ impl Scripts {
 }
 
 impl Store {
-    /// Tries to take one permit of `budget`, spaced `interval` apart. `None`: granted;
-    /// `Some(d)`: ask again after `d`.
+    /// Tries to take one permit of `budget`, spaced `interval` apart; a caller up to
+    /// `tolerance` late keeps the schedule. `None`: granted; `Some(d)`: ask again after `d`.
     pub async fn take_permit(
         &self,
         budget: &str,
         interval: Duration,
+        tolerance: Duration,
     ) -> StoreResult<Option<Duration>> {
         let wait_us: i64 = self
             .ratelimit
@@ -36,6 +37,7 @@ impl Store {
             .key(self.keys.rate_tat(budget))
             .key(self.keys.rate_pause(budget))
             .arg(interval.as_micros() as u64)
+            .arg(tolerance.as_micros() as u64)
             .invoke_async(&mut self.conn())
             .await?;
         Ok((wait_us > 0).then(|| Duration::from_micros(wait_us as u64)))

@@ -106,6 +106,7 @@ impl Actor for Ms4Sender {
             held: RefCell::new(HashSet::new()),
             in_flight: Cell::new(0),
             slot_freed: Notify::new(),
+            feeding: Cell::new(true),
         });
         self.core = Some(core.clone());
         let addr = ctx.address();
@@ -118,7 +119,14 @@ impl Actor for Ms4Sender {
         }
         .instrument(span);
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some(core) = &act.core {
+                    core.feeding.set(false);
+                    if core.in_flight.get() == 0 {
+                        act.stopped.send_replace(true);
+                    }
+                }
+            }
             Err(e) => {
                 tracing::error!(actor = "ms4_sender", error = %e, "feeding failed; restarting");
                 act.health.set_redis(false);
@@ -153,7 +161,7 @@ impl Handler<Deliver> for Ms4Sender {
             async move {
                 deliver(core.clone(), msg.batch).await;
                 core.finish_slot();
-                if shutdown.is_raised() && core.in_flight.get() == 0 {
+                if shutdown.is_raised() && core.in_flight.get() == 0 && !core.feeding.get() {
                     stopped.send_replace(true);
                 }
             }
@@ -171,7 +179,7 @@ impl Handler<Drain> for Ms4Sender {
         let stopped = self.stopped.clone();
         let mut rx = self.stopped.subscribe();
         Box::pin(async move {
-            if core.is_none_or(|c| c.in_flight.get() == 0) {
+            if core.is_none_or(|c| c.in_flight.get() == 0 && !c.feeding.get()) {
                 stopped.send_replace(true);
             }
             let _ = rx.wait_for(|s| *s).await;
@@ -208,6 +216,8 @@ struct Core {
     held: RefCell<HashSet<String>>,
     in_flight: Cell<usize>,
     slot_freed: Notify,
+    /// The feeder is still forming batches (a drain waits for it to stop).
+    feeding: Cell<bool>,
 }
 
 impl Core {
@@ -399,19 +409,16 @@ async fn feed(
     let mut claim_cursor = "0-0".to_string();
 
     while !shutdown.is_raised() {
-        while core.in_flight.get() >= s.ms4.max_in_flight {
-            let _ =
-                tokio::time::timeout(Duration::from_millis(200), core.slot_freed.notified()).await;
-            if shutdown.is_raised() {
-                break;
-            }
-        }
-        if shutdown.is_raised() {
-            break;
-        }
         if Instant::now() >= next_housekeeping {
             next_housekeeping = Instant::now() + housekeeping_every;
-            let held: Vec<String> = core.held.borrow().iter().cloned().collect();
+            // Keep what this consumer holds (in flight or waiting here) from looking abandoned.
+            let held: Vec<String> = core
+                .held
+                .borrow()
+                .iter()
+                .cloned()
+                .chain(backlog.iter().map(|e| e.id.clone()))
+                .collect();
             core.store
                 .touch(&outbound, SENDERS, &core.consumer, &held)
                 .await?;
@@ -430,7 +437,7 @@ async fn feed(
             let held = core.held.borrow();
             let fresh: Vec<Entry> = claimed
                 .into_iter()
-                .filter(|e| !held.contains(&e.id))
+                .filter(|e| !held.contains(&e.id) && !backlog.iter().any(|b| b.id == e.id))
                 .collect();
             if !fresh.is_empty() {
                 tracing::info!(
@@ -439,6 +446,11 @@ async fn feed(
                 );
             }
             backlog.extend(fresh);
+        }
+        if core.in_flight.get() >= s.ms4.max_in_flight {
+            let _ =
+                tokio::time::timeout(Duration::from_millis(200), core.slot_freed.notified()).await;
+            continue;
         }
         let batch = form_batch(&core, &blocking, &mut backlog, &shutdown).await?;
         if batch.is_empty() {

@@ -137,8 +137,13 @@ impl World {
         }
     }
 
-    /// Nothing left anywhere in the pipeline.
+    /// Nothing left anywhere in the pipeline (waiting a little for the last acknowledgements,
+    /// which follow MS4's answer).
     pub fn assert_drained(&self) {
+        wait_until(Duration::from_secs(15), || {
+            self.xlen("inbound") + self.xlen("outbound") == 0
+                && self.pending("inbound", "processors") + self.pending("outbound", "senders") == 0
+        });
         assert_eq!(self.xlen("inbound"), 0, "inbound stream not empty");
         assert_eq!(self.xlen("outbound"), 0, "outbound stream not empty");
         assert_eq!(self.pending("inbound", "processors"), 0, "inbound pending");

@@ -65,6 +65,8 @@ pub fn load_from(
         Environment::with_prefix("MS1")
             .prefix_separator("__")
             .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("graph.mailboxes")
             .try_parsing(true)
             .source(Some(env)),
     );
@@ -85,7 +87,12 @@ pub fn load_from(
 /// The settings as TOML with secrets replaced, for `check-config`.
 pub fn redacted(settings: &Settings) -> String {
     let mut s = settings.clone();
-    for secret in [&mut s.ms4.api_key, &mut s.control.token] {
+    for secret in [
+        &mut s.ms4.api_key,
+        &mut s.control.token,
+        &mut s.graph.client_secret,
+        &mut s.webhook.client_state,
+    ] {
         if !secret.is_empty() {
             *secret = "<redacted>".into();
         }
@@ -162,11 +169,33 @@ mod tests {
     }
 
     #[test]
+    fn mailboxes_come_from_the_environment_as_a_list() {
+        let s = load_from(
+            None,
+            env(&[
+                ("MS1__GRAPH__MAILBOXES", "a@x.example,b@x.example"),
+                ("MS1__GRAPH__TENANT_ID", "t"),
+                ("MS1__GRAPH__CLIENT_ID", "c"),
+                ("MS1__GRAPH__CLIENT_SECRET", "s"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.graph.mailboxes, vec!["a@x.example", "b@x.example"]);
+        let err = load_from(None, env(&[("MS1__GRAPH__MAILBOXES", "a@x.example")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("graph.tenant_id"), "{err}");
+    }
+
+    #[test]
     fn secrets_are_redacted() {
         let mut s = Settings::default();
         s.ms4.api_key = "k-123".into();
+        s.graph.client_secret = "gs-456".into();
         let out = redacted(&s);
         assert!(!out.contains("k-123"));
+        assert!(!out.contains("gs-456"));
+        assert!(!format!("{s:?}").contains("gs-456"));
         assert!(out.contains("<redacted>"));
     }
 }

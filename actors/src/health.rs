@@ -3,7 +3,8 @@
 //! Cheap to clone and to update from any actor; every flag is an atomic.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 /// Shared readiness flags.
 #[derive(Clone, Debug)]
@@ -14,6 +15,8 @@ struct Flags {
     redis_ok: AtomicBool,
     ms4_auth_ok: AtomicBool,
     breaker: AtomicU8,
+    /// Sources (mailboxes) whose last attempt failed for a reason an operator must fix.
+    sources: Mutex<BTreeMap<String, String>>,
 }
 
 impl Default for Health {
@@ -22,6 +25,7 @@ impl Default for Health {
             redis_ok: AtomicBool::new(false),
             ms4_auth_ok: AtomicBool::new(true),
             breaker: AtomicU8::new(0),
+            sources: Mutex::new(BTreeMap::new()),
         }))
     }
 }
@@ -36,6 +40,8 @@ pub struct Readiness {
     pub ms4_breaker: &'static str,
     /// Why it is not ready, for an operator.
     pub reasons: Vec<String>,
+    /// Sources that fail on their own (other sources keep flowing): source → reason.
+    pub degraded_sources: BTreeMap<String, String>,
 }
 
 impl Health {
@@ -49,6 +55,19 @@ impl Health {
         self.0
             .breaker
             .store(state.as_gauge() as u8, Ordering::Relaxed);
+    }
+
+    /// Records (or clears, with `None`) a source-specific failure such as refused credentials.
+    pub fn set_graph_error(&self, source: &str, reason: Option<String>) {
+        let mut sources = self.0.sources.lock().unwrap_or_else(|p| p.into_inner());
+        match reason {
+            Some(r) => {
+                sources.insert(source.to_string(), r);
+            }
+            None => {
+                sources.remove(source);
+            }
+        }
     }
 
     pub fn readiness(&self) -> Readiness {
@@ -69,12 +88,19 @@ impl Health {
         if breaker == "open" {
             reasons.push("MS4 circuit breaker is open: MS4 keeps failing".to_string());
         }
+        let degraded_sources = self
+            .0
+            .sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         Readiness {
             ready: reasons.is_empty(),
             redis,
             ms4_auth,
             ms4_breaker: breaker,
             reasons,
+            degraded_sources,
         }
     }
 }

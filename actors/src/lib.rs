@@ -16,6 +16,7 @@ pub mod clients;
 pub mod health;
 pub mod metrics;
 pub mod model;
+pub mod poller;
 pub mod processor;
 pub mod ratelimiter;
 pub mod retry;
@@ -52,7 +53,16 @@ impl Pipeline {
             let store = store.clone();
             let per_min = settings.ms4.rate_limit_per_min;
             let margin = Duration::from_millis(settings.ms4.rate_margin_ms);
-            Supervisor::start(move |_| ratelimiter::RateLimiter::new(store, per_min, margin))
+            let g = &settings.graph;
+            let graph = store::ratelimit::GraphLimits {
+                max_concurrent: g.max_concurrent_per_mailbox,
+                per_window: g.requests_per_window,
+                window: Duration::from_secs(g.window_s),
+                lease: g.request_timeout() * 2,
+            };
+            Supervisor::start(move |_| {
+                ratelimiter::RateLimiter::new(store, per_min, margin, graph)
+            })
         };
         // The BatchProcessor is CPU-bound (parse, transform, serialize): it gets a thread of
         // its own so it never starves the sender's network loop.

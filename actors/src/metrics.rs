@@ -27,3 +27,15 @@ pub const RATE_WAIT: &str = "ms1_rate_limit_wait_seconds";
 pub const RESTARTS: &str = "ms1_actor_restarts_total";
 /// Stream lengths, by `stream`.
 pub const STREAM_LEN: &str = "ms1_stream_length";
+/// OAuth2 tokens fetched.
+pub const TOKEN_REFRESHES: &str = "ms1_oauth_token_refreshes_total";
+/// Graph requests by `outcome` (ok, throttled, unauthorized, gone, not_found, transient, rejected).
+pub const GRAPH_REQUESTS: &str = "ms1_graph_requests_total";
+/// Graph request latency by `status`.
+pub const GRAPH_LATENCY: &str = "ms1_graph_request_duration_seconds";
+/// Messages a poller put into the inbound stream, by `mode`.
+pub const POLLED: &str = "ms1_emails_polled_total";
+/// Webhook notifications by `outcome` (accepted, rejected_client_state, unknown_subscription).
+pub const WEBHOOK_NOTIFICATIONS: &str = "ms1_webhook_notifications_total";
+/// Messages marked read in Graph after MS4 accepted them.
+pub const MARKED_READ: &str = "ms1_emails_marked_read_total";

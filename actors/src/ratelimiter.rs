@@ -38,8 +38,50 @@ pub struct PauseBudget {
     pub delay: Duration,
 }
 
+/// Ask for one Graph permit of a mailbox, standing for `cost` requests (a `$batch` of 20
+/// stands for 20); resolves when granted. The permit frees its slot when dropped.
+#[derive(Message)]
+#[rtype(result = "Result<GraphPermit, crate::store::StoreError>")]
+pub struct AcquireGraph {
+    pub mailbox: String,
+    pub cost: u32,
+}
+
+/// A Graph throttling answer: pause every caller of that mailbox, on every daemon.
+#[derive(Message)]
+#[rtype(result = "Result<(), crate::store::StoreError>")]
+pub struct PauseGraph {
+    pub mailbox: String,
+    pub delay: Duration,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ReleaseGraph {
+    mailbox: String,
+    id: String,
+}
+
+/// A held Graph permit; dropping it frees the mailbox's concurrency slot.
+pub struct GraphPermit {
+    limiter: Addr<RateLimiter>,
+    mailbox: String,
+    id: String,
+    pub waited: Duration,
+}
+
+impl Drop for GraphPermit {
+    fn drop(&mut self) {
+        self.limiter.do_send(ReleaseGraph {
+            mailbox: std::mem::take(&mut self.mailbox),
+            id: std::mem::take(&mut self.id),
+        });
+    }
+}
+
 pub struct RateLimiter {
     store: Store,
+    graph: crate::store::ratelimit::GraphLimits,
     /// Emission interval of MS4 permits; zero for no limit.
     ms4_interval: Duration,
     /// Lateness that keeps the schedule: a quarter of the margin or of the interval.
@@ -49,7 +91,12 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// `per_min = 0` means no limit (permits are still checked against a Retry-After pause).
-    pub fn new(store: Store, ms4_per_min: u32, margin: Duration) -> Self {
+    pub fn new(
+        store: Store,
+        ms4_per_min: u32,
+        margin: Duration,
+        graph: crate::store::ratelimit::GraphLimits,
+    ) -> Self {
         let ms4_interval = if ms4_per_min > 0 {
             (Duration::from_secs(60) + margin) / ms4_per_min
         } else {
@@ -57,6 +104,7 @@ impl RateLimiter {
         };
         Self {
             store,
+            graph,
             ms4_interval,
             ms4_tolerance: (margin / 4).min(ms4_interval / 4),
             pacer: RestartPacer::new("rate_limiter"),
@@ -114,5 +162,69 @@ impl Handler<PauseBudget> for RateLimiter {
     fn handle(&mut self, msg: PauseBudget, _ctx: &mut Context<Self>) -> Self::Result {
         let store = self.store.clone();
         Box::pin(async move { store.pause_budget(msg.budget, msg.delay).await })
+    }
+}
+
+impl Handler<AcquireGraph> for RateLimiter {
+    type Result = ResponseFuture<Result<GraphPermit, crate::store::StoreError>>;
+
+    fn handle(&mut self, msg: AcquireGraph, ctx: &mut Context<Self>) -> Self::Result {
+        let store = self.store.clone();
+        let limits = self.graph;
+        let limiter = ctx.address();
+        Box::pin(async move {
+            let started = Instant::now();
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            let cost = msg.cost.clamp(1, limits.per_window);
+            loop {
+                match store
+                    .take_graph_permit(&msg.mailbox, &id, cost, limits)
+                    .await?
+                {
+                    None => {
+                        let waited = started.elapsed();
+                        metrics::histogram!(crate::metrics::RATE_WAIT, "budget" => "graph")
+                            .record(waited.as_secs_f64());
+                        return Ok(GraphPermit {
+                            limiter,
+                            mailbox: msg.mailbox,
+                            id,
+                            waited,
+                        });
+                    }
+                    Some(wait) => tokio::time::sleep(wait.min(MAX_NAP)).await,
+                }
+            }
+        })
+    }
+}
+
+impl Handler<ReleaseGraph> for RateLimiter {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReleaseGraph, ctx: &mut Context<Self>) {
+        let store = self.store.clone();
+        ctx.spawn(
+            async move {
+                if let Err(e) = store.release_graph_permit(&msg.mailbox, &msg.id).await {
+                    // The lease expires by itself; the slot is only held a little longer.
+                    tracing::debug!(error = %e, "could not release a Graph permit");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Handler<PauseGraph> for RateLimiter {
+    type Result = ResponseFuture<Result<(), crate::store::StoreError>>;
+
+    fn handle(&mut self, msg: PauseGraph, _ctx: &mut Context<Self>) -> Self::Result {
+        let store = self.store.clone();
+        Box::pin(async move {
+            store
+                .pause_budget(&crate::store::ratelimit::graph_budget(&msg.mailbox), msg.delay)
+                .await
+        })
     }
 }

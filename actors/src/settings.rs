@@ -16,6 +16,8 @@ pub struct Settings {
     pub pipeline: PipelineSettings,
     pub ms4: Ms4Settings,
     pub breaker: BreakerSettings,
+    pub graph: GraphSettings,
+    pub webhook: WebhookSettings,
     pub control: ControlSettings,
     pub log: LogSettings,
 }
@@ -163,6 +165,148 @@ impl Default for BreakerSettings {
     }
 }
 
+/// Microsoft Graph: app credentials, mailboxes and how they are read.
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GraphSettings {
+    /// Graph API root, ending in `/v1.0`.
+    pub base_url: String,
+    /// Token authority; `{tenant}` is replaced by `tenant_id`. The token URL is
+    /// `{authority}/oauth2/v2.0/token`.
+    pub authority: String,
+    pub tenant_id: String,
+    pub client_id: String,
+    /// App secret (client credentials). Never logged, never stored in Redis.
+    pub client_secret: String,
+    /// Mailboxes (UPNs or ids) to ingest. Empty: no Graph polling.
+    pub mailboxes: Vec<String>,
+    /// Mail folder read in every mailbox.
+    pub folder: String,
+    /// `delta` (deltaLink cursor) or `unread` (isRead filter; messages are marked read after
+    /// MS4 accepted them).
+    pub mode: GraphMode,
+    /// Seconds between polls of a mailbox (webhook mode polls too, as a safety net).
+    pub poll_interval_s: u64,
+    /// Messages per page: `$top` (unread) and `Prefer: odata.maxpagesize` (delta).
+    pub page_size: u32,
+    /// Requests in flight at once per mailbox, across every daemon on the same Redis (Graph: 4).
+    pub max_concurrent_per_mailbox: u32,
+    /// Requests per mailbox per `window_s`, across every daemon (Graph: 10,000 per 10 min).
+    pub requests_per_window: u32,
+    /// Length of that window in seconds.
+    pub window_s: u64,
+    /// A Graph request unanswered after this long is a transient failure, in ms.
+    pub request_timeout_ms: u64,
+    /// Fetch attachment metadata (name, type, size) for messages that have attachments.
+    pub fetch_attachments: bool,
+    /// A mailbox's poller lease lasts this long unless renewed (seconds); another daemon takes
+    /// over a mailbox whose daemon died after at most this long.
+    pub lease_ttl_s: u64,
+}
+
+impl Default for GraphSettings {
+    fn default() -> Self {
+        Self {
+            base_url: "https://graph.microsoft.com/v1.0".into(),
+            authority: "https://login.microsoftonline.com/{tenant}".into(),
+            tenant_id: String::new(),
+            client_id: String::new(),
+            client_secret: String::new(),
+            mailboxes: Vec::new(),
+            folder: "inbox".into(),
+            mode: GraphMode::Delta,
+            poll_interval_s: 60,
+            page_size: 100,
+            max_concurrent_per_mailbox: 4,
+            requests_per_window: 10_000,
+            window_s: 600,
+            request_timeout_ms: 30_000,
+            fetch_attachments: true,
+            lease_ttl_s: 30,
+        }
+    }
+}
+
+impl std::fmt::Debug for GraphSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphSettings")
+            .field("base_url", &self.base_url)
+            .field("authority", &self.authority)
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("mailboxes", &self.mailboxes)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GraphSettings {
+    /// `{authority}/oauth2/v2.0/token` with the tenant filled in.
+    pub fn token_url(&self) -> String {
+        format!(
+            "{}/oauth2/v2.0/token",
+            self.authority
+                .replace("{tenant}", &self.tenant_id)
+                .trim_end_matches('/')
+        )
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_secs(self.poll_interval_s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GraphMode {
+    Delta,
+    Unread,
+}
+
+/// Graph change notifications (webhooks).
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// Subscribe to new mail in every mailbox and take notifications.
+    pub enabled: bool,
+    /// Base URL at which Graph reaches this daemon (e.g. `https://ingest.example.com`); the
+    /// daemon appends `/webhook/notifications` and `/webhook/lifecycle`.
+    pub public_url: String,
+    /// Secret sent with every subscription and checked on every notification (≤ 128 chars).
+    pub client_state: String,
+    /// Subscription lifetime asked for, in minutes (Graph allows at most 10,080 for mail).
+    pub lifetime_minutes: u64,
+    /// Renew a subscription this long before it expires, in seconds.
+    pub renew_before_s: u64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            public_url: String::new(),
+            client_state: String::new(),
+            lifetime_minutes: 4_320,
+            renew_before_s: 3_600,
+        }
+    }
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("enabled", &self.enabled)
+            .field("public_url", &self.public_url)
+            .field("client_state", &"<redacted>")
+            .field("lifetime_minutes", &self.lifetime_minutes)
+            .field("renew_before_s", &self.renew_before_s)
+            .finish()
+    }
+}
+
 /// The control HTTP API (health, readiness, metrics).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -283,6 +427,78 @@ impl Settings {
         }
         if self.breaker.open_ms == 0 {
             return bad("breaker.open_ms", "must be greater than 0");
+        }
+        let g = &self.graph;
+        if !g.mailboxes.is_empty() {
+            for (key, value) in [
+                ("graph.tenant_id", &g.tenant_id),
+                ("graph.client_id", &g.client_id),
+                ("graph.client_secret", &g.client_secret),
+            ] {
+                if value.is_empty() {
+                    return bad(key, "is required when graph.mailboxes is set");
+                }
+            }
+            if g.mailboxes.iter().any(|m| m.trim().is_empty()) {
+                return bad("graph.mailboxes", "must not contain empty names");
+            }
+        }
+        if !(g.base_url.starts_with("http://") || g.base_url.starts_with("https://")) {
+            return bad("graph.base_url", "must be an http:// or https:// URL");
+        }
+        if !(g.authority.starts_with("http://") || g.authority.starts_with("https://")) {
+            return bad("graph.authority", "must be an http:// or https:// URL");
+        }
+        if g.folder.trim().is_empty() {
+            return bad("graph.folder", "must not be empty");
+        }
+        if g.poll_interval_s == 0 {
+            return bad("graph.poll_interval_s", "must be at least 1");
+        }
+        if !(1..=1_000).contains(&g.page_size) {
+            return bad("graph.page_size", "must be between 1 and 1000");
+        }
+        if g.max_concurrent_per_mailbox == 0 {
+            return bad("graph.max_concurrent_per_mailbox", "must be at least 1");
+        }
+        if g.requests_per_window == 0 || g.window_s == 0 {
+            return bad(
+                "graph.requests_per_window",
+                "requests_per_window and window_s must be greater than 0",
+            );
+        }
+        if g.request_timeout_ms < 100 {
+            return bad("graph.request_timeout_ms", "must be at least 100");
+        }
+        if g.lease_ttl_s < 2 {
+            return bad("graph.lease_ttl_s", "must be at least 2");
+        }
+        let w = &self.webhook;
+        if w.enabled {
+            if g.mailboxes.is_empty() {
+                return bad("webhook.enabled", "needs graph.mailboxes to subscribe to");
+            }
+            if !(w.public_url.starts_with("https://") || w.public_url.starts_with("http://")) {
+                return bad(
+                    "webhook.public_url",
+                    "must be the http(s) base URL at which Graph reaches this daemon",
+                );
+            }
+            if w.client_state.is_empty() || w.client_state.chars().count() > 128 {
+                return bad(
+                    "webhook.client_state",
+                    "is required with webhooks and must be at most 128 characters",
+                );
+            }
+        }
+        if !(1..=10_080).contains(&w.lifetime_minutes) {
+            return bad("webhook.lifetime_minutes", "must be between 1 and 10080");
+        }
+        if w.renew_before_s == 0 || w.renew_before_s >= w.lifetime_minutes * 60 {
+            return bad(
+                "webhook.renew_before_s",
+                "must be greater than 0 and shorter than the lifetime",
+            );
         }
         let bind: Result<std::net::SocketAddr, _> = self.control.bind.parse();
         match bind {

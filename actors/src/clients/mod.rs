@@ -1,3 +1,5 @@
 //! Outbound HTTP clients the actors call.
 
+pub mod graph;
 pub mod ms4;
+pub mod oauth;

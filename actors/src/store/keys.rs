@@ -7,6 +7,8 @@
 pub const PROCESSORS: &str = "processors";
 /// Consumer group that delivers outbound entries to MS4.
 pub const SENDERS: &str = "senders";
+/// Consumer group that marks delivered messages read in Graph (unread mode).
+pub const MARKERS: &str = "markers";
 
 /// Key names under one prefix.
 #[derive(Debug, Clone)]
@@ -45,9 +47,44 @@ impl Keys {
         format!("{}seen:{}", self.prefix, idempotency_key)
     }
 
+    /// Intake mark of a record key: a poller queued it already (skips re-fetched mail).
+    pub fn queued(&self, idempotency_key: &str) -> String {
+        format!("{}queued:{}", self.prefix, idempotency_key)
+    }
+
     /// Theoretical arrival time of the next permit of a rate budget (GCRA).
     pub fn rate_tat(&self, budget: &str) -> String {
         format!("{}ratelimit:{}:tat", self.prefix, budget)
+    }
+
+    /// Graph requests in flight for a mailbox (permits with lease expiry).
+    pub fn graph_in_flight(&self, mailbox: &str) -> String {
+        format!("{}ratelimit:graph:{}:inflight", self.prefix, mailbox)
+    }
+
+    /// Graph requests of a mailbox within the sliding window.
+    pub fn graph_window(&self, mailbox: &str) -> String {
+        format!("{}ratelimit:graph:{}:window", self.prefix, mailbox)
+    }
+
+    /// Delta cursor (or poll state) of a mailbox.
+    pub fn cursor(&self, mailbox: &str) -> String {
+        format!("{}cursor:{}", self.prefix, mailbox)
+    }
+
+    /// Lease of the poller of a mailbox, and its fencing counter.
+    pub fn poller_lease(&self, mailbox: &str) -> String {
+        format!("{}lease:poller:{}", self.prefix, mailbox)
+    }
+
+    /// Graph subscription of a mailbox.
+    pub fn subscription(&self, mailbox: &str) -> String {
+        format!("{}webhook:subscription:{}", self.prefix, mailbox)
+    }
+
+    /// Messages to mark read in Graph once MS4 accepted them (unread mode).
+    pub fn mark_read(&self) -> String {
+        format!("{}stream:markread", self.prefix)
     }
 
     /// Until when every holder of a rate budget is paused (a Retry-After).

@@ -12,6 +12,7 @@
 
 pub mod dlq;
 pub mod keys;
+pub mod poll;
 pub mod ratelimit;
 pub mod streams;
 
@@ -47,6 +48,7 @@ pub struct Store {
     client: redis::Client,
     keys: Keys,
     ratelimit: ratelimit::Scripts,
+    poll: poll::PollScripts,
 }
 
 /// Longest a non-blocking command may take before it counts as failed.
@@ -63,6 +65,7 @@ impl Store {
             client,
             keys: Keys::new(prefix),
             ratelimit: ratelimit::Scripts::new(),
+            poll: poll::PollScripts::new(),
         })
     }
 
@@ -89,6 +92,7 @@ impl Store {
             client: self.client.clone(),
             keys: self.keys.clone(),
             ratelimit: self.ratelimit.clone(),
+            poll: self.poll.clone(),
         })
     }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 pub(crate) struct Scripts {
     take: Script,
     pause: Script,
+    graph: Script,
 }
 
 impl Scripts {
@@ -18,8 +19,19 @@ impl Scripts {
         Self {
             take: Script::new(include_str!("gcra_take.lua")),
             pause: Script::new(include_str!("gcra_pause.lua")),
+            graph: Script::new(include_str!("graph_acquire.lua")),
         }
     }
+}
+
+/// A mailbox's Graph limits.
+#[derive(Debug, Clone, Copy)]
+pub struct GraphLimits {
+    pub max_concurrent: u32,
+    pub per_window: u32,
+    pub window: Duration,
+    /// How long a permit holds its slot if never released (a crashed daemon).
+    pub lease: Duration,
 }
 
 impl Store {
@@ -43,6 +55,42 @@ impl Store {
         Ok((wait_us > 0).then(|| Duration::from_micros(wait_us as u64)))
     }
 
+    /// Tries to take a Graph permit `id` for `mailbox` standing for `cost` requests. `None`:
+    /// granted; `Some(d)`: ask again after `d`.
+    pub async fn take_graph_permit(
+        &self,
+        mailbox: &str,
+        id: &str,
+        cost: u32,
+        limits: GraphLimits,
+    ) -> StoreResult<Option<Duration>> {
+        let wait_us: i64 = self
+            .ratelimit
+            .graph
+            .key(self.keys.graph_in_flight(mailbox))
+            .key(self.keys.graph_window(mailbox))
+            .key(self.keys.rate_pause(&graph_budget(mailbox)))
+            .arg(limits.max_concurrent)
+            .arg(limits.per_window)
+            .arg(limits.window.as_micros() as u64)
+            .arg(limits.lease.as_micros() as u64)
+            .arg(id)
+            .arg(cost.max(1))
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok((wait_us > 0).then(|| Duration::from_micros(wait_us as u64)))
+    }
+
+    /// Frees a Graph permit's concurrency slot.
+    pub async fn release_graph_permit(&self, mailbox: &str, id: &str) -> StoreResult<()> {
+        let _: i64 = redis::cmd("ZREM")
+            .arg(self.keys.graph_in_flight(mailbox))
+            .arg(id)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
     /// Pauses every holder of `budget` for `d` (never shortens a longer pause).
     pub async fn pause_budget(&self, budget: &str, d: Duration) -> StoreResult<()> {
         let _: i64 = self
@@ -54,4 +102,9 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// Budget name of a mailbox's Graph pause key.
+pub fn graph_budget(mailbox: &str) -> String {
+    format!("graph:{mailbox}")
 }

@@ -1,0 +1,577 @@
+//! The Microsoft Graph client: messages (delta and unread), single messages, attachment
+//! metadata, `$batch` mark-read, and subscriptions.
+//!
+//! Every request first takes a permit of its mailbox from the [`RateLimiter`] (at most
+//! `max_concurrent_per_mailbox` in flight and `requests_per_window` per window, across every
+//! daemon on the same Redis), then a token from the [`TokenSource`]. A 401 refreshes the token
+//! once and retries once. A 429 (or 503) pauses every caller of that mailbox for Retry-After.
+//! Each answer is classified once into `Ok` or a [`GraphError`]. Links Graph returns
+//! (`@odata.nextLink`, `@odata.deltaLink`) are followed only on Graph's own origin, so the
+//! bearer token never goes anywhere else.
+
+use super::oauth::{OAuthError, TokenSource};
+use crate::model::AttachmentMeta;
+use crate::ratelimiter::{AcquireGraph, PauseGraph, RateLimiter};
+use actix::Addr;
+use awc::http::Method;
+use bytes::Bytes;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// The message properties ms1 reads (CONTRACTS.md).
+pub const SELECT: &str =
+    "id,internetMessageId,subject,from,toRecipients,receivedDateTime,hasAttachments,bodyPreview";
+/// Retry-After assumed when a throttling answer carries none.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(2);
+/// Largest Graph answer read (a page of 1,000 messages is well below).
+const BODY_LIMIT: usize = 64 * 1024 * 1024;
+/// Graph's limit of requests in one `$batch`.
+pub const BATCH_MAX: usize = 20;
+
+/// Characters left as they are in a path segment (mailbox UPNs, message ids).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'@')
+    .remove(b'=');
+
+pub fn segment(s: &str) -> String {
+    utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+/// What went wrong with a Graph request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GraphError {
+    #[error("throttled by Graph; retry after {0:?}")]
+    Throttled(Duration),
+    #[error("Graph refuses the app's token ({0}): check graph.client_id/client_secret and the app's mail permissions")]
+    Unauthorized(u16),
+    #[error("cannot get a Graph token: {0}")]
+    Token(OAuthError),
+    #[error("the delta cursor is no longer valid (410 Gone / syncStateNotFound)")]
+    SyncStateGone,
+    #[error("not found (404)")]
+    NotFound,
+    #[error("Graph rejected the request ({status}): {body}")]
+    Rejected { status: u16, body: String },
+    #[error("{0}")]
+    Transient(String),
+}
+
+impl GraphError {
+    /// Worth trying again later, unchanged.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            GraphError::Throttled(_)
+                | GraphError::Transient(_)
+                | GraphError::Token(OAuthError::Transient(_))
+        )
+    }
+}
+
+/// One item of a messages page, with the few properties the pollers look at.
+#[derive(Debug, Clone)]
+pub struct PageItem {
+    /// The message JSON as Graph sent it.
+    pub raw: String,
+    pub id: String,
+    pub internet_message_id: Option<String>,
+    pub has_attachments: bool,
+    /// `@removed` (deleted or moved out): not a new message.
+    pub removed: bool,
+}
+
+/// One page of messages.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub items: Vec<PageItem>,
+    pub next_link: Option<String>,
+    pub delta_link: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawPage<'a> {
+    #[serde(borrow, default)]
+    value: Vec<&'a RawValue>,
+    #[serde(rename = "@odata.nextLink")]
+    next_link: Option<String>,
+    #[serde(rename = "@odata.deltaLink")]
+    delta_link: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ItemHead {
+    #[serde(default)]
+    id: String,
+    internet_message_id: Option<String>,
+    #[serde(default)]
+    has_attachments: bool,
+    #[serde(rename = "@removed")]
+    removed: Option<serde::de::IgnoredAny>,
+}
+
+/// Parses a messages page without re-serializing its items.
+pub fn parse_page(body: &[u8]) -> Result<Page, GraphError> {
+    let raw: RawPage<'_> = serde_json::from_slice(body)
+        .map_err(|e| GraphError::Transient(format!("unexpected page from Graph: {e}")))?;
+    let mut items = Vec::with_capacity(raw.value.len());
+    for v in raw.value {
+        let head: ItemHead = serde_json::from_str(v.get())
+            .map_err(|e| GraphError::Transient(format!("unexpected message in page: {e}")))?;
+        items.push(PageItem {
+            raw: v.get().to_string(),
+            id: head.id,
+            internet_message_id: head.internet_message_id,
+            has_attachments: head.has_attachments,
+            removed: head.removed.is_some(),
+        });
+    }
+    Ok(Page {
+        items,
+        next_link: raw.next_link,
+        delta_link: raw.delta_link,
+    })
+}
+
+/// A created or renewed subscription.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscription {
+    pub id: String,
+    pub expiration_date_time: String,
+}
+
+/// Talks to Graph for every mailbox. Not `Send` (awc): one per arbiter.
+pub struct GraphClient {
+    http: awc::Client,
+    base: String,
+    origin: String,
+    tokens: Rc<TokenSource>,
+    limiter: Addr<RateLimiter>,
+}
+
+fn origin_of(url: &str) -> String {
+    url::Url::parse(url)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_default()
+}
+
+impl GraphClient {
+    pub fn new(
+        base_url: &str,
+        tokens: Rc<TokenSource>,
+        limiter: Addr<RateLimiter>,
+        timeout: Duration,
+    ) -> Self {
+        let connector = awc::Connector::new()
+            .timeout(Duration::from_secs(10))
+            .conn_keep_alive(Duration::from_secs(60))
+            .limit(64);
+        Self {
+            http: awc::Client::builder()
+                .connector(connector)
+                .timeout(timeout)
+                .finish(),
+            base: base_url.trim_end_matches('/').to_string(),
+            origin: origin_of(base_url),
+            tokens,
+            limiter,
+        }
+    }
+
+    /// First URL of a full delta sync of a folder.
+    pub fn delta_url(&self, mailbox: &str, folder: &str) -> String {
+        format!(
+            "{}/users/{}/mailFolders/{}/messages/delta?$select={SELECT}",
+            self.base,
+            segment(mailbox),
+            segment(folder)
+        )
+    }
+
+    /// First URL of the unread listing (the seed's filter, oldest first).
+    pub fn unread_url(&self, mailbox: &str, folder: &str, top: u32) -> String {
+        format!(
+            "{}/users/{}/mailFolders/{}/messages?$filter=receivedDateTime%20ge%201900-01-01T00:00:00Z%20and%20isRead%20eq%20false&$orderby=receivedDateTime&$top={top}&$select={SELECT}",
+            self.base,
+            segment(mailbox),
+            segment(folder)
+        )
+    }
+
+    /// One page of messages: a delta or list URL, or a link Graph returned.
+    pub async fn page(
+        &self,
+        mailbox: &str,
+        url: &str,
+        max_page_size: u32,
+    ) -> Result<Page, GraphError> {
+        let prefer = format!("odata.maxpagesize={max_page_size}");
+        let body = self
+            .call(mailbox, Method::GET, url, None, Some(&prefer), 1)
+            .await?;
+        parse_page(&body)
+    }
+
+    /// One message, with the selected properties.
+    pub async fn message(&self, mailbox: &str, id: &str) -> Result<Bytes, GraphError> {
+        let url = format!(
+            "{}/users/{}/messages/{}?$select={SELECT}",
+            self.base,
+            segment(mailbox),
+            segment(id)
+        );
+        self.call(mailbox, Method::GET, &url, None, None, 1).await
+    }
+
+    /// Attachment metadata of a message (never the content).
+    pub async fn attachments(
+        &self,
+        mailbox: &str,
+        id: &str,
+    ) -> Result<Vec<AttachmentMeta>, GraphError> {
+        #[derive(Deserialize)]
+        struct List {
+            #[serde(default)]
+            value: Vec<Item>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Item {
+            name: Option<String>,
+            content_type: Option<String>,
+            size: Option<u64>,
+        }
+        let url = format!(
+            "{}/users/{}/messages/{}/attachments?$select=name,contentType,size",
+            self.base,
+            segment(mailbox),
+            segment(id)
+        );
+        let body = self.call(mailbox, Method::GET, &url, None, None, 1).await?;
+        let list: List = serde_json::from_slice(&body)
+            .map_err(|e| GraphError::Transient(format!("unexpected attachments list: {e}")))?;
+        Ok(list
+            .value
+            .into_iter()
+            .map(|a| AttachmentMeta {
+                name: a.name.unwrap_or_default(),
+                content_type: a
+                    .content_type
+                    .unwrap_or_else(|| "application/octet-stream".into()),
+                size: a.size.unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// Marks up to 20 messages read in one `$batch`; returns each message's status (200 done,
+    /// 404 gone, 429 throttled, …) in the order given.
+    pub async fn mark_read(&self, mailbox: &str, ids: &[String]) -> Result<Vec<u16>, GraphError> {
+        assert!(ids.len() <= BATCH_MAX, "a $batch holds at most 20 requests");
+        #[derive(Deserialize)]
+        struct Reply {
+            #[serde(default)]
+            responses: Vec<Sub>,
+        }
+        #[derive(Deserialize)]
+        struct Sub {
+            id: String,
+            status: u16,
+            #[serde(default)]
+            headers: std::collections::HashMap<String, String>,
+        }
+        let requests: Vec<serde_json::Value> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                serde_json::json!({
+                    "id": (i + 1).to_string(),
+                    "method": "PATCH",
+                    "url": format!("/users/{}/messages/{}", segment(mailbox), segment(id)),
+                    "headers": {"Content-Type": "application/json"},
+                    "body": {"isRead": true},
+                })
+            })
+            .collect();
+        let body = serde_json::to_vec(&serde_json::json!({ "requests": requests }))
+            .expect("a batch serializes");
+        let url = format!("{}/$batch", self.base);
+        let reply = self
+            .call(mailbox, Method::POST, &url, Some(body), None, ids.len() as u32)
+            .await?;
+        let reply: Reply = serde_json::from_slice(&reply)
+            .map_err(|e| GraphError::Transient(format!("unexpected $batch answer: {e}")))?;
+        let mut statuses = vec![0u16; ids.len()];
+        let mut retry_after = None;
+        for r in reply.responses {
+            if let Some(slot) = r
+                .id
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| statuses.get_mut(i.wrapping_sub(1)))
+            {
+                *slot = r.status;
+            }
+            if r.status == 429 || r.status == 503 {
+                let d = r
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+                    .and_then(|(_, v)| super::ms4::parse_retry_after(v))
+                    .unwrap_or(DEFAULT_RETRY_AFTER);
+                retry_after = Some(retry_after.map_or(d, |p: Duration| p.max(d)));
+            }
+        }
+        if let Some(d) = retry_after {
+            self.pause(mailbox, d).await;
+        }
+        Ok(statuses)
+    }
+
+    /// `POST /subscriptions` for new mail in a mailbox's folder. Graph validates the
+    /// notification URLs before it answers.
+    pub async fn create_subscription(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        notification_url: &str,
+        lifecycle_url: &str,
+        expiration: &str,
+        client_state: &str,
+    ) -> Result<Subscription, GraphError> {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "changeType": "created",
+            "notificationUrl": notification_url,
+            "lifecycleNotificationUrl": lifecycle_url,
+            "resource": format!("users/{mailbox}/mailFolders('{folder}')/messages"),
+            "expirationDateTime": expiration,
+            "clientState": client_state,
+        }))
+        .expect("a subscription serializes");
+        let url = format!("{}/subscriptions", self.base);
+        let reply = self
+            .call(mailbox, Method::POST, &url, Some(body), None, 1)
+            .await?;
+        serde_json::from_slice(&reply)
+            .map_err(|e| GraphError::Transient(format!("unexpected subscription answer: {e}")))
+    }
+
+    /// `PATCH /subscriptions/{id}` with a new expiration.
+    pub async fn renew_subscription(
+        &self,
+        mailbox: &str,
+        id: &str,
+        expiration: &str,
+    ) -> Result<Subscription, GraphError> {
+        let body = serde_json::to_vec(&serde_json::json!({ "expirationDateTime": expiration }))
+            .expect("serializes");
+        let url = format!("{}/subscriptions/{}", self.base, segment(id));
+        let reply = self
+            .call(mailbox, Method::PATCH, &url, Some(body), None, 1)
+            .await?;
+        serde_json::from_slice(&reply)
+            .map_err(|e| GraphError::Transient(format!("unexpected subscription answer: {e}")))
+    }
+
+    /// `DELETE /subscriptions/{id}`; a subscription already gone counts as deleted.
+    pub async fn delete_subscription(&self, mailbox: &str, id: &str) -> Result<(), GraphError> {
+        let url = format!("{}/subscriptions/{}", self.base, segment(id));
+        match self.call(mailbox, Method::DELETE, &url, None, None, 1).await {
+            Ok(_) | Err(GraphError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn pause(&self, mailbox: &str, delay: Duration) {
+        tracing::warn!(mailbox, retry_after_ms = delay.as_millis() as u64, "Graph throttled the mailbox: pausing every caller");
+        let _ = self
+            .limiter
+            .send(PauseGraph {
+                mailbox: mailbox.to_string(),
+                delay,
+            })
+            .await;
+    }
+
+    /// One request: permit, token, send, classify (and one retry after a 401).
+    async fn call(
+        &self,
+        mailbox: &str,
+        method: Method,
+        url: &str,
+        body: Option<Vec<u8>>,
+        prefer: Option<&str>,
+        cost: u32,
+    ) -> Result<Bytes, GraphError> {
+        if origin_of(url) != self.origin {
+            return Err(GraphError::Rejected {
+                status: 0,
+                body: "Graph returned a link to another origin; not following it".into(),
+            });
+        }
+        let _permit = self
+            .limiter
+            .send(AcquireGraph {
+                mailbox: mailbox.to_string(),
+                cost,
+            })
+            .await
+            .map_err(|e| GraphError::Transient(format!("rate limiter unavailable: {e}")))?
+            .map_err(|e| GraphError::Transient(format!("rate limiter: {e}")))?;
+        for attempt in 0..2 {
+            let token = self.tokens.token().await.map_err(GraphError::Token)?;
+            let mut req = self
+                .http
+                .request(method.clone(), url)
+                .insert_header(("Authorization", format!("Bearer {token}")));
+            if let Some(p) = prefer {
+                req = req.insert_header(("Prefer", p));
+            }
+            let started = Instant::now();
+            let sent = match &body {
+                Some(b) => {
+                    req.insert_header(("Content-Type", "application/json"))
+                        .send_body(b.clone())
+                        .await
+                }
+                None => req.send().await,
+            };
+            let mut resp = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    metrics::counter!(crate::metrics::GRAPH_REQUESTS, "outcome" => "transient")
+                        .increment(1);
+                    return Err(GraphError::Transient(format!("Graph request failed: {e}")));
+                }
+            };
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get("Retry-After")
+                .and_then(|v| v.to_str().ok())
+                .and_then(super::ms4::parse_retry_after);
+            let bytes = resp
+                .body()
+                .limit(BODY_LIMIT)
+                .await
+                .map_err(|e| GraphError::Transient(format!("Graph answer unreadable: {e}")))?;
+            metrics::histogram!(crate::metrics::GRAPH_LATENCY, "status" => status.to_string())
+                .record(started.elapsed().as_secs_f64());
+            let verdict = classify(status, retry_after, &bytes);
+            let outcome = match &verdict {
+                Ok(_) => "ok",
+                Err(GraphError::Throttled(_)) => "throttled",
+                Err(GraphError::Unauthorized(_)) => "unauthorized",
+                Err(GraphError::SyncStateGone) => "gone",
+                Err(GraphError::NotFound) => "not_found",
+                Err(GraphError::Rejected { .. }) => "rejected",
+                Err(_) => "transient",
+            };
+            metrics::counter!(crate::metrics::GRAPH_REQUESTS, "outcome" => outcome).increment(1);
+            match verdict {
+                Ok(()) => return Ok(bytes),
+                Err(GraphError::Unauthorized(_)) if attempt == 0 => {
+                    // The token may have been revoked or expired early: one fresh one, one retry.
+                    self.tokens.invalidate(&token);
+                }
+                Err(GraphError::Throttled(d)) => {
+                    self.pause(mailbox, d).await;
+                    return Err(GraphError::Throttled(d));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(GraphError::Unauthorized(401))
+    }
+}
+
+/// Classifies a Graph answer once.
+pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Result<(), GraphError> {
+    let text = || String::from_utf8_lossy(&body[..body.len().min(1_024)]).into_owned();
+    match status {
+        200..=299 => Ok(()),
+        401 | 403 => Err(GraphError::Unauthorized(status)),
+        404 => Err(GraphError::NotFound),
+        410 => Err(GraphError::SyncStateGone),
+        429 => Err(GraphError::Throttled(retry_after.unwrap_or(DEFAULT_RETRY_AFTER))),
+        503 if retry_after.is_some() => Err(GraphError::Throttled(
+            retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
+        )),
+        400 if text().to_ascii_lowercase().contains("syncstatenotfound") => {
+            Err(GraphError::SyncStateGone)
+        }
+        400..=499 => Err(GraphError::Rejected {
+            status,
+            body: text(),
+        }),
+        _ => Err(GraphError::Transient(format!("Graph answered {status}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_classified_once() {
+        assert!(classify(200, None, b"{}").is_ok());
+        assert!(matches!(
+            classify(429, Some(Duration::from_secs(3)), b""),
+            Err(GraphError::Throttled(d)) if d == Duration::from_secs(3)
+        ));
+        assert!(matches!(
+            classify(503, Some(Duration::from_secs(1)), b""),
+            Err(GraphError::Throttled(_))
+        ));
+        assert!(matches!(classify(503, None, b""), Err(GraphError::Transient(_))));
+        assert!(matches!(classify(410, None, b""), Err(GraphError::SyncStateGone)));
+        assert!(matches!(
+            classify(400, None, br#"{"error":{"code":"SyncStateNotFound"}}"#),
+            Err(GraphError::SyncStateGone)
+        ));
+        assert!(matches!(classify(401, None, b""), Err(GraphError::Unauthorized(401))));
+        assert!(matches!(classify(404, None, b""), Err(GraphError::NotFound)));
+        assert!(matches!(
+            classify(400, None, b"InefficientFilter"),
+            Err(GraphError::Rejected { status: 400, .. })
+        ));
+    }
+
+    #[test]
+    fn a_delta_page_parses_without_reserializing_and_marks_removed_items() {
+        let body = br#"{"@odata.context":"x","value":[
+            {"id":"A1","internetMessageId":"<a@x>","hasAttachments":true,"subject":"s"},
+            {"id":"A2","@removed":{"reason":"deleted"}}],
+            "@odata.deltaLink":"https://graph.example/v1.0/delta?$deltatoken=abc"}"#;
+        let page = parse_page(body).unwrap();
+        assert_eq!(page.items.len(), 2);
+        assert_eq!(page.items[0].id, "A1");
+        assert!(page.items[0].has_attachments);
+        assert!(page.items[0].raw.contains(r#""subject":"s""#));
+        assert!(page.items[1].removed);
+        assert!(page.next_link.is_none());
+        assert!(page.delta_link.unwrap().contains("deltatoken"));
+    }
+
+    #[test]
+    fn path_segments_are_encoded_but_upns_stay_readable() {
+        assert_eq!(segment("invoices@contoso.example"), "invoices@contoso.example");
+        assert_eq!(segment("AAMk/ab+c="), "AAMk%2Fab%2Bc=");
+    }
+
+    #[test]
+    fn links_to_another_origin_are_detected() {
+        assert_eq!(origin_of("https://graph.microsoft.com/v1.0/users"), "https://graph.microsoft.com");
+        assert_ne!(
+            origin_of("https://evil.example/v1.0"),
+            origin_of("https://graph.microsoft.com/v1.0")
+        );
+    }
+}

@@ -1,0 +1,386 @@
+//! The Poller actor: one per Graph mailbox, feeding the inbound stream.
+//!
+//! - **Exactly one poller per mailbox** across daemons: a Redis lease (`lease:poller:{mailbox}`,
+//!   `graph.lease_ttl_s`) renewed before every page. The lease token fences the writes: a
+//!   poller that lost its lease cannot write a page.
+//! - **Delta mode** (default): a full sync follows `@odata.nextLink`s; its last page carries
+//!   the `@odata.deltaLink`, the cursor of the next poll, which returns only what changed
+//!   (`@removed` items are ignored). Each page's XADDs and its cursor are written in one atomic
+//!   step, so a crash re-fetches at most the page in flight. A 410 Gone (expired cursor)
+//!   restarts the full sync; intake marks (`queued:{key}`) and the processor's idempotency marks
+//!   keep MS4 free of repeats.
+//! - **Unread mode**: the seed's `isRead eq false` listing; delivered messages are marked read
+//!   by the [`ReadMarker`](crate::readmarker) only after MS4 accepted them.
+//! - Polls every `graph.poll_interval_s` and at once on [`TriggerPoll`]; waits while the
+//!   backlog is above `pipeline.max_backlog`; transient Graph failures back off and retry.
+
+use crate::clients::graph::{GraphClient, GraphError, Page};
+use crate::clients::oauth::{Grant, TokenSource};
+use crate::retry::Backoff;
+use crate::settings::{GraphMode, Settings};
+use crate::shutdown::Shutdown;
+use crate::store::poll::PolledPage;
+use crate::store::{Store, StoreError};
+use crate::supervision::RestartPacer;
+use crate::{health::Health, metrics as m};
+use actix::prelude::*;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+/// Poll now (a webhook said mail was missed, an operator asked, a subscription came back).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TriggerPoll;
+
+/// Builds the OAuth token source for Graph from the settings.
+pub fn graph_tokens(settings: &Settings) -> TokenSource {
+    let g = &settings.graph;
+    TokenSource::new(
+        g.token_url(),
+        Grant::ClientCredentials {
+            client_id: g.client_id.clone(),
+            client_secret: g.client_secret.clone(),
+            scope: "https://graph.microsoft.com/.default".into(),
+        },
+        g.request_timeout(),
+    )
+}
+
+pub struct Poller {
+    mailbox: String,
+    settings: Arc<Settings>,
+    store: Store,
+    graph: Rc<GraphClient>,
+    health: Health,
+    shutdown: Shutdown,
+    pacer: RestartPacer,
+    wake: Rc<Notify>,
+    /// This daemon's lease token for the mailbox.
+    token: String,
+}
+
+impl Poller {
+    pub fn new(
+        mailbox: String,
+        settings: Arc<Settings>,
+        store: Store,
+        graph: Rc<GraphClient>,
+        health: Health,
+        shutdown: Shutdown,
+    ) -> Self {
+        let token = format!(
+            "{}:{}",
+            settings.consumer_name(),
+            uuid::Uuid::new_v4().simple()
+        );
+        Self {
+            mailbox,
+            settings,
+            store,
+            graph,
+            health,
+            shutdown,
+            pacer: RestartPacer::new("poller"),
+            wake: Rc::new(Notify::new()),
+            token,
+        }
+    }
+}
+
+impl Actor for Poller {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let delay = self.pacer.delay(Instant::now());
+        let run = PollLoop {
+            mailbox: self.mailbox.clone(),
+            settings: self.settings.clone(),
+            store: self.store.clone(),
+            graph: self.graph.clone(),
+            health: self.health.clone(),
+            shutdown: self.shutdown.clone(),
+            wake: self.wake.clone(),
+            token: self.token.clone(),
+        };
+        let span = tracing::info_span!("poller", mailbox = %self.mailbox);
+        let fut = async move {
+            tokio::time::sleep(delay).await;
+            run.run().await
+        }
+        .instrument(span);
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+            if let Err(e) = res {
+                tracing::error!(mailbox = %act.mailbox, error = %e, "poller failed; restarting");
+                act.health.set_redis(false);
+                ctx.stop();
+            }
+        }));
+    }
+}
+
+impl Supervised for Poller {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.pacer.on_restart();
+    }
+}
+
+impl Handler<TriggerPoll> for Poller {
+    type Result = ();
+
+    fn handle(&mut self, _: TriggerPoll, _ctx: &mut Context<Self>) {
+        self.wake.notify_one();
+    }
+}
+
+struct PollLoop {
+    mailbox: String,
+    settings: Arc<Settings>,
+    store: Store,
+    graph: Rc<GraphClient>,
+    health: Health,
+    shutdown: Shutdown,
+    wake: Rc<Notify>,
+    token: String,
+}
+
+/// How one poll ended, when it did not fail.
+enum PollEnd {
+    Done { added: u64 },
+    LeaseLost,
+}
+
+impl PollLoop {
+    async fn run(self) -> Result<(), StoreError> {
+        let g = &self.settings.graph;
+        let lease_ttl = Duration::from_secs(g.lease_ttl_s);
+        let mut backoff = Backoff::new(&self.settings.ms4);
+        let mut holding = false;
+        // Always poll once at start: catch up with what arrived while no one was polling.
+        let mut due = true;
+        while !self.shutdown.is_raised() {
+            if !due {
+                let wait = if holding {
+                    g.poll_interval()
+                } else {
+                    lease_ttl / 3
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.wake.notified() => {}
+                    _ = self.shutdown.raised() => break,
+                }
+            }
+            due = false;
+            let held = self
+                .store
+                .hold_lease(&self.mailbox, &self.token, lease_ttl)
+                .await?;
+            if held != holding {
+                if held {
+                    tracing::info!("took the poller lease of this mailbox");
+                } else {
+                    tracing::info!("another daemon polls this mailbox");
+                }
+                holding = held;
+            }
+            if !held {
+                continue;
+            }
+            match self.poll_once().await {
+                Ok(PollEnd::Done { added }) => {
+                    backoff = Backoff::new(&self.settings.ms4);
+                    if added > 0 {
+                        tracing::info!(added, "polled new messages");
+                    }
+                }
+                Ok(PollEnd::LeaseLost) => {
+                    tracing::warn!("lost the poller lease mid-poll; another daemon took over");
+                    holding = false;
+                }
+                Err(PollError::Store(e)) => return Err(e),
+                Err(PollError::Graph(GraphError::SyncStateGone)) => {
+                    tracing::warn!("delta cursor expired (410): starting a full resync; idempotency drops repeats");
+                    self.reset_cursor().await?;
+                    due = true;
+                }
+                Err(PollError::Graph(e)) if e.is_transient() => {
+                    let d = match e {
+                        GraphError::Throttled(d) => d,
+                        _ => backoff.next_delay(),
+                    };
+                    tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "poll failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = self.shutdown.raised() => break,
+                    }
+                    due = true;
+                }
+                Err(PollError::Graph(e)) => {
+                    // Credentials or permissions: nothing to gain by hammering; the next poll
+                    // tries again and readiness says why.
+                    tracing::error!(error = %e, "poll refused by Graph; trying again next interval");
+                    self.health.set_graph_error(&self.mailbox, Some(e.to_string()));
+                    continue;
+                }
+            }
+            self.health.set_graph_error(&self.mailbox, None);
+        }
+        if holding {
+            let _ = self.store.release_lease(&self.mailbox, &self.token).await;
+        }
+        Ok(())
+    }
+
+    async fn reset_cursor(&self) -> Result<(), StoreError> {
+        let page = PolledPage {
+            mailbox: &self.mailbox,
+            next: None,
+            phase: "",
+            ..Default::default()
+        };
+        let _ = self
+            .store
+            .write_page(&page, &self.token, crate::processor::now_ms(), 1)
+            .await?;
+        Ok(())
+    }
+
+    /// Reads pages until the mailbox is caught up, writing each page with its cursor.
+    async fn poll_once(&self) -> Result<PollEnd, PollError> {
+        let g = &self.settings.graph;
+        let mark_read = g.mode == GraphMode::Unread;
+        let mut url = match g.mode {
+            GraphMode::Delta => self
+                .store
+                .cursor(&self.mailbox)
+                .await?
+                .link
+                .unwrap_or_else(|| self.graph.delta_url(&self.mailbox, &g.folder)),
+            GraphMode::Unread => self.graph.unread_url(&self.mailbox, &g.folder, g.page_size),
+        };
+        let mut added = 0;
+        loop {
+            self.wait_for_backlog().await?;
+            if self.shutdown.is_raised() {
+                return Ok(PollEnd::Done { added });
+            }
+            if !self
+                .store
+                .hold_lease(
+                    &self.mailbox,
+                    &self.token,
+                    Duration::from_secs(g.lease_ttl_s),
+                )
+                .await?
+            {
+                return Ok(PollEnd::LeaseLost);
+            }
+            let page = self.graph.page(&self.mailbox, &url, g.page_size).await?;
+            let (next, phase) = match (&page.next_link, &page.delta_link, g.mode) {
+                (Some(n), _, GraphMode::Delta) => (Some(n.as_str()), "sync"),
+                (None, Some(d), GraphMode::Delta) => (Some(d.as_str()), "delta"),
+                // Unread mode keeps no cursor: the unread flag is the state.
+                _ => (None, ""),
+            };
+            let polled = PolledPage {
+                mailbox: &self.mailbox,
+                messages: messages_of(&page, &self.mailbox),
+                next,
+                phase,
+                mark_read,
+            };
+            let written = self
+                .store
+                .write_page(
+                    &polled,
+                    &self.token,
+                    crate::processor::now_ms(),
+                    self.settings.redis.idempotency_ttl_s,
+                )
+                .await?;
+            match written {
+                Ok(n) => {
+                    added += n;
+                    metrics::counter!(m::POLLED, "mode" => mode_name(g.mode)).increment(n);
+                }
+                Err(_) => return Ok(PollEnd::LeaseLost),
+            }
+            match (&page.next_link, g.mode) {
+                (Some(n), _) => url = n.clone(),
+                (None, _) => return Ok(PollEnd::Done { added }),
+            }
+        }
+    }
+
+    /// Backpressure: no fetching while MS4 is behind.
+    async fn wait_for_backlog(&self) -> Result<(), StoreError> {
+        let max = self.settings.pipeline.max_backlog;
+        let keys = self.store.keys().clone();
+        let mut logged = false;
+        loop {
+            let backlog =
+                self.store.len(&keys.outbound()).await? + self.store.len(&keys.inbound()).await?;
+            if backlog <= max || self.shutdown.is_raised() {
+                return Ok(());
+            }
+            if !logged {
+                tracing::info!(backlog, max, "backlog above pipeline.max_backlog: polling paused");
+                logged = true;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+fn mode_name(mode: GraphMode) -> &'static str {
+    match mode {
+        GraphMode::Delta => "delta",
+        GraphMode::Unread => "unread",
+    }
+}
+
+/// The page's new messages with their idempotency keys (as the transform computes them).
+fn messages_of<'a>(page: &'a Page, mailbox: &str) -> Vec<(String, &'a str)> {
+    page.items
+        .iter()
+        .filter(|i| !i.removed && !i.id.is_empty())
+        .map(|i| {
+            let key = match i.internet_message_id.as_deref().map(str::trim) {
+                Some(imid) if !imid.is_empty() => imid.to_string(),
+                _ => format!("graph:{mailbox}:{}", i.id),
+            };
+            (key, i.raw.as_str())
+        })
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PollError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clients::graph::parse_page;
+
+    #[test]
+    fn removed_items_are_skipped_and_keys_match_the_transform() {
+        let page = parse_page(
+            br#"{"value":[
+                {"id":"A1","internetMessageId":"<a@x>"},
+                {"id":"A2"},
+                {"id":"A3","@removed":{"reason":"deleted"}}]}"#,
+        )
+        .unwrap();
+        let msgs = messages_of(&page, "mb@x.example");
+        let keys: Vec<&str> = msgs.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, vec!["<a@x>", "graph:mb@x.example:A2"]);
+    }
+}

@@ -1,0 +1,32 @@
+-- Writes one polled page atomically: the new messages into the inbound stream and the
+-- mailbox's cursor, only while the caller holds the mailbox's lease (the lease token is the
+-- fence: a poller that lost its lease cannot write). Redis runs a script as one transaction,
+-- like MULTI/EXEC: a crash leaves either the whole page and its cursor, or neither.
+-- KEYS[1] lease, KEYS[2] inbound stream, KEYS[3] cursor hash
+-- ARGV[1] lease token, ARGV[2] cursor link ('' clears), ARGV[3] cursor phase, ARGV[4] now ms,
+-- ARGV[5] mailbox, ARGV[6] mark_read ('1' or ''), ARGV[7] queued-mark prefix, ARGV[8] mark ttl s,
+-- then pairs: idempotency key, message JSON.
+-- Returns the number of messages added (already-queued keys are skipped), or -1 without the lease.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return -1
+end
+local added = 0
+for i = 9, #ARGV, 2 do
+  local key = ARGV[i]
+  if redis.call('SET', ARGV[7] .. key, '1', 'NX', 'EX', ARGV[8]) then
+    if ARGV[6] == '1' then
+      redis.call('XADD', KEYS[2], '*', 'source', 'graph', 'kind', 'message', 'mailbox', ARGV[5],
+        'mark_read', '1', 'payload', ARGV[i + 1])
+    else
+      redis.call('XADD', KEYS[2], '*', 'source', 'graph', 'kind', 'message', 'mailbox', ARGV[5],
+        'payload', ARGV[i + 1])
+    end
+    added = added + 1
+  end
+end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[3])
+else
+  redis.call('HSET', KEYS[3], 'link', ARGV[2], 'phase', ARGV[3], 'updated_ms', ARGV[4])
+end
+return added

@@ -5,6 +5,7 @@
 //! partial batch, wait for in-flight MS4 requests up to `pipeline.drain_timeout_ms`), then exit.
 
 use crate::http::control::{self, ControlState};
+use crate::http::webhook::{self, WebhookState};
 use crate::redis_launcher::PrivateRedis;
 use actix_web::{web, App, HttpServer};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -74,12 +75,15 @@ async fn serve(settings: Arc<Settings>, prometheus: PrometheusHandle) -> anyhow:
         prometheus,
         token: settings.control.token.clone(),
     });
+    let hooks = web::Data::new(WebhookState(pipeline.webhook.clone()));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(hooks.clone())
+            .configure(webhook::routes)
             .configure(control::routes)
     })
-    .workers(1)
+    .workers(2)
     .disable_signals()
     .shutdown_timeout(2)
     .bind(&settings.control.bind)
@@ -88,6 +92,7 @@ async fn serve(settings: Arc<Settings>, prometheus: PrometheusHandle) -> anyhow:
     let server_handle = server.handle();
     actix_rt::spawn(server);
     tracing::info!(bind = %settings.control.bind, "control API listening");
+    pipeline.http_ready();
 
     wait_for_signal().await;
     tracing::info!(

@@ -129,6 +129,7 @@ mod tests {
         let r = graph_to_record(
             "inv@contoso.example",
             &graph_message(3, "inv@contoso.example", true),
+            None,
             Default::default(),
         )
         .unwrap();
@@ -138,7 +139,7 @@ mod tests {
         );
         assert!(r.has_attachments);
         assert!(r.sender.contains('@'));
-        let bad = graph_to_record("m", &graph_message(4, "m", false), Default::default()).unwrap();
+        let bad = graph_to_record("m", &graph_message(4, "m", false), None, Default::default()).unwrap();
         assert!(!bad.sender.contains('@'));
     }
 }

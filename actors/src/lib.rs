@@ -19,14 +19,19 @@ pub mod model;
 pub mod poller;
 pub mod processor;
 pub mod ratelimiter;
+pub mod readmarker;
 pub mod retry;
 pub mod sender;
 pub mod settings;
 pub mod shutdown;
 pub mod store;
 pub mod supervision;
+pub mod webhook;
 
 use actix::{Addr, Arbiter, Supervisor};
+use clients::graph::GraphClient;
+use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,11 +40,17 @@ pub use settings::Settings;
 pub use shutdown::Shutdown;
 pub use store::Store;
 
-/// The running delivery path: its actors' addresses and the drain signal.
+/// The running system: its actors' addresses and the drain signal.
 pub struct Pipeline {
     pub processor: Addr<processor::BatchProcessor>,
     pub sender: Addr<sender::Ms4Sender>,
     pub limiter: Addr<ratelimiter::RateLimiter>,
+    /// One poller per Graph mailbox.
+    pub pollers: BTreeMap<String, Addr<poller::Poller>>,
+    /// Graph change notifications, when `webhook.enabled`.
+    pub webhook: Option<Addr<webhook::WebhookReceiver>>,
+    /// Marks delivered messages read, in `graph.mode = "unread"`.
+    pub read_marker: Option<Addr<readmarker::ReadMarker>>,
     pub health: Health,
     shutdown: Shutdown,
     _processor_thread: Arbiter,
@@ -68,14 +79,15 @@ impl Pipeline {
         // its own so it never starves the sender's network loop.
         let processor_thread = Arbiter::new();
         let processor = {
-            let (store, settings, health, shutdown) = (
+            let (store, settings, health, shutdown, limiter) = (
                 store.clone(),
                 settings.clone(),
                 health.clone(),
                 shutdown.clone(),
+                limiter.clone(),
             );
             Supervisor::start_in_arbiter(&processor_thread.handle(), move |_| {
-                processor::BatchProcessor::new(store, settings, health, shutdown)
+                processor::BatchProcessor::new(store, settings, limiter, health, shutdown)
             })
         };
         let sender = {
@@ -90,14 +102,88 @@ impl Pipeline {
                 sender::Ms4Sender::new(store, settings, limiter, health, shutdown)
             })
         };
+
+        // Graph: one client (and token cache) for this thread's actors.
+        let mut pollers = BTreeMap::new();
+        let mut webhook = None;
+        let mut read_marker = None;
+        if !settings.graph.mailboxes.is_empty() {
+            let graph = Rc::new(GraphClient::new(
+                &settings.graph.base_url,
+                Rc::new(poller::graph_tokens(&settings)),
+                limiter.clone(),
+                settings.graph.request_timeout(),
+            ));
+            for name in &settings.graph.mailboxes {
+                let (mailbox, settings, store, graph, health, shutdown) = (
+                    name.clone(),
+                    settings.clone(),
+                    store.clone(),
+                    graph.clone(),
+                    health.clone(),
+                    shutdown.clone(),
+                );
+                let addr = Supervisor::start(move |_| {
+                    poller::Poller::new(mailbox, settings, store, graph, health, shutdown)
+                });
+                pollers.insert(name.clone(), addr);
+            }
+            if settings.graph.mode == settings::GraphMode::Unread {
+                let (settings, store, graph, health, shutdown) = (
+                    settings.clone(),
+                    store.clone(),
+                    graph.clone(),
+                    health.clone(),
+                    shutdown.clone(),
+                );
+                read_marker = Some(Supervisor::start(move |_| {
+                    readmarker::ReadMarker::new(store, settings, graph, health, shutdown)
+                }));
+            }
+            if settings.webhook.enabled {
+                let (settings, store, graph, health, pollers) = (
+                    settings.clone(),
+                    store.clone(),
+                    graph.clone(),
+                    health.clone(),
+                    pollers.clone(),
+                );
+                webhook = Some(Supervisor::start(move |_| {
+                    webhook::WebhookReceiver::new(settings, store, graph, pollers, health)
+                }));
+            }
+        }
         Self {
             processor,
             sender,
             limiter,
+            pollers,
+            webhook,
+            read_marker,
             health,
             shutdown,
             _processor_thread: processor_thread,
         }
+    }
+
+    /// The HTTP server is listening: webhooks may subscribe now (Graph validates the URLs
+    /// while creating a subscription).
+    pub fn http_ready(&self) {
+        if let Some(w) = &self.webhook {
+            w.do_send(webhook::Subscribe);
+        }
+    }
+
+    /// Polls a mailbox (or every mailbox) now.
+    pub fn trigger_poll(&self, mailbox: Option<&str>) -> usize {
+        let mut n = 0;
+        for (mb, p) in &self.pollers {
+            if mailbox.is_none_or(|m| m == mb) {
+                p.do_send(poller::TriggerPoll);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Graceful drain: stop reading, flush the partial batch, wait for in-flight MS4 requests
@@ -106,6 +192,11 @@ impl Pipeline {
     pub async fn drain(&self, deadline: Duration) -> bool {
         self.shutdown.raise();
         let work = async {
+            // Intake first: no new subscriptions' notifications, pollers stop (they see the
+            // signal), then the pipeline finishes what it holds.
+            if let Some(w) = &self.webhook {
+                let _ = w.send(webhook::Unsubscribe).await;
+            }
             let _ = self.processor.send(processor::Drain).await;
             let _ = self.sender.send(sender::Drain).await;
         };

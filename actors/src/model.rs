@@ -128,10 +128,12 @@ pub struct TransformOptions {
     pub include_raw: bool,
 }
 
-/// Turns a Graph message (JSON) from `mailbox` into an MS4 record.
+/// Turns a Graph message (JSON) from `mailbox` into an MS4 record. `fetched` is attachment
+/// metadata read separately from Graph (it wins over an `attachments` array in the payload).
 pub fn graph_to_record(
     mailbox: &str,
     payload: &str,
+    fetched: Option<&[AttachmentMeta]>,
     opts: TransformOptions,
 ) -> Result<Ms4Record, Malformed> {
     let msg: GraphMessage =
@@ -151,18 +153,21 @@ pub fn graph_to_record(
         .into_iter()
         .filter_map(|r| r.email_address.and_then(|a| non_empty(a.address)))
         .collect();
-    let attachments: Vec<AttachmentMeta> = msg
-        .attachments
-        .unwrap_or_default()
-        .into_iter()
-        .map(|a| AttachmentMeta {
-            name: a.name.unwrap_or_default(),
-            content_type: a
-                .content_type
-                .unwrap_or_else(|| "application/octet-stream".into()),
-            size: a.size.unwrap_or(0),
-        })
-        .collect();
+    let attachments: Vec<AttachmentMeta> = match fetched {
+        Some(list) => list.to_vec(),
+        None => msg
+            .attachments
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| AttachmentMeta {
+                name: a.name.unwrap_or_default(),
+                content_type: a
+                    .content_type
+                    .unwrap_or_else(|| "application/octet-stream".into()),
+                size: a.size.unwrap_or(0),
+            })
+            .collect(),
+    };
     let idempotency_key = match non_empty(msg.internet_message_id) {
         Some(imid) => imid,
         None => format!("graph:{mailbox}:{id}"),
@@ -193,7 +198,7 @@ pub fn entry_to_record(
     let mailbox = fields.mailbox.ok_or(Malformed::MissingField("mailbox"))?;
     let payload = fields.payload.ok_or(Malformed::MissingField("payload"))?;
     match fields.source.unwrap_or("graph") {
-        "graph" => graph_to_record(mailbox, payload, opts),
+        "graph" => graph_to_record(mailbox, payload, fields.attachments, opts),
         other => Err(Malformed::UnknownSource(other.to_string())),
     }
 }
@@ -204,6 +209,25 @@ pub struct InboundFields<'a> {
     pub source: Option<&'a str>,
     pub mailbox: Option<&'a str>,
     pub payload: Option<&'a str>,
+    /// Attachment metadata fetched for this message, if any.
+    pub attachments: Option<&'a [AttachmentMeta]>,
+}
+
+/// Whether a Graph message needs its attachment metadata fetched: it has attachments and
+/// the payload does not list them. Returns its id.
+pub fn graph_needs_attachments(payload: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Head {
+        id: Option<String>,
+        #[serde(default)]
+        has_attachments: bool,
+        attachments: Option<serde::de::IgnoredAny>,
+    }
+    let head: Head = serde_json::from_str(payload).ok()?;
+    (head.has_attachments && head.attachments.is_none())
+        .then_some(head.id)
+        .flatten()
 }
 
 fn non_empty(s: Option<String>) -> Option<String> {
@@ -266,7 +290,7 @@ mod tests {
 
     #[test]
     fn a_graph_message_becomes_the_contract_record() {
-        let r = graph_to_record("invoices@contoso.example", MSG, Default::default()).unwrap();
+        let r = graph_to_record("invoices@contoso.example", MSG, None, Default::default()).unwrap();
         assert_eq!(r.id, "AAMkAD-1");
         assert_eq!(r.idempotency_key, "<inv-1042@vendor.example>");
         assert_eq!(r.sender, "billing@vendor.example");
@@ -303,7 +327,7 @@ mod tests {
     fn without_internet_message_id_the_key_is_source_mailbox_id() {
         let msg = r#"{"id":"X1","from":{"emailAddress":{"address":"a@b.example"}},
                       "receivedDateTime":"2026-01-01T00:00:00Z"}"#;
-        let r = graph_to_record("mb@x.example", msg, Default::default()).unwrap();
+        let r = graph_to_record("mb@x.example", msg, None, Default::default()).unwrap();
         assert_eq!(r.idempotency_key, "graph:mb@x.example:X1");
         assert_eq!(r.attachments, vec![]);
         assert!(!r.has_attachments);
@@ -312,7 +336,7 @@ mod tests {
 
     #[test]
     fn include_raw_copies_the_payload() {
-        let r = graph_to_record("m", MSG, TransformOptions { include_raw: true }).unwrap();
+        let r = graph_to_record("m", MSG, None, TransformOptions { include_raw: true }).unwrap();
         assert_eq!(r.raw_message.as_deref(), Some(MSG));
     }
 
@@ -356,9 +380,25 @@ mod tests {
             ("[1,2]", "not a Graph message"),
         ];
         for (payload, want) in cases {
-            let err = graph_to_record("m", payload, Default::default()).unwrap_err();
+            let err = graph_to_record("m", payload, None, Default::default()).unwrap_err();
             assert!(err.to_string().contains(want), "{payload}: {err}");
         }
+    }
+
+    #[test]
+    fn fetched_attachments_win_and_are_needed_only_when_missing() {
+        let msg = r#"{"id":"X1","hasAttachments":true,"from":{"emailAddress":{"address":"a@b.example"}},
+                      "receivedDateTime":"2026-01-01T00:00:00Z"}"#;
+        assert_eq!(graph_needs_attachments(msg).as_deref(), Some("X1"));
+        assert_eq!(graph_needs_attachments(MSG), None, "listed already");
+        let fetched = [AttachmentMeta {
+            name: "a.pdf".into(),
+            content_type: "application/pdf".into(),
+            size: 9,
+        }];
+        let r = graph_to_record("m", msg, Some(&fetched), Default::default()).unwrap();
+        assert_eq!(r.attachments, fetched.to_vec());
+        assert!(r.has_attachments);
     }
 
     #[test]

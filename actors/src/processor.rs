@@ -13,7 +13,12 @@
 //! consumer left idle, then reads new ones. While the outbound backlog is above
 //! `pipeline.max_backlog` it waits instead of piling more work onto Redis.
 
-use crate::model::{entry_to_record, InboundFields, TransformOptions};
+use crate::clients::graph::{GraphClient, GraphError};
+use crate::model::{
+    entry_to_record, graph_needs_attachments, AttachmentMeta, InboundFields, TransformOptions,
+};
+use crate::ratelimiter::RateLimiter;
+use crate::retry::Backoff;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::store::dlq::Stage;
@@ -23,6 +28,7 @@ use crate::supervision::RestartPacer;
 use crate::{health::Health, metrics as m};
 use actix::prelude::*;
 use std::collections::HashSet;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -30,9 +36,33 @@ use tracing::Instrument;
 
 /// Field names of an inbound entry.
 pub mod inbound_fields {
+    /// `graph` (default) or `imap`.
     pub const SOURCE: &str = "source";
+    /// `message` (default: `payload` is the message) or `ref` (a webhook notification: only
+    /// `message_id`; the processor fetches the message).
+    pub const KIND: &str = "kind";
     pub const MAILBOX: &str = "mailbox";
     pub const PAYLOAD: &str = "payload";
+    pub const MESSAGE_ID: &str = "message_id";
+    /// `1`: mark the message read in Graph once MS4 accepted it (unread mode).
+    pub const MARK_READ: &str = "mark_read";
+}
+
+/// What the processor learned from Graph about one entry before transforming it.
+#[derive(Debug, Clone, Default)]
+enum Resolution {
+    /// Nothing to fetch.
+    #[default]
+    AsIs,
+    /// A webhook ref, now fetched (message JSON and, if any, its attachments).
+    Fetched {
+        payload: String,
+        attachments: Option<Vec<AttachmentMeta>>,
+    },
+    /// A polled message whose attachment metadata was fetched.
+    Attachments(Vec<AttachmentMeta>),
+    /// Cannot be resolved, for a reason of its own (dead letter).
+    Dead { reason: String, status: u16 },
 }
 
 /// Wait until the processor has finished its current chunk and stopped reading.
@@ -43,6 +73,7 @@ pub struct Drain;
 pub struct BatchProcessor {
     store: Store,
     settings: Arc<Settings>,
+    limiter: Addr<RateLimiter>,
     consumer: String,
     health: Health,
     shutdown: Shutdown,
@@ -52,11 +83,18 @@ pub struct BatchProcessor {
 }
 
 impl BatchProcessor {
-    pub fn new(store: Store, settings: Arc<Settings>, health: Health, shutdown: Shutdown) -> Self {
+    pub fn new(
+        store: Store,
+        settings: Arc<Settings>,
+        limiter: Addr<RateLimiter>,
+        health: Health,
+        shutdown: Shutdown,
+    ) -> Self {
         Self {
             consumer: settings.consumer_name(),
             store,
             settings,
+            limiter,
             health,
             shutdown,
             pacer: RestartPacer::new("batch_processor"),
@@ -76,6 +114,15 @@ impl Actor for BatchProcessor {
             consumer: self.consumer.clone(),
             health: self.health.clone(),
             shutdown: self.shutdown.clone(),
+            graph: (!self.settings.graph.mailboxes.is_empty()).then(|| {
+                // Built here, on the processor's own thread (awc is not Send).
+                Rc::new(GraphClient::new(
+                    &self.settings.graph.base_url,
+                    Rc::new(crate::poller::graph_tokens(&self.settings)),
+                    self.limiter.clone(),
+                    self.settings.graph.request_timeout(),
+                ))
+            }),
         };
         let span = tracing::info_span!("batch_processor", consumer = %self.consumer);
         let fut = async move {
@@ -120,6 +167,8 @@ struct Work {
     consumer: String,
     health: Health,
     shutdown: Shutdown,
+    /// Graph, for webhook refs and attachment metadata (none when no mailbox is configured).
+    graph: Option<Rc<GraphClient>>,
 }
 
 impl Work {
@@ -203,12 +252,32 @@ impl Work {
         Ok(())
     }
 
-    /// Finishes one chunk with a single hand-off.
+    /// Finishes one chunk with a single hand-off. Entries that need Graph (webhook refs,
+    /// attachment metadata) are resolved first; while Graph fails transiently the chunk is
+    /// retried with backoff and stays pending.
     async fn process(&self, entries: &[Entry]) -> Result<(), StoreError> {
         let opts = TransformOptions {
             include_raw: self.settings.ms4.include_raw,
         };
-        let plan = plan_chunk(entries, opts);
+        let mut backoff = Backoff::new(&self.settings.ms4);
+        let resolved = loop {
+            match self.resolve(entries).await {
+                Ok(r) => break r,
+                Err(e) => {
+                    let d = match e {
+                        GraphError::Throttled(d) => d,
+                        _ => backoff.next_delay(),
+                    };
+                    tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "cannot resolve entries from Graph yet; retrying the chunk");
+                    tokio::time::sleep(d).await;
+                    if self.shutdown.is_raised() {
+                        // Left pending: picked up again on the next start.
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let plan = plan_chunk(entries, &resolved, opts);
         let keys: Vec<&str> = plan.records.iter().map(|r| r.key.as_str()).collect();
         let seen = self.store.seen(&keys).await?;
         let mut handoff = Handoff {
@@ -238,10 +307,111 @@ impl Work {
             metrics::counter!(m::DEAD_LETTERED, "stage" => "process")
                 .increment(handoff.dead.len() as u64);
             for d in &handoff.dead {
-                tracing::warn!(entry = %d.entry_id, mailbox = %d.mailbox, reason = %d.reason, "dead-lettered a malformed entry");
+                tracing::warn!(entry = %d.entry_id, mailbox = %d.mailbox, reason = %d.reason, "dead-lettered an entry");
             }
         }
         Ok(())
+    }
+
+    /// Fetches what the chunk's entries need from Graph, concurrently (the RateLimiter keeps
+    /// each mailbox within its limits). A transient failure fails the whole chunk.
+    async fn resolve(&self, entries: &[Entry]) -> Result<Vec<Resolution>, GraphError> {
+        use inbound_fields as f;
+        let mut out = vec![Resolution::AsIs; entries.len()];
+        let mut work = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            if e.field(f::SOURCE).unwrap_or("graph") != "graph" {
+                continue;
+            }
+            let mailbox = e.field(f::MAILBOX).unwrap_or_default();
+            if e.field(f::KIND) == Some("ref") {
+                let id = e.field(f::MESSAGE_ID).unwrap_or_default();
+                work.push((i, mailbox, id.to_string(), true));
+            } else if self.settings.graph.fetch_attachments && self.graph.is_some() {
+                if let Some(id) = e.field(f::PAYLOAD).and_then(graph_needs_attachments) {
+                    work.push((i, mailbox, id, false));
+                }
+            }
+        }
+        if work.is_empty() {
+            return Ok(out);
+        }
+        let Some(graph) = self.graph.clone() else {
+            for (i, ..) in work {
+                out[i] = Resolution::Dead {
+                    reason: "a webhook ref, but no Graph mailbox is configured to fetch it from"
+                        .into(),
+                    status: 0,
+                };
+            }
+            return Ok(out);
+        };
+        let fetch_attachments = self.settings.graph.fetch_attachments;
+        let jobs = work.into_iter().map(|(i, mailbox, id, is_ref)| {
+            let graph = graph.clone();
+            async move {
+                let r = if is_ref {
+                    fetch_ref(&graph, mailbox, &id, fetch_attachments).await
+                } else {
+                    match graph.attachments(mailbox, &id).await {
+                        Ok(a) => Ok(Resolution::Attachments(a)),
+                        Err(e) => gone_or(e),
+                    }
+                };
+                (i, r)
+            }
+        });
+        for (i, r) in futures_util::future::join_all(jobs).await {
+            out[i] = r?;
+        }
+        Ok(out)
+    }
+}
+
+/// Fetches a message a webhook notified, and its attachment metadata.
+async fn fetch_ref(
+    graph: &GraphClient,
+    mailbox: &str,
+    id: &str,
+    fetch_attachments: bool,
+) -> Result<Resolution, GraphError> {
+    if mailbox.is_empty() || id.is_empty() {
+        return Ok(Resolution::Dead {
+            reason: "webhook ref without mailbox or message_id".into(),
+            status: 0,
+        });
+    }
+    let body = match graph.message(mailbox, id).await {
+        Ok(b) => b,
+        Err(e) => return gone_or(e),
+    };
+    let payload = String::from_utf8_lossy(&body).into_owned();
+    let attachments = match graph_needs_attachments(&payload) {
+        Some(_) if fetch_attachments => match graph.attachments(mailbox, id).await {
+            Ok(a) => Some(a),
+            Err(e) => return gone_or(e),
+        },
+        _ => None,
+    };
+    Ok(Resolution::Fetched {
+        payload,
+        attachments,
+    })
+}
+
+/// A message that is gone (404) or that Graph refuses to serve (other 4xx) is dead-lettered;
+/// anything else is retried.
+fn gone_or(e: GraphError) -> Result<Resolution, GraphError> {
+    match e {
+        GraphError::NotFound => Ok(Resolution::Dead {
+            reason: "the message no longer exists in the mailbox (404)".into(),
+            status: 404,
+        }),
+        GraphError::Rejected { status, body } => Ok(Resolution::Dead {
+            reason: format!("Graph refused to serve the message ({status}): {body}"),
+            status,
+        }),
+        other => Err(other),
     }
 }
 
@@ -254,16 +424,47 @@ struct ChunkPlan {
     duplicates_in_chunk: u64,
 }
 
-fn plan_chunk(entries: &[Entry], opts: TransformOptions) -> ChunkPlan {
+fn plan_chunk(entries: &[Entry], resolved: &[Resolution], opts: TransformOptions) -> ChunkPlan {
+    use inbound_fields as f;
     let now = now_ms();
     let mut plan = ChunkPlan::default();
     let mut keys_in_chunk = HashSet::with_capacity(entries.len());
-    for e in entries {
-        let fields = InboundFields {
-            source: e.field(inbound_fields::SOURCE),
-            mailbox: e.field(inbound_fields::MAILBOX),
-            payload: e.field(inbound_fields::PAYLOAD),
+    for (e, resolution) in entries.iter().zip(resolved) {
+        let mut fields = InboundFields {
+            source: e.field(f::SOURCE),
+            mailbox: e.field(f::MAILBOX),
+            payload: e.field(f::PAYLOAD),
+            attachments: None,
         };
+        let dead = |reason: String, status: u16, payload: &str| DeadLetter {
+            stage: Stage::Process,
+            reason,
+            status,
+            attempts: 1,
+            first_failure_ms: now,
+            last_failure_ms: now,
+            payload: payload.to_string(),
+            mailbox: e.field(f::MAILBOX).unwrap_or_default().to_string(),
+            key: String::new(),
+            entry_id: e.id.clone(),
+            response: String::new(),
+        };
+        match resolution {
+            Resolution::AsIs => {}
+            Resolution::Fetched {
+                payload,
+                attachments,
+            } => {
+                fields.payload = Some(payload);
+                fields.attachments = attachments.as_deref();
+            }
+            Resolution::Attachments(a) => fields.attachments = Some(a),
+            Resolution::Dead { reason, status } => {
+                let what = e.field(f::MESSAGE_ID).or(fields.payload).unwrap_or_default();
+                plan.dead.push(dead(reason.clone(), *status, what));
+                continue;
+            }
+        }
         match entry_to_record(&fields, opts) {
             Ok(record) => {
                 if !keys_in_chunk.insert(record.idempotency_key.clone()) {
@@ -271,25 +472,20 @@ fn plan_chunk(entries: &[Entry], opts: TransformOptions) -> ChunkPlan {
                     continue;
                 }
                 let json = serde_json::to_string(&record).expect("a record always serializes");
+                let mark_read = (e.field(f::MARK_READ) == Some("1"))
+                    .then(|| (record.mailbox.clone(), record.id.clone()));
                 plan.records.push(OutboundRecord {
                     key: record.idempotency_key,
                     json,
                     inbound_ms: e.added_ms(),
+                    mark_read,
                 });
             }
-            Err(reason) => plan.dead.push(DeadLetter {
-                stage: Stage::Process,
-                reason: reason.to_string(),
-                status: 0,
-                attempts: 1,
-                first_failure_ms: now,
-                last_failure_ms: now,
-                payload: fields.payload.unwrap_or_default().to_string(),
-                mailbox: fields.mailbox.unwrap_or_default().to_string(),
-                key: String::new(),
-                entry_id: e.id.clone(),
-                response: String::new(),
-            }),
+            Err(reason) => plan.dead.push(dead(
+                reason.to_string(),
+                0,
+                fields.payload.unwrap_or_default(),
+            )),
         }
     }
     plan
@@ -330,7 +526,7 @@ mod tests {
             entry("3-0", &msg("<a>")),
             entry("4-0", &msg("<b>")),
         ];
-        let plan = plan_chunk(&entries, Default::default());
+        let plan = plan_chunk(&entries, &vec![Resolution::AsIs; 4], Default::default());
         assert_eq!(plan.records.len(), 2);
         assert_eq!(plan.records[0].key, "<a>");
         assert_eq!(plan.records[0].inbound_ms, 1);

@@ -315,11 +315,20 @@ impl Core {
         metrics::gauge!(m::BREAKER).set(state.as_gauge());
     }
 
-    /// Acknowledges delivered entries, retrying Redis until it answers: MS4 has them, so
-    /// giving up would only cause a re-send.
-    async fn ack(&self, ids: &[String]) {
+    /// Acknowledges delivered entries (queuing their mark-read in Graph, for unread mode),
+    /// retrying Redis until it answers: MS4 has them, so giving up would only cause a re-send.
+    async fn ack(&self, entries: &[Entry]) {
+        let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+        let marks: Vec<(&str, &str)> = entries
+            .iter()
+            .filter_map(|e| Some((e.field(F::MARK_MAILBOX)?, e.field(F::MARK_ID)?)))
+            .collect();
         let mut backoff = Backoff::new(&self.settings.ms4);
-        while let Err(e) = self.store.ack(&self.outbound(), SENDERS, ids).await {
+        while let Err(e) = self
+            .store
+            .ack_and_mark_read(&self.outbound(), SENDERS, &ids, &marks)
+            .await
+        {
             tracing::warn!(error = %e, "could not acknowledge delivered entries; retrying");
             tokio::time::sleep(backoff.next_delay()).await;
         }
@@ -589,10 +598,9 @@ async fn deliver_part(core: &Core, mut part: Part, stack: &mut Vec<Part>) {
         core.report(turn, Some(&verdict));
         match verdict {
             Verdict::Accepted => {
-                let ids: Vec<String> = part.entries.iter().map(|e| e.id.clone()).collect();
-                core.ack(&ids).await;
+                core.ack(&part.entries).await;
                 let now = now_ms();
-                metrics::counter!(m::DELIVERED).increment(ids.len() as u64);
+                metrics::counter!(m::DELIVERED).increment(part.entries.len() as u64);
                 let latency = metrics::histogram!(m::END_TO_END);
                 for e in &part.entries {
                     let ms = e

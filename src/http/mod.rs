@@ -2,3 +2,4 @@
 //! and map the answer to a status; no business logic lives here.
 
 pub mod control;
+pub mod webhook;

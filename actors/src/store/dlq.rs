@@ -10,6 +10,8 @@ pub enum Stage {
     Process,
     /// MS4 refused the record.
     Deliver,
+    /// Graph refused to mark a delivered message read.
+    MarkRead,
 }
 
 impl Stage {
@@ -17,6 +19,7 @@ impl Stage {
         match self {
             Stage::Process => "process",
             Stage::Deliver => "deliver",
+            Stage::MarkRead => "mark_read",
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod poll;
 pub mod ratelimit;
 pub mod streams;
+pub mod webhook;
 
 pub use dlq::DeadLetter;
 pub use keys::Keys;

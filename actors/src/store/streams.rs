@@ -43,6 +43,8 @@ pub struct OutboundRecord {
     pub json: String,
     /// When its source entry entered the inbound stream (ms since the epoch).
     pub inbound_ms: u64,
+    /// `(mailbox, message id)` to mark read in Graph once MS4 accepted the record.
+    pub mark_read: Option<(String, String)>,
 }
 
 /// Field names of an outbound entry.
@@ -50,6 +52,9 @@ pub mod outbound_fields {
     pub const KEY: &str = "k";
     pub const RECORD: &str = "r";
     pub const INBOUND_MS: &str = "t";
+    /// Present when the message must be marked read after delivery: its mailbox and id.
+    pub const MARK_MAILBOX: &str = "mb";
+    pub const MARK_ID: &str = "mid";
 }
 
 /// Everything the BatchProcessor finishes for one chunk of inbound entries, applied as one
@@ -283,22 +288,38 @@ impl Store {
 
     /// Acknowledges and deletes finished entries in one MULTI/EXEC.
     pub async fn ack(&self, stream: &str, group: &str, ids: &[String]) -> StoreResult<()> {
+        self.ack_and_mark_read(stream, group, ids, &[]).await
+    }
+
+    /// Acknowledges delivered entries and, in the same MULTI/EXEC, queues the Graph messages
+    /// to mark read (`(mailbox, message id)`), so a message is marked read only after MS4
+    /// accepted it, and never forgotten.
+    pub async fn ack_and_mark_read(
+        &self,
+        stream: &str,
+        group: &str,
+        ids: &[String],
+        mark_read: &[(&str, &str)],
+    ) -> StoreResult<()> {
         if ids.is_empty() {
             return Ok(());
         }
-        let _: Value = redis::pipe()
-            .atomic()
-            .cmd("XACK")
-            .arg(stream)
-            .arg(group)
-            .arg(ids)
-            .ignore()
-            .cmd("XDEL")
-            .arg(stream)
-            .arg(ids)
-            .ignore()
-            .query_async(&mut self.conn())
-            .await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("XACK").arg(stream).arg(group).arg(ids).ignore();
+        pipe.cmd("XDEL").arg(stream).arg(ids).ignore();
+        let marks = self.keys.mark_read();
+        for (mailbox, id) in mark_read {
+            pipe.cmd("XADD")
+                .arg(&marks)
+                .arg("*")
+                .arg("mailbox")
+                .arg(*mailbox)
+                .arg("message_id")
+                .arg(*id)
+                .ignore();
+        }
+        let _: Value = pipe.query_async(&mut self.conn()).await?;
         Ok(())
     }
 
@@ -358,8 +379,14 @@ impl Store {
                 .arg(outbound_fields::RECORD)
                 .arg(&r.json)
                 .arg(outbound_fields::INBOUND_MS)
-                .arg(r.inbound_ms)
-                .ignore();
+                .arg(r.inbound_ms);
+            if let Some((mailbox, id)) = &r.mark_read {
+                pipe.arg(outbound_fields::MARK_MAILBOX)
+                    .arg(mailbox)
+                    .arg(outbound_fields::MARK_ID)
+                    .arg(id);
+            }
+            pipe.ignore();
             pipe.cmd("SET")
                 .arg(self.keys.seen(&r.key))
                 .arg(1)

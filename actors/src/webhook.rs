@@ -1,0 +1,496 @@
+//! The WebhookReceiver actor: Graph change notifications and the subscriptions behind them.
+//!
+//! - **Notifications** (`POST /webhook/notifications`): each item's `clientState` is compared
+//!   with `webhook.client_state` in constant time (a mismatch is rejected, counted, never
+//!   enqueued); its `subscriptionId` names the mailbox (the `resource` carries the user's GUID,
+//!   not the UPN); accepted items become durable `ref` entries (mailbox + message id) in the
+//!   inbound stream before the route answers 202 — Graph's 3-second rule — and the
+//!   BatchProcessor fetches the messages afterwards.
+//! - **Subscriptions**: one per mailbox, created once the HTTP server is up (Graph validates the
+//!   notification URLs during the create), persisted in `webhook:subscription:{mailbox}`,
+//!   renewed `webhook.renew_before_s` before expiry by a timer (re-armed from Redis after a
+//!   restart), deleted on drain.
+//! - **Lifecycle events** (`POST /webhook/lifecycle`): `reauthorizationRequired` → renew now;
+//!   `subscriptionRemoved` → create a new one and poll to catch up; `missed` → poll to catch up.
+
+use crate::clients::graph::{GraphClient, GraphError};
+use crate::poller::{Poller, TriggerPoll};
+use crate::settings::Settings;
+use crate::store::webhook::StoredSubscription;
+use crate::store::Store;
+use crate::supervision::RestartPacer;
+use crate::{health::Health, metrics as m};
+use actix::prelude::*;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One item of a notification POST (change or lifecycle).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    #[serde(default)]
+    pub subscription_id: String,
+    pub client_state: Option<String>,
+    pub resource: Option<String>,
+    pub resource_data: Option<ResourceData>,
+    pub lifecycle_event: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ResourceData {
+    pub id: Option<String>,
+}
+
+/// The body Graph POSTs.
+#[derive(Debug, Deserialize)]
+pub struct NotificationBatch {
+    pub value: Vec<Notification>,
+}
+
+/// What became of a notification POST.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, MessageResponse)]
+pub struct Received {
+    pub accepted: usize,
+    pub rejected: usize,
+}
+
+/// The notifications could not be made durable: answer 503 so that Graph retries.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot store notifications: {0}")]
+pub struct NotStored(pub String);
+
+#[derive(Message)]
+#[rtype(result = "Result<Received, NotStored>")]
+pub struct Notifications(pub Vec<Notification>);
+
+#[derive(Message)]
+#[rtype(result = "Received")]
+pub struct LifecycleEvents(pub Vec<Notification>);
+
+/// The HTTP server is up: create or renew the subscriptions.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe;
+
+/// Drain: delete every subscription (Graph stops sending); resolves when done.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe;
+
+/// Renew (or re-create) one mailbox's subscription now.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Renew {
+    mailbox: String,
+    recreate: bool,
+}
+
+pub struct WebhookReceiver {
+    settings: Arc<Settings>,
+    store: Store,
+    graph: Rc<GraphClient>,
+    pollers: BTreeMap<String, Addr<Poller>>,
+    health: Health,
+    pacer: RestartPacer,
+    /// subscription id → mailbox
+    subscriptions: HashMap<String, String>,
+    /// mailbox → its renewal timer
+    timers: HashMap<String, SpawnHandle>,
+    subscribed: bool,
+}
+
+impl WebhookReceiver {
+    pub fn new(
+        settings: Arc<Settings>,
+        store: Store,
+        graph: Rc<GraphClient>,
+        pollers: BTreeMap<String, Addr<Poller>>,
+        health: Health,
+    ) -> Self {
+        Self {
+            settings,
+            store,
+            graph,
+            pollers,
+            health,
+            pacer: RestartPacer::new("webhook_receiver"),
+            subscriptions: HashMap::new(),
+            timers: HashMap::new(),
+            subscribed: false,
+        }
+    }
+
+    fn urls(&self) -> (String, String) {
+        let base = self.settings.webhook.public_url.trim_end_matches('/');
+        (
+            format!("{base}/webhook/notifications"),
+            format!("{base}/webhook/lifecycle"),
+        )
+    }
+
+    fn client_state_ok(&self, given: Option<&str>) -> bool {
+        use subtle::ConstantTimeEq;
+        let want = self.settings.webhook.client_state.as_bytes();
+        given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(want)))
+    }
+
+    /// Arms the renewal of `mailbox` at `expiration - renew_before`.
+    fn arm_renewal(&mut self, mailbox: &str, expiration: &str, ctx: &mut Context<Self>) {
+        let renew_before = Duration::from_secs(self.settings.webhook.renew_before_s);
+        let at = renewal_delay(expiration, Utc::now(), renew_before);
+        if let Some(old) = self.timers.remove(mailbox) {
+            ctx.cancel_future(old);
+        }
+        let mb = mailbox.to_string();
+        let handle = ctx.run_later(at, move |_act, ctx| {
+            ctx.notify(Renew {
+                mailbox: mb,
+                recreate: false,
+            });
+        });
+        self.timers.insert(mailbox.to_string(), handle);
+    }
+
+    fn poll_now(&self, mailbox: &str) {
+        if let Some(p) = self.pollers.get(mailbox) {
+            p.do_send(TriggerPoll);
+        }
+    }
+}
+
+/// How long until a subscription expiring at `expiration` must be renewed.
+pub fn renewal_delay(expiration: &str, now: DateTime<Utc>, renew_before: Duration) -> Duration {
+    DateTime::parse_from_rfc3339(expiration)
+        .map(|e| e.with_timezone(&Utc))
+        .ok()
+        .and_then(|e| (e - now).to_std().ok())
+        .map(|left| left.saturating_sub(renew_before))
+        .unwrap_or(Duration::ZERO)
+}
+
+impl Actor for WebhookReceiver {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.pacer.delay(Instant::now());
+        // Know the persisted subscriptions before handling any notification.
+        let store = self.store.clone();
+        let mailboxes = self.settings.graph.mailboxes.clone();
+        ctx.wait(
+            async move {
+                let mut found = Vec::new();
+                for mb in mailboxes {
+                    if let Ok(Some(s)) = store.load_subscription(&mb).await {
+                        found.push((mb, s));
+                    }
+                }
+                found
+            }
+            .into_actor(self)
+            .map(|found, act, ctx| {
+                for (mb, s) in found {
+                    act.subscriptions.insert(s.id.clone(), mb.clone());
+                    act.arm_renewal(&mb, &s.expiration, ctx);
+                }
+                if act.subscribed {
+                    // Restarted by the supervisor after the server was up: carry on.
+                    ctx.notify(Subscribe);
+                }
+            }),
+        );
+    }
+}
+
+impl Supervised for WebhookReceiver {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.pacer.on_restart();
+        self.timers.clear();
+        self.subscriptions.clear();
+    }
+}
+
+impl Handler<Notifications> for WebhookReceiver {
+    type Result = ResponseFuture<Result<Received, NotStored>>;
+
+    fn handle(&mut self, msg: Notifications, _ctx: &mut Context<Self>) -> Self::Result {
+        let mut refs: Vec<(String, String)> = Vec::with_capacity(msg.0.len());
+        let mut received = Received::default();
+        for n in &msg.0 {
+            if !self.client_state_ok(n.client_state.as_deref()) {
+                received.rejected += 1;
+                metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => "rejected_client_state")
+                    .increment(1);
+                continue;
+            }
+            let Some(mailbox) = self.subscriptions.get(&n.subscription_id) else {
+                received.rejected += 1;
+                metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => "unknown_subscription")
+                    .increment(1);
+                continue;
+            };
+            let id = n
+                .resource_data
+                .as_ref()
+                .and_then(|d| d.id.clone())
+                .or_else(|| {
+                    n.resource
+                        .as_deref()
+                        .and_then(|r| r.rsplit('/').next())
+                        .map(str::to_string)
+                });
+            match id {
+                Some(id) if !id.is_empty() => refs.push((mailbox.clone(), id)),
+                _ => {
+                    received.rejected += 1;
+                    metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => "no_message_id")
+                        .increment(1);
+                }
+            }
+        }
+        if received.rejected > 0 {
+            tracing::warn!(
+                rejected = received.rejected,
+                "rejected webhook notifications (wrong clientState, unknown subscription or no message id)"
+            );
+        }
+        let store = self.store.clone();
+        Box::pin(async move {
+            let pairs: Vec<(&str, &str)> = refs
+                .iter()
+                .map(|(m, i)| (m.as_str(), i.as_str()))
+                .collect();
+            store
+                .add_refs(&pairs)
+                .await
+                .map_err(|e| NotStored(e.to_string()))?;
+            received.accepted = refs.len();
+            metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => "accepted")
+                .increment(refs.len() as u64);
+            Ok(received)
+        })
+    }
+}
+
+impl Handler<LifecycleEvents> for WebhookReceiver {
+    type Result = Received;
+
+    fn handle(&mut self, msg: LifecycleEvents, ctx: &mut Context<Self>) -> Received {
+        let mut received = Received::default();
+        for n in msg.0 {
+            let mailbox = match (
+                self.client_state_ok(n.client_state.as_deref()),
+                self.subscriptions.get(&n.subscription_id),
+            ) {
+                (true, Some(mb)) => mb.clone(),
+                _ => {
+                    received.rejected += 1;
+                    metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => "rejected_lifecycle")
+                        .increment(1);
+                    continue;
+                }
+            };
+            received.accepted += 1;
+            let event = n.lifecycle_event.as_deref().unwrap_or("");
+            tracing::info!(%mailbox, event, "subscription lifecycle event");
+            metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => "lifecycle").increment(1);
+            match event {
+                "reauthorizationRequired" => ctx.notify(Renew {
+                    mailbox,
+                    recreate: false,
+                }),
+                "subscriptionRemoved" => {
+                    self.subscriptions.remove(&n.subscription_id);
+                    ctx.notify(Renew {
+                        mailbox: mailbox.clone(),
+                        recreate: true,
+                    });
+                    self.poll_now(&mailbox);
+                }
+                "missed" => self.poll_now(&mailbox),
+                other => tracing::warn!(event = other, "unknown lifecycle event ignored"),
+            }
+        }
+        received
+    }
+}
+
+impl Handler<Subscribe> for WebhookReceiver {
+    type Result = ();
+
+    fn handle(&mut self, _: Subscribe, ctx: &mut Context<Self>) {
+        self.subscribed = true;
+        for mailbox in self.settings.graph.mailboxes.clone() {
+            let known = self.subscriptions.values().any(|m| *m == mailbox);
+            if !known {
+                ctx.notify(Renew {
+                    mailbox,
+                    recreate: true,
+                });
+            }
+        }
+    }
+}
+
+impl Handler<Renew> for WebhookReceiver {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: Renew, _ctx: &mut Context<Self>) -> Self::Result {
+        let graph = self.graph.clone();
+        let store = self.store.clone();
+        let (notification_url, lifecycle_url) = self.urls();
+        let client_state = self.settings.webhook.client_state.clone();
+        let folder = self.settings.graph.folder.clone();
+        let lifetime = chrono::Duration::minutes(self.settings.webhook.lifetime_minutes as i64);
+        let existing = self
+            .subscriptions
+            .iter()
+            .find(|(_, m)| **m == msg.mailbox)
+            .map(|(id, _)| id.clone());
+        let mailbox = msg.mailbox.clone();
+        let fut = async move {
+            let expiration =
+                (Utc::now() + lifetime).to_rfc3339_opts(SecondsFormat::Secs, true);
+            let renewed = match (&existing, msg.recreate) {
+                (Some(id), false) => {
+                    match graph.renew_subscription(&mailbox, id, &expiration).await {
+                        Err(GraphError::NotFound) => None,
+                        other => Some(other),
+                    }
+                }
+                _ => None,
+            };
+            let result = match renewed {
+                Some(r) => r.map(|s| (s, false)),
+                None => graph
+                    .create_subscription(
+                        &mailbox,
+                        &folder,
+                        &notification_url,
+                        &lifecycle_url,
+                        &expiration,
+                        &client_state,
+                    )
+                    .await
+                    .map(|s| (s, true)),
+            };
+            if let Ok((s, _)) = &result {
+                let stored = StoredSubscription {
+                    id: s.id.clone(),
+                    expiration: s.expiration_date_time.clone(),
+                };
+                if let Err(e) = store.save_subscription(&mailbox, &stored).await {
+                    tracing::warn!(%mailbox, error = %e, "could not persist the subscription");
+                }
+            }
+            (existing, result)
+        };
+        let mailbox = msg.mailbox;
+        Box::pin(fut.into_actor(self).map(move |(old, result), act, ctx| {
+            match result {
+                Ok((s, created)) => {
+                    if let Some(old) = old {
+                        act.subscriptions.remove(&old);
+                    }
+                    act.subscriptions.insert(s.id.clone(), mailbox.clone());
+                    act.arm_renewal(&mailbox, &s.expiration_date_time, ctx);
+                    act.health.set_graph_error(&format!("webhook:{mailbox}"), None);
+                    if created {
+                        tracing::info!(%mailbox, expires = %s.expiration_date_time, "subscription created");
+                    } else {
+                        tracing::info!(%mailbox, expires = %s.expiration_date_time, "subscription renewed");
+                    }
+                }
+                Err(e) => {
+                    let retry = if e.is_transient() {
+                        Duration::from_secs(5)
+                    } else {
+                        Duration::from_secs(60)
+                    };
+                    tracing::error!(%mailbox, error = %e, retry_in_s = retry.as_secs(), "cannot create or renew the subscription; polling continues meanwhile");
+                    act.health.set_graph_error(
+                        &format!("webhook:{mailbox}"),
+                        Some(format!("subscription: {e}")),
+                    );
+                    let mb = mailbox.clone();
+                    let handle = ctx.run_later(retry, move |_act, ctx| {
+                        ctx.notify(Renew {
+                            mailbox: mb,
+                            recreate: false,
+                        })
+                    });
+                    if let Some(old) = act.timers.insert(mailbox.clone(), handle) {
+                        ctx.cancel_future(old);
+                    }
+                }
+            }
+        }))
+    }
+}
+
+impl Handler<Unsubscribe> for WebhookReceiver {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Unsubscribe, ctx: &mut Context<Self>) -> Self::Result {
+        for (_, handle) in self.timers.drain() {
+            ctx.cancel_future(handle);
+        }
+        let subs: Vec<(String, String)> = self
+            .subscriptions
+            .drain()
+            .map(|(id, mb)| (id, mb))
+            .collect();
+        let graph = self.graph.clone();
+        let store = self.store.clone();
+        Box::pin(
+            async move {
+                for (id, mailbox) in subs {
+                    match graph.delete_subscription(&mailbox, &id).await {
+                        Ok(()) => {
+                            let _ = store.forget_subscription(&mailbox).await;
+                            tracing::info!(%mailbox, "subscription deleted");
+                        }
+                        Err(e) => {
+                            tracing::warn!(%mailbox, error = %e, "could not delete the subscription; it expires by itself")
+                        }
+                    }
+                }
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_due_renew_before_the_expiration() {
+        let now = DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let d = renewal_delay("2026-11-23T11:00:00Z", now, Duration::from_secs(600));
+        assert_eq!(d, Duration::from_secs(3_000));
+        assert_eq!(
+            renewal_delay("2026-11-23T10:05:00Z", now, Duration::from_secs(600)),
+            Duration::ZERO
+        );
+        assert_eq!(renewal_delay("garbage", now, Duration::from_secs(1)), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_graph_notification_body_parses() {
+        let body = r##"{"value":[{"subscriptionId":"s1","subscriptionExpirationDateTime":"2026-11-24T00:00:00Z",
+            "changeType":"created","resource":"Users/6f0b/Messages/AAMk1",
+            "resourceData":{"@odata.type":"#Microsoft.Graph.Message","@odata.id":"Users/6f0b/Messages/AAMk1","id":"AAMk1"},
+            "clientState":"secret","tenantId":"t"}]}"##;
+        let b: NotificationBatch = serde_json::from_str(body).unwrap();
+        assert_eq!(b.value[0].subscription_id, "s1");
+        assert_eq!(b.value[0].resource_data.as_ref().unwrap().id.as_deref(), Some("AAMk1"));
+        assert_eq!(b.value[0].client_state.as_deref(), Some("secret"));
+    }
+}

@@ -139,7 +139,8 @@ mod tests {
         );
         assert!(r.has_attachments);
         assert!(r.sender.contains('@'));
-        let bad = graph_to_record("m", &graph_message(4, "m", false), None, Default::default()).unwrap();
+        let bad =
+            graph_to_record("m", &graph_message(4, "m", false), None, Default::default()).unwrap();
         assert!(!bad.sender.contains('@'));
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! Cheap to clone and to update from any actor; every flag is an atomic.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Shared readiness flags.

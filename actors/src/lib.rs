@@ -71,9 +71,7 @@ impl Pipeline {
                 window: Duration::from_secs(g.window_s),
                 lease: g.request_timeout() * 2,
             };
-            Supervisor::start(move |_| {
-                ratelimiter::RateLimiter::new(store, per_min, margin, graph)
-            })
+            Supervisor::start(move |_| ratelimiter::RateLimiter::new(store, per_min, margin, graph))
         };
         // The BatchProcessor is CPU-bound (parse, transform, serialize): it gets a thread of
         // its own so it never starves the sender's network loop.

@@ -407,6 +407,7 @@ mod tests {
             source: Some("fax"),
             mailbox: Some("m"),
             payload: Some(MSG),
+            attachments: None,
         };
         assert_eq!(
             entry_to_record(&f, Default::default()).unwrap_err(),

@@ -222,7 +222,8 @@ impl PollLoop {
                     // Credentials or permissions: nothing to gain by hammering; the next poll
                     // tries again and readiness says why.
                     tracing::error!(error = %e, "poll refused by Graph; trying again next interval");
-                    self.health.set_graph_error(&self.mailbox, Some(e.to_string()));
+                    self.health
+                        .set_graph_error(&self.mailbox, Some(e.to_string()));
                     continue;
                 }
             }
@@ -327,7 +328,11 @@ impl PollLoop {
                 return Ok(());
             }
             if !logged {
-                tracing::info!(backlog, max, "backlog above pipeline.max_backlog: polling paused");
+                tracing::info!(
+                    backlog,
+                    max,
+                    "backlog above pipeline.max_backlog: polling paused"
+                );
                 logged = true;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;

@@ -460,7 +460,10 @@ fn plan_chunk(entries: &[Entry], resolved: &[Resolution], opts: TransformOptions
             }
             Resolution::Attachments(a) => fields.attachments = Some(a),
             Resolution::Dead { reason, status } => {
-                let what = e.field(f::MESSAGE_ID).or(fields.payload).unwrap_or_default();
+                let what = e
+                    .field(f::MESSAGE_ID)
+                    .or(fields.payload)
+                    .unwrap_or_default();
                 plan.dead.push(dead(reason.clone(), *status, what));
                 continue;
             }

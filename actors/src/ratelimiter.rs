@@ -223,7 +223,10 @@ impl Handler<PauseGraph> for RateLimiter {
         let store = self.store.clone();
         Box::pin(async move {
             store
-                .pause_budget(&crate::store::ratelimit::graph_budget(&msg.mailbox), msg.delay)
+                .pause_budget(
+                    &crate::store::ratelimit::graph_budget(&msg.mailbox),
+                    msg.delay,
+                )
                 .await
         })
     }

@@ -185,7 +185,8 @@ async fn run(
             .await?;
         metrics::counter!(m::MARKED_READ).increment(marked as u64);
         if !dead.is_empty() {
-            metrics::counter!(m::DEAD_LETTERED, "stage" => "mark_read").increment(dead.len() as u64);
+            metrics::counter!(m::DEAD_LETTERED, "stage" => "mark_read")
+                .increment(dead.len() as u64);
         }
         if failed {
             let d = backoff.next_delay().min(Duration::from_secs(10));

@@ -259,10 +259,8 @@ impl Handler<Notifications> for WebhookReceiver {
         }
         let store = self.store.clone();
         Box::pin(async move {
-            let pairs: Vec<(&str, &str)> = refs
-                .iter()
-                .map(|(m, i)| (m.as_str(), i.as_str()))
-                .collect();
+            let pairs: Vec<(&str, &str)> =
+                refs.iter().map(|(m, i)| (m.as_str(), i.as_str())).collect();
             store
                 .add_refs(&pairs)
                 .await
@@ -352,8 +350,7 @@ impl Handler<Renew> for WebhookReceiver {
             .map(|(id, _)| id.clone());
         let mailbox = msg.mailbox.clone();
         let fut = async move {
-            let expiration =
-                (Utc::now() + lifetime).to_rfc3339_opts(SecondsFormat::Secs, true);
+            let expiration = (Utc::now() + lifetime).to_rfc3339_opts(SecondsFormat::Secs, true);
             let renewed = match (&existing, msg.recreate) {
                 (Some(id), false) => {
                     match graph.renew_subscription(&mailbox, id, &expiration).await {
@@ -438,11 +435,7 @@ impl Handler<Unsubscribe> for WebhookReceiver {
         for (_, handle) in self.timers.drain() {
             ctx.cancel_future(handle);
         }
-        let subs: Vec<(String, String)> = self
-            .subscriptions
-            .drain()
-            .map(|(id, mb)| (id, mb))
-            .collect();
+        let subs: Vec<(String, String)> = self.subscriptions.drain().collect();
         let graph = self.graph.clone();
         let store = self.store.clone();
         Box::pin(
@@ -479,7 +472,10 @@ mod tests {
             renewal_delay("2026-11-23T10:05:00Z", now, Duration::from_secs(600)),
             Duration::ZERO
         );
-        assert_eq!(renewal_delay("garbage", now, Duration::from_secs(1)), Duration::ZERO);
+        assert_eq!(
+            renewal_delay("garbage", now, Duration::from_secs(1)),
+            Duration::ZERO
+        );
     }
 
     #[test]
@@ -490,7 +486,10 @@ mod tests {
             "clientState":"secret","tenantId":"t"}]}"##;
         let b: NotificationBatch = serde_json::from_str(body).unwrap();
         assert_eq!(b.value[0].subscription_id, "s1");
-        assert_eq!(b.value[0].resource_data.as_ref().unwrap().id.as_deref(), Some("AAMk1"));
+        assert_eq!(
+            b.value[0].resource_data.as_ref().unwrap().id.as_deref(),
+            Some("AAMk1")
+        );
         assert_eq!(b.value[0].client_state.as_deref(), Some("secret"));
     }
 }

@@ -96,7 +96,13 @@ async fn lifecycle(
     let received = receiver
         .send(LifecycleEvents(batch.value))
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))?;
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            )
+        })?;
     if received.accepted == 0 && received.rejected > 0 {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -125,8 +131,14 @@ mod tests {
     fn the_validation_token_is_echoed_only_when_sane() {
         let ok = validation("Validation: Testing client application reachability");
         assert_eq!(ok.status(), StatusCode::OK);
-        assert_eq!(validation("a\r\nSet-Cookie: x").status(), StatusCode::BAD_REQUEST);
-        assert_eq!(validation(&"x".repeat(2_000)).status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            validation("a\r\nSet-Cookie: x").status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            validation(&"x".repeat(2_000)).status(),
+            StatusCode::BAD_REQUEST
+        );
         assert_eq!(validation("").status(), StatusCode::BAD_REQUEST);
     }
 }

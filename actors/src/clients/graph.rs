@@ -304,18 +304,24 @@ impl GraphClient {
             .expect("a batch serializes");
         let url = format!("{}/$batch", self.base);
         let reply = self
-            .call(mailbox, Method::POST, &url, Some(body), None, ids.len() as u32)
+            .call(
+                mailbox,
+                Method::POST,
+                &url,
+                Some(body),
+                None,
+                ids.len() as u32,
+            )
             .await?;
         let reply: Reply = serde_json::from_slice(&reply)
             .map_err(|e| GraphError::Transient(format!("unexpected $batch answer: {e}")))?;
         let mut statuses = vec![0u16; ids.len()];
         let mut retry_after = None;
         for r in reply.responses {
-            if let Some(slot) = r
-                .id
-                .parse::<usize>()
-                .ok()
-                .and_then(|i| statuses.get_mut(i.wrapping_sub(1)))
+            if let Some(slot) =
+                r.id.parse::<usize>()
+                    .ok()
+                    .and_then(|i| statuses.get_mut(i.wrapping_sub(1)))
             {
                 *slot = r.status;
             }
@@ -383,14 +389,21 @@ impl GraphClient {
     /// `DELETE /subscriptions/{id}`; a subscription already gone counts as deleted.
     pub async fn delete_subscription(&self, mailbox: &str, id: &str) -> Result<(), GraphError> {
         let url = format!("{}/subscriptions/{}", self.base, segment(id));
-        match self.call(mailbox, Method::DELETE, &url, None, None, 1).await {
+        match self
+            .call(mailbox, Method::DELETE, &url, None, None, 1)
+            .await
+        {
             Ok(_) | Err(GraphError::NotFound) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
     async fn pause(&self, mailbox: &str, delay: Duration) {
-        tracing::warn!(mailbox, retry_after_ms = delay.as_millis() as u64, "Graph throttled the mailbox: pausing every caller");
+        tracing::warn!(
+            mailbox,
+            retry_after_ms = delay.as_millis() as u64,
+            "Graph throttled the mailbox: pausing every caller"
+        );
         let _ = self
             .limiter
             .send(PauseGraph {
@@ -500,7 +513,9 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Resu
         401 | 403 => Err(GraphError::Unauthorized(status)),
         404 => Err(GraphError::NotFound),
         410 => Err(GraphError::SyncStateGone),
-        429 => Err(GraphError::Throttled(retry_after.unwrap_or(DEFAULT_RETRY_AFTER))),
+        429 => Err(GraphError::Throttled(
+            retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
+        )),
         503 if retry_after.is_some() => Err(GraphError::Throttled(
             retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
         )),
@@ -530,14 +545,26 @@ mod tests {
             classify(503, Some(Duration::from_secs(1)), b""),
             Err(GraphError::Throttled(_))
         ));
-        assert!(matches!(classify(503, None, b""), Err(GraphError::Transient(_))));
-        assert!(matches!(classify(410, None, b""), Err(GraphError::SyncStateGone)));
+        assert!(matches!(
+            classify(503, None, b""),
+            Err(GraphError::Transient(_))
+        ));
+        assert!(matches!(
+            classify(410, None, b""),
+            Err(GraphError::SyncStateGone)
+        ));
         assert!(matches!(
             classify(400, None, br#"{"error":{"code":"SyncStateNotFound"}}"#),
             Err(GraphError::SyncStateGone)
         ));
-        assert!(matches!(classify(401, None, b""), Err(GraphError::Unauthorized(401))));
-        assert!(matches!(classify(404, None, b""), Err(GraphError::NotFound)));
+        assert!(matches!(
+            classify(401, None, b""),
+            Err(GraphError::Unauthorized(401))
+        ));
+        assert!(matches!(
+            classify(404, None, b""),
+            Err(GraphError::NotFound)
+        ));
         assert!(matches!(
             classify(400, None, b"InefficientFilter"),
             Err(GraphError::Rejected { status: 400, .. })
@@ -562,13 +589,19 @@ mod tests {
 
     #[test]
     fn path_segments_are_encoded_but_upns_stay_readable() {
-        assert_eq!(segment("invoices@contoso.example"), "invoices@contoso.example");
+        assert_eq!(
+            segment("invoices@contoso.example"),
+            "invoices@contoso.example"
+        );
         assert_eq!(segment("AAMk/ab+c="), "AAMk%2Fab%2Bc=");
     }
 
     #[test]
     fn links_to_another_origin_are_detected() {
-        assert_eq!(origin_of("https://graph.microsoft.com/v1.0/users"), "https://graph.microsoft.com");
+        assert_eq!(
+            origin_of("https://graph.microsoft.com/v1.0/users"),
+            "https://graph.microsoft.com"
+        );
         assert_ne!(
             origin_of("https://evil.example/v1.0"),
             origin_of("https://graph.microsoft.com/v1.0")

@@ -191,7 +191,9 @@ impl TokenSource {
                     code: e.error.chars().take(64).collect(),
                 })
             }
-            s => Err(OAuthError::Transient(format!("token endpoint answered {s}"))),
+            s => Err(OAuthError::Transient(format!(
+                "token endpoint answered {s}"
+            ))),
         }
     }
 }
@@ -206,8 +208,14 @@ mod tests {
             refresh_after(Duration::from_secs(3_599)),
             Duration::from_secs(3_299)
         );
-        assert_eq!(refresh_after(Duration::from_secs(4)), Duration::from_secs(2));
-        assert_eq!(refresh_after(Duration::from_secs(600)), Duration::from_secs(300));
+        assert_eq!(
+            refresh_after(Duration::from_secs(4)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            refresh_after(Duration::from_secs(600)),
+            Duration::from_secs(300)
+        );
     }
 
     #[test]
@@ -219,6 +227,9 @@ mod tests {
             scope: String::new(),
         };
         let shown = format!("{g:?}");
-        assert!(!shown.contains("s3cret") && !shown.contains("r3fresh"), "{shown}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("r3fresh"),
+            "{shown}"
+        );
     }
 }

@@ -13,7 +13,10 @@ pub struct StoredSubscription {
 }
 
 impl Store {
-    pub async fn load_subscription(&self, mailbox: &str) -> StoreResult<Option<StoredSubscription>> {
+    pub async fn load_subscription(
+        &self,
+        mailbox: &str,
+    ) -> StoreResult<Option<StoredSubscription>> {
         let (id, expiration): (Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(self.keys.subscription(mailbox))
             .arg("id")
@@ -26,7 +29,11 @@ impl Store {
         })
     }
 
-    pub async fn save_subscription(&self, mailbox: &str, s: &StoredSubscription) -> StoreResult<()> {
+    pub async fn save_subscription(
+        &self,
+        mailbox: &str,
+        s: &StoredSubscription,
+    ) -> StoreResult<()> {
         let _: () = redis::cmd("HSET")
             .arg(self.keys.subscription(mailbox))
             .arg("id")

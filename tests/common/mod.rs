@@ -19,7 +19,16 @@ pub struct World {
     pub dir: tempfile::TempDir,
     pub redis: PrivateRedis,
     pub ms4: Ms4Sim,
+    /// The Graph simulator, for worlds built with [`World::with_graph`].
+    pub graph: Option<Sim>,
 }
+
+/// The mailboxes the Graph simulator holds by default.
+pub const MAILBOXES: [&str; 3] = [
+    "invoices-0@contoso.example",
+    "invoices-1@contoso.example",
+    "invoices-2@contoso.example",
+];
 
 impl World {
     /// A fresh Redis and an MS4 simulator started with `sim_args`.
@@ -28,7 +37,51 @@ impl World {
         let redis = PrivateRedis::start(&dir.path().join("redis"), None, false)
             .expect("redis-server starts (apt-get install redis-server)");
         let ms4 = Ms4Sim::start(sim_args);
-        Self { dir, redis, ms4 }
+        Self {
+            dir,
+            redis,
+            ms4,
+            graph: None,
+        }
+    }
+
+    /// Also a Graph simulator, started with `graph_args`.
+    pub fn with_graph(ms4_args: &[&str], graph_args: &[&str]) -> Self {
+        let mut w = Self::new(ms4_args);
+        w.graph = Some(Sim::graph(graph_args));
+        w
+    }
+
+    pub fn graph(&self) -> &Sim {
+        self.graph.as_ref().expect("a world with a Graph simulator")
+    }
+
+    /// Daemon settings pointing at the Graph simulator (delta mode, the three mailboxes).
+    pub fn graph_env(&self) -> Vec<(String, String)> {
+        let url = &self.graph().url;
+        vec![
+            ("MS1__GRAPH__BASE_URL".into(), format!("{url}/v1.0")),
+            ("MS1__GRAPH__AUTHORITY".into(), format!("{url}/{{tenant}}")),
+            ("MS1__GRAPH__TENANT_ID".into(), "contoso".into()),
+            ("MS1__GRAPH__CLIENT_ID".into(), "ms1-app".into()),
+            ("MS1__GRAPH__CLIENT_SECRET".into(), "sim-secret".into()),
+            ("MS1__GRAPH__MAILBOXES".into(), MAILBOXES.join(",")),
+            ("MS1__GRAPH__POLL_INTERVAL_S".into(), "1".into()),
+        ]
+    }
+
+    /// The daemon wired to both simulators, plus `extra`.
+    pub fn graph_daemon(&self, extra: &[(&str, &str)]) -> Daemon {
+        let env = self.graph_env();
+        let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        all.extend_from_slice(extra);
+        self.daemon(&all)
+    }
+
+    /// Adds `count` messages to a mailbox of the Graph simulator.
+    pub fn mail(&self, mailbox: &str, count: u64) {
+        self.graph()
+            .post("/_sim/mail", serde_json::json!({"mailbox": mailbox, "count": count}));
     }
 
     pub fn redis(&self) -> redis::Connection {
@@ -180,16 +233,31 @@ pub fn get(url: &str) -> (u16, String) {
     }
 }
 
-/// The MS4 simulator as a child process.
-pub struct Ms4Sim {
+/// A simulator (`ms1-ingestor sim ms4|graph`) as a child process.
+pub struct Sim {
     child: Child,
     pub url: String,
 }
 
-impl Ms4Sim {
+/// The MS4 simulator.
+pub type Ms4Sim = Sim;
+
+impl Sim {
+    /// The MS4 simulator, accepting [`API_KEY`].
     pub fn start(args: &[&str]) -> Self {
+        let mut all = vec!["--api-key", API_KEY];
+        all.extend_from_slice(args);
+        Self::start_kind("ms4", &all)
+    }
+
+    /// The Graph simulator.
+    pub fn graph(args: &[&str]) -> Self {
+        Self::start_kind("graph", args)
+    }
+
+    fn start_kind(kind: &str, args: &[&str]) -> Self {
         let mut child = Command::new(BIN)
-            .args(["sim", "ms4", "--port", "0", "--api-key", API_KEY])
+            .args(["sim", kind, "--port", "0"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -220,14 +288,24 @@ impl Ms4Sim {
     }
 
     pub fn configure(&self, cfg: Value) {
-        agent()
-            .post(&format!("{}/_sim/config", self.url))
-            .send_json(cfg)
-            .expect("simulator accepts the config");
+        self.post("/_sim/config", cfg);
+    }
+
+    /// POSTs JSON to a control route; returns the answer's JSON.
+    pub fn post(&self, path: &str, body: Value) -> Value {
+        match agent().post(&format!("{}{path}", self.url)).send_json(body) {
+            Ok(r) => r.into_json().unwrap_or(Value::Null),
+            Err(e) => panic!("simulator refused {path}: {e}"),
+        }
+    }
+
+    pub fn get_json(&self, path: &str) -> Value {
+        let (_, body) = get(&format!("{}{path}", self.url));
+        serde_json::from_str(&body).unwrap_or(Value::Null)
     }
 }
 
-impl Drop for Ms4Sim {
+impl Drop for Sim {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -1,0 +1,274 @@
+//! Microsoft Graph as the source: the daemon against the Graph simulator and the MS4
+//! simulator over real HTTP, with a real redis-server.
+
+mod common;
+
+use common::{wait_until, World, MAILBOXES};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const MINUTES: Duration = Duration::from_secs(180);
+
+fn mailbox_stats(world: &World, mailbox: &str) -> Value {
+    world.graph().stats()["mailboxes"][mailbox].clone()
+}
+
+fn sum_over_mailboxes(world: &World, field: &str) -> u64 {
+    MAILBOXES
+        .iter()
+        .map(|m| mailbox_stats(world, m)[field].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn max_over_mailboxes(world: &World, field: &str) -> u64 {
+    MAILBOXES
+        .iter()
+        .map(|m| mailbox_stats(world, m)[field].as_u64().unwrap_or(0))
+        .max()
+        .unwrap_or(0)
+}
+
+fn assert_no_graph_violations(world: &World) {
+    let stats = world.graph().stats();
+    assert_eq!(stats["violations"], 0, "Graph contract violations: {stats}");
+    assert!(max_over_mailboxes(world, "max_concurrent") <= 4, "{stats}");
+}
+
+#[test]
+fn delta_mode_delivers_every_message_once_then_only_new_ones_and_survives_a_410() {
+    let world = World::with_graph(
+        &["--rate-limit-per-min", "0"],
+        &["--messages-per-mailbox", "2000"],
+    );
+    let daemon = world.graph_daemon(&[("MS1__GRAPH__PAGE_SIZE", "200")]);
+    world.wait_delivered(6_000, MINUTES, &daemon);
+    let served_after_sync = sum_over_mailboxes(&world, "messages_served");
+    assert_eq!(served_after_sync, 6_000, "the full sync reads every message once");
+
+    for mb in MAILBOXES {
+        world.mail(mb, 500 / 3 + 1);
+    }
+    let more = 3 * (500 / 3 + 1);
+    world.wait_delivered(6_000 + more, MINUTES, &daemon);
+    let served = sum_over_mailboxes(&world, "messages_served");
+    assert_eq!(served, 6_000 + more, "the deltaLink fetched only the new messages");
+
+    // The cursors expire: the next poll gets 410 Gone and resyncs everything.
+    world.graph().post("/_sim/expire-delta", json!({}));
+    assert!(wait_until(MINUTES, || sum_over_mailboxes(&world, "delta_410") >= 3));
+    for mb in MAILBOXES {
+        world.mail(mb, 10);
+    }
+    world.wait_delivered(6_000 + more + 30, MINUTES, &daemon);
+    assert_eq!(world.ms4.stats()["duplicate_records"], 0, "a resync sends no repeats to MS4");
+    assert!(world.dead_letters().is_empty());
+    world.assert_drained();
+    assert_no_graph_violations(&world);
+}
+
+#[test]
+fn unread_mode_marks_messages_read_only_after_ms4_accepted_them() {
+    let world = World::with_graph(
+        &["--rate-limit-per-min", "0"],
+        &["--messages-per-mailbox", "2000"],
+    );
+    // MS4 refuses the key at first: nothing may be marked read meanwhile.
+    world.ms4.configure(json!({"api_key": "rotated"}));
+    let daemon = world.graph_daemon(&[
+        ("MS1__GRAPH__MODE", "unread"),
+        ("MS1__GRAPH__PAGE_SIZE", "250"),
+        ("MS1__MS4__AUTH_PROBE_S", "1"),
+    ]);
+    assert!(wait_until(MINUTES, || world.xlen("outbound") == 6_000));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(sum_over_mailboxes(&world, "marked_read"), 0, "marked read before MS4 took it");
+
+    world.ms4.configure(json!({"api_key": common::API_KEY}));
+    world.wait_delivered(6_000, MINUTES, &daemon);
+    let all_read = wait_until(MINUTES, || sum_over_mailboxes(&world, "marked_read") == 6_000);
+    assert!(all_read, "{}", world.graph().stats());
+    for mb in MAILBOXES {
+        let msgs = world.graph().get_json(&format!("/_sim/messages?mailbox={mb}"));
+        let unread = msgs
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["isRead"] != true)
+            .count();
+        assert_eq!(unread, 0, "{mb} still has unread messages");
+    }
+    assert_eq!(world.ms4.stats()["duplicate_records"], 0);
+    assert_eq!(sum_over_mailboxes(&world, "patch_already_read"), 0);
+    assert_eq!(world.graph().stats()["violations"], 0);
+    world.assert_drained();
+}
+
+#[test]
+fn webhooks_deliver_bursts_answer_fast_reject_wrong_client_state_and_keep_subscriptions_alive() {
+    let world = World::with_graph(&["--rate-limit-per-min", "0"], &[]);
+    let port = ms1_ingestor::redis_launcher::free_port().unwrap();
+    let bind = format!("127.0.0.1:{port}");
+    let public = format!("http://{bind}");
+    let daemon = world.graph_daemon(&[
+        ("MS1__CONTROL__BIND", &bind),
+        ("MS1__WEBHOOK__ENABLED", "true"),
+        ("MS1__WEBHOOK__PUBLIC_URL", &public),
+        ("MS1__WEBHOOK__CLIENT_STATE", "webhook-secret-1234"),
+        ("MS1__WEBHOOK__LIFETIME_MINUTES", "1"),
+        ("MS1__WEBHOOK__RENEW_BEFORE_S", "50"),
+        // Polling only as the safety net: everything below must come by notification.
+        ("MS1__GRAPH__POLL_INTERVAL_S", "3600"),
+    ]);
+    let created = wait_until(Duration::from_secs(30), || {
+        world.graph().stats()["subscriptions_created"].as_u64() == Some(3)
+    });
+    assert!(created, "{}\n{}", world.graph().stats(), daemon.log_tail(20));
+    assert_eq!(world.graph().stats()["validation_failed"], 0);
+
+    for burst in 0..10 {
+        for mb in MAILBOXES {
+            world.mail(mb, if burst % 2 == 0 { 40 } else { 27 });
+        }
+    }
+    let total = 5 * 3 * 40 + 5 * 3 * 27;
+    assert!(total >= 1_000);
+    world.wait_delivered(total, MINUTES, &daemon);
+    let stats = world.graph().stats();
+    assert_eq!(stats["notifications_slow"], 0, "{stats}");
+    let answers = stats["notification_answers"].as_object().unwrap();
+    assert!(
+        answers.keys().all(|status| status == "202"),
+        "every notification answered 202: {stats}"
+    );
+    assert!(stats["notification_latency_ms"]["max"].as_f64().unwrap() < 3_000.0);
+
+    // A notification with the wrong clientState is refused and nothing is enqueued for it.
+    let inbound_before = world.xlen("inbound");
+    let delivered_before = world.ms4.stats()["unique_records"].as_u64().unwrap();
+    world.graph().post(
+        "/_sim/notify",
+        json!({"mailbox": MAILBOXES[0], "client_state": "forged"}),
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        daemon.metric("ms1_webhook_notifications_total{outcome=\"rejected_client_state\"") >= 1.0
+    }));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(world.xlen("inbound"), inbound_before);
+    assert_eq!(world.ms4.stats()["unique_records"].as_u64().unwrap(), delivered_before);
+
+    // Subscriptions live one minute and are renewed 50 s before expiry.
+    assert!(wait_until(Duration::from_secs(30), || {
+        world.graph().stats()["renewals"].as_u64().unwrap_or(0) >= 3
+    }));
+    assert_eq!(world.graph().stats()["expired_subscriptions"], 0);
+
+    // Lifecycle: removed → a new subscription and a catch-up poll; missed → a poll.
+    let polls = sum_over_mailboxes(&world, "delta_requests");
+    world.graph().post(
+        "/_sim/lifecycle",
+        json!({"mailbox": MAILBOXES[1], "event": "subscriptionRemoved"}),
+    );
+    assert!(wait_until(Duration::from_secs(20), || {
+        world.graph().stats()["subscriptions_created"].as_u64() == Some(4)
+    }));
+    world.graph().post(
+        "/_sim/lifecycle",
+        json!({"mailbox": MAILBOXES[2], "event": "missed"}),
+    );
+    assert!(wait_until(Duration::from_secs(20), || {
+        sum_over_mailboxes(&world, "delta_requests") >= polls + 2
+    }));
+    let renewals = world.graph().stats()["renewals"].as_u64().unwrap();
+    world.graph().post(
+        "/_sim/lifecycle",
+        json!({"mailbox": MAILBOXES[0], "event": "reauthorizationRequired"}),
+    );
+    assert!(wait_until(Duration::from_secs(20), || {
+        world.graph().stats()["renewals"].as_u64().unwrap() > renewals
+    }));
+    assert_eq!(world.ms4.stats()["duplicate_records"], 0);
+    assert_no_graph_violations(&world);
+}
+
+#[test]
+fn throttling_is_honoured_per_mailbox_with_no_request_inside_a_retry_after() {
+    let world = World::with_graph(
+        &["--rate-limit-per-min", "0"],
+        &[
+            "--messages-per-mailbox",
+            "1500",
+            "--window-limit",
+            "60",
+            "--window-ms",
+            "3000",
+        ],
+    );
+    let daemon = world.graph_daemon(&[
+        ("MS1__GRAPH__PAGE_SIZE", "25"),
+        // The daemon believes in Graph's real budget: the simulator's tighter one causes 429s.
+        ("MS1__GRAPH__REQUESTS_PER_WINDOW", "10000"),
+    ]);
+    for mb in MAILBOXES {
+        world
+            .graph()
+            .post("/_sim/throttle", json!({"mailbox": mb, "count": 5, "retry_after_s": 2}));
+    }
+    world.wait_delivered(4_500, MINUTES, &daemon);
+    let stats = world.graph().stats();
+    assert!(sum_over_mailboxes(&world, "throttled") > 0, "no throttling provoked: {stats}");
+    assert_eq!(sum_over_mailboxes(&world, "requests_during_retry_after"), 0, "{stats}");
+    assert_no_graph_violations(&world);
+    world.assert_drained();
+}
+
+#[test]
+fn tokens_expiring_every_few_seconds_cause_no_401_storm_and_no_failed_delivery() {
+    let world = World::with_graph(
+        &["--rate-limit-per-min", "0"],
+        &["--messages-per-mailbox", "300", "--token-lifetime-s", "3"],
+    );
+    let daemon = world.graph_daemon(&[("MS1__GRAPH__PAGE_SIZE", "10")]);
+    world.wait_delivered(900, MINUTES, &daemon);
+    // Keep mail coming for a while so tokens roll over several times.
+    for _ in 0..4 {
+        for mb in MAILBOXES {
+            world.mail(mb, 20);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    world.wait_delivered(900 + 4 * 60, MINUTES, &daemon);
+    let stats = world.graph().stats();
+    assert!(stats["tokens_issued"].as_u64().unwrap() >= 3, "{stats}");
+    assert_eq!(stats["expired_token_used"], 0, "{stats}");
+    assert!(stats["unauthorized"].as_u64().unwrap() <= 2, "{stats}");
+    assert!(world.dead_letters().is_empty());
+}
+
+#[test]
+fn sigkill_during_a_poll_loses_nothing_and_refetches_at_most_one_page() {
+    let world = World::with_graph(
+        &["--rate-limit-per-min", "0"],
+        &["--messages-per-mailbox", "3000"],
+    );
+    world.graph().configure(json!({"latency_ms": 40}));
+    let page = 100u64;
+    let mut daemon = world.graph_daemon(&[
+        ("MS1__GRAPH__MAILBOXES", MAILBOXES[0]),
+        ("MS1__GRAPH__PAGE_SIZE", "100"),
+    ]);
+    assert!(wait_until(MINUTES, || {
+        mailbox_stats(&world, MAILBOXES[0])["messages_served"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1_000
+    }));
+    daemon.restart(); // SIGKILL mid-sync, start again
+    world.graph().configure(json!({"latency_ms": 0}));
+    world.wait_delivered(3_000, MINUTES, &daemon);
+    let served = mailbox_stats(&world, MAILBOXES[0])["messages_served"]
+        .as_u64()
+        .unwrap();
+    assert!(served <= 3_000 + page, "re-fetched {} messages", served - 3_000);
+    assert_eq!(world.ms4.stats()["duplicate_records"], 0);
+    world.assert_drained();
+}

@@ -43,7 +43,10 @@ fn delta_mode_delivers_every_message_once_then_only_new_ones_and_survives_a_410(
     let daemon = world.graph_daemon(&[("MS1__GRAPH__PAGE_SIZE", "200")]);
     world.wait_delivered(6_000, MINUTES, &daemon);
     let served_after_sync = sum_over_mailboxes(&world, "messages_served");
-    assert_eq!(served_after_sync, 6_000, "the full sync reads every message once");
+    assert_eq!(
+        served_after_sync, 6_000,
+        "the full sync reads every message once"
+    );
 
     for mb in MAILBOXES {
         world.mail(mb, 500 / 3 + 1);
@@ -51,16 +54,27 @@ fn delta_mode_delivers_every_message_once_then_only_new_ones_and_survives_a_410(
     let more = 3 * (500 / 3 + 1);
     world.wait_delivered(6_000 + more, MINUTES, &daemon);
     let served = sum_over_mailboxes(&world, "messages_served");
-    assert_eq!(served, 6_000 + more, "the deltaLink fetched only the new messages");
+    assert_eq!(
+        served,
+        6_000 + more,
+        "the deltaLink fetched only the new messages"
+    );
 
     // The cursors expire: the next poll gets 410 Gone and resyncs everything.
     world.graph().post("/_sim/expire-delta", json!({}));
-    assert!(wait_until(MINUTES, || sum_over_mailboxes(&world, "delta_410") >= 3));
+    assert!(wait_until(MINUTES, || sum_over_mailboxes(
+        &world,
+        "delta_410"
+    ) >= 3));
     for mb in MAILBOXES {
         world.mail(mb, 10);
     }
     world.wait_delivered(6_000 + more + 30, MINUTES, &daemon);
-    assert_eq!(world.ms4.stats()["duplicate_records"], 0, "a resync sends no repeats to MS4");
+    assert_eq!(
+        world.ms4.stats()["duplicate_records"],
+        0,
+        "a resync sends no repeats to MS4"
+    );
     assert!(world.dead_letters().is_empty());
     world.assert_drained();
     assert_no_graph_violations(&world);
@@ -81,14 +95,22 @@ fn unread_mode_marks_messages_read_only_after_ms4_accepted_them() {
     ]);
     assert!(wait_until(MINUTES, || world.xlen("outbound") == 6_000));
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(sum_over_mailboxes(&world, "marked_read"), 0, "marked read before MS4 took it");
+    assert_eq!(
+        sum_over_mailboxes(&world, "marked_read"),
+        0,
+        "marked read before MS4 took it"
+    );
 
     world.ms4.configure(json!({"api_key": common::API_KEY}));
     world.wait_delivered(6_000, MINUTES, &daemon);
-    let all_read = wait_until(MINUTES, || sum_over_mailboxes(&world, "marked_read") == 6_000);
+    let all_read = wait_until(MINUTES, || {
+        sum_over_mailboxes(&world, "marked_read") == 6_000
+    });
     assert!(all_read, "{}", world.graph().stats());
     for mb in MAILBOXES {
-        let msgs = world.graph().get_json(&format!("/_sim/messages?mailbox={mb}"));
+        let msgs = world
+            .graph()
+            .get_json(&format!("/_sim/messages?mailbox={mb}"));
         let unread = msgs
             .as_array()
             .unwrap()
@@ -122,7 +144,12 @@ fn webhooks_deliver_bursts_answer_fast_reject_wrong_client_state_and_keep_subscr
     let created = wait_until(Duration::from_secs(30), || {
         world.graph().stats()["subscriptions_created"].as_u64() == Some(3)
     });
-    assert!(created, "{}\n{}", world.graph().stats(), daemon.log_tail(20));
+    assert!(
+        created,
+        "{}\n{}",
+        world.graph().stats(),
+        daemon.log_tail(20)
+    );
     assert_eq!(world.graph().stats()["validation_failed"], 0);
 
     for burst in 0..10 {
@@ -154,7 +181,10 @@ fn webhooks_deliver_bursts_answer_fast_reject_wrong_client_state_and_keep_subscr
     }));
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(world.xlen("inbound"), inbound_before);
-    assert_eq!(world.ms4.stats()["unique_records"].as_u64().unwrap(), delivered_before);
+    assert_eq!(
+        world.ms4.stats()["unique_records"].as_u64().unwrap(),
+        delivered_before
+    );
 
     // Subscriptions live one minute and are renewed 50 s before expiry.
     assert!(wait_until(Duration::from_secs(30), || {
@@ -209,14 +239,22 @@ fn throttling_is_honoured_per_mailbox_with_no_request_inside_a_retry_after() {
         ("MS1__GRAPH__REQUESTS_PER_WINDOW", "10000"),
     ]);
     for mb in MAILBOXES {
-        world
-            .graph()
-            .post("/_sim/throttle", json!({"mailbox": mb, "count": 5, "retry_after_s": 2}));
+        world.graph().post(
+            "/_sim/throttle",
+            json!({"mailbox": mb, "count": 5, "retry_after_s": 2}),
+        );
     }
     world.wait_delivered(4_500, MINUTES, &daemon);
     let stats = world.graph().stats();
-    assert!(sum_over_mailboxes(&world, "throttled") > 0, "no throttling provoked: {stats}");
-    assert_eq!(sum_over_mailboxes(&world, "requests_during_retry_after"), 0, "{stats}");
+    assert!(
+        sum_over_mailboxes(&world, "throttled") > 0,
+        "no throttling provoked: {stats}"
+    );
+    assert_eq!(
+        sum_over_mailboxes(&world, "requests_during_retry_after"),
+        0,
+        "{stats}"
+    );
     assert_no_graph_violations(&world);
     world.assert_drained();
 }
@@ -268,7 +306,11 @@ fn sigkill_during_a_poll_loses_nothing_and_refetches_at_most_one_page() {
     let served = mailbox_stats(&world, MAILBOXES[0])["messages_served"]
         .as_u64()
         .unwrap();
-    assert!(served <= 3_000 + page, "re-fetched {} messages", served - 3_000);
+    assert!(
+        served <= 3_000 + page,
+        "re-fetched {} messages",
+        served - 3_000
+    );
     assert_eq!(world.ms4.stats()["duplicate_records"], 0);
     world.assert_drained();
 }

@@ -113,12 +113,25 @@ struct GraphEmailAddress {
     address: Option<String>,
 }
 
+/// An attachment as Graph lists it (inside a message or from `/attachments`).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct GraphAttachment {
+pub struct GraphAttachment {
     name: Option<String>,
     content_type: Option<String>,
     size: Option<u64>,
+}
+
+impl From<GraphAttachment> for AttachmentMeta {
+    fn from(a: GraphAttachment) -> Self {
+        AttachmentMeta {
+            name: a.name.unwrap_or_default(),
+            content_type: a
+                .content_type
+                .unwrap_or_else(|| "application/octet-stream".into()),
+            size: a.size.unwrap_or(0),
+        }
+    }
 }
 
 /// Options of the transform that come from configuration.
@@ -159,13 +172,7 @@ pub fn graph_to_record(
             .attachments
             .unwrap_or_default()
             .into_iter()
-            .map(|a| AttachmentMeta {
-                name: a.name.unwrap_or_default(),
-                content_type: a
-                    .content_type
-                    .unwrap_or_else(|| "application/octet-stream".into()),
-                size: a.size.unwrap_or(0),
-            })
+            .map(AttachmentMeta::from)
             .collect(),
     };
     let idempotency_key = match non_empty(msg.internet_message_id) {

@@ -56,28 +56,51 @@ fn parse(body: &[u8]) -> Result<NotificationBatch, ApiError> {
     })
 }
 
+/// The handshake, or the parsed body and the receiver to hand it to.
+fn accept(
+    state: &WebhookState,
+    query: &HashMap<String, String>,
+    body: &[u8],
+) -> Result<Result<(Addr<WebhookReceiver>, NotificationBatch), HttpResponse>, ApiError> {
+    if let Some(token) = query.get("validationToken") {
+        return Ok(Err(validation(token)));
+    }
+    let receiver = receiver(state)?.clone();
+    Ok(Ok((receiver, parse(body)?)))
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        e.to_string(),
+    )
+}
+
+fn none_accepted(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "rejected",
+        format!("no {what} was accepted (clientState or subscription unknown)"),
+    )
+}
+
 async fn notifications(
     state: web::Data<WebhookState>,
     query: web::Query<HashMap<String, String>>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(token) = query.get("validationToken") {
-        return Ok(validation(token));
-    }
-    let receiver = receiver(&state)?;
-    let batch = parse(&body)?;
-    let unavailable = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m);
+    let (receiver, batch) = match accept(&state, &query, &body)? {
+        Ok(work) => work,
+        Err(handshake) => return Ok(handshake),
+    };
     let received = receiver
         .send(Notifications(batch.value))
         .await
-        .map_err(|e| unavailable(e.to_string()))?
-        .map_err(|e| unavailable(e.to_string()))?;
+        .map_err(unavailable)?
+        .map_err(unavailable)?;
     if received.accepted == 0 && received.rejected > 0 {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "rejected",
-            "no notification was accepted (clientState or subscription unknown)",
-        ));
+        return Err(none_accepted("notification"));
     }
     Ok(HttpResponse::Accepted()
         .json(json!({"accepted": received.accepted, "rejected": received.rejected})))
@@ -88,27 +111,16 @@ async fn lifecycle(
     query: web::Query<HashMap<String, String>>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(token) = query.get("validationToken") {
-        return Ok(validation(token));
-    }
-    let receiver = receiver(&state)?;
-    let batch = parse(&body)?;
+    let (receiver, batch) = match accept(&state, &query, &body)? {
+        Ok(work) => work,
+        Err(handshake) => return Ok(handshake),
+    };
     let received = receiver
         .send(LifecycleEvents(batch.value))
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            )
-        })?;
+        .map_err(unavailable)?;
     if received.accepted == 0 && received.rejected > 0 {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "rejected",
-            "no lifecycle event was accepted",
-        ));
+        return Err(none_accepted("lifecycle event"));
     }
     Ok(HttpResponse::Accepted().json(json!({"accepted": received.accepted})))
 }

@@ -73,15 +73,18 @@ impl World {
     /// The daemon wired to both simulators, plus `extra`.
     pub fn graph_daemon(&self, extra: &[(&str, &str)]) -> Daemon {
         let env = self.graph_env();
-        let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut all: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         all.extend_from_slice(extra);
         self.daemon(&all)
     }
 
     /// Adds `count` messages to a mailbox of the Graph simulator.
     pub fn mail(&self, mailbox: &str, count: u64) {
-        self.graph()
-            .post("/_sim/mail", serde_json::json!({"mailbox": mailbox, "count": count}));
+        self.graph().post(
+            "/_sim/mail",
+            serde_json::json!({"mailbox": mailbox, "count": count}),
+        );
     }
 
     pub fn redis(&self) -> redis::Connection {

@@ -10,7 +10,7 @@
 //! bearer token never goes anywhere else.
 
 use super::oauth::{OAuthError, TokenSource};
-use crate::model::AttachmentMeta;
+use crate::model::{AttachmentMeta, GraphAttachment};
 use crate::ratelimiter::{AcquireGraph, PauseGraph, RateLimiter};
 use actix::Addr;
 use awc::http::Method;
@@ -240,14 +240,7 @@ impl GraphClient {
         #[derive(Deserialize)]
         struct List {
             #[serde(default)]
-            value: Vec<Item>,
-        }
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Item {
-            name: Option<String>,
-            content_type: Option<String>,
-            size: Option<u64>,
+            value: Vec<GraphAttachment>,
         }
         let url = format!(
             "{}/users/{}/messages/{}/attachments?$select=name,contentType,size",
@@ -258,17 +251,7 @@ impl GraphClient {
         let body = self.call(mailbox, Method::GET, &url, None, None, 1).await?;
         let list: List = serde_json::from_slice(&body)
             .map_err(|e| GraphError::Transient(format!("unexpected attachments list: {e}")))?;
-        Ok(list
-            .value
-            .into_iter()
-            .map(|a| AttachmentMeta {
-                name: a.name.unwrap_or_default(),
-                content_type: a
-                    .content_type
-                    .unwrap_or_else(|| "application/octet-stream".into()),
-                size: a.size.unwrap_or(0),
-            })
-            .collect())
+        Ok(list.value.into_iter().map(AttachmentMeta::from).collect())
     }
 
     /// Marks up to 20 messages read in one `$batch`; returns each message's status (200 done,

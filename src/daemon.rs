@@ -7,6 +7,7 @@
 use crate::http::control::{self, ControlState};
 use crate::http::webhook::{self, WebhookState};
 use crate::redis_launcher::PrivateRedis;
+use crate::systemd;
 use actix_web::{web, App, HttpServer};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use ms1_actors::{metrics as m, Health, Pipeline, Settings, Store};
@@ -69,6 +70,7 @@ async fn serve(settings: Arc<Settings>, prometheus: PrometheusHandle) -> anyhow:
         health.clone(),
         prometheus.clone(),
     ));
+    let prometheus_for_status = prometheus.clone();
 
     let state = web::Data::new(ControlState {
         health: health.clone(),
@@ -93,8 +95,11 @@ async fn serve(settings: Arc<Settings>, prometheus: PrometheusHandle) -> anyhow:
     actix_rt::spawn(server);
     tracing::info!(bind = %settings.control.bind, "control API listening");
     pipeline.http_ready();
+    systemd::ready("started");
+    actix_rt::spawn(systemd::supervise(health.clone(), prometheus_for_status));
 
     wait_for_signal().await;
+    systemd::stopping("draining");
     tracing::info!(
         deadline_ms = settings.pipeline.drain_timeout_ms,
         "stopping: draining in-flight work"

@@ -8,4 +8,5 @@ pub mod http;
 pub mod redis_launcher;
 pub mod sim;
 pub mod synthetic;
+pub mod systemd;
 pub mod telemetry;

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Shared readiness flags.
 #[derive(Clone, Debug)]
@@ -17,6 +18,8 @@ struct Flags {
     breaker: AtomicU8,
     /// Sources (mailboxes) whose last attempt failed for a reason an operator must fix.
     sources: Mutex<BTreeMap<String, String>>,
+    /// Last sign of life of each actor work loop that beats.
+    beats: Mutex<BTreeMap<&'static str, Instant>>,
 }
 
 impl Default for Health {
@@ -26,6 +29,7 @@ impl Default for Health {
             ms4_auth_ok: AtomicBool::new(true),
             breaker: AtomicU8::new(0),
             sources: Mutex::new(BTreeMap::new()),
+            beats: Mutex::new(BTreeMap::new()),
         }))
     }
 }
@@ -68,6 +72,27 @@ impl Health {
                 sources.remove(source);
             }
         }
+    }
+
+    /// An actor's work loop is alive (called once per iteration).
+    pub fn beat(&self, actor: &'static str) {
+        self.0
+            .beats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(actor, Instant::now());
+    }
+
+    /// Actors that beat once and then fell silent for longer than `max_age` (a stuck loop).
+    pub fn stalled(&self, max_age: Duration) -> Vec<&'static str> {
+        self.0
+            .beats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, t)| t.elapsed() > max_age)
+            .map(|(a, _)| *a)
+            .collect()
     }
 
     pub fn readiness(&self) -> Readiness {

@@ -203,6 +203,7 @@ impl Work {
         let mut next_claim = Instant::now();
         let mut claim_cursor = "0-0".to_string();
         while !self.shutdown.is_raised() {
+            self.health.beat("batch_processor");
             let backlog = self.store.len(&outbound).await?;
             if backlog > p.max_backlog {
                 tracing::debug!(backlog, "outbound backlog above max_backlog; waiting");
@@ -269,6 +270,7 @@ impl Work {
                         _ => backoff.next_delay(),
                     };
                     tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "cannot resolve entries from Graph yet; retrying the chunk");
+                    self.health.beat("batch_processor");
                     tokio::time::sleep(d).await;
                     if self.shutdown.is_raised() {
                         // Left pending: picked up again on the next start.

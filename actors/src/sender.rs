@@ -418,6 +418,7 @@ async fn feed(
     let mut claim_cursor = "0-0".to_string();
 
     while !shutdown.is_raised() {
+        core.health.beat("ms4_sender");
         if Instant::now() >= next_housekeeping {
             next_housekeeping = Instant::now() + housekeeping_every;
             // Keep what this consumer holds (in flight or waiting here) from looking abandoned.

@@ -40,3 +40,61 @@ fn the_daemon_notifies_ready_feeds_the_watchdog_and_says_stopping() {
     }
     assert!(tail.contains("STOPPING=1"), "{tail}");
 }
+
+#[test]
+fn the_unit_file_passes_systemd_analyze_verify() {
+    let Ok(out) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("SKIPPED: systemd-analyze is not installed on this machine");
+        return;
+    };
+    assert!(out.status.success());
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/ms1-ingestor.service"
+    ))
+    .unwrap();
+    for key in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "TimeoutStopSec=",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "DynamicUser=yes",
+        "StateDirectory=",
+        "EnvironmentFile=",
+    ] {
+        assert!(unit.contains(key), "the unit lacks {key}");
+    }
+    // verify checks that ExecStart's binary exists: point it at the one cargo built.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ms1-ingestor.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/ms1-ingestor", common::BIN),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed: {stderr}"
+    );
+    let complaints: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("ms1-ingestor.service"))
+        .collect();
+    assert!(
+        complaints.is_empty(),
+        "systemd-analyze complains: {complaints:?}"
+    );
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs ms1-ingestor as a systemd service on this machine:
+#   /usr/local/bin/ms1-ingestor             the release binary (built here)
+#   /etc/ms1-ingestor/ms1.toml              settings (kept if present; starts as config/default.toml)
+#   /etc/ms1-ingestor/secrets.env           secrets, mode 0600 (kept if present; a template)
+#   /etc/systemd/system/ms1-ingestor.service
+# then reloads systemd and enables the service (start it with: systemctl start ms1-ingestor).
+# Usage: sudo scripts/install-service.sh [--no-build]
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+[ "$(id -u)" = 0 ] || { echo "run as root (sudo scripts/install-service.sh)" >&2; exit 1; }
+if [ "${1:-}" != "--no-build" ]; then
+  cargo build --release --quiet
+fi
+install -D -m 0755 target/release/ms1-ingestor /usr/local/bin/ms1-ingestor
+install -d -m 0755 /etc/ms1-ingestor
+if [ ! -f /etc/ms1-ingestor/ms1.toml ]; then
+  install -m 0644 config/default.toml /etc/ms1-ingestor/ms1.toml
+  echo "installed /etc/ms1-ingestor/ms1.toml (edit it: redis.url, ms4.base_url, graph.*)"
+fi
+if [ ! -f /etc/ms1-ingestor/secrets.env ]; then
+  umask 077
+  cat > /etc/ms1-ingestor/secrets.env <<'ENV'
+# Secrets of ms1-ingestor, read by systemd (EnvironmentFile=). Mode 0600, owned by root.
+MS1__MS4__API_KEY=
+MS1__GRAPH__CLIENT_SECRET=
+MS1__WEBHOOK__CLIENT_STATE=
+MS1__CONTROL__TOKEN=
+ENV
+  echo "installed /etc/ms1-ingestor/secrets.env (fill in the secrets)"
+fi
+install -m 0644 config/ms1-ingestor.service /etc/systemd/system/ms1-ingestor.service
+if command -v systemd-analyze >/dev/null 2>&1; then
+  systemd-analyze verify /etc/systemd/system/ms1-ingestor.service
+fi
+if [ -d /run/systemd/system ]; then
+  systemctl daemon-reload
+  systemctl enable ms1-ingestor.service
+  echo "enabled; start with: systemctl start ms1-ingestor && journalctl -u ms1-ingestor -f"
+else
+  echo "systemd is not running here (PID 1 is not systemd): files installed, nothing enabled"
+fi

@@ -73,6 +73,9 @@ enum Command {
 enum SimCommand {
     /// The MS4 Persistence API (POST /batch-metadata), with fault injection and statistics.
     Ms4(sim::ms4::Ms4SimOptions),
+    /// Microsoft Graph: token endpoint, messages, delta, $batch, subscriptions with the
+    /// validation handshake, notifications, throttling; with statistics.
+    Graph(sim::graph::GraphSimOptions),
 }
 
 fn main() -> ExitCode {
@@ -127,6 +130,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Sim {
             which: SimCommand::Ms4(opts),
         } => actix_rt::System::new().block_on(sim::ms4::serve(opts)),
+        Command::Sim {
+            which: SimCommand::Graph(opts),
+        } => actix_rt::System::new().block_on(sim::graph::serve(opts)),
     }
 }
 

@@ -226,7 +226,7 @@ fn throttling_is_honoured_per_mailbox_with_no_request_inside_a_retry_after() {
         &["--rate-limit-per-min", "0"],
         &[
             "--messages-per-mailbox",
-            "1500",
+            "900",
             "--window-limit",
             "60",
             "--window-ms",

@@ -111,6 +111,7 @@ impl Pipeline {
                 Rc::new(poller::graph_tokens(&settings)),
                 limiter.clone(),
                 settings.graph.request_timeout(),
+                settings.graph.max_concurrent_per_mailbox,
             ));
             for name in &settings.graph.mailboxes {
                 let (mailbox, settings, store, graph, health, shutdown) = (

@@ -121,6 +121,7 @@ impl Actor for BatchProcessor {
                     Rc::new(crate::poller::graph_tokens(&self.settings)),
                     self.limiter.clone(),
                     self.settings.graph.request_timeout(),
+                    self.settings.graph.max_concurrent_per_mailbox,
                 ))
             }),
         };
@@ -261,9 +262,17 @@ impl Work {
             include_raw: self.settings.ms4.include_raw,
         };
         let mut backoff = Backoff::new(&self.settings.ms4);
+        // Results survive a failed attempt: only what is still missing is fetched again, so a
+        // throttled mailbox makes progress instead of restarting the chunk.
+        let mut partial: Vec<Option<Resolution>> = vec![None; entries.len()];
         let resolved = loop {
-            match self.resolve(entries).await {
-                Ok(r) => break r,
+            match self.resolve(entries, &mut partial).await {
+                Ok(()) => {
+                    break partial
+                        .into_iter()
+                        .map(Option::unwrap_or_default)
+                        .collect::<Vec<_>>()
+                }
                 Err(e) => {
                     let d = match e {
                         GraphError::Throttled(d) => d,
@@ -317,12 +326,19 @@ impl Work {
 
     /// Fetches what the chunk's entries need from Graph, concurrently (the RateLimiter keeps
     /// each mailbox within its limits). A transient failure fails the whole chunk.
-    async fn resolve(&self, entries: &[Entry]) -> Result<Vec<Resolution>, GraphError> {
+    async fn resolve(
+        &self,
+        entries: &[Entry],
+        done: &mut [Option<Resolution>],
+    ) -> Result<(), GraphError> {
         use inbound_fields as f;
-        let mut out = vec![Resolution::AsIs; entries.len()];
         let mut work = Vec::new();
         for (i, e) in entries.iter().enumerate() {
+            if done[i].is_some() {
+                continue;
+            }
             if e.field(f::SOURCE).unwrap_or("graph") != "graph" {
+                done[i] = Some(Resolution::AsIs);
                 continue;
             }
             let mailbox = e.field(f::MAILBOX).unwrap_or_default();
@@ -330,23 +346,26 @@ impl Work {
                 let id = e.field(f::MESSAGE_ID).unwrap_or_default();
                 work.push((i, mailbox, id.to_string(), true));
             } else if self.settings.graph.fetch_attachments && self.graph.is_some() {
-                if let Some(id) = e.field(f::PAYLOAD).and_then(graph_needs_attachments) {
-                    work.push((i, mailbox, id, false));
+                match e.field(f::PAYLOAD).and_then(graph_needs_attachments) {
+                    Some(id) => work.push((i, mailbox, id, false)),
+                    None => done[i] = Some(Resolution::AsIs),
                 }
+            } else {
+                done[i] = Some(Resolution::AsIs);
             }
         }
         if work.is_empty() {
-            return Ok(out);
+            return Ok(());
         }
         let Some(graph) = self.graph.clone() else {
             for (i, ..) in work {
-                out[i] = Resolution::Dead {
+                done[i] = Some(Resolution::Dead {
                     reason: "a webhook ref, but no Graph mailbox is configured to fetch it from"
                         .into(),
                     status: 0,
-                };
+                });
             }
-            return Ok(out);
+            return Ok(());
         };
         let fetch_attachments = self.settings.graph.fetch_attachments;
         let jobs = work.into_iter().map(|(i, mailbox, id, is_ref)| {
@@ -363,10 +382,16 @@ impl Work {
                 (i, r)
             }
         });
+        let mut first_error = None;
         for (i, r) in futures_util::future::join_all(jobs).await {
-            out[i] = r?;
+            match r {
+                Ok(resolution) => done[i] = Some(resolution),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(out)
+        first_error.map_or(Ok(()), Err)
     }
 }
 

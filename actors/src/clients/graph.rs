@@ -18,8 +18,11 @@ use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 
 /// The message properties ms1 reads (CONTRACTS.md).
 pub const SELECT: &str =
@@ -155,6 +158,10 @@ pub struct GraphClient {
     origin: String,
     tokens: Rc<TokenSource>,
     limiter: Addr<RateLimiter>,
+    /// Local admission per mailbox (as many as the shared limit allows), so that callers of
+    /// this process queue here instead of polling Redis for a slot.
+    local: RefCell<HashMap<String, Rc<Semaphore>>>,
+    max_concurrent: usize,
 }
 
 fn origin_of(url: &str) -> String {
@@ -169,6 +176,7 @@ impl GraphClient {
         tokens: Rc<TokenSource>,
         limiter: Addr<RateLimiter>,
         timeout: Duration,
+        max_concurrent: u32,
     ) -> Self {
         let connector = awc::Connector::new()
             .timeout(Duration::from_secs(10))
@@ -183,7 +191,17 @@ impl GraphClient {
             origin: origin_of(base_url),
             tokens,
             limiter,
+            local: RefCell::new(HashMap::new()),
+            max_concurrent: max_concurrent.max(1) as usize,
         }
+    }
+
+    fn admission(&self, mailbox: &str) -> Rc<Semaphore> {
+        self.local
+            .borrow_mut()
+            .entry(mailbox.to_string())
+            .or_insert_with(|| Rc::new(Semaphore::new(self.max_concurrent)))
+            .clone()
     }
 
     /// First URL of a full delta sync of a folder.
@@ -412,6 +430,11 @@ impl GraphClient {
                 body: "Graph returned a link to another origin; not following it".into(),
             });
         }
+        let admission = self.admission(mailbox);
+        let _local = admission
+            .acquire()
+            .await
+            .map_err(|_| GraphError::Transient("admission closed".into()))?;
         let _permit = self
             .limiter
             .send(AcquireGraph {

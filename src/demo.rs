@@ -1,14 +1,16 @@
-//! `ms1-ingestor demo`: the whole delivery path on one machine, with nothing installed but
+//! `ms1-ingestor demo`: the whole system on one machine, with nothing installed but
 //! redis-server.
 //!
-//! It starts a private redis-server, the MS4 simulator (with MS4's per-minute limit) and the
-//! daemon as a child process, fills the inbound stream with synthetic invoice e-mails (a few
-//! of them invalid for MS4, a few malformed), shows the mail flowing, stops the daemon with
-//! SIGTERM and prints the summary. It exits 0 only when nothing was lost.
+//! It starts a private redis-server, the MS4 simulator (with MS4's per-minute limit), the Graph
+//! simulator holding a few thousand synthetic invoices in several mailboxes (a few of them
+//! invalid for MS4), and the daemon as a child process with delta polling and webhooks. While
+//! the seeded mail flows, new mail arrives in bursts and comes in through change
+//! notifications. At the end it stops the daemon with SIGTERM (which deletes the
+//! subscriptions) and prints the summary. It exits 0 only when nothing was lost.
 
 use crate::redis_launcher::{free_port, PrivateRedis};
-use crate::synthetic::{self, LoadPlan};
 use ms1_actors::Store;
+use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -16,15 +18,18 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoOptions {
-    /// How many synthetic invoice e-mails.
-    #[arg(long, default_value_t = 5_000)]
+    /// Synthetic invoices waiting in the mailboxes at start (spread over the mailboxes).
+    #[arg(long, default_value_t = 3_000)]
     pub count: u64,
-    /// How many of them MS4 refuses (they end in the dead-letter stream).
-    #[arg(long, default_value_t = 5)]
+    /// Mailboxes in the Graph simulator.
+    #[arg(long, default_value_t = 3)]
+    pub mailboxes: u64,
+    /// Invoices that MS4 refuses (they end in the dead-letter stream).
+    #[arg(long, default_value_t = 6)]
     pub invalid: u64,
-    /// How many malformed entries to add (dead-lettered before MS4).
-    #[arg(long, default_value_t = 2)]
-    pub malformed: u64,
+    /// Invoices arriving during the demo, in bursts, delivered through webhooks.
+    #[arg(long, default_value_t = 600)]
+    pub live: u64,
     /// MS4's per-minute request limit, on the simulator and in the daemon.
     #[arg(long, default_value_t = 600)]
     pub rate_limit_per_min: u32,
@@ -46,12 +51,40 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Starts `ms1-ingestor sim KIND …` and returns it with the URL it prints.
+fn simulator(exe: &PathBuf, kind: &str, args: &[String]) -> anyhow::Result<(ChildGuard, String)> {
+    let mut child = Command::new(exe)
+        .args(["sim", kind, "--port", "0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+    let guard = ChildGuard(child);
+    let url = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    anyhow::ensure!(
+        url.starts_with("http://"),
+        "the {kind} simulator did not start: {line}"
+    );
+    Ok((guard, url))
+}
+
 pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     crate::daemon::install_tls_provider();
     let exe = std::env::current_exe()?;
     let _ = std::fs::remove_dir_all(&opts.dir);
     std::fs::create_dir_all(&opts.dir)?;
     let dir = opts.dir.canonicalize()?;
+    let mailboxes: Vec<String> = (0..opts.mailboxes.max(1))
+        .map(|i| format!("invoices-{i}@contoso.example"))
+        .collect();
+    let per_mailbox = opts.count / mailboxes.len() as u64;
 
     let redis = PrivateRedis::start(&dir.join("redis"), None, false)?;
     println!(
@@ -59,29 +92,33 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         redis.url(),
         dir.join("redis").display()
     );
-
-    let mut sim = Command::new(&exe)
-        .args(["sim", "ms4", "--port", "0", "--api-key", "demo-key"])
-        .args(["--rate-limit-per-min", &opts.rate_limit_per_min.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(sim.stdout.take().expect("piped")).read_line(&mut line)?;
-    let sim = ChildGuard(sim);
-    let ms4_url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    anyhow::ensure!(
-        ms4_url.starts_with("http://"),
-        "the MS4 simulator did not start: {line}"
-    );
+    let (ms4, ms4_url) = simulator(
+        &exe,
+        "ms4",
+        &[
+            "--api-key".into(),
+            "demo-key".into(),
+            "--rate-limit-per-min".into(),
+            opts.rate_limit_per_min.to_string(),
+        ],
+    )?;
     println!(
         "MS4 simulator    {ms4_url} ({} requests/min)",
         opts.rate_limit_per_min
+    );
+    let (graph, graph_url) = simulator(
+        &exe,
+        "graph",
+        &[
+            "--mailboxes".into(),
+            mailboxes.join(","),
+            "--messages-per-mailbox".into(),
+            per_mailbox.to_string(),
+        ],
+    )?;
+    println!(
+        "Graph simulator  {graph_url} ({} mailboxes × {per_mailbox} invoices)",
+        mailboxes.len()
     );
 
     let control = format!("127.0.0.1:{}", free_port()?);
@@ -96,6 +133,19 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
             "MS1__MS4__RATE_LIMIT_PER_MIN",
             opts.rate_limit_per_min.to_string(),
         )
+        .env("MS1__GRAPH__BASE_URL", format!("{graph_url}/v1.0"))
+        .env("MS1__GRAPH__AUTHORITY", format!("{graph_url}/{{tenant}}"))
+        .env("MS1__GRAPH__TENANT_ID", "contoso")
+        .env("MS1__GRAPH__CLIENT_ID", "ms1-app")
+        .env("MS1__GRAPH__CLIENT_SECRET", "sim-secret")
+        .env("MS1__GRAPH__MAILBOXES", mailboxes.join(","))
+        .env("MS1__GRAPH__PAGE_SIZE", "500")
+        .env("MS1__WEBHOOK__ENABLED", "true")
+        .env("MS1__WEBHOOK__PUBLIC_URL", format!("http://{control}"))
+        .env(
+            "MS1__WEBHOOK__CLIENT_STATE",
+            uuid::Uuid::new_v4().simple().to_string(),
+        )
         .env("MS1__CONTROL__BIND", &control)
         .env("MS1__LOG__FORMAT", "json")
         .stdout(log.try_clone()?)
@@ -103,34 +153,38 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         .spawn()?;
     let mut daemon = ChildGuard(daemon);
     println!(
-        "daemon           pid {}, control API http://{control}, log {}",
+        "daemon           pid {}, control API http://{control}, log {}\n",
         daemon.0.id(),
         log_path.display()
     );
 
-    let plan = LoadPlan {
-        count: opts.count,
-        mailboxes: 3,
-        start: 0,
-        invalid: opts.invalid.min(opts.count),
-        malformed: opts.malformed,
-        rate_per_s: None,
-    };
-    let expected = opts.count + opts.malformed;
     let outcome = actix_rt::System::new().block_on(async {
+        let http = awc::Client::default();
         let store = Store::open(&redis.url(), "ms1:")?;
-        let loaded = synthetic::load(&store, &plan).await?;
-        println!("inbound stream   {loaded} synthetic invoice e-mails loaded\n");
-        watch(
-            &store,
-            &ms4_url,
-            expected,
-            Duration::from_secs(opts.timeout_s),
-        )
-        .await
+        // A few invoices MS4 will refuse.
+        for i in 0..opts.invalid {
+            let mb = &mailboxes[(i % mailboxes.len() as u64) as usize];
+            post(
+                &http,
+                &format!("{graph_url}/_sim/mail"),
+                json!({"mailbox": mb, "count": 1, "invalid": 1}),
+            )
+            .await?;
+        }
+        let watch = Watch {
+            http: &http,
+            store: &store,
+            ms4_url: &ms4_url,
+            graph_url: &graph_url,
+            mailboxes: &mailboxes,
+            live: opts.live,
+            expected: per_mailbox * mailboxes.len() as u64 + opts.invalid + opts.live,
+            timeout: Duration::from_secs(opts.timeout_s),
+        };
+        watch.run().await
     })?;
 
-    // Graceful stop, as systemd would.
+    // Graceful stop, as systemd would: the daemon drains and deletes its subscriptions.
     let _ = Command::new("kill")
         .args(["-TERM", &daemon.0.id().to_string()])
         .status();
@@ -138,12 +192,28 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     while daemon.0.try_wait()?.is_none() && stopped.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    drop(sim);
+    let graph_stats = actix_rt::System::new().block_on(async {
+        get(&awc::Client::default(), &format!("{graph_url}/_sim/stats")).await
+    })?;
+    drop((ms4, graph));
 
-    let lost = expected.saturating_sub(outcome.delivered + outcome.dead_lettered);
+    let lost = outcome
+        .expected
+        .saturating_sub(outcome.delivered + outcome.dead_lettered);
     println!();
-    println!("summary: {} received, {} delivered, {} dead-lettered, {} duplicates at MS4, {} requests ({} answered 429)",
-        expected, outcome.delivered, outcome.dead_lettered, outcome.duplicates, outcome.requests, outcome.throttled);
+    println!(
+        "summary: {} e-mails in Graph ({} waiting at start, {} arriving during the demo), {} delivered, {} dead-lettered, {} duplicates at MS4",
+        outcome.expected, outcome.expected - opts.live, opts.live, outcome.delivered, outcome.dead_lettered, outcome.duplicates
+    );
+    println!(
+        "         MS4: {} requests, {} answered 429; Graph: {} throttled, {} subscriptions created and {} deleted on stop, {} notifications sent",
+        outcome.requests,
+        outcome.throttled,
+        sum_mailboxes(&graph_stats, "throttled"),
+        graph_stats["subscriptions_created"],
+        graph_stats["deleted_subscriptions"],
+        graph_stats["notifications_sent"],
+    );
     println!("{} delivered, {lost} lost", outcome.delivered);
     anyhow::ensure!(
         lost == 0 && !outcome.timed_out,
@@ -153,7 +223,36 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn get(http: &awc::Client, url: &str) -> anyhow::Result<Value> {
+    http.get(url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?
+        .json::<Value>()
+        .limit(16 * 1024 * 1024)
+        .await
+        .map_err(|e| anyhow::anyhow!("{url}: {e}"))
+}
+
+async fn post(http: &awc::Client, url: &str, body: Value) -> anyhow::Result<()> {
+    let resp = http
+        .post(url)
+        .send_json(&body)
+        .await
+        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    anyhow::ensure!(resp.status().is_success(), "{url}: {}", resp.status());
+    Ok(())
+}
+
+fn sum_mailboxes(stats: &Value, field: &str) -> u64 {
+    stats["mailboxes"]
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v[field].as_u64()).sum())
+        .unwrap_or(0)
+}
+
 struct Outcome {
+    expected: u64,
     delivered: u64,
     dead_lettered: u64,
     duplicates: u64,
@@ -162,68 +261,98 @@ struct Outcome {
     timed_out: bool,
 }
 
-/// Shows progress until every e-mail is delivered or dead-lettered and the streams are empty.
-async fn watch(
-    store: &Store,
-    ms4_url: &str,
+struct Watch<'a> {
+    http: &'a awc::Client,
+    store: &'a Store,
+    ms4_url: &'a str,
+    graph_url: &'a str,
+    mailboxes: &'a [String],
+    live: u64,
     expected: u64,
     timeout: Duration,
-) -> anyhow::Result<Outcome> {
-    let http = awc::Client::default();
-    let keys = store.keys().clone();
-    let started = Instant::now();
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let mut last_line = Instant::now() - Duration::from_secs(10);
-    loop {
-        let stats: serde_json::Value = http
-            .get(format!("{ms4_url}/_sim/stats"))
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("MS4 simulator: {e}"))?
-            .json()
-            .await?;
-        let n = |k: &str| stats[k].as_u64().unwrap_or(0);
-        let delivered = n("unique_records");
-        let dead = store.len(&keys.dlq()).await?;
-        let backlog = store.len(&keys.inbound()).await? + store.len(&keys.outbound()).await?;
-        let secs = started.elapsed().as_secs_f64();
-        let width = 30usize;
-        let done = ((delivered + dead) as f64 / expected.max(1) as f64).min(1.0);
-        let bar: String = (0..width)
-            .map(|i| {
-                if (i as f64) < done * width as f64 {
-                    '#'
-                } else {
-                    '.'
+}
+
+impl Watch<'_> {
+    /// Shows progress (and sends the live bursts) until every e-mail is delivered or
+    /// dead-lettered and the streams are empty.
+    async fn run(&self) -> anyhow::Result<Outcome> {
+        let keys = self.store.keys().clone();
+        let started = Instant::now();
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        let mut last_line = Instant::now() - Duration::from_secs(10);
+        let bursts = 6u64;
+        let mut sent_live = 0u64;
+        loop {
+            let ms4 = get(self.http, &format!("{}/_sim/stats", self.ms4_url)).await?;
+            let n = |k: &str| ms4[k].as_u64().unwrap_or(0);
+            // New mail in bursts once the subscriptions exist.
+            if sent_live < self.live && started.elapsed() > Duration::from_secs(2) {
+                let graph = get(self.http, &format!("{}/_sim/stats", self.graph_url)).await?;
+                let subscribed = graph["subscriptions"]
+                    .as_array()
+                    .is_some_and(|s| s.len() == self.mailboxes.len());
+                if subscribed {
+                    let burst = (self.live / bursts).max(1).min(self.live - sent_live);
+                    for (i, mb) in self.mailboxes.iter().enumerate() {
+                        let share = burst / self.mailboxes.len() as u64
+                            + u64::from((i as u64) < burst % self.mailboxes.len() as u64);
+                        if share > 0 {
+                            post(
+                                self.http,
+                                &format!("{}/_sim/mail", self.graph_url),
+                                json!({"mailbox": mb, "count": share}),
+                            )
+                            .await?;
+                        }
+                    }
+                    sent_live += burst;
                 }
-            })
-            .collect();
-        let finished = delivered + dead >= expected && backlog == 0;
-        let progress = format!(
-            "[{bar}] {delivered:>6} delivered  {dead:>3} dead-lettered  {backlog:>6} queued  {:>6.0}/s  {secs:>5.1}s",
-            delivered as f64 / secs.max(0.001)
-        );
-        if tty {
-            print!("\r{progress} ");
-            std::io::stdout().flush()?;
-        } else if finished || last_line.elapsed() >= Duration::from_secs(2) {
-            println!("{progress}");
-            last_line = Instant::now();
-        }
-        let timed_out = started.elapsed() > timeout;
-        if finished || timed_out {
-            if tty {
-                println!();
             }
-            return Ok(Outcome {
-                delivered,
-                dead_lettered: dead,
-                duplicates: n("duplicate_records"),
-                requests: n("requests_total"),
-                throttled: n("rate_limited"),
-                timed_out,
-            });
+            let delivered = n("unique_records");
+            let dead = self.store.len(&keys.dlq()).await?;
+            let backlog =
+                self.store.len(&keys.inbound()).await? + self.store.len(&keys.outbound()).await?;
+            let secs = started.elapsed().as_secs_f64();
+            let width = 30usize;
+            let done = ((delivered + dead) as f64 / self.expected.max(1) as f64).min(1.0);
+            let bar: String = (0..width)
+                .map(|i| {
+                    if (i as f64) < done * width as f64 {
+                        '#'
+                    } else {
+                        '.'
+                    }
+                })
+                .collect();
+            let finished =
+                sent_live >= self.live && delivered + dead >= self.expected && backlog == 0;
+            let progress = format!(
+                "[{bar}] {delivered:>6} delivered  {dead:>3} dead-lettered  {backlog:>6} queued  {:>6.0}/s  {secs:>5.1}s",
+                delivered as f64 / secs.max(0.001)
+            );
+            if tty {
+                print!("\r{progress} ");
+                std::io::stdout().flush()?;
+            } else if finished || last_line.elapsed() >= Duration::from_secs(2) {
+                println!("{progress}");
+                last_line = Instant::now();
+            }
+            let timed_out = started.elapsed() > self.timeout;
+            if finished || timed_out {
+                if tty {
+                    println!();
+                }
+                return Ok(Outcome {
+                    expected: self.expected,
+                    delivered,
+                    dead_lettered: dead,
+                    duplicates: n("duplicate_records"),
+                    requests: n("requests_total"),
+                    throttled: n("rate_limited"),
+                    timed_out,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

@@ -8,6 +8,13 @@
 #     - the contract case (also alone: scripts/bench.sh contract): MS4 limit 600/min, 12,000 records in batches of 50: achieved request
 #       rate as a percent of the limit, 429s, most requests seen in any 60-second window.
 #
+#   scripts/bench.sh graph      Graph simulator → inbound stream:
+#     - 100,000 messages polled in delta mode at page 1,000 (one mailbox, then four in
+#       parallel): e-mails/s into the inbound stream;
+#     - webhooks: new mail at 2,000 messages/s for 10 s, the Graph simulator POSTing change
+#       notifications (up to 100 per POST, as Graph batches them) to the daemon: ack latency
+#       p50/p99/max as the simulator measured it.
+#
 # Everything runs on loopback: a private redis-server (AOF on, as in production), the MS4
 # simulator and the daemon (release build).
 set -euo pipefail
@@ -50,8 +57,9 @@ start_sim() { # args: sim options
   export MS1__MS4__BASE_URL="$SIM_URL" MS1__MS4__API_KEY=bench-key
 }
 
-start_daemon() {
-  CONTROL="127.0.0.1:$(free_port)"
+start_daemon() { start_daemon_at "127.0.0.1:$(free_port)"; }
+start_daemon_at() {
+  CONTROL="$1"
   MS1__CONTROL__BIND="$CONTROL" MS1__LOG__FORMAT=json MS1__LOG__LEVEL=warn \
     MS1__REDIS__CONSUMER=bench "$BIN" run >>"$WORK/daemon.log" 2>&1 &
   DAEMON_PID=$!
@@ -134,6 +142,71 @@ bench_contract() {
     "contract (600/min, batch 50):" "$n" "$(echo "$t1 - $t0" | bc -l)" "$requests" "$pct" "$limit" "$throttled" "$maxwin" "$(echo "$rss / 1024" | bc -l)"
 }
 
+start_graph() { # args: sim options
+  "$BIN" sim graph --port 0 "$@" >"$WORK/graph.out" 2>"$WORK/graph.err" &
+  PIDS+=($!)
+  GRAPH_PID=$!
+  for _ in $(seq 600); do grep -q listening "$WORK/graph.out" 2>/dev/null && break; sleep 0.05; done
+  GRAPH_URL=$(awk '{print $NF}' "$WORK/graph.out")
+  export MS1__GRAPH__BASE_URL="$GRAPH_URL/v1.0" MS1__GRAPH__AUTHORITY="$GRAPH_URL/{tenant}" \
+    MS1__GRAPH__TENANT_ID=contoso MS1__GRAPH__CLIENT_ID=ms1-app MS1__GRAPH__CLIENT_SECRET=sim-secret
+}
+
+metric() { # name → summed value from the daemon's exposition
+  curl -s "http://$CONTROL/metrics/prometheus" | awk -v n="$1" 'index($1, n) == 1 && $1 !~ /^#/ {s += $2} END {printf "%d", s}'
+}
+
+bench_poll() { # mailboxes
+  local n=100000 boxes=$1 list=""
+  for i in $(seq 0 $((boxes - 1))); do list="${list:+$list,}invoices-$i@contoso.example"; done
+  export MS1__MS4__RATE_LIMIT_PER_MIN=0 MS1__GRAPH__MAILBOXES="$list" MS1__GRAPH__PAGE_SIZE=1000 MS1__GRAPH__POLL_INTERVAL_S=3600
+  start_redis; start_sim --rate-limit-per-min 0 --max-batch 1000
+  start_graph --mailboxes "$list" --messages-per-mailbox $((n / boxes)) --max-page-size 1000
+  local t0; t0=$(now)
+  start_daemon
+  local deadline=$(( $(date +%s) + 300 ))
+  while [ "$(metric ms1_emails_polled_total)" -lt "$n" ]; do
+    [ "$(date +%s)" -gt "$deadline" ] && { echo "timed out" >&2; tail -5 "$WORK/daemon.log" >&2; return 1; }
+    sleep 0.05
+  done
+  local t1; t1=$(now)
+  local rss; rss=$(awk '/VmHWM/ {print $2}' "/proc/$DAEMON_PID/status")
+  stop_all; kill "$GRAPH_PID" 2>/dev/null || true
+  unset MS1__GRAPH__MAILBOXES
+  printf '%-34s %8.0f e-mails/s into the inbound stream (%d messages, page 1000), peak RSS %.1f MB\n' \
+    "poll, $boxes mailbox(es), delta:" "$(echo "$n / ($t1 - $t0)" | bc -l)" "$n" "$(echo "$rss / 1024" | bc -l)"
+}
+
+bench_webhook() {
+  local rate=2000 seconds=10 boxes="invoices-0@contoso.example"
+  CONTROL_PORT=$(free_port)
+  export MS1__MS4__RATE_LIMIT_PER_MIN=0 MS1__GRAPH__MAILBOXES="$boxes" MS1__GRAPH__POLL_INTERVAL_S=3600 \
+    MS1__WEBHOOK__ENABLED=true MS1__WEBHOOK__PUBLIC_URL="http://127.0.0.1:$CONTROL_PORT" \
+    MS1__WEBHOOK__CLIENT_STATE=bench-client-state
+  start_redis; start_sim --rate-limit-per-min 0 --max-batch 1000
+  start_graph --mailboxes "$boxes" --window-limit 1000000
+  MS1__CONTROL__BIND="127.0.0.1:$CONTROL_PORT" start_daemon_at "127.0.0.1:$CONTROL_PORT"
+  for _ in $(seq 100); do
+    [ "$(curl -s "$GRAPH_URL/_sim/stats" | jq '.subscriptions | length')" = 1 ] && break; sleep 0.1
+  done
+  # 100 new messages every 50 ms = 2,000 notifications/s.
+  local t0; t0=$(now)
+  for _ in $(seq $((seconds * 20))); do
+    curl -s -X POST "$GRAPH_URL/_sim/mail" -H 'Content-Type: application/json' \
+      -d "{\"mailbox\":\"$boxes\",\"count\":$((rate / 20))}" >/dev/null &
+    sleep 0.05
+  done
+  wait_for_records $((rate * seconds)) 300
+  local t1; t1=$(now)
+  local stats; stats=$(curl -s "$GRAPH_URL/_sim/stats")
+  stop_all; kill "$GRAPH_PID" 2>/dev/null || true
+  unset MS1__WEBHOOK__ENABLED MS1__GRAPH__MAILBOXES
+  printf '%-34s %d notifications in %d POSTs at %.0f/s: ack p50 %s ms, p99 %s ms, max %s ms; all %d delivered to MS4 in %.1f s\n' \
+    "webhook notifications:" "$(echo "$stats" | jq .notifications_sent)" "$(echo "$stats" | jq .notification_posts)" \
+    "$(echo "$rate" | bc)" "$(echo "$stats" | jq .notification_latency_ms.p50)" "$(echo "$stats" | jq .notification_latency_ms.p99)" \
+    "$(echo "$stats" | jq .notification_latency_ms.max)" "$((rate * seconds))" "$(echo "$t1 - $t0" | bc -l)"
+}
+
 need_packages bc:bc
 case "$what" in
   pipeline)
@@ -145,8 +218,14 @@ case "$what" in
   contract)
     bench_contract
     ;;
+  graph)
+    echo "ms1-ingestor Graph benchmark ($(nproc) cores)"
+    bench_poll 1
+    bench_poll 4
+    bench_webhook
+    ;;
   *)
-    echo "usage: scripts/bench.sh pipeline|contract" >&2
+    echo "usage: scripts/bench.sh pipeline|contract|graph" >&2
     exit 2
     ;;
 esac

@@ -106,13 +106,16 @@ impl Pipeline {
         let mut webhook = None;
         let mut read_marker = None;
         if !settings.graph.mailboxes.is_empty() {
-            let graph = Rc::new(GraphClient::new(
-                &settings.graph.base_url,
-                Rc::new(poller::graph_tokens(&settings)),
-                limiter.clone(),
-                settings.graph.request_timeout(),
-                settings.graph.max_concurrent_per_mailbox,
-            ));
+            let graph = Rc::new(
+                GraphClient::new(
+                    &settings.graph.base_url,
+                    Rc::new(poller::graph_tokens(&settings)),
+                    limiter.clone(),
+                    settings.graph.request_timeout(),
+                    settings.graph.max_concurrent_per_mailbox,
+                )
+                .with_attachments(settings.graph.fetch_attachments),
+            );
             for name in &settings.graph.mailboxes {
                 let (mailbox, settings, store, graph, health, shutdown) = (
                     name.clone(),

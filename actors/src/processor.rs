@@ -116,13 +116,16 @@ impl Actor for BatchProcessor {
             shutdown: self.shutdown.clone(),
             graph: (!self.settings.graph.mailboxes.is_empty()).then(|| {
                 // Built here, on the processor's own thread (awc is not Send).
-                Rc::new(GraphClient::new(
-                    &self.settings.graph.base_url,
-                    Rc::new(crate::poller::graph_tokens(&self.settings)),
-                    self.limiter.clone(),
-                    self.settings.graph.request_timeout(),
-                    self.settings.graph.max_concurrent_per_mailbox,
-                ))
+                Rc::new(
+                    GraphClient::new(
+                        &self.settings.graph.base_url,
+                        Rc::new(crate::poller::graph_tokens(&self.settings)),
+                        self.limiter.clone(),
+                        self.settings.graph.request_timeout(),
+                        self.settings.graph.max_concurrent_per_mailbox,
+                    )
+                    .with_attachments(self.settings.graph.fetch_attachments),
+                )
             }),
         };
         let span = tracing::info_span!("batch_processor", consumer = %self.consumer);

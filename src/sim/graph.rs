@@ -567,14 +567,24 @@ impl Cursor {
 // ---------------------------------------------------------------------------------------------
 // OData query options
 
-/// `$select`: every property, or these (canonical names).
+/// `$select` (every property, or these canonical names) and whether `$expand=attachments`
+/// embeds the attachments' metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Selection {
-    All,
-    Only(Vec<&'static str>),
+struct Selection {
+    props: Option<Vec<&'static str>>,
+    attachments: bool,
 }
 
+/// Marks an expanded selection inside a delta token.
+const EXPAND_MARK: &str = ";attachments";
+
 impl Selection {
+    #[allow(non_upper_case_globals)]
+    const All: Selection = Selection {
+        props: None,
+        attachments: false,
+    };
+
     /// Parses `$select` against the properties of `type_name`; an unknown property is Graph's
     /// 400 `RequestBroker--ParseUri`.
     fn parse(
@@ -601,22 +611,58 @@ impl Selection {
                 names.push(*name);
             }
         }
-        Ok(Selection::Only(names))
+        Ok(Selection {
+            props: Some(names),
+            attachments: false,
+        })
+    }
+
+    /// Applies `$expand`: only `attachments` (optionally with its own `$select`) is known.
+    fn expand(mut self, expand: Option<&str>) -> Result<Self, GraphError> {
+        let Some(e) = expand.map(str::trim).filter(|e| !e.is_empty()) else {
+            return Ok(self);
+        };
+        let name = e.split('(').next().unwrap_or("").trim();
+        if !name.eq_ignore_ascii_case("attachments") {
+            return Err(GraphError::new(
+                400,
+                "RequestBroker--ParseUri",
+                format!("Could not find a navigation property named '{name}' on type 'microsoft.graph.message'."),
+            ));
+        }
+        self.attachments = true;
+        Ok(self)
     }
 
     fn includes(&self, name: &str) -> bool {
-        match self {
-            Selection::All => true,
-            Selection::Only(names) => names.contains(&name),
+        match &self.props {
+            None => true,
+            Some(names) => names.contains(&name),
         }
     }
 
     /// As kept in a delta token ("" for all).
     fn encode(&self) -> String {
-        match self {
-            Selection::All => String::new(),
-            Selection::Only(names) => names.join(","),
+        let mut s = match &self.props {
+            None => String::new(),
+            Some(names) => names.join(","),
+        };
+        if self.attachments {
+            s.push_str(EXPAND_MARK);
         }
+        s
+    }
+
+    /// A token's selection back.
+    fn decode(token: &str) -> Result<Self, GraphError> {
+        let (select, expanded) = match token.strip_suffix(EXPAND_MARK) {
+            Some(rest) => (rest, true),
+            None => (token, false),
+        };
+        let mut sel =
+            Selection::parse(Some(select), MESSAGE_PROPERTIES, "microsoft.graph.message")?;
+        sel.attachments = expanded;
+        Ok(sel)
     }
 }
 
@@ -893,6 +939,10 @@ impl StoredMessage {
             } else {
                 ",\"isRead\":false"
             });
+        }
+        if sel.attachments {
+            out.push_str(",\"attachments\":");
+            out.push_str(&Value::Array(self.attachments.clone()).to_string());
         }
         out.push('}');
     }
@@ -1939,7 +1989,8 @@ impl State {
             q.get("$select"),
             MESSAGE_PROPERTIES,
             "microsoft.graph.message",
-        )?;
+        )?
+        .expand(q.get("$expand"))?;
         let number = |key: &str, default: usize| -> Result<usize, GraphError> {
             q.get(key).map_or(Ok(default), |v| {
                 v.trim()
@@ -2047,9 +2098,14 @@ impl State {
                 return Err(e);
             }
         };
-        // An explicit $select wins over the one the token carries.
-        let select = q.get("$select").unwrap_or(&token_select);
-        let sel = Selection::parse(Some(select), MESSAGE_PROPERTIES, "microsoft.graph.message")?;
+        // An explicit $select / $expand wins over what the token carries.
+        let sel = match (q.get("$select"), q.get("$expand")) {
+            (None, None) => Selection::decode(&token_select)?,
+            (select, expand) => {
+                Selection::parse(select, MESSAGE_PROPERTIES, "microsoft.graph.message")?
+                    .expand(expand)?
+            }
+        };
         let mb = &self.mailboxes[mbx];
         let mut out = String::with_capacity(256 + page * 768);
         out.push_str("{\"@odata.context\":");
@@ -2131,7 +2187,8 @@ impl State {
             q.get("$select"),
             MESSAGE_PROPERTIES,
             "microsoft.graph.message",
-        )?;
+        )?
+        .expand(q.get("$expand"))?;
         let mb = &self.mailboxes[mbx];
         let idx = mb.find(id).ok_or_else(GraphError::item_not_found)?;
         let mut out = String::with_capacity(1024);
@@ -3546,7 +3603,7 @@ mod tests {
     #[test]
     fn delta_syncs_the_mailbox_in_pages_then_replays_only_what_changed() {
         let mut mb = mailbox_with(5);
-        let sel = Selection::All;
+        let sel = Selection::All.clone();
         let mut pos = DeltaPos::Sync {
             next: 0,
             end: 5,

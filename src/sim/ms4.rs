@@ -93,6 +93,10 @@ pub struct SimStats {
     pub max_requests_in_window: usize,
     /// Batches refused with 400.
     pub rejected_batches: u64,
+    /// Stored records that list attachments, and records that say `hasAttachments` but list
+    /// none (a client that forgot to fetch them).
+    pub records_with_attachments: u64,
+    pub records_missing_attachments: u64,
     /// Wall-clock time of the first and the last request (ms since the epoch), to compute the
     /// achieved request rate.
     pub first_request_ms: u64,
@@ -248,11 +252,16 @@ async fn batch_metadata(
     };
     let mut s = lock(&state);
     let mut duplicates = 0u64;
-    for key in &records {
-        if s.keys.contains(key.as_str()) {
+    for r in &records {
+        if s.keys.contains(r.key.as_str()) {
             duplicates += 1;
         } else {
-            s.keys.insert(key.clone());
+            s.keys.insert(r.key.clone());
+            match r.attachments {
+                (true, _) => s.stats.records_with_attachments += 1,
+                (false, true) => s.stats.records_missing_attachments += 1,
+                _ => {}
+            }
         }
     }
     let n = records.len();
@@ -270,8 +279,15 @@ async fn batch_metadata(
     HttpResponse::Accepted().json(json!({"accepted": n, "duplicates": duplicates}))
 }
 
-/// Validates a batch; returns the records' idempotency keys.
-fn parse_batch(body: &[u8], max_batch: usize) -> Result<Vec<String>, String> {
+/// A valid record's key and what it says about attachments.
+struct Accepted {
+    key: String,
+    /// (lists attachments, claims attachments)
+    attachments: (bool, bool),
+}
+
+/// Validates a batch; returns its records' keys and attachment facts.
+fn parse_batch(body: &[u8], max_batch: usize) -> Result<Vec<Accepted>, String> {
     let v: Value =
         serde_json::from_slice(body).map_err(|_| "the body is not valid JSON".to_string())?;
     let Value::Array(items) = v else {
@@ -286,7 +302,15 @@ fn parse_batch(body: &[u8], max_batch: usize) -> Result<Vec<String>, String> {
     let mut keys = Vec::with_capacity(items.len());
     for item in &items {
         match valid_record(item) {
-            Some(key) => keys.push(key),
+            Some(key) => keys.push(Accepted {
+                key,
+                attachments: (
+                    item["attachments"]
+                        .as_array()
+                        .is_some_and(|a| !a.is_empty()),
+                    item["hasAttachments"] == true,
+                ),
+            }),
             None => return Err("the batch contains at least one invalid record".into()),
         }
     }
@@ -456,7 +480,9 @@ mod tests {
     #[test]
     fn a_batch_is_refused_whole_and_over_the_limit() {
         let good = serde_json::to_vec(&json!([record(), record()])).unwrap();
-        assert_eq!(parse_batch(&good, 100).unwrap().len(), 2);
+        let accepted = parse_batch(&good, 100).unwrap();
+        assert_eq!(accepted.len(), 2);
+        assert_eq!(accepted[0].attachments, (true, false));
         assert!(parse_batch(&good, 1).is_err());
         let mut bad = record();
         bad["sender"] = json!("nobody");

@@ -162,7 +162,13 @@ pub struct GraphClient {
     /// this process queue here instead of polling Redis for a slot.
     local: RefCell<HashMap<String, Rc<Semaphore>>>,
     max_concurrent: usize,
+    /// `$expand` attachment metadata into every message read (one request for a whole page,
+    /// instead of one per message with attachments).
+    expand: &'static str,
 }
+
+/// Appended to message reads when attachment metadata is wanted.
+const EXPAND_ATTACHMENTS: &str = "&$expand=attachments($select=name,contentType,size)";
 
 fn origin_of(url: &str) -> String {
     url::Url::parse(url)
@@ -193,7 +199,14 @@ impl GraphClient {
             limiter,
             local: RefCell::new(HashMap::new()),
             max_concurrent: max_concurrent.max(1) as usize,
+            expand: "",
         }
+    }
+
+    /// Embed attachment metadata (`$expand`) in every message read.
+    pub fn with_attachments(mut self, on: bool) -> Self {
+        self.expand = if on { EXPAND_ATTACHMENTS } else { "" };
+        self
     }
 
     fn admission(&self, mailbox: &str) -> Rc<Semaphore> {
@@ -207,20 +220,22 @@ impl GraphClient {
     /// First URL of a full delta sync of a folder.
     pub fn delta_url(&self, mailbox: &str, folder: &str) -> String {
         format!(
-            "{}/users/{}/mailFolders/{}/messages/delta?$select={SELECT}",
+            "{}/users/{}/mailFolders/{}/messages/delta?$select={SELECT}{}",
             self.base,
             segment(mailbox),
-            segment(folder)
+            segment(folder),
+            self.expand
         )
     }
 
     /// First URL of the unread listing (the seed's filter, oldest first).
     pub fn unread_url(&self, mailbox: &str, folder: &str, top: u32) -> String {
         format!(
-            "{}/users/{}/mailFolders/{}/messages?$filter=receivedDateTime%20ge%201900-01-01T00:00:00Z%20and%20isRead%20eq%20false&$orderby=receivedDateTime&$top={top}&$select={SELECT}",
+            "{}/users/{}/mailFolders/{}/messages?$filter=receivedDateTime%20ge%201900-01-01T00:00:00Z%20and%20isRead%20eq%20false&$orderby=receivedDateTime&$top={top}&$select={SELECT}{}",
             self.base,
             segment(mailbox),
-            segment(folder)
+            segment(folder),
+            self.expand
         )
     }
 
@@ -241,10 +256,11 @@ impl GraphClient {
     /// One message, with the selected properties.
     pub async fn message(&self, mailbox: &str, id: &str) -> Result<Bytes, GraphError> {
         let url = format!(
-            "{}/users/{}/messages/{}?$select={SELECT}",
+            "{}/users/{}/messages/{}?$select={SELECT}{}",
             self.base,
             segment(mailbox),
-            segment(id)
+            segment(id),
+            self.expand
         );
         self.call(mailbox, Method::GET, &url, None, None, 1).await
     }

@@ -280,6 +280,7 @@ async fn batch_metadata(
 }
 
 /// A valid record's key and what it says about attachments.
+#[derive(Debug)]
 struct Accepted {
     key: String,
     /// (lists attachments, claims attachments)

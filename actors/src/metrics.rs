@@ -39,3 +39,9 @@ pub const POLLED: &str = "ms1_emails_polled_total";
 pub const WEBHOOK_NOTIFICATIONS: &str = "ms1_webhook_notifications_total";
 /// Messages marked read in Graph after MS4 accepted them.
 pub const MARKED_READ: &str = "ms1_emails_marked_read_total";
+/// 1 while MS4 accepts the API key, 0 after a 401/403 until a probe succeeds.
+pub const MS4_AUTH_OK: &str = "ms1_ms4_auth_ok";
+/// Entries not yet delivered to a consumer group, by `stream` and `group` (XINFO GROUPS lag).
+pub const GROUP_LAG: &str = "ms1_consumer_group_lag";
+/// Entries delivered to a group but not yet acknowledged, by `stream` and `group`.
+pub const GROUP_PENDING: &str = "ms1_consumer_group_pending";

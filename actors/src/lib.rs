@@ -22,6 +22,7 @@ pub mod ratelimiter;
 pub mod readmarker;
 pub mod retry;
 pub mod sender;
+pub mod session;
 pub mod settings;
 pub mod shutdown;
 pub mod store;
@@ -45,6 +46,8 @@ pub struct Pipeline {
     pub processor: Addr<processor::BatchProcessor>,
     pub sender: Addr<sender::Ms4Sender>,
     pub limiter: Addr<ratelimiter::RateLimiter>,
+    /// Sessions: start/stop/status; opens and closes the intake.
+    pub session: Addr<session::SessionManager>,
     /// One poller per Graph mailbox.
     pub pollers: BTreeMap<String, Addr<poller::Poller>>,
     /// Graph change notifications, when `webhook.enabled`.
@@ -101,6 +104,8 @@ impl Pipeline {
             })
         };
 
+        // Intake follows the session: the SessionManager opens and closes it.
+        let intake = Arc::new(tokio::sync::watch::channel(session::Intake::closed()).0);
         // Graph: one client (and token cache) for this thread's actors.
         let mut pollers = BTreeMap::new();
         let mut webhook = None;
@@ -117,16 +122,17 @@ impl Pipeline {
                 .with_attachments(settings.graph.fetch_attachments),
             );
             for name in &settings.graph.mailboxes {
-                let (mailbox, settings, store, graph, health, shutdown) = (
+                let (mailbox, settings, store, graph, health, shutdown, intake) = (
                     name.clone(),
                     settings.clone(),
                     store.clone(),
                     graph.clone(),
                     health.clone(),
                     shutdown.clone(),
+                    intake.subscribe(),
                 );
                 let addr = Supervisor::start(move |_| {
-                    poller::Poller::new(mailbox, settings, store, graph, health, shutdown)
+                    poller::Poller::new(mailbox, settings, store, graph, health, shutdown, intake)
                 });
                 pollers.insert(name.clone(), addr);
             }
@@ -155,10 +161,23 @@ impl Pipeline {
                 }));
             }
         }
+        let session = {
+            let (store, settings, intake, pollers, webhook) = (
+                store.clone(),
+                settings.clone(),
+                intake.clone(),
+                pollers.clone(),
+                webhook.clone(),
+            );
+            Supervisor::start(move |_| {
+                session::SessionManager::new(store, settings, intake, pollers, webhook)
+            })
+        };
         Self {
             processor,
             sender,
             limiter,
+            session,
             pollers,
             webhook,
             read_marker,
@@ -174,18 +193,6 @@ impl Pipeline {
         if let Some(w) = &self.webhook {
             w.do_send(webhook::Subscribe);
         }
-    }
-
-    /// Polls a mailbox (or every mailbox) now.
-    pub fn trigger_poll(&self, mailbox: Option<&str>) -> usize {
-        let mut n = 0;
-        for (mb, p) in &self.pollers {
-            if mailbox.is_none_or(|m| m == mb) {
-                p.do_send(poller::TriggerPoll);
-                n += 1;
-            }
-        }
-        n
     }
 
     /// Graceful drain: stop reading, flush the partial batch, wait for in-flight MS4 requests

@@ -17,6 +17,7 @@
 use crate::clients::graph::{GraphClient, GraphError, Page};
 use crate::clients::oauth::{Grant, TokenSource};
 use crate::retry::Backoff;
+use crate::session::Intake;
 use crate::settings::{GraphMode, Settings};
 use crate::shutdown::Shutdown;
 use crate::store::poll::PolledPage;
@@ -27,7 +28,7 @@ use actix::prelude::*;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
 /// Poll now (a webhook said mail was missed, an operator asked, a subscription came back).
@@ -60,6 +61,8 @@ pub struct Poller {
     wake: Rc<Notify>,
     /// This daemon's lease token for the mailbox.
     token: String,
+    /// Whether (and how) the current session wants polling.
+    intake: watch::Receiver<Intake>,
 }
 
 impl Poller {
@@ -70,6 +73,7 @@ impl Poller {
         graph: Rc<GraphClient>,
         health: Health,
         shutdown: Shutdown,
+        intake: watch::Receiver<Intake>,
     ) -> Self {
         let token = format!(
             "{}:{}",
@@ -86,6 +90,7 @@ impl Poller {
             pacer: RestartPacer::new("poller"),
             wake: Rc::new(Notify::new()),
             token,
+            intake,
         }
     }
 }
@@ -104,6 +109,7 @@ impl Actor for Poller {
             shutdown: self.shutdown.clone(),
             wake: self.wake.clone(),
             token: self.token.clone(),
+            intake: self.intake.clone(),
         };
         let span = tracing::info_span!("poller", mailbox = %self.mailbox);
         let fut = async move {
@@ -144,6 +150,7 @@ struct PollLoop {
     shutdown: Shutdown,
     wake: Rc<Notify>,
     token: String,
+    intake: watch::Receiver<Intake>,
 }
 
 /// How one poll ended, when it did not fail.
@@ -157,36 +164,51 @@ impl PollLoop {
         let g = &self.settings.graph;
         let lease_ttl = Duration::from_secs(g.lease_ttl_s);
         let mut backoff = Backoff::new(&self.settings.ms4);
+        let mut intake_rx = self.intake.clone();
         let mut holding = false;
-        // Always poll once at start: catch up with what arrived while no one was polling.
-        let mut due = true;
+        let mut was_active = false;
+        // When the next scheduled poll is due (`None`: only when triggered).
+        let mut next_poll: Option<Instant> = None;
         while !self.shutdown.is_raised() {
-            if !due {
-                let wait = if holding {
-                    g.poll_interval()
-                } else {
-                    lease_ttl / 3
-                };
+            let intake = intake_rx.borrow_and_update().clone();
+            if !intake.active {
+                // No session: no polling, and the mailbox's lease is free for another daemon.
+                if holding {
+                    let _ = self.store.release_lease(&self.mailbox, &self.token).await;
+                    holding = false;
+                }
+                was_active = false;
                 tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = self.wake.notified() => {}
+                    _ = intake_rx.changed() => {}
                     _ = self.shutdown.raised() => break,
                 }
+                continue;
             }
-            due = false;
-            let held = self
-                .store
-                .hold_lease(&self.mailbox, &self.token, lease_ttl)
-                .await?;
-            if held != holding {
-                if held {
-                    tracing::info!("took the poller lease of this mailbox");
-                } else {
-                    tracing::info!("another daemon polls this mailbox");
+            if !was_active {
+                // A session (re)started: catch up at once.
+                was_active = true;
+                next_poll = Some(Instant::now());
+            }
+            let now = Instant::now();
+            let due = next_poll.is_some_and(|t| t <= now);
+            if !due {
+                // Wake for the next poll, a trigger, a session change, or to renew the lease.
+                let until_poll = next_poll.map_or(lease_ttl / 3, |t| t - now);
+                let mut triggered = false;
+                tokio::select! {
+                    _ = tokio::time::sleep(until_poll.min(lease_ttl / 3)) => {}
+                    _ = self.wake.notified() => triggered = true,
+                    _ = intake_rx.changed() => continue,
+                    _ = self.shutdown.raised() => break,
                 }
-                holding = held;
+                if !triggered && next_poll.is_none_or(|t| t > Instant::now()) {
+                    holding = self.renew(holding, lease_ttl).await?;
+                    continue;
+                }
             }
-            if !held {
+            next_poll = intake.scheduled.then(|| Instant::now() + intake.interval);
+            holding = self.renew(holding, lease_ttl).await?;
+            if !holding {
                 continue;
             }
             match self.poll_once().await {
@@ -195,6 +217,7 @@ impl PollLoop {
                     if added > 0 {
                         tracing::info!(added, "polled new messages");
                     }
+                    self.health.set_graph_error(&self.mailbox, None);
                 }
                 Ok(PollEnd::LeaseLost) => {
                     tracing::warn!("lost the poller lease mid-poll; another daemon took over");
@@ -204,7 +227,7 @@ impl PollLoop {
                 Err(PollError::Graph(GraphError::SyncStateGone)) => {
                     tracing::warn!("delta cursor expired (410): starting a full resync; idempotency drops repeats");
                     self.reset_cursor().await?;
-                    due = true;
+                    next_poll = Some(Instant::now());
                 }
                 Err(PollError::Graph(e)) if e.is_transient() => {
                     let d = match e {
@@ -212,27 +235,37 @@ impl PollLoop {
                         _ => backoff.next_delay(),
                     };
                     tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "poll failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(d) => {}
-                        _ = self.shutdown.raised() => break,
-                    }
-                    due = true;
+                    next_poll = Some(Instant::now() + d);
                 }
                 Err(PollError::Graph(e)) => {
                     // Credentials or permissions: nothing to gain by hammering; the next poll
-                    // tries again and readiness says why.
+                    // tries again and readiness says why (other mailboxes keep flowing).
                     tracing::error!(error = %e, "poll refused by Graph; trying again next interval");
                     self.health
                         .set_graph_error(&self.mailbox, Some(e.to_string()));
-                    continue;
                 }
             }
-            self.health.set_graph_error(&self.mailbox, None);
         }
         if holding {
             let _ = self.store.release_lease(&self.mailbox, &self.token).await;
         }
         Ok(())
+    }
+
+    /// Takes or renews the mailbox's lease; says when it changed hands.
+    async fn renew(&self, holding: bool, ttl: Duration) -> Result<bool, StoreError> {
+        let held = self
+            .store
+            .hold_lease(&self.mailbox, &self.token, ttl)
+            .await?;
+        if held != holding {
+            if held {
+                tracing::info!("took the poller lease of this mailbox");
+            } else {
+                tracing::info!("another daemon polls this mailbox");
+            }
+        }
+        Ok(held)
     }
 
     async fn reset_cursor(&self) -> Result<(), StoreError> {

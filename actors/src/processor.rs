@@ -298,15 +298,16 @@ impl Work {
             dead: plan.dead,
             done: entries.iter().map(|e| e.id.clone()).collect(),
             outbound: Vec::with_capacity(plan.records.len()),
+            duplicates: plan.duplicates_in_chunk,
         };
-        let mut duplicates = plan.duplicates_in_chunk;
         for (rec, was_seen) in plan.records.into_iter().zip(seen) {
             if was_seen {
-                duplicates += 1;
+                handoff.duplicates += 1;
             } else {
                 handoff.outbound.push(rec);
             }
         }
+        let duplicates = handoff.duplicates;
         self.store
             .handoff(
                 &handoff,

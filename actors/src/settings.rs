@@ -18,6 +18,7 @@ pub struct Settings {
     pub breaker: BreakerSettings,
     pub graph: GraphSettings,
     pub webhook: WebhookSettings,
+    pub session: SessionSettings,
     pub control: ControlSettings,
     pub log: LogSettings,
 }
@@ -304,6 +305,22 @@ impl std::fmt::Debug for WebhookSettings {
             .field("lifetime_minutes", &self.lifetime_minutes)
             .field("renew_before_s", &self.renew_before_s)
             .finish()
+    }
+}
+
+/// Ingestion sessions.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionSettings {
+    /// Start a session (scheduled polling every `graph.poll_interval_s`, webhooks as
+    /// `webhook.enabled`) when none has ever existed. A running session is always resumed after
+    /// a restart; a stopped one stays stopped.
+    pub autostart: bool,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self { autostart: true }
     }
 }
 

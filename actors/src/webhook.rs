@@ -71,10 +71,16 @@ pub struct Notifications(pub Vec<Notification>);
 #[rtype(result = "Received")]
 pub struct LifecycleEvents(pub Vec<Notification>);
 
-/// The HTTP server is up: create or renew the subscriptions.
+/// The HTTP server is up: subscriptions can be created (Graph validates the URLs first).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Subscribe;
+
+/// The session wants notifications (true: subscribe) or not (false: delete the
+/// subscriptions).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetIntake(pub bool);
 
 /// Drain: delete every subscription (Graph stops sending); resolves when done.
 #[derive(Message)]
@@ -100,7 +106,10 @@ pub struct WebhookReceiver {
     subscriptions: HashMap<String, String>,
     /// mailbox → its renewal timer
     timers: HashMap<String, SpawnHandle>,
-    subscribed: bool,
+    /// The HTTP server is listening.
+    http_ready: bool,
+    /// The running session wants notifications.
+    wanted: bool,
 }
 
 impl WebhookReceiver {
@@ -120,7 +129,8 @@ impl WebhookReceiver {
             pacer: RestartPacer::new("webhook_receiver"),
             subscriptions: HashMap::new(),
             timers: HashMap::new(),
-            subscribed: false,
+            http_ready: false,
+            wanted: false,
         }
     }
 
@@ -196,9 +206,9 @@ impl Actor for WebhookReceiver {
                     act.subscriptions.insert(s.id.clone(), mb.clone());
                     act.arm_renewal(&mb, &s.expiration, ctx);
                 }
-                if act.subscribed {
+                if act.http_ready && act.wanted {
                     // Restarted by the supervisor after the server was up: carry on.
-                    ctx.notify(Subscribe);
+                    act.subscribe_all(ctx);
                 }
             }),
         );
@@ -320,7 +330,33 @@ impl Handler<Subscribe> for WebhookReceiver {
     type Result = ();
 
     fn handle(&mut self, _: Subscribe, ctx: &mut Context<Self>) {
-        self.subscribed = true;
+        self.http_ready = true;
+        if self.wanted {
+            self.subscribe_all(ctx);
+        }
+    }
+}
+
+impl Handler<SetIntake> for WebhookReceiver {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetIntake, ctx: &mut Context<Self>) {
+        if msg.0 == self.wanted {
+            return;
+        }
+        self.wanted = msg.0;
+        if self.wanted {
+            if self.http_ready {
+                self.subscribe_all(ctx);
+            }
+        } else {
+            ctx.notify(Unsubscribe);
+        }
+    }
+}
+
+impl WebhookReceiver {
+    fn subscribe_all(&mut self, ctx: &mut Context<Self>) {
         for mailbox in self.settings.graph.mailboxes.clone() {
             let known = self.subscriptions.values().any(|m| *m == mailbox);
             if !known {
@@ -337,6 +373,10 @@ impl Handler<Renew> for WebhookReceiver {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, msg: Renew, _ctx: &mut Context<Self>) -> Self::Result {
+        if !self.wanted {
+            // A timer that fired after the session stopped wanting notifications.
+            return Box::pin(async {}.into_actor(self));
+        }
         let graph = self.graph.clone();
         let store = self.store.clone();
         let (notification_url, lifecycle_url) = self.urls();

@@ -52,6 +52,24 @@ impl Keys {
         format!("{}queued:{}", self.prefix, idempotency_key)
     }
 
+    /// Fleet-wide counters (processed, delivered, dead_lettered, duplicates), updated in the
+    /// same MULTI/EXEC as the work they count.
+    pub fn stats(&self) -> String {
+        format!("{}stats", self.prefix)
+    }
+
+    /// The current session (hash) and one past session.
+    pub fn session_current(&self) -> String {
+        format!("{}session:current", self.prefix)
+    }
+    pub fn session(&self, id: &str) -> String {
+        format!("{}session:{}", self.prefix, id)
+    }
+    /// Past sessions by start time (ZSET of ids).
+    pub fn sessions(&self) -> String {
+        format!("{}sessions", self.prefix)
+    }
+
     /// Theoretical arrival time of the next permit of a rate budget (GCRA).
     pub fn rate_tat(&self, budget: &str) -> String {
         format!("{}ratelimit:{}:tat", self.prefix, budget)

@@ -14,6 +14,7 @@ pub mod dlq;
 pub mod keys;
 pub mod poll;
 pub mod ratelimit;
+pub mod session;
 pub mod streams;
 pub mod webhook;
 

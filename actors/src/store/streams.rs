@@ -67,6 +67,16 @@ pub struct Handoff {
     pub dead: Vec<DeadLetter>,
     /// Inbound entry ids to acknowledge and delete (all of the chunk).
     pub done: Vec<String>,
+    /// Entries dropped because their key was seen before (counted, not re-sent).
+    pub duplicates: u64,
+}
+
+/// Counter names in the `stats` hash.
+pub mod stat {
+    pub const PROCESSED: &str = "processed";
+    pub const DELIVERED: &str = "delivered";
+    pub const DEAD_LETTERED: &str = "dead_lettered";
+    pub const DUPLICATES: &str = "duplicates";
 }
 
 fn utf8(bytes: Vec<u8>) -> String {
@@ -308,6 +318,9 @@ impl Store {
         pipe.atomic();
         pipe.cmd("XACK").arg(stream).arg(group).arg(ids).ignore();
         pipe.cmd("XDEL").arg(stream).arg(ids).ignore();
+        if group == super::keys::SENDERS {
+            self.push_counts(&mut pipe, &[(stat::DELIVERED, ids.len() as u64)]);
+        }
         let marks = self.keys.mark_read();
         for (mailbox, id) in mark_read {
             pipe.cmd("XADD")
@@ -337,12 +350,31 @@ impl Store {
         for d in dead {
             self.push_dead_letter(&mut pipe, d, dlq_maxlen);
         }
+        self.push_counts(&mut pipe, &[(stat::DEAD_LETTERED, dead.len() as u64)]);
         if !ids.is_empty() {
             pipe.cmd("XACK").arg(stream).arg(group).arg(ids).ignore();
             pipe.cmd("XDEL").arg(stream).arg(ids).ignore();
         }
         let _: Value = pipe.query_async(&mut self.conn()).await?;
         Ok(())
+    }
+
+    /// Adds to the fleet-wide counters inside a transaction being built.
+    fn push_counts(&self, pipe: &mut redis::Pipeline, counts: &[(&str, u64)]) {
+        let key = self.keys.stats();
+        for (name, n) in counts {
+            if *n > 0 {
+                pipe.cmd("HINCRBY").arg(&key).arg(*name).arg(*n).ignore();
+            }
+        }
+    }
+
+    /// The fleet-wide counters.
+    pub async fn counts(&self) -> StoreResult<std::collections::HashMap<String, u64>> {
+        Ok(redis::cmd("HGETALL")
+            .arg(self.keys.stats())
+            .query_async(&mut self.conn())
+            .await?)
     }
 
     /// Which of `keys` carry an idempotency mark already.
@@ -397,6 +429,14 @@ impl Store {
         for d in &h.dead {
             self.push_dead_letter(&mut pipe, d, dlq_maxlen);
         }
+        self.push_counts(
+            &mut pipe,
+            &[
+                (stat::PROCESSED, h.outbound.len() as u64),
+                (stat::DEAD_LETTERED, h.dead.len() as u64),
+                (stat::DUPLICATES, h.duplicates),
+            ],
+        );
         if !h.done.is_empty() {
             pipe.cmd("XACK")
                 .arg(&inbound)

@@ -76,6 +76,10 @@ async fn serve(settings: Arc<Settings>, prometheus: PrometheusHandle) -> anyhow:
         health: health.clone(),
         prometheus,
         token: settings.control.token.clone(),
+        session: pipeline.session.clone(),
+        dead_letters: pipeline.dead_letters.clone(),
+        default_interval: settings.graph.poll_interval_s,
+        default_webhook: settings.webhook.enabled,
     });
     let hooks = web::Data::new(WebhookState(pipeline.webhook.clone()));
     let server = HttpServer::new(move || {

@@ -13,6 +13,7 @@
 //! serves HTTP and turns signals into [`Pipeline::drain`].
 
 pub mod clients;
+pub mod deadletters;
 pub mod health;
 pub mod metrics;
 pub mod model;
@@ -48,6 +49,8 @@ pub struct Pipeline {
     pub limiter: Addr<ratelimiter::RateLimiter>,
     /// Sessions: start/stop/status; opens and closes the intake.
     pub session: Addr<session::SessionManager>,
+    /// The DLQ for operators: list, show, replay, purge.
+    pub dead_letters: Addr<deadletters::DeadLetterOffice>,
     /// One poller per Graph mailbox.
     pub pollers: BTreeMap<String, Addr<poller::Poller>>,
     /// Graph change notifications, when `webhook.enabled`.
@@ -173,11 +176,16 @@ impl Pipeline {
                 session::SessionManager::new(store, settings, intake, pollers, webhook)
             })
         };
+        let dead_letters = {
+            let store = store.clone();
+            Supervisor::start(move |_| deadletters::DeadLetterOffice::new(store))
+        };
         Self {
             processor,
             sender,
             limiter,
             session,
+            dead_letters,
             pollers,
             webhook,
             read_marker,

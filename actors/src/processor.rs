@@ -479,6 +479,8 @@ fn plan_chunk(entries: &[Entry], resolved: &[Resolution], opts: TransformOptions
             key: String::new(),
             entry_id: e.id.clone(),
             response: String::new(),
+            kind: e.field(f::KIND).unwrap_or("message").to_string(),
+            source: e.field(f::SOURCE).unwrap_or("graph").to_string(),
         };
         match resolution {
             Resolution::AsIs => {}

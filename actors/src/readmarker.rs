@@ -212,6 +212,8 @@ fn refused(e: &Entry, mailbox: &str, status: u16) -> DeadLetter {
         key: String::new(),
         entry_id: e.id.clone(),
         response: String::new(),
+        kind: "mark_read".into(),
+        source: "graph".into(),
     }
 }
 

@@ -355,6 +355,8 @@ impl Core {
             key: entry.field(F::KEY).unwrap_or_default().to_string(),
             entry_id: entry.id.clone(),
             response: body.to_string(),
+            kind: "record".into(),
+            source: String::new(),
         };
         let ids = [entry.id.clone()];
         let mut backoff = Backoff::new(&self.settings.ms4);

@@ -67,6 +67,9 @@ pub struct SimConfig {
     pub rate_limit_per_min: Option<u32>,
     pub max_batch: Option<usize>,
     pub window_ms: Option<u64>,
+    /// Accept senders that are not e-mail addresses (MS4 relaxed a rule: replayed dead
+    /// letters go through).
+    pub lenient_sender: Option<bool>,
 }
 
 #[derive(Debug, Default, Serialize, Clone)]
@@ -110,6 +113,7 @@ struct State {
     latency: Duration,
     rate_limit_per_min: u32,
     max_batch: usize,
+    lenient_sender: bool,
     window: Duration,
     /// Arrival times of admitted requests within the last 60 s.
     arrivals: VecDeque<Instant>,
@@ -128,6 +132,7 @@ impl State {
             latency: Duration::ZERO,
             rate_limit_per_min: o.rate_limit_per_min,
             max_batch: o.max_batch,
+            lenient_sender: false,
             window: Duration::from_millis(o.window_ms.max(1)),
             arrivals: VecDeque::new(),
             retry_after: None,
@@ -240,8 +245,11 @@ async fn batch_metadata(
     if let Gate::Refuse(resp) = gate {
         return resp;
     }
-    let max_batch = lock(&state).max_batch;
-    let records = match parse_batch(&body, max_batch) {
+    let (max_batch, lenient) = {
+        let s = lock(&state);
+        (s.max_batch, s.lenient_sender)
+    };
+    let records = match parse_batch(&body, max_batch, lenient) {
         Ok(r) => r,
         Err(message) => {
             let mut s = lock(&state);
@@ -288,7 +296,7 @@ struct Accepted {
 }
 
 /// Validates a batch; returns its records' keys and attachment facts.
-fn parse_batch(body: &[u8], max_batch: usize) -> Result<Vec<Accepted>, String> {
+fn parse_batch(body: &[u8], max_batch: usize, lenient: bool) -> Result<Vec<Accepted>, String> {
     let v: Value =
         serde_json::from_slice(body).map_err(|_| "the body is not valid JSON".to_string())?;
     let Value::Array(items) = v else {
@@ -302,7 +310,7 @@ fn parse_batch(body: &[u8], max_batch: usize) -> Result<Vec<Accepted>, String> {
     }
     let mut keys = Vec::with_capacity(items.len());
     for item in &items {
-        match valid_record(item) {
+        match valid_record(item, lenient) {
             Some(key) => keys.push(Accepted {
                 key,
                 attachments: (
@@ -319,21 +327,24 @@ fn parse_batch(body: &[u8], max_batch: usize) -> Result<Vec<Accepted>, String> {
 }
 
 /// MS4's record rules. Returns the idempotency key of a valid record.
-pub fn valid_record(v: &Value) -> Option<String> {
+pub fn valid_record(v: &Value, lenient_sender: bool) -> Option<String> {
     let o = v.as_object()?;
     let s = |k: &str| o.get(k).and_then(Value::as_str);
     let id = s("id")?;
     let key = s("idempotency_key")?;
     let sender = s("sender")?;
-    let (local, domain) = sender.split_once('@')?;
+    let sender_ok = lenient_sender && !sender.is_empty()
+        || sender.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        });
     let ok = !id.is_empty()
         && !key.is_empty()
         && s("subject").is_some()
         && o.get("hasAttachments").is_some_and(Value::is_boolean)
-        && !local.is_empty()
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
+        && sender_ok
         && s("receivedDateTime").is_some_and(|d| DateTime::parse_from_rfc3339(d).is_ok())
         && matches!(s("source"), Some("graph" | "imap"))
         && s("mailbox").is_some()
@@ -393,6 +404,9 @@ async fn configure(state: web::Data<Shared>, body: web::Bytes) -> HttpResponse {
     }
     if let Some(w) = cfg.window_ms {
         s.window = Duration::from_millis(w.max(1));
+    }
+    if let Some(l) = cfg.lenient_sender {
+        s.lenient_sender = l;
     }
     HttpResponse::Ok().json(json!({
         "error_rate": s.error_rate, "outage": s.outage,
@@ -457,7 +471,7 @@ mod tests {
 
     #[test]
     fn the_contract_record_is_valid() {
-        assert_eq!(valid_record(&record()).as_deref(), Some("<k>"));
+        assert_eq!(valid_record(&record(), false).as_deref(), Some("<k>"));
     }
 
     #[test]
@@ -474,23 +488,23 @@ mod tests {
         ] {
             let mut r = record();
             r[field] = bad;
-            assert_eq!(valid_record(&r), None, "{field}");
+            assert_eq!(valid_record(&r, false), None, "{field}");
         }
     }
 
     #[test]
     fn a_batch_is_refused_whole_and_over_the_limit() {
         let good = serde_json::to_vec(&json!([record(), record()])).unwrap();
-        let accepted = parse_batch(&good, 100).unwrap();
+        let accepted = parse_batch(&good, 100, false).unwrap();
         assert_eq!(accepted.len(), 2);
         assert_eq!(accepted[0].attachments, (true, false));
-        assert!(parse_batch(&good, 1).is_err());
+        assert!(parse_batch(&good, 1, false).is_err());
         let mut bad = record();
         bad["sender"] = json!("nobody");
         let mixed = serde_json::to_vec(&json!([record(), bad])).unwrap();
-        let err = parse_batch(&mixed, 100).unwrap_err();
+        let err = parse_batch(&mixed, 100, false).unwrap_err();
         assert!(!err.contains('1'), "does not say which record: {err}");
-        assert!(parse_batch(b"[]", 100).is_err());
-        assert!(parse_batch(b"{", 100).is_err());
+        assert!(parse_batch(b"[]", 100, false).is_err());
+        assert!(parse_batch(b"{", 100, false).is_err());
     }
 }

@@ -46,6 +46,11 @@ pub struct DeadLetter {
     pub entry_id: String,
     /// The response body that condemned it (truncated), when any.
     pub response: String,
+    /// What the payload is: `message` (a source message), `ref` (a message id to fetch),
+    /// `record` (an MS4 record) or `mark_read` (a message id to mark read).
+    pub kind: String,
+    /// `graph` or `imap`.
+    pub source: String,
 }
 
 impl DeadLetter {
@@ -61,6 +66,8 @@ impl DeadLetter {
             ("key", self.key.clone()),
             ("entry_id", self.entry_id.clone()),
             ("response", self.response.clone()),
+            ("kind", self.kind.clone()),
+            ("source", self.source.clone()),
             ("payload", self.payload.clone()),
         ]
     }
@@ -91,5 +98,162 @@ impl Store {
             .query_async(&mut self.conn())
             .await?;
         super::streams::parse_entries_public(v)
+    }
+}
+
+/// Which dead letters an operation applies to.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterFilter {
+    /// Exactly these entry ids (when set, the other criteria still apply).
+    pub ids: Option<Vec<String>>,
+    pub stage: Option<String>,
+    pub mailbox: Option<String>,
+    /// Substring of the reason.
+    pub reason: Option<String>,
+}
+
+impl DeadLetterFilter {
+    pub fn matches(&self, e: &super::Entry) -> bool {
+        let f = |k: &str| e.field(k).unwrap_or("");
+        self.ids.as_ref().is_none_or(|ids| ids.contains(&e.id))
+            && self.stage.as_deref().is_none_or(|s| f("stage") == s)
+            && self.mailbox.as_deref().is_none_or(|m| f("mailbox") == m)
+            && self
+                .reason
+                .as_deref()
+                .is_none_or(|r| f("reason").contains(r))
+    }
+}
+
+impl Store {
+    /// One dead letter.
+    pub async fn dlq_get(&self, id: &str) -> StoreResult<Option<super::Entry>> {
+        let v: redis::Value = redis::cmd("XRANGE")
+            .arg(self.keys.dlq())
+            .arg(id)
+            .arg(id)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(super::streams::parse_entries_public(v)?.into_iter().next())
+    }
+
+    /// Dead letters matching `filter`, oldest first, at most `limit`.
+    pub async fn dlq_select(
+        &self,
+        filter: &DeadLetterFilter,
+        limit: usize,
+    ) -> StoreResult<Vec<super::Entry>> {
+        if let Some(ids) = &filter.ids {
+            let mut out = Vec::new();
+            for id in ids.iter().take(limit) {
+                if let Some(e) = self.dlq_get(id).await?.filter(|e| filter.matches(e)) {
+                    out.push(e);
+                }
+            }
+            return Ok(out);
+        }
+        let mut out = Vec::new();
+        let mut start = "-".to_string();
+        loop {
+            let page = self.dlq_range(&start, 1_000).await?;
+            let Some(last) = page.last() else { break };
+            start = format!("({}", last.id);
+            let full = page.len() == 1_000;
+            out.extend(page.into_iter().filter(|e| filter.matches(e)));
+            if out.len() >= limit || !full {
+                break;
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Deletes dead letters by id; returns how many existed.
+    pub async fn dlq_delete(&self, ids: &[String]) -> StoreResult<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        Ok(redis::cmd("XDEL")
+            .arg(self.keys.dlq())
+            .arg(ids)
+            .query_async(&mut self.conn())
+            .await?)
+    }
+
+    /// Puts dead letters back where they failed (inbound, outbound or markread) and removes
+    /// them from the DLQ, each in one MULTI/EXEC. Returns how many were replayed.
+    pub async fn dlq_replay(&self, entries: &[super::Entry]) -> StoreResult<u64> {
+        use super::streams::outbound_fields as o;
+        use crate::processor::inbound_fields as f;
+        let mut replayed = 0;
+        for chunk in entries.chunks(200) {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for e in chunk {
+                let field = |k: &str| e.field(k).unwrap_or("").to_string();
+                let payload = field("payload");
+                match (field("stage").as_str(), field("kind").as_str()) {
+                    ("deliver", _) => {
+                        pipe.cmd("XADD")
+                            .arg(self.keys.outbound())
+                            .arg("*")
+                            .arg(o::KEY)
+                            .arg(field("key"))
+                            .arg(o::RECORD)
+                            .arg(&payload)
+                            .arg(o::INBOUND_MS)
+                            .arg(crate::processor::now_ms())
+                            .ignore();
+                    }
+                    ("mark_read", _) => {
+                        pipe.cmd("XADD")
+                            .arg(self.keys.mark_read())
+                            .arg("*")
+                            .arg("mailbox")
+                            .arg(field("mailbox"))
+                            .arg("message_id")
+                            .arg(&payload)
+                            .ignore();
+                    }
+                    (_, "ref") => {
+                        pipe.cmd("XADD")
+                            .arg(self.keys.inbound())
+                            .arg("*")
+                            .arg(f::SOURCE)
+                            .arg(field("source"))
+                            .arg(f::KIND)
+                            .arg("ref")
+                            .arg(f::MAILBOX)
+                            .arg(field("mailbox"))
+                            .arg(f::MESSAGE_ID)
+                            .arg(&payload)
+                            .ignore();
+                    }
+                    _ => {
+                        let source = field("source");
+                        pipe.cmd("XADD")
+                            .arg(self.keys.inbound())
+                            .arg("*")
+                            .arg(f::SOURCE)
+                            .arg(if source.is_empty() {
+                                "graph".into()
+                            } else {
+                                source
+                            })
+                            .arg(f::KIND)
+                            .arg("message")
+                            .arg(f::MAILBOX)
+                            .arg(field("mailbox"))
+                            .arg(f::PAYLOAD)
+                            .arg(&payload)
+                            .ignore();
+                    }
+                }
+                pipe.cmd("XDEL").arg(self.keys.dlq()).arg(&e.id).ignore();
+                replayed += 1;
+            }
+            let _: redis::Value = pipe.query_async(&mut self.conn()).await?;
+        }
+        Ok(replayed)
     }
 }

@@ -214,7 +214,7 @@ fn replayed_dead_letters_are_delivered_once_the_cause_is_fixed_and_purge_takes_o
 {
     let world = World::new(&["--rate-limit-per-min", "0"]);
     let d = world.daemon(&[("MS1__CONTROL__TOKEN", TOKEN)]);
-    let invalid = |n: u64| n % 10 == 0;
+    let invalid = |n: u64| n.is_multiple_of(10);
     world.load(0..200, invalid);
     world.wait_delivered(180, Duration::from_secs(60), &d);
     assert!(wait_until(Duration::from_secs(20), || world
@@ -305,7 +305,7 @@ fn parse_exposition(text: &str) -> Vec<(String, String, f64)> {
 fn prometheus_metrics_parse_and_their_counters_match_what_ms4_received() {
     let world = World::new(&["--rate-limit-per-min", "0"]);
     let d = world.daemon(&[("MS1__CONTROL__TOKEN", TOKEN)]);
-    world.load(0..500, |n| n % 50 == 0);
+    world.load(0..500, |n| n.is_multiple_of(50));
     world.wait_delivered(490, Duration::from_secs(60), &d);
     assert!(wait_until(Duration::from_secs(20), || world
         .dead_letters()

@@ -139,6 +139,14 @@ async fn watch_redis(store: Store, health: Health, prometheus: PrometheusHandle)
                     if let Ok(len) = store.len(key).await {
                         metrics::gauge!(m::STREAM_LEN, "stream" => *name).set(len as f64);
                     }
+                    for (group, pending, lag) in store.groups(key).await.unwrap_or_default() {
+                        metrics::gauge!(m::GROUP_PENDING, "stream" => *name, "group" => group.clone())
+                            .set(pending as f64);
+                        if let Some(lag) = lag {
+                            metrics::gauge!(m::GROUP_LAG, "stream" => *name, "group" => group)
+                                .set(lag as f64);
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -146,6 +154,8 @@ async fn watch_redis(store: Store, health: Health, prometheus: PrometheusHandle)
                 tracing::warn!(error = %e, "redis is not reachable");
             }
         }
+        let auth_ok = health.readiness().ms4_auth;
+        metrics::gauge!(m::MS4_AUTH_OK).set(if auth_ok { 1.0 } else { 0.0 });
         prometheus.run_upkeep();
     }
 }

@@ -142,6 +142,9 @@ fn a_refused_api_key_pauses_delivery_keeps_everything_and_resumes_by_itself() {
         code == 503 && body["ms4_auth"] == false
     });
     assert!(not_ready, "{:?}\n{}", daemon.ready(), daemon.log_tail(20));
+    assert!(common::wait_until(Duration::from_secs(10), || daemon
+        .metrics()
+        .contains("ms1_ms4_auth_ok 0")));
     std::thread::sleep(Duration::from_secs(2));
     let stats = world.ms4.stats();
     assert_eq!(stats["unique_records"], 0);

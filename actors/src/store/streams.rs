@@ -449,6 +449,50 @@ impl Store {
         Ok(())
     }
 
+    /// `XINFO GROUPS`: each group's name, pending entries and lag (entries not yet delivered
+    /// to it; `None` when Redis cannot tell).
+    pub async fn groups(&self, stream: &str) -> StoreResult<Vec<(String, u64, Option<u64>)>> {
+        let v: Value = match redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(&mut self.conn())
+            .await
+        {
+            Ok(v) => v,
+            Err(e) if e.to_string().contains("no such key") => return Ok(vec![]),
+            Err(e) => return Err(e.into()),
+        };
+        let Value::Array(groups) = v else {
+            return Ok(vec![]);
+        };
+        let mut out = Vec::new();
+        for g in groups {
+            let pairs: Vec<(Value, Value)> = match g {
+                Value::Array(flat) => {
+                    let mut it = flat.into_iter();
+                    let mut p = Vec::new();
+                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                        p.push((k, v));
+                    }
+                    p
+                }
+                Value::Map(m) => m,
+                _ => continue,
+            };
+            let (mut name, mut pending, mut lag) = (String::new(), 0, None);
+            for (k, v) in pairs {
+                match (as_string(k).unwrap_or_default().as_str(), v) {
+                    ("name", v) => name = as_string(v).unwrap_or_default(),
+                    ("pending", Value::Int(n)) => pending = n.max(0) as u64,
+                    ("lag", Value::Int(n)) => lag = Some(n.max(0) as u64),
+                    _ => {}
+                }
+            }
+            out.push((name, pending, lag));
+        }
+        Ok(out)
+    }
+
     /// `XLEN`.
     pub async fn len(&self, stream: &str) -> StoreResult<u64> {
         Ok(redis::cmd("XLEN")

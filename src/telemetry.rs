@@ -22,7 +22,11 @@ pub fn init(log: &LogSettings) -> anyhow::Result<()> {
             .init(),
         LogFormat::Journald => match tracing_journald::layer() {
             Ok(layer) => registry
-                .with(layer.with_syslog_identifier("ms1-ingestor".into()))
+                .with(
+                    layer
+                        .with_syslog_identifier("ms1-ingestor".into())
+                        .with_field_prefix(None),
+                )
                 .init(),
             Err(e) => {
                 registry

@@ -1,6 +1,7 @@
 //! The daemon shell of ms1-ingestor: configuration, telemetry, HTTP edges, the simulators and
 //! the private Redis launcher. The engine is the `ms1-actors` crate.
 
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;

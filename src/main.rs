@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ms1_ingestor::{config, daemon, sim, synthetic, telemetry};
+use ms1_ingestor::{cli, config, daemon, sim, synthetic, telemetry};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -62,10 +62,94 @@ enum Command {
     /// Run the whole path on this machine: private redis-server, MS4 simulator, the daemon,
     /// synthetic mail; prints a summary and exits 0 when nothing was lost.
     Demo(ms1_ingestor::demo::DemoOptions),
+    /// Show the session, its counters and the queue (--watch: live, with rates).
+    Status {
+        #[command(flatten)]
+        target: cli::Target,
+        /// Redraw every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Start or stop the ingestion session.
+    Session {
+        #[command(subcommand)]
+        action: SessionCommand,
+    },
+    /// List, show, replay or purge dead letters.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqCommand,
+    },
     /// Run a simulator of an outside service.
     Sim {
         #[command(subcommand)]
         which: SimCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionCommand {
+    /// Start a session (409 if one is running).
+    Start {
+        #[command(flatten)]
+        target: cli::Target,
+        /// `scheduled` (poll every --interval) or `manual` (only `polling trigger`).
+        #[arg(long, default_value = "scheduled", value_parser = ["scheduled", "manual"])]
+        mode: String,
+        /// Seconds between polls (default: graph.poll_interval_s).
+        #[arg(long)]
+        interval: Option<u64>,
+        /// Subscribe to Graph change notifications (default: webhook.enabled).
+        #[arg(long)]
+        webhook: Option<bool>,
+    },
+    /// Stop the session: close the intake, let the queue drain.
+    Stop {
+        #[command(flatten)]
+        target: cli::Target,
+        /// Why (kept in the session history).
+        #[arg(long, default_value = "user_requested")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters, oldest first.
+    List {
+        #[command(flatten)]
+        target: cli::Target,
+        #[arg(long, default_value_t = 50)]
+        count: usize,
+        /// Only this stage: process, deliver or mark_read.
+        #[arg(long)]
+        stage: Option<String>,
+    },
+    /// Show one dead letter with its payload and MS4's answer.
+    Show {
+        #[command(flatten)]
+        target: cli::Target,
+        id: String,
+    },
+    /// Put dead letters back where they failed (by id, by --stage, or --all).
+    Replay {
+        #[command(flatten)]
+        target: cli::Target,
+        ids: Vec<String>,
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete dead letters (by id, by --stage, or --all).
+    Purge {
+        #[command(flatten)]
+        target: cli::Target,
+        ids: Vec<String>,
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -80,13 +164,72 @@ enum SimCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli.command) {
+    let command = match operator(cli.command) {
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ms1-ingestor: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+        Ok(Some(other)) => other,
+    };
+    match run(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ms1-ingestor: {e:#}");
             ExitCode::from(1)
         }
     }
+}
+
+/// The verbs that talk to a running daemon; hands any other verb back.
+fn operator(command: Command) -> Result<Option<Command>, cli::CliError> {
+    match command {
+        Command::Status { target, watch } => cli::status(
+            &cli::Client::new(&target)?,
+            watch,
+            std::time::Duration::from_secs(1),
+        )?,
+        Command::Session {
+            action:
+                SessionCommand::Start {
+                    target,
+                    mode,
+                    interval,
+                    webhook,
+                },
+        } => cli::session_start(&cli::Client::new(&target)?, &mode, interval, webhook)?,
+        Command::Session {
+            action: SessionCommand::Stop { target, reason },
+        } => cli::session_stop(&cli::Client::new(&target)?, &reason)?,
+        Command::Dlq { action } => match action {
+            DlqCommand::List {
+                target,
+                count,
+                stage,
+            } => cli::dlq_list(&cli::Client::new(&target)?, count, stage.as_deref())?,
+            DlqCommand::Show { target, id } => cli::dlq_show(&cli::Client::new(&target)?, &id)?,
+            DlqCommand::Replay {
+                target,
+                ids,
+                stage,
+                all,
+            } => cli::dlq_replay(
+                &cli::Client::new(&target)?,
+                cli::selector(&ids, all, stage.as_deref())?,
+            )?,
+            DlqCommand::Purge {
+                target,
+                ids,
+                stage,
+                all,
+            } => cli::dlq_purge(
+                &cli::Client::new(&target)?,
+                cli::selector(&ids, all, stage.as_deref())?,
+            )?,
+        },
+        other => return Ok(Some(other)),
+    }
+    Ok(None)
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
@@ -127,6 +270,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             load(&settings, plan)
         }
         Command::Demo(opts) => ms1_ingestor::demo::run(opts),
+        Command::Status { .. } | Command::Session { .. } | Command::Dlq { .. } => {
+            unreachable!("operator verbs are handled before")
+        }
         Command::Sim {
             which: SimCommand::Ms4(opts),
         } => actix_rt::System::new().block_on(sim::ms4::serve(opts)),

@@ -338,3 +338,64 @@ fn prometheus_metrics_parse_and_their_counters_match_what_ms4_received() {
         .iter()
         .any(|(n, _, _)| n == "ms1_ms4_request_duration_seconds_bucket"));
 }
+
+/// Runs a CLI verb against the daemon; returns (exit code, stdout, stderr).
+fn cli(d: &Daemon, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(common::BIN)
+        .args(args)
+        .env("MS1_URL", &d.control)
+        .env("MS1_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_verbs_talk_to_the_control_api_with_clear_errors_and_exit_codes() {
+    let world = World::new(&["--rate-limit-per-min", "0"]);
+    let d = daemon(&world);
+    let (code, out, err) = cli(
+        &d,
+        &["session", "start", "--mode", "manual", "--webhook", "false"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Session started."));
+    let (code, _, err) = cli(&d, &["session", "start", "--webhook", "false"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("409") && err.contains("already running"),
+        "{err}"
+    );
+    let (code, out, _) = cli(&d, &["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"status\": \"running\""), "{out}");
+    let (code, out, _) = cli(&d, &["dlq", "list"]);
+    assert_eq!((code, out.trim()), (0, "0 dead letters"));
+    let (code, _, err) = cli(&d, &["dlq", "show", "1-0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
+    let (code, _, err) = cli(&d, &["dlq", "replay"]);
+    assert_eq!(code, 1, "a replay must say which");
+    assert!(err.contains("--all"), "{err}");
+    let (code, out, _) = cli(&d, &["session", "stop", "--reason", "done"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Session stopped."));
+    let out = std::process::Command::new(common::BIN)
+        .args(["status", "--url", "http://127.0.0.1:9", "--token", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the daemon"));
+    let out = std::process::Command::new(common::BIN)
+        .args(["status"])
+        .env("MS1_URL", &d.control)
+        .env("MS1_TOKEN", "wrong")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}

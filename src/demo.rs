@@ -122,6 +122,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     );
 
     let control = format!("127.0.0.1:{}", free_port()?);
+    let token = uuid::Uuid::new_v4().simple().to_string();
     let log_path = dir.join("daemon.log");
     let log = std::fs::File::create(&log_path)?;
     let daemon = Command::new(&exe)
@@ -147,6 +148,8 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
             uuid::Uuid::new_v4().simple().to_string(),
         )
         .env("MS1__CONTROL__BIND", &control)
+        .env("MS1__CONTROL__TOKEN", &token)
+        .env("MS1__SESSION__AUTOSTART", "false")
         .env("MS1__LOG__FORMAT", "json")
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -157,6 +160,37 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         daemon.0.id(),
         log_path.display()
     );
+
+    let api = crate::cli::Client::new(&crate::cli::Target {
+        url: Some(format!("http://{control}")),
+        token: Some(token.clone()),
+        config: None,
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Wait for the control API, then start the session through it, as an operator would.
+    let up = Instant::now();
+    while api.call("GET", "/session/status", None).is_err() {
+        anyhow::ensure!(
+            up.elapsed() < Duration::from_secs(30),
+            "the daemon did not come up; see {}",
+            log_path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let started = api
+        .call(
+            "POST",
+            "/session/start",
+            Some(
+                json!({"polling_mode": "scheduled", "polling_interval": 5, "enable_webhook": true}),
+            ),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "session          {} started through POST /session/start (scheduled polling, webhooks)\n",
+        started["session_id"].as_str().unwrap_or("?")
+    );
+    println!("status --watch   (what `ms1-ingestor status --watch` shows)");
 
     let outcome = actix_rt::System::new().block_on(async {
         let http = awc::Client::default();
@@ -180,11 +214,30 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
             live: opts.live,
             expected: per_mailbox * mailboxes.len() as u64 + opts.invalid + opts.live,
             timeout: Duration::from_secs(opts.timeout_s),
+            api: &api,
         };
         watch.run().await
     })?;
 
-    // Graceful stop, as systemd would: the daemon drains and deletes its subscriptions.
+    // The operator stops the session (intake closes, subscriptions are deleted, the queue
+    // drains), then the service (SIGTERM, as systemd would).
+    let _ = api.call(
+        "POST",
+        "/session/stop",
+        Some(json!({"reason": "demo finished"})),
+    );
+    let stop_wait = Instant::now();
+    while stop_wait.elapsed() < Duration::from_secs(30)
+        && api
+            .call("GET", "/session/status", None)
+            .map(|s| s["status"] != "stopped")
+            .unwrap_or(false)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let session = api
+        .call("GET", "/session/status", None)
+        .unwrap_or(Value::Null);
     let _ = Command::new("kill")
         .args(["-TERM", &daemon.0.id().to_string()])
         .status();
@@ -213,6 +266,14 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         graph_stats["subscriptions_created"],
         graph_stats["deleted_subscriptions"],
         graph_stats["notifications_sent"],
+    );
+    println!(
+        "         session {}: {}, {} processed, {} failed (dead-lettered), {} duplicates dropped",
+        session["session_id"].as_str().unwrap_or("?"),
+        session["status"].as_str().unwrap_or("?"),
+        session["emails_processed"],
+        session["emails_failed"],
+        session["emails_duplicate"],
     );
     println!("{} delivered, {lost} lost", outcome.delivered);
     anyhow::ensure!(
@@ -270,6 +331,7 @@ struct Watch<'a> {
     live: u64,
     expected: u64,
     timeout: Duration,
+    api: &'a crate::cli::Client,
 }
 
 impl Watch<'_> {
@@ -312,6 +374,11 @@ impl Watch<'_> {
             let dead = self.store.len(&keys.dlq()).await?;
             let backlog =
                 self.store.len(&keys.inbound()).await? + self.store.len(&keys.outbound()).await?;
+            let session = self
+                .api
+                .call("GET", "/session/status", None)
+                .unwrap_or(Value::Null);
+            let sn = |k: &str| session[k].as_u64().unwrap_or(0);
             let secs = started.elapsed().as_secs_f64();
             let width = 30usize;
             let done = ((delivered + dead) as f64 / self.expected.max(1) as f64).min(1.0);
@@ -327,8 +394,14 @@ impl Watch<'_> {
             let finished =
                 sent_live >= self.live && delivered + dead >= self.expected && backlog == 0;
             let progress = format!(
-                "[{bar}] {delivered:>6} delivered  {dead:>3} dead-lettered  {backlog:>6} queued  {:>6.0}/s  {secs:>5.1}s",
-                delivered as f64 / secs.max(0.001)
+                "{} [{bar}] processed {:>5} delivered {:>5} ({:>4.0}/s) failed {:>2} dup {} queued {:>5}  {secs:>5.1}s",
+                session["status"].as_str().unwrap_or("?"),
+                sn("emails_processed"),
+                sn("emails_delivered"),
+                delivered as f64 / secs.max(0.001),
+                sn("emails_failed"),
+                sn("emails_duplicate"),
+                sn("queue_depth"),
             );
             if tty {
                 print!("\r{progress} ");

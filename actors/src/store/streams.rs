@@ -425,6 +425,14 @@ impl Store {
                 .arg("EX")
                 .arg(idempotency_ttl_s)
                 .ignore();
+            // Also an intake mark: a poller that meets this message later (a webhook ref got it
+            // first) skips it instead of queuing it again.
+            pipe.cmd("SET")
+                .arg(self.keys.queued(&r.key))
+                .arg(1)
+                .arg("EX")
+                .arg(idempotency_ttl_s)
+                .ignore();
         }
         for d in &h.dead {
             self.push_dead_letter(&mut pipe, d, dlq_maxlen);

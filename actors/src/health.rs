@@ -20,6 +20,8 @@ struct Flags {
     sources: Mutex<BTreeMap<String, String>>,
     /// Last sign of life of each actor work loop that beats.
     beats: Mutex<BTreeMap<&'static str, Instant>>,
+    /// The running session, for log fields (SESSION_ID).
+    session: Mutex<String>,
 }
 
 impl Default for Health {
@@ -30,6 +32,7 @@ impl Default for Health {
             breaker: AtomicU8::new(0),
             sources: Mutex::new(BTreeMap::new()),
             beats: Mutex::new(BTreeMap::new()),
+            session: Mutex::new(String::new()),
         }))
     }
 }
@@ -72,6 +75,20 @@ impl Health {
                 sources.remove(source);
             }
         }
+    }
+
+    /// Records the running session's id ("" when none) for log fields.
+    pub fn set_session(&self, id: &str) {
+        *self.0.session.lock().unwrap_or_else(|p| p.into_inner()) = id.to_string();
+    }
+
+    /// The running session's id, "" when none.
+    pub fn session(&self) -> String {
+        self.0
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// An actor's work loop is alive (called once per iteration).

@@ -165,15 +165,16 @@ impl Pipeline {
             }
         }
         let session = {
-            let (store, settings, intake, pollers, webhook) = (
+            let (store, settings, intake, pollers, webhook, health) = (
                 store.clone(),
                 settings.clone(),
                 intake.clone(),
                 pollers.clone(),
                 webhook.clone(),
+                health.clone(),
             );
             Supervisor::start(move |_| {
-                session::SessionManager::new(store, settings, intake, pollers, webhook)
+                session::SessionManager::new(store, settings, intake, pollers, webhook, health)
             })
         };
         let dead_letters = {

@@ -215,7 +215,7 @@ impl PollLoop {
                 Ok(PollEnd::Done { added }) => {
                     backoff = Backoff::new(&self.settings.ms4);
                     if added > 0 {
-                        tracing::info!(added, "polled new messages");
+                        tracing::info!(added, session_id = %self.health.session(), "polled new messages");
                     }
                     self.health.set_graph_error(&self.mailbox, None);
                 }

@@ -156,7 +156,7 @@ impl Handler<Deliver> for Ms4Sender {
         }
         let stopped = self.stopped.clone();
         let shutdown = self.shutdown.clone();
-        let span = tracing::info_span!("ms4_batch", consumer = %core.consumer, records = msg.batch.len(), correlation_id = %msg.batch.first().map(|e| e.id.as_str()).unwrap_or(""));
+        let span = tracing::info_span!("ms4_batch", session_id = %core.health.session(), consumer = %core.consumer, records = msg.batch.len(), correlation_id = %msg.batch.first().map(|e| e.id.as_str()).unwrap_or(""));
         ctx.spawn(
             async move {
                 deliver(core.clone(), msg.batch).await;

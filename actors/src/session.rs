@@ -182,6 +182,7 @@ pub struct SessionManager {
     webhook: Option<Addr<WebhookReceiver>>,
     current: Option<Session>,
     drain_started: Option<std::time::Instant>,
+    health: crate::Health,
 }
 
 fn now_ms() -> u64 {
@@ -202,8 +203,10 @@ impl SessionManager {
         intake: Arc<watch::Sender<Intake>>,
         pollers: BTreeMap<String, Addr<Poller>>,
         webhook: Option<Addr<WebhookReceiver>>,
+        health: crate::Health,
     ) -> Self {
         Self {
+            health,
             store,
             settings,
             intake,
@@ -216,6 +219,12 @@ impl SessionManager {
 
     /// Opens or closes the intake to match the current session.
     fn apply(&self) {
+        self.health.set_session(
+            self.current
+                .as_ref()
+                .filter(|s| matches!(s.status, SessionState::Running | SessionState::Draining))
+                .map_or("", |s| s.session_id.as_str()),
+        );
         let intake = match &self.current {
             Some(s) if s.status == SessionState::Running => Intake {
                 active: true,

@@ -1,15 +1,14 @@
 //! `ms1-ingestor demo`: the whole system on one machine, with nothing installed but
 //! redis-server.
 //!
-//! It starts a private redis-server, the MS4 simulator (with MS4's per-minute limit), the Graph
+//! It starts the MS4 simulator (with MS4's per-minute limit), the Graph
 //! simulator holding a few thousand synthetic invoices in several mailboxes (a few of them
 //! invalid for MS4), and the daemon as a child process with delta polling and webhooks. While
 //! the seeded mail flows, new mail arrives in bursts and comes in through change
 //! notifications. At the end it stops the daemon with SIGTERM (which deletes the
 //! subscriptions) and prints the summary. It exits 0 only when nothing was lost.
 
-use crate::redis_launcher::{free_port, PrivateRedis};
-use ms1_actors::Store;
+use crate::redis_launcher::free_port;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -86,12 +85,6 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         .collect();
     let per_mailbox = opts.count / mailboxes.len() as u64;
 
-    let redis = PrivateRedis::start(&dir.join("redis"), None, false)?;
-    println!(
-        "redis-server     {} (data in {})",
-        redis.url(),
-        dir.join("redis").display()
-    );
     let (ms4, ms4_url) = simulator(
         &exe,
         "ms4",
@@ -127,7 +120,9 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let log = std::fs::File::create(&log_path)?;
     let daemon = Command::new(&exe)
         .arg("run")
-        .env("MS1__REDIS__URL", redis.url())
+        // redis.url empty: the daemon starts a private redis-server (AOF on) in data_dir.
+        .env("MS1__REDIS__URL", "")
+        .env("MS1__REDIS__DATA_DIR", dir.join("redis"))
         .env("MS1__MS4__BASE_URL", &ms4_url)
         .env("MS1__MS4__API_KEY", "demo-key")
         .env(
@@ -155,6 +150,10 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         .stderr(log)
         .spawn()?;
     let mut daemon = ChildGuard(daemon);
+    println!(
+        "redis-server     private, started by the daemon (redis.url is empty), data in {}",
+        dir.join("redis").display()
+    );
     println!(
         "daemon           pid {}, control API http://{control}, log {}\n",
         daemon.0.id(),
@@ -194,7 +193,6 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
 
     let outcome = actix_rt::System::new().block_on(async {
         let http = awc::Client::default();
-        let store = Store::open(&redis.url(), "ms1:")?;
         // A few invoices MS4 will refuse.
         for i in 0..opts.invalid {
             let mb = &mailboxes[(i % mailboxes.len() as u64) as usize];
@@ -207,7 +205,6 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         }
         let watch = Watch {
             http: &http,
-            store: &store,
             ms4_url: &ms4_url,
             graph_url: &graph_url,
             mailboxes: &mailboxes,
@@ -324,7 +321,6 @@ struct Outcome {
 
 struct Watch<'a> {
     http: &'a awc::Client,
-    store: &'a Store,
     ms4_url: &'a str,
     graph_url: &'a str,
     mailboxes: &'a [String],
@@ -338,7 +334,6 @@ impl Watch<'_> {
     /// Shows progress (and sends the live bursts) until every e-mail is delivered or
     /// dead-lettered and the streams are empty.
     async fn run(&self) -> anyhow::Result<Outcome> {
-        let keys = self.store.keys().clone();
         let started = Instant::now();
         let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
         let mut last_line = Instant::now() - Duration::from_secs(10);
@@ -371,14 +366,13 @@ impl Watch<'_> {
                 }
             }
             let delivered = n("unique_records");
-            let dead = self.store.len(&keys.dlq()).await?;
-            let backlog =
-                self.store.len(&keys.inbound()).await? + self.store.len(&keys.outbound()).await?;
             let session = self
                 .api
                 .call("GET", "/session/status", None)
                 .unwrap_or(Value::Null);
             let sn = |k: &str| session[k].as_u64().unwrap_or(0);
+            let dead = sn("dead_letter_depth");
+            let backlog = sn("queue_depth");
             let secs = started.elapsed().as_secs_f64();
             let width = 30usize;
             let done = ((delivered + dead) as f64 / self.expected.max(1) as f64).min(1.0);

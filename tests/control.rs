@@ -313,7 +313,25 @@ fn prometheus_metrics_parse_and_their_counters_match_what_ms4_received() {
         == 10));
     let (code, text) = call(&d, "GET", "/metrics/prometheus", Some(TOKEN), None);
     assert_eq!(code, 200);
-    let series = parse_exposition(text.as_str().unwrap());
+    let text = text.as_str().unwrap().to_string();
+    // A real parser of the text format must accept the whole exposition…
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("the exposition parses as Prometheus text format");
+    let delivered = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "ms1_emails_delivered_total")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum::<f64>();
+    assert_eq!(
+        delivered,
+        world.ms4.stats()["unique_records"].as_f64().unwrap()
+    );
+    // …and so must this strict line-by-line reading.
+    let series = parse_exposition(&text);
     let sum = |name: &str| -> f64 {
         series
             .iter()

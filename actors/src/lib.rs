@@ -16,6 +16,7 @@ pub mod clients;
 pub mod deadletters;
 pub mod health;
 pub mod metrics;
+pub mod mime;
 pub mod model;
 pub mod poller;
 pub mod processor;

@@ -80,6 +80,8 @@ pub enum Malformed {
     MissingProperty(&'static str),
     #[error("receivedDateTime `{0}` is not an ISO 8601 date-time")]
     BadDate(String),
+    #[error("not a MIME message: {0}")]
+    NotMime(String),
 }
 
 /// The Graph message properties ms1 selects (`$select` in CONTRACTS.md), as Graph sends them.

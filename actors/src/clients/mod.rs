@@ -3,3 +3,4 @@
 pub mod graph;
 pub mod ms4;
 pub mod oauth;
+pub mod xoauth2;

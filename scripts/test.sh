@@ -8,7 +8,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
-need_packages redis-server:redis-server
+need_packages redis-server:redis-server dovecot:dovecot-imapd
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

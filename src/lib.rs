@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod dovecot_launcher;
 pub mod http;
 pub mod redis_launcher;
 pub mod sim;

@@ -8,6 +8,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
+export PATH="$PATH:/usr/sbin:/sbin"
 need_packages redis-server:redis-server dovecot:dovecot-imapd
 
 echo "==> cargo fmt --check"

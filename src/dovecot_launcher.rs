@@ -22,6 +22,15 @@ pub struct PrivateDovecot {
     delivered: u64,
 }
 
+/// The path of a Dovecot binary: /usr/sbin is not on every PATH.
+fn binary(name: &str) -> PathBuf {
+    ["/usr/sbin", "/usr/bin", "/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
 /// uid and gid of a system user, from /etc/passwd.
 fn user_ids(name: &str) -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
@@ -96,7 +105,7 @@ service pop3-login {{
             gid = owner.1,
         );
         std::fs::write(dir.join("dovecot.conf"), conf)?;
-        let status = Command::new("dovecot")
+        let status = Command::new(binary("dovecot"))
             .arg("-c")
             .arg(dir.join("dovecot.conf"))
             .status()
@@ -197,7 +206,7 @@ service pop3-login {{
 
 impl Drop for PrivateDovecot {
     fn drop(&mut self) {
-        let _ = Command::new("doveadm")
+        let _ = Command::new(binary("doveadm"))
             .arg("-c")
             .arg(self.dir.join("dovecot.conf"))
             .arg("stop")

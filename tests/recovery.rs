@@ -136,3 +136,19 @@ fn sigterm_drains_in_flight_batches_and_a_restart_finishes_without_duplicates() 
         == 0));
     world.assert_drained();
 }
+
+#[test]
+fn sigterm_while_redis_is_down_exits_promptly_with_exit_code_zero() {
+    let mut world = World::new(&["--rate-limit-per-min", "0"]);
+    let mut daemon = world.daemon(&[("MS1__PIPELINE__DRAIN_TIMEOUT_MS", "20000")]);
+    world.load(0..100, |_| false);
+    world.wait_delivered(100, MINUTES, &daemon);
+    world.redis.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    let (took, code) = daemon.terminate();
+    assert_eq!(code, Some(0), "{}", daemon.log_tail(20));
+    assert!(
+        took < Duration::from_secs(15),
+        "drain with redis down took {took:?} (nothing in flight can finish, so it should not wait out the deadline)"
+    );
+}

@@ -177,6 +177,10 @@ struct Work {
 
 impl Work {
     async fn run(self) -> Result<(), StoreError> {
+        if self.shutdown.is_raised() {
+            // Restarted (or started) during a drain: nothing to take on.
+            return Ok(());
+        }
         let keys = self.store.keys().clone();
         let inbound = keys.inbound();
         let outbound = keys.outbound();

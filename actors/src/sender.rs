@@ -397,6 +397,10 @@ async fn feed(
     generation: u64,
     shutdown: Shutdown,
 ) -> Result<(), StoreError> {
+    if shutdown.is_raised() {
+        // Restarted (or started) during a drain: nothing to take on.
+        return Ok(());
+    }
     let s = &core.settings;
     let outbound = core.outbound();
     let blocking = core.store.blocking()?;

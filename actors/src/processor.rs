@@ -287,6 +287,12 @@ impl Work {
                     };
                     tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "cannot resolve entries from Graph yet; retrying the chunk");
                     self.health.beat("batch_processor");
+                    // Still ours: keep another daemon from claiming the chunk as abandoned.
+                    let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+                    let inbound = self.store.keys().inbound();
+                    self.store
+                        .touch(&inbound, PROCESSORS, &self.consumer, &ids)
+                        .await?;
                     tokio::time::sleep(d).await;
                     if self.shutdown.is_raised() {
                         // Left pending: picked up again on the next start.

@@ -24,7 +24,7 @@ cd "$ROOT"
 what="${1:-pipeline}"
 need_packages redis-server:redis-server curl:curl jq:jq
 cargo build --release --quiet
-BIN="$ROOT/target/release/ms1-ingestor"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/ms1-ingestor"
 WORK="$(mktemp -d /tmp/ms1-bench.XXXXXX)"
 PIDS=()
 cleanup() {

@@ -11,4 +11,4 @@ cd "$ROOT"
 need_packages redis-server:redis-server
 echo "==> building (release)"
 cargo build --release --quiet
-exec "$ROOT/target/release/ms1-ingestor" demo --dir "$ROOT/.demo" "$@"
+exec "${CARGO_TARGET_DIR:-$ROOT/target}/release/ms1-ingestor" demo --dir "$ROOT/.demo" "$@"

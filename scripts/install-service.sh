@@ -14,7 +14,7 @@ cd "$ROOT"
 if [ "${1:-}" != "--no-build" ]; then
   cargo build --release --quiet
 fi
-install -D -m 0755 target/release/ms1-ingestor /usr/local/bin/ms1-ingestor
+install -D -m 0755 "${CARGO_TARGET_DIR:-$ROOT/target}/release/ms1-ingestor" /usr/local/bin/ms1-ingestor
 install -d -m 0755 /etc/ms1-ingestor
 if [ ! -f /etc/ms1-ingestor/ms1.toml ]; then
   install -m 0644 config/default.toml /etc/ms1-ingestor/ms1.toml

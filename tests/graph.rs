@@ -315,3 +315,31 @@ fn sigkill_during_a_poll_loses_nothing_and_refetches_at_most_one_page() {
     assert_eq!(world.ms4.stats()["duplicate_records"], 0);
     world.assert_drained();
 }
+
+#[test]
+fn backpressure_stops_fetching_while_ms4_is_behind_and_resumes_after() {
+    let world = World::with_graph(
+        &["--rate-limit-per-min", "0"],
+        &["--messages-per-mailbox", "1000"],
+    );
+    world.ms4.configure(json!({"outage": true}));
+    let daemon = world.graph_daemon(&[
+        ("MS1__GRAPH__PAGE_SIZE", "50"),
+        ("MS1__PIPELINE__MAX_BACKLOG", "200"),
+        ("MS1__PIPELINE__READ_CHUNK", "50"),
+        ("MS1__BREAKER__OPEN_MS", "500"),
+    ]);
+    // The backlog fills up to the limit, then polling pauses.
+    assert!(wait_until(MINUTES, || world.xlen("outbound") >= 200));
+    std::thread::sleep(Duration::from_secs(3));
+    let served = sum_over_mailboxes(&world, "messages_served");
+    let queued = world.xlen("inbound") + world.xlen("outbound");
+    assert!(
+        served < 3_000 && queued <= 200 + 3 * 50 + 50,
+        "fetching went on while MS4 was down: {served} served, {queued} queued"
+    );
+    world.ms4.configure(json!({"outage": false}));
+    world.wait_delivered(3_000, MINUTES, &daemon);
+    assert_eq!(world.ms4.stats()["duplicate_records"], 0);
+    world.assert_drained();
+}

@@ -199,12 +199,25 @@ pub fn selector(ids: &[String], all: bool, stage: Option<&str>) -> Result<Value,
     }
 }
 
-pub fn dlq_replay(c: &Client, sel: Value) -> Result<(), CliError> {
-    print(&c.call("POST", "/dlq/replay", Some(sel))?);
-    Ok(())
+/// Which dead letters a replay or purge applies to.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Which {
+    #[command(flatten)]
+    pub target: Target,
+    /// Dead letter ids (as `dlq list` shows them).
+    pub ids: Vec<String>,
+    /// Every dead letter of this stage: process, deliver or mark_read.
+    #[arg(long)]
+    pub stage: Option<String>,
+    /// Every dead letter.
+    #[arg(long)]
+    pub all: bool,
 }
 
-pub fn dlq_purge(c: &Client, sel: Value) -> Result<(), CliError> {
-    print(&c.call("POST", "/dlq/purge", Some(sel))?);
+/// `dlq replay` / `dlq purge`: POST /dlq/{action} with the selection.
+pub fn dlq_apply(action: &str, which: &Which) -> Result<(), CliError> {
+    let sel = selector(&which.ids, which.all, which.stage.as_deref())?;
+    let c = Client::new(&which.target)?;
+    print(&c.call("POST", &format!("/dlq/{action}"), Some(sel))?);
     Ok(())
 }

@@ -132,25 +132,9 @@ enum DlqCommand {
         id: String,
     },
     /// Put dead letters back where they failed (by id, by --stage, or --all).
-    Replay {
-        #[command(flatten)]
-        target: cli::Target,
-        ids: Vec<String>,
-        #[arg(long)]
-        stage: Option<String>,
-        #[arg(long)]
-        all: bool,
-    },
+    Replay(cli::Which),
     /// Delete dead letters (by id, by --stage, or --all).
-    Purge {
-        #[command(flatten)]
-        target: cli::Target,
-        ids: Vec<String>,
-        #[arg(long)]
-        stage: Option<String>,
-        #[arg(long)]
-        all: bool,
-    },
+    Purge(cli::Which),
 }
 
 #[derive(Subcommand)]
@@ -208,24 +192,8 @@ fn operator(command: Command) -> Result<Option<Command>, cli::CliError> {
                 stage,
             } => cli::dlq_list(&cli::Client::new(&target)?, count, stage.as_deref())?,
             DlqCommand::Show { target, id } => cli::dlq_show(&cli::Client::new(&target)?, &id)?,
-            DlqCommand::Replay {
-                target,
-                ids,
-                stage,
-                all,
-            } => cli::dlq_replay(
-                &cli::Client::new(&target)?,
-                cli::selector(&ids, all, stage.as_deref())?,
-            )?,
-            DlqCommand::Purge {
-                target,
-                ids,
-                stage,
-                all,
-            } => cli::dlq_purge(
-                &cli::Client::new(&target)?,
-                cli::selector(&ids, all, stage.as_deref())?,
-            )?,
+            DlqCommand::Replay(which) => cli::dlq_apply("replay", &which)?,
+            DlqCommand::Purge(which) => cli::dlq_apply("purge", &which)?,
         },
         other => return Ok(Some(other)),
     }

@@ -119,9 +119,8 @@ impl Actor for Poller {
         .instrument(span);
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
             if let Err(e) = res {
-                tracing::error!(mailbox = %act.mailbox, error = %e, "poller failed; restarting");
-                act.health.set_redis(false);
-                ctx.stop();
+                tracing::warn!(mailbox = %act.mailbox, "poller stopped");
+                crate::supervision::restart_after_failure("poller", &e, &act.health, ctx);
             }
         }));
     }

@@ -139,9 +139,7 @@ impl Actor for BatchProcessor {
                 act.stopped.send_replace(true);
             }
             Err(e) => {
-                tracing::error!(actor = "batch_processor", error = %e, "processing failed; restarting");
-                act.health.set_redis(false);
-                ctx.stop();
+                crate::supervision::restart_after_failure("batch_processor", &e, &act.health, ctx);
             }
         }));
     }

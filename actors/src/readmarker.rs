@@ -69,9 +69,7 @@ impl Actor for ReadMarker {
         .instrument(tracing::info_span!("read_marker"));
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
             if let Err(e) = res {
-                tracing::error!(actor = "read_marker", error = %e, "marking read failed; restarting");
-                act.health.set_redis(false);
-                ctx.stop();
+                crate::supervision::restart_after_failure("read_marker", &e, &act.health, ctx);
             }
         }));
     }

@@ -128,9 +128,7 @@ impl Actor for Ms4Sender {
                 }
             }
             Err(e) => {
-                tracing::error!(actor = "ms4_sender", error = %e, "feeding failed; restarting");
-                act.health.set_redis(false);
-                ctx.stop();
+                crate::supervision::restart_after_failure("ms4_sender", &e, &act.health, ctx);
             }
         }));
     }

@@ -45,6 +45,23 @@ impl RestartPacer {
     }
 }
 
+/// A work loop ended in error: log it, mark Redis as suspect for `/ready` (every loop's errors
+/// are Redis errors), and stop the actor so that its supervisor restarts it, paced by the
+/// actor's [`RestartPacer`].
+pub fn restart_after_failure<A>(
+    actor: &'static str,
+    error: &dyn std::fmt::Display,
+    health: &crate::Health,
+    ctx: &mut actix::Context<A>,
+) where
+    A: actix::Actor<Context = actix::Context<A>>,
+{
+    use actix::ActorContext;
+    tracing::error!(actor, error = %error, "work loop failed; restarting");
+    health.set_redis(false);
+    ctx.stop();
+}
+
 fn delay_for(restarts: u32) -> Duration {
     if restarts == 0 {
         return Duration::ZERO;

@@ -65,7 +65,7 @@ impl Health {
     }
 
     /// Records (or clears, with `None`) a source-specific failure such as refused credentials.
-    pub fn set_graph_error(&self, source: &str, reason: Option<String>) {
+    pub fn set_source_error(&self, source: &str, reason: Option<String>) {
         let mut sources = self.0.sources.lock().unwrap_or_else(|p| p.into_inner());
         match reason {
             Some(r) => {

@@ -15,6 +15,8 @@
 pub mod clients;
 pub mod deadletters;
 pub mod health;
+pub mod imap_finisher;
+pub mod imap_poller;
 pub mod metrics;
 pub mod mime;
 pub mod model;
@@ -54,6 +56,10 @@ pub struct Pipeline {
     pub dead_letters: Addr<deadletters::DeadLetterOffice>,
     /// One poller per Graph mailbox.
     pub pollers: BTreeMap<String, Addr<poller::Poller>>,
+    /// One poller per IMAP source, by source name.
+    pub imap_pollers: BTreeMap<String, Addr<imap_poller::ImapPoller>>,
+    /// IMAP after-delivery actions, when a source has one.
+    pub imap_finisher: Option<Addr<imap_finisher::ImapFinisher>>,
     /// Graph change notifications, when `webhook.enabled`.
     pub webhook: Option<Addr<webhook::WebhookReceiver>>,
     /// Marks delivered messages read, in `graph.mode = "unread"`.
@@ -165,12 +171,50 @@ impl Pipeline {
                 }));
             }
         }
+        let mut imap_pollers = BTreeMap::new();
+        for source in &settings.imap.sources {
+            let (src, settings, store, health, shutdown, intake) = (
+                source.clone(),
+                settings.clone(),
+                store.clone(),
+                health.clone(),
+                shutdown.clone(),
+                intake.subscribe(),
+            );
+            let addr = Supervisor::start(move |_| {
+                imap_poller::ImapPoller::new(src, settings, store, health, shutdown, intake)
+            });
+            imap_pollers.insert(source.name.clone(), addr);
+        }
+        // With any IMAP source (also when no action is configured now: it settles what an
+        // earlier configuration queued).
+        let imap_finisher = (!settings.imap.sources.is_empty()).then(|| {
+                let (store, settings, health, shutdown) = (
+                    store.clone(),
+                    settings.clone(),
+                    health.clone(),
+                    shutdown.clone(),
+                );
+                Supervisor::start(move |_| {
+                    imap_finisher::ImapFinisher::new(store, settings, health, shutdown)
+                })
+            });
+        // Manual polls reach every poller: Graph mailboxes and IMAP sources by name.
+        let triggers: BTreeMap<String, actix::Recipient<poller::TriggerPoll>> = pollers
+            .iter()
+            .map(|(k, a)| (k.clone(), a.clone().recipient()))
+            .chain(
+                imap_pollers
+                    .iter()
+                    .map(|(k, a)| (k.clone(), a.clone().recipient())),
+            )
+            .collect();
         let session = {
             let (store, settings, intake, pollers, webhook, health) = (
                 store.clone(),
                 settings.clone(),
                 intake.clone(),
-                pollers.clone(),
+                triggers,
                 webhook.clone(),
                 health.clone(),
             );
@@ -189,6 +233,8 @@ impl Pipeline {
             session,
             dead_letters,
             pollers,
+            imap_pollers,
+            imap_finisher,
             webhook,
             read_marker,
             health,

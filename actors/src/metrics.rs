@@ -45,3 +45,9 @@ pub const MS4_AUTH_OK: &str = "ms1_ms4_auth_ok";
 pub const GROUP_LAG: &str = "ms1_consumer_group_lag";
 /// Entries delivered to a group but not yet acknowledged, by `stream` and `group`.
 pub const GROUP_PENDING: &str = "ms1_consumer_group_pending";
+/// IMAP folders found with a new UIDVALIDITY (resynced from the start), by `source`.
+pub const IMAP_RESYNCS: &str = "ms1_imap_uidvalidity_resets_total";
+/// IMAP failures by `source` and `kind` (connect, tls, login, token, folder, protocol, timeout).
+pub const IMAP_ERRORS: &str = "ms1_imap_errors_total";
+/// IMAP after-delivery actions done, by `action` (seen, move).
+pub const IMAP_AFTER_DELIVERY: &str = "ms1_imap_after_delivery_total";

@@ -199,7 +199,9 @@ pub fn graph_to_record(
 
 /// Turns one inbound stream entry (its fields) into a record.
 ///
-/// Fields: `source` (`graph`; default `graph`), `mailbox`, `payload` (the message).
+/// Fields: `source` (`graph` or `imap`; default `graph`), `mailbox`, `payload` (a Graph message
+/// as JSON, or for IMAP the raw RFC 5322 message in base64, since stream fields are read as
+/// text and mail may hold 8-bit bytes) and, for IMAP, `internal_date` (RFC 3339).
 pub fn entry_to_record(
     fields: &InboundFields<'_>,
     opts: TransformOptions,
@@ -208,6 +210,17 @@ pub fn entry_to_record(
     let payload = fields.payload.ok_or(Malformed::MissingField("payload"))?;
     match fields.source.unwrap_or("graph") {
         "graph" => graph_to_record(mailbox, payload, fields.attachments, opts),
+        "imap" => {
+            use base64::Engine;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(payload.trim())
+                .map_err(|e| Malformed::NotMime(format!("payload is not base64: {e}")))?;
+            let internal_date = fields
+                .internal_date
+                .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
+                .map(|d| d.with_timezone(&Utc));
+            crate::mime::mime_to_record(mailbox, &raw, internal_date, opts)
+        }
         other => Err(Malformed::UnknownSource(other.to_string())),
     }
 }
@@ -220,6 +233,8 @@ pub struct InboundFields<'a> {
     pub payload: Option<&'a str>,
     /// Attachment metadata fetched for this message, if any.
     pub attachments: Option<&'a [AttachmentMeta]>,
+    /// IMAP INTERNALDATE (RFC 3339): the date of a message without a usable Date header.
+    pub internal_date: Option<&'a str>,
 }
 
 /// Whether a Graph message needs its attachment metadata fetched: it has attachments and

@@ -216,7 +216,7 @@ impl PollLoop {
                     if added > 0 {
                         tracing::info!(added, session_id = %self.health.session(), "polled new messages");
                     }
-                    self.health.set_graph_error(&self.mailbox, None);
+                    self.health.set_source_error(&self.mailbox, None);
                 }
                 Ok(PollEnd::LeaseLost) => {
                     tracing::warn!("lost the poller lease mid-poll; another daemon took over");
@@ -241,7 +241,7 @@ impl PollLoop {
                     // tries again and readiness says why (other mailboxes keep flowing).
                     tracing::error!(error = %e, "poll refused by Graph; trying again next interval");
                     self.health
-                        .set_graph_error(&self.mailbox, Some(e.to_string()));
+                        .set_source_error(&self.mailbox, Some(e.to_string()));
                 }
             }
         }
@@ -296,7 +296,7 @@ impl PollLoop {
         };
         let mut added = 0;
         loop {
-            self.wait_for_backlog().await?;
+            wait_for_backlog(&self.store, &self.settings, &self.shutdown).await?;
             if self.shutdown.is_raised() {
                 return Ok(PollEnd::Done { added });
             }
@@ -347,28 +347,32 @@ impl PollLoop {
             }
         }
     }
+}
 
-    /// Backpressure: no fetching while MS4 is behind.
-    async fn wait_for_backlog(&self) -> Result<(), StoreError> {
-        let max = self.settings.pipeline.max_backlog;
-        let keys = self.store.keys().clone();
-        let mut logged = false;
-        loop {
-            let backlog =
-                self.store.len(&keys.outbound()).await? + self.store.len(&keys.inbound()).await?;
-            if backlog <= max || self.shutdown.is_raised() {
-                return Ok(());
-            }
-            if !logged {
-                tracing::info!(
-                    backlog,
-                    max,
-                    "backlog above pipeline.max_backlog: polling paused"
-                );
-                logged = true;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+/// Backpressure for every poller: no fetching while the pipeline holds more than
+/// `pipeline.max_backlog` entries (inbound + outbound).
+pub(crate) async fn wait_for_backlog(
+    store: &Store,
+    settings: &Settings,
+    shutdown: &Shutdown,
+) -> Result<(), StoreError> {
+    let max = settings.pipeline.max_backlog;
+    let keys = store.keys().clone();
+    let mut logged = false;
+    loop {
+        let backlog = store.len(&keys.outbound()).await? + store.len(&keys.inbound()).await?;
+        if backlog <= max || shutdown.is_raised() {
+            return Ok(());
         }
+        if !logged {
+            tracing::info!(
+                backlog,
+                max,
+                "backlog above pipeline.max_backlog: polling paused"
+            );
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

@@ -23,7 +23,7 @@ use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::store::dlq::Stage;
 use crate::store::keys::PROCESSORS;
-use crate::store::{DeadLetter, Entry, Handoff, OutboundRecord, Store, StoreError};
+use crate::store::{DeadLetter, Entry, FollowUp, Handoff, OutboundRecord, Store, StoreError};
 use crate::supervision::RestartPacer;
 use crate::{health::Health, metrics as m};
 use actix::prelude::*;
@@ -44,8 +44,13 @@ pub mod inbound_fields {
     pub const MAILBOX: &str = "mailbox";
     pub const PAYLOAD: &str = "payload";
     pub const MESSAGE_ID: &str = "message_id";
-    /// `1`: mark the message read in Graph once MS4 accepted it (unread mode).
+    /// `1`: mark the message read in Graph once MS4 accepted it (unread mode); for IMAP, run
+    /// the source's after-delivery action (`\Seen` or move).
     pub const MARK_READ: &str = "mark_read";
+    /// IMAP: the message's UID and its folder's UIDVALIDITY, and its INTERNALDATE (RFC 3339).
+    pub const UID: &str = "uid";
+    pub const UIDVALIDITY: &str = "uidvalidity";
+    pub const INTERNAL_DATE: &str = "internal_date";
 }
 
 /// What the processor learned from Graph about one entry before transforming it.
@@ -474,6 +479,7 @@ fn plan_chunk(entries: &[Entry], resolved: &[Resolution], opts: TransformOptions
             mailbox: e.field(f::MAILBOX),
             payload: e.field(f::PAYLOAD),
             attachments: None,
+            internal_date: e.field(f::INTERNAL_DATE),
         };
         let dead = |reason: String, status: u16, payload: &str| DeadLetter {
             stage: Stage::Process,
@@ -517,7 +523,8 @@ fn plan_chunk(entries: &[Entry], resolved: &[Resolution], opts: TransformOptions
                 }
                 let json = serde_json::to_string(&record).expect("a record always serializes");
                 let mark_read = (e.field(f::MARK_READ) == Some("1"))
-                    .then(|| (record.mailbox.clone(), record.id.clone()));
+                    .then(|| follow_up(e, &record))
+                    .flatten();
                 plan.records.push(OutboundRecord {
                     key: record.idempotency_key,
                     json,
@@ -533,6 +540,24 @@ fn plan_chunk(entries: &[Entry], resolved: &[Resolution], opts: TransformOptions
         }
     }
     plan
+}
+
+/// What to do with a delivered message: mark it read in Graph, or the IMAP source's action on
+/// its UID (`None` when an IMAP entry lacks its UID: nothing can be acted on).
+fn follow_up(e: &Entry, record: &crate::model::Ms4Record) -> Option<FollowUp> {
+    use inbound_fields as f;
+    match record.source {
+        crate::model::Source::Graph => Some(FollowUp {
+            source: "graph",
+            mailbox: record.mailbox.clone(),
+            id: record.id.clone(),
+        }),
+        crate::model::Source::Imap => Some(FollowUp {
+            source: "imap",
+            mailbox: record.mailbox.clone(),
+            id: format!("{}:{}", e.field(f::UIDVALIDITY)?, e.field(f::UID)?),
+        }),
+    }
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -317,9 +317,15 @@ impl Core {
     /// retrying Redis until it answers: MS4 has them, so giving up would only cause a re-send.
     async fn ack(&self, entries: &[Entry]) {
         let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
-        let marks: Vec<(&str, &str)> = entries
+        let marks: Vec<(&str, &str, &str)> = entries
             .iter()
-            .filter_map(|e| Some((e.field(F::MARK_MAILBOX)?, e.field(F::MARK_ID)?)))
+            .filter_map(|e| {
+                Some((
+                    e.field(F::MARK_SOURCE).unwrap_or("graph"),
+                    e.field(F::MARK_MAILBOX)?,
+                    e.field(F::MARK_ID)?,
+                ))
+            })
             .collect();
         let mut backoff = Backoff::new(&self.settings.ms4);
         while let Err(e) = self

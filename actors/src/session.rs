@@ -12,7 +12,7 @@
 //! with `session.autostart` it starts one when none has ever existed. Daemons on one Redis follow
 //! `session:current` within a couple of seconds.
 
-use crate::poller::{Poller, TriggerPoll};
+use crate::poller::TriggerPoll;
 use crate::store::streams::stat;
 use crate::store::{Store, StoreError};
 use crate::webhook::{SetIntake, WebhookReceiver};
@@ -178,7 +178,7 @@ pub struct SessionManager {
     store: Store,
     settings: Arc<Settings>,
     intake: Arc<watch::Sender<Intake>>,
-    pollers: BTreeMap<String, Addr<Poller>>,
+    pollers: BTreeMap<String, Recipient<TriggerPoll>>,
     webhook: Option<Addr<WebhookReceiver>>,
     current: Option<Session>,
     drain_started: Option<std::time::Instant>,
@@ -201,7 +201,7 @@ impl SessionManager {
         store: Store,
         settings: Arc<Settings>,
         intake: Arc<watch::Sender<Intake>>,
-        pollers: BTreeMap<String, Addr<Poller>>,
+        pollers: BTreeMap<String, Recipient<TriggerPoll>>,
         webhook: Option<Addr<WebhookReceiver>>,
         health: crate::Health,
     ) -> Self {
@@ -591,7 +591,7 @@ impl Handler<TriggerPolling> for SessionManager {
         }
         if n == 0 && msg.mailbox.is_some() {
             return Err(SessionError::Invalid(
-                "mailbox: not one of graph.mailboxes".into(),
+                "mailbox: not one of graph.mailboxes or imap.sources".into(),
             ));
         }
         Ok(n)

@@ -18,6 +18,7 @@ pub struct Settings {
     pub breaker: BreakerSettings,
     pub graph: GraphSettings,
     pub webhook: WebhookSettings,
+    pub imap: ImapSettings,
     pub session: SessionSettings,
     pub control: ControlSettings,
     pub log: LogSettings,
@@ -308,6 +309,178 @@ impl std::fmt::Debug for WebhookSettings {
     }
 }
 
+/// IMAP sources (Gmail, Outlook, any IMAP4rev1 server).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImapSettings {
+    /// Messages per `UID FETCH`: a 100,000-message folder is read this many at a time.
+    pub fetch_chunk: u32,
+    /// Bytes per `UID FETCH` at most (message sizes are asked first; a bigger message is
+    /// fetched alone): bounds the memory a poll takes.
+    pub fetch_max_bytes: u64,
+    /// An IDLE is ended and re-issued after this long, in seconds (RFC 2177: servers may drop
+    /// an IDLE after 30 minutes; at most 1740).
+    pub idle_renew_s: u64,
+    /// Connecting, TLS, login and each command must finish within this long, in ms.
+    pub timeout_ms: u64,
+    /// A source's poller lease lasts this long unless renewed (seconds): exactly one daemon
+    /// reads a source; another takes over after at most this long when it dies.
+    pub lease_ttl_s: u64,
+    /// The sources, one `[[imap.sources]]` table each. Empty: no IMAP.
+    pub sources: Vec<ImapSource>,
+}
+
+impl Default for ImapSettings {
+    fn default() -> Self {
+        Self {
+            fetch_chunk: 500,
+            fetch_max_bytes: 16 * 1024 * 1024,
+            idle_renew_s: 1_500,
+            timeout_ms: 30_000,
+            lease_ttl_s: 30,
+            sources: Vec::new(),
+        }
+    }
+}
+
+impl ImapSettings {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// One IMAP mailbox folder to ingest.
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImapSource {
+    /// Unique name of the source: the `mailbox` of its records, its Redis keys and its log
+    /// field. Naming a source after its address (`invoices@example.com`) reads best.
+    pub name: String,
+    pub host: String,
+    /// 0: the default of the TLS mode (993 for `implicit`, 143 otherwise).
+    pub port: u16,
+    /// `implicit` (TLS from the first byte, port 993), `starttls` (upgrade on port 143) or
+    /// `none` (plain text; refused unless `host` is a loopback address).
+    pub tls: ImapTls,
+    /// PEM file of extra trust anchors (a private CA); empty: the Mozilla roots.
+    pub ca_file: String,
+    pub username: String,
+    /// `password` (LOGIN) or `xoauth2` (Gmail, Outlook: `AUTHENTICATE XOAUTH2` with a token
+    /// from the refresh-token grant).
+    pub auth: ImapAuth,
+    /// The password, `env:NAME` (from the environment) or `file:/path` (e.g. a systemd
+    /// credential). Never logged, never stored in Redis.
+    pub password: String,
+    /// OAuth2 token endpoint for `xoauth2` (Google: https://oauth2.googleapis.com/token;
+    /// Microsoft: https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token).
+    pub token_url: String,
+    pub client_id: String,
+    /// Client secret (`env:`/`file:` as for `password`); empty for public clients.
+    pub client_secret: String,
+    /// The refresh token (`env:`/`file:` as for `password`).
+    pub refresh_token: String,
+    /// Scope asked for with the refresh token; empty: none (Google), Outlook needs
+    /// `https://outlook.office.com/IMAP.AccessAsUser.All offline_access`.
+    pub scope: String,
+    /// Folder to read.
+    pub folder: String,
+    /// Seconds between polls while a session runs (IDLE, when on, delivers sooner).
+    pub poll_interval_s: u64,
+    /// Use IDLE (RFC 2177) for push when the server supports it.
+    pub idle: bool,
+    /// After MS4 accepted a message: `none`, `seen` (set \Seen) or `move` (to `move_to`).
+    pub after_delivery: AfterDelivery,
+    /// Target folder of `after_delivery = "move"`.
+    pub move_to: String,
+}
+
+impl Default for ImapSource {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            host: String::new(),
+            port: 0,
+            tls: ImapTls::Implicit,
+            ca_file: String::new(),
+            username: String::new(),
+            auth: ImapAuth::Password,
+            password: String::new(),
+            token_url: String::new(),
+            client_id: String::new(),
+            client_secret: String::new(),
+            refresh_token: String::new(),
+            scope: String::new(),
+            folder: "INBOX".into(),
+            poll_interval_s: 60,
+            idle: true,
+            after_delivery: AfterDelivery::None,
+            move_to: String::new(),
+        }
+    }
+}
+
+impl ImapSource {
+    pub fn port(&self) -> u16 {
+        match (self.port, self.tls) {
+            (0, ImapTls::Implicit) => 993,
+            (0, _) => 143,
+            (p, _) => p,
+        }
+    }
+}
+
+impl std::fmt::Debug for ImapSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImapSource")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("port", &self.port())
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("auth", &self.auth)
+            .field("folder", &self.folder)
+            .field("after_delivery", &self.after_delivery)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImapTls {
+    Implicit,
+    Starttls,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImapAuth {
+    Password,
+    Xoauth2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterDelivery {
+    None,
+    Seen,
+    Move,
+}
+
+/// A secret setting's value: itself, `env:NAME` (an environment variable) or `file:/path` (the
+/// file's content, trailing newline removed).
+pub fn resolve_secret(value: &str) -> Result<String, String> {
+    if let Some(name) = value.strip_prefix("env:") {
+        std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))
+    } else if let Some(path) = value.strip_prefix("file:") {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+            .map_err(|e| format!("cannot read {path}: {e}"))
+    } else {
+        Ok(value.to_string())
+    }
+}
+
 /// Ingestion sessions.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -374,16 +547,16 @@ pub enum LogFormat {
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("{key}: {problem}")]
 pub struct InvalidSetting {
-    pub key: &'static str,
+    pub key: String,
     pub problem: String,
 }
 
 impl Settings {
     /// Checks the values that serde cannot: ranges and relations between keys.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        fn bad(key: &'static str, problem: impl Into<String>) -> Result<(), InvalidSetting> {
+        fn bad(key: impl Into<String>, problem: impl Into<String>) -> Result<(), InvalidSetting> {
             Err(InvalidSetting {
-                key,
+                key: key.into(),
                 problem: problem.into(),
             })
         }
@@ -517,6 +690,7 @@ impl Settings {
                 "must be greater than 0 and shorter than the lifetime",
             );
         }
+        self.validate_imap()?;
         let bind: Result<std::net::SocketAddr, _> = self.control.bind.parse();
         match bind {
             Err(_) => return bad("control.bind", "must be an address like 127.0.0.1:8000"),
@@ -534,6 +708,99 @@ impl Settings {
         Ok(())
     }
 
+    fn validate_imap(&self) -> Result<(), InvalidSetting> {
+        fn bad(key: impl Into<String>, problem: impl Into<String>) -> Result<(), InvalidSetting> {
+            Err(InvalidSetting {
+                key: key.into(),
+                problem: problem.into(),
+            })
+        }
+        let i = &self.imap;
+        if !(1..=10_000).contains(&i.fetch_chunk) {
+            return bad("imap.fetch_chunk", "must be between 1 and 10000");
+        }
+        if i.fetch_max_bytes < 65_536 {
+            return bad("imap.fetch_max_bytes", "must be at least 65536");
+        }
+        if !(10..=1_740).contains(&i.idle_renew_s) {
+            return bad(
+                "imap.idle_renew_s",
+                "must be between 10 and 1740 (servers may end an IDLE after 30 minutes)",
+            );
+        }
+        if i.timeout_ms < 100 {
+            return bad("imap.timeout_ms", "must be at least 100");
+        }
+        if i.lease_ttl_s < 2 {
+            return bad("imap.lease_ttl_s", "must be at least 2");
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (n, src) in i.sources.iter().enumerate() {
+            let key = |k: &str| format!("imap.sources[{n}].{k}");
+            if src.name.trim().is_empty() || src.name.chars().any(char::is_whitespace) {
+                return bad(key("name"), "is required and must not contain spaces");
+            }
+            if !names.insert(src.name.as_str()) {
+                return bad(key("name"), format!("`{}` names two sources", src.name));
+            }
+            if src.host.trim().is_empty() {
+                return bad(key("host"), "is required");
+            }
+            if src.tls == ImapTls::None && !is_loopback_host(&src.host) {
+                return bad(
+                    key("tls"),
+                    "`none` sends the password in clear text: only for a loopback host",
+                );
+            }
+            if src.username.is_empty() {
+                return bad(key("username"), "is required");
+            }
+            let secrets: &[(&str, &str)] = match src.auth {
+                ImapAuth::Password => &[("password", &src.password)],
+                ImapAuth::Xoauth2 => &[
+                    ("refresh_token", &src.refresh_token),
+                    ("client_secret", &src.client_secret),
+                ],
+            };
+            for (k, v) in secrets {
+                match resolve_secret(v) {
+                    Err(e) => return bad(key(k), e),
+                    Ok(v) if v.is_empty() && *k != "client_secret" => {
+                        return bad(key(k), format!("is required with auth = {:?}", src.auth))
+                    }
+                    Ok(_) => {}
+                }
+            }
+            if src.auth == ImapAuth::Xoauth2 {
+                if !(src.token_url.starts_with("https://") || src.token_url.starts_with("http://"))
+                {
+                    return bad(key("token_url"), "must be the http(s) OAuth2 token endpoint");
+                }
+                if src.client_id.is_empty() {
+                    return bad(key("client_id"), "is required with auth = xoauth2");
+                }
+            }
+            if src.folder.trim().is_empty() {
+                return bad(key("folder"), "must not be empty");
+            }
+            if src.poll_interval_s == 0 {
+                return bad(key("poll_interval_s"), "must be at least 1");
+            }
+            if src.after_delivery == AfterDelivery::Move
+                && (src.move_to.trim().is_empty() || src.move_to == src.folder)
+            {
+                return bad(
+                    key("move_to"),
+                    "must name a folder other than `folder` with after_delivery = move",
+                );
+            }
+            if !src.ca_file.is_empty() && !std::path::Path::new(&src.ca_file).is_file() {
+                return bad(key("ca_file"), format!("{} is not a file", src.ca_file));
+            }
+        }
+        Ok(())
+    }
+
     /// The consumer name of this daemon in every consumer group.
     pub fn consumer_name(&self) -> String {
         if !self.redis.consumer.is_empty() {
@@ -547,9 +814,74 @@ impl Settings {
     }
 }
 
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn imap_source() -> ImapSource {
+        ImapSource {
+            name: "invoices".into(),
+            host: "imap.example.com".into(),
+            username: "u@example.com".into(),
+            password: "pw".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn imap_sources_are_checked_and_named_by_index() {
+        let mut s = Settings::default();
+        s.imap.sources = vec![imap_source()];
+        s.validate().unwrap();
+        s.imap.sources[0].tls = ImapTls::None;
+        assert_eq!(s.validate().unwrap_err().key, "imap.sources[0].tls");
+        s.imap.sources[0].host = "127.0.0.1".into();
+        s.validate().unwrap();
+        s.imap.sources.push(imap_source());
+        assert_eq!(s.validate().unwrap_err().key, "imap.sources[1].name");
+        s.imap.sources[1].name = "other".into();
+        s.imap.sources[1].auth = ImapAuth::Xoauth2;
+        assert_eq!(s.validate().unwrap_err().key, "imap.sources[1].refresh_token");
+        s.imap.sources[1].refresh_token = "env:MS1_TEST_SURELY_UNSET_VAR".into();
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.key, "imap.sources[1].refresh_token");
+        assert!(e.problem.contains("MS1_TEST_SURELY_UNSET_VAR"), "{e}");
+        s.imap.sources[1].refresh_token = "rt".into();
+        assert_eq!(s.validate().unwrap_err().key, "imap.sources[1].token_url");
+        s.imap.sources[1].token_url = "https://oauth2.googleapis.com/token".into();
+        s.imap.sources[1].client_id = "cid".into();
+        s.validate().unwrap();
+        s.imap.sources[1].after_delivery = AfterDelivery::Move;
+        assert_eq!(s.validate().unwrap_err().key, "imap.sources[1].move_to");
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_the_environment() {
+        assert_eq!(resolve_secret("plain").unwrap(), "plain");
+        let dir = std::env::temp_dir().join(format!("ms1-secret-{}", std::process::id()));
+        std::fs::write(&dir, "s3cret\n").unwrap();
+        assert_eq!(
+            resolve_secret(&format!("file:{}", dir.display())).unwrap(),
+            "s3cret"
+        );
+        std::fs::remove_file(&dir).unwrap();
+        assert!(resolve_secret("file:/nonexistent/x").is_err());
+        assert_eq!(ImapSource::default().port(), 993);
+        let s = ImapSource {
+            tls: ImapTls::Starttls,
+            ..Default::default()
+        };
+        assert_eq!(s.port(), 143);
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -434,7 +434,7 @@ impl Handler<Renew> for WebhookReceiver {
                     }
                     act.subscriptions.insert(s.id.clone(), mailbox.clone());
                     act.arm_renewal(&mailbox, &s.expiration_date_time, ctx);
-                    act.health.set_graph_error(&format!("webhook:{mailbox}"), None);
+                    act.health.set_source_error(&format!("webhook:{mailbox}"), None);
                     if created {
                         tracing::info!(%mailbox, expires = %s.expiration_date_time, "subscription created");
                     } else {
@@ -448,7 +448,7 @@ impl Handler<Renew> for WebhookReceiver {
                         Duration::from_secs(60)
                     };
                     tracing::error!(%mailbox, error = %e, retry_in_s = retry.as_secs(), "cannot create or renew the subscription; polling continues meanwhile");
-                    act.health.set_graph_error(
+                    act.health.set_source_error(
                         &format!("webhook:{mailbox}"),
                         Some(format!("subscription: {e}")),
                     );

@@ -180,7 +180,7 @@ impl Store {
             .await?)
     }
 
-    /// Puts dead letters back where they failed (inbound, outbound or markread) and removes
+    /// Puts dead letters back where they failed (inbound, outbound, markread or imapdone) and removes
     /// them from the DLQ, each in one MULTI/EXEC. Returns how many were replayed.
     pub async fn dlq_replay(&self, entries: &[super::Entry]) -> StoreResult<u64> {
         use super::streams::outbound_fields as o;
@@ -206,8 +206,12 @@ impl Store {
                             .ignore();
                     }
                     ("mark_read", _) => {
+                        let stream = match field("source").as_str() {
+                            "imap" => self.keys.imap_done(),
+                            _ => self.keys.mark_read(),
+                        };
                         pipe.cmd("XADD")
-                            .arg(self.keys.mark_read())
+                            .arg(stream)
                             .arg("*")
                             .arg("mailbox")
                             .arg(field("mailbox"))

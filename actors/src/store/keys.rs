@@ -10,6 +10,9 @@ pub const SENDERS: &str = "senders";
 /// Consumer group that marks delivered messages read in Graph (unread mode).
 pub const MARKERS: &str = "markers";
 
+/// Consumer group that applies IMAP after-delivery actions (`\Seen`, move).
+pub const IMAP_FINISHERS: &str = "imap_finishers";
+
 /// Key names under one prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -103,6 +106,11 @@ impl Keys {
     /// Messages to mark read in Graph once MS4 accepted them (unread mode).
     pub fn mark_read(&self) -> String {
         format!("{}stream:markread", self.prefix)
+    }
+
+    /// IMAP messages whose after-delivery action (`\Seen` or move) is due: MS4 accepted them.
+    pub fn imap_done(&self) -> String {
+        format!("{}stream:imapdone", self.prefix)
     }
 
     /// Until when every holder of a rate budget is paused (a Retry-After).

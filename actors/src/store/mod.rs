@@ -11,6 +11,7 @@
 //! - [`ratelimit`]: the shared rate budgets (Lua scripts).
 
 pub mod dlq;
+pub mod imap;
 pub mod keys;
 pub mod poll;
 pub mod ratelimit;
@@ -20,7 +21,7 @@ pub mod webhook;
 
 pub use dlq::DeadLetter;
 pub use keys::Keys;
-pub use streams::{Entry, Handoff, OutboundRecord};
+pub use streams::{Entry, FollowUp, Handoff, OutboundRecord};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;

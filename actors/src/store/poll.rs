@@ -32,6 +32,7 @@ pub(crate) struct PollScripts {
     lease: Script,
     release: Script,
     page: Script,
+    pub(super) imap_page: Script,
 }
 
 impl PollScripts {
@@ -40,6 +41,7 @@ impl PollScripts {
             lease: Script::new(include_str!("lease.lua")),
             release: Script::new(include_str!("lease_release.lua")),
             page: Script::new(include_str!("poll_page.lua")),
+            imap_page: super::imap::imap_page_script(),
         }
     }
 }

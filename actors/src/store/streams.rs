@@ -43,8 +43,20 @@ pub struct OutboundRecord {
     pub json: String,
     /// When its source entry entered the inbound stream (ms since the epoch).
     pub inbound_ms: u64,
-    /// `(mailbox, message id)` to mark read in Graph once MS4 accepted the record.
-    pub mark_read: Option<(String, String)>,
+    /// Work due once MS4 accepted the record (mark read in Graph, an IMAP action).
+    pub mark_read: Option<FollowUp>,
+}
+
+/// Work due on a message once MS4 accepted its record: mark it read in Graph (unread mode), or
+/// the IMAP source's after-delivery action (`\Seen` or move).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowUp {
+    /// `graph` or `imap`.
+    pub source: &'static str,
+    /// The Graph mailbox, or the IMAP source's name.
+    pub mailbox: String,
+    /// The Graph message id, or `{uidvalidity}:{uid}` in the IMAP folder.
+    pub id: String,
 }
 
 /// Field names of an outbound entry.
@@ -52,9 +64,11 @@ pub mod outbound_fields {
     pub const KEY: &str = "k";
     pub const RECORD: &str = "r";
     pub const INBOUND_MS: &str = "t";
-    /// Present when the message must be marked read after delivery: its mailbox and id.
+    /// Present when the message has a follow-up after delivery: its mailbox and id, and its
+    /// source when that is not Graph (see [`FollowUp`](super::FollowUp)).
     pub const MARK_MAILBOX: &str = "mb";
     pub const MARK_ID: &str = "mid";
+    pub const MARK_SOURCE: &str = "ms";
 }
 
 /// Everything the BatchProcessor finishes for one chunk of inbound entries, applied as one
@@ -301,15 +315,15 @@ impl Store {
         self.ack_and_mark_read(stream, group, ids, &[]).await
     }
 
-    /// Acknowledges delivered entries and, in the same MULTI/EXEC, queues the Graph messages
-    /// to mark read (`(mailbox, message id)`), so a message is marked read only after MS4
-    /// accepted it, and never forgotten.
+    /// Acknowledges delivered entries and, in the same MULTI/EXEC, queues their follow-ups
+    /// (`(source, mailbox, id)`: Graph messages to mark read, IMAP after-delivery actions), so
+    /// a follow-up happens only after MS4 accepted the message, and is never forgotten.
     pub async fn ack_and_mark_read(
         &self,
         stream: &str,
         group: &str,
         ids: &[String],
-        mark_read: &[(&str, &str)],
+        mark_read: &[(&str, &str, &str)],
     ) -> StoreResult<()> {
         if ids.is_empty() {
             return Ok(());
@@ -321,10 +335,13 @@ impl Store {
         if group == super::keys::SENDERS {
             self.push_counts(&mut pipe, &[(stat::DELIVERED, ids.len() as u64)]);
         }
-        let marks = self.keys.mark_read();
-        for (mailbox, id) in mark_read {
+        for (source, mailbox, id) in mark_read {
+            let marks = match *source {
+                "imap" => self.keys.imap_done(),
+                _ => self.keys.mark_read(),
+            };
             pipe.cmd("XADD")
-                .arg(&marks)
+                .arg(marks)
                 .arg("*")
                 .arg("mailbox")
                 .arg(*mailbox)
@@ -412,11 +429,14 @@ impl Store {
                 .arg(&r.json)
                 .arg(outbound_fields::INBOUND_MS)
                 .arg(r.inbound_ms);
-            if let Some((mailbox, id)) = &r.mark_read {
+            if let Some(f) = &r.mark_read {
                 pipe.arg(outbound_fields::MARK_MAILBOX)
-                    .arg(mailbox)
+                    .arg(&f.mailbox)
                     .arg(outbound_fields::MARK_ID)
-                    .arg(id);
+                    .arg(&f.id);
+                if f.source != "graph" {
+                    pipe.arg(outbound_fields::MARK_SOURCE).arg(f.source);
+                }
             }
             pipe.ignore();
             pipe.cmd("SET")

@@ -1,0 +1,658 @@
+//! The IMAP Poller actor: one per `[[imap.sources]]` entry, feeding the inbound stream.
+//!
+//! - **Exactly one poller per source** across daemons: a Redis lease
+//!   (`lease:poller:imap:{name}`, `imap.lease_ttl_s`) renewed while it works or idles; its
+//!   token fences every write.
+//! - **Incremental by UID.** The cursor (`cursor:imap:{name}`: UIDVALIDITY and the last UID
+//!   queued) is written in the same atomic step as the chunk's XADDs. A poll SELECTs the folder
+//!   and fetches only UIDs above the cursor and below UIDNEXT, so an idle poll fetches nothing,
+//!   and a server that answers `UID n:*` with the last message cannot make it come twice.
+//! - **UIDVALIDITY changed**: the stored UIDs are void; the folder is read again from the
+//!   start. Idempotency by Message-ID (or content hash) keeps MS4 free of repeats.
+//! - **Chunks**: at most `imap.fetch_chunk` messages and `imap.fetch_max_bytes` per FETCH
+//!   (sizes are asked first), so a 100,000-message folder never loads at once.
+//! - **Push**: IDLE (RFC 2177) when the server offers it, re-issued every `imap.idle_renew_s`
+//!   (under the 29-minute limit); otherwise, and as a safety net, polls every
+//!   `poll_interval_s` while the session polls on a schedule.
+//! - **Failures**: a refused login or token marks the source degraded in readiness (other
+//!   sources keep flowing) and is retried at the poll interval; a lost connection reconnects
+//!   with backoff. A Redis failure stops the loop for the supervisor.
+
+use crate::clients::imap::{Caps, Connector, ImapError, ImapSession};
+use crate::retry::Backoff;
+use crate::session::Intake;
+use crate::settings::{AfterDelivery, ImapSource, Settings};
+use crate::shutdown::Shutdown;
+use crate::store::imap::{lease_name, FetchedChunk, FetchedMail};
+use crate::store::{Store, StoreError};
+use crate::supervision::RestartPacer;
+use crate::{health::Health, metrics as m};
+use actix::prelude::*;
+use async_imap::extensions::idle::IdleResponse;
+use base64::Engine;
+use chrono::SecondsFormat;
+use futures_util::TryStreamExt;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+use tracing::Instrument;
+
+pub use crate::poller::TriggerPoll;
+
+pub struct ImapPoller {
+    source: ImapSource,
+    settings: Arc<Settings>,
+    store: Store,
+    health: Health,
+    shutdown: Shutdown,
+    pacer: RestartPacer,
+    wake: Rc<Notify>,
+    token: String,
+    intake: watch::Receiver<Intake>,
+}
+
+impl ImapPoller {
+    pub fn new(
+        source: ImapSource,
+        settings: Arc<Settings>,
+        store: Store,
+        health: Health,
+        shutdown: Shutdown,
+        intake: watch::Receiver<Intake>,
+    ) -> Self {
+        let token = format!(
+            "{}:{}",
+            settings.consumer_name(),
+            uuid::Uuid::new_v4().simple()
+        );
+        Self {
+            source,
+            settings,
+            store,
+            health,
+            shutdown,
+            pacer: RestartPacer::new("imap_poller"),
+            wake: Rc::new(Notify::new()),
+            token,
+            intake,
+        }
+    }
+
+    /// The key of this source in readiness' `degraded_sources`.
+    pub fn health_key(source: &str) -> String {
+        format!("imap:{source}")
+    }
+}
+
+impl Actor for ImapPoller {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let delay = self.pacer.delay(Instant::now());
+        let connector = match Connector::new(&self.source, self.settings.imap.timeout()) {
+            Ok(c) => c,
+            Err(e) => {
+                // Validated settings make this rare (a CA file removed since): say why, and
+                // leave the other sources running.
+                let reason = format!("IMAP source `{}`: {e}", self.source.name);
+                tracing::error!(source = %self.source.name, error = %reason, "IMAP source cannot start");
+                self.health
+                    .set_source_error(&Self::health_key(&self.source.name), Some(reason));
+                return;
+            }
+        };
+        let run = ImapLoop {
+            source: self.source.clone(),
+            settings: self.settings.clone(),
+            store: self.store.clone(),
+            health: self.health.clone(),
+            shutdown: self.shutdown.clone(),
+            wake: self.wake.clone(),
+            token: self.token.clone(),
+            lease: lease_name(&self.source.name),
+            connector,
+            conn: None,
+        };
+        let intake = self.intake.clone();
+        let span = tracing::info_span!("imap_poller", source = %self.source.name);
+        let fut = async move {
+            tokio::time::sleep(delay).await;
+            run.run(intake).await
+        }
+        .instrument(span);
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+            if let Err(e) = res {
+                crate::supervision::restart_after_failure("imap_poller", &e, &act.health, ctx);
+            }
+        }));
+    }
+}
+
+impl Supervised for ImapPoller {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.pacer.on_restart();
+    }
+}
+
+impl Handler<TriggerPoll> for ImapPoller {
+    type Result = ();
+
+    fn handle(&mut self, _: TriggerPoll, _ctx: &mut Context<Self>) {
+        self.wake.notify_one();
+    }
+}
+
+/// A logged-in session and what its server can do.
+struct Conn {
+    session: ImapSession,
+    caps: Caps,
+}
+
+struct ImapLoop {
+    source: ImapSource,
+    settings: Arc<Settings>,
+    store: Store,
+    health: Health,
+    shutdown: Shutdown,
+    wake: Rc<Notify>,
+    token: String,
+    /// The source's name in lease and cursor keys.
+    lease: String,
+    connector: Connector,
+    conn: Option<Conn>,
+}
+
+/// Why a poll stopped early.
+#[derive(Debug, thiserror::Error)]
+enum PollError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Imap(#[from] ImapError),
+    #[error("lost the lease")]
+    LeaseLost,
+}
+
+/// How a wait in IDLE ended.
+enum IdleEnd {
+    /// The server reported a change (EXISTS, EXPUNGE, …): poll now.
+    Changed,
+    /// `idle_renew_s` (or the next scheduled poll) came.
+    Timeout,
+    Triggered,
+    IntakeChanged,
+    Shutdown,
+    LeaseLost,
+    Failed(ImapError),
+}
+
+impl ImapLoop {
+    fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.settings.imap.lease_ttl_s)
+    }
+
+    async fn run(mut self, mut intake_rx: watch::Receiver<Intake>) -> Result<(), StoreError> {
+        let mut backoff = Backoff::new(&self.settings.ms4);
+        let mut holding = false;
+        let mut was_active = false;
+        let mut next_poll: Option<Instant> = None;
+        let interval = Duration::from_secs(self.source.poll_interval_s);
+        let renew_every = self.lease_ttl() / 3;
+        while !self.shutdown.is_raised() {
+            let intake = intake_rx.borrow_and_update().clone();
+            if !intake.active {
+                if holding {
+                    let _ = self.store.release_lease(&self.lease, &self.token).await;
+                    holding = false;
+                }
+                self.disconnect().await;
+                was_active = false;
+                tokio::select! {
+                    _ = intake_rx.changed() => {}
+                    _ = self.shutdown.raised() => break,
+                }
+                continue;
+            }
+            if !was_active {
+                was_active = true;
+                next_poll = Some(Instant::now());
+            }
+            let now = Instant::now();
+            if next_poll.is_none_or(|t| t > now) {
+                let can_idle = holding
+                    && self.source.idle
+                    && self.conn.as_ref().is_some_and(|c| c.caps.idle);
+                if can_idle {
+                    let renew = Duration::from_secs(self.settings.imap.idle_renew_s);
+                    let wait = next_poll.map_or(renew, |t| (t - now).min(renew));
+                    match self.idle(wait, &mut intake_rx).await? {
+                        IdleEnd::Changed | IdleEnd::Triggered => {}
+                        IdleEnd::Timeout => {
+                            if next_poll.is_none_or(|t| t > Instant::now()) {
+                                continue; // re-issue IDLE
+                            }
+                        }
+                        IdleEnd::IntakeChanged => continue,
+                        IdleEnd::Shutdown => break,
+                        IdleEnd::LeaseLost => {
+                            tracing::info!("another daemon reads this source");
+                            holding = false;
+                            self.disconnect().await;
+                            continue;
+                        }
+                        IdleEnd::Failed(e) => {
+                            tracing::info!(error = %e, "IDLE ended by the server; reconnecting");
+                            self.conn = None;
+                        }
+                    }
+                } else {
+                    let until = next_poll.map_or(renew_every, |t| t - now);
+                    let mut triggered = false;
+                    tokio::select! {
+                        _ = tokio::time::sleep(until.min(renew_every)) => {}
+                        _ = self.wake.notified() => triggered = true,
+                        _ = intake_rx.changed() => continue,
+                        _ = self.shutdown.raised() => break,
+                    }
+                    if !triggered && next_poll.is_none_or(|t| t > Instant::now()) {
+                        holding = self.renew(holding).await?;
+                        continue;
+                    }
+                }
+            }
+            next_poll = intake.scheduled.then(|| Instant::now() + interval);
+            holding = self.renew(holding).await?;
+            if !holding {
+                self.disconnect().await;
+                continue;
+            }
+            match self.poll().await {
+                Ok(added) => {
+                    backoff = Backoff::new(&self.settings.ms4);
+                    self.health
+                        .set_source_error(&super_key(&self.source.name), None);
+                    if added > 0 {
+                        tracing::info!(added, session_id = %self.health.session(), "polled new messages");
+                    }
+                }
+                Err(PollError::Store(e)) => return Err(e),
+                Err(PollError::LeaseLost) => {
+                    tracing::warn!("lost the source's lease mid-poll; another daemon took over");
+                    holding = false;
+                    self.disconnect().await;
+                }
+                Err(PollError::Imap(e)) => {
+                    self.conn = None;
+                    metrics::counter!(m::IMAP_ERRORS, "source" => self.source.name.clone(), "kind" => error_kind(&e)).increment(1);
+                    self.health
+                        .set_source_error(&super_key(&self.source.name), Some(e.to_string()));
+                    let retry_in = if e.is_permanent() {
+                        tracing::error!(error = %e, retry_in_s = interval.as_secs(), "IMAP source refused; other sources keep flowing");
+                        interval
+                    } else {
+                        let d = backoff.next_delay();
+                        tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "IMAP poll failed; retrying");
+                        d
+                    };
+                    next_poll = Some(Instant::now() + retry_in);
+                }
+            }
+        }
+        if holding {
+            let _ = self.store.release_lease(&self.lease, &self.token).await;
+        }
+        self.disconnect().await;
+        Ok(())
+    }
+
+    async fn renew(&self, holding: bool) -> Result<bool, StoreError> {
+        let held = self
+            .store
+            .hold_lease(&self.lease, &self.token, self.lease_ttl())
+            .await?;
+        if held && !holding {
+            tracing::info!("took the poller lease of this source");
+        }
+        Ok(held)
+    }
+
+    /// Logs out politely (bounded), dropping the connection.
+    async fn disconnect(&mut self) {
+        if let Some(mut c) = self.conn.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), c.session.logout()).await;
+        }
+    }
+
+    /// One poll; a reused connection that turns out dead is replaced once at once.
+    async fn poll(&mut self) -> Result<u64, PollError> {
+        let reused = self.conn.is_some();
+        match self.poll_once().await {
+            Err(PollError::Imap(e)) if reused && !e.is_permanent() => {
+                tracing::debug!(error = %e, "connection went stale; reconnecting");
+                self.conn = None;
+                self.poll_once().await
+            }
+            other => other,
+        }
+    }
+
+    /// Fetches everything new in the folder, chunk by chunk, each written with its cursor.
+    async fn poll_once(&mut self) -> Result<u64, PollError> {
+        if self.conn.is_none() {
+            let (session, caps) = self.connector.connect().await?;
+            tracing::info!(idle = caps.idle, r#move = caps.mv, "connected");
+            self.conn = Some(Conn { session, caps });
+        }
+        let folder = self.source.folder.clone();
+        let name = self.source.name.clone();
+        let mailbox = {
+            let conn = self.conn.as_mut().expect("connected above");
+            let select = tokio::time::timeout(
+                self.settings.imap.timeout(),
+                conn.session.select(&folder),
+            )
+            .await;
+            match select {
+                Ok(Ok(mb)) => mb,
+                Ok(Err(async_imap::error::Error::No(reason))) => {
+                    return Err(ImapError::Folder {
+                        source_name: name,
+                        folder,
+                        reason,
+                    }
+                    .into())
+                }
+                Ok(Err(e)) => return Err(self.connector.protocol(format!("SELECT: {e}")).into()),
+                Err(_) => {
+                    return Err(ImapError::Timeout {
+                        source_name: name,
+                        after_ms: self.settings.imap.timeout_ms,
+                        during: "SELECT",
+                    }
+                    .into())
+                }
+            }
+        };
+        let uidvalidity = mailbox
+            .uid_validity
+            .ok_or_else(|| self.connector.protocol("SELECT reported no UIDVALIDITY"))?;
+        let mut last = match self.store.uid_cursor(&name).await? {
+            Some(c) if c.uidvalidity == uidvalidity => c.last_uid,
+            Some(c) => {
+                tracing::warn!(
+                    old = c.uidvalidity,
+                    new = uidvalidity,
+                    "UIDVALIDITY changed: the stored UIDs are void; reading the folder again from the start (idempotency drops repeats)"
+                );
+                metrics::counter!(m::IMAP_RESYNCS, "source" => name.clone()).increment(1);
+                0
+            }
+            None => 0,
+        };
+        let top = match mailbox.uid_next {
+            Some(next) => next.saturating_sub(1),
+            None => self.highest_uid_above(last).await?,
+        };
+        let mut added = 0;
+        let chunk = self.settings.imap.fetch_chunk;
+        while last < top {
+            crate::poller::wait_for_backlog(&self.store, &self.settings, &self.shutdown).await?;
+            if self.shutdown.is_raised() {
+                break;
+            }
+            if !self.renew(true).await? {
+                return Err(PollError::LeaseLost);
+            }
+            let hi = last.saturating_add(chunk).min(top);
+            for (batch, batch_last) in self.plan_fetches(last + 1, hi).await? {
+                let mails = if batch.is_empty() {
+                    Vec::new()
+                } else {
+                    self.fetch(&batch).await?
+                };
+                let written = self
+                    .store
+                    .write_imap_chunk(
+                        &FetchedChunk {
+                            source: &name,
+                            uidvalidity,
+                            last_uid: batch_last,
+                            after_delivery: self.source.after_delivery != AfterDelivery::None,
+                            mails,
+                        },
+                        &self.token,
+                        crate::processor::now_ms(),
+                    )
+                    .await?
+                    .map_err(|_| PollError::LeaseLost)?;
+                added += written;
+                metrics::counter!(m::POLLED, "mode" => "imap").increment(written);
+            }
+            last = hi;
+        }
+        Ok(added)
+    }
+
+    /// Without UIDNEXT: the highest UID above `last`, from `UID SEARCH` (0 when none).
+    async fn highest_uid_above(&mut self, last: u32) -> Result<u32, PollError> {
+        let query = format!("UID {}:*", last + 1);
+        let timeout = self.settings.imap.timeout();
+        let conn = self.conn.as_mut().expect("connected");
+        let found = tokio::time::timeout(timeout, conn.session.uid_search(&query)).await;
+        match found {
+            Ok(Ok(uids)) => Ok(uids.into_iter().filter(|u| *u > last).max().unwrap_or(last)),
+            Ok(Err(e)) => Err(self.connector.protocol(format!("UID SEARCH: {e}")).into()),
+            Err(_) => Err(self.timeout("UID SEARCH").into()),
+        }
+    }
+
+    fn timeout(&self, during: &'static str) -> ImapError {
+        ImapError::Timeout {
+            source_name: self.source.name.clone(),
+            after_ms: self.settings.imap.timeout_ms,
+            during,
+        }
+    }
+
+    /// Splits the UIDs `lo..=hi` into FETCHes of at most `fetch_max_bytes` each (one message
+    /// bigger than that goes alone). Each batch carries the cursor to write after it: the last
+    /// batch moves it to `hi`, so gaps (expunged UIDs) are passed once.
+    async fn plan_fetches(&mut self, lo: u32, hi: u32) -> Result<Vec<(String, u32)>, PollError> {
+        let timeout = self.settings.imap.timeout();
+        let conn = self.conn.as_mut().expect("connected");
+        let sizes: Result<Vec<(u32, u32)>, _> = tokio::time::timeout(timeout, async {
+            conn.session
+                .uid_fetch(format!("{lo}:{hi}"), "(UID RFC822.SIZE)")
+                .await?
+                .try_filter_map(|f| async move { Ok(f.uid.map(|u| (u, f.size.unwrap_or(0)))) })
+                .try_collect()
+                .await
+        })
+        .await
+        .map_err(|_| self.timeout("UID FETCH sizes"))?;
+        let mut sizes = sizes.map_err(|e| self.connector.protocol(format!("UID FETCH sizes: {e}")))?;
+        sizes.retain(|(u, _)| (lo..=hi).contains(u));
+        sizes.sort_unstable();
+        sizes.dedup_by_key(|(u, _)| *u);
+        Ok(batches(&sizes, self.settings.imap.fetch_max_bytes, hi))
+    }
+
+    /// Fetches whole messages (without setting `\Seen`).
+    async fn fetch(&mut self, uid_set: &str) -> Result<Vec<FetchedMail>, PollError> {
+        let timeout = self.settings.imap.timeout();
+        let conn = self.conn.as_mut().expect("connected");
+        let fetched = tokio::time::timeout(timeout, async {
+            let mut out = Vec::new();
+            let mut stream = conn
+                .session
+                .uid_fetch(uid_set, "(UID INTERNALDATE BODY.PEEK[])")
+                .await?;
+            while let Some(f) = stream.try_next().await? {
+                let (Some(uid), Some(body)) = (f.uid, f.body()) else {
+                    continue;
+                };
+                out.push(FetchedMail {
+                    uid,
+                    internal_date: f
+                        .internal_date()
+                        .map(|d| d.to_rfc3339_opts(SecondsFormat::Secs, true))
+                        .unwrap_or_default(),
+                    payload: base64::engine::general_purpose::STANDARD.encode(body),
+                });
+            }
+            Ok::<_, async_imap::error::Error>(out)
+        })
+        .await
+        .map_err(|_| self.timeout("UID FETCH"))?;
+        fetched.map_err(|e| self.connector.protocol(format!("UID FETCH: {e}")).into())
+    }
+
+    /// Waits in IDLE until the server reports a change, `wait` passes, or something else needs
+    /// the loop; renews the lease meanwhile.
+    async fn idle(
+        &mut self,
+        wait: Duration,
+        intake_rx: &mut watch::Receiver<Intake>,
+    ) -> Result<IdleEnd, StoreError> {
+        let Some(conn) = self.conn.take() else {
+            return Ok(IdleEnd::Triggered);
+        };
+        let caps = conn.caps;
+        let mut handle = conn.session.idle();
+        let timeout = self.settings.imap.timeout();
+        match tokio::time::timeout(timeout, handle.init()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Ok(IdleEnd::Failed(self.connector.protocol(format!("IDLE: {e}")))),
+            Err(_) => return Ok(IdleEnd::Failed(self.timeout("IDLE"))),
+        }
+        let renew_every = self.lease_ttl() / 3;
+        let end = {
+            let (fut, _stop) = handle.wait_with_timeout(wait);
+            tokio::pin!(fut);
+            loop {
+                tokio::select! {
+                    r = &mut fut => break match r {
+                        Ok(IdleResponse::NewData(_)) => IdleEnd::Changed,
+                        Ok(IdleResponse::Timeout) => IdleEnd::Timeout,
+                        Ok(IdleResponse::ManualInterrupt) => IdleEnd::Triggered,
+                        Err(e) => IdleEnd::Failed(self.connector.protocol(format!("IDLE: {e}"))),
+                    },
+                    _ = tokio::time::sleep(renew_every) => {
+                        if !self.store.hold_lease(&self.lease, &self.token, self.lease_ttl()).await? {
+                            break IdleEnd::LeaseLost;
+                        }
+                    }
+                    _ = self.wake.notified() => break IdleEnd::Triggered,
+                    _ = intake_rx.changed() => break IdleEnd::IntakeChanged,
+                    _ = self.shutdown.raised() => break IdleEnd::Shutdown,
+                }
+            }
+        };
+        if let IdleEnd::Failed(_) = end {
+            return Ok(end);
+        }
+        match tokio::time::timeout(timeout, handle.done()).await {
+            Ok(Ok(session)) => self.conn = Some(Conn { session, caps }),
+            Ok(Err(e)) => tracing::debug!(error = %e, "DONE failed; reconnecting on the next poll"),
+            Err(_) => tracing::debug!("DONE timed out; reconnecting on the next poll"),
+        }
+        Ok(end)
+    }
+}
+
+fn super_key(source: &str) -> String {
+    ImapPoller::health_key(source)
+}
+
+fn error_kind(e: &ImapError) -> &'static str {
+    match e {
+        ImapError::Connect { .. } => "connect",
+        ImapError::Tls { .. } => "tls",
+        ImapError::Login { .. } => "login",
+        ImapError::Token { .. } => "token",
+        ImapError::Folder { .. } => "folder",
+        ImapError::Protocol { .. } => "protocol",
+        ImapError::Timeout { .. } => "timeout",
+    }
+}
+
+/// Groups `(uid, size)` (sorted) into UID sets of at most `max_bytes` each, with the cursor to
+/// write after each: the last set's cursor is `hi`.
+fn batches(sizes: &[(u32, u32)], max_bytes: u64, hi: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    let mut current: Vec<u32> = Vec::new();
+    let mut bytes = 0u64;
+    for &(uid, size) in sizes {
+        if !current.is_empty() && bytes + u64::from(size) > max_bytes {
+            let last = *current.last().expect("not empty");
+            out.push((uid_set(&current), last));
+            current.clear();
+            bytes = 0;
+        }
+        current.push(uid);
+        bytes += u64::from(size);
+    }
+    if !current.is_empty() {
+        out.push((uid_set(&current), hi));
+    } else if let Some(last) = out.last_mut() {
+        last.1 = hi;
+    }
+    if out.is_empty() {
+        // Nothing in the range (all expunged): still move the cursor past it.
+        out.push((String::new(), hi));
+    }
+    out
+}
+
+/// `1:3,7,9:10` from sorted UIDs.
+pub(crate) fn uid_set(uids: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let start = uids[i];
+        let mut end = start;
+        while i + 1 < uids.len() && uids[i + 1] == end + 1 {
+            i += 1;
+            end = uids[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_sets_are_compressed_into_ranges() {
+        assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
+        assert_eq!(uid_set(&[5]), "5");
+        assert_eq!(uid_set(&[]), "");
+    }
+
+    #[test]
+    fn fetches_are_bounded_in_bytes_and_the_last_one_moves_the_cursor_to_the_end() {
+        let sizes = [(1, 400), (2, 400), (3, 400), (5, 2_000), (6, 10)];
+        let b = batches(&sizes, 1_000, 8);
+        assert_eq!(
+            b,
+            vec![
+                ("1:2".to_string(), 2),
+                ("3".to_string(), 3),
+                ("5".to_string(), 5),
+                ("6".to_string(), 8)
+            ]
+        );
+        assert_eq!(batches(&[], 1_000, 8), vec![(String::new(), 8)]);
+    }
+}

@@ -1,0 +1,45 @@
+-- Writes one fetched chunk of an IMAP folder atomically: its messages into the inbound stream
+-- and the source's cursor (UIDVALIDITY, last UID), only while the caller holds the source's
+-- lease (the token fences a poller that lost it). Redis runs a script as one transaction, like
+-- MULTI/EXEC: a crash leaves either the whole chunk and its cursor, or neither.
+-- KEYS[1] lease, KEYS[2] inbound stream, KEYS[3] cursor hash
+-- ARGV[1] lease token, ARGV[2] UIDVALIDITY, ARGV[3] last UID after this chunk, ARGV[4] now ms,
+-- ARGV[5] source name, ARGV[6] after-delivery ('1' or ''),
+-- then triples: UID, INTERNALDATE (RFC 3339 or ''), message (base64).
+-- Only UIDs above the stored last UID of the same UIDVALIDITY are added (a server answering
+-- `UID n:*` with the last message when nothing is new cannot make it re-push that message).
+-- Returns the number of messages added, or -1 without the lease.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return -1
+end
+local cursor = redis.call('HMGET', KEYS[3], 'uidvalidity', 'last_uid')
+local floor = 0
+if cursor[1] == ARGV[2] and cursor[2] then
+  floor = tonumber(cursor[2])
+end
+local added = 0
+for i = 7, #ARGV, 3 do
+  local uid = tonumber(ARGV[i])
+  if uid > floor then
+    local fields = {'source', 'imap', 'kind', 'message', 'mailbox', ARGV[5],
+      'uid', ARGV[i], 'uidvalidity', ARGV[2]}
+    if ARGV[i + 1] ~= '' then
+      table.insert(fields, 'internal_date')
+      table.insert(fields, ARGV[i + 1])
+    end
+    if ARGV[6] == '1' then
+      table.insert(fields, 'mark_read')
+      table.insert(fields, '1')
+    end
+    table.insert(fields, 'payload')
+    table.insert(fields, ARGV[i + 2])
+    redis.call('XADD', KEYS[2], '*', unpack(fields))
+    added = added + 1
+  end
+end
+local last = tonumber(ARGV[3])
+if last < floor then
+  last = floor
+end
+redis.call('HSET', KEYS[3], 'uidvalidity', ARGV[2], 'last_uid', last, 'updated_ms', ARGV[4])
+return added

@@ -426,12 +426,35 @@ mod tests {
     }
 
     #[test]
+    fn imap_entries_carry_the_raw_message_in_base64() {
+        use base64::Engine;
+        let raw = b"From: a@b.example\r\nSubject: caf\xe9\r\n\r\nbody \xff\r\n";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+        let f = InboundFields {
+            source: Some("imap"),
+            mailbox: Some("gmail"),
+            payload: Some(&b64),
+            internal_date: Some("2026-03-04T05:06:07+01:00"),
+            ..Default::default()
+        };
+        let r = entry_to_record(&f, Default::default()).unwrap();
+        assert_eq!(r.source, Source::Imap);
+        assert_eq!(r.received_date_time, "2026-03-04T04:06:07Z");
+        let f = InboundFields {
+            payload: Some("%%% not base64"),
+            ..f
+        };
+        let err = entry_to_record(&f, Default::default()).unwrap_err();
+        assert!(err.to_string().contains("base64"), "{err}");
+    }
+
+    #[test]
     fn entries_need_mailbox_payload_and_a_known_source() {
         let f = InboundFields {
             source: Some("fax"),
             mailbox: Some("m"),
             payload: Some(MSG),
-            attachments: None,
+            ..Default::default()
         };
         assert_eq!(
             entry_to_record(&f, Default::default()).unwrap_err(),

@@ -30,6 +30,57 @@ pub fn graph_message(n: u64, mailbox: &str, valid: bool) -> String {
     .to_string()
 }
 
+/// One RFC 5322 invoice e-mail (as an IMAP server stores it) of invoice `n`, about `size`
+/// bytes: a text part, and every third message a PDF attachment that makes up the size.
+pub fn mime_message(n: u64, tag: &str, size: usize) -> Vec<u8> {
+    let head = format!(
+        "From: Billing <billing{}@vendor{}.example>\r\n\
+To: Invoices <invoices@contoso.example>\r\n\
+Subject: =?UTF-8?Q?Invoice_INV-{n:06}_=E2=82=AC?=\r\n\
+Date: Sat, {:02} Nov 2026 {:02}:{:02}:00 +0100\r\n\
+Message-ID: <inv-{n}.{tag}@vendor.example>\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"b-{n}\"\r\n\
+\r\n\
+--b-{n}\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+\r\n\
+Dear customer, please find attached invoice INV-{n:06}. Amount due: {}.{:02} EUR.\r\n",
+        n % 17,
+        n % 5,
+        1 + n % 28,
+        n % 24,
+        n % 60,
+        100 + n % 9_000,
+        n % 100,
+    );
+    let mut out = head.into_bytes();
+    let filler = size.saturating_sub(out.len() + 200);
+    if n.is_multiple_of(3) {
+        out.extend_from_slice(
+            format!(
+                "--b-{n}\r\nContent-Type: application/pdf; name=\"INV-{n:06}.pdf\"\r\n\
+Content-Disposition: attachment; filename=\"INV-{n:06}.pdf\"\r\n\
+Content-Transfer-Encoding: base64\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        for line in 0..filler / 78 {
+            let c = b'A' + (line % 26) as u8;
+            out.extend(std::iter::repeat_n(c, 76));
+            out.extend_from_slice(b"\r\n");
+        }
+    } else {
+        for line in 0..filler / 78 {
+            out.extend_from_slice(format!("Line {line:04} of the invoice details, item {n}.").as_bytes());
+            out.extend(std::iter::repeat_n(b' ', 76usize.saturating_sub(40)));
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(format!("--b-{n}--\r\n").as_bytes());
+    out
+}
+
 /// Inbound stream entry fields for one synthetic message.
 pub fn inbound_entry(n: u64, mailbox: &str, valid: bool) -> Vec<(&'static str, String)> {
     use ms1_actors::processor::inbound_fields as f;

@@ -236,6 +236,19 @@ pub fn get(url: &str) -> (u16, String) {
     }
 }
 
+/// POST a JSON body, returning (status, body).
+pub fn post(url: &str, json: &str) -> (u16, String) {
+    match agent()
+        .post(url)
+        .set("Content-Type", "application/json")
+        .send_string(json)
+    {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
 /// A simulator (`ms1-ingestor sim ms4|graph`) as a child process.
 pub struct Sim {
     child: Child,

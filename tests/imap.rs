@@ -1,0 +1,276 @@
+//! IMAP as a source, end to end: a real Dovecot (Maildir, loopback), a real redis-server, the
+//! MS4 simulator and the daemon, as processes.
+
+mod common;
+
+use common::*;
+use ms1_ingestor::dovecot_launcher::PrivateDovecot;
+use ms1_ingestor::synthetic::mime_message;
+use std::io::{BufRead, BufReader, Write};
+use std::time::{Duration, Instant};
+
+const USER: &str = "invoices@contoso.example";
+const PASSWORD: &str = "dovecot-secret";
+
+fn dovecot(w: &World, users: &[(&str, &str)]) -> PrivateDovecot {
+    PrivateDovecot::start(&w.dir.path().join("dovecot"), users, false)
+        .expect("dovecot starts (apt-get install dovecot-imapd)")
+}
+
+/// One `[[imap.sources]]` table for a plain-text loopback login.
+fn source(name: &str, port: u16, user: &str, password: &str, extra: &str) -> String {
+    format!(
+        "[[imap.sources]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n\
+username = \"{user}\"\npassword = \"{password}\"\npoll_interval_s = 1\n{extra}\n"
+    )
+}
+
+/// Starts the daemon with these IMAP sources (TOML) and `extra` settings.
+fn daemon(w: &World, sources: &str, extra: &[(&str, &str)]) -> Daemon {
+    let path = w.dir.path().join("imap.toml");
+    std::fs::write(&path, sources).unwrap();
+    let path = path.display().to_string();
+    let mut env = vec![("MS1_CONFIG", path.as_str())];
+    env.extend_from_slice(extra);
+    w.daemon(&env)
+}
+
+fn messages(range: std::ops::Range<u64>, tag: &str) -> Vec<Vec<u8>> {
+    range.map(|n| mime_message(n, tag, 1_500)).collect()
+}
+
+fn polled(d: &Daemon) -> f64 {
+    d.metric("ms1_emails_polled_total{mode=\"imap\"}")
+}
+
+fn wait_ms4(w: &World, n: u64, timeout: Duration, d: &Daemon) {
+    let ok = wait_until(timeout, || w.ms4.stats()["unique_records"].as_u64() >= Some(n));
+    assert!(
+        ok,
+        "MS4 has {} of {n}; stats {}\n{}",
+        w.ms4.stats()["unique_records"],
+        w.ms4.stats(),
+        d.log_tail(40)
+    );
+}
+
+/// Runs tagged IMAP commands after a login; returns everything the server said.
+fn imap(port: u16, user: &str, commands: &[&str]) -> String {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut wr = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut out = String::new();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let login = format!("LOGIN {user} {PASSWORD}");
+    for (i, c) in std::iter::once(login.as_str())
+        .chain(commands.iter().copied())
+        .enumerate()
+    {
+        let tag = format!("t{i}");
+        write!(wr, "{tag} {c}\r\n").unwrap();
+        loop {
+            line.clear();
+            if r.read_line(&mut line).unwrap() == 0 {
+                return out;
+            }
+            out.push_str(&line);
+            if line.starts_with(&format!("{tag} ")) {
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn five_thousand_messages_arrive_once_then_only_new_ones_and_an_idle_poll_fetches_nothing() {
+    let w = World::new(&[]);
+    let mut dc = dovecot(&w, &[(USER, PASSWORD)]);
+    dc.deliver(USER, "INBOX", &messages(0..5_000, "a")).unwrap();
+    let d = daemon(&w, &source("invoices", dc.port(), USER, PASSWORD, ""), &[]);
+    wait_ms4(&w, 5_000, Duration::from_secs(90), &d);
+    assert_eq!(polled(&d), 5_000.0, "each message queued once");
+
+    dc.deliver(USER, "INBOX", &messages(5_000..5_200, "a"))
+        .unwrap();
+    wait_ms4(&w, 5_200, Duration::from_secs(30), &d);
+    assert!(
+        wait_until(Duration::from_secs(5), || polled(&d) == 5_200.0),
+        "only the 200 new ones are fetched: polled {}",
+        polled(&d)
+    );
+
+    // Idle polls (every second, and one triggered now) fetch nothing.
+    let (status, _) = post(&format!("{}/polling/trigger", d.control), "{}");
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(polled(&d), 5_200.0, "an idle poll must not re-push the last message");
+    let stats = w.ms4.stats();
+    assert_eq!(stats["unique_records"], 5_200);
+    assert_eq!(stats["duplicate_records"], 0, "{stats}");
+    assert_eq!(w.xlen("stream:inbound"), 0);
+    w.assert_drained();
+}
+
+#[test]
+fn a_new_uidvalidity_resyncs_the_folder_and_delivers_only_the_new_mail() {
+    let w = World::new(&[]);
+    let mut dc = dovecot(&w, &[(USER, PASSWORD)]);
+    dc.deliver(USER, "INBOX", &messages(0..50, "v")).unwrap();
+    let d = daemon(&w, &source("invoices", dc.port(), USER, PASSWORD, ""), &[]);
+    wait_ms4(&w, 50, Duration::from_secs(30), &d);
+
+    // The folder is recreated: the same 50 (renumbered under a new UIDVALIDITY) plus 10 new.
+    dc.remove_folder(USER, "INBOX").unwrap();
+    dc.deliver(USER, "INBOX", &messages(0..60, "v")).unwrap();
+    wait_ms4(&w, 60, Duration::from_secs(30), &d);
+    std::thread::sleep(Duration::from_secs(2));
+    let stats = w.ms4.stats();
+    assert_eq!(stats["unique_records"], 60);
+    assert_eq!(stats["duplicate_records"], 0, "nothing twice at MS4: {stats}");
+    assert_eq!(
+        d.metric("ms1_imap_uidvalidity_resets_total{source=\"invoices\"}"),
+        1.0
+    );
+    w.assert_drained();
+}
+
+#[test]
+fn idle_brings_a_new_message_within_two_seconds() {
+    let w = World::new(&[]);
+    let mut dc = dovecot(&w, &[(USER, PASSWORD)]);
+    dc.deliver(USER, "INBOX", &messages(0..3, "i")).unwrap();
+    // Polling once an hour: only IDLE can bring the next message quickly.
+    let src = source(
+        "invoices",
+        dc.port(),
+        USER,
+        PASSWORD,
+        "poll_interval_s = 3600",
+    )
+    .replace("poll_interval_s = 1\n", "");
+    let d = daemon(&w, &src, &[]);
+    wait_ms4(&w, 3, Duration::from_secs(30), &d);
+    // Let the poller settle into IDLE.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let t0 = Instant::now();
+    dc.deliver(USER, "INBOX", &messages(3..4, "i")).unwrap();
+    wait_ms4(&w, 4, Duration::from_secs(10), &d);
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "IDLE delivered the message to MS4 after {took:?}"
+    );
+}
+
+#[test]
+fn malformed_mime_is_delivered_as_parsed_or_dead_lettered_and_the_poller_goes_on() {
+    let w = World::new(&[]);
+    let mut dc = dovecot(&w, &[(USER, PASSWORD)]);
+    let broken: Vec<Vec<u8>> = vec![
+        // Broken header lines and a bad encoded word.
+        b"From: x@y.example\r\nSubject: =?utf-8?q?broken=ZZ?=\r\nthis is not a header\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\n\r\nbody\r\n".to_vec(),
+        // No Message-ID: keyed by a hash of its bytes.
+        b"From: a@b.example\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\nSubject: no id\r\n\r\nhi\r\n".to_vec(),
+        // 8-bit garbage in headers and body, an unknown charset.
+        b"From: g@h.example\r\nSubject: \xff\xfe\xc3\x28 caf\xe9\r\nContent-Type: text/plain; charset=x-unknown\r\nMessage-ID: <garbage@h.example>\r\n\r\n\x00\x01\xff body\r\n".to_vec(),
+        // No Date header: the INTERNALDATE stands in.
+        b"From: d@e.example\r\nMessage-ID: <nodate@e.example>\r\n\r\nno date\r\n".to_vec(),
+        // No From at all: cannot be a record.
+        b"Subject: nobody sent this\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\n\r\n?\r\n".to_vec(),
+        // Not even headers.
+        b"\xff\xff\xff\xff".to_vec(),
+    ];
+    dc.deliver(USER, "INBOX", &broken).unwrap();
+    let d = daemon(&w, &source("invoices", dc.port(), USER, PASSWORD, ""), &[]);
+    wait_ms4(&w, 4, Duration::from_secs(30), &d);
+    assert!(wait_until(Duration::from_secs(10), || w.dead_letters().len() == 2));
+    for dl in w.dead_letters() {
+        assert_eq!(dl["source"], "imap");
+        assert_eq!(dl["stage"], "process");
+        assert_eq!(dl["mailbox"], "invoices");
+        assert!(!dl["reason"].is_empty());
+    }
+    // The poller is still there for the next message.
+    dc.deliver(USER, "INBOX", &messages(0..1, "m")).unwrap();
+    wait_ms4(&w, 5, Duration::from_secs(15), &d);
+    let keys = w.ms4.keys();
+    assert!(keys.iter().any(|k| k.starts_with("imap:invoices:")), "{keys:?}");
+    assert!(keys.contains(&"<nodate@e.example>".to_string()), "{keys:?}");
+}
+
+#[test]
+fn a_wrong_password_degrades_only_its_source() {
+    let w = World::new(&[]);
+    let other = "ap@contoso.example";
+    let mut dc = dovecot(&w, &[(USER, PASSWORD), (other, PASSWORD)]);
+    dc.deliver(USER, "INBOX", &messages(0..20, "g")).unwrap();
+    dc.deliver(other, "INBOX", &messages(100..110, "b")).unwrap();
+    let sources = source("good", dc.port(), USER, PASSWORD, "")
+        + &source("bad", dc.port(), other, "not-the-password", "");
+    let d = daemon(&w, &sources, &[]);
+    wait_ms4(&w, 20, Duration::from_secs(30), &d);
+    let ok = wait_until(Duration::from_secs(10), || {
+        d.ready().1["degraded_sources"].get("imap:bad").is_some()
+    });
+    let (status, ready) = d.ready();
+    assert!(ok, "{ready}");
+    assert_eq!(status, 200, "the daemon stays ready: {ready}");
+    let reason = ready["degraded_sources"]["imap:bad"].as_str().unwrap();
+    assert!(
+        reason.contains("`bad`") && reason.contains(other),
+        "the error names the source and the user: {reason}"
+    );
+    assert!(ready["degraded_sources"].get("imap:good").is_none(), "{ready}");
+    assert!(!reason.contains("not-the-password"), "no secret in errors");
+    // The good source keeps flowing.
+    dc.deliver(USER, "INBOX", &messages(20..25, "g")).unwrap();
+    wait_ms4(&w, 25, Duration::from_secs(15), &d);
+    assert_eq!(w.ms4.stats()["unique_records"], 25);
+    assert!(d.log_tail(200).contains("IMAP source `bad`"));
+}
+
+#[test]
+fn after_delivery_sets_seen_or_moves_only_what_ms4_accepted() {
+    let w = World::new(&[]);
+    let mover = "ap@contoso.example";
+    let mut dc = dovecot(&w, &[(USER, PASSWORD), (mover, PASSWORD)]);
+    dc.deliver(USER, "INBOX", &messages(0..30, "s")).unwrap();
+    dc.deliver(mover, "INBOX", &messages(100..120, "m")).unwrap();
+    // The target folder exists.
+    let created = imap(dc.port(), mover, &["CREATE Processed", "LOGOUT"]);
+    assert!(created.contains("t1 OK"), "{created}");
+    let sources = source(
+        "seen",
+        dc.port(),
+        USER,
+        PASSWORD,
+        "after_delivery = \"seen\"",
+    ) + &source(
+        "mover",
+        dc.port(),
+        mover,
+        PASSWORD,
+        "after_delivery = \"move\"\nmove_to = \"Processed\"",
+    );
+    let d = daemon(&w, &sources, &[]);
+    wait_ms4(&w, 50, Duration::from_secs(30), &d);
+    let seen = wait_until(Duration::from_secs(15), || {
+        let out = imap(dc.port(), USER, &["SELECT INBOX", "SEARCH UNSEEN", "LOGOUT"]);
+        out.contains("* SEARCH\r\n")
+    });
+    assert!(seen, "every delivered message is \\Seen");
+    let moved = wait_until(Duration::from_secs(15), || {
+        let out = imap(dc.port(), mover, &["STATUS INBOX (MESSAGES)", "STATUS Processed (MESSAGES)", "LOGOUT"]);
+        out.contains("INBOX (MESSAGES 0)") && out.contains("Processed (MESSAGES 20)")
+    });
+    assert!(moved, "every delivered message moved to Processed");
+    assert_eq!(d.metric("ms1_imap_after_delivery_total{action=\"seen\"}"), 30.0);
+    assert_eq!(d.metric("ms1_imap_after_delivery_total{action=\"move\"}"), 20.0);
+    // Moving did not make anything come twice.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(w.ms4.stats()["duplicate_records"], 0);
+    assert_eq!(w.xlen("stream:imapdone"), 0);
+}

@@ -123,6 +123,8 @@ fn a_new_uidvalidity_resyncs_the_folder_and_delivers_only_the_new_mail() {
     wait_ms4(&w, 50, Duration::from_secs(30), &d);
 
     // The folder is recreated: the same 50 (renumbered under a new UIDVALIDITY) plus 10 new.
+    // Dovecot takes a new folder's UIDVALIDITY from the clock: let a second pass.
+    std::thread::sleep(Duration::from_millis(1_100));
     dc.remove_folder(USER, "INBOX").unwrap();
     dc.deliver(USER, "INBOX", &messages(0..60, "v")).unwrap();
     wait_ms4(&w, 60, Duration::from_secs(30), &d);
@@ -132,7 +134,9 @@ fn a_new_uidvalidity_resyncs_the_folder_and_delivers_only_the_new_mail() {
     assert_eq!(stats["duplicate_records"], 0, "nothing twice at MS4: {stats}");
     assert_eq!(
         d.metric("ms1_imap_uidvalidity_resets_total{source=\"invoices\"}"),
-        1.0
+        1.0,
+        "{}",
+        d.log_tail(30)
     );
     w.assert_drained();
 }

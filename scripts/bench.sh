@@ -15,6 +15,11 @@
 #       notifications (up to 100 per POST, as Graph batches them) to the daemon: ack latency
 #       p50/p99/max as the simulator measured it.
 #
+#   scripts/bench.sh imap       Dovecot → inbound stream:
+#     - 5,000 messages of ~4 KB in one folder (then 50,000), a real Dovecot on loopback:
+#       e-mails/s from POST /session/start to the last message in the inbound stream (connect,
+#       login, UID FETCH in chunks, atomic writes), the time until all were at MS4, peak RSS.
+#
 # Everything runs on loopback: a private redis-server (AOF on, as in production), the MS4
 # simulator and the daemon (release build).
 set -euo pipefail
@@ -213,6 +218,48 @@ bench_webhook() {
     "$((rate * seconds))" "$(echo "$t1 - $t0" | bc -l)"
 }
 
+start_imap() { # args: sim imap options
+  "$BIN" sim imap "$@" >"$WORK/imap.out" 2>"$WORK/imap.err" &
+  PIDS+=($!)
+  IMAP_PID=$!
+  for _ in $(seq 1200); do grep -q listening "$WORK/imap.out" 2>/dev/null && break; sleep 0.05; done
+  IMAP_ADDR=$(awk '{print $NF}' "$WORK/imap.out")
+  [ -n "$IMAP_ADDR" ] || { echo "dovecot did not start:" >&2; cat "$WORK/imap.err" >&2; return 1; }
+}
+
+bench_imap() { # messages
+  local n=$1 user=invoices@contoso.example
+  export MS1__MS4__RATE_LIMIT_PER_MIN=0 MS1__SESSION__AUTOSTART=false
+  start_redis; start_sim --rate-limit-per-min 0 --max-batch 1000
+  start_imap --dir "$WORK/dovecot-$n" --user "$user:bench-secret" --messages "$n" --size 4096
+  cat >"$WORK/imap.toml" <<TOML
+[[imap.sources]]
+name = "bench"
+host = "127.0.0.1"
+port = ${IMAP_ADDR##*:}
+tls = "none"
+username = "$user"
+password = "bench-secret"
+poll_interval_s = 3600
+TOML
+  MS1_CONFIG="$WORK/imap.toml" start_daemon
+  local t0; t0=$(now)
+  curl -sf -X POST "http://$CONTROL/session/start" -H 'Content-Type: application/json' -d '{}' >/dev/null
+  local deadline=$(( $(date +%s) + 300 ))
+  while [ "$(metric 'ms1_emails_polled_total{mode="imap"}')" -lt "$n" ]; do
+    [ "$(date +%s)" -gt "$deadline" ] && { echo "timed out" >&2; tail -5 "$WORK/daemon.log" >&2; return 1; }
+    sleep 0.02
+  done
+  local t1; t1=$(now)
+  wait_for_records "$n" 300
+  local t2; t2=$(now)
+  local rss; rss=$(awk '/VmHWM/ {print $2}' "/proc/$DAEMON_PID/status")
+  stop_all; kill -TERM "$IMAP_PID" 2>/dev/null || true; wait "$IMAP_PID" 2>/dev/null || true
+  unset MS1__SESSION__AUTOSTART
+  printf '%-34s %8.0f e-mails/s into the inbound stream (%d messages of ~4 KB); all at MS4 after %.2f s; peak RSS %.1f MB\n' \
+    "imap, 1 folder, UID FETCH:" "$(echo "$n / ($t1 - $t0)" | bc -l)" "$n" "$(echo "$t2 - $t0" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
+}
+
 need_packages bc:bc
 case "$what" in
   pipeline)
@@ -230,8 +277,15 @@ case "$what" in
     bench_poll 4
     bench_webhook
     ;;
+  imap)
+    need_packages dovecot:dovecot-imapd
+    echo "ms1-ingestor IMAP benchmark ($(nproc) cores, $(dovecot --version | awk '{print "dovecot", $1}'))"
+    bench_imap 5000
+    bench_imap 5000
+    bench_imap 50000
+    ;;
   *)
-    echo "usage: scripts/bench.sh pipeline|contract|graph" >&2
+    echo "usage: scripts/bench.sh pipeline|contract|graph|imap" >&2
     exit 2
     ;;
 esac

@@ -2,6 +2,8 @@
 # shellcheck shell=bash
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Daemons such as dovecot live in /usr/sbin, which is not on every PATH.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 # need_packages CMD:PACKAGE ... — installs PACKAGE when CMD is not on PATH.
 need_packages() {

@@ -144,6 +144,9 @@ enum SimCommand {
     /// Microsoft Graph: token endpoint, messages, delta, $batch, subscriptions with the
     /// validation handshake, notifications, throttling; with statistics.
     Graph(sim::graph::GraphSimOptions),
+    /// A real Dovecot IMAP server on a loopback port, with accounts and synthetic invoice
+    /// mail (needs dovecot-imapd; run as root, as Dovecot drops privileges itself).
+    Imap(sim::imap::ImapSimOptions),
 }
 
 fn main() -> ExitCode {
@@ -247,6 +250,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Sim {
             which: SimCommand::Graph(opts),
         } => actix_rt::System::new().block_on(sim::graph::serve(opts)),
+        Command::Sim {
+            which: SimCommand::Imap(opts),
+        } => sim::imap::serve(opts),
     }
 }
 

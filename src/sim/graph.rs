@@ -18,6 +18,9 @@
 //! - **Throttling** per mailbox: 4 requests in flight, 10,000 per 10 minutes, storms on demand.
 //!   It counts what a client did wrong (requests inside a Retry-After, too many in flight,
 //!   batches over 20, expired tokens) as `violations`, which the daemon's tests assert at zero.
+//! - **Token introspection** `POST /_sim/introspect` (RFC 7662, form field `token`) for a
+//!   private Dovecot's oauth2 passdb: a token this simulator issued and that has not expired is
+//!   `active` for the `--introspect-user` (so IMAP `XOAUTH2` logs in as that user).
 //! - Control under `/_sim/*`: `mail`, `delete`, `expire-delta`, `throttle`, `notify`,
 //!   `lifecycle`, `config`, `stats`, `messages`.
 //!
@@ -147,6 +150,10 @@ pub struct GraphSimOptions {
     /// Lifetime of access tokens, in seconds.
     #[arg(long, default_value_t = 3599)]
     pub token_lifetime_s: u64,
+    /// The user `POST /_sim/introspect` reports for any live token (as `email`, `username`
+    /// and `upn`): the IMAP account those tokens log in as. Default: the first mailbox.
+    #[arg(long)]
+    pub introspect_user: Option<String>,
     /// Mailboxes (UPNs), comma-separated.
     #[arg(
         long,
@@ -1670,6 +1677,9 @@ struct GlobalCounters {
     tokens_issued: u64,
     unauthorized: u64,
     expired_token_used: u64,
+    /// `POST /_sim/introspect` requests, and those answered `"active": false`.
+    introspections: u64,
+    introspections_inactive: u64,
     subscriptions_created: u64,
     renewals: u64,
     deleted_subscriptions: u64,
@@ -1698,6 +1708,8 @@ struct State {
     client_secret: String,
     refresh_token: String,
     token_lifetime: Duration,
+    /// The user live tokens introspect as.
+    introspect_user: String,
     latency: Duration,
     error_rate: f64,
     limits: Limits,
@@ -1733,6 +1745,7 @@ impl State {
             client_secret: o.client_secret.clone(),
             refresh_token: o.refresh_token.clone(),
             token_lifetime: Duration::from_secs(o.token_lifetime_s),
+            introspect_user: o.introspect_user.clone().unwrap_or_default(),
             latency: Duration::ZERO,
             error_rate: 0.0,
             limits: Limits {
@@ -1769,6 +1782,9 @@ impl State {
             state.mailboxes.push(mailbox);
         }
         anyhow::ensure!(!state.mailboxes.is_empty(), "--mailboxes is empty");
+        if state.introspect_user.is_empty() {
+            state.introspect_user = state.mailboxes[0].upn.clone();
+        }
         let now_ms = Utc::now().timestamp_millis();
         for mb in &mut state.mailboxes {
             for n in 0..o.messages_per_mailbox {
@@ -1942,6 +1958,28 @@ impl State {
             }
             Some(Some(_)) => Ok(()),
         }
+    }
+
+    /// The RFC 7662 answer for `token`: active, for the introspection user, while it lives.
+    /// Presenting an expired token is the client's mistake, counted as at `/v1.0`.
+    fn introspect(&mut self, token: &str, now: Instant) -> Value {
+        self.stats.introspections += 1;
+        let Some(issued) = self.tokens.get(token.trim()).copied() else {
+            self.stats.introspections_inactive += 1;
+            return json!({"active": false});
+        };
+        let age = now.duration_since(issued);
+        if age >= self.token_lifetime {
+            self.stats.introspections_inactive += 1;
+            self.stats.expired_token_used += 1;
+            return json!({"active": false});
+        }
+        let unix = Utc::now().timestamp();
+        let exp = unix + (self.token_lifetime - age).as_secs() as i64;
+        let user = &self.introspect_user;
+        json!({"active": true, "token_type": "Bearer", "client_id": self.client_id,
+               "email": user, "username": user, "upn": user, "sub": stable_guid(user),
+               "iat": unix - age.as_secs() as i64, "exp": exp})
     }
 
     // -- mail routes ---------------------------------------------------------------------------
@@ -3069,6 +3107,20 @@ async fn token(
     }
 }
 
+/// `POST /_sim/introspect`: RFC 7662 token introspection, the form field `token` (what
+/// Dovecot's oauth2 passdb sends with `introspection_mode = post`).
+async fn introspect(state: web::Data<Shared>, body: web::Bytes) -> HttpResponse {
+    let token = form_urlencoded::parse(&body).find_map(|(k, v)| (k == "token").then_some(v));
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return HttpResponse::BadRequest().json(json!({"error": "invalid_request",
+            "error_description": "The request body must contain the parameter 'token'."}));
+    };
+    let v = lock(&state).introspect(&token, Instant::now());
+    HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(v)
+}
+
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
     serde_json::from_slice(body).map_err(|e| sim_refusal(400, format!("invalid body: {e}")))
 }
@@ -3418,6 +3470,7 @@ pub async fn serve(opts: GraphSimOptions) -> anyhow::Result<()> {
             .route("/_sim/throttle", web::post().to(sim_throttle))
             .route("/_sim/notify", web::post().to(sim_notify))
             .route("/_sim/lifecycle", web::post().to(sim_lifecycle))
+            .route("/_sim/introspect", web::post().to(introspect))
             .route("/{tenant}/oauth2/v2.0/token", web::post().to(token))
             .default_service(web::to(graph_api))
     })
@@ -4022,6 +4075,48 @@ mod tests {
             (400, "invalid_grant".into())
         );
         assert_eq!(s.stats.tokens_issued, 3);
+    }
+
+    #[test]
+    fn introspection_reports_live_tokens_for_the_introspect_user_and_nothing_else_as_active() {
+        let mut s = State::new(&options(&["--token-lifetime-s", "60"])).unwrap();
+        assert_eq!(s.introspect_user, "invoices-0@contoso.example");
+        let mut s2 = State::new(&options(&["--introspect-user", "imap@example.test"])).unwrap();
+        assert_eq!(s2.introspect_user, "imap@example.test");
+        assert_eq!(
+            s2.introspect("never-issued", Instant::now())["active"],
+            false
+        );
+
+        let form: HashMap<String, String> = [
+            ("client_id", "ms1-app"),
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "sim-refresh-token"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let t0 = Instant::now();
+        let issued = s.issue_token("contoso", &form, t0).unwrap();
+        let token = issued["access_token"].as_str().unwrap();
+        let live = s.introspect(token, t0 + Duration::from_secs(59));
+        assert_eq!(live["active"], true);
+        assert_eq!(live["email"], "invoices-0@contoso.example");
+        assert!(live["exp"].as_i64().unwrap() > live["iat"].as_i64().unwrap());
+        assert_eq!(
+            s.introspect(token, t0 + Duration::from_secs(60)),
+            json!({"active": false}),
+            "an expired token is inactive and reveals nothing"
+        );
+        assert_eq!(s.introspect("forged", t0), json!({"active": false}));
+        assert_eq!(
+            (
+                s.stats.introspections,
+                s.stats.introspections_inactive,
+                s.stats.expired_token_used
+            ),
+            (3, 2, 1)
+        );
     }
 
     #[test]

@@ -237,6 +237,21 @@ active_value = true
     )
 }
 
+/// Dovecot's auth and imap processes run as the `dovecot` user and must reach the password
+/// file and the Maildirs: give "others" search (x, not read) permission on every directory
+/// above `dir` that lacks it, e.g. a private (0700) temporary directory.
+fn let_dovecot_through(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for d in dir.ancestors() {
+        let meta = std::fs::metadata(d)?;
+        let mode = meta.permissions().mode();
+        if mode & 0o001 == 0 {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o001))?;
+        }
+    }
+    Ok(())
+}
+
 impl PrivateDovecot {
     /// Starts Dovecot with these `(user, password)` accounts, data in `dir`, plain-text logins
     /// only.
@@ -261,6 +276,8 @@ impl PrivateDovecot {
             std::fs::create_dir_all(dir.join(sub))?;
         }
         chown(dir.join("home"), Some(owner.0), Some(owner.1))?;
+        let dir = &std::fs::canonicalize(dir)?;
+        let_dovecot_through(dir)?;
         let passwd: String = users
             .iter()
             .map(|(u, p)| format!("{u}:{{PLAIN}}{p}\n"))

@@ -72,7 +72,9 @@ Content-Transfer-Encoding: base64\r\n\r\n"
         }
     } else {
         for line in 0..filler / 78 {
-            out.extend_from_slice(format!("Line {line:04} of the invoice details, item {n}.").as_bytes());
+            out.extend_from_slice(
+                format!("Line {line:04} of the invoice details, item {n}.").as_bytes(),
+            );
             out.extend(std::iter::repeat_n(b' ', 76usize.saturating_sub(40)));
             out.extend_from_slice(b"\r\n");
         }

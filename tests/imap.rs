@@ -44,7 +44,9 @@ fn polled(d: &Daemon) -> f64 {
 }
 
 fn wait_ms4(w: &World, n: u64, timeout: Duration, d: &Daemon) {
-    let ok = wait_until(timeout, || w.ms4.stats()["unique_records"].as_u64() >= Some(n));
+    let ok = wait_until(timeout, || {
+        w.ms4.stats()["unique_records"].as_u64() >= Some(n)
+    });
     assert!(
         ok,
         "MS4 has {} of {n}; stats {}\n{}",
@@ -106,7 +108,11 @@ fn five_thousand_messages_arrive_once_then_only_new_ones_and_an_idle_poll_fetche
     let (status, _) = post(&format!("{}/polling/trigger", d.control), "{}");
     assert_eq!(status, 200);
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(polled(&d), 5_200.0, "an idle poll must not re-push the last message");
+    assert_eq!(
+        polled(&d),
+        5_200.0,
+        "an idle poll must not re-push the last message"
+    );
     let stats = w.ms4.stats();
     assert_eq!(stats["unique_records"], 5_200);
     assert_eq!(stats["duplicate_records"], 0, "{stats}");
@@ -131,7 +137,10 @@ fn a_new_uidvalidity_resyncs_the_folder_and_delivers_only_the_new_mail() {
     std::thread::sleep(Duration::from_secs(2));
     let stats = w.ms4.stats();
     assert_eq!(stats["unique_records"], 60);
-    assert_eq!(stats["duplicate_records"], 0, "nothing twice at MS4: {stats}");
+    assert_eq!(
+        stats["duplicate_records"], 0,
+        "nothing twice at MS4: {stats}"
+    );
     assert_eq!(
         d.metric("ms1_imap_uidvalidity_resets_total{source=\"invoices\"}"),
         1.0,
@@ -190,7 +199,10 @@ fn malformed_mime_is_delivered_as_parsed_or_dead_lettered_and_the_poller_goes_on
     dc.deliver(USER, "INBOX", &broken).unwrap();
     let d = daemon(&w, &source("invoices", dc.port(), USER, PASSWORD, ""), &[]);
     wait_ms4(&w, 4, Duration::from_secs(30), &d);
-    assert!(wait_until(Duration::from_secs(10), || w.dead_letters().len() == 2));
+    assert!(wait_until(Duration::from_secs(10), || w
+        .dead_letters()
+        .len()
+        == 2));
     for dl in w.dead_letters() {
         assert_eq!(dl["source"], "imap");
         assert_eq!(dl["stage"], "process");
@@ -201,7 +213,10 @@ fn malformed_mime_is_delivered_as_parsed_or_dead_lettered_and_the_poller_goes_on
     dc.deliver(USER, "INBOX", &messages(0..1, "m")).unwrap();
     wait_ms4(&w, 5, Duration::from_secs(15), &d);
     let keys = w.ms4.keys();
-    assert!(keys.iter().any(|k| k.starts_with("imap:invoices:")), "{keys:?}");
+    assert!(
+        keys.iter().any(|k| k.starts_with("imap:invoices:")),
+        "{keys:?}"
+    );
     assert!(keys.contains(&"<nodate@e.example>".to_string()), "{keys:?}");
 }
 
@@ -211,7 +226,8 @@ fn a_wrong_password_degrades_only_its_source() {
     let other = "ap@contoso.example";
     let mut dc = dovecot(&w, &[(USER, PASSWORD), (other, PASSWORD)]);
     dc.deliver(USER, "INBOX", &messages(0..20, "g")).unwrap();
-    dc.deliver(other, "INBOX", &messages(100..110, "b")).unwrap();
+    dc.deliver(other, "INBOX", &messages(100..110, "b"))
+        .unwrap();
     let sources = source("good", dc.port(), USER, PASSWORD, "")
         + &source("bad", dc.port(), other, "not-the-password", "");
     let d = daemon(&w, &sources, &[]);
@@ -227,7 +243,10 @@ fn a_wrong_password_degrades_only_its_source() {
         reason.contains("`bad`") && reason.contains(other),
         "the error names the source and the user: {reason}"
     );
-    assert!(ready["degraded_sources"].get("imap:good").is_none(), "{ready}");
+    assert!(
+        ready["degraded_sources"].get("imap:good").is_none(),
+        "{ready}"
+    );
     assert!(!reason.contains("not-the-password"), "no secret in errors");
     // The good source keeps flowing.
     dc.deliver(USER, "INBOX", &messages(20..25, "g")).unwrap();
@@ -242,7 +261,8 @@ fn after_delivery_sets_seen_or_moves_only_what_ms4_accepted() {
     let mover = "ap@contoso.example";
     let mut dc = dovecot(&w, &[(USER, PASSWORD), (mover, PASSWORD)]);
     dc.deliver(USER, "INBOX", &messages(0..30, "s")).unwrap();
-    dc.deliver(mover, "INBOX", &messages(100..120, "m")).unwrap();
+    dc.deliver(mover, "INBOX", &messages(100..120, "m"))
+        .unwrap();
     // The target folder exists.
     let created = imap(dc.port(), mover, &["CREATE Processed", "LOGOUT"]);
     assert!(created.contains("t1 OK"), "{created}");
@@ -262,19 +282,92 @@ fn after_delivery_sets_seen_or_moves_only_what_ms4_accepted() {
     let d = daemon(&w, &sources, &[]);
     wait_ms4(&w, 50, Duration::from_secs(30), &d);
     let seen = wait_until(Duration::from_secs(15), || {
-        let out = imap(dc.port(), USER, &["SELECT INBOX", "SEARCH UNSEEN", "LOGOUT"]);
+        let out = imap(
+            dc.port(),
+            USER,
+            &["SELECT INBOX", "SEARCH UNSEEN", "LOGOUT"],
+        );
         out.contains("* SEARCH\r\n")
     });
     assert!(seen, "every delivered message is \\Seen");
     let moved = wait_until(Duration::from_secs(15), || {
-        let out = imap(dc.port(), mover, &["STATUS INBOX (MESSAGES)", "STATUS Processed (MESSAGES)", "LOGOUT"]);
+        let out = imap(
+            dc.port(),
+            mover,
+            &[
+                "STATUS INBOX (MESSAGES)",
+                "STATUS Processed (MESSAGES)",
+                "LOGOUT",
+            ],
+        );
         out.contains("INBOX (MESSAGES 0)") && out.contains("Processed (MESSAGES 20)")
     });
     assert!(moved, "every delivered message moved to Processed");
-    assert_eq!(d.metric("ms1_imap_after_delivery_total{action=\"seen\"}"), 30.0);
-    assert_eq!(d.metric("ms1_imap_after_delivery_total{action=\"move\"}"), 20.0);
+    assert_eq!(
+        d.metric("ms1_imap_after_delivery_total{action=\"seen\"}"),
+        30.0
+    );
+    assert_eq!(
+        d.metric("ms1_imap_after_delivery_total{action=\"move\"}"),
+        20.0
+    );
     // Moving did not make anything come twice.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(w.ms4.stats()["duplicate_records"], 0);
     assert_eq!(w.xlen("stream:imapdone"), 0);
+}
+
+#[test]
+fn tls_and_xoauth2_sources_flow_and_a_rejected_xoauth2_login_degrades_only_its_source() {
+    use ms1_ingestor::dovecot_launcher::DovecotOptions;
+    let w = World::with_graph(&[], &["--introspect-user", USER]);
+    let graph = w.graph().url.clone();
+    let other = "ap@contoso.example";
+    let options = DovecotOptions {
+        tls: true,
+        oauth2_introspection_url: Some(format!("{graph}/_sim/introspect")),
+    };
+    let mut dc = PrivateDovecot::start_with(
+        &w.dir.path().join("dovecot"),
+        &[(USER, PASSWORD), (other, PASSWORD)],
+        false,
+        options,
+    )
+    .expect("dovecot starts with TLS and OAuth2");
+    dc.deliver(USER, "INBOX", &messages(0..20, "x")).unwrap();
+    dc.deliver(other, "INBOX", &messages(100..115, "t")).unwrap();
+    let ca = dc.ca_file().unwrap().display().to_string();
+    let oauth = format!(
+        "auth = \"xoauth2\"\ntoken_url = \"{graph}/contoso/oauth2/v2.0/token\"\n\
+client_id = \"ms1-app\"\nclient_secret = \"sim-secret\"\nrefresh_token = \"sim-refresh-token\"\n"
+    );
+    let sources = format!(
+        // XOAUTH2 after STARTTLS, verified against the private CA by host name.
+        "[[imap.sources]]\nname = \"oauth\"\nhost = \"localhost\"\nport = {plain}\ntls = \"starttls\"\n\
+ca_file = \"{ca}\"\nusername = \"{USER}\"\n{oauth}poll_interval_s = 1\n\n\
+[[imap.sources]]\nname = \"implicit\"\nhost = \"127.0.0.1\"\nport = {tls}\ntls = \"implicit\"\n\
+ca_file = \"{ca}\"\nusername = \"{other}\"\npassword = \"{PASSWORD}\"\npoll_interval_s = 1\n\n\
+[[imap.sources]]\nname = \"rejected\"\nhost = \"localhost\"\nport = {plain}\ntls = \"starttls\"\n\
+ca_file = \"{ca}\"\nusername = \"{other}\"\n{oauth}poll_interval_s = 1\n",
+        plain = dc.port(),
+        tls = dc.tls_port().unwrap(),
+    );
+    let d = daemon(&w, &sources, &[]);
+    wait_ms4(&w, 35, Duration::from_secs(30), &d);
+    let ok = wait_until(Duration::from_secs(10), || {
+        d.ready().1["degraded_sources"].get("imap:rejected").is_some()
+    });
+    let (_, ready) = d.ready();
+    assert!(ok, "{ready}");
+    let reason = ready["degraded_sources"]["imap:rejected"].as_str().unwrap();
+    assert!(
+        reason.contains("`rejected`") && reason.contains("XOAUTH2"),
+        "{reason}"
+    );
+    assert_eq!(ready["degraded_sources"].as_object().unwrap().len(), 1, "{ready}");
+    assert!(!reason.contains("sim-refresh-token") && !reason.contains("Bearer"));
+    let stats = w.ms4.stats();
+    assert_eq!(stats["unique_records"], 35, "{stats}");
+    assert_eq!(stats["duplicate_records"], 0, "{stats}");
+    assert!(w.graph().stats()["introspections"].as_u64() > Some(0));
 }

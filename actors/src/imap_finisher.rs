@@ -145,7 +145,12 @@ async fn run(store: Store, settings: Arc<Settings>, shutdown: Shutdown) -> Resul
         for (name, entries) in by_source {
             let Some(target) = targets.get_mut(&name) else {
                 for e in &entries {
-                    dead.push(refused(e, &name, "", "the IMAP source is no longer configured"));
+                    dead.push(refused(
+                        e,
+                        &name,
+                        "",
+                        "the IMAP source is no longer configured",
+                    ));
                     done.push(e.id.clone());
                 }
                 continue;
@@ -155,10 +160,18 @@ async fn run(store: Store, settings: Arc<Settings>, shutdown: Shutdown) -> Resul
             let mut by_validity: BTreeMap<&str, Vec<(&Entry, u32)>> = BTreeMap::new();
             for e in &entries {
                 let id = e.field("message_id").unwrap_or_default();
-                match id.split_once(':').and_then(|(uv, uid)| Some((uv, uid.parse().ok()?))) {
+                match id
+                    .split_once(':')
+                    .and_then(|(uv, uid)| Some((uv, uid.parse().ok()?)))
+                {
                     Some((uv, uid)) => by_validity.entry(uv).or_default().push((e, uid)),
                     None => {
-                        dead.push(refused(e, &name, kind(action), "not a `uidvalidity:uid` id"));
+                        dead.push(refused(
+                            e,
+                            &name,
+                            kind(action),
+                            "not a `uidvalidity:uid` id",
+                        ));
                         done.push(e.id.clone());
                     }
                 }
@@ -190,7 +203,13 @@ async fn run(store: Store, settings: Arc<Settings>, shutdown: Shutdown) -> Resul
             }
         }
         store
-            .dead_letter_and_ack(&stream, IMAP_FINISHERS, &dead, &done, settings.redis.dlq_maxlen)
+            .dead_letter_and_ack(
+                &stream,
+                IMAP_FINISHERS,
+                &dead,
+                &done,
+                settings.redis.dlq_maxlen,
+            )
             .await?;
         if !dead.is_empty() {
             metrics::counter!(m::DEAD_LETTERED, "stage" => "mark_read")
@@ -278,10 +297,16 @@ async fn apply(
                     .map_err(step("UID STORE"))?;
             }
             AfterDelivery::Move if caps.mv => {
-                session.uid_mv(&set, &move_to).await.map_err(step("UID MOVE"))?;
+                session
+                    .uid_mv(&set, &move_to)
+                    .await
+                    .map_err(step("UID MOVE"))?;
             }
             AfterDelivery::Move => {
-                session.uid_copy(&set, &move_to).await.map_err(step("UID COPY"))?;
+                session
+                    .uid_copy(&set, &move_to)
+                    .await
+                    .map_err(step("UID COPY"))?;
                 session
                     .uid_store(&set, "+FLAGS.SILENT (\\Seen \\Deleted)")
                     .await

@@ -220,9 +220,8 @@ impl ImapLoop {
             }
             let now = Instant::now();
             if next_poll.is_none_or(|t| t > now) {
-                let can_idle = holding
-                    && self.source.idle
-                    && self.conn.as_ref().is_some_and(|c| c.caps.idle);
+                let can_idle =
+                    holding && self.source.idle && self.conn.as_ref().is_some_and(|c| c.caps.idle);
                 if can_idle {
                     let renew = Duration::from_secs(self.settings.imap.idle_renew_s);
                     let wait = next_poll.map_or(renew, |t| (t - now).min(renew));
@@ -348,11 +347,9 @@ impl ImapLoop {
         let name = self.source.name.clone();
         let mailbox = {
             let conn = self.conn.as_mut().expect("connected above");
-            let select = tokio::time::timeout(
-                self.settings.imap.timeout(),
-                conn.session.select(&folder),
-            )
-            .await;
+            let select =
+                tokio::time::timeout(self.settings.imap.timeout(), conn.session.select(&folder))
+                    .await;
             match select {
                 Ok(Ok(mb)) => mb,
                 Ok(Err(async_imap::error::Error::No(reason))) => {
@@ -396,6 +393,16 @@ impl ImapLoop {
         };
         let mut added = 0;
         let chunk = self.settings.imap.fetch_chunk;
+        let timeout = self.settings.imap.timeout();
+        let writer = ChunkWriter {
+            store: self.store.clone(),
+            token: self.token.clone(),
+            source: name.clone(),
+            uidvalidity,
+            after_delivery: self.source.after_delivery != AfterDelivery::None,
+        };
+        // One chunk is written to Redis while the next is fetched from the server.
+        let mut unwritten: Option<(Vec<FetchedMail>, u32)> = None;
         while last < top {
             crate::poller::wait_for_backlog(&self.store, &self.settings, &self.shutdown).await?;
             if self.shutdown.is_raised() {
@@ -406,31 +413,24 @@ impl ImapLoop {
             }
             let hi = last.saturating_add(chunk).min(top);
             for (batch, batch_last) in self.plan_fetches(last + 1, hi).await? {
-                let mails = if batch.is_empty() {
-                    Vec::new()
-                } else {
-                    self.fetch(&batch).await?
+                let conn = self.conn.as_mut().expect("connected");
+                let (fetched, written) = tokio::join!(
+                    fetch_mails(&mut conn.session, &batch, timeout),
+                    writer.write(unwritten.take())
+                );
+                added += written?;
+                let mails = match fetched {
+                    Ok(m) => m,
+                    Err(Some(e)) => {
+                        return Err(self.connector.protocol(format!("UID FETCH: {e}")).into())
+                    }
+                    Err(None) => return Err(self.timeout("UID FETCH").into()),
                 };
-                let written = self
-                    .store
-                    .write_imap_chunk(
-                        &FetchedChunk {
-                            source: &name,
-                            uidvalidity,
-                            last_uid: batch_last,
-                            after_delivery: self.source.after_delivery != AfterDelivery::None,
-                            mails,
-                        },
-                        &self.token,
-                        crate::processor::now_ms(),
-                    )
-                    .await?
-                    .map_err(|_| PollError::LeaseLost)?;
-                added += written;
-                metrics::counter!(m::POLLED, "mode" => "imap").increment(written);
+                unwritten = Some((mails, batch_last));
             }
             last = hi;
         }
+        added += writer.write(unwritten.take()).await?;
         Ok(added)
     }
 
@@ -471,41 +471,12 @@ impl ImapLoop {
         })
         .await
         .map_err(|_| self.timeout("UID FETCH sizes"))?;
-        let mut sizes = sizes.map_err(|e| self.connector.protocol(format!("UID FETCH sizes: {e}")))?;
+        let mut sizes =
+            sizes.map_err(|e| self.connector.protocol(format!("UID FETCH sizes: {e}")))?;
         sizes.retain(|(u, _)| (lo..=hi).contains(u));
         sizes.sort_unstable();
         sizes.dedup_by_key(|(u, _)| *u);
         Ok(batches(&sizes, self.settings.imap.fetch_max_bytes, hi))
-    }
-
-    /// Fetches whole messages (without setting `\Seen`).
-    async fn fetch(&mut self, uid_set: &str) -> Result<Vec<FetchedMail>, PollError> {
-        let timeout = self.settings.imap.timeout();
-        let conn = self.conn.as_mut().expect("connected");
-        let fetched = tokio::time::timeout(timeout, async {
-            let mut out = Vec::new();
-            let mut stream = conn
-                .session
-                .uid_fetch(uid_set, "(UID INTERNALDATE BODY.PEEK[])")
-                .await?;
-            while let Some(f) = stream.try_next().await? {
-                let (Some(uid), Some(body)) = (f.uid, f.body()) else {
-                    continue;
-                };
-                out.push(FetchedMail {
-                    uid,
-                    internal_date: f
-                        .internal_date()
-                        .map(|d| d.to_rfc3339_opts(SecondsFormat::Secs, true))
-                        .unwrap_or_default(),
-                    payload: base64::engine::general_purpose::STANDARD.encode(body),
-                });
-            }
-            Ok::<_, async_imap::error::Error>(out)
-        })
-        .await
-        .map_err(|_| self.timeout("UID FETCH"))?;
-        fetched.map_err(|e| self.connector.protocol(format!("UID FETCH: {e}")).into())
     }
 
     /// Waits in IDLE until the server reports a change, `wait` passes, or something else needs
@@ -523,7 +494,11 @@ impl ImapLoop {
         let timeout = self.settings.imap.timeout();
         match tokio::time::timeout(timeout, handle.init()).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Ok(IdleEnd::Failed(self.connector.protocol(format!("IDLE: {e}")))),
+            Ok(Err(e)) => {
+                return Ok(IdleEnd::Failed(
+                    self.connector.protocol(format!("IDLE: {e}")),
+                ))
+            }
             Err(_) => return Ok(IdleEnd::Failed(self.timeout("IDLE"))),
         }
         let renew_every = self.lease_ttl() / 3;
@@ -558,6 +533,75 @@ impl ImapLoop {
             Err(_) => tracing::debug!("DONE timed out; reconnecting on the next poll"),
         }
         Ok(end)
+    }
+}
+
+/// Writes fetched chunks of one poll (each with the cursor after it).
+struct ChunkWriter {
+    store: Store,
+    token: String,
+    source: String,
+    uidvalidity: u32,
+    after_delivery: bool,
+}
+
+impl ChunkWriter {
+    /// Writes `(mails, cursor)`, if any; returns the messages added.
+    async fn write(&self, chunk: Option<(Vec<FetchedMail>, u32)>) -> Result<u64, PollError> {
+        let Some((mails, last_uid)) = chunk else {
+            return Ok(0);
+        };
+        let chunk = FetchedChunk {
+            source: &self.source,
+            uidvalidity: self.uidvalidity,
+            last_uid,
+            after_delivery: self.after_delivery,
+            mails,
+        };
+        let written = self
+            .store
+            .write_imap_chunk(&chunk, &self.token, crate::processor::now_ms())
+            .await?
+            .map_err(|_| PollError::LeaseLost)?;
+        metrics::counter!(m::POLLED, "mode" => "imap").increment(written);
+        Ok(written)
+    }
+}
+
+/// Fetches whole messages (without setting `\Seen`); an empty set fetches nothing. The error
+/// is `None` on timeout.
+async fn fetch_mails(
+    session: &mut ImapSession,
+    uid_set: &str,
+    timeout: Duration,
+) -> Result<Vec<FetchedMail>, Option<async_imap::error::Error>> {
+    if uid_set.is_empty() {
+        return Ok(Vec::new());
+    }
+    let fetched = tokio::time::timeout(timeout, async {
+        let mut out = Vec::new();
+        let mut stream = session
+            .uid_fetch(uid_set, "(UID INTERNALDATE BODY.PEEK[])")
+            .await?;
+        while let Some(f) = stream.try_next().await? {
+            let (Some(uid), Some(body)) = (f.uid, f.body()) else {
+                continue;
+            };
+            out.push(FetchedMail {
+                uid,
+                internal_date: f
+                    .internal_date()
+                    .map(|d| d.to_rfc3339_opts(SecondsFormat::Secs, true))
+                    .unwrap_or_default(),
+                payload: base64::engine::general_purpose::STANDARD.encode(body),
+            });
+        }
+        Ok::<_, async_imap::error::Error>(out)
+    })
+    .await;
+    match fetched {
+        Ok(r) => r.map_err(Some),
+        Err(_) => Err(None),
     }
 }
 

@@ -189,16 +189,16 @@ impl Pipeline {
         // With any IMAP source (also when no action is configured now: it settles what an
         // earlier configuration queued).
         let imap_finisher = (!settings.imap.sources.is_empty()).then(|| {
-                let (store, settings, health, shutdown) = (
-                    store.clone(),
-                    settings.clone(),
-                    health.clone(),
-                    shutdown.clone(),
-                );
-                Supervisor::start(move |_| {
-                    imap_finisher::ImapFinisher::new(store, settings, health, shutdown)
-                })
-            });
+            let (store, settings, health, shutdown) = (
+                store.clone(),
+                settings.clone(),
+                health.clone(),
+                shutdown.clone(),
+            );
+            Supervisor::start(move |_| {
+                imap_finisher::ImapFinisher::new(store, settings, health, shutdown)
+            })
+        });
         // Manual polls reach every poller: Graph mailboxes and IMAP sources by name.
         let triggers: BTreeMap<String, actix::Recipient<poller::TriggerPoll>> = pollers
             .iter()

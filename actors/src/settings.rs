@@ -774,7 +774,10 @@ impl Settings {
             if src.auth == ImapAuth::Xoauth2 {
                 if !(src.token_url.starts_with("https://") || src.token_url.starts_with("http://"))
                 {
-                    return bad(key("token_url"), "must be the http(s) OAuth2 token endpoint");
+                    return bad(
+                        key("token_url"),
+                        "must be the http(s) OAuth2 token endpoint",
+                    );
                 }
                 if src.client_id.is_empty() {
                     return bad(key("client_id"), "is required with auth = xoauth2");
@@ -850,7 +853,10 @@ mod tests {
         assert_eq!(s.validate().unwrap_err().key, "imap.sources[1].name");
         s.imap.sources[1].name = "other".into();
         s.imap.sources[1].auth = ImapAuth::Xoauth2;
-        assert_eq!(s.validate().unwrap_err().key, "imap.sources[1].refresh_token");
+        assert_eq!(
+            s.validate().unwrap_err().key,
+            "imap.sources[1].refresh_token"
+        );
         s.imap.sources[1].refresh_token = "env:MS1_TEST_SURELY_UNSET_VAR".into();
         let e = s.validate().unwrap_err();
         assert_eq!(e.key, "imap.sources[1].refresh_token");

@@ -352,7 +352,12 @@ impl async_imap::Authenticator for &mut XOAuth2 {
             // async-imap base64-encodes the response: the raw string goes in, encoded once.
             Some(initial) => initial.into_bytes(),
             None => {
-                self.failure = Some(String::from_utf8_lossy(challenge).chars().take(200).collect());
+                self.failure = Some(
+                    String::from_utf8_lossy(challenge)
+                        .chars()
+                        .take(200)
+                        .collect(),
+                );
                 Vec::new()
             }
         }

@@ -97,6 +97,18 @@ pub fn redacted(settings: &Settings) -> String {
             *secret = "<redacted>".into();
         }
     }
+    // IMAP secrets, unless they only say where the secret is (env:NAME, file:/path).
+    for src in &mut s.imap.sources {
+        for secret in [
+            &mut src.password,
+            &mut src.client_secret,
+            &mut src.refresh_token,
+        ] {
+            if !secret.is_empty() && !secret.starts_with("env:") && !secret.starts_with("file:") {
+                *secret = "<redacted>".into();
+            }
+        }
+    }
     toml::to_string_pretty(&s).unwrap_or_else(|e| format!("(cannot render: {e})"))
 }
 
@@ -110,6 +122,26 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn imap_sources_come_from_the_file_and_their_secrets_are_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[[imap.sources]]\nname = \"gmail\"\nhost = \"imap.gmail.com\"\n\
+username = \"u@x.example\"\nauth = \"xoauth2\"\ntoken_url = \"https://oauth2.googleapis.com/token\"\n\
+client_id = \"cid\"\nclient_secret = \"very-secret\"\nrefresh_token = \"env:PATH\"\n\
+after_delivery = \"seen\"\n",
+        )
+        .unwrap();
+        let s = load_from(Some(&path), env(&[])).unwrap();
+        assert_eq!(s.imap.sources.len(), 1);
+        assert_eq!(s.imap.sources[0].port(), 993);
+        let shown = redacted(&s);
+        assert!(!shown.contains("very-secret"), "{shown}");
+        assert!(shown.contains("env:PATH"), "{shown}");
     }
 
     #[test]

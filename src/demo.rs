@@ -1,12 +1,14 @@
 //! `ms1-ingestor demo`: the whole system on one machine, with nothing installed but
-//! redis-server.
+//! redis-server and dovecot-imapd.
 //!
 //! It starts the MS4 simulator (with MS4's per-minute limit), the Graph
 //! simulator holding a few thousand synthetic invoices in several mailboxes (a few of them
-//! invalid for MS4), and the daemon as a child process with delta polling and webhooks. While
-//! the seeded mail flows, new mail arrives in bursts and comes in through change
-//! notifications. At the end it stops the daemon with SIGTERM (which deletes the
-//! subscriptions) and prints the summary. It exits 0 only when nothing was lost.
+//! invalid for MS4), a real Dovecot with an IMAP mailbox of invoices, and the daemon as a child
+//! process with delta polling and webhooks for Graph, and UID fetch with IDLE for IMAP
+//! (delivered messages are then flagged `\Seen`). While the seeded mail flows, new mail
+//! arrives in bursts: through Graph change notifications and IMAP IDLE. At the end it stops
+//! the daemon with SIGTERM (which deletes the subscriptions) and prints the summary. It exits
+//! 0 only when nothing was lost.
 
 use crate::redis_launcher::free_port;
 use serde_json::{json, Value};
@@ -29,6 +31,12 @@ pub struct DemoOptions {
     /// Invoices arriving during the demo, in bursts, delivered through webhooks.
     #[arg(long, default_value_t = 600)]
     pub live: u64,
+    /// Invoices waiting in the IMAP mailbox (a real Dovecot) at start; 0: no IMAP source.
+    #[arg(long, default_value_t = 600)]
+    pub imap_count: u64,
+    /// Invoices arriving in the IMAP mailbox during the demo, in bursts (IDLE brings them).
+    #[arg(long, default_value_t = 120)]
+    pub imap_live: u64,
     /// MS4's per-minute request limit, on the simulator and in the daemon.
     #[arg(long, default_value_t = 600)]
     pub rate_limit_per_min: u32,
@@ -114,11 +122,54 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         mailboxes.len()
     );
 
+    let imap_user = "invoices@contoso.example";
+    let imap_live = if opts.imap_count > 0 {
+        opts.imap_live
+    } else {
+        0
+    };
+    let dovecot = if opts.imap_count > 0 {
+        let secret = uuid::Uuid::new_v4().simple().to_string();
+        let mut dc = crate::dovecot_launcher::PrivateDovecot::start(
+            &dir.join("dovecot"),
+            &[(imap_user, &secret)],
+            false,
+        )
+        .map_err(|e| anyhow::anyhow!("{e} (or run with --imap-count 0)"))?;
+        let mail: Vec<Vec<u8>> = (0..opts.imap_count)
+            .map(|n| crate::synthetic::mime_message(n, "demo-imap", 4_096))
+            .collect();
+        dc.deliver(imap_user, "INBOX", &mail)?;
+        std::fs::write(
+            dir.join("imap.toml"),
+            format!(
+                "# The demo's IMAP source (see config/default.toml for every key).\n\
+[[imap.sources]]\nname = \"dovecot-demo\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+username = \"{imap_user}\"\npassword = \"env:MS1_DEMO_IMAP_PASSWORD\"\nafter_delivery = \"seen\"\n",
+                dc.port()
+            ),
+        )?;
+        println!(
+            "Dovecot (IMAP)   127.0.0.1:{} ({imap_user}: {} invoices in INBOX; IDLE, \\Seen after delivery)",
+            dc.port(),
+            opts.imap_count
+        );
+        Some((std::cell::RefCell::new(dc), secret))
+    } else {
+        None
+    };
+
     let control = format!("127.0.0.1:{}", free_port()?);
     let token = uuid::Uuid::new_v4().simple().to_string();
     let log_path = dir.join("daemon.log");
     let log = std::fs::File::create(&log_path)?;
-    let daemon = Command::new(&exe)
+    let mut daemon = Command::new(&exe);
+    if let Some((_, secret)) = &dovecot {
+        daemon
+            .env("MS1_CONFIG", dir.join("imap.toml"))
+            .env("MS1_DEMO_IMAP_PASSWORD", secret);
+    }
+    let daemon = daemon
         .arg("run")
         // redis.url empty: the daemon starts a private redis-server (AOF on) in data_dir.
         .env("MS1__REDIS__URL", "")
@@ -209,7 +260,14 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
             graph_url: &graph_url,
             mailboxes: &mailboxes,
             live: opts.live,
-            expected: per_mailbox * mailboxes.len() as u64 + opts.invalid + opts.live,
+            imap: dovecot.as_ref().map(|(dc, _)| dc),
+            imap_live,
+            imap_next: opts.imap_count,
+            expected: per_mailbox * mailboxes.len() as u64
+                + opts.invalid
+                + opts.live
+                + opts.imap_count
+                + imap_live,
             timeout: Duration::from_secs(opts.timeout_s),
             api: &api,
         };
@@ -246,14 +304,20 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         get(&awc::Client::default(), &format!("{graph_url}/_sim/stats")).await
     })?;
     drop((ms4, graph));
+    let imap_seen = dovecot.as_ref().map_or(0, |(dc, _)| {
+        dc.borrow()
+            .count_flagged(imap_user, "INBOX", 'S')
+            .unwrap_or(0)
+    });
+    drop(dovecot);
 
     let lost = outcome
         .expected
         .saturating_sub(outcome.delivered + outcome.dead_lettered);
     println!();
     println!(
-        "summary: {} e-mails in Graph ({} waiting at start, {} arriving during the demo), {} delivered, {} dead-lettered, {} duplicates at MS4",
-        outcome.expected, outcome.expected - opts.live, opts.live, outcome.delivered, outcome.dead_lettered, outcome.duplicates
+        "summary: {} e-mails ({} waiting at start, {} arriving during the demo), {} delivered, {} dead-lettered, {} duplicates at MS4",
+        outcome.expected, outcome.expected - opts.live - imap_live, opts.live + imap_live, outcome.delivered, outcome.dead_lettered, outcome.duplicates
     );
     println!(
         "         MS4: {} requests, {} answered 429; Graph: {} throttled, {} subscriptions created and {} deleted on stop, {} notifications sent",
@@ -264,6 +328,15 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         graph_stats["deleted_subscriptions"],
         graph_stats["notifications_sent"],
     );
+    if opts.imap_count > 0 {
+        println!(
+            "         IMAP: {} invoices in Dovecot ({} waiting at start, {} arriving during the demo), {} flagged \\Seen after MS4 accepted them",
+            opts.imap_count + imap_live,
+            opts.imap_count,
+            imap_live,
+            imap_seen,
+        );
+    }
     println!(
         "         session {}: {}, {} processed, {} failed (dead-lettered), {} duplicates dropped",
         session["session_id"].as_str().unwrap_or("?"),
@@ -325,6 +398,11 @@ struct Watch<'a> {
     graph_url: &'a str,
     mailboxes: &'a [String],
     live: u64,
+    /// The IMAP mailbox, for new mail during the demo.
+    imap: Option<&'a std::cell::RefCell<crate::dovecot_launcher::PrivateDovecot>>,
+    imap_live: u64,
+    /// Number of the next IMAP invoice.
+    imap_next: u64,
     expected: u64,
     timeout: Duration,
     api: &'a crate::cli::Client,
@@ -339,6 +417,8 @@ impl Watch<'_> {
         let mut last_line = Instant::now() - Duration::from_secs(10);
         let bursts = 6u64;
         let mut sent_live = 0u64;
+        let mut sent_imap = 0u64;
+        let mut next_imap_burst = Instant::now() + Duration::from_secs(3);
         loop {
             let ms4 = get(self.http, &format!("{}/_sim/stats", self.ms4_url)).await?;
             let n = |k: &str| ms4[k].as_u64().unwrap_or(0);
@@ -365,6 +445,22 @@ impl Watch<'_> {
                     sent_live += burst;
                 }
             }
+            // New IMAP mail in bursts too: IDLE brings it without waiting for a poll.
+            if let Some(dc) = self.imap {
+                if sent_imap < self.imap_live && Instant::now() >= next_imap_burst {
+                    let burst = (self.imap_live / bursts)
+                        .max(1)
+                        .min(self.imap_live - sent_imap);
+                    let start = self.imap_next + sent_imap;
+                    let mail: Vec<Vec<u8>> = (start..start + burst)
+                        .map(|n| crate::synthetic::mime_message(n, "demo-imap", 4_096))
+                        .collect();
+                    dc.borrow_mut()
+                        .deliver("invoices@contoso.example", "INBOX", &mail)?;
+                    sent_imap += burst;
+                    next_imap_burst = Instant::now() + Duration::from_secs(2);
+                }
+            }
             let delivered = n("unique_records");
             let session = self
                 .api
@@ -385,8 +481,10 @@ impl Watch<'_> {
                     }
                 })
                 .collect();
-            let finished =
-                sent_live >= self.live && delivered + dead >= self.expected && backlog == 0;
+            let finished = sent_live >= self.live
+                && sent_imap >= self.imap_live
+                && delivered + dead >= self.expected
+                && backlog == 0;
             let progress = format!(
                 "{} [{bar}] processed {:>5} delivered {:>5} ({:>4.0}/s) failed {:>2} dup {} queued {:>5}  {secs:>5.1}s",
                 session["status"].as_str().unwrap_or("?"),

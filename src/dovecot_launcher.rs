@@ -420,6 +420,23 @@ impl PrivateDovecot {
         Ok(())
     }
 
+    /// How many messages of a user's folder carry a Maildir flag (`S` for `\Seen`).
+    pub fn count_flagged(&self, user: &str, folder: &str, flag: char) -> anyhow::Result<usize> {
+        let cur = self.maildir(user, folder).join("cur");
+        let mut n = 0;
+        for entry in std::fs::read_dir(cur)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if name
+                .rsplit_once(":2,")
+                .is_some_and(|(_, flags)| flags.contains(flag))
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Deletes a folder with its Dovecot index, so that it comes back with a new UIDVALIDITY.
     ///
     /// Dovecot gives a recreated Maildir the current time as UIDVALIDITY, so this returns only

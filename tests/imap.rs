@@ -335,7 +335,8 @@ fn tls_and_xoauth2_sources_flow_and_a_rejected_xoauth2_login_degrades_only_its_s
     )
     .expect("dovecot starts with TLS and OAuth2");
     dc.deliver(USER, "INBOX", &messages(0..20, "x")).unwrap();
-    dc.deliver(other, "INBOX", &messages(100..115, "t")).unwrap();
+    dc.deliver(other, "INBOX", &messages(100..115, "t"))
+        .unwrap();
     let ca = dc.ca_file().unwrap().display().to_string();
     let oauth = format!(
         "auth = \"xoauth2\"\ntoken_url = \"{graph}/contoso/oauth2/v2.0/token\"\n\
@@ -355,7 +356,9 @@ ca_file = \"{ca}\"\nusername = \"{other}\"\n{oauth}poll_interval_s = 1\n",
     let d = daemon(&w, &sources, &[]);
     wait_ms4(&w, 35, Duration::from_secs(30), &d);
     let ok = wait_until(Duration::from_secs(10), || {
-        d.ready().1["degraded_sources"].get("imap:rejected").is_some()
+        d.ready().1["degraded_sources"]
+            .get("imap:rejected")
+            .is_some()
     });
     let (_, ready) = d.ready();
     assert!(ok, "{ready}");
@@ -364,7 +367,11 @@ ca_file = \"{ca}\"\nusername = \"{other}\"\n{oauth}poll_interval_s = 1\n",
         reason.contains("`rejected`") && reason.contains("XOAUTH2"),
         "{reason}"
     );
-    assert_eq!(ready["degraded_sources"].as_object().unwrap().len(), 1, "{ready}");
+    assert_eq!(
+        ready["degraded_sources"].as_object().unwrap().len(),
+        1,
+        "{ready}"
+    );
     assert!(!reason.contains("sim-refresh-token") && !reason.contains("Bearer"));
     let stats = w.ms4.stats();
     assert_eq!(stats["unique_records"], 35, "{stats}");

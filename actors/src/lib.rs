@@ -129,7 +129,8 @@ impl Pipeline {
                     settings.graph.request_timeout(),
                     settings.graph.max_concurrent_per_mailbox,
                 )
-                .with_attachments(settings.graph.fetch_attachments),
+                .with_attachments(settings.graph.fetch_attachments)
+                .with_agent(clients::graph::user_agent(&settings.consumer_name())),
             );
             for name in &settings.graph.mailboxes {
                 let (mailbox, settings, store, graph, health, shutdown, intake) = (

@@ -129,7 +129,8 @@ impl Actor for BatchProcessor {
                         self.settings.graph.request_timeout(),
                         self.settings.graph.max_concurrent_per_mailbox,
                     )
-                    .with_attachments(self.settings.graph.fetch_attachments),
+                    .with_attachments(self.settings.graph.fetch_attachments)
+                    .with_agent(crate::clients::graph::user_agent(&self.consumer)),
                 )
             }),
         };

@@ -1119,6 +1119,32 @@ impl Budget {
     }
 }
 
+/// Who reads a mailbox's pages (list and delta), by `User-Agent`: a mailbox must have one
+/// poller at a time. A poller may hand over to another (its daemon died or stopped), but once
+/// another has read pages, the first one reading again means both were polling at once.
+#[derive(Debug, Default)]
+struct PollerLog {
+    /// Every reader seen, in order of first appearance.
+    seen: Vec<String>,
+    last: String,
+    /// Times a reader came back after another had read (two pollers at once).
+    interleavings: u64,
+}
+
+impl PollerLog {
+    fn saw(&mut self, agent: &str) {
+        if agent == self.last {
+            return;
+        }
+        if self.seen.iter().any(|a| a == agent) {
+            self.interleavings += 1;
+        } else {
+            self.seen.push(agent.to_string());
+        }
+        self.last = agent.to_string();
+    }
+}
+
 /// Per-mailbox counters of the routes served.
 #[derive(Debug, Default, Clone, Serialize)]
 struct MailboxCounters {
@@ -1148,6 +1174,8 @@ struct Mailbox {
     first_live: usize,
     /// Every message before this index is read or deleted.
     first_unread: usize,
+    /// Who polled it, to tell when two pollers read it at once.
+    pollers: PollerLog,
     live: usize,
     unread: usize,
     /// Number of the next synthetic message.
@@ -1176,6 +1204,7 @@ impl Mailbox {
             delta_epoch: 0,
             budget: Budget::default(),
             counters: MailboxCounters::default(),
+            pollers: PollerLog::default(),
         }
     }
 
@@ -2003,10 +2032,12 @@ impl State {
         match (call.method, op) {
             ("GET", MailboxOp::List { folder }) => {
                 folder_ok(folder)?;
+                self.mailboxes[mbx].pollers.saw(call.agent);
                 self.list(mbx, call, &q)
             }
             ("GET", MailboxOp::Delta { folder }) => {
                 folder_ok(&Some(folder.clone()))?;
+                self.mailboxes[mbx].pollers.saw(call.agent);
                 self.delta(mbx, call, &q)
             }
             ("GET", MailboxOp::Message(id)) => self.get_message(mbx, id, &q, call),
@@ -2346,7 +2377,9 @@ impl State {
         let mut violations = self.stats.batch_over_20 + self.stats.expired_token_used;
         for mb in &self.mailboxes {
             let b = &mb.budget.counters;
-            violations += b.requests_during_retry_after + b.concurrency_exceeded;
+            violations += b.requests_during_retry_after
+                + b.concurrency_exceeded
+                + mb.pollers.interleavings;
             let mut m = serde_json::Map::new();
             m.insert("guid".into(), json!(mb.guid));
             m.insert("messages".into(), json!(mb.live));
@@ -2360,6 +2393,11 @@ impl State {
                 }
             }
             m.insert("in_flight".into(), json!(mb.budget.in_flight));
+            m.insert("pollers_seen".into(), json!(mb.pollers.seen.len()));
+            m.insert(
+                "poller_interleavings".into(),
+                json!(mb.pollers.interleavings),
+            );
             for (k, val) in &m {
                 let Some(n) = val.as_u64() else { continue };
                 let t = totals.entry(k.clone()).or_insert(json!(0));
@@ -2476,6 +2514,8 @@ struct Call<'a> {
     body: &'a [u8],
     /// `http://host:port/v1.0`, for nextLink and deltaLink.
     base: &'a str,
+    /// The caller's `User-Agent` (ms1 names its daemon instance there).
+    agent: &'a str,
 }
 
 /// What a request on a mailbox asks for.
@@ -2769,6 +2809,7 @@ async fn batch(state: &Shared, call: &Call<'_>) -> Reply {
             prefer,
             body: &body,
             base: call.base,
+            agent: call.agent,
         };
         let reply = if is_batch_path(&path) {
             GraphError::bad_request("A batch cannot contain a batch.").into()
@@ -3080,6 +3121,7 @@ async fn graph_api(state: web::Data<Shared>, req: HttpRequest, body: web::Bytes)
         prefer: header(&req, "prefer"),
         body: &body,
         base: &base,
+        agent: header(&req, "user-agent").unwrap_or(""),
     };
     let reply = if is_batch_path(path) {
         batch(state, &call).await
@@ -3488,6 +3530,18 @@ pub async fn serve(opts: GraphSimOptions) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_poller_may_hand_over_but_not_come_back_after_another_read() {
+        let mut log = PollerLog::default();
+        for a in ["A", "A", "B", "B", "C"] {
+            log.saw(a);
+        }
+        assert_eq!(log.interleavings, 0, "hand-overs are fine");
+        log.saw("B");
+        assert_eq!(log.interleavings, 1, "B came back after C: both polled");
+        assert_eq!(log.seen.len(), 3);
+    }
     use clap::Parser;
 
     const UPN: &str = "m@contoso.example";

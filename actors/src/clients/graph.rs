@@ -165,6 +165,18 @@ pub struct GraphClient {
     /// `$expand` attachment metadata into every message read (one request for a whole page,
     /// instead of one per message with attachments).
     expand: &'static str,
+    /// `User-Agent` of every request: names this daemon instance (Graph's throttling guidance
+    /// asks clients to identify themselves; the simulator uses it to see who polls a mailbox).
+    agent: String,
+}
+
+/// The `User-Agent` of a daemon instance: product, version, consumer name and process id.
+pub fn user_agent(consumer: &str) -> String {
+    format!(
+        "ms1-ingestor/{} ({consumer}; pid {})",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id()
+    )
 }
 
 /// Appended to message reads when attachment metadata is wanted.
@@ -200,7 +212,14 @@ impl GraphClient {
             local: RefCell::new(HashMap::new()),
             max_concurrent: max_concurrent.max(1) as usize,
             expand: "",
+            agent: user_agent("ms1"),
         }
+    }
+
+    /// The `User-Agent` sent (see [`user_agent`]).
+    pub fn with_agent(mut self, agent: String) -> Self {
+        self.agent = agent;
+        self
     }
 
     /// Embed attachment metadata (`$expand`) in every message read.
@@ -465,7 +484,8 @@ impl GraphClient {
             let mut req = self
                 .http
                 .request(method.clone(), url)
-                .insert_header(("Authorization", format!("Bearer {token}")));
+                .insert_header(("Authorization", format!("Bearer {token}")))
+                .insert_header(("User-Agent", self.agent.as_str()));
             if let Some(p) = prefer {
                 req = req.insert_header(("Prefer", p));
             }

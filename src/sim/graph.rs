@@ -2377,9 +2377,8 @@ impl State {
         let mut violations = self.stats.batch_over_20 + self.stats.expired_token_used;
         for mb in &self.mailboxes {
             let b = &mb.budget.counters;
-            violations += b.requests_during_retry_after
-                + b.concurrency_exceeded
-                + mb.pollers.interleavings;
+            violations +=
+                b.requests_during_retry_after + b.concurrency_exceeded + mb.pollers.interleavings;
             let mut m = serde_json::Map::new();
             m.insert("guid".into(), json!(mb.guid));
             m.insert("messages".into(), json!(mb.live));

@@ -20,6 +20,10 @@
 #       e-mails/s from POST /session/start to the last message in the inbound stream (connect,
 #       login, UID FETCH in chunks, atomic writes), the time until all were at MS4, peak RSS.
 #
+#   scripts/bench.sh scale      1, 2 and 3 daemons on one Redis draining the same preloaded
+#     100,000 entries (batch 50, unlimited MS4): e-mails/s, and the CPU seconds of the daemons,
+#     redis-server and the simulator, which show what the ceiling is on this machine.
+#
 # Everything runs on loopback: a private redis-server (AOF on, as in production), the MS4
 # simulator and the daemon (release build).
 set -euo pipefail
@@ -260,6 +264,32 @@ TOML
     "imap, 1 folder, UID FETCH:" "$(echo "$n / ($t1 - $t0)" | bc -l)" "$n" "$(echo "$t2 - $t0" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
 }
 
+bench_scale() { # daemons
+  local k=$1 n=100000
+  export MS1__MS4__BATCH_SIZE=50 MS1__MS4__RATE_LIMIT_PER_MIN=0 MS1__MS4__MAX_IN_FLIGHT=4 MS1__PIPELINE__READ_CHUNK=1000
+  start_redis; start_sim --rate-limit-per-min 0 --max-batch 1000
+  "$BIN" load --count $n 2>/dev/null
+  local t0; t0=$(now)
+  local pids=()
+  for i in $(seq 1 "$k"); do
+    local control="127.0.0.1:$(free_port)"
+    MS1__CONTROL__BIND="$control" MS1__LOG__FORMAT=json MS1__LOG__LEVEL=warn \
+      MS1__REDIS__CONSUMER="bench-$i" "$BIN" run >>"$WORK/daemon-$i.log" 2>&1 &
+    pids+=($!); PIDS+=($!)
+  done
+  wait_for_records $n 300
+  local t1; t1=$(now)
+  local cpu_d=0
+  for p in "${pids[@]}"; do cpu_d=$(echo "$cpu_d + $(cpu_of "$p")" | bc -l); done
+  local cpu_r cpu_s; cpu_r=$(cpu_of "$REDIS_PID"); cpu_s=$(cpu_of "$SIM_PID")
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  kill "$SIM_PID" "$REDIS_PID" 2>/dev/null || true; wait "$SIM_PID" "$REDIS_PID" 2>/dev/null || true
+  local secs; secs=$(echo "$t1 - $t0" | bc -l)
+  printf '%-22s %8.0f e-mails/s   cpu s over %.1f s: daemons %5.1f, redis %5.1f, MS4 simulator %5.1f (%d cores)\n' \
+    "$k daemon(s), 1 Redis:" "$(echo "$n / $secs" | bc -l)" "$secs" "$cpu_d" "$cpu_r" "$cpu_s" "$(nproc)"
+}
+
 need_packages bc:bc
 case "$what" in
   pipeline)
@@ -284,8 +314,14 @@ case "$what" in
     bench_imap 5000
     bench_imap 50000
     ;;
+  scale)
+    echo "ms1-ingestor scale-out benchmark ($(nproc) cores, one redis-server $(redis-server --version | awk '{print $3}'))"
+    bench_scale 1
+    bench_scale 2
+    bench_scale 3
+    ;;
   *)
-    echo "usage: scripts/bench.sh pipeline|contract|graph|imap" >&2
+    echo "usage: scripts/bench.sh pipeline|contract|graph|imap|scale" >&2
     exit 2
     ;;
 esac

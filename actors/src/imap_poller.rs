@@ -113,6 +113,7 @@ impl Actor for ImapPoller {
             lease: lease_name(&self.source.name),
             connector,
             conn: None,
+            idle_refused: false,
         };
         let intake = self.intake.clone();
         let span = tracing::info_span!("imap_poller", source = %self.source.name);
@@ -161,6 +162,8 @@ struct ImapLoop {
     lease: String,
     connector: Connector,
     conn: Option<Conn>,
+    /// The server refused IDLE once: poll on schedule only.
+    idle_refused: bool,
 }
 
 /// Why a poll stopped early.
@@ -184,6 +187,8 @@ enum IdleEnd {
     IntakeChanged,
     Shutdown,
     LeaseLost,
+    /// The server refused to start IDLE: poll on schedule instead.
+    Refused(ImapError),
     Failed(ImapError),
 }
 
@@ -220,8 +225,10 @@ impl ImapLoop {
             }
             let now = Instant::now();
             if next_poll.is_none_or(|t| t > now) {
-                let can_idle =
-                    holding && self.source.idle && self.conn.as_ref().is_some_and(|c| c.caps.idle);
+                let can_idle = holding
+                    && self.source.idle
+                    && !self.idle_refused
+                    && self.conn.as_ref().is_some_and(|c| c.caps.idle);
                 if can_idle {
                     let renew = Duration::from_secs(self.settings.imap.idle_renew_s);
                     let wait = next_poll.map_or(renew, |t| (t - now).min(renew));
@@ -240,9 +247,19 @@ impl ImapLoop {
                             self.disconnect().await;
                             continue;
                         }
-                        IdleEnd::Failed(e) => {
-                            tracing::info!(error = %e, "IDLE ended by the server; reconnecting");
+                        IdleEnd::Refused(e) => {
+                            tracing::warn!(error = %e, "the server refuses IDLE: polling every poll_interval_s instead");
+                            self.idle_refused = true;
                             self.conn = None;
+                        }
+                        IdleEnd::Failed(e) => {
+                            // Reconnect and poll after a backoff (a server that refuses IDLE
+                            // at once must not turn this into a reconnect loop).
+                            let d = backoff.next_delay();
+                            tracing::info!(error = %e, retry_in_ms = d.as_millis() as u64, "IDLE ended by the server; reconnecting");
+                            self.conn = None;
+                            next_poll = Some(Instant::now() + d);
+                            continue;
                         }
                     }
                 } else {
@@ -495,7 +512,7 @@ impl ImapLoop {
         match tokio::time::timeout(timeout, handle.init()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                return Ok(IdleEnd::Failed(
+                return Ok(IdleEnd::Refused(
                     self.connector.protocol(format!("IDLE: {e}")),
                 ))
             }

@@ -421,7 +421,12 @@ impl ImapLoop {
         // One chunk is written to Redis while the next is fetched from the server.
         let mut unwritten: Option<(Vec<FetchedMail>, u32)> = None;
         while last < top {
-            crate::poller::wait_for_backlog(&self.store, &self.settings, &self.shutdown).await?;
+            let lease = (self.lease.as_str(), self.token.as_str(), self.lease_ttl());
+            if !crate::poller::wait_for_backlog(&self.store, &self.settings, &self.shutdown, lease)
+                .await?
+            {
+                return Err(PollError::LeaseLost);
+            }
             if self.shutdown.is_raised() {
                 break;
             }

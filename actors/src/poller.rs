@@ -296,7 +296,14 @@ impl PollLoop {
         };
         let mut added = 0;
         loop {
-            wait_for_backlog(&self.store, &self.settings, &self.shutdown).await?;
+            let lease = (
+                self.mailbox.as_str(),
+                self.token.as_str(),
+                Duration::from_secs(g.lease_ttl_s),
+            );
+            if !wait_for_backlog(&self.store, &self.settings, &self.shutdown, lease).await? {
+                return Ok(PollEnd::LeaseLost);
+            }
             if self.shutdown.is_raised() {
                 return Ok(PollEnd::Done { added });
             }
@@ -349,20 +356,28 @@ impl PollLoop {
     }
 }
 
+/// A poller's lease while it waits: `(name in lease keys, token, ttl)`.
+pub(crate) type HeldLease<'a> = (&'a str, &'a str, Duration);
+
 /// Backpressure for every poller: no fetching while the pipeline holds more than
-/// `pipeline.max_backlog` entries (inbound + outbound).
+/// `pipeline.max_backlog` entries (inbound + outbound). The lease is renewed while waiting (a
+/// paused mailbox stays with its poller); returns false when it was lost meanwhile.
 pub(crate) async fn wait_for_backlog(
     store: &Store,
     settings: &Settings,
     shutdown: &Shutdown,
-) -> Result<(), StoreError> {
+    lease: HeldLease<'_>,
+) -> Result<bool, StoreError> {
     let max = settings.pipeline.max_backlog;
     let keys = store.keys().clone();
     let mut logged = false;
     loop {
         let backlog = store.len(&keys.outbound()).await? + store.len(&keys.inbound()).await?;
         if backlog <= max || shutdown.is_raised() {
-            return Ok(());
+            return Ok(true);
+        }
+        if !store.hold_lease(lease.0, lease.1, lease.2).await? {
+            return Ok(false);
         }
         if !logged {
             tracing::info!(

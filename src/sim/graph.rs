@@ -1120,28 +1120,44 @@ impl Budget {
 }
 
 /// Who reads a mailbox's pages (list and delta), by `User-Agent`: a mailbox must have one
-/// poller at a time. A poller may hand over to another (its daemon died or stopped), but once
-/// another has read pages, the first one reading again means both were polling at once.
+/// poller at a time. A poller may hand over to another (its daemon died, or its lease expired)
+/// and even get the mailbox back later; but a reader coming back while the other one read a
+/// page less than [`POLLER_OVERLAP`] ago means both were polling at once.
 #[derive(Debug, Default)]
 struct PollerLog {
-    /// Every reader seen, in order of first appearance.
-    seen: Vec<String>,
+    /// Every reader seen, in order of first appearance, with its last page request.
+    seen: Vec<(String, Instant)>,
     last: String,
-    /// Times a reader came back after another had read (two pollers at once).
+    /// Times a reader came back while another was reading (two pollers at once).
     interleavings: u64,
+    /// Times a reader got the mailbox back after the other had gone quiet (a hand-back).
+    handbacks: u64,
 }
 
+/// Two readers alternating within this long are polling at the same time.
+const POLLER_OVERLAP: Duration = Duration::from_millis(1_000);
+
 impl PollerLog {
-    fn saw(&mut self, agent: &str) {
-        if agent == self.last {
-            return;
+    fn saw(&mut self, agent: &str, now: Instant) {
+        if agent != self.last {
+            let previous = self
+                .seen
+                .iter()
+                .find(|(a, _)| *a == self.last)
+                .map(|(_, t)| *t);
+            if self.seen.iter().any(|(a, _)| a == agent) {
+                match previous {
+                    Some(t) if now.duration_since(t) < POLLER_OVERLAP => self.interleavings += 1,
+                    _ => self.handbacks += 1,
+                }
+            } else {
+                self.seen.push((agent.to_string(), now));
+            }
+            self.last = agent.to_string();
         }
-        if self.seen.iter().any(|a| a == agent) {
-            self.interleavings += 1;
-        } else {
-            self.seen.push(agent.to_string());
+        if let Some(entry) = self.seen.iter_mut().find(|(a, _)| a == agent) {
+            entry.1 = now;
         }
-        self.last = agent.to_string();
     }
 }
 
@@ -2032,12 +2048,12 @@ impl State {
         match (call.method, op) {
             ("GET", MailboxOp::List { folder }) => {
                 folder_ok(folder)?;
-                self.mailboxes[mbx].pollers.saw(call.agent);
+                self.mailboxes[mbx].pollers.saw(call.agent, Instant::now());
                 self.list(mbx, call, &q)
             }
             ("GET", MailboxOp::Delta { folder }) => {
                 folder_ok(&Some(folder.clone()))?;
-                self.mailboxes[mbx].pollers.saw(call.agent);
+                self.mailboxes[mbx].pollers.saw(call.agent, Instant::now());
                 self.delta(mbx, call, &q)
             }
             ("GET", MailboxOp::Message(id)) => self.get_message(mbx, id, &q, call),
@@ -2397,6 +2413,7 @@ impl State {
                 "poller_interleavings".into(),
                 json!(mb.pollers.interleavings),
             );
+            m.insert("poller_handbacks".into(), json!(mb.pollers.handbacks));
             for (k, val) in &m {
                 let Some(n) = val.as_u64() else { continue };
                 let t = totals.entry(k.clone()).or_insert(json!(0));
@@ -3530,17 +3547,6 @@ pub async fn serve(opts: GraphSimOptions) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_poller_may_hand_over_but_not_come_back_after_another_read() {
-        let mut log = PollerLog::default();
-        for a in ["A", "A", "B", "B", "C"] {
-            log.saw(a);
-        }
-        assert_eq!(log.interleavings, 0, "hand-overs are fine");
-        log.saw("B");
-        assert_eq!(log.interleavings, 1, "B came back after C: both polled");
-        assert_eq!(log.seen.len(), 3);
-    }
     use clap::Parser;
 
     const UPN: &str = "m@contoso.example";
@@ -3576,6 +3582,30 @@ mod tests {
 
     fn unread_oldest_first() -> ListFilter {
         check_filter(Some(CONTRACT_FILTER), Some("receivedDateTime")).unwrap()
+    }
+
+    #[test]
+    fn a_poller_may_hand_over_and_back_but_not_read_alongside_another() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut log = PollerLog::default();
+        log.saw("A", at(0));
+        log.saw("A", at(100));
+        log.saw("B", at(5_000));
+        log.saw("C", at(9_000));
+        assert_eq!(log.interleavings, 0, "hand-overs are fine");
+        log.saw("B", at(15_000));
+        assert_eq!(
+            (log.interleavings, log.handbacks),
+            (0, 1),
+            "C went quiet: a hand-back"
+        );
+        log.saw("C", at(15_200));
+        assert_eq!(
+            log.interleavings, 1,
+            "C and B read within a second: both polled"
+        );
+        assert_eq!(log.seen.len(), 3);
     }
 
     #[test]

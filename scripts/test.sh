@@ -9,7 +9,7 @@ source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 export PATH="$PATH:/usr/sbin:/sbin"
-need_packages redis-server:redis-server dovecot:dovecot-imapd
+need_packages redis-server:redis-server redis-cli:redis-tools dovecot:dovecot-imapd
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -9,8 +9,11 @@
 //!
 //! On a cluster every key of a pipeline shares the hash tag of `redis.prefix` ([`keys`]), so
 //! each MULTI/EXEC and each Lua script runs on the one master that owns that slot: redis-rs
-//! routes a transaction by its first key and a script by its first declared key, and loads a
-//! script on every node (`SCRIPT LOAD` goes to all of them) when a node answers `NOSCRIPT`.
+//! routes a transaction by its first key (and refuses, before sending, one whose commands map
+//! to different slots) and a script by its first declared key, and loads a script on every
+//! node (`SCRIPT LOAD` goes to all of them) when a node answers `NOSCRIPT`. Single commands
+//! follow MOVED/ASK; a transaction that meets a moved slot comes back aborted (EXECABORT), as
+//! any failed hand-off does, and its caller retries it once the slot map is refreshed.
 //!
 //! - [`streams`]: consumer groups, reads, claims, acknowledgements, the hand-offs.
 //! - [`dlq`]: the dead-letter stream.
@@ -34,6 +37,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A Redis failure, as the engine sees it.
@@ -71,7 +75,7 @@ enum Target {
     Single(redis::Client),
     /// A Redis Cluster, reached through its seed nodes; the client for the connections of
     /// [`Store::blocking`], which wait as long as a `BLOCK` read may.
-    Cluster { blocking: ClusterClient },
+    Cluster { blocking: Arc<ClusterClient> },
 }
 
 /// A connection of the store: to one server, or to a cluster (which routes each command, each
@@ -167,6 +171,7 @@ impl Store {
             .overall_response_timeout(Some(CLUSTER_BLOCKING_TIMEOUT))
             .build()?;
         let conn = Connection::Cluster(Self::cluster_connection(&normal, Some(RESPONSE_TIMEOUT)));
+        let blocking = Arc::new(blocking);
         Ok(Self::with(conn, Target::Cluster { blocking }, prefix))
     }
 

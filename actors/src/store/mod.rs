@@ -94,7 +94,7 @@ impl ConnectionLike for Connection {
     ) -> redis::RedisFuture<'a, redis::Value> {
         match self {
             Connection::Single(c) => c.req_packed_command(cmd),
-            Connection::Cluster(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => Box::pin(paced(c.req_packed_command(cmd))),
         }
     }
 
@@ -106,7 +106,9 @@ impl ConnectionLike for Connection {
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         match self {
             Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => {
+                Box::pin(paced(c.req_packed_commands(pipeline, offset, count)))
+            }
         }
     }
 
@@ -117,6 +119,24 @@ impl ConnectionLike for Connection {
         }
     }
 }
+
+/// On a cluster, a command that failed for want of a connection (no node reachable, the node
+/// of its slot gone) is answered only after [`UNREACHABLE_PAUSE`]. The cluster client gives up
+/// on an unreachable cluster within milliseconds, and a caller that tries again at once (a
+/// supervisor restarting an actor) would spin; a single server's `ConnectionManager` paces
+/// such failures by its reconnection delay, and this keeps a cluster to a similar pace.
+async fn paced<T>(reply: redis::RedisFuture<'_, T>) -> redis::RedisResult<T> {
+    let reply = reply.await;
+    if let Err(e) = &reply {
+        if e.is_unrecoverable_error() {
+            tokio::time::sleep(UNREACHABLE_PAUSE).await;
+        }
+    }
+    reply
+}
+
+/// See [`paced`].
+const UNREACHABLE_PAUSE: Duration = Duration::from_millis(250);
 
 /// Longest a non-blocking command may take before it counts as failed.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -152,6 +152,32 @@ fn a_crashed_master_owning_the_pipeline_slot_comes_back_and_the_run_finishes() {
 }
 
 #[test]
+fn blocking_reads_longer_than_the_response_timeout_wait_quietly_on_a_cluster() {
+    let world = World::cluster(&["--rate-limit-per-min", "0"]);
+    // Reads block 8 s, longer than the 5 s any other command may take: on a connection with a
+    // response timeout they would fail and the actors would restart.
+    let daemon = world.daemon(&[("MS1__PIPELINE__BLOCK_MS", "8000")]);
+    world.load(0..7, |_| false);
+    world.wait_delivered(7, MINUTES, &daemon);
+    std::thread::sleep(Duration::from_secs(12));
+    // New entries wake the blocked reads at once.
+    let added = std::time::Instant::now();
+    world.load(7..14, |_| false);
+    world.wait_delivered(14, Duration::from_secs(5), &daemon);
+    eprintln!(
+        "7 entries at MS4 {:?} after they were added",
+        added.elapsed()
+    );
+    assert_eq!(
+        daemon.metric("ms1_actor_restarts_total") + 0.0,
+        0.0,
+        "{}",
+        daemon.log_tail(20)
+    );
+    assert!(world.dead_letters().is_empty());
+}
+
+#[test]
 fn graph_mail_reaches_ms4_through_a_redis_cluster_with_leases_cursors_and_budgets() {
     let world = World::cluster_with_graph(
         &["--rate-limit-per-min", "0"],

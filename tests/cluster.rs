@@ -85,6 +85,15 @@ fn the_daemon_delivers_every_entry_exactly_once_through_a_redis_cluster() {
         delivered()
     );
     assert_all_keys_on_the_owner(&world);
+    // The gauges come from XLEN and XINFO GROUPS, routed by their stream key.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let m = daemon.metrics();
+            m.contains("ms1_consumer_group_pending{") && m.contains("ms1_stream_length{")
+        }),
+        "{}",
+        daemon.metrics()
+    );
     let (code, ready) = daemon.ready();
     assert_eq!(code, 200, "{ready}");
     assert_eq!(ready["redis"], true, "{ready}");

@@ -250,11 +250,6 @@ impl Store {
         })
     }
 
-    /// True when the store speaks to a Redis Cluster.
-    pub fn is_cluster(&self) -> bool {
-        matches!(self.target, Target::Cluster { .. })
-    }
-
     pub fn keys(&self) -> &Keys {
         &self.keys
     }

@@ -11,7 +11,7 @@ source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 export PATH="$PATH:/usr/sbin:/sbin"
-need_packages redis-server:redis-server dovecot:dovecot-imapd
+need_packages redis-server:redis-server redis-cli:redis-tools dovecot:dovecot-imapd
 
 if [ "${1:-}" = "--soak" ]; then
   shift

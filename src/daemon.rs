@@ -52,13 +52,13 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Arc<Settings>, prometheus: PrometheusHandle) -> anyhow::Result<()> {
-    let store = Store::open(&settings.redis.url, &settings.redis.prefix)
-        .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
+    let store = Store::connect(&settings.redis).map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
     let health = Health::default();
     let pipeline = Pipeline::start(settings.clone(), store.clone(), health.clone());
     tracing::info!(
         consumer = %settings.consumer_name(),
         prefix = %settings.redis.prefix,
+        redis_cluster = settings.redis.cluster,
         ms4 = %settings.ms4.base_url,
         batch_size = settings.ms4.batch_size,
         rate_limit_per_min = settings.ms4.rate_limit_per_min,

@@ -262,7 +262,7 @@ fn load(settings: &ms1_actors::Settings, plan: synthetic::LoadPlan) -> anyhow::R
         .build()?;
     let loaded = rt
         .block_on(async {
-            let store = ms1_actors::Store::open(&settings.redis.url, &settings.redis.prefix)?;
+            let store = ms1_actors::Store::connect(&settings.redis)?;
             synthetic::load(&store, &plan).await
         })
         .context("loading the inbound stream")?;

@@ -1,8 +1,9 @@
 //! A private `redis-server` for the demo, for a single machine without a Redis of its own
-//! (`redis.url` empty), and for tests and benchmarks.
+//! (`redis.url` empty), and for tests and benchmarks; and a private Redis Cluster of such
+//! servers ([`PrivateCluster`]) for the cluster tests.
 //!
-//! It listens on loopback only, keeps an append-only file in its directory (so a restart
-//! loses nothing), and is killed when the handle is dropped.
+//! Servers listen on loopback only, keep an append-only file in their directory (so a restart
+//! loses nothing), and are killed when their handle is dropped.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,8 @@ pub struct PrivateRedis {
     port: u16,
     dir: PathBuf,
     remove_dir: bool,
+    /// Further `redis-server` arguments (a cluster node's), kept for restarts.
+    extra_args: Vec<String>,
 }
 
 /// A free loopback TCP port (bound and released; the caller retries if it gets taken).
@@ -34,21 +37,35 @@ impl PrivateRedis {
                 Some(p) => p,
                 None => free_port()?,
             };
-            let mut redis = Self {
-                child: None,
-                port,
-                dir: dir.to_path_buf(),
-                remove_dir,
-            };
-            match redis.spawn() {
-                Ok(()) => return Ok(redis),
-                Err(e) => {
-                    redis.remove_dir = false;
-                    last_err = Some(e);
-                }
+            match Self::start_once(dir, port, remove_dir, Vec::new()) {
+                Ok(redis) => return Ok(redis),
+                Err(e) => last_err = Some(e),
             }
         }
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
+    }
+
+    /// One attempt at starting redis-server on `port` with `extra_args`.
+    fn start_once(
+        dir: &Path,
+        port: u16,
+        remove_dir: bool,
+        extra_args: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let mut redis = Self {
+            child: None,
+            port,
+            dir: dir.to_path_buf(),
+            remove_dir,
+            extra_args,
+        };
+        match redis.spawn() {
+            Ok(()) => Ok(redis),
+            Err(e) => {
+                redis.remove_dir = false;
+                Err(e)
+            }
+        }
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -61,6 +78,7 @@ impl PrivateRedis {
             .args(["--save", ""])
             .args(["--protected-mode", "yes"])
             .args(["--logfile", "redis.log"])
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -134,6 +152,193 @@ impl PrivateRedis {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
         self.spawn()
+    }
+}
+
+/// A private Redis Cluster on loopback: `masters` redis-servers with cluster mode on, no
+/// replicas, every slot assigned (`redis-cli --cluster create`), each node with its AOF and
+/// `nodes.conf` in `node-{i}/` under its directory. For tests: [`PrivateCluster::restart_master`]
+/// crashes one master and brings it back with its data, as an operator's restart after a crash
+/// would; dropping the handle kills every node.
+pub struct PrivateCluster {
+    nodes: Vec<PrivateRedis>,
+    dir: PathBuf,
+    remove_dir: bool,
+}
+
+/// How long a node may be silent before the others count it as failing (ms). Short, so that
+/// a test sees the cluster settle quickly; long enough that a master restarted within it is
+/// never marked failed.
+const CLUSTER_NODE_TIMEOUT_MS: u64 = 3_000;
+
+impl PrivateCluster {
+    /// Starts `masters` (at least 3, as `redis-cli --cluster create` wants) nodes in `dir`,
+    /// joins them into one cluster and waits until every node reports `cluster_state:ok`.
+    /// `remove_dir`: delete `dir` when dropped.
+    pub fn start(dir: &Path, masters: usize, remove_dir: bool) -> anyhow::Result<Self> {
+        anyhow::ensure!(masters >= 3, "a Redis Cluster needs at least 3 masters");
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+        let mut cluster = Self {
+            nodes: Vec::with_capacity(masters),
+            dir: dir.to_path_buf(),
+            remove_dir,
+        };
+        for i in 0..masters {
+            let node = Self::start_node(&dir.join(format!("node-{i}")))?;
+            cluster.nodes.push(node);
+        }
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(
+                cluster
+                    .nodes
+                    .iter()
+                    .map(|n| format!("127.0.0.1:{}", n.port())),
+            )
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| anyhow::anyhow!("cannot run redis-cli ({e}); install redis-tools"))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "redis-cli --cluster create failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.wait_ok(Duration::from_secs(30))?;
+        Ok(cluster)
+    }
+
+    /// A cluster node on a free port, its cluster bus on another free port (`--cluster-port`:
+    /// the default, port + 10000, may not exist above 55535).
+    fn start_node(dir: &Path) -> anyhow::Result<PrivateRedis> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+        let mut last_err = None;
+        for _ in 0..5 {
+            let (port, bus) = (free_port()?, free_port()?);
+            if port == bus {
+                continue;
+            }
+            let args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-port",
+                &bus.to_string(),
+                "--cluster-node-timeout",
+                &CLUSTER_NODE_TIMEOUT_MS.to_string(),
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+            match PrivateRedis::start_once(dir, port, false, args) {
+                Ok(node) => return Ok(node),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("a cluster node did not start")))
+    }
+
+    /// The nodes' ports, in the order they were started.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(PrivateRedis::port).collect()
+    }
+
+    /// Every node, as `redis.url` takes them with `redis.cluster = true`
+    /// (`redis://127.0.0.1:p1,redis://127.0.0.1:p2,…`).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(PrivateRedis::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The URL of node `i` alone.
+    pub fn node_url(&self, i: usize) -> String {
+        self.nodes[i].url()
+    }
+
+    /// The index of the master that owns `key`'s slot (`CLUSTER KEYSLOT`, `CLUSTER SLOTS`).
+    pub fn master_of(&self, key: &str) -> anyhow::Result<usize> {
+        let mut con = redis::Client::open(self.node_url(0))?.get_connection()?;
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut con)?;
+        // [[start, end, [ip, port, id, …], replicas…], …]
+        let ranges: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(&mut con)?;
+        for range in ranges {
+            let redis::Value::Array(parts) = range else {
+                continue;
+            };
+            let (Some(redis::Value::Int(start)), Some(redis::Value::Int(end))) =
+                (parts.first(), parts.get(1))
+            else {
+                continue;
+            };
+            if !(*start..=*end).contains(&slot) {
+                continue;
+            }
+            if let Some(redis::Value::Array(master)) = parts.get(2) {
+                if let Some(redis::Value::Int(port)) = master.get(1) {
+                    if let Some(i) = self.ports().iter().position(|p| i64::from(*p) == *port) {
+                        return Ok(i);
+                    }
+                }
+            }
+        }
+        anyhow::bail!("no node of the cluster owns slot {slot} of {key}")
+    }
+
+    /// Crashes master `i` (SIGKILL) and starts it again on the same port with its AOF and
+    /// `nodes.conf`, so it rejoins the cluster owning the same slots with the same data; waits
+    /// until every node reports `cluster_state:ok` again.
+    pub fn restart_master(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[i];
+        node.kill();
+        node.spawn()?;
+        self.wait_ok(Duration::from_secs(60))
+    }
+
+    /// True when every node reports `cluster_state:ok`.
+    pub fn is_ok(&self) -> bool {
+        self.nodes.iter().all(|n| {
+            let info = redis::Client::open(n.url())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+                .and_then(|mut con| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut con));
+            matches!(info, Ok(text) if text.lines().any(|l| l.trim() == "cluster_state:ok"))
+        })
+    }
+
+    fn wait_ok(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        anyhow::bail!(
+            "the cluster in {} did not reach cluster_state:ok within {timeout:?}",
+            self.dir.display()
+        )
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        if self.remove_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

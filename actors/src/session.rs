@@ -183,6 +183,9 @@ pub struct SessionManager {
     current: Option<Session>,
     drain_started: Option<std::time::Instant>,
     health: crate::Health,
+    /// Paces restarts after the session could not be read (Redis down), so the supervisor
+    /// does not spin.
+    pacer: crate::supervision::RestartPacer,
 }
 
 fn now_ms() -> u64 {
@@ -214,6 +217,7 @@ impl SessionManager {
             webhook,
             current: None,
             drain_started: None,
+            pacer: crate::supervision::RestartPacer::new("session_manager"),
         }
     }
 
@@ -369,8 +373,12 @@ impl Actor for SessionManager {
             polling_interval: self.settings.graph.poll_interval_s,
             enable_webhook: self.settings.webhook.enabled,
         };
+        let delay = self.pacer.delay(std::time::Instant::now());
         ctx.wait(
-            async move { store.load_session().await }
+            async move {
+                tokio::time::sleep(delay).await;
+                store.load_session().await
+            }
                 .into_actor(self)
                 .map(move |loaded, act, ctx| {
                     match loaded {
@@ -398,7 +406,11 @@ impl Actor for SessionManager {
     }
 }
 
-impl Supervised for SessionManager {}
+impl Supervised for SessionManager {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.pacer.on_restart();
+    }
+}
 
 #[derive(Message)]
 #[rtype(result = "()")]

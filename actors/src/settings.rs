@@ -29,9 +29,14 @@ pub struct Settings {
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
     /// `redis://…`, `rediss://…` or `unix://…`. Empty: the daemon starts a private
-    /// `redis-server` under `redis.data_dir` (demo and single-machine use).
+    /// `redis-server` under `redis.data_dir` (demo and single-machine use). With `cluster`:
+    /// one or more nodes of the cluster, comma-separated (`redis://10.0.0.1:6379,redis://…`).
     pub url: String,
-    /// Prefix of every key. Put a Redis Cluster hash tag here (`{ms1}:`) to keep one pipeline in one slot.
+    /// `url` names a Redis Cluster (its seed nodes): the other nodes and the slot map are
+    /// discovered from them, and `prefix` must carry a hash tag.
+    pub cluster: bool,
+    /// Prefix of every key. Put a Redis Cluster hash tag here (`{ms1}:`) to keep one pipeline in
+    /// one slot; required with `cluster`.
     pub prefix: String,
     /// Consumer name of this daemon in the consumer groups. Empty: the host name. Must be
     /// unique per daemon; a restarted daemon with the same name resumes its own pending entries
@@ -51,6 +56,7 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: String::new(),
+            cluster: false,
             prefix: "ms1:".into(),
             consumer: String::new(),
             claim_idle_ms: 60_000,
@@ -574,6 +580,40 @@ impl Settings {
         if r.prefix.is_empty() {
             return bad("redis.prefix", "must not be empty");
         }
+        if r.cluster {
+            if r.url.trim().is_empty() {
+                return bad(
+                    "redis.url",
+                    "redis.cluster = true needs the cluster's nodes here (redis://host:port, comma-separated); a private redis-server is a single node, not a cluster",
+                );
+            }
+            // The seeds are not echoed: they may carry a password.
+            for (n, seed) in r.url.split(',').map(str::trim).enumerate() {
+                if !(seed.starts_with("redis://") || seed.starts_with("rediss://")) {
+                    return bad(
+                        "redis.url",
+                        format!(
+                            "cluster node {} of the list must be redis://host:port or rediss://host:port",
+                            n + 1
+                        ),
+                    );
+                }
+            }
+            if crate::store::keys::hash_tag(&r.prefix).is_none() {
+                return bad(
+                    "redis.prefix",
+                    format!(
+                        "\"{}\" has no hash tag, which a Redis Cluster (redis.cluster = true) needs: put one in it, e.g. \"{{ms1}}:\", so that every key of the pipeline lands in one slot (the MULTI/EXEC hand-offs and the Lua scripts touch several keys at once)",
+                        r.prefix
+                    ),
+                );
+            }
+        } else if r.url.contains(',') {
+            return bad(
+                "redis.url",
+                "lists several nodes: set redis.cluster = true for a Redis Cluster, or give the one redis-server's URL",
+            );
+        }
         if r.claim_idle_ms < 1_000 {
             return bad("redis.claim_idle_ms", "must be at least 1000");
         }
@@ -911,5 +951,40 @@ mod tests {
         let mut s = Settings::default();
         s.redis.url = "http://x".into();
         assert_eq!(s.validate().unwrap_err().key, "redis.url");
+    }
+
+    #[test]
+    fn a_cluster_needs_its_nodes_and_a_hash_tag_in_the_prefix() {
+        let mut s = Settings::default();
+        s.redis.cluster = true;
+        s.redis.prefix = "{ms1}:".into();
+        assert_eq!(s.validate().unwrap_err().key, "redis.url", "no nodes");
+        s.redis.url = "redis://10.0.0.1:6379, redis://:secret@10.0.0.2:6379".into();
+        s.validate().unwrap();
+        s.redis.url = "redis://10.0.0.1:6379,unix:///run/redis.sock".into();
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.key, "redis.url");
+        assert!(e.problem.contains("node 2"), "{e}");
+        s.redis.url = "redis://:secret@10.0.0.1:6379,".into();
+        let e = s.validate().unwrap_err();
+        assert!(!e.problem.contains("secret"), "{e}");
+        s.redis.url = "redis://10.0.0.1:6379".into();
+        for untagged in ["ms1:", "{}:ms1:", "ms1{:"] {
+            s.redis.prefix = untagged.into();
+            let e = s.validate().unwrap_err();
+            assert_eq!(e.key, "redis.prefix", "{untagged}");
+            assert!(e.problem.contains("hash tag"), "{e}");
+        }
+        s.redis.prefix = "app:{ms1}:".into();
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn several_nodes_without_cluster_are_refused() {
+        let mut s = Settings::default();
+        s.redis.url = "redis://10.0.0.1:6379,redis://10.0.0.2:6379".into();
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.key, "redis.url");
+        assert!(e.problem.contains("redis.cluster = true"), "{e}");
     }
 }

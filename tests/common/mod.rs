@@ -1,8 +1,8 @@
-//! Test harness: a private redis-server per test, the MS4 simulator and the daemon as real
-//! processes (the binary cargo built), talking over real HTTP and RESP.
+//! Test harness: a private redis-server (or a private Redis Cluster) per test, the MS4 simulator
+//! and the daemon as real processes (the binary cargo built), talking over real HTTP and RESP.
 #![allow(dead_code)]
 
-use ms1_ingestor::redis_launcher::{free_port, PrivateRedis};
+use ms1_ingestor::redis_launcher::{free_port, PrivateCluster, PrivateRedis};
 use ms1_ingestor::synthetic;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -12,12 +12,62 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ms1-ingestor");
 pub const PREFIX: &str = "ms1:";
+/// The key prefix of worlds on a cluster: its hash tag keeps the pipeline in one slot.
+pub const CLUSTER_PREFIX: &str = "{ms1}:";
 pub const API_KEY: &str = "test-key";
 
+/// The Redis a [`World`] runs on: one private redis-server, or a private Redis Cluster.
+pub trait TestRedis {
+    /// The prefix of the world's keys.
+    const PREFIX: &'static str;
+    /// The daemon's settings that point at it (`MS1__REDIS__…`).
+    fn daemon_env(&self) -> Vec<(String, String)>;
+    /// A plain connection to the server that holds the world's keys.
+    fn connection(&self) -> redis::Connection;
+}
+
+impl TestRedis for PrivateRedis {
+    const PREFIX: &'static str = PREFIX;
+
+    fn daemon_env(&self) -> Vec<(String, String)> {
+        vec![("MS1__REDIS__URL".into(), self.url())]
+    }
+
+    fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+impl TestRedis for PrivateCluster {
+    const PREFIX: &'static str = CLUSTER_PREFIX;
+
+    fn daemon_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("MS1__REDIS__URL".into(), self.url()),
+            ("MS1__REDIS__CLUSTER".into(), "true".into()),
+            ("MS1__REDIS__PREFIX".into(), CLUSTER_PREFIX.into()),
+        ]
+    }
+
+    /// The master that owns the prefix's slot (every key of the world is there).
+    fn connection(&self) -> redis::Connection {
+        let owner = self
+            .master_of(CLUSTER_PREFIX)
+            .expect("the slot has an owner");
+        redis::Client::open(self.node_url(owner))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
 /// Everything one test runs against; dropped (killed, removed) at the end of the test.
-pub struct World {
+pub struct World<R = PrivateRedis> {
     pub dir: tempfile::TempDir,
-    pub redis: PrivateRedis,
+    pub redis: R,
     pub ms4: Ms4Sim,
     /// The Graph simulator, for worlds built with [`World::with_graph`].
     pub graph: Option<Sim>,
@@ -52,6 +102,40 @@ impl World {
         w
     }
 
+    /// The idempotency key synthetic message `n` carries.
+    pub fn key_of(n: u64) -> String {
+        format!(
+            "<inv-{n}.invoices-{}@contoso.example@vendor.example>",
+            n % 3
+        )
+    }
+}
+
+impl World<PrivateCluster> {
+    /// A fresh private Redis Cluster (3 masters) and an MS4 simulator started with `sim_args`;
+    /// the daemon gets `redis.cluster = true` and the prefix [`CLUSTER_PREFIX`].
+    pub fn cluster(sim_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let redis = PrivateCluster::start(&dir.path().join("cluster"), 3, false)
+            .expect("a Redis Cluster starts (apt-get install redis-server redis-tools)");
+        let ms4 = Ms4Sim::start(sim_args);
+        Self {
+            dir,
+            redis,
+            ms4,
+            graph: None,
+        }
+    }
+
+    /// Also a Graph simulator, started with `graph_args`.
+    pub fn cluster_with_graph(ms4_args: &[&str], graph_args: &[&str]) -> Self {
+        let mut w = Self::cluster(ms4_args);
+        w.graph = Some(Sim::graph(graph_args));
+        w
+    }
+}
+
+impl<R: TestRedis> World<R> {
     pub fn graph(&self) -> &Sim {
         self.graph.as_ref().expect("a world with a Graph simulator")
     }
@@ -87,17 +171,15 @@ impl World {
         );
     }
 
+    /// A plain connection to the server that holds the world's keys.
     pub fn redis(&self) -> redis::Connection {
-        redis::Client::open(self.redis.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
+        self.redis.connection()
     }
 
     /// Starts the daemon with settings for this world plus `extra` (MS1__… = value).
     pub fn daemon(&self, extra: &[(&str, &str)]) -> Daemon {
-        let mut env: Vec<(String, String)> = vec![
-            ("MS1__REDIS__URL".into(), self.redis.url()),
+        let mut env: Vec<(String, String)> = self.redis.daemon_env();
+        env.extend([
             ("MS1__REDIS__CONSUMER".into(), "test-daemon".into()),
             ("MS1__MS4__BASE_URL".into(), self.ms4.url.clone()),
             ("MS1__MS4__API_KEY".into(), API_KEY.into()),
@@ -106,7 +188,7 @@ impl World {
             ("MS1__MS4__RETRY_MAX_MS".into(), "1000".into()),
             ("MS1__LOG__FORMAT".into(), "json".into()),
             ("MS1__LOG__LEVEL".into(), "info".into()),
-        ];
+        ]);
         for (k, v) in extra {
             env.retain(|(ek, _)| ek != k);
             env.push((k.to_string(), v.to_string()));
@@ -118,7 +200,7 @@ impl World {
     /// thousand; `invalid(n)` says which ones MS4 must refuse.
     pub fn load(&self, range: std::ops::Range<u64>, invalid: impl Fn(u64) -> bool) {
         let mut con = self.redis();
-        let stream = format!("{PREFIX}stream:inbound");
+        let stream = format!("{}stream:inbound", R::PREFIX);
         let all: Vec<u64> = range.collect();
         for chunk in all.chunks(1_000) {
             let mut pipe = redis::pipe();
@@ -136,17 +218,9 @@ impl World {
         }
     }
 
-    /// The idempotency key synthetic message `n` carries.
-    pub fn key_of(n: u64) -> String {
-        format!(
-            "<inv-{n}.invoices-{}@contoso.example@vendor.example>",
-            n % 3
-        )
-    }
-
     pub fn xlen(&self, stream: &str) -> u64 {
         redis::cmd("XLEN")
-            .arg(format!("{PREFIX}stream:{stream}"))
+            .arg(format!("{}stream:{stream}", R::PREFIX))
             .query(&mut self.redis())
             .unwrap()
     }
@@ -154,7 +228,7 @@ impl World {
     /// Entries pending in a group (read, not acknowledged).
     pub fn pending(&self, stream: &str, group: &str) -> u64 {
         let v: redis::Value = redis::cmd("XPENDING")
-            .arg(format!("{PREFIX}stream:{stream}"))
+            .arg(format!("{}stream:{stream}", R::PREFIX))
             .arg(group)
             .query(&mut self.redis())
             .unwrap_or(redis::Value::Nil);
@@ -170,7 +244,7 @@ impl World {
     /// Dead letters as field maps.
     pub fn dead_letters(&self) -> Vec<std::collections::HashMap<String, String>> {
         let v: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
-            .arg(format!("{PREFIX}stream:dlq"))
+            .arg(format!("{}stream:dlq", R::PREFIX))
             .arg("-")
             .arg("+")
             .query(&mut self.redis())

@@ -2,6 +2,8 @@
 //!
 //! Put a Redis Cluster hash tag inside the prefix (`{ms1}:`) and every key of one pipeline lands
 //! in one slot, which keeps the MULTI/EXEC hand-offs and the Lua scripts legal on a cluster.
+//! Every key starts with the prefix, so its first `{…}` is the prefix's tag whatever follows
+//! (a mailbox or a Message-ID with braces in it cannot move a key to another slot).
 
 /// Consumer group that moves inbound entries to the outbound stream.
 pub const PROCESSORS: &str = "processors";
@@ -12,6 +14,16 @@ pub const MARKERS: &str = "markers";
 
 /// Consumer group that applies IMAP after-delivery actions (`\Seen`, move).
 pub const IMAP_FINISHERS: &str = "imap_finishers";
+
+/// The Redis Cluster hash tag of every key under `prefix`: the text between the prefix's first
+/// `{` and the first `}` after it, when that text is not empty. (Redis hashes only the tag of a
+/// key that has one; `{}` counts as none, and then the whole key is hashed.)
+pub fn hash_tag(prefix: &str) -> Option<&str> {
+    let open = prefix.find('{')?;
+    let rest = &prefix[open + 1..];
+    let tag = &rest[..rest.find('}')?];
+    (!tag.is_empty()).then_some(tag)
+}
 
 /// Key names under one prefix.
 #[derive(Debug, Clone)]
@@ -130,5 +142,60 @@ mod tests {
         assert_eq!(k.dlq(), "{ms1}:stream:dlq");
         assert_eq!(k.seen("<a@b>"), "{ms1}:seen:<a@b>");
         assert_eq!(k.rate_tat("ms4"), "{ms1}:ratelimit:ms4:tat");
+    }
+
+    #[test]
+    fn a_hash_tag_is_the_first_braced_text_of_the_prefix() {
+        assert_eq!(hash_tag("{ms1}:"), Some("ms1"));
+        assert_eq!(hash_tag("app:{ms1}:"), Some("ms1"));
+        assert_eq!(hash_tag("{a}{b}:"), Some("a"));
+        assert_eq!(hash_tag("ms1:"), None);
+        assert_eq!(
+            hash_tag("{}:{ms1}:"),
+            None,
+            "an empty tag makes Redis hash the whole key"
+        );
+        assert_eq!(
+            hash_tag("ms1{:"),
+            None,
+            "the tag must close inside the prefix"
+        );
+        assert_eq!(hash_tag("ms1}{x}:"), Some("x"));
+    }
+
+    #[test]
+    fn every_key_of_a_tagged_prefix_is_in_one_cluster_slot() {
+        use redis::cluster_routing::Slot;
+        let k = Keys::new("{ms1}:");
+        // Names chosen to tempt a wrong slot: braces of their own, empty, odd characters.
+        let odd = ["a{b}c@x.example", "}{", "", "{x}", "<id{1}@host>"];
+        let mut all = vec![
+            k.inbound(),
+            k.outbound(),
+            k.dlq(),
+            k.stats(),
+            k.session_current(),
+            k.sessions(),
+            k.mark_read(),
+            k.imap_done(),
+        ];
+        for n in odd {
+            all.extend([
+                k.seen(n),
+                k.queued(n),
+                k.session(n),
+                k.rate_tat(n),
+                k.graph_in_flight(n),
+                k.graph_window(n),
+                k.cursor(n),
+                k.poller_lease(n),
+                k.subscription(n),
+                k.rate_pause(n),
+            ]);
+        }
+        let slot = Slot::for_key("ms1");
+        for key in &all {
+            assert_eq!(Slot::for_key(key), slot, "{key}");
+        }
     }
 }

@@ -109,10 +109,11 @@ impl Store {
             .arg(now_ms)
             .arg(page.mailbox)
             .arg(if page.mark_read { "1" } else { "" })
-            .arg(self.keys.queued(""))
             .arg(mark_ttl_s);
+        // Each message's intake mark is a declared key (a cluster checks it against the
+        // script's slot); its JSON is the argument at the same position.
         for (key, json) in &page.messages {
-            inv.arg(key).arg(*json);
+            inv.key(self.keys.queued(key)).arg(*json);
         }
         let added: i64 = inv.invoke_async(&mut self.conn()).await?;
         Ok(if added < 0 {

@@ -266,6 +266,45 @@ fn control_api_refuses_oversized_truncated_and_non_utf8_bodies_with_json_4xx_and
     .expect("an answer")
     .assert_json_error(401, "non-UTF-8 token");
 
+    // Ids that are not stream ids never reach Redis (which refuses the whole command): 404 for
+    // a path, 400 in a query or a body, and nothing purged alongside a valid id.
+    let auth = format!("Bearer {TOKEN}");
+    for (method, target, status) in [
+        ("GET", &b"/dlq/not-an-id"[..], 404),
+        ("DELETE", b"/dlq/%C3%A9-1", 404),
+        ("GET", b"/dlq/1", 404),
+        ("GET", b"/dlq?after=", 400),
+        ("GET", b"/dlq?after=%FF", 400),
+    ] {
+        send(
+            &d,
+            method,
+            target,
+            &[("Authorization", auth.as_bytes())],
+            Body::None,
+        )
+        .expect("an answer")
+        .assert_json_error(status, &String::from_utf8_lossy(target));
+    }
+    let planted: String = redis::cmd("XRANGE")
+        .arg(format!("{PREFIX}stream:dlq"))
+        .arg("-")
+        .arg("+")
+        .query::<Vec<(String, Vec<String>)>>(&mut world.redis())
+        .unwrap()[0]
+        .0
+        .clone();
+    for (path, body) in [
+        ("/dlq/purge", json!({"ids": [planted, "x"]})),
+        ("/dlq/purge", json!({"id": ""})),
+        ("/dlq/replay", json!({"ids": [planted, "1-2-3"]})),
+        ("/dlq/replay", json!({"id": "+"})),
+    ] {
+        json_post(&d, path, Body::Exact(body.to_string().as_bytes()))
+            .expect("an answer")
+            .assert_json_error(400, &format!("{path} {body}"));
+    }
+
     // Nothing was applied: no session, the dead letter still there.
     let status = control_get(&d, "/session/status");
     assert_ne!(status["status"], "running", "{status}");
@@ -295,6 +334,20 @@ fn control_api_refuses_oversized_truncated_and_non_utf8_bodies_with_json_4xx_and
             .assert_json_error(status, &format!("stop, {what}"));
     }
     assert_eq!(control_get(&d, "/session/status")["status"], "running");
+
+    // The server speaks HTTP/1.1 only: an HTTP/2 connection preface (h2c prior knowledge) gets
+    // an HTTP/1.1 refusal, never an h2 SETTINGS frame (h2 0.3, RUSTSEC-2026-0258, never runs).
+    let mut s = TcpStream::connect(d.control.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 4"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
     assert_healthy(&mut d);
 }
 

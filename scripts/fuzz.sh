@@ -52,8 +52,11 @@ for t in "${targets[@]}"; do
   stat() { awk -v k="stat::$1:" '$1 == k {print $2}' "$log" | tail -1; }
   execs=$(stat number_of_executed_units)
   rate=$(stat average_exec_per_sec)
-  corpus=$(find "fuzz/corpus/$t" -type f | wc -l)
-  line="$t: ${seconds} s, ${execs:-?} execs, ${rate:-?} exec/s, corpus ${corpus}, crashes ${crashes}"
+  # The last status line: `#N DONE cov: C ft: F corp: N/SIZE …` (libFuzzer's own corpus).
+  last=$(grep -E '^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE)' "$log" | tail -1)
+  cov=$(sed -nE 's/.* cov: ([0-9]+).*/\1/p' <<<"$last")
+  corpus=$(sed -nE 's/.* corp: ([0-9]+)\/([0-9a-zA-Z]+).*/\1 inputs, \2/p' <<<"$last")
+  line="$t: ${seconds} s, ${execs:-?} execs, ${rate:-?} exec/s, corpus ${corpus:-?}, coverage ${cov:-?}, crashes ${crashes}"
   summary+=("$line")
   if [ "$rc" -ne 0 ] || [ "$crashes" -ne 0 ]; then
     failed=1

@@ -51,6 +51,92 @@ pub struct NotificationBatch {
     pub value: Vec<Notification>,
 }
 
+/// Parses the body Graph POSTs to the notification or the lifecycle URL. Pure: the webhook
+/// routes call it on every request, and the `notification` fuzz target calls it on anything.
+pub fn parse_notifications(body: &[u8]) -> Result<NotificationBatch, serde_json::Error> {
+    serde_json::from_slice(body)
+}
+
+/// Why a change notification was not enqueued (each is counted under its own outcome).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `clientState` missing or not ours.
+    ClientState,
+    /// A subscription this daemon does not know (another's, or deleted).
+    UnknownSubscription,
+    /// Neither `resourceData.id` nor `resource` names a message.
+    NoMessageId,
+}
+
+impl Refusal {
+    /// The `outcome` label of `ms1_webhook_notifications_total`.
+    pub fn outcome(self) -> &'static str {
+        match self {
+            Refusal::ClientState => "rejected_client_state",
+            Refusal::UnknownSubscription => "unknown_subscription",
+            Refusal::NoMessageId => "no_message_id",
+        }
+    }
+}
+
+/// The change notifications of one POST, sorted: what to enqueue and what was refused.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SortedNotifications {
+    /// (mailbox, message id) for every accepted notification, in the order received.
+    pub refs: Vec<(String, String)>,
+    /// One entry per refused notification.
+    pub refused: Vec<Refusal>,
+}
+
+/// Whether `given` is the configured `clientState`, compared in constant time.
+pub fn client_state_matches(given: Option<&str>, want: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(want.as_bytes())))
+}
+
+/// The message a change notification is about: `resourceData.id`, else the last segment of
+/// `resource` (`Users/{guid}/Messages/{id}`); `None` when that is empty.
+pub fn notified_message_id(n: &Notification) -> Option<String> {
+    n.resource_data
+        .as_ref()
+        .and_then(|d| d.id.clone())
+        .or_else(|| {
+            n.resource
+                .as_deref()
+                .and_then(|r| r.rsplit('/').next())
+                .map(str::to_string)
+        })
+        .filter(|id| !id.is_empty())
+}
+
+/// Checks each notification (clientState, then its subscription → mailbox, then its message
+/// id) and sorts it into a ref to enqueue or a refusal. Pure (no I/O, no metrics).
+pub fn sort_notifications(
+    items: &[Notification],
+    client_state: &str,
+    subscriptions: &HashMap<String, String>,
+) -> SortedNotifications {
+    let mut sorted = SortedNotifications {
+        refs: Vec::with_capacity(items.len()),
+        refused: Vec::new(),
+    };
+    for n in items {
+        if !client_state_matches(n.client_state.as_deref(), client_state) {
+            sorted.refused.push(Refusal::ClientState);
+            continue;
+        }
+        let Some(mailbox) = subscriptions.get(&n.subscription_id) else {
+            sorted.refused.push(Refusal::UnknownSubscription);
+            continue;
+        };
+        match notified_message_id(n) {
+            Some(id) => sorted.refs.push((mailbox.clone(), id)),
+            None => sorted.refused.push(Refusal::NoMessageId),
+        }
+    }
+    sorted
+}
+
 /// What became of a notification POST.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, MessageResponse)]
 pub struct Received {
@@ -143,9 +229,7 @@ impl WebhookReceiver {
     }
 
     fn client_state_ok(&self, given: Option<&str>) -> bool {
-        use subtle::ConstantTimeEq;
-        let want = self.settings.webhook.client_state.as_bytes();
-        given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(want)))
+        client_state_matches(given, &self.settings.webhook.client_state)
     }
 
     /// Arms the renewal of `mailbox` at `expiration - renew_before`.
@@ -227,46 +311,26 @@ impl Handler<Notifications> for WebhookReceiver {
     type Result = ResponseFuture<Result<Received, NotStored>>;
 
     fn handle(&mut self, msg: Notifications, _ctx: &mut Context<Self>) -> Self::Result {
-        let mut refs: Vec<(String, String)> = Vec::with_capacity(msg.0.len());
-        let mut received = Received::default();
-        for n in &msg.0 {
-            if !self.client_state_ok(n.client_state.as_deref()) {
-                received.rejected += 1;
-                metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => "rejected_client_state")
-                    .increment(1);
-                continue;
-            }
-            let Some(mailbox) = self.subscriptions.get(&n.subscription_id) else {
-                received.rejected += 1;
-                metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => "unknown_subscription")
-                    .increment(1);
-                continue;
-            };
-            let id = n
-                .resource_data
-                .as_ref()
-                .and_then(|d| d.id.clone())
-                .or_else(|| {
-                    n.resource
-                        .as_deref()
-                        .and_then(|r| r.rsplit('/').next())
-                        .map(str::to_string)
-                });
-            match id {
-                Some(id) if !id.is_empty() => refs.push((mailbox.clone(), id)),
-                _ => {
-                    received.rejected += 1;
-                    metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => "no_message_id")
-                        .increment(1);
-                }
-            }
+        let sorted = sort_notifications(
+            &msg.0,
+            &self.settings.webhook.client_state,
+            &self.subscriptions,
+        );
+        for refusal in &sorted.refused {
+            metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => refusal.outcome())
+                .increment(1);
         }
+        let mut received = Received {
+            accepted: 0,
+            rejected: sorted.refused.len(),
+        };
         if received.rejected > 0 {
             tracing::warn!(
                 rejected = received.rejected,
                 "rejected webhook notifications (wrong clientState, unknown subscription or no message id)"
             );
         }
+        let refs = sorted.refs;
         let store = self.store.clone();
         Box::pin(async move {
             let pairs: Vec<(&str, &str)> =
@@ -524,12 +588,61 @@ mod tests {
             "changeType":"created","resource":"Users/6f0b/Messages/AAMk1",
             "resourceData":{"@odata.type":"#Microsoft.Graph.Message","@odata.id":"Users/6f0b/Messages/AAMk1","id":"AAMk1"},
             "clientState":"secret","tenantId":"t"}]}"##;
-        let b: NotificationBatch = serde_json::from_str(body).unwrap();
+        let b = parse_notifications(body.as_bytes()).unwrap();
         assert_eq!(b.value[0].subscription_id, "s1");
         assert_eq!(
             b.value[0].resource_data.as_ref().unwrap().id.as_deref(),
             Some("AAMk1")
         );
         assert_eq!(b.value[0].client_state.as_deref(), Some("secret"));
+    }
+
+    #[test]
+    fn notifications_are_sorted_by_client_state_subscription_and_message_id() {
+        let body = br#"{"value":[
+            {"subscriptionId":"s1","clientState":"secret","resourceData":{"id":"A"}},
+            {"subscriptionId":"s1","clientState":"forged","resourceData":{"id":"B"}},
+            {"subscriptionId":"s1","resourceData":{"id":"C"}},
+            {"subscriptionId":"s9","clientState":"secret","resourceData":{"id":"D"}},
+            {"subscriptionId":"s1","clientState":"secret","resource":"Users/g/Messages/E"},
+            {"subscriptionId":"s1","clientState":"secret","resource":"Users/g/Messages/"},
+            {"subscriptionId":"s1","clientState":"secret","resourceData":{"id":""}},
+            {"clientState":"secret","resourceData":{"id":"F"}}
+        ]}"#;
+        let batch = parse_notifications(body).unwrap();
+        let subs = HashMap::from([("s1".to_string(), "mb@x".to_string())]);
+        let sorted = sort_notifications(&batch.value, "secret", &subs);
+        assert_eq!(
+            sorted.refs,
+            vec![
+                ("mb@x".to_string(), "A".to_string()),
+                ("mb@x".to_string(), "E".to_string())
+            ]
+        );
+        assert_eq!(
+            sorted.refused,
+            vec![
+                Refusal::ClientState,
+                Refusal::ClientState,
+                Refusal::UnknownSubscription,
+                Refusal::NoMessageId,
+                Refusal::NoMessageId,
+                Refusal::UnknownSubscription,
+            ]
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_a_notification_batch_is_an_error() {
+        for body in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"{\"value\":{}}",
+            b"\xff\xfe",
+            b"{\"value\":[1]}",
+        ] {
+            assert!(parse_notifications(body).is_err(), "{body:?}");
+        }
     }
 }

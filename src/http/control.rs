@@ -16,6 +16,7 @@ use ms1_actors::session::{
     TriggerPolling,
 };
 use ms1_actors::store::dlq::DeadLetterFilter;
+use ms1_actors::store::streams::is_entry_id;
 use ms1_actors::store::Entry;
 use ms1_actors::Health;
 use serde::Deserialize;
@@ -286,6 +287,13 @@ async fn dlq_list(
     query: web::Query<DlqQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
+    if q.after.as_deref().is_some_and(|a| !is_entry_id(a)) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "after must be a dead-letter id (<ms>-<seq>), as \"next\" gives it",
+        ));
+    }
     let count = q.count.unwrap_or(50).clamp(1, 1_000);
     let (entries, total) = state
         .dead_letters
@@ -315,6 +323,9 @@ async fn dlq_show(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
+    if !is_entry_id(&id) {
+        return Err(no_dead_letter(&id));
+    }
     match state
         .dead_letters
         .send(GetDead(id.clone()))
@@ -366,6 +377,14 @@ impl Selector {
                 StatusCode::BAD_REQUEST,
                 "invalid",
                 "say which dead letters: exactly one of \"id\", \"ids\", \"filter\" or \"all\": true",
+            ));
+        }
+        let ids = self.id.iter().chain(self.ids.iter().flatten());
+        if let Some(bad) = ids.into_iter().find(|id| !is_entry_id(id)) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("{bad:?} is not a dead-letter id (<ms>-<seq>)"),
             ));
         }
         Ok(match (self.id, self.ids, self.filter) {
@@ -427,6 +446,9 @@ async fn dlq_delete(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
+    if !is_entry_id(&id) {
+        return Err(no_dead_letter(&id));
+    }
     let n = state
         .dead_letters
         .send(PurgeDead(DeadLetterFilter {

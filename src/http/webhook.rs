@@ -3,14 +3,19 @@
 //! Public routes (no bearer token): Graph authenticates by `clientState`, which the
 //! WebhookReceiver checks. A request with `?validationToken=…` is Graph's validation
 //! handshake, answered here directly (200, `text/plain`, the decoded token) because Graph sends
-//! it while the daemon is itself waiting for Graph to create the subscription.
+//! it while the daemon is itself waiting for Graph to create the subscription. The token is
+//! echoed only in the body, and only when it is 1–1,024 bytes of UTF-8 without control
+//! characters (no CR/LF); anything else, and every body that is too big or not a notification
+//! batch, gets a 4xx with the API's JSON error.
 
 use super::control::ApiError;
 use actix::Addr;
-use actix_web::{http::StatusCode, web, HttpResponse, ResponseError};
-use ms1_actors::webhook::{LifecycleEvents, NotificationBatch, Notifications, WebhookReceiver};
+use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse, ResponseError};
+use ms1_actors::webhook::{
+    parse_notifications, LifecycleEvents, NotificationBatch, Notifications, WebhookReceiver,
+};
+use percent_encoding::percent_decode;
 use serde_json::json;
-use std::collections::HashMap;
 
 /// Longest validation token echoed back (Graph's are about 150 characters).
 const MAX_TOKEN: usize = 1_024;
@@ -21,18 +26,38 @@ pub const MAX_BODY: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct WebhookState(pub Option<Addr<WebhookReceiver>>);
 
+fn bad_token() -> HttpResponse {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_validation_token",
+        "validationToken must be 1-1024 bytes of UTF-8 text without control characters",
+    )
+    .error_response()
+}
+
+/// The `validationToken` of a query string, form-decoded (`+` is a space) and strictly UTF-8:
+/// `None` without one, `Some(None)` when it does not decode to text.
+fn validation_token(query: &str) -> Option<Option<String>> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(key.as_bytes()).decode_utf8_lossy() == "validationToken").then(|| {
+            let value = value.replace('+', " ");
+            percent_decode(value.as_bytes())
+                .decode_utf8()
+                .ok()
+                .map(|t| t.into_owned())
+        })
+    })
+}
+
 /// Answers the validation handshake: the token, as plain text, if it is sane.
 fn validation(token: &str) -> HttpResponse {
     if token.is_empty() || token.len() > MAX_TOKEN || token.chars().any(char::is_control) {
-        return ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_validation_token",
-            "validationToken must be 1-1024 printable characters",
-        )
-        .error_response();
+        return bad_token();
     }
     HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
+        .insert_header(("X-Content-Type-Options", "nosniff"))
         .body(token.to_string())
 }
 
@@ -47,7 +72,7 @@ fn receiver(state: &WebhookState) -> Result<&Addr<WebhookReceiver>, ApiError> {
 }
 
 fn parse(body: &[u8]) -> Result<NotificationBatch, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
+    parse_notifications(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_notification",
@@ -56,17 +81,46 @@ fn parse(body: &[u8]) -> Result<NotificationBatch, ApiError> {
     })
 }
 
-/// The handshake, or the parsed body and the receiver to hand it to.
-fn accept(
-    state: &WebhookState,
-    query: &HashMap<String, String>,
-    body: &[u8],
-) -> Result<Result<(Addr<WebhookReceiver>, NotificationBatch), HttpResponse>, ApiError> {
-    if let Some(token) = query.get("validationToken") {
-        return Ok(Err(validation(token)));
+/// Reads the body, at most [`MAX_BODY`] bytes (413 past that, announced or not).
+async fn read_body(req: &HttpRequest, payload: web::Payload) -> Result<web::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("a notification body is at most {MAX_BODY} bytes"),
+        )
+    };
+    let announced = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
     }
+    match payload.to_bytes_limited(MAX_BODY).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the body could not be read: {e}"),
+        )),
+        Err(_) => Err(too_large()),
+    }
+}
+
+/// The handshake, or the parsed body and the receiver to hand it to.
+async fn accept(
+    state: &WebhookState,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<Result<(Addr<WebhookReceiver>, NotificationBatch), HttpResponse>, ApiError> {
+    if let Some(token) = validation_token(req.query_string()) {
+        return Ok(Err(token.as_deref().map_or_else(bad_token, validation)));
+    }
+    let body = read_body(req, payload).await?;
     let receiver = receiver(state)?.clone();
-    Ok(Ok((receiver, parse(body)?)))
+    Ok(Ok((receiver, parse(&body)?)))
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
@@ -87,10 +141,10 @@ fn none_accepted(what: &str) -> ApiError {
 
 async fn notifications(
     state: web::Data<WebhookState>,
-    query: web::Query<HashMap<String, String>>,
-    body: web::Bytes,
+    req: HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let (receiver, batch) = match accept(&state, &query, &body)? {
+    let (receiver, batch) = match accept(&state, &req, payload).await? {
         Ok(work) => work,
         Err(handshake) => return Ok(handshake),
     };
@@ -108,10 +162,10 @@ async fn notifications(
 
 async fn lifecycle(
     state: web::Data<WebhookState>,
-    query: web::Query<HashMap<String, String>>,
-    body: web::Bytes,
+    req: HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let (receiver, batch) = match accept(&state, &query, &body)? {
+    let (receiver, batch) = match accept(&state, &req, payload).await? {
         Ok(work) => work,
         Err(handshake) => return Ok(handshake),
     };
@@ -129,7 +183,6 @@ async fn lifecycle(
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/webhook")
-            .app_data(web::PayloadConfig::new(MAX_BODY))
             .route("/notifications", web::post().to(notifications))
             .route("/lifecycle", web::post().to(lifecycle)),
     );
@@ -152,5 +205,28 @@ mod tests {
             StatusCode::BAD_REQUEST
         );
         assert_eq!(validation("").status(), StatusCode::BAD_REQUEST);
+        let echo = validation("Validation: caf\u{e9} \u{20ac}");
+        assert_eq!(
+            echo.headers().get("content-type").unwrap(),
+            "text/plain; charset=utf-8"
+        );
+    }
+
+    #[test]
+    fn the_validation_token_is_form_decoded_strictly() {
+        assert_eq!(validation_token("a=1"), None);
+        assert_eq!(
+            validation_token("x=1&validationToken=Validation%3A+Testing+caf%C3%A9"),
+            Some(Some("Validation: Testing café".to_string()))
+        );
+        assert_eq!(
+            validation_token("validationToken"),
+            Some(Some(String::new()))
+        );
+        assert_eq!(validation_token("validationToken=%FF%FE"), Some(None));
+        assert_eq!(
+            validation_token("validationToken=a%0D%0ASet-Cookie:+x"),
+            Some(Some("a\r\nSet-Cookie: x".to_string()))
+        );
     }
 }

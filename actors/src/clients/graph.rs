@@ -197,6 +197,7 @@ impl GraphClient {
         max_concurrent: u32,
     ) -> Self {
         let connector = awc::Connector::new()
+            .max_http_version(super::HTTP_VERSION)
             .timeout(Duration::from_secs(10))
             .conn_keep_alive(Duration::from_secs(60))
             .limit(64);

@@ -116,6 +116,7 @@ pub struct Ms4Client {
 impl Ms4Client {
     pub fn new(s: &Ms4Settings) -> Self {
         let connector = awc::Connector::new()
+            .max_http_version(super::HTTP_VERSION)
             .timeout(Duration::from_secs(5))
             .conn_keep_alive(Duration::from_secs(30))
             .limit(s.max_in_flight.max(1) * 2);

@@ -89,7 +89,10 @@ pub struct TokenSource {
 impl TokenSource {
     pub fn new(token_url: String, grant: Grant, timeout: Duration) -> Self {
         Self {
-            http: awc::Client::builder().timeout(timeout).finish(),
+            http: awc::Client::builder()
+                .connector(awc::Connector::new().max_http_version(super::HTTP_VERSION))
+                .timeout(timeout)
+                .finish(),
             token_url,
             grant,
             cached: RefCell::new(None),

@@ -16,6 +16,16 @@ pub struct Entry {
     pub fields: Vec<(String, String)>,
 }
 
+/// Whether `id` is a complete stream entry id (`<ms>-<seq>`, both 64-bit), the only form the
+/// API takes for a dead letter: anything else would make Redis refuse the whole command.
+pub fn is_entry_id(id: &str) -> bool {
+    id.split_once('-').is_some_and(|(ms, seq)| {
+        [ms, seq].iter().all(|p| {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u64>().is_ok()
+        })
+    })
+}
+
 impl Entry {
     pub fn field(&self, name: &str) -> Option<&str> {
         self.fields
@@ -553,6 +563,36 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_complete_64_bit_entry_ids_are_entry_ids() {
+        for ok in [
+            "0-1",
+            "1732356000000-0",
+            "18446744073709551615-18446744073709551615",
+        ] {
+            assert!(is_entry_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-",
+            "1",
+            "1-",
+            "-1",
+            "a-1",
+            "1-a",
+            "1-2-3",
+            "+1-0",
+            " 1-0",
+            "1-0 ",
+            "18446744073709551616-0",
+            "１-0",
+            "(1-0",
+            "*",
+        ] {
+            assert!(!is_entry_id(bad), "{bad:?}");
+        }
+    }
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())

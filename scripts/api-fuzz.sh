@@ -24,17 +24,8 @@ fi
 echo "==> cargo build (the daemon)"
 cargo build --quiet --bin ms1-ingestor
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/ms1-ingestor"
-WORK="$(mktemp -d /tmp/ms1-api-fuzz.XXXXXX)"
-PIDS=()
-cleanup() {
-  # SIGTERM lets the daemon stop its private redis-server.
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+work_dir ms1-api-fuzz
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 "$BIN" sim ms4 --port 0 --api-key api-fuzz-key >"$WORK/sim.out" 2>"$WORK/sim.err" &
 PIDS+=($!)

@@ -34,17 +34,8 @@ what="${1:-pipeline}"
 need_packages redis-server:redis-server curl:curl jq:jq
 cargo build --release --quiet
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/ms1-ingestor"
-WORK="$(mktemp -d /tmp/ms1-bench.XXXXXX)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+work_dir ms1-bench
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
-  || echo $((20000 + RANDOM % 20000)); }
 
 start_redis() {
   REDIS_PORT=$(free_port)

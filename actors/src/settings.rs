@@ -557,15 +557,17 @@ pub struct InvalidSetting {
     pub problem: String,
 }
 
+/// The refusal of `key`, for the checks of [`Settings::validate`].
+fn bad(key: impl Into<String>, problem: impl Into<String>) -> Result<(), InvalidSetting> {
+    Err(InvalidSetting {
+        key: key.into(),
+        problem: problem.into(),
+    })
+}
+
 impl Settings {
     /// Checks the values that serde cannot: ranges and relations between keys.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        fn bad(key: impl Into<String>, problem: impl Into<String>) -> Result<(), InvalidSetting> {
-            Err(InvalidSetting {
-                key: key.into(),
-                problem: problem.into(),
-            })
-        }
         let r = &self.redis;
         if !r.url.is_empty()
             && !["redis://", "rediss://", "unix://", "redis+unix://"]
@@ -749,12 +751,6 @@ impl Settings {
     }
 
     fn validate_imap(&self) -> Result<(), InvalidSetting> {
-        fn bad(key: impl Into<String>, problem: impl Into<String>) -> Result<(), InvalidSetting> {
-            Err(InvalidSetting {
-                key: key.into(),
-                problem: problem.into(),
-            })
-        }
         let i = &self.imap;
         if !(1..=10_000).contains(&i.fetch_chunk) {
             return bad("imap.fetch_chunk", "must be between 1 and 10000");

@@ -16,6 +16,8 @@ struct Flags {
     redis_ok: AtomicBool,
     ms4_auth_ok: AtomicBool,
     breaker: AtomicU8,
+    /// Why the last MS4 request failed, while failures last (cleared by a success).
+    ms4_error: Mutex<Option<String>>,
     /// Sources (mailboxes) whose last attempt failed for a reason an operator must fix.
     sources: Mutex<BTreeMap<String, String>>,
     /// Last sign of life of each actor work loop that beats.
@@ -30,6 +32,7 @@ impl Default for Health {
             redis_ok: AtomicBool::new(false),
             ms4_auth_ok: AtomicBool::new(true),
             breaker: AtomicU8::new(0),
+            ms4_error: Mutex::new(None),
             sources: Mutex::new(BTreeMap::new()),
             beats: Mutex::new(BTreeMap::new()),
             session: Mutex::new(String::new()),
@@ -62,6 +65,11 @@ impl Health {
         self.0
             .breaker
             .store(state.as_gauge() as u8, Ordering::Relaxed);
+    }
+
+    /// Records why MS4 deliveries fail (or clears it, with `None`, after a success).
+    pub fn set_ms4_error(&self, reason: Option<String>) {
+        *self.0.ms4_error.lock().unwrap_or_else(|p| p.into_inner()) = reason;
     }
 
     /// Records (or clears, with `None`) a source-specific failure such as refused credentials.
@@ -128,7 +136,16 @@ impl Health {
             reasons.push("MS4 rejects the API key (401): check ms4.api_key".to_string());
         }
         if breaker == "open" {
-            reasons.push("MS4 circuit breaker is open: MS4 keeps failing".to_string());
+            let last = self
+                .0
+                .ms4_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            reasons.push(match last {
+                Some(why) => format!("MS4 circuit breaker is open: MS4 keeps failing ({why})"),
+                None => "MS4 circuit breaker is open: MS4 keeps failing".to_string(),
+            });
         }
         let degraded_sources = self
             .0

@@ -293,7 +293,8 @@ impl Core {
         }
         let mut breaker = self.breaker.borrow_mut();
         match verdict {
-            Some(Verdict::Transient(_)) => {
+            Some(Verdict::Transient(why)) => {
+                self.health.set_ms4_error(Some(why.clone()));
                 if breaker.on_failure(now, turn == Turn::BreakerProbe) {
                     tracing::warn!(
                         open_ms = self.settings.breaker.open_ms,
@@ -306,7 +307,10 @@ impl Core {
                     breaker.abandon_probe();
                 }
             }
-            Some(_) => breaker.on_success(),
+            Some(_) => {
+                self.health.set_ms4_error(None);
+                breaker.on_success()
+            }
         }
         let state = breaker.state(now);
         self.health.set_breaker(state);

@@ -10,6 +10,9 @@
 //!   before is counted as a duplicate, not stored twice.
 //! - Faults at run time through `POST /_sim/config`: `error_rate` (500s), `outage` (503s),
 //!   `latency_ms`, a different `api_key`, `rate_limit_per_min`, `max_batch`.
+//! - A misconfigured front at run time: `redirect_to` (+ `redirect_status`, default 307) answers
+//!   every batch with that redirect; a `GET /batch-metadata` is a "maintenance page" answering
+//!   200, so a client that follows a 302 (and turns it into a GET) sees a success.
 //! - `GET /_sim/stats`: what it received, including contract violations a client committed
 //!   (requests during a Retry-After window, requests without `Idempotency-Key`).
 //! - `GET /_sim/keys`: every stored idempotency key, for exact checks; `POST /_sim/reset`.
@@ -70,6 +73,10 @@ pub struct SimConfig {
     /// Accept senders that are not e-mail addresses (MS4 relaxed a rule: replayed dead
     /// letters go through).
     pub lenient_sender: Option<bool>,
+    /// Answer every batch with a redirect to this URL ("" to stop).
+    pub redirect_to: Option<String>,
+    /// The redirect's status (301, 302, 303, 307 or 308; default 307).
+    pub redirect_status: Option<u16>,
 }
 
 #[derive(Debug, Default, Serialize, Clone)]
@@ -100,6 +107,10 @@ pub struct SimStats {
     /// none (a client that forgot to fetch them).
     pub records_with_attachments: u64,
     pub records_missing_attachments: u64,
+    /// Batches answered with a redirect (`redirect_to`).
+    pub redirected: u64,
+    /// `GET /batch-metadata` requests (the maintenance page): a client that followed a 302.
+    pub maintenance_page_hits: u64,
     /// Wall-clock time of the first and the last request (ms since the epoch), to compute the
     /// achieved request rate.
     pub first_request_ms: u64,
@@ -114,6 +125,8 @@ struct State {
     rate_limit_per_min: u32,
     max_batch: usize,
     lenient_sender: bool,
+    /// (status, location) of the redirect every batch gets, when set.
+    redirect: Option<(u16, String)>,
     window: Duration,
     /// Arrival times of admitted requests within the last 60 s.
     arrivals: VecDeque<Instant>,
@@ -133,6 +146,7 @@ impl State {
             rate_limit_per_min: o.rate_limit_per_min,
             max_batch: o.max_batch,
             lenient_sender: false,
+            redirect: None,
             window: Duration::from_millis(o.window_ms.max(1)),
             arrivals: VecDeque::new(),
             retry_after: None,
@@ -222,6 +236,15 @@ fn gate(state: &Shared, req: &HttpRequest) -> (Gate, Duration) {
             Gate::Refuse(error(503, "unavailable", "service unavailable")),
             latency,
         );
+    }
+    if let Some((status, location)) = s.redirect.clone() {
+        s.stats.redirected += 1;
+        s.answer(status);
+        let status = actix_web::http::StatusCode::from_u16(status).expect("a redirect status");
+        let resp = HttpResponse::build(status)
+            .insert_header(("Location", location))
+            .finish();
+        return (Gate::Refuse(resp), latency);
     }
     if s.error_rate > 0.0 && rand::random::<f64>() < s.error_rate {
         s.answer(500);
@@ -366,6 +389,16 @@ pub fn valid_record(v: &Value, lenient_sender: bool) -> Option<String> {
     ok.then(|| key.to_string())
 }
 
+/// What a misconfigured load balancer serves while MS4 is "in maintenance": 200 to a GET.
+async fn maintenance_page(state: web::Data<Shared>) -> HttpResponse {
+    let mut s = lock(&state);
+    s.stats.maintenance_page_hits += 1;
+    s.answer(200);
+    HttpResponse::Ok()
+        .content_type("text/html")
+        .body("<html><body>Down for maintenance</body></html>")
+}
+
 async fn stats(state: web::Data<Shared>) -> HttpResponse {
     let s = lock(&state).stats.clone();
     HttpResponse::Ok().json(s)
@@ -408,6 +441,17 @@ async fn configure(state: web::Data<Shared>, body: web::Bytes) -> HttpResponse {
     if let Some(l) = cfg.lenient_sender {
         s.lenient_sender = l;
     }
+    let status = cfg.redirect_status.unwrap_or(307);
+    if ![301, 302, 303, 307, 308].contains(&status) {
+        return error(
+            400,
+            "bad_config",
+            "redirect_status must be 301, 302, 303, 307 or 308",
+        );
+    }
+    if let Some(to) = cfg.redirect_to {
+        s.redirect = (!to.is_empty()).then_some((status, to));
+    }
     HttpResponse::Ok().json(json!({
         "error_rate": s.error_rate, "outage": s.outage,
         "latency_ms": s.latency.as_millis() as u64,
@@ -442,6 +486,7 @@ pub async fn serve(opts: Ms4SimOptions) -> anyhow::Result<()> {
             .app_data(data.clone())
             .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
             .route("/batch-metadata", web::post().to(batch_metadata))
+            .route("/batch-metadata", web::get().to(maintenance_page))
             .route("/_sim/stats", web::get().to(stats))
             .route("/_sim/keys", web::get().to(keys))
             .route("/_sim/config", web::post().to(configure))

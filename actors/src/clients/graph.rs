@@ -196,16 +196,13 @@ impl GraphClient {
         timeout: Duration,
         max_concurrent: u32,
     ) -> Self {
-        let connector = awc::Connector::new()
-            .max_http_version(super::HTTP_VERSION)
-            .timeout(Duration::from_secs(10))
-            .conn_keep_alive(Duration::from_secs(60))
-            .limit(64);
+        let pool = super::Pool {
+            connect_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(60),
+            limit: 64,
+        };
         Self {
-            http: awc::Client::builder()
-                .connector(connector)
-                .timeout(timeout)
-                .finish(),
+            http: super::http_client(pool, timeout),
             base: base_url.trim_end_matches('/').to_string(),
             origin: origin_of(base_url),
             tokens,
@@ -508,6 +505,14 @@ impl GraphClient {
                 }
             };
             let status = resp.status().as_u16();
+            if resp.status().is_redirection() {
+                metrics::counter!(crate::metrics::GRAPH_REQUESTS, "outcome" => "transient")
+                    .increment(1);
+                let location = resp.headers().get("Location").and_then(|v| v.to_str().ok());
+                return Err(GraphError::Transient(super::redirect_refused(
+                    "Graph", status, location,
+                )));
+            }
             let retry_after = resp
                 .headers()
                 .get("Retry-After")

@@ -49,6 +49,8 @@ impl Verdict {
 pub struct Answer {
     pub status: u16,
     pub retry_after: Option<String>,
+    /// `Location` of a 3xx, to name it (it is never followed).
+    pub location: Option<String>,
     pub body: String,
 }
 
@@ -61,6 +63,11 @@ pub fn classify(answer: Result<Answer, String>) -> Verdict {
     let retry_after = a.retry_after.as_deref().and_then(parse_retry_after);
     match a.status {
         200..=299 => Verdict::Accepted,
+        300..=399 => Verdict::Transient(super::redirect_refused(
+            "MS4",
+            a.status,
+            a.location.as_deref(),
+        )),
         400 | 413 | 422 => Verdict::Reject {
             status: a.status,
             body: a.body,
@@ -115,15 +122,12 @@ pub struct Ms4Client {
 
 impl Ms4Client {
     pub fn new(s: &Ms4Settings) -> Self {
-        let connector = awc::Connector::new()
-            .max_http_version(super::HTTP_VERSION)
-            .timeout(Duration::from_secs(5))
-            .conn_keep_alive(Duration::from_secs(30))
-            .limit(s.max_in_flight.max(1) * 2);
-        let http = awc::Client::builder()
-            .connector(connector)
-            .timeout(s.request_timeout())
-            .finish();
+        let pool = super::Pool {
+            connect_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(30),
+            limit: s.max_in_flight.max(1) * 2,
+        };
+        let http = super::http_client(pool, s.request_timeout());
         Self {
             http,
             url: format!("{}/batch-metadata", s.base_url.trim_end_matches('/')),
@@ -148,6 +152,11 @@ impl Ms4Client {
             .get("Retry-After")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let location = resp
+            .headers()
+            .get("Location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = if status == StatusCode::ACCEPTED || status.is_success() {
             // The body of an accepted batch is not needed; drain it so the connection is reused.
             let _ = resp.body().limit(64 * 1024).await;
@@ -161,6 +170,7 @@ impl Ms4Client {
         Ok(Answer {
             status: status.as_u16(),
             retry_after,
+            location,
             body,
         })
     }
@@ -174,6 +184,7 @@ mod tests {
         Ok(Answer {
             status,
             retry_after: retry_after.map(str::to_string),
+            location: None,
             body: "b".into(),
         })
     }
@@ -206,6 +217,12 @@ mod tests {
         );
         assert!(matches!(classify(answer(503, None)), Verdict::Transient(_)));
         assert!(matches!(classify(answer(500, None)), Verdict::Transient(_)));
+        for redirect in [301, 302, 303, 307, 308] {
+            assert!(
+                matches!(classify(answer(redirect, None)), Verdict::Transient(ref r) if r.contains("never followed")),
+                "{redirect} must keep the batch queued"
+            );
+        }
         assert!(matches!(
             classify(Err("timeout".into())),
             Verdict::Transient(_)

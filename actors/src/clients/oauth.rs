@@ -89,10 +89,7 @@ pub struct TokenSource {
 impl TokenSource {
     pub fn new(token_url: String, grant: Grant, timeout: Duration) -> Self {
         Self {
-            http: awc::Client::builder()
-                .connector(awc::Connector::new().max_http_version(super::HTTP_VERSION))
-                .timeout(timeout)
-                .finish(),
+            http: super::http_client(super::Pool::default(), timeout),
             token_url,
             grant,
             cached: RefCell::new(None),
@@ -194,6 +191,11 @@ impl TokenSource {
                     code: e.error.chars().take(64).collect(),
                 })
             }
+            300..=399 => Err(OAuthError::Transient(super::redirect_refused(
+                "the token endpoint",
+                status,
+                resp.headers().get("Location").and_then(|v| v.to_str().ok()),
+            ))),
             s => Err(OAuthError::Transient(format!(
                 "token endpoint answered {s}"
             ))),

@@ -61,3 +61,116 @@ fn a_redirect_in_front_of_ms4_is_never_followed_and_the_records_stay_queued() {
     assert!(world.dead_letters().is_empty());
     assert_eq!(elsewhere.stats()["requests_total"], 0);
 }
+
+/// Writes webhook refs for every message of `mailbox` in the Graph simulator, as the
+/// WebhookReceiver does; returns how many.
+fn notify_all(world: &World, mailbox: &str) -> usize {
+    let messages = world
+        .graph()
+        .get_json(&format!("/_sim/messages?mailbox={mailbox}"));
+    let ids: Vec<String> = messages
+        .as_array()
+        .expect("the mailbox's messages")
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    let mut con = world.redis();
+    for id in &ids {
+        let _: String = redis::cmd("XADD")
+            .arg(format!("{}stream:inbound", common::PREFIX))
+            .arg("*")
+            .arg("source")
+            .arg("graph")
+            .arg("kind")
+            .arg("ref")
+            .arg("mailbox")
+            .arg(mailbox)
+            .arg("message_id")
+            .arg(id)
+            .query(&mut con)
+            .unwrap();
+    }
+    ids.len()
+}
+
+/// An application access policy that excludes one mailbox (Graph answers 403
+/// `ErrorAccessDenied` on every request for it) parks that mailbox's entries in Redis, while
+/// the other mailboxes' mail and unrelated records keep reaching MS4; `/ready` and the metrics
+/// name the parked mailbox; once the policy lets it in again, a probe brings it all back.
+#[test]
+fn a_mailbox_graph_refuses_is_parked_and_every_other_mailbox_keeps_flowing() {
+    let world = World::with_graph(&["--rate-limit-per-min", "0"], &[]);
+    let [healthy_a, denied, healthy_b] = common::MAILBOXES;
+    for mb in common::MAILBOXES {
+        world.mail(mb, 20);
+    }
+    world.graph().configure(json!({"deny_mailboxes": [denied]}));
+    let daemon = world.graph_daemon(&[
+        // No polling: the refs below are the only Graph work, as after a burst of notifications.
+        ("MS1__SESSION__AUTOSTART", "false"),
+        ("MS1__GRAPH__PARK_RETRY_MIN_S", "1"),
+        ("MS1__GRAPH__PARK_RETRY_MAX_S", "2"),
+    ]);
+    let started = std::time::Instant::now();
+    // Interleaved in one chunk: the denied mailbox's refs sit between the healthy ones.
+    let mut n = 0;
+    for mb in [healthy_a, denied, healthy_b] {
+        n += notify_all(&world, mb);
+    }
+    assert_eq!(n, 60);
+    world.wait_delivered(40, MINUTE, &daemon);
+    let healthy_after = started.elapsed();
+    println!("BOUNDARY-FIGURE healthy mailboxes' 40 messages at MS4 after {healthy_after:?} while one mailbox answers 403");
+    // Unrelated records keep flowing past the parked mailbox too; those of the denied mailbox
+    // that need Graph (attachment metadata) are parked with it.
+    world.load(100_000..100_300, |_| false);
+    let parked_stream = format!("parked:{denied}");
+    assert!(
+        common::wait_until(MINUTE, || {
+            let delivered = world.ms4.stats()["unique_records"].as_u64().unwrap_or(0);
+            delivered + world.xlen(&parked_stream) == 360
+        }),
+        "{}",
+        daemon.log_tail(20)
+    );
+    let parked = world.xlen(&parked_stream);
+    assert!((20..=20 + 100).contains(&parked), "{parked}");
+    let (code, ready) = daemon.ready();
+    assert_eq!(
+        code, 200,
+        "the daemon is ready: only one mailbox is stalled: {ready}"
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(5), || {
+            let (_, ready) = daemon.ready();
+            let why = ready["degraded_sources"][format!("parked:{denied}")].to_string();
+            why.contains(&format!("{parked} entries parked")) && why.contains("ErrorAccessDenied")
+        }),
+        "{:?}",
+        daemon.ready()
+    );
+    assert!(common::wait_until(Duration::from_secs(5), || daemon
+        .metric(&format!("ms1_parked_entries{{mailbox=\"{denied}\"}}"))
+        == parked as f64));
+    assert!(world.dead_letters().is_empty(), "nothing is dead-lettered");
+    let denied_calls = world.graph().stats()["mailboxes"][denied]["denied_requests"]
+        .as_u64()
+        .unwrap();
+    // Retries are probes: one entry at a time, not the whole backlog.
+    assert!(
+        denied_calls < parked + 30,
+        "{denied_calls} requests on the denied mailbox"
+    );
+
+    world.graph().configure(json!({"deny_mailboxes": []}));
+    world.wait_delivered(360, MINUTE, &daemon);
+    assert!(common::wait_until(Duration::from_secs(10), || {
+        let (_, ready) = daemon.ready();
+        ready["degraded_sources"]
+            .get(format!("parked:{denied}"))
+            .is_none()
+    }));
+    assert_eq!(world.xlen(&parked_stream), 0);
+    world.assert_drained();
+    assert_eq!(world.ms4.stats()["duplicate_records"], 0);
+}

@@ -51,3 +51,7 @@ pub const IMAP_RESYNCS: &str = "ms1_imap_uidvalidity_resets_total";
 pub const IMAP_ERRORS: &str = "ms1_imap_errors_total";
 /// IMAP after-delivery actions done, by `action` (seen, move).
 pub const IMAP_AFTER_DELIVERY: &str = "ms1_imap_after_delivery_total";
+/// Inbound entries parked because Graph refuses their mailbox, by `mailbox`.
+pub const PARKED: &str = "ms1_entries_parked_total";
+/// Entries waiting in a mailbox's parked stream, by `mailbox`.
+pub const PARKED_ENTRIES: &str = "ms1_parked_entries";

@@ -23,11 +23,13 @@ use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::store::dlq::Stage;
 use crate::store::keys::PROCESSORS;
+use crate::store::park::{ParkState, PROBE};
+use crate::store::streams::ParkedEntry;
 use crate::store::{DeadLetter, Entry, FollowUp, Handoff, OutboundRecord, Store, StoreError};
 use crate::supervision::RestartPacer;
 use crate::{health::Health, metrics as m};
 use actix::prelude::*;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,6 +70,8 @@ enum Resolution {
     Attachments(Vec<AttachmentMeta>),
     /// Cannot be resolved, for a reason of its own (dead letter).
     Dead { reason: String, status: u16 },
+    /// Graph refuses the entry's mailbox for now: set aside in its parked stream.
+    Park { reason: String },
 }
 
 /// Wait until the processor has finished its current chunk and stopped reading.
@@ -133,6 +137,7 @@ impl Actor for BatchProcessor {
                     .with_agent(crate::clients::graph::user_agent(&self.consumer)),
                 )
             }),
+            parked: Default::default(),
         };
         let span = tracing::info_span!("batch_processor", consumer = %self.consumer);
         let fut = async move {
@@ -177,6 +182,8 @@ struct Work {
     shutdown: Shutdown,
     /// Graph, for webhook refs and attachment metadata (none when no mailbox is configured).
     graph: Option<Rc<GraphClient>>,
+    /// Parked mailboxes as last read from Redis (shared by every daemon).
+    parked: std::cell::RefCell<BTreeMap<String, ParkState>>,
 }
 
 impl Work {
@@ -214,8 +221,13 @@ impl Work {
         let claim_every = Duration::from_millis((claim_idle / 2).max(500));
         let mut next_claim = Instant::now();
         let mut claim_cursor = "0-0".to_string();
+        let mut next_tend = Instant::now();
         while !self.shutdown.is_raised() {
             self.health.beat("batch_processor");
+            if self.graph.is_some() && Instant::now() >= next_tend {
+                self.tend_parked().await?;
+                next_tend = Instant::now() + PARK_TEND_EVERY;
+            }
             let backlog = self.store.len(&outbound).await?;
             if backlog > p.max_backlog {
                 tracing::debug!(backlog, "outbound backlog above max_backlog; waiting");
@@ -272,24 +284,30 @@ impl Work {
         let opts = TransformOptions {
             include_raw: self.settings.ms4.include_raw,
         };
+        let g = &self.settings.graph;
         let mut backoff = Backoff::new(&self.settings.ms4);
         // Results survive a failed attempt: only what is still missing is fetched again, so a
-        // throttled mailbox makes progress instead of restarting the chunk.
+        // throttled mailbox makes progress instead of restarting the chunk. What still fails
+        // after `graph.park_after_attempts` is parked with its mailbox, so one mailbox Graph
+        // keeps failing never holds back the rest of the chunk.
         let mut partial: Vec<Option<Resolution>> = vec![None; entries.len()];
+        let mut attempt = 0;
         let resolved = loop {
-            match self.resolve(entries, &mut partial).await {
-                Ok(()) => {
+            attempt += 1;
+            let last_try = attempt >= g.park_after_attempts;
+            match self.resolve(entries, &mut partial, last_try).await {
+                None => {
                     break partial
                         .into_iter()
                         .map(Option::unwrap_or_default)
                         .collect::<Vec<_>>()
                 }
-                Err(e) => {
+                Some(e) => {
                     let d = match e {
-                        GraphError::Throttled(d) => d,
+                        GraphError::Throttled(d) => d.min(MAX_CHUNK_WAIT),
                         _ => backoff.next_delay(),
                     };
-                    tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "cannot resolve entries from Graph yet; retrying the chunk");
+                    tracing::warn!(error = %e, attempt, retry_in_ms = d.as_millis() as u64, "cannot resolve entries from Graph yet; retrying what is missing");
                     self.health.beat("batch_processor");
                     // Still ours: keep another daemon from claiming the chunk as abandoned.
                     let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
@@ -297,7 +315,10 @@ impl Work {
                     self.store
                         .touch(&inbound, PROCESSORS, &self.consumer, &ids)
                         .await?;
-                    tokio::time::sleep(d).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = self.shutdown.raised() => {}
+                    }
                     if self.shutdown.is_raised() {
                         // Left pending: picked up again on the next start.
                         return Ok(());
@@ -313,6 +334,7 @@ impl Work {
             done: entries.iter().map(|e| e.id.clone()).collect(),
             outbound: Vec::with_capacity(plan.records.len()),
             duplicates: plan.duplicates_in_chunk,
+            parked: plan.parked,
         };
         for (rec, was_seen) in plan.records.into_iter().zip(seen) {
             if was_seen {
@@ -339,16 +361,155 @@ impl Work {
                 tracing::warn!(entry = %d.entry_id, mailbox = %d.mailbox, reason = %d.reason, "dead-lettered an entry");
             }
         }
+        self.after_parking(entries, &resolved).await
+    }
+
+    /// Updates the parked mailboxes after a hand-off: a mailbox whose entries were parked
+    /// gets (or keeps) its retry schedule, a failed probe pushes it further out, and a mailbox
+    /// Graph served again is un-parked whole.
+    async fn after_parking(
+        &self,
+        entries: &[Entry],
+        resolved: &[Resolution],
+    ) -> Result<(), StoreError> {
+        use inbound_fields as f;
+        let mut refused: BTreeMap<&str, (&str, bool)> = BTreeMap::new();
+        let mut served: BTreeSet<&str> = BTreeSet::new();
+        for (e, r) in entries.iter().zip(resolved) {
+            let mailbox = e.field(f::MAILBOX).unwrap_or_default();
+            let probe = e.field(PROBE) == Some("1");
+            match r {
+                Resolution::Park { reason } => {
+                    metrics::counter!(m::PARKED, "mailbox" => mailbox.to_string()).increment(1);
+                    let slot = refused.entry(mailbox).or_insert((reason, false));
+                    slot.1 |= probe;
+                }
+                Resolution::Fetched { .. } | Resolution::Attachments(_) => {
+                    served.insert(mailbox);
+                }
+                _ => {}
+            }
+        }
+        // A mailbox with entries refused in this chunk stays parked even if others were served
+        // (one message Graph refuses must not bring the whole mailbox back round and round).
+        served.retain(|m| !refused.contains_key(m));
+        let now = now_ms();
+        for (mailbox, (reason, probe_failed)) in refused {
+            let known = self.parked.borrow().get(mailbox).cloned();
+            let state = match known {
+                None => {
+                    tracing::error!(%mailbox, %reason, "Graph refuses this mailbox: its entries are parked in Redis and retried on a schedule; every other mailbox keeps flowing");
+                    ParkState {
+                        reason: reason.to_string(),
+                        since_ms: now,
+                        attempts: 0,
+                        next_ms: now + self.park_delay_ms(0),
+                    }
+                }
+                Some(mut s) if probe_failed => {
+                    s.attempts += 1;
+                    s.reason = reason.to_string();
+                    s.next_ms = now + self.park_delay_ms(s.attempts);
+                    tracing::warn!(%mailbox, %reason, attempts = s.attempts, retry_in_s = (s.next_ms - now) / 1_000, "a parked mailbox is still refused");
+                    s
+                }
+                Some(_) => continue,
+            };
+            self.store.set_park_state(mailbox, &state).await?;
+            self.show_parked(mailbox, &state).await?;
+            self.parked.borrow_mut().insert(mailbox.to_string(), state);
+        }
+        for mailbox in served {
+            if self.parked.borrow().contains_key(mailbox) {
+                self.unpark_all(mailbox).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn park_delay_ms(&self, failed: u32) -> u64 {
+        self.settings.graph.park_retry_after(failed).as_millis() as u64
+    }
+
+    /// Graph serves a parked mailbox again: every parked entry goes back to the inbound stream.
+    async fn unpark_all(&self, mailbox: &str) -> Result<(), StoreError> {
+        self.store.clear_park_state(mailbox).await?;
+        self.parked.borrow_mut().remove(mailbox);
+        let mut moved = 0;
+        loop {
+            let n = self.store.unpark(mailbox, 1_000, false).await?;
+            moved += n;
+            if n == 0 {
+                break;
+            }
+        }
+        tracing::info!(%mailbox, entries = moved, "Graph serves the mailbox again: its parked entries are back in the inbound stream");
+        self.health.set_source_error(&park_key(mailbox), None);
+        metrics::gauge!(m::PARKED_ENTRIES, "mailbox" => mailbox.to_string()).set(0.0);
+        Ok(())
+    }
+
+    /// Reads the parked mailboxes (another daemon may have parked or un-parked one), sends one
+    /// probe back for each mailbox whose retry is due, and shows them in `/ready` and metrics.
+    async fn tend_parked(&self) -> Result<(), StoreError> {
+        let states = self.store.park_states().await?;
+        let now = now_ms();
+        let gone: Vec<String> = self
+            .parked
+            .borrow()
+            .keys()
+            .filter(|m| !states.contains_key(*m))
+            .cloned()
+            .collect();
+        for mailbox in gone {
+            self.health.set_source_error(&park_key(&mailbox), None);
+            metrics::gauge!(m::PARKED_ENTRIES, "mailbox" => mailbox).set(0.0);
+        }
+        for (mailbox, mut state) in states.clone() {
+            if state.next_ms <= now {
+                if self.store.parked_len(&mailbox).await? == 0 {
+                    // Nothing left to retry (replayed, purged, or un-parked elsewhere).
+                    self.store.clear_park_state(&mailbox).await?;
+                    self.health.set_source_error(&park_key(&mailbox), None);
+                    continue;
+                }
+                // The next probe only after this one had its chance.
+                state.next_ms = now + self.park_delay_ms(state.attempts);
+                self.store.set_park_state(&mailbox, &state).await?;
+                self.store.unpark(&mailbox, 1, true).await?;
+                tracing::info!(%mailbox, "retrying a parked mailbox with one probe entry");
+            }
+            self.show_parked(&mailbox, &state).await?;
+        }
+        *self.parked.borrow_mut() = states;
+        Ok(())
+    }
+
+    async fn show_parked(&self, mailbox: &str, state: &ParkState) -> Result<(), StoreError> {
+        let n = self.store.parked_len(mailbox).await?;
+        metrics::gauge!(m::PARKED_ENTRIES, "mailbox" => mailbox.to_string()).set(n as f64);
+        let retry_in = state.next_ms.saturating_sub(now_ms()) / 1_000;
+        self.health.set_source_error(
+            &park_key(mailbox),
+            Some(format!(
+                "{n} entries parked: {}; next retry in {retry_in} s",
+                state.reason
+            )),
+        );
         Ok(())
     }
 
     /// Fetches what the chunk's entries need from Graph, concurrently (the RateLimiter keeps
-    /// each mailbox within its limits). A transient failure fails the whole chunk.
+    /// each mailbox within its limits). An entry of a parked mailbox is parked again without a
+    /// request (unless it is the mailbox's probe); a refusal (401/403, a refused credential)
+    /// parks the entry at once; a transient failure leaves it unresolved, to be tried again —
+    /// or parked when `last_try`. Returns the first transient failure, if any is left.
     async fn resolve(
         &self,
         entries: &[Entry],
         done: &mut [Option<Resolution>],
-    ) -> Result<(), GraphError> {
+        last_try: bool,
+    ) -> Option<GraphError> {
         use inbound_fields as f;
         let mut work = Vec::new();
         for (i, e) in entries.iter().enumerate() {
@@ -360,20 +521,31 @@ impl Work {
                 continue;
             }
             let mailbox = e.field(f::MAILBOX).unwrap_or_default();
-            if e.field(f::KIND) == Some("ref") {
-                let id = e.field(f::MESSAGE_ID).unwrap_or_default();
-                work.push((i, mailbox, id.to_string(), true));
+            let id = if e.field(f::KIND) == Some("ref") {
+                Some((e.field(f::MESSAGE_ID).unwrap_or_default().to_string(), true))
             } else if self.settings.graph.fetch_attachments && self.graph.is_some() {
-                match e.field(f::PAYLOAD).and_then(graph_needs_attachments) {
-                    Some(id) => work.push((i, mailbox, id, false)),
-                    None => done[i] = Some(Resolution::AsIs),
-                }
+                e.field(f::PAYLOAD)
+                    .and_then(graph_needs_attachments)
+                    .map(|id| (id, false))
             } else {
+                None
+            };
+            let Some((id, is_ref)) = id else {
                 done[i] = Some(Resolution::AsIs);
+                continue;
+            };
+            if e.field(PROBE) != Some("1") {
+                if let Some(state) = self.parked.borrow().get(mailbox) {
+                    done[i] = Some(Resolution::Park {
+                        reason: state.reason.clone(),
+                    });
+                    continue;
+                }
             }
+            work.push((i, mailbox, id, is_ref));
         }
         if work.is_empty() {
-            return Ok(());
+            return None;
         }
         let Some(graph) = self.graph.clone() else {
             for (i, ..) in work {
@@ -383,7 +555,7 @@ impl Work {
                     status: 0,
                 });
             }
-            return Ok(());
+            return None;
         };
         let fetch_attachments = self.settings.graph.fetch_attachments;
         let jobs = work.into_iter().map(|(i, mailbox, id, is_ref)| {
@@ -404,14 +576,40 @@ impl Work {
         for (i, r) in futures_util::future::join_all(jobs).await {
             match r {
                 Ok(resolution) => done[i] = Some(resolution),
+                Err(e) if refuses_mailbox(&e) || last_try => {
+                    done[i] = Some(Resolution::Park {
+                        reason: e.to_string(),
+                    })
+                }
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
             }
         }
-        first_error.map_or(Ok(()), Err)
+        first_error
     }
 }
+
+/// Graph refuses the mailbox (not one message): access denied, a refused credential.
+fn refuses_mailbox(e: &GraphError) -> bool {
+    matches!(
+        e,
+        GraphError::Unauthorized(..)
+            | GraphError::Token(crate::clients::oauth::OAuthError::Rejected { .. })
+    )
+}
+
+/// The `/ready` name of a parked mailbox.
+fn park_key(mailbox: &str) -> String {
+    format!("parked:{mailbox}")
+}
+
+/// Longest a chunk waits on a throttled mailbox before trying again (a longer Retry-After
+/// parks the mailbox's entries after `graph.park_after_attempts` instead of stalling the rest).
+const MAX_CHUNK_WAIT: Duration = Duration::from_secs(5);
+
+/// How often the processor looks at the parked mailboxes (due probes, `/ready`).
+const PARK_TEND_EVERY: Duration = Duration::from_secs(1);
 
 /// Fetches a message a webhook notified, and its attachment metadata.
 async fn fetch_ref(
@@ -465,6 +663,7 @@ fn gone_or(e: GraphError) -> Result<Resolution, GraphError> {
 struct ChunkPlan {
     records: Vec<OutboundRecord>,
     dead: Vec<DeadLetter>,
+    parked: Vec<ParkedEntry>,
     /// Entries whose key appears earlier in the same chunk.
     duplicates_in_chunk: u64,
 }
@@ -507,6 +706,13 @@ fn plan_chunk(entries: &[Entry], resolved: &[Resolution], opts: TransformOptions
                 fields.attachments = attachments.as_deref();
             }
             Resolution::Attachments(a) => fields.attachments = Some(a),
+            Resolution::Park { .. } => {
+                plan.parked.push(ParkedEntry {
+                    mailbox: e.field(f::MAILBOX).unwrap_or_default().to_string(),
+                    fields: e.fields.clone(),
+                });
+                continue;
+            }
             Resolution::Dead { reason, status } => {
                 let what = e
                     .field(f::MESSAGE_ID)

@@ -210,6 +210,15 @@ pub struct GraphSettings {
     /// A mailbox's poller lease lasts this long unless renewed (seconds); another daemon takes
     /// over a mailbox whose daemon died after at most this long.
     pub lease_ttl_s: u64,
+    /// A message Graph keeps failing to serve (5xx, timeouts, throttling) is retried this many
+    /// times with backoff; then its mailbox is parked. A refusal (401/403: an application access
+    /// policy that excludes the mailbox, a refused credential) parks it at once. Parked entries
+    /// wait in Redis (`stream:parked:{mailbox}`) while every other mailbox flows.
+    pub park_after_attempts: u32,
+    /// First retry of a parked mailbox after this many seconds (one entry goes back as a
+    /// probe); the wait doubles with each failed retry up to `park_retry_max_s`.
+    pub park_retry_min_s: u64,
+    pub park_retry_max_s: u64,
 }
 
 impl Default for GraphSettings {
@@ -231,6 +240,9 @@ impl Default for GraphSettings {
             request_timeout_ms: 30_000,
             fetch_attachments: true,
             lease_ttl_s: 30,
+            park_after_attempts: 3,
+            park_retry_min_s: 30,
+            park_retry_max_s: 900,
         }
     }
 }
@@ -264,6 +276,14 @@ impl GraphSettings {
     }
     pub fn poll_interval(&self) -> Duration {
         Duration::from_secs(self.poll_interval_s)
+    }
+    /// Wait before the retry that follows `failed` failed retries of a parked mailbox.
+    pub fn park_retry_after(&self, failed: u32) -> Duration {
+        let secs = self
+            .park_retry_min_s
+            .saturating_mul(1u64 << failed.min(20))
+            .min(self.park_retry_max_s);
+        Duration::from_secs(secs)
     }
 }
 
@@ -704,6 +724,15 @@ impl Settings {
         }
         if g.lease_ttl_s < 2 {
             return bad("graph.lease_ttl_s", "must be at least 2");
+        }
+        if !(1..=100).contains(&g.park_after_attempts) {
+            return bad("graph.park_after_attempts", "must be between 1 and 100");
+        }
+        if g.park_retry_min_s == 0 || g.park_retry_max_s < g.park_retry_min_s {
+            return bad(
+                "graph.park_retry_max_s",
+                "park_retry_min_s must be > 0 and park_retry_max_s >= park_retry_min_s",
+            );
         }
         let w = &self.webhook;
         if w.enabled {

@@ -205,6 +205,10 @@ pub struct SimConfig {
     pub window_ms: Option<u64>,
     pub max_page_size: Option<usize>,
     pub delta_token_ttl_s: Option<u64>,
+    /// Mailboxes an application access policy excludes from now on (the whole list: `[]`
+    /// lets every mailbox in again): every request on them is answered 403
+    /// `ErrorAccessDenied`, "Access to OData is disabled.", as Exchange Online does.
+    pub deny_mailboxes: Option<Vec<String>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1175,6 +1179,8 @@ struct MailboxCounters {
     patch_already_read: u64,
     batch_requests: u64,
     batch_over_20: u64,
+    /// Requests refused 403 because the mailbox is denied (`deny_mailboxes`).
+    denied_requests: u64,
 }
 
 /// One mailbox: its messages in arrival order, the change log delta replays, its budget.
@@ -1200,6 +1206,9 @@ struct Mailbox {
     delta_epoch: u32,
     budget: Budget,
     counters: MailboxCounters,
+    /// An application access policy excludes this mailbox: every request on it gets 403
+    /// `ErrorAccessDenied` (`/_sim/config` `deny_mailboxes`).
+    denied: bool,
 }
 
 impl Mailbox {
@@ -1220,6 +1229,7 @@ impl Mailbox {
             delta_epoch: 0,
             budget: Budget::default(),
             counters: MailboxCounters::default(),
+            denied: false,
             pollers: PollerLog::default(),
         }
     }
@@ -2637,6 +2647,11 @@ async fn on_mailbox(
             )
             .into();
         };
+        if s.mailboxes[mbx].denied {
+            s.mailboxes[mbx].counters.denied_requests += 1;
+            return GraphError::new(403, "ErrorAccessDenied", "Access to OData is disabled.")
+                .into();
+        }
         let limits = s.limits;
         let admission = s.mailboxes[mbx].budget.arrive(now, &limits);
         let fail = admission == Admission::Admit && s.roll_error();
@@ -3456,6 +3471,18 @@ async fn sim_config(state: web::Data<Shared>, body: web::Bytes) -> HttpResponse 
     }
     if let Some(t) = cfg.delta_token_ttl_s {
         s.delta_ttl = (t > 0).then(|| Duration::from_secs(t));
+    }
+    if let Some(names) = cfg.deny_mailboxes {
+        let mut denied = Vec::with_capacity(names.len());
+        for name in &names {
+            match resolve_or_404(&s, name) {
+                Ok(m) => denied.push(m),
+                Err(refusal) => return refusal.into_http(),
+            }
+        }
+        for (i, mb) in s.mailboxes.iter_mut().enumerate() {
+            mb.denied = denied.contains(&i);
+        }
     }
     HttpResponse::Ok().json(json!({
         "token_lifetime_s": s.token_lifetime.as_secs(),

@@ -52,8 +52,10 @@ pub fn segment(s: &str) -> String {
 pub enum GraphError {
     #[error("throttled by Graph; retry after {0:?}")]
     Throttled(Duration),
-    #[error("Graph refuses the app's token ({0}): check graph.client_id/client_secret and the app's mail permissions")]
-    Unauthorized(u16),
+    /// 401/403, with Graph's error code and message (e.g. `ErrorAccessDenied: Access to OData
+    /// is disabled.` for a mailbox an application access policy excludes).
+    #[error("Graph refuses access ({0}{1}): for one mailbox, an application access policy may exclude it; for every mailbox, check graph.client_id/client_secret and the app's Mail permissions")]
+    Unauthorized(u16, String),
     #[error("cannot get a Graph token: {0}")]
     Token(OAuthError),
     #[error("the delta cursor is no longer valid (410 Gone / syncStateNotFound)")]
@@ -529,7 +531,7 @@ impl GraphClient {
             let outcome = match &verdict {
                 Ok(_) => "ok",
                 Err(GraphError::Throttled(_)) => "throttled",
-                Err(GraphError::Unauthorized(_)) => "unauthorized",
+                Err(GraphError::Unauthorized(..)) => "unauthorized",
                 Err(GraphError::SyncStateGone) => "gone",
                 Err(GraphError::NotFound) => "not_found",
                 Err(GraphError::Rejected { .. }) => "rejected",
@@ -538,7 +540,7 @@ impl GraphClient {
             metrics::counter!(crate::metrics::GRAPH_REQUESTS, "outcome" => outcome).increment(1);
             match verdict {
                 Ok(()) => return Ok(bytes),
-                Err(GraphError::Unauthorized(_)) if attempt == 0 => {
+                Err(GraphError::Unauthorized(..)) if attempt == 0 => {
                     // The token may have been revoked or expired early: one fresh one, one retry.
                     self.tokens.invalidate(&token);
                 }
@@ -549,7 +551,29 @@ impl GraphClient {
                 Err(e) => return Err(e),
             }
         }
-        Err(GraphError::Unauthorized(401))
+        Err(GraphError::Unauthorized(401, String::new()))
+    }
+}
+
+/// `: {code}: {message}` of a Graph error body (short, for logs and `/ready`), or nothing.
+fn error_detail(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        error: Detail,
+    }
+    #[derive(serde::Deserialize)]
+    struct Detail {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    match serde_json::from_slice::<Body>(body) {
+        Ok(b) => {
+            let text = format!(": {}: {}", b.error.code, b.error.message);
+            text.chars().take(200).collect()
+        }
+        Err(_) => String::new(),
     }
 }
 
@@ -558,7 +582,7 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Resu
     let text = || String::from_utf8_lossy(&body[..body.len().min(1_024)]).into_owned();
     match status {
         200..=299 => Ok(()),
-        401 | 403 => Err(GraphError::Unauthorized(status)),
+        401 | 403 => Err(GraphError::Unauthorized(status, error_detail(body))),
         404 => Err(GraphError::NotFound),
         410 => Err(GraphError::SyncStateGone),
         429 => Err(GraphError::Throttled(
@@ -607,7 +631,7 @@ mod tests {
         ));
         assert!(matches!(
             classify(401, None, b""),
-            Err(GraphError::Unauthorized(401))
+            Err(GraphError::Unauthorized(401, _))
         ));
         assert!(matches!(
             classify(404, None, b""),

@@ -125,6 +125,16 @@ impl Keys {
         format!("{}stream:imapdone", self.prefix)
     }
 
+    /// Parked mailboxes: mailbox → its [`ParkState`](super::park::ParkState) as JSON.
+    pub fn parked(&self) -> String {
+        format!("{}parked", self.prefix)
+    }
+
+    /// The entries of one mailbox that are parked until Graph serves the mailbox again.
+    pub fn parked_entries(&self, mailbox: &str) -> String {
+        format!("{}stream:parked:{}", self.prefix, mailbox)
+    }
+
     /// Until when every holder of a rate budget is paused (a Retry-After).
     pub fn rate_pause(&self, budget: &str) -> String {
         format!("{}ratelimit:{}:pause", self.prefix, budget)

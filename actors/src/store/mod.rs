@@ -22,6 +22,7 @@
 pub mod dlq;
 pub mod imap;
 pub mod keys;
+pub mod park;
 pub mod poll;
 pub mod ratelimit;
 pub mod session;

@@ -93,6 +93,15 @@ pub struct Handoff {
     pub done: Vec<String>,
     /// Entries dropped because their key was seen before (counted, not re-sent).
     pub duplicates: u64,
+    /// Entries set aside because Graph refuses their mailbox for now (see [`park`](super::park)).
+    pub parked: Vec<ParkedEntry>,
+}
+
+/// An inbound entry set aside in its mailbox's parked stream, with its fields unchanged.
+#[derive(Debug, Clone)]
+pub struct ParkedEntry {
+    pub mailbox: String,
+    pub fields: Vec<(String, String)>,
 }
 
 /// Counter names in the `stats` hash.
@@ -466,6 +475,15 @@ impl Store {
         }
         for d in &h.dead {
             self.push_dead_letter(&mut pipe, d, dlq_maxlen);
+        }
+        for p in &h.parked {
+            pipe.cmd("XADD")
+                .arg(self.keys.parked_entries(&p.mailbox))
+                .arg("*");
+            for (k, v) in p.fields.iter().filter(|(k, _)| k != super::park::PROBE) {
+                pipe.arg(k).arg(v);
+            }
+            pipe.ignore();
         }
         self.push_counts(
             &mut pipe,

@@ -174,3 +174,153 @@ fn a_mailbox_graph_refuses_is_parked_and_every_other_mailbox_keeps_flowing() {
     world.assert_drained();
     assert_eq!(world.ms4.stats()["duplicate_records"], 0);
 }
+
+/// Ids of the messages of a Graph simulator mailbox, and how many are still unread.
+fn messages(world: &World, mailbox: &str) -> (Vec<String>, usize) {
+    let all = world
+        .graph()
+        .get_json(&format!("/_sim/messages?mailbox={mailbox}"));
+    let all = all.as_array().expect("the mailbox's messages");
+    let unread = all.iter().filter(|m| m["isRead"] == false).count();
+    let ids = all
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    (ids, unread)
+}
+
+/// Queues mark-read follow-ups as the MS4Sender does after a delivery; with `dead_consumer`,
+/// a consumer of that name reads them first and never acknowledges them (a daemon that died
+/// for good, e.g. a replaced container).
+fn queue_mark_read(world: &World, mailbox: &str, ids: &[String], dead_consumer: Option<&str>) {
+    let mut con = world.redis();
+    let stream = format!("{}stream:markread", common::PREFIX);
+    let _: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("markers")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut con);
+    for id in ids {
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("mailbox")
+            .arg(mailbox)
+            .arg("message_id")
+            .arg(id)
+            .query(&mut con)
+            .unwrap();
+    }
+    if let Some(consumer) = dead_consumer {
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("markers")
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(10_000)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query(&mut con)
+            .unwrap();
+    }
+}
+
+/// Mark-read follow-ups that a daemon read and then died with for good are claimed by the
+/// daemon that is left, after `redis.claim_idle_ms`: the messages end read.
+#[test]
+fn follow_ups_a_dead_daemon_left_are_claimed_and_done() {
+    let world = World::with_graph(&["--rate-limit-per-min", "0"], &[]);
+    let mailbox = common::MAILBOXES[0];
+    world.mail(mailbox, 30);
+    let (ids, unread) = messages(&world, mailbox);
+    assert_eq!(unread, 30);
+    queue_mark_read(&world, mailbox, &ids, Some("replaced-container-7f3a"));
+    let daemon = world.graph_daemon(&[
+        ("MS1__GRAPH__MODE", "unread"),
+        ("MS1__SESSION__AUTOSTART", "false"),
+        ("MS1__REDIS__CLAIM_IDLE_MS", "1000"),
+    ]);
+    let started = std::time::Instant::now();
+    assert!(
+        common::wait_until(MINUTE, || messages(&world, mailbox).1 == 0),
+        "{} messages still unread\n{}",
+        messages(&world, mailbox).1,
+        daemon.log_tail(20)
+    );
+    println!(
+        "BOUNDARY-FIGURE 30 stranded mark-read follow-ups done {:?} after the daemon started",
+        started.elapsed()
+    );
+    assert!(common::wait_until(Duration::from_secs(10), || world
+        .pending("markread", "markers")
+        == 0));
+    assert_eq!(world.xlen("markread"), 0);
+}
+
+/// One mailbox that refuses mark-read (403) never holds back the others: follow-ups that
+/// arrive after its failures began are still done for every other mailbox; its own wait in
+/// Redis, named in `/ready`, and are done once Graph lets them through.
+#[test]
+fn one_refusing_mailbox_never_holds_back_the_other_mailboxes_follow_ups() {
+    let world = World::with_graph(&["--rate-limit-per-min", "0"], &[]);
+    let [healthy_a, denied, healthy_b] = common::MAILBOXES;
+    for mb in common::MAILBOXES {
+        world.mail(mb, 25);
+    }
+    world.graph().configure(json!({"deny_mailboxes": [denied]}));
+    let daemon = world.graph_daemon(&[
+        ("MS1__GRAPH__MODE", "unread"),
+        ("MS1__SESSION__AUTOSTART", "false"),
+    ]);
+    let (denied_ids, _) = messages(&world, denied);
+    queue_mark_read(&world, denied, &denied_ids, None);
+    assert!(
+        common::wait_until(MINUTE, || {
+            let (_, ready) = daemon.ready();
+            ready["degraded_sources"]
+                .get(format!("read_marker:{denied}"))
+                .is_some()
+        }),
+        "the refusing mailbox is named in /ready: {:?}",
+        daemon.ready()
+    );
+    let started = std::time::Instant::now();
+    for mb in [healthy_a, healthy_b] {
+        let (ids, _) = messages(&world, mb);
+        queue_mark_read(&world, mb, &ids, None);
+    }
+    assert!(
+        common::wait_until(MINUTE, || messages(&world, healthy_a).1 == 0
+            && messages(&world, healthy_b).1 == 0),
+        "healthy mailboxes still unread: {} / {}\n{}",
+        messages(&world, healthy_a).1,
+        messages(&world, healthy_b).1,
+        daemon.log_tail(20)
+    );
+    println!(
+        "BOUNDARY-FIGURE 50 follow-ups of healthy mailboxes done {:?} while another mailbox refuses",
+        started.elapsed()
+    );
+    assert_eq!(messages(&world, denied).1, 25, "still unread, still queued");
+    assert_eq!(world.pending("markread", "markers"), 25);
+    assert!(world.dead_letters().is_empty());
+
+    world.graph().configure(json!({"deny_mailboxes": []}));
+    assert!(
+        common::wait_until(MINUTE, || messages(&world, denied).1 == 0),
+        "{}",
+        daemon.log_tail(20)
+    );
+    assert!(common::wait_until(Duration::from_secs(10), || world
+        .pending("markread", "markers")
+        == 0));
+    assert!(common::wait_until(Duration::from_secs(10), || {
+        let (_, ready) = daemon.ready();
+        ready["degraded_sources"]
+            .get(format!("read_marker:{denied}"))
+            .is_none()
+    }));
+}

@@ -12,10 +12,10 @@
 //! [`Pipeline::start`] wires them together; the daemon shell (`src/`) only loads configuration,
 //! serves HTTP and turns signals into [`Pipeline::drain`].
 
+pub mod after_delivery;
 pub mod clients;
 pub mod deadletters;
 pub mod health;
-pub mod imap_finisher;
 pub mod imap_poller;
 pub mod metrics;
 pub mod mime;
@@ -23,7 +23,6 @@ pub mod model;
 pub mod poller;
 pub mod processor;
 pub mod ratelimiter;
-pub mod readmarker;
 pub mod retry;
 pub mod sender;
 pub mod session;
@@ -59,11 +58,11 @@ pub struct Pipeline {
     /// One poller per IMAP source, by source name.
     pub imap_pollers: BTreeMap<String, Addr<imap_poller::ImapPoller>>,
     /// IMAP after-delivery actions, when a source has one.
-    pub imap_finisher: Option<Addr<imap_finisher::ImapFinisher>>,
+    pub imap_finisher: Option<Addr<after_delivery::Worker<after_delivery::imap::ImapAction>>>,
     /// Graph change notifications, when `webhook.enabled`.
     pub webhook: Option<Addr<webhook::WebhookReceiver>>,
     /// Marks delivered messages read, in `graph.mode = "unread"`.
-    pub read_marker: Option<Addr<readmarker::ReadMarker>>,
+    pub read_marker: Option<Addr<after_delivery::Worker<after_delivery::mark_read::MarkRead>>>,
     pub health: Health,
     shutdown: Shutdown,
     _processor_thread: Arbiter,
@@ -156,7 +155,11 @@ impl Pipeline {
                     shutdown.clone(),
                 );
                 read_marker = Some(Supervisor::start(move |_| {
-                    readmarker::ReadMarker::new(store, settings, graph, health, shutdown)
+                    after_delivery::Worker::new(store, settings, health, shutdown, move || {
+                        after_delivery::mark_read::MarkRead {
+                            graph: graph.clone(),
+                        }
+                    })
                 }));
             }
             if settings.webhook.enabled {
@@ -197,7 +200,10 @@ impl Pipeline {
                 shutdown.clone(),
             );
             Supervisor::start(move |_| {
-                imap_finisher::ImapFinisher::new(store, settings, health, shutdown)
+                let action_settings = settings.clone();
+                after_delivery::Worker::new(store, settings, health, shutdown, move || {
+                    after_delivery::imap::ImapAction::new(&action_settings)
+                })
             })
         });
         // Manual polls reach every poller: Graph mailboxes and IMAP sources by name.

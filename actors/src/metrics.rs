@@ -55,3 +55,6 @@ pub const IMAP_AFTER_DELIVERY: &str = "ms1_imap_after_delivery_total";
 pub const PARKED: &str = "ms1_entries_parked_total";
 /// Entries waiting in a mailbox's parked stream, by `mailbox`.
 pub const PARKED_ENTRIES: &str = "ms1_parked_entries";
+/// Follow-ups (mark read, IMAP actions) waiting for their target to answer again, by `worker`
+/// and `target`.
+pub const AFTER_DELIVERY_WAITING: &str = "ms1_after_delivery_waiting";

@@ -10,7 +10,7 @@
 //!   restarts the full sync; intake marks (`queued:{key}`) and the processor's idempotency marks
 //!   keep MS4 free of repeats.
 //! - **Unread mode**: the seed's `isRead eq false` listing; delivered messages are marked read
-//!   by the [`ReadMarker`](crate::readmarker) only after MS4 accepted them.
+//!   by the [after-delivery worker](crate::after_delivery) only after MS4 accepted them.
 //! - Polls every `graph.poll_interval_s` and at once on [`TriggerPoll`]; waits while the
 //!   backlog is above `pipeline.max_backlog`; transient Graph failures back off and retry.
 

@@ -19,11 +19,18 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(s: &Ms4Settings) -> Self {
-        let max = Duration::from_millis(s.retry_max_ms);
+        Self::between(
+            Duration::from_millis(s.retry_min_ms),
+            Duration::from_millis(s.retry_max_ms),
+        )
+    }
+
+    /// Exponential delays with jitter between `min` and `max`, forever.
+    pub fn between(min: Duration, max: Duration) -> Self {
         let inner = ExponentialBuilder::new()
             .with_jitter()
             .with_factor(2.0)
-            .with_min_delay(Duration::from_millis(s.retry_min_ms))
+            .with_min_delay(min)
             .with_max_delay(max)
             .without_max_times()
             .build();

@@ -109,6 +109,12 @@ pub fn redacted(settings: &Settings) -> String {
             }
         }
     }
+    // Redis secrets, likewise.
+    for secret in [&mut s.redis.password, &mut s.redis.client_key] {
+        if !secret.is_empty() && !secret.starts_with("env:") && !secret.starts_with("file:") {
+            *secret = "<redacted>".into();
+        }
+    }
     toml::to_string_pretty(&s).unwrap_or_else(|e| format!("(cannot render: {e})"))
 }
 

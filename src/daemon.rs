@@ -56,7 +56,7 @@ async fn serve(settings: Arc<Settings>, prometheus: PrometheusHandle) -> anyhow:
         ms1_actors::store::StoreError::Access(text) => anyhow::anyhow!("{text}"),
         e => anyhow::anyhow!("redis.url: {e}"),
     })?;
-    check_redis_access(&store).await?;
+    check_redis_access(&store, &settings.redis.url).await?;
     let health = Health::default();
     let pipeline = Pipeline::start(settings.clone(), store.clone(), health.clone());
     tracing::info!(
@@ -129,14 +129,22 @@ async fn serve(settings: Arc<Settings>, prometheus: PrometheusHandle) -> anyhow:
 /// password, a certificate either side does not trust) stops the start with a message naming
 /// the settings to fix, instead of a loop of actor restarts; a Redis that is only down (or
 /// slow) is waited for by the actors as usual.
-async fn check_redis_access(store: &Store) -> anyhow::Result<()> {
+async fn check_redis_access(store: &Store, url: &str) -> anyhow::Result<()> {
     let reply = tokio::time::timeout(Duration::from_secs(10), store.verify()).await;
     match reply {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => match ms1_actors::store::describe_refusal(&e) {
             Some(why) => anyhow::bail!("{why}"),
             None => {
-                tracing::warn!(error = %e, "redis is not reachable yet; starting anyway and retrying");
+                let text = e.to_string().to_ascii_lowercase();
+                let cut_off = ["reset by peer", "unexpected end", "broken pipe", "eof"]
+                    .iter()
+                    .any(|s| text.contains(s));
+                if cut_off && url.starts_with("redis://") {
+                    tracing::warn!(error = %e, "redis closed the connection at once: if its port speaks TLS (Azure Cache for Redis: 6380), redis.url must be rediss://; starting anyway and retrying");
+                } else {
+                    tracing::warn!(error = %e, "redis is not reachable yet; starting anyway and retrying");
+                }
                 Ok(())
             }
         },

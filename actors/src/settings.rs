@@ -154,14 +154,25 @@ impl RedisSettings {
                     "is for a TLS connection: redis.url must be rediss://host:port (every node of it with redis.cluster)",
                 );
             }
-            if let Err(e) = std::fs::File::open(path).and_then(|f| {
-                if f.metadata()?.is_file() {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::other("not a regular file"))
+            let pem = std::fs::File::open(path).and_then(|mut f| {
+                if !f.metadata()?.is_file() {
+                    return Err(std::io::Error::other("not a regular file"));
                 }
-            }) {
-                return bad(key, format!("{path} is not a readable file: {e}"));
+                let mut pem = Vec::new();
+                std::io::Read::read_to_end(&mut f, &mut pem)?;
+                Ok(pem)
+            });
+            let pem = match pem {
+                Ok(pem) => pem,
+                Err(e) => return bad(key, format!("{path} is not a readable file: {e}")),
+            };
+            use rustls::pki_types::{pem::PemObject, CertificateDer};
+            let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
+            if !certs.is_ok_and(|c| !c.is_empty()) {
+                return bad(
+                    key,
+                    format!("{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+                );
             }
         }
         let key_pem = self.resolved_client_key()?;
@@ -1127,6 +1138,65 @@ mod tests {
         }
         s.redis.prefix = "app:{ms1}:".into();
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn redis_tls_files_and_passwords_are_checked_by_key() {
+        let dir = std::env::temp_dir().join(format!("ms1-redis-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem = dir.join("ca.pem");
+        // Any base64 body parses as a PEM block; validation checks the form, not the CA.
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let pem = pem.display().to_string();
+        let mut s = Settings::default();
+        s.redis.url = "rediss://:pw@redis.example.com:6380".into();
+        s.validate().unwrap();
+        s.redis.ca_file = "/nonexistent/ca.pem".into();
+        assert_eq!(s.validate().unwrap_err().key, "redis.ca_file");
+        s.redis.ca_file = dir.display().to_string();
+        assert_eq!(
+            s.validate().unwrap_err().key,
+            "redis.ca_file",
+            "a directory"
+        );
+        s.redis.ca_file = pem.clone();
+        s.validate().unwrap();
+        s.redis.client_cert = pem.clone();
+        assert_eq!(s.validate().unwrap_err().key, "redis.client_cert", "no key");
+        s.redis.client_key = "/etc/ms1/client.key".into();
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.key, "redis.client_key", "a path is not a key");
+        assert!(!e.problem.contains("/etc/ms1"), "{e}");
+        s.redis.client_key = "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----".into();
+        s.validate().unwrap();
+        s.redis.password = "other".into();
+        assert_eq!(s.validate().unwrap_err().key, "redis.password", "differs");
+        s.redis.password = "pw".into();
+        s.validate().unwrap();
+        assert_eq!(s.redis.resolved_password().unwrap().as_deref(), Some("pw"));
+        s.redis.url = "redis://redis.example.com:6379".into();
+        assert_eq!(
+            s.validate().unwrap_err().key,
+            "redis.ca_file",
+            "TLS files need rediss://"
+        );
+        let debug = format!("{:?}", s.redis);
+        assert!(
+            !debug.contains("PRIVATE KEY") && !debug.contains("\"pw\""),
+            "{debug}"
+        );
+        let mut s = Settings::default();
+        s.redis.password = "pw".into();
+        assert_eq!(
+            s.validate().unwrap_err().key,
+            "redis.password",
+            "private redis"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

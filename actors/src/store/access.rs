@@ -155,6 +155,7 @@ pub fn describe_refusal(error: &StoreError) -> Option<String> {
             "the server wants a client certificate: set redis.client_cert and redis.client_key"
         } else if lower.contains("unknownissuer")
             || lower.contains("unknown issuer")
+            || lower.contains("badsignature")
             || lower.contains("unknownca")
         {
             "the server's certificate is not signed by a CA the daemon trusts: set redis.ca_file to the PEM of the CA that signed it (empty: the Mozilla roots)"

@@ -342,6 +342,8 @@ pub struct PrivateCluster {
     nodes: Vec<PrivateRedis>,
     dir: PathBuf,
     remove_dir: bool,
+    /// For a cluster over TLS ([`PrivateCluster::start_tls`]): its certificates and password.
+    tls: Option<RedisTls>,
 }
 
 /// How long a node may be silent before the others count it as failing (ms). Short, so that
@@ -354,6 +356,27 @@ impl PrivateCluster {
     /// joins them into one cluster and waits until every node reports `cluster_state:ok`.
     /// `remove_dir`: delete `dir` when dropped.
     pub fn start(dir: &Path, masters: usize, remove_dir: bool) -> anyhow::Result<Self> {
+        Self::start_with(dir, masters, remove_dir, None)
+    }
+
+    /// [`PrivateCluster::start`] over TLS: clients and the cluster bus speak only TLS
+    /// (`--port 0`, `--tls-cluster yes`) with `tls`'s certificates (the server certificate is
+    /// also each node's client certificate towards the others) and password.
+    pub fn start_tls(
+        dir: &Path,
+        masters: usize,
+        tls: &RedisTls,
+        remove_dir: bool,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(dir, masters, remove_dir, Some(tls.clone()))
+    }
+
+    fn start_with(
+        dir: &Path,
+        masters: usize,
+        remove_dir: bool,
+        tls: Option<RedisTls>,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(masters >= 3, "a Redis Cluster needs at least 3 masters");
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
@@ -361,12 +384,26 @@ impl PrivateCluster {
             nodes: Vec::with_capacity(masters),
             dir: dir.to_path_buf(),
             remove_dir,
+            tls,
         };
         for i in 0..masters {
-            let node = Self::start_node(&dir.join(format!("node-{i}")))?;
+            let node = cluster.start_node(&dir.join(format!("node-{i}")))?;
             cluster.nodes.push(node);
         }
-        let out = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli");
+        if let Some(tls) = &cluster.tls {
+            create
+                .args(["--tls", "--cacert"])
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.cert)
+                .arg("--key")
+                .arg(&tls.key);
+            if !tls.password.is_empty() {
+                create.env("REDISCLI_AUTH", &tls.password);
+            }
+        }
+        let out = create
             .arg("--cluster")
             .arg("create")
             .args(
@@ -392,7 +429,7 @@ impl PrivateCluster {
 
     /// A cluster node on a free port, its cluster bus on another free port (`--cluster-port`:
     /// the default, port + 10000, may not exist above 55535).
-    fn start_node(dir: &Path) -> anyhow::Result<PrivateRedis> {
+    fn start_node(&self, dir: &Path) -> anyhow::Result<PrivateRedis> {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
         let mut last_err = None;
@@ -401,7 +438,7 @@ impl PrivateCluster {
             if port == bus {
                 continue;
             }
-            let args = [
+            let mut args: Vec<String> = [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -414,12 +451,48 @@ impl PrivateCluster {
             .iter()
             .map(|a| a.to_string())
             .collect();
-            match PrivateRedis::start_once(dir, Listen::Tcp(port), false, args) {
+            let listen = match &self.tls {
+                None => Listen::Tcp(port),
+                Some(tls) => {
+                    args.extend(tls.args());
+                    args.extend(["--tls-cluster".into(), "yes".into()]);
+                    args.extend(["--tls-replication".into(), "yes".into()]);
+                    if !tls.password.is_empty() {
+                        args.extend(["--masterauth".into(), tls.password.clone()]);
+                    }
+                    Listen::Tls(port)
+                }
+            };
+            match PrivateRedis::start_once(dir, listen, false, args) {
                 Ok(node) => return Ok(node),
                 Err(e) => last_err = Some(e),
             }
         }
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("a cluster node did not start")))
+    }
+
+    /// A client of node `i` alone (with the CA, client certificate and password of a TLS
+    /// cluster).
+    pub fn node_client(&self, i: usize) -> redis::RedisResult<redis::Client> {
+        let Some(tls) = &self.tls else {
+            return redis::Client::open(self.node_url(i));
+        };
+        let read = |p: &Path| std::fs::read(p).map_err(redis::RedisError::from);
+        let url = format!(
+            "rediss://:{}@127.0.0.1:{}",
+            tls.password,
+            self.nodes[i].port()
+        );
+        redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: Some(redis::ClientTlsConfig {
+                    client_cert: read(&tls.cert)?,
+                    client_key: read(&tls.key)?,
+                }),
+                root_cert: Some(read(&tls.ca)?),
+            },
+        )
     }
 
     /// The nodes' ports, in the order they were started.
@@ -444,7 +517,7 @@ impl PrivateCluster {
 
     /// The index of the master that owns `key`'s slot (`CLUSTER KEYSLOT`, `CLUSTER SLOTS`).
     pub fn master_of(&self, key: &str) -> anyhow::Result<usize> {
-        let mut con = redis::Client::open(self.node_url(0))?.get_connection()?;
+        let mut con = self.node_client(0)?.get_connection()?;
         let slot: i64 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(key)
@@ -486,8 +559,9 @@ impl PrivateCluster {
 
     /// True when every node reports `cluster_state:ok`.
     pub fn is_ok(&self) -> bool {
-        self.nodes.iter().all(|n| {
-            let info = redis::Client::open(n.url())
+        (0..self.nodes.len()).all(|i| {
+            let info = self
+                .node_client(i)
                 .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
                 .and_then(|mut con| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut con));
             matches!(info, Ok(text) if text.lines().any(|l| l.trim() == "cluster_state:ok"))

@@ -11,7 +11,7 @@ mod common;
 
 use common::{TestRedis, World};
 use ms1_ingestor::private_ca;
-use ms1_ingestor::redis_launcher::{PrivateRedis, RedisTls};
+use ms1_ingestor::redis_launcher::{PrivateCluster, PrivateRedis, RedisTls};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -298,4 +298,85 @@ fn tls_files_that_are_not_readable_files_are_refused_at_start_by_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("redis.ca_file"), "{err}");
+}
+
+/// A private Redis Cluster (3 masters) that speaks only TLS, clients and cluster bus alike,
+/// wants a password and client certificates.
+struct TlsCluster {
+    cluster: PrivateCluster,
+    pki: PathBuf,
+}
+
+impl TestRedis for TlsCluster {
+    const PREFIX: &'static str = common::CLUSTER_PREFIX;
+
+    fn daemon_env(&self) -> Vec<(String, String)> {
+        let pki = |name: &str| self.pki.join(name).display().to_string();
+        vec![
+            ("MS1__REDIS__URL".into(), self.cluster.url()),
+            ("MS1__REDIS__CLUSTER".into(), "true".into()),
+            ("MS1__REDIS__PREFIX".into(), common::CLUSTER_PREFIX.into()),
+            ("MS1__REDIS__PASSWORD".into(), PASSWORD.into()),
+            ("MS1__REDIS__CA_FILE".into(), pki("ca.pem")),
+            ("MS1__REDIS__CLIENT_CERT".into(), pki("client.pem")),
+            (
+                "MS1__REDIS__CLIENT_KEY".into(),
+                format!("file:{}", pki("client.key")),
+            ),
+        ]
+    }
+
+    fn connection(&self) -> redis::Connection {
+        let owner = self.cluster.master_of(common::CLUSTER_PREFIX).unwrap();
+        self.cluster
+            .node_client(owner)
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+#[test]
+fn mail_flows_end_to_end_through_a_redis_cluster_over_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = dir.path().join("pki");
+    private_ca::make_certificates(&pki).unwrap();
+    private_ca::make_client_certificate(&pki).unwrap();
+    let tls = RedisTls {
+        cert: pki.join("server.pem"),
+        key: pki.join("server.key"),
+        ca: pki.join("ca.pem"),
+        auth_clients: true,
+        password: PASSWORD.into(),
+    };
+    let cluster = PrivateCluster::start_tls(&dir.path().join("cluster"), 3, &tls, false)
+        .expect("a Redis Cluster over TLS starts");
+    let world = World {
+        dir,
+        redis: TlsCluster { cluster, pki },
+        ms4: common::Ms4Sim::start(&["--rate-limit-per-min", "0"]),
+        graph: None,
+    };
+    let daemon = world.daemon(&[]);
+    world.load(0..2_000, |_| false);
+    world.wait_delivered(2_000, Duration::from_secs(120), &daemon);
+    assert_eq!(world.ms4.stats()["duplicate_records"], 0);
+    world.assert_drained();
+    let (code, ready) = daemon.ready();
+    assert_eq!(code, 200, "{ready}");
+    // Without the client certificate the cluster refuses the daemon at start, by name.
+    let mut env = world.redis.daemon_env();
+    env.retain(|(k, _)| !k.starts_with("MS1__REDIS__CLIENT_"));
+    env.push(("MS1__MS4__BASE_URL".into(), world.ms4.url.clone()));
+    let port = ms1_ingestor::redis_launcher::free_port().unwrap();
+    env.push(("MS1__CONTROL__BIND".into(), format!("127.0.0.1:{port}")));
+    let out = Command::new(common::BIN)
+        .arg("run")
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("redis.client_cert"), "{err}");
 }

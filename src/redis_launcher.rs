@@ -208,6 +208,9 @@ impl PrivateRedis {
             .args(["--save", ""])
             .args(["--protected-mode", "yes"])
             .args(["--logfile", "redis.log"])
+            // Leave argv and the environment block alone (the title would overwrite them), so
+            // that /proc/PID/environ shows what the server really got.
+            .args(["--set-proc-title", "no"])
             .args(&self.extra_args)
             // Nothing of the daemon's environment (its MS1__… settings and secrets) is the
             // server's business.

@@ -126,6 +126,18 @@ impl PrivateRedis {
             dir.display(),
             socket.display()
         );
+        // A server still answering on the socket belongs to another daemon on this data_dir,
+        // or to one killed without its children; two servers on one AOF would corrupt it.
+        let in_use = std::os::unix::net::UnixStream::connect(&socket)
+            .and_then(|s| s.set_read_timeout(Some(PING_TIMEOUT)).map(|()| s))
+            .is_ok_and(ping);
+        anyhow::ensure!(
+            !in_use,
+            "redis.data_dir {}: a redis-server already answers on {}: another ms1-ingestor runs on this data_dir, or one was killed without its children (stop that redis-server, e.g. `redis-cli -s {} shutdown`), or use another data_dir",
+            dir.display(),
+            socket.display(),
+            socket.display()
+        );
         let _ = std::fs::remove_file(&socket);
         Self::start_once(dir, Listen::Unix(socket), false, Vec::new())
     }

@@ -163,6 +163,25 @@ fn the_daemons_own_redis_is_a_unix_socket_only_its_user_can_open_with_none_of_it
         daemon.log_tail(20)
     );
 
+    // A second daemon on the same data_dir is refused: two servers on one AOF would corrupt it.
+    let port = ms1_ingestor::redis_launcher::free_port().unwrap();
+    let second = Command::new(common::BIN)
+        .arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MS1__REDIS__URL", "")
+        .env("MS1__REDIS__DATA_DIR", &data)
+        .env("MS1__CONTROL__BIND", format!("127.0.0.1:{port}"))
+        .env("MS1__MS4__BASE_URL", &world.ms4.url)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{err}");
+    assert!(
+        err.contains("redis.data_dir") && err.contains("already answers"),
+        "{err}"
+    );
+
     // A SIGTERM stops the daemon and its server with it.
     let (_, code) = daemon.terminate();
     assert_eq!(code, Some(0));

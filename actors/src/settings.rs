@@ -84,8 +84,8 @@ impl std::fmt::Debug for RedisSettings {
     }
 }
 
-/// `url` (one or several, comma-separated) with any password replaced by `<redacted>`.
-fn redact_url_passwords(urls: &str) -> String {
+/// `url` (one or several, comma-separated) with any password replaced by `redacted`.
+pub fn redact_url_passwords(urls: &str) -> String {
     urls.split(',')
         .map(|u| match url::Url::parse(u.trim()) {
             Ok(mut parsed) if parsed.password().is_some() => {

@@ -39,7 +39,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let prometheus = install_metrics()?;
     let mut settings = settings;
     // Keep the private Redis alive for as long as the daemon runs.
-    let _private_redis = if settings.redis.url.is_empty() {
+    let private_redis = if settings.redis.url.is_empty() {
         let redis = PrivateRedis::start_private(Path::new(&settings.redis.data_dir))?;
         tracing::info!(url = %redis.url(), dir = %settings.redis.data_dir, "started a private redis-server on a unix socket only this user can open (redis.url is empty)");
         settings.redis.url = redis.url();
@@ -48,7 +48,12 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         None
     };
     let settings = Arc::new(settings);
-    actix_rt::System::new().block_on(serve(settings, prometheus))
+    let served = actix_rt::System::new().block_on(serve(settings, prometheus));
+    // SIGTERM, not SIGKILL: the server writes its AOF out, keeping the last acknowledgements.
+    if let Some(mut redis) = private_redis {
+        redis.stop();
+    }
+    served
 }
 
 async fn serve(settings: Arc<Settings>, prometheus: PrometheusHandle) -> anyhow::Result<()> {

@@ -25,6 +25,18 @@ fn redis_child_of(parent: u32) -> Option<u32> {
     })
 }
 
+/// Kills a process when dropped: the daemon's redis-server, should the test fail before the
+/// daemon stops it (a daemon killed by the harness leaves its children behind).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
+
 /// Inodes of the sockets process `pid` holds open.
 fn socket_inodes(pid: u32) -> BTreeSet<u64> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -82,6 +94,7 @@ fn the_daemons_own_redis_is_a_unix_socket_only_its_user_can_open_with_none_of_it
             daemon.log_tail(20)
         )
     });
+    let _reaper = KillOnDrop(redis);
 
     // No TCP listener of the child's.
     let held = socket_inodes(redis);

@@ -46,8 +46,9 @@ for _ in $(seq 200); do curl -sf "http://$CONTROL/health" >/dev/null && break; s
 curl -sf "http://$CONTROL/health" >/dev/null || { cat "$WORK/daemon.log" >&2; exit 1; }
 
 # Dead letters for the /dlq routes to find (malformed entries, and records MS4 refuses), through
-# the daemon's private redis-server, whose address it logs.
-REDIS_URL=$(grep -o '"url":"redis://[^"]*"' "$WORK/daemon.log" | head -1 | cut -d'"' -f4)
+# the daemon's private redis-server, whose address (its unix socket, which this user may open)
+# it logs.
+REDIS_URL=$(grep -o '"url":"unix://[^"]*"' "$WORK/daemon.log" | head -1 | cut -d'"' -f4)
 MS1__REDIS__URL="$REDIS_URL" "$BIN" load --count 20 --invalid 5 --malformed 5 >/dev/null
 dead_letters() { curl -sf -H "Authorization: Bearer $TOKEN" "http://$CONTROL/dlq" \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])'; }

@@ -109,6 +109,13 @@ pub fn redacted(settings: &Settings) -> String {
             }
         }
     }
+    // Redis secrets, likewise, and the password a redis.url may carry.
+    s.redis.url = ms1_actors::settings::redact_url_passwords(&s.redis.url);
+    for secret in [&mut s.redis.password, &mut s.redis.client_key] {
+        if !secret.is_empty() && !secret.starts_with("env:") && !secret.starts_with("file:") {
+            *secret = "<redacted>".into();
+        }
+    }
     toml::to_string_pretty(&s).unwrap_or_else(|e| format!("(cannot render: {e})"))
 }
 
@@ -122,6 +129,43 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn redis_passwords_and_the_client_key_are_redacted() {
+        let s = load_from(
+            None,
+            env(&[
+                (
+                    "MS1__REDIS__URL",
+                    "rediss://user:in-url@redis.example.com:6380",
+                ),
+                ("MS1__REDIS__PASSWORD", "in-url"),
+                ("MS1__REDIS__CLIENT_KEY", "env:REDIS_CLIENT_KEY"),
+            ]),
+        );
+        // The client key names an unset variable: validation says so, naming the key.
+        let e = s.unwrap_err().to_string();
+        assert!(e.contains("redis.client_key"), "{e}");
+        let mut s = load_from(
+            None,
+            env(&[
+                (
+                    "MS1__REDIS__URL",
+                    "rediss://user:in-url@redis.example.com:6380",
+                ),
+                ("MS1__REDIS__PASSWORD", "in-url"),
+            ]),
+        )
+        .unwrap();
+        s.redis.client_key = "-----BEGIN PRIVATE KEY-----".into();
+        let shown = redacted(&s);
+        assert!(!shown.contains("in-url"), "{shown}");
+        assert!(!shown.contains("BEGIN PRIVATE KEY"), "{shown}");
+        assert!(
+            shown.contains("rediss://user:redacted@redis.example.com:6380"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -39,20 +39,29 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let prometheus = install_metrics()?;
     let mut settings = settings;
     // Keep the private Redis alive for as long as the daemon runs.
-    let _private_redis = if settings.redis.url.is_empty() {
-        let redis = PrivateRedis::start(Path::new(&settings.redis.data_dir), None, false)?;
-        tracing::info!(url = %redis.url(), dir = %settings.redis.data_dir, "started a private redis-server (redis.url is empty)");
+    let private_redis = if settings.redis.url.is_empty() {
+        let redis = PrivateRedis::start_private(Path::new(&settings.redis.data_dir))?;
+        tracing::info!(url = %redis.url(), dir = %settings.redis.data_dir, "started a private redis-server on a unix socket only this user can open (redis.url is empty)");
         settings.redis.url = redis.url();
         Some(redis)
     } else {
         None
     };
     let settings = Arc::new(settings);
-    actix_rt::System::new().block_on(serve(settings, prometheus))
+    let served = actix_rt::System::new().block_on(serve(settings, prometheus));
+    // SIGTERM, not SIGKILL: the server writes its AOF out, keeping the last acknowledgements.
+    if let Some(mut redis) = private_redis {
+        redis.stop();
+    }
+    served
 }
 
 async fn serve(settings: Arc<Settings>, prometheus: PrometheusHandle) -> anyhow::Result<()> {
-    let store = Store::connect(&settings.redis).map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
+    let store = Store::connect(&settings.redis).map_err(|e| match e {
+        ms1_actors::store::StoreError::Access(text) => anyhow::anyhow!("{text}"),
+        e => anyhow::anyhow!("redis.url: {e}"),
+    })?;
+    check_redis_access(&store, &settings.redis.url).await?;
     let health = Health::default();
     let pipeline = Pipeline::start(settings.clone(), store.clone(), health.clone());
     tracing::info!(
@@ -119,6 +128,36 @@ async fn serve(settings: Arc<Settings>, prometheus: PrometheusHandle) -> anyhow:
     server_handle.stop(true).await;
     actix_rt::System::current().stop();
     Ok(())
+}
+
+/// Connects to Redis once before anything starts. A Redis that refuses the daemon (a wrong
+/// password, a certificate either side does not trust) stops the start with a message naming
+/// the settings to fix, instead of a loop of actor restarts; a Redis that is only down (or
+/// slow) is waited for by the actors as usual.
+async fn check_redis_access(store: &Store, url: &str) -> anyhow::Result<()> {
+    let reply = tokio::time::timeout(Duration::from_secs(10), store.verify()).await;
+    match reply {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => match ms1_actors::store::describe_refusal(&e) {
+            Some(why) => anyhow::bail!("{why}"),
+            None => {
+                let text = e.to_string().to_ascii_lowercase();
+                let cut_off = ["reset by peer", "unexpected end", "broken pipe", "eof"]
+                    .iter()
+                    .any(|s| text.contains(s));
+                if cut_off && url.starts_with("redis://") {
+                    tracing::warn!(error = %e, "redis closed the connection at once: if its port speaks TLS (Azure Cache for Redis: 6380), redis.url must be rediss://; starting anyway and retrying");
+                } else {
+                    tracing::warn!(error = %e, "redis is not reachable yet; starting anyway and retrying");
+                }
+                Ok(())
+            }
+        },
+        Err(_) => {
+            tracing::warn!("redis did not answer within 10 s; starting anyway and retrying");
+            Ok(())
+        }
+    }
 }
 
 /// Keeps readiness and stream-length gauges current.

@@ -7,7 +7,7 @@
 //! source meets at a real provider:
 //!
 //! - **TLS**: a private CA and a server certificate for `localhost` / `127.0.0.1`, made with the
-//!   `openssl` CLI; STARTTLS on the plain port and implicit TLS on a second port. A client
+//!   `openssl` CLI ([`crate::private_ca`]); STARTTLS on the plain port and implicit TLS on a second port. A client
 //!   trusts [`PrivateDovecot::ca_file`]. Plain-text logins still work on the plain port.
 //! - **XOAUTH2 / OAUTHBEARER**: an `oauth2` passdb that asks an RFC 7662 introspection
 //!   endpoint (the Graph simulator's `POST /_sim/introspect`) about each bearer token; the
@@ -70,76 +70,6 @@ fn user_ids(name: &str) -> Option<(u32, u32)> {
             .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
             .flatten()
     })
-}
-
-/// openssl config for the private CA: a v3 CA certificate that may sign server certificates.
-const CA_CNF: &str = "[req]
-distinguished_name = dn
-x509_extensions = ca
-prompt = no
-[dn]
-CN = ms1 private Dovecot test CA
-[ca]
-basicConstraints = critical, CA:TRUE
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-";
-
-/// openssl config for the server certificate: `localhost` and `127.0.0.1`, for TLS servers.
-const SERVER_CNF: &str = "[req]
-distinguished_name = dn
-prompt = no
-[dn]
-CN = localhost
-[server]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature
-extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost, IP:127.0.0.1
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid
-";
-
-/// Runs `openssl` with `command` (its arguments, separated by spaces) in `dir`; what it says
-/// goes into the error when it fails.
-fn openssl(dir: &Path, command: &str) -> anyhow::Result<()> {
-    let out = Command::new("openssl")
-        .args(command.split_whitespace())
-        .current_dir(dir)
-        .output()
-        .map_err(|e| anyhow::anyhow!("cannot run openssl ({e}); install openssl"))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "openssl {command} (in {}) failed: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
-}
-
-/// Makes a private CA (`ca.pem`) and a server certificate it signed (`server.pem`,
-/// `server.key`; P-256 keys, valid a week) for `localhost` / `127.0.0.1` in `dir`.
-fn make_certificates(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("ca.cnf"), CA_CNF)?;
-    std::fs::write(dir.join("server.cnf"), SERVER_CNF)?;
-    let new_key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-    openssl(
-        dir,
-        &format!("req -x509 -config ca.cnf -days 7 {new_key} -keyout ca.key -out ca.pem"),
-    )?;
-    openssl(
-        dir,
-        &format!("req -new -config server.cnf {new_key} -keyout server.key -out server.csr"),
-    )?;
-    let serial = rand::random::<u64>() >> 1;
-    openssl(
-        dir,
-        &format!(
-            "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -set_serial {serial} -days 7 \
-             -extfile server.cnf -extensions server -out server.pem"
-        ),
-    )
 }
 
 /// The parts of `dovecot.conf` that depend on the options.
@@ -285,7 +215,7 @@ impl PrivateDovecot {
         std::fs::write(dir.join("users"), passwd)?;
         let port = free_port()?;
         let (tls_port, ca_file) = if options.tls {
-            make_certificates(&dir.join("tls"))?;
+            crate::private_ca::make_certificates(&dir.join("tls"))?;
             let mut tls_port = free_port()?;
             while tls_port == port {
                 tls_port = free_port()?;

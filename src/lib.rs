@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod demo;
 pub mod dovecot_launcher;
 pub mod http;
+pub mod private_ca;
 pub mod redis_launcher;
 pub mod sim;
 pub mod synthetic;

@@ -257,6 +257,8 @@ fn run(command: Command) -> anyhow::Result<()> {
 }
 
 fn load(settings: &ms1_actors::Settings, plan: synthetic::LoadPlan) -> anyhow::Result<()> {
+    // rediss:// takes the same (ring) crypto provider as the daemon.
+    ms1_ingestor::daemon::install_tls_provider();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

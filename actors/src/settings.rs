@@ -25,7 +25,7 @@ pub struct Settings {
 }
 
 /// Where the streams live and how entries are claimed.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
     /// `redis://…`, `rediss://…` or `unix://…`. Empty: the daemon starts a private
@@ -50,6 +50,166 @@ pub struct RedisSettings {
     pub dlq_maxlen: u64,
     /// Directory of the private redis-server started when `url` is empty.
     pub data_dir: String,
+    /// The password of `url`'s Redis (`AUTH`): the value, `env:NAME` or `file:/path`. Empty:
+    /// the password in `url` if any. Both set and different is refused. Never logged.
+    pub password: String,
+    /// `rediss://` only: PEM file of the CA(s) that signed the server's certificate (a private
+    /// CA); empty: the Mozilla roots (Azure Cache for Redis, ElastiCache).
+    pub ca_file: String,
+    /// `rediss://` only: PEM file of the client certificate (chain) for servers that ask for
+    /// one (`tls-auth-clients yes`); needs `client_key`.
+    pub client_cert: String,
+    /// `rediss://` only: the client certificate's PEM private key: the key itself,
+    /// `env:NAME` or `file:/path`. Never logged.
+    pub client_key: String,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |v: &str| if v.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("RedisSettings")
+            .field("url", &redact_url_passwords(&self.url))
+            .field("cluster", &self.cluster)
+            .field("prefix", &self.prefix)
+            .field("consumer", &self.consumer)
+            .field("claim_idle_ms", &self.claim_idle_ms)
+            .field("idempotency_ttl_s", &self.idempotency_ttl_s)
+            .field("dlq_maxlen", &self.dlq_maxlen)
+            .field("data_dir", &self.data_dir)
+            .field("password", &redacted(&self.password))
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &redacted(&self.client_key))
+            .finish()
+    }
+}
+
+/// `url` (one or several, comma-separated) with any password replaced by `redacted`.
+pub fn redact_url_passwords(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| match url::Url::parse(u.trim()) {
+            Ok(mut parsed) if parsed.password().is_some() => {
+                let _ = parsed.set_password(Some("redacted"));
+                parsed.to_string()
+            }
+            _ => u.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl RedisSettings {
+    /// True when `url` (every node of it) is a `rediss://` (TLS) URL.
+    pub fn is_tls(&self) -> bool {
+        let mut nodes = self.url.split(',').map(str::trim).filter(|u| !u.is_empty());
+        nodes.clone().next().is_some() && nodes.all(|u| u.starts_with("rediss://"))
+    }
+
+    /// The password of `url`'s first node, percent-decoded, if it has one.
+    fn url_password(&self) -> Option<String> {
+        let first = self.url.split(',').next()?.trim();
+        let parsed = url::Url::parse(first).ok()?;
+        let password = parsed.password()?;
+        Some(
+            percent_encoding::percent_decode_str(password)
+                .decode_utf8_lossy()
+                .into_owned(),
+        )
+    }
+
+    /// The password to authenticate with, if any: `password` (resolved) or the one in `url`.
+    /// [`Settings::validate`] has refused both set and different.
+    pub fn resolved_password(&self) -> Result<Option<String>, InvalidSetting> {
+        let setting = resolve_secret(&self.password).map_err(|e| InvalidSetting {
+            key: "redis.password".into(),
+            problem: e,
+        })?;
+        if setting.is_empty() {
+            return Ok(self.url_password());
+        }
+        Ok(Some(setting))
+    }
+
+    /// The client certificate's private key (PEM), resolved; empty when none is set.
+    pub fn resolved_client_key(&self) -> Result<String, InvalidSetting> {
+        resolve_secret(&self.client_key).map_err(|e| InvalidSetting {
+            key: "redis.client_key".into(),
+            problem: e,
+        })
+    }
+
+    /// Checks the TLS and password settings: files readable, secrets resolvable, keys that
+    /// only make sense together or with `rediss://`.
+    fn validate_access(&self) -> Result<(), InvalidSetting> {
+        for (key, path) in [
+            ("redis.ca_file", &self.ca_file),
+            ("redis.client_cert", &self.client_cert),
+        ] {
+            if path.is_empty() {
+                continue;
+            }
+            if !self.is_tls() {
+                return bad(
+                    key,
+                    "is for a TLS connection: redis.url must be rediss://host:port (every node of it with redis.cluster)",
+                );
+            }
+            let pem = std::fs::File::open(path).and_then(|mut f| {
+                if !f.metadata()?.is_file() {
+                    return Err(std::io::Error::other("not a regular file"));
+                }
+                let mut pem = Vec::new();
+                std::io::Read::read_to_end(&mut f, &mut pem)?;
+                Ok(pem)
+            });
+            let pem = match pem {
+                Ok(pem) => pem,
+                Err(e) => return bad(key, format!("{path} is not a readable file: {e}")),
+            };
+            use rustls::pki_types::{pem::PemObject, CertificateDer};
+            let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
+            if !certs.is_ok_and(|c| !c.is_empty()) {
+                return bad(
+                    key,
+                    format!("{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+                );
+            }
+        }
+        let key_pem = self.resolved_client_key()?;
+        match (self.client_cert.is_empty(), key_pem.is_empty()) {
+            (true, false) => return bad("redis.client_key", "needs redis.client_cert"),
+            (false, true) => {
+                return bad(
+                    "redis.client_cert",
+                    "needs redis.client_key (the PEM private key, env:NAME or file:/path)",
+                )
+            }
+            (false, false) if !key_pem.contains("PRIVATE KEY-----") => return bad(
+                "redis.client_key",
+                "is not a PEM private key: give the key itself, env:NAME or file:/path/to/key.pem",
+            ),
+            _ => {}
+        }
+        let setting = resolve_secret(&self.password).map_err(|e| InvalidSetting {
+            key: "redis.password".into(),
+            problem: e,
+        })?;
+        if !setting.is_empty() {
+            if self.url.is_empty() {
+                return bad(
+                    "redis.password",
+                    "is for a configured redis.url; the private redis-server (redis.url empty) is reached through a unix socket only this daemon's user can open",
+                );
+            }
+            if self.url_password().is_some_and(|p| p != setting) {
+                return bad(
+                    "redis.password",
+                    "differs from the password in redis.url: set it in one place only",
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for RedisSettings {
@@ -63,6 +223,10 @@ impl Default for RedisSettings {
             idempotency_ttl_s: 604_800,
             dlq_maxlen: 0,
             data_dir: "/var/lib/ms1-ingestor/redis".into(),
+            password: String::new(),
+            ca_file: String::new(),
+            client_cert: String::new(),
+            client_key: String::new(),
         }
     }
 }
@@ -636,6 +800,7 @@ impl Settings {
                 "lists several nodes: set redis.cluster = true for a Redis Cluster, or give the one redis-server's URL",
             );
         }
+        r.validate_access()?;
         if r.claim_idle_ms < 1_000 {
             return bad("redis.claim_idle_ms", "must be at least 1000");
         }
@@ -1002,6 +1167,65 @@ mod tests {
         }
         s.redis.prefix = "app:{ms1}:".into();
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn redis_tls_files_and_passwords_are_checked_by_key() {
+        let dir = std::env::temp_dir().join(format!("ms1-redis-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem = dir.join("ca.pem");
+        // Any base64 body parses as a PEM block; validation checks the form, not the CA.
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let pem = pem.display().to_string();
+        let mut s = Settings::default();
+        s.redis.url = "rediss://:pw@redis.example.com:6380".into();
+        s.validate().unwrap();
+        s.redis.ca_file = "/nonexistent/ca.pem".into();
+        assert_eq!(s.validate().unwrap_err().key, "redis.ca_file");
+        s.redis.ca_file = dir.display().to_string();
+        assert_eq!(
+            s.validate().unwrap_err().key,
+            "redis.ca_file",
+            "a directory"
+        );
+        s.redis.ca_file = pem.clone();
+        s.validate().unwrap();
+        s.redis.client_cert = pem.clone();
+        assert_eq!(s.validate().unwrap_err().key, "redis.client_cert", "no key");
+        s.redis.client_key = "/etc/ms1/client.key".into();
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.key, "redis.client_key", "a path is not a key");
+        assert!(!e.problem.contains("/etc/ms1"), "{e}");
+        s.redis.client_key = "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----".into();
+        s.validate().unwrap();
+        s.redis.password = "other".into();
+        assert_eq!(s.validate().unwrap_err().key, "redis.password", "differs");
+        s.redis.password = "pw".into();
+        s.validate().unwrap();
+        assert_eq!(s.redis.resolved_password().unwrap().as_deref(), Some("pw"));
+        s.redis.url = "redis://redis.example.com:6379".into();
+        assert_eq!(
+            s.validate().unwrap_err().key,
+            "redis.ca_file",
+            "TLS files need rediss://"
+        );
+        let debug = format!("{:?}", s.redis);
+        assert!(
+            !debug.contains("PRIVATE KEY") && !debug.contains("\"pw\""),
+            "{debug}"
+        );
+        let mut s = Settings::default();
+        s.redis.password = "pw".into();
+        assert_eq!(
+            s.validate().unwrap_err().key,
+            "redis.password",
+            "private redis"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! - [`dlq`]: the dead-letter stream.
 //! - [`ratelimit`]: the shared rate budgets (Lua scripts).
 
+mod access;
 pub mod dlq;
 pub mod imap;
 pub mod keys;
@@ -29,13 +30,14 @@ pub mod session;
 pub mod streams;
 pub mod webhook;
 
+pub use access::describe_refusal;
 pub use dlq::DeadLetter;
 pub use keys::Keys;
 pub use streams::{Entry, FollowUp, Handoff, OutboundRecord};
 
 use crate::settings::RedisSettings;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
+use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use std::sync::Arc;
@@ -48,6 +50,9 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("unexpected reply from redis: {0}")]
     Reply(String),
+    /// A password or TLS setting that cannot be used (a file that does not parse, …).
+    #[error("{0}")]
+    Access(String),
 }
 
 impl StoreError {
@@ -73,10 +78,14 @@ pub struct Store {
 #[derive(Clone)]
 enum Target {
     /// One redis-server.
-    Single(redis::Client),
-    /// A Redis Cluster, reached through its seed nodes; the client for the connections of
-    /// [`Store::blocking`], which wait as long as a `BLOCK` read may.
-    Cluster { blocking: Arc<ClusterClient> },
+    Single(Arc<redis::Client>),
+    /// A Redis Cluster, reached through its seed nodes: the client of the normal connection
+    /// (for [`Store::verify`]) and the one for the connections of [`Store::blocking`], which
+    /// wait as long as a `BLOCK` read may.
+    Cluster {
+        normal: Arc<ClusterClient>,
+        blocking: Arc<ClusterClient>,
+    },
 }
 
 /// A connection of the store: to one server, or to a cluster (which routes each command, each
@@ -153,8 +162,11 @@ const CLUSTER_BLOCKING_TIMEOUT: Duration = Duration::from_secs(65);
 
 impl Store {
     /// Opens a store on the Redis `settings` name: one server (`redis.url`), or a Redis
-    /// Cluster (`redis.cluster = true`, `redis.url` its seed nodes, comma-separated).
+    /// Cluster (`redis.cluster = true`, `redis.url` its seed nodes, comma-separated), with the
+    /// password and TLS settings of [`access`] applied to every connection (the blocking ones
+    /// of [`Store::blocking`] included).
     pub fn connect(settings: &RedisSettings) -> StoreResult<Self> {
+        let access = access::Access::from_settings(settings)?;
         if settings.cluster {
             let seeds: Vec<&str> = settings
                 .url
@@ -162,18 +174,22 @@ impl Store {
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
                 .collect();
-            Self::open_cluster(&seeds, &settings.prefix)
+            Self::open_cluster_with(&seeds, &settings.prefix, &access)
         } else {
-            Self::open(&settings.url, &settings.prefix)
+            Self::open_with(&settings.url, &settings.prefix, &access)
         }
     }
 
     /// Opens a store on the one Redis at `url`. The connection is made lazily and remade after
     /// failures, so a daemon can start while Redis is still down.
     pub fn open(url: &str, prefix: &str) -> StoreResult<Self> {
-        let client = redis::Client::open(url)?;
+        Self::open_with(url, prefix, &access::Access::default())
+    }
+
+    fn open_with(url: &str, prefix: &str, access: &access::Access) -> StoreResult<Self> {
+        let client = access.client(url)?;
         let conn = Connection::Single(Self::manager(&client, Some(RESPONSE_TIMEOUT))?);
-        Ok(Self::with(conn, Target::Single(client), prefix))
+        Ok(Self::with(conn, Target::Single(Arc::new(client)), prefix))
     }
 
     /// Opens a store on the Redis Cluster that `seeds` (`redis://host:port`, one or more of
@@ -181,19 +197,36 @@ impl Store {
     /// [`Store::open`], it connects lazily. `prefix` must carry a hash tag (`{ms1}:`), which
     /// the settings' validation checks.
     pub fn open_cluster(seeds: &[&str], prefix: &str) -> StoreResult<Self> {
-        let normal = ClusterClientBuilder::new(seeds.iter().copied())
+        Self::open_cluster_with(seeds, prefix, &access::Access::default())
+    }
+
+    fn open_cluster_with(
+        seeds: &[&str],
+        prefix: &str,
+        access: &access::Access,
+    ) -> StoreResult<Self> {
+        let normal = access
+            .cluster_builder(seeds)
             .connection_timeout(CONNECT_TIMEOUT)
             .response_timeout(RESPONSE_TIMEOUT)
             .build()?;
         // No response timeout per node (a BLOCK read is a slow answer, not a failure), and an
         // overall bound so that a read does not retry a dead node forever.
-        let blocking = ClusterClientBuilder::new(seeds.iter().copied())
+        let blocking = access
+            .cluster_builder(seeds)
             .connection_timeout(CONNECT_TIMEOUT)
             .overall_response_timeout(Some(CLUSTER_BLOCKING_TIMEOUT))
             .build()?;
         let conn = Connection::Cluster(Self::cluster_connection(&normal, Some(RESPONSE_TIMEOUT)));
         let blocking = Arc::new(blocking);
-        Ok(Self::with(conn, Target::Cluster { blocking }, prefix))
+        Ok(Self::with(
+            conn,
+            Target::Cluster {
+                normal: Arc::new(normal),
+                blocking,
+            },
+            prefix,
+        ))
     }
 
     fn with(conn: Connection, target: Target, prefix: &str) -> Self {
@@ -241,7 +274,7 @@ impl Store {
     pub fn blocking(&self) -> StoreResult<Self> {
         let conn = match &self.target {
             Target::Single(client) => Connection::Single(Self::manager(client, None)?),
-            Target::Cluster { blocking } => {
+            Target::Cluster { blocking, .. } => {
                 Connection::Cluster(Self::cluster_connection(blocking, None))
             }
         };
@@ -249,6 +282,33 @@ impl Store {
             conn,
             ..self.clone()
         })
+    }
+
+    /// Connects once, now, on a connection of its own, and PINGs: the start-up check that
+    /// tells a Redis that refuses this daemon (a wrong password, a certificate either side
+    /// does not trust: see [`describe_refusal`]) from one that is merely down.
+    pub async fn verify(&self) -> StoreResult<()> {
+        match &self.target {
+            Target::Single(client) => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT));
+                let mut c = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                redis::cmd("PING").query_async::<()>(&mut c).await?;
+            }
+            Target::Cluster { normal, .. } => {
+                let mut c = normal.get_async_connection().await?;
+                let route = Route::with_key(self.keys.prefix(), SlotAddr::Master);
+                c.route_command(
+                    redis::cmd("PING"),
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                )
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     pub fn keys(&self) -> &Keys {

@@ -61,7 +61,10 @@ impl Client {
                 .unwrap_or_else(|| format!("http://{}", settings.control.bind))
                 .trim_end_matches('/')
                 .to_string(),
-            token: t.token.clone().unwrap_or(settings.control.token),
+            token: t
+                .token
+                .clone()
+                .unwrap_or_else(|| settings.control.token.expose().to_string()),
             agent: ureq::AgentBuilder::new()
                 .timeout(Duration::from_secs(15))
                 .build(),

@@ -2,6 +2,7 @@
 //! given with `--config`, then `MS1__SECTION__KEY` environment variables. Unknown keys and bad
 //! values are refused with a message that names the key.
 
+use ms1_actors::settings::redact_url;
 use ms1_actors::Settings;
 use std::path::Path;
 
@@ -84,31 +85,16 @@ pub fn load_from(
     Ok(settings)
 }
 
-/// The settings as TOML with secrets replaced, for `check-config`.
+/// The settings as TOML for `check-config` (it runs as `ExecStartPre`, so this lands in the
+/// journal): every [`Secret`](ms1_actors::settings::Secret) renders as `<redacted>`, URLs
+/// with their password masked (`redis://:****@host:6379`).
 pub fn redacted(settings: &Settings) -> String {
     let mut s = settings.clone();
-    for secret in [
-        &mut s.ms4.api_key,
-        &mut s.control.token,
-        &mut s.graph.client_secret,
-        &mut s.webhook.client_state,
-    ] {
-        if !secret.is_empty() {
-            *secret = "<redacted>".into();
-        }
-    }
-    // IMAP secrets, unless they only say where the secret is (env:NAME, file:/path).
-    for src in &mut s.imap.sources {
-        for secret in [
-            &mut src.password,
-            &mut src.client_secret,
-            &mut src.refresh_token,
-        ] {
-            if !secret.is_empty() && !secret.starts_with("env:") && !secret.starts_with("file:") {
-                *secret = "<redacted>".into();
-            }
-        }
-    }
+    s.redis.url = redact_url(&s.redis.url);
+    s.ms4.base_url = redact_url(&s.ms4.base_url);
+    s.graph.base_url = redact_url(&s.graph.base_url);
+    s.graph.authority = redact_url(&s.graph.authority);
+    s.webhook.public_url = redact_url(&s.webhook.public_url);
     toml::to_string_pretty(&s).unwrap_or_else(|e| format!("(cannot render: {e})"))
 }
 

@@ -25,6 +25,7 @@ pub mod processor;
 pub mod ratelimiter;
 pub mod readmarker;
 pub mod retry;
+pub mod secret;
 pub mod sender;
 pub mod session;
 pub mod settings;

@@ -229,7 +229,7 @@ impl WebhookReceiver {
     }
 
     fn client_state_ok(&self, given: Option<&str>) -> bool {
-        client_state_matches(given, &self.settings.webhook.client_state)
+        client_state_matches(given, self.settings.webhook.client_state.expose())
     }
 
     /// Arms the renewal of `mailbox` at `expiration - renew_before`.
@@ -313,7 +313,7 @@ impl Handler<Notifications> for WebhookReceiver {
     fn handle(&mut self, msg: Notifications, _ctx: &mut Context<Self>) -> Self::Result {
         let sorted = sort_notifications(
             &msg.0,
-            &self.settings.webhook.client_state,
+            self.settings.webhook.client_state.expose(),
             &self.subscriptions,
         );
         for refusal in &sorted.refused {
@@ -473,7 +473,7 @@ impl Handler<Renew> for WebhookReceiver {
                         &notification_url,
                         &lifecycle_url,
                         &expiration,
-                        &client_state,
+                        client_state.expose(),
                     )
                     .await
                     .map(|s| (s, true)),

@@ -125,9 +125,40 @@ after_delivery = \"seen\"\n",
         let s = load_from(Some(&path), env(&[])).unwrap();
         assert_eq!(s.imap.sources.len(), 1);
         assert_eq!(s.imap.sources[0].port(), 993);
+        assert_eq!(
+            s.imap.sources[0].refresh_token.expose(),
+            std::env::var("PATH").unwrap(),
+            "env: references are resolved when the settings are read"
+        );
         let shown = redacted(&s);
         assert!(!shown.contains("very-secret"), "{shown}");
-        assert!(shown.contains("env:PATH"), "{shown}");
+        assert!(!shown.contains(&std::env::var("PATH").unwrap()), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn a_secret_reference_that_does_not_resolve_names_its_key() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[ms4]\napi_key = \"env:MS1_TEST_SURELY_UNSET_KEY\"").unwrap();
+        let err = load_from(Some(f.path()), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("ms4.api_key"), "{err}");
+        assert!(err.contains("MS1_TEST_SURELY_UNSET_KEY"), "{err}");
+        let err = load_from(
+            None,
+            env(&[("MS1__CONTROL__TOKEN", "file:/nonexistent/ms1-token")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("control.token"), "{err}");
+    }
+
+    #[test]
+    fn check_config_masks_url_passwords() {
+        let mut s = Settings::default();
+        s.redis.url = "redis://:hunter2@127.0.0.1:6379".into();
+        let out = redacted(&s);
+        assert!(!out.contains("hunter2"), "{out}");
+        assert!(out.contains("redis://:****@127.0.0.1:6379"), "{out}");
     }
 
     #[test]

@@ -66,8 +66,12 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status)
-            .json(json!({"error": {"code": self.code, "message": self.message}}))
+        let mut answer = HttpResponse::build(self.status);
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still be on its way: do not wait for it.
+            answer.force_close();
+        }
+        answer.json(json!({"error": {"code": self.code, "message": self.message}}))
     }
 }
 

@@ -205,6 +205,11 @@ fn notification_posts_are_capped_deduplicated_and_time_limited() {
     );
     assert_eq!(w.ms4.stats()["unique_records"], 1);
     assert_eq!(w.ms4.stats()["duplicate_records"], 0);
+    eprintln!(
+        "FIGURE one message notified 10 times: {} Graph GET, {} inbound entries left",
+        gets(&w, MAILBOXES[0]),
+        w.xlen("inbound")
+    );
     assert!(
         d.metric("ms1_webhook_notifications_total{outcome=\"duplicate\"") >= 9.0,
         "{}",
@@ -239,6 +244,7 @@ fn notification_posts_are_capped_deduplicated_and_time_limited() {
     }
     let took = started.elapsed();
     let answer = String::from_utf8_lossy(&answer);
+    eprintln!("FIGURE a trickled body was answered after {took:?}");
     assert!(
         answer.starts_with("HTTP/1.1 408"),
         "after {took:?}: {answer:?}"

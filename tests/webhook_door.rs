@@ -160,14 +160,19 @@ fn a_short_control_token_with_a_public_bind_is_refused_by_check_config() {
     );
 }
 
-#[test]
-fn notification_posts_are_capped_deduplicated_and_time_limited() {
+/// A world whose daemon serves the webhook on its control listener (`webhook.bind` empty).
+fn webhook_on_control() -> (World, Daemon, String) {
     let w = World::with_graph(&["--rate-limit-per-min", "0"], &[]);
     let bind = format!("127.0.0.1:{}", free_port().unwrap());
     let d = webhook_daemon(&w, &bind, &[("MS1__CONTROL__BIND", bind.as_str())]);
+    (w, d, bind)
+}
+
+#[test]
+fn a_notification_post_over_the_item_cap_is_refused_whole_with_json() {
+    let (w, d, _) = webhook_on_control();
     let url = format!("{}/webhook/notifications", d.control);
     let sub = subscription_id(&w, MAILBOXES[0]);
-
     // Beyond 1,000 items (webhook.max_notifications_per_post): refused whole, with JSON.
     let (status, _, text) = call(
         "POST",
@@ -181,7 +186,21 @@ fn notification_posts_are_capped_deduplicated_and_time_limited() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(w.xlen("inbound"), 0, "nothing enqueued");
     assert_eq!(gets(&w, MAILBOXES[0]), 0, "{}", w.graph().stats());
+    // 1,000 are taken.
+    let (status, _, text) = call(
+        "POST",
+        &url,
+        None,
+        Some(&notifications(&sub, "AAMk-enough", 1_000)),
+    );
+    assert_eq!(status, 202, "{text}");
+}
 
+#[test]
+fn a_message_notified_ten_times_costs_one_graph_get() {
+    let (w, d, _) = webhook_on_control();
+    let url = format!("{}/webhook/notifications", d.control);
+    let sub = subscription_id(&w, MAILBOXES[0]);
     // One message, notified by Graph on arrival, then four times more, then five times in one
     // POST: one ref, one Graph GET, one record.
     w.mail(MAILBOXES[0], 1);
@@ -215,7 +234,11 @@ fn notification_posts_are_capped_deduplicated_and_time_limited() {
         "{}",
         d.metrics()
     );
+}
 
+#[test]
+fn a_trickled_body_gets_408_within_the_body_timeout() {
+    let (_w, d, bind) = webhook_on_control();
     // A client that sends the head and then trickles the body gets 408 once
     // webhook.body_timeout_ms (5 s) has passed since the head, however it trickles.
     let mut s = std::net::TcpStream::connect(&bind).unwrap();

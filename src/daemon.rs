@@ -2,8 +2,9 @@
 //!
 //! Start: metrics recorder → Redis (configured, or a private redis-server when `redis.url` is
 //! empty) → supervised actors → control API (and the webhook listener, when `webhook.bind` is
-//! set: Graph's callbacks on a port of their own, the control API not reachable through it). SIGTERM or SIGINT: drain (stop reading, flush the
-//! partial batch, wait for in-flight MS4 requests up to `pipeline.drain_timeout_ms`), then exit.
+//! set: Graph's callbacks on a port of their own, the control API not reachable through it).
+//! SIGTERM or SIGINT: drain (stop reading, flush the partial batch, wait for in-flight MS4
+//! requests up to `pipeline.drain_timeout_ms`), then exit.
 
 use crate::http::control::{self, ControlState};
 use crate::http::webhook::{self, WebhookState};
@@ -11,6 +12,7 @@ use crate::redis_launcher::PrivateRedis;
 use crate::systemd;
 use actix_web::{web, App, HttpServer};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use ms1_actors::settings::redact_url;
 use ms1_actors::{metrics as m, Health, Pipeline, Settings, Store};
 use std::path::Path;
 use std::sync::Arc;
@@ -42,7 +44,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     // Keep the private Redis alive for as long as the daemon runs.
     let _private_redis = if settings.redis.url.is_empty() {
         let redis = PrivateRedis::start(Path::new(&settings.redis.data_dir), None, false)?;
-        tracing::info!(url = %ms1_actors::settings::redact_url(&redis.url()), dir = %settings.redis.data_dir, "started a private redis-server (redis.url is empty)");
+        tracing::info!(url = %redact_url(&redis.url()), dir = %settings.redis.data_dir, "started a private redis-server (redis.url is empty)");
         settings.redis.url = redis.url();
         Some(redis)
     } else {
@@ -60,7 +62,7 @@ async fn serve(settings: Arc<Settings>, prometheus: PrometheusHandle) -> anyhow:
         consumer = %settings.consumer_name(),
         prefix = %settings.redis.prefix,
         redis_cluster = settings.redis.cluster,
-        ms4 = %ms1_actors::settings::redact_url(&settings.ms4.base_url),
+        ms4 = %redact_url(&settings.ms4.base_url),
         batch_size = settings.ms4.batch_size,
         rate_limit_per_min = settings.ms4.rate_limit_per_min,
         "ms1-ingestor started"

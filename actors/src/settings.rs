@@ -313,7 +313,7 @@ pub struct WebhookSettings {
     /// and Graph re-sends it. Graph batches notifications, far fewer than this.
     pub max_notifications_per_post: usize,
     /// A notification body must arrive within this long after the request head, in ms; a
-    /// client that trickles it gets 408 and its connection back.
+    /// client that trickles it gets 408 and its connection is closed.
     pub body_timeout_ms: u64,
     /// While the backlog (inbound + outbound) is above `pipeline.max_backlog`, notifications
     /// are answered 503 with this `Retry-After`, in seconds: Graph re-sends them later, and the

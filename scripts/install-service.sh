@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Installs ms1-ingestor as a systemd service on this machine:
 #   /usr/local/bin/ms1-ingestor             the release binary (built here)
-#   /etc/ms1-ingestor/ms1.toml              settings (kept if present; starts as config/default.toml)
+#   /etc/ms1-ingestor/ms1.toml              settings, mode 0640 root:ms1-ingestor (kept if present,
+#                                           its mode tightened; starts as config/default.toml)
 #   /etc/ms1-ingestor/secrets.env           secrets, mode 0600 (kept if present; a template)
+#   /etc/ms1-ingestor/credentials/          mode 0700, for LoadCredential= files (one per secret)
+# and the system group ms1-ingestor, through which the service (DynamicUser, with
+# SupplementaryGroups=ms1-ingestor) reads ms1.toml.
 #   /etc/systemd/system/ms1-ingestor.service
 # then reloads systemd and enables the service (start it with: systemctl start ms1-ingestor).
 # Usage: sudo scripts/install-service.sh [--no-build]
@@ -16,14 +20,21 @@ if [ "${1:-}" != "--no-build" ]; then
 fi
 install -D -m 0755 "${CARGO_TARGET_DIR:-$ROOT/target}/release/ms1-ingestor" /usr/local/bin/ms1-ingestor
 install -d -m 0755 /etc/ms1-ingestor
+install -d -m 0700 /etc/ms1-ingestor/credentials
+getent group ms1-ingestor >/dev/null || groupadd --system ms1-ingestor
 if [ ! -f /etc/ms1-ingestor/ms1.toml ]; then
-  install -m 0644 config/default.toml /etc/ms1-ingestor/ms1.toml
+  install -m 0640 -o root -g ms1-ingestor config/default.toml /etc/ms1-ingestor/ms1.toml
   echo "installed /etc/ms1-ingestor/ms1.toml (edit it: redis.url, ms4.base_url, graph.*)"
 fi
+# The settings may hold a redis.url with a password or a secret written in place: not for
+# every local user to read.
+chown root:ms1-ingestor /etc/ms1-ingestor/ms1.toml
+chmod 0640 /etc/ms1-ingestor/ms1.toml
 if [ ! -f /etc/ms1-ingestor/secrets.env ]; then
   umask 077
   cat > /etc/ms1-ingestor/secrets.env <<'ENV'
 # Secrets of ms1-ingestor, read by systemd (EnvironmentFile=). Mode 0600, owned by root.
+# Alternatively, systemd credentials: see LoadCredential= in the unit and `credential:NAME`.
 MS1__MS4__API_KEY=
 MS1__GRAPH__CLIENT_SECRET=
 MS1__WEBHOOK__CLIENT_STATE=

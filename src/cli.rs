@@ -52,16 +52,28 @@ pub struct Client {
 }
 
 impl Client {
+    /// The address and token from `--url`/`--token`, else from the settings. With both
+    /// given the settings are not read (their `credential:` secrets resolve only inside the
+    /// unit, where systemd sets `$CREDENTIALS_DIRECTORY`).
     pub fn new(t: &Target) -> Result<Self, CliError> {
-        let settings = crate::config::load(t.config.as_deref()).map_err(anyhow::Error::from)?;
+        let (base, token) = match (&t.url, &t.token) {
+            (Some(url), Some(token)) => (url.clone(), token.clone()),
+            _ => {
+                let settings =
+                    crate::config::load(t.config.as_deref()).map_err(anyhow::Error::from)?;
+                (
+                    t.url
+                        .clone()
+                        .unwrap_or_else(|| format!("http://{}", settings.control.bind)),
+                    t.token
+                        .clone()
+                        .unwrap_or_else(|| settings.control.token.expose().to_string()),
+                )
+            }
+        };
         Ok(Self {
-            base: t
-                .url
-                .clone()
-                .unwrap_or_else(|| format!("http://{}", settings.control.bind))
-                .trim_end_matches('/')
-                .to_string(),
-            token: t.token.clone().unwrap_or(settings.control.token),
+            base: base.trim_end_matches('/').to_string(),
+            token,
             agent: ureq::AgentBuilder::new()
                 .timeout(Duration::from_secs(15))
                 .build(),

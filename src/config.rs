@@ -2,6 +2,7 @@
 //! given with `--config`, then `MS1__SECTION__KEY` environment variables. Unknown keys and bad
 //! values are refused with a message that names the key.
 
+use ms1_actors::settings::redact_url;
 use ms1_actors::Settings;
 use std::path::Path;
 
@@ -84,38 +85,16 @@ pub fn load_from(
     Ok(settings)
 }
 
-/// The settings as TOML with secrets replaced, for `check-config`.
+/// The settings as TOML for `check-config` (it runs as `ExecStartPre`, so this lands in the
+/// journal): every [`Secret`](ms1_actors::settings::Secret) renders as `<redacted>`, URLs
+/// with their password masked (`redis://:****@host:6379`).
 pub fn redacted(settings: &Settings) -> String {
     let mut s = settings.clone();
-    for secret in [
-        &mut s.ms4.api_key,
-        &mut s.control.token,
-        &mut s.graph.client_secret,
-        &mut s.webhook.client_state,
-    ] {
-        if !secret.is_empty() {
-            *secret = "<redacted>".into();
-        }
-    }
-    // IMAP secrets, unless they only say where the secret is (env:NAME, file:/path).
-    for src in &mut s.imap.sources {
-        for secret in [
-            &mut src.password,
-            &mut src.client_secret,
-            &mut src.refresh_token,
-        ] {
-            if !secret.is_empty() && !secret.starts_with("env:") && !secret.starts_with("file:") {
-                *secret = "<redacted>".into();
-            }
-        }
-    }
-    // Redis secrets, likewise, and the password a redis.url may carry.
-    s.redis.url = ms1_actors::settings::redact_url_passwords(&s.redis.url);
-    for secret in [&mut s.redis.password, &mut s.redis.client_key] {
-        if !secret.is_empty() && !secret.starts_with("env:") && !secret.starts_with("file:") {
-            *secret = "<redacted>".into();
-        }
-    }
+    s.redis.url = redact_url(&s.redis.url);
+    s.ms4.base_url = redact_url(&s.ms4.base_url);
+    s.graph.base_url = redact_url(&s.graph.base_url);
+    s.graph.authority = redact_url(&s.graph.authority);
+    s.webhook.public_url = redact_url(&s.webhook.public_url);
     toml::to_string_pretty(&s).unwrap_or_else(|e| format!("(cannot render: {e})"))
 }
 
@@ -163,7 +142,7 @@ mod tests {
         assert!(!shown.contains("in-url"), "{shown}");
         assert!(!shown.contains("BEGIN PRIVATE KEY"), "{shown}");
         assert!(
-            shown.contains("rediss://user:redacted@redis.example.com:6380"),
+            shown.contains("rediss://user:****@redis.example.com:6380"),
             "{shown}"
         );
     }
@@ -183,9 +162,40 @@ after_delivery = \"seen\"\n",
         let s = load_from(Some(&path), env(&[])).unwrap();
         assert_eq!(s.imap.sources.len(), 1);
         assert_eq!(s.imap.sources[0].port(), 993);
+        assert_eq!(
+            s.imap.sources[0].refresh_token.expose(),
+            std::env::var("PATH").unwrap(),
+            "env: references are resolved when the settings are read"
+        );
         let shown = redacted(&s);
         assert!(!shown.contains("very-secret"), "{shown}");
-        assert!(shown.contains("env:PATH"), "{shown}");
+        assert!(!shown.contains(&std::env::var("PATH").unwrap()), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn a_secret_reference_that_does_not_resolve_names_its_key() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[ms4]\napi_key = \"env:MS1_TEST_SURELY_UNSET_KEY\"").unwrap();
+        let err = load_from(Some(f.path()), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("ms4.api_key"), "{err}");
+        assert!(err.contains("MS1_TEST_SURELY_UNSET_KEY"), "{err}");
+        let err = load_from(
+            None,
+            env(&[("MS1__CONTROL__TOKEN", "file:/nonexistent/ms1-token")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("control.token"), "{err}");
+    }
+
+    #[test]
+    fn check_config_masks_url_passwords() {
+        let mut s = Settings::default();
+        s.redis.url = "redis://:hunter2@127.0.0.1:6379".into();
+        let out = redacted(&s);
+        assert!(!out.contains("hunter2"), "{out}");
+        assert!(out.contains("redis://:****@127.0.0.1:6379"), "{out}");
     }
 
     #[test]

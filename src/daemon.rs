@@ -1,8 +1,10 @@
 //! `ms1-ingestor run`: wires the engine, the control API and the signals together.
 //!
 //! Start: metrics recorder → Redis (configured, or a private redis-server when `redis.url` is
-//! empty) → supervised actors → control API. SIGTERM or SIGINT: drain (stop reading, flush the
-//! partial batch, wait for in-flight MS4 requests up to `pipeline.drain_timeout_ms`), then exit.
+//! empty) → supervised actors → control API (and the webhook listener, when `webhook.bind` is
+//! set: Graph's callbacks on a port of their own, the control API not reachable through it).
+//! SIGTERM or SIGINT: drain (stop reading, flush the partial batch, wait for in-flight MS4
+//! requests up to `pipeline.drain_timeout_ms`), then exit.
 
 use crate::http::control::{self, ControlState};
 use crate::http::webhook::{self, WebhookState};
@@ -10,6 +12,7 @@ use crate::redis_launcher::PrivateRedis;
 use crate::systemd;
 use actix_web::{web, App, HttpServer};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use ms1_actors::settings::redact_url;
 use ms1_actors::{metrics as m, Health, Pipeline, Settings, Store};
 use std::path::Path;
 use std::sync::Arc;
@@ -41,7 +44,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     // Keep the private Redis alive for as long as the daemon runs.
     let private_redis = if settings.redis.url.is_empty() {
         let redis = PrivateRedis::start_private(Path::new(&settings.redis.data_dir))?;
-        tracing::info!(url = %redis.url(), dir = %settings.redis.data_dir, "started a private redis-server on a unix socket only this user can open (redis.url is empty)");
+        tracing::info!(url = %redact_url(&redis.url()), dir = %settings.redis.data_dir, "started a private redis-server on a unix socket only this user can open (redis.url is empty)");
         settings.redis.url = redis.url();
         Some(redis)
     } else {
@@ -68,7 +71,7 @@ async fn serve(settings: Arc<Settings>, prometheus: PrometheusHandle) -> anyhow:
         consumer = %settings.consumer_name(),
         prefix = %settings.redis.prefix,
         redis_cluster = settings.redis.cluster,
-        ms4 = %settings.ms4.base_url,
+        ms4 = %redact_url(&settings.ms4.base_url),
         batch_size = settings.ms4.batch_size,
         rate_limit_per_min = settings.ms4.rate_limit_per_min,
         "ms1-ingestor started"
@@ -90,13 +93,42 @@ async fn serve(settings: Arc<Settings>, prometheus: PrometheusHandle) -> anyhow:
         default_interval: settings.graph.poll_interval_s,
         default_webhook: settings.webhook.enabled,
     });
-    let hooks = web::Data::new(WebhookState(pipeline.webhook.clone()));
+    let hooks = web::Data::new(WebhookState {
+        receiver: pipeline.webhook.clone(),
+        max_items: settings.webhook.max_notifications_per_post,
+        body_timeout: Duration::from_millis(settings.webhook.body_timeout_ms),
+        retry_after_s: settings.webhook.backlog_retry_after_s,
+    });
+    // Graph's callbacks on their own listener, when `webhook.bind` says where.
+    let webhook_server = if settings.webhook.bind.is_empty() {
+        None
+    } else {
+        let hooks = hooks.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(hooks.clone())
+                .configure(webhook::listener_routes)
+        })
+        .workers(2)
+        .disable_signals()
+        .shutdown_timeout(2)
+        .bind(&settings.webhook.bind)
+        .map_err(|e| anyhow::anyhow!("webhook.bind {}: {e}", settings.webhook.bind))?
+        .run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        tracing::info!(bind = %settings.webhook.bind, "webhook listener up (/webhook/notifications, /webhook/lifecycle)");
+        Some(handle)
+    };
+    let hooks_on_control = webhook_server.is_none();
     let server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .app_data(hooks.clone())
-            .configure(webhook::routes)
-            .configure(control::routes)
+        let app = App::new().app_data(state.clone()).app_data(hooks.clone());
+        let app = if hooks_on_control {
+            app.configure(webhook::routes)
+        } else {
+            app
+        };
+        app.configure(control::routes)
     })
     .workers(2)
     .disable_signals()
@@ -126,6 +158,9 @@ async fn serve(settings: Arc<Settings>, prometheus: PrometheusHandle) -> anyhow:
         tracing::warn!("drain deadline passed; unacknowledged entries stay pending and are re-sent on the next start");
     }
     server_handle.stop(true).await;
+    if let Some(handle) = webhook_server {
+        handle.stop(true).await;
+    }
     actix_rt::System::current().stop();
     Ok(())
 }

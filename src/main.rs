@@ -14,7 +14,10 @@ use std::process::ExitCode;
     about = "Ingests invoice e-mails through durable Redis Streams into the MS4 Persistence API",
     long_about = "Ingests invoice e-mails through durable Redis Streams into the MS4 Persistence API.\n\n\
 Settings come from the built-in defaults (config/default.toml), then --config FILE, then \
-MS1__SECTION__KEY environment variables (e.g. MS1__MS4__API_KEY)."
+MS1__SECTION__KEY environment variables (e.g. MS1__MS4__API_KEY).\n\n\
+Secrets (ms4.api_key, control.token, graph.client_secret, webhook.client_state, IMAP password, \
+client_secret, refresh_token) are the value, env:NAME, file:/path or credential:NAME (a systemd \
+credential, $CREDENTIALS_DIRECTORY/NAME); they are never printed."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -29,7 +32,8 @@ enum Command {
         #[arg(long, short, env = "MS1_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Load and validate the settings, print them (secrets redacted), exit 0 if usable.
+    /// Load and validate the settings (resolving env:, file: and credential: secrets), print
+    /// them with every secret as <redacted> and URL passwords as ****, exit 0 if usable.
     CheckConfig {
         /// TOML file with the settings to change from the defaults.
         #[arg(long, short, env = "MS1_CONFIG")]

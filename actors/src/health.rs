@@ -52,6 +52,33 @@ pub struct Readiness {
     pub reasons: Vec<String>,
     /// Sources that fail on their own (other sources keep flowing): source → reason.
     pub degraded_sources: BTreeMap<String, String>,
+    /// How many sources are degraded.
+    pub degraded_source_count: usize,
+}
+
+/// What `/ready` shows a caller without the control token: the states, no text. The reasons
+/// and the degraded sources name users, hosts and carry Graph's or the IMAP server's own
+/// words; they stay behind the token.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct PublicReadiness {
+    pub ready: bool,
+    pub redis: bool,
+    pub ms4_auth: bool,
+    pub ms4_breaker: &'static str,
+    pub degraded_source_count: usize,
+}
+
+impl Readiness {
+    /// The states only, for a caller without the control token.
+    pub fn public(&self) -> PublicReadiness {
+        PublicReadiness {
+            ready: self.ready,
+            redis: self.redis,
+            ms4_auth: self.ms4_auth,
+            ms4_breaker: self.ms4_breaker,
+            degraded_source_count: self.degraded_source_count,
+        }
+    }
 }
 
 impl Health {
@@ -159,6 +186,7 @@ impl Health {
             ms4_auth,
             ms4_breaker: breaker,
             reasons,
+            degraded_source_count: degraded_sources.len(),
             degraded_sources,
         }
     }

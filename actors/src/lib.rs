@@ -24,6 +24,7 @@ pub mod poller;
 pub mod processor;
 pub mod ratelimiter;
 pub mod retry;
+pub mod secret;
 pub mod sender;
 pub mod session;
 pub mod settings;

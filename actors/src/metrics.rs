@@ -35,7 +35,8 @@ pub const GRAPH_REQUESTS: &str = "ms1_graph_requests_total";
 pub const GRAPH_LATENCY: &str = "ms1_graph_request_duration_seconds";
 /// Messages a poller put into the inbound stream, by `mode`.
 pub const POLLED: &str = "ms1_emails_polled_total";
-/// Webhook notifications by `outcome` (accepted, rejected_client_state, unknown_subscription).
+/// Webhook notifications by `outcome` (accepted, duplicate, backlogged, rejected_client_state,
+/// unknown_subscription, no_message_id, rejected_lifecycle, lifecycle).
 pub const WEBHOOK_NOTIFICATIONS: &str = "ms1_webhook_notifications_total";
 /// Messages marked read in Graph after MS4 accepted them.
 pub const MARKED_READ: &str = "ms1_emails_marked_read_total";

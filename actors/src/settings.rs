@@ -5,6 +5,7 @@
 //! drift. Loading (file + `MS1__SECTION__KEY` environment) lives in the daemon shell; the engine
 //! only ever sees a validated [`Settings`].
 
+pub use crate::secret::{redact_url, resolve_secret, Secret};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -52,7 +53,7 @@ pub struct RedisSettings {
     pub data_dir: String,
     /// The password of `url`'s Redis (`AUTH`): the value, `env:NAME` or `file:/path`. Empty:
     /// the password in `url` if any. Both set and different is refused. Never logged.
-    pub password: String,
+    pub password: Secret,
     /// `rediss://` only: PEM file of the CA(s) that signed the server's certificate (a private
     /// CA); empty: the Mozilla roots (Azure Cache for Redis, ElastiCache).
     pub ca_file: String,
@@ -61,14 +62,14 @@ pub struct RedisSettings {
     pub client_cert: String,
     /// `rediss://` only: the client certificate's PEM private key: the key itself,
     /// `env:NAME` or `file:/path`. Never logged.
-    pub client_key: String,
+    pub client_key: Secret,
 }
 
+/// The URL is shown with its password masked (`redis://:****@host:6379`), secrets redacted.
 impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let redacted = |v: &str| if v.is_empty() { "" } else { "<redacted>" };
         f.debug_struct("RedisSettings")
-            .field("url", &redact_url_passwords(&self.url))
+            .field("url", &redact_url(&self.url))
             .field("cluster", &self.cluster)
             .field("prefix", &self.prefix)
             .field("consumer", &self.consumer)
@@ -76,26 +77,12 @@ impl std::fmt::Debug for RedisSettings {
             .field("idempotency_ttl_s", &self.idempotency_ttl_s)
             .field("dlq_maxlen", &self.dlq_maxlen)
             .field("data_dir", &self.data_dir)
-            .field("password", &redacted(&self.password))
+            .field("password", &self.password)
             .field("ca_file", &self.ca_file)
             .field("client_cert", &self.client_cert)
-            .field("client_key", &redacted(&self.client_key))
+            .field("client_key", &self.client_key)
             .finish()
     }
-}
-
-/// `url` (one or several, comma-separated) with any password replaced by `redacted`.
-pub fn redact_url_passwords(urls: &str) -> String {
-    urls.split(',')
-        .map(|u| match url::Url::parse(u.trim()) {
-            Ok(mut parsed) if parsed.password().is_some() => {
-                let _ = parsed.set_password(Some("redacted"));
-                parsed.to_string()
-            }
-            _ => u.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 impl RedisSettings {
@@ -120,10 +107,7 @@ impl RedisSettings {
     /// The password to authenticate with, if any: `password` (resolved) or the one in `url`.
     /// [`Settings::validate`] has refused both set and different.
     pub fn resolved_password(&self) -> Result<Option<String>, InvalidSetting> {
-        let setting = resolve_secret(&self.password).map_err(|e| InvalidSetting {
-            key: "redis.password".into(),
-            problem: e,
-        })?;
+        let setting = self.password.expose().to_string();
         if setting.is_empty() {
             return Ok(self.url_password());
         }
@@ -132,10 +116,7 @@ impl RedisSettings {
 
     /// The client certificate's private key (PEM), resolved; empty when none is set.
     pub fn resolved_client_key(&self) -> Result<String, InvalidSetting> {
-        resolve_secret(&self.client_key).map_err(|e| InvalidSetting {
-            key: "redis.client_key".into(),
-            problem: e,
-        })
+        Ok(self.client_key.expose().to_string())
     }
 
     /// Checks the TLS and password settings: files readable, secrets resolvable, keys that
@@ -190,10 +171,7 @@ impl RedisSettings {
             ),
             _ => {}
         }
-        let setting = resolve_secret(&self.password).map_err(|e| InvalidSetting {
-            key: "redis.password".into(),
-            problem: e,
-        })?;
+        let setting = self.password.expose();
         if !setting.is_empty() {
             if self.url.is_empty() {
                 return bad(
@@ -223,10 +201,10 @@ impl Default for RedisSettings {
             idempotency_ttl_s: 604_800,
             dlq_maxlen: 0,
             data_dir: "/var/lib/ms1-ingestor/redis".into(),
-            password: String::new(),
+            password: Secret::default(),
             ca_file: String::new(),
             client_cert: String::new(),
-            client_key: String::new(),
+            client_key: Secret::default(),
         }
     }
 }
@@ -265,8 +243,9 @@ impl Default for PipelineSettings {
 pub struct Ms4Settings {
     /// API root; the daemon appends `/batch-metadata`.
     pub base_url: String,
-    /// Value of the `X-API-Key` header.
-    pub api_key: String,
+    /// Value of the `X-API-Key` header: the key, `env:NAME`, `file:/path` or `credential:NAME`
+    /// (a systemd credential). Never logged.
+    pub api_key: Secret,
     /// Records per request (MS4 recommends 50 and accepts at most 100).
     pub batch_size: usize,
     /// A partial batch is sent after waiting this long for more records, in milliseconds.
@@ -294,7 +273,7 @@ impl Default for Ms4Settings {
     fn default() -> Self {
         Self {
             base_url: "http://127.0.0.1:8400".into(),
-            api_key: String::new(),
+            api_key: Secret::default(),
             batch_size: 50,
             linger_ms: 200,
             max_in_flight: 4,
@@ -348,8 +327,9 @@ pub struct GraphSettings {
     pub authority: String,
     pub tenant_id: String,
     pub client_id: String,
-    /// App secret (client credentials). Never logged, never stored in Redis.
-    pub client_secret: String,
+    /// App secret (client credentials): the value, `env:NAME`, `file:/path` or
+    /// `credential:NAME`. Never logged, never stored in Redis.
+    pub client_secret: Secret,
     /// Mailboxes (UPNs or ids) to ingest. Empty: no Graph polling.
     pub mailboxes: Vec<String>,
     /// Mail folder read in every mailbox.
@@ -392,7 +372,7 @@ impl Default for GraphSettings {
             authority: "https://login.microsoftonline.com/{tenant}".into(),
             tenant_id: String::new(),
             client_id: String::new(),
-            client_secret: String::new(),
+            client_secret: Secret::default(),
             mailboxes: Vec::new(),
             folder: "inbox".into(),
             mode: GraphMode::Delta,
@@ -418,7 +398,7 @@ impl std::fmt::Debug for GraphSettings {
             .field("authority", &self.authority)
             .field("tenant_id", &self.tenant_id)
             .field("client_id", &self.client_id)
-            .field("client_secret", &"<redacted>")
+            .field("client_secret", &self.client_secret)
             .field("mailboxes", &self.mailboxes)
             .field("mode", &self.mode)
             .finish_non_exhaustive()
@@ -467,12 +447,27 @@ pub struct WebhookSettings {
     /// Base URL at which Graph reaches this daemon (e.g. `https://ingest.example.com`); the
     /// daemon appends `/webhook/notifications` and `/webhook/lifecycle`.
     pub public_url: String,
-    /// Secret sent with every subscription and checked on every notification (≤ 128 chars).
-    pub client_state: String,
+    /// Secret sent with every subscription and checked on every notification (≤ 128 chars):
+    /// the value, `env:NAME`, `file:/path` or `credential:NAME`.
+    pub client_state: Secret,
     /// Subscription lifetime asked for, in minutes (Graph allows at most 10,080 for mail).
     pub lifetime_minutes: u64,
     /// Renew a subscription this long before it expires, in seconds.
     pub renew_before_s: u64,
+    /// Address of a listener of its own for `/webhook/notifications` and `/webhook/lifecycle`
+    /// (e.g. `0.0.0.0:8443`, the only port to expose to Graph); the control listener then no
+    /// longer serves them. Empty: they are served on `control.bind`.
+    pub bind: String,
+    /// Items taken in one notification POST at most; a bigger POST is refused whole (413)
+    /// and Graph re-sends it. Graph batches notifications, far fewer than this.
+    pub max_notifications_per_post: usize,
+    /// A notification body must arrive within this long after the request head, in ms; a
+    /// client that trickles it gets 408 and its connection is closed.
+    pub body_timeout_ms: u64,
+    /// While the backlog (inbound + outbound) is above `pipeline.max_backlog`, notifications
+    /// are answered 503 with this `Retry-After`, in seconds: Graph re-sends them later, and the
+    /// safety-net poll catches up on any it gives up on.
+    pub backlog_retry_after_s: u64,
 }
 
 impl Default for WebhookSettings {
@@ -480,9 +475,13 @@ impl Default for WebhookSettings {
         Self {
             enabled: false,
             public_url: String::new(),
-            client_state: String::new(),
+            client_state: Secret::default(),
             lifetime_minutes: 4_320,
             renew_before_s: 3_600,
+            bind: String::new(),
+            max_notifications_per_post: 1_000,
+            body_timeout_ms: 5_000,
+            backlog_retry_after_s: 30,
         }
     }
 }
@@ -492,9 +491,16 @@ impl std::fmt::Debug for WebhookSettings {
         f.debug_struct("WebhookSettings")
             .field("enabled", &self.enabled)
             .field("public_url", &self.public_url)
-            .field("client_state", &"<redacted>")
+            .field("client_state", &self.client_state)
             .field("lifetime_minutes", &self.lifetime_minutes)
             .field("renew_before_s", &self.renew_before_s)
+            .field("bind", &self.bind)
+            .field(
+                "max_notifications_per_post",
+                &self.max_notifications_per_post,
+            )
+            .field("body_timeout_ms", &self.body_timeout_ms)
+            .field("backlog_retry_after_s", &self.backlog_retry_after_s)
             .finish()
     }
 }
@@ -558,17 +564,18 @@ pub struct ImapSource {
     /// `password` (LOGIN) or `xoauth2` (Gmail, Outlook: `AUTHENTICATE XOAUTH2` with a token
     /// from the refresh-token grant).
     pub auth: ImapAuth,
-    /// The password, `env:NAME` (from the environment) or `file:/path` (e.g. a systemd
-    /// credential). Never logged, never stored in Redis.
-    pub password: String,
+    /// The password, `env:NAME` (from the environment), `file:/path` or `credential:NAME` (a
+    /// systemd credential). Never logged, never stored in Redis.
+    pub password: Secret,
     /// OAuth2 token endpoint for `xoauth2` (Google: https://oauth2.googleapis.com/token;
     /// Microsoft: https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token).
     pub token_url: String,
     pub client_id: String,
-    /// Client secret (`env:`/`file:` as for `password`); empty for public clients.
-    pub client_secret: String,
-    /// The refresh token (`env:`/`file:` as for `password`).
-    pub refresh_token: String,
+    /// Client secret (`env:`/`file:`/`credential:` as for `password`); empty for public
+    /// clients.
+    pub client_secret: Secret,
+    /// The refresh token (`env:`/`file:`/`credential:` as for `password`).
+    pub refresh_token: Secret,
     /// Scope asked for with the refresh token; empty: none (Google), Outlook needs
     /// `https://outlook.office.com/IMAP.AccessAsUser.All offline_access`.
     pub scope: String,
@@ -594,11 +601,11 @@ impl Default for ImapSource {
             ca_file: String::new(),
             username: String::new(),
             auth: ImapAuth::Password,
-            password: String::new(),
+            password: Secret::default(),
             token_url: String::new(),
             client_id: String::new(),
-            client_secret: String::new(),
-            refresh_token: String::new(),
+            client_secret: Secret::default(),
+            refresh_token: Secret::default(),
             scope: String::new(),
             folder: "INBOX".into(),
             poll_interval_s: 60,
@@ -657,20 +664,6 @@ pub enum AfterDelivery {
     Move,
 }
 
-/// A secret setting's value: itself, `env:NAME` (an environment variable) or `file:/path` (the
-/// file's content, trailing newline removed).
-pub fn resolve_secret(value: &str) -> Result<String, String> {
-    if let Some(name) = value.strip_prefix("env:") {
-        std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))
-    } else if let Some(path) = value.strip_prefix("file:") {
-        std::fs::read_to_string(path)
-            .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
-            .map_err(|e| format!("cannot read {path}: {e}"))
-    } else {
-        Ok(value.to_string())
-    }
-}
-
 /// Ingestion sessions.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -687,21 +680,26 @@ impl Default for SessionSettings {
     }
 }
 
+/// Shortest `control.token` accepted when the control API listens beyond loopback.
+pub const MIN_PUBLIC_TOKEN_LEN: usize = 32;
+
 /// The control HTTP API (health, readiness, metrics).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlSettings {
     /// Address the control API listens on.
     pub bind: String,
-    /// Bearer token required on control routes; mandatory when `bind` is not a loopback address.
-    pub token: String,
+    /// Bearer token required on control routes (and for the reasons behind `/ready`): the
+    /// value, `env:NAME`, `file:/path` or `credential:NAME`. Mandatory, at least
+    /// [`MIN_PUBLIC_TOKEN_LEN`] characters, when `bind` is not a loopback address.
+    pub token: Secret,
 }
 
 impl Default for ControlSettings {
     fn default() -> Self {
         Self {
             bind: "127.0.0.1:8000".into(),
-            token: String::new(),
+            token: Secret::default(),
         }
     }
 }
@@ -848,9 +846,9 @@ impl Settings {
         let g = &self.graph;
         if !g.mailboxes.is_empty() {
             for (key, value) in [
-                ("graph.tenant_id", &g.tenant_id),
-                ("graph.client_id", &g.client_id),
-                ("graph.client_secret", &g.client_secret),
+                ("graph.tenant_id", g.tenant_id.as_str()),
+                ("graph.client_id", g.client_id.as_str()),
+                ("graph.client_secret", g.client_secret.expose()),
             ] {
                 if value.is_empty() {
                     return bad(key, "is required when graph.mailboxes is set");
@@ -910,7 +908,7 @@ impl Settings {
                     "must be the http(s) base URL at which Graph reaches this daemon",
                 );
             }
-            if w.client_state.is_empty() || w.client_state.chars().count() > 128 {
+            if w.client_state.is_empty() || w.client_state.expose().chars().count() > 128 {
                 return bad(
                     "webhook.client_state",
                     "is required with webhooks and must be at most 128 characters",
@@ -926,17 +924,49 @@ impl Settings {
                 "must be greater than 0 and shorter than the lifetime",
             );
         }
+        if !(1..=100_000).contains(&w.max_notifications_per_post) {
+            return bad(
+                "webhook.max_notifications_per_post",
+                "must be between 1 and 100000",
+            );
+        }
+        if !(100..=60_000).contains(&w.body_timeout_ms) {
+            return bad("webhook.body_timeout_ms", "must be between 100 and 60000");
+        }
+        if !(1..=3_600).contains(&w.backlog_retry_after_s) {
+            return bad(
+                "webhook.backlog_retry_after_s",
+                "must be between 1 and 3600",
+            );
+        }
         self.validate_imap()?;
         let bind: Result<std::net::SocketAddr, _> = self.control.bind.parse();
         match bind {
             Err(_) => return bad("control.bind", "must be an address like 127.0.0.1:8000"),
-            Ok(addr) if !addr.ip().is_loopback() && self.control.token.is_empty() => {
+            Ok(addr)
+                if !addr.ip().is_loopback()
+                    && self.control.token.expose().chars().count() < MIN_PUBLIC_TOKEN_LEN =>
+            {
                 return bad(
                     "control.token",
-                    "is required when control.bind is not a loopback address",
+                    format!(
+                        "must be at least {MIN_PUBLIC_TOKEN_LEN} characters when control.bind is not a loopback address (e.g. openssl rand -hex 32), or bind the control API to 127.0.0.1"
+                    ),
                 )
             }
             Ok(_) => {}
+        }
+        if !w.bind.is_empty() {
+            match w.bind.parse::<std::net::SocketAddr>() {
+                Err(_) => return bad("webhook.bind", "must be an address like 0.0.0.0:8443, or empty"),
+                Ok(_) if w.bind == self.control.bind => {
+                    return bad(
+                        "webhook.bind",
+                        "must differ from control.bind (leave it empty to serve the webhook on the control listener)",
+                    )
+                }
+                Ok(_) => {}
+            }
         }
         if self.log.level.trim().is_empty() {
             return bad("log.level", "must not be empty");
@@ -985,21 +1015,16 @@ impl Settings {
             if src.username.is_empty() {
                 return bad(key("username"), "is required");
             }
-            let secrets: &[(&str, &str)] = match src.auth {
-                ImapAuth::Password => &[("password", &src.password)],
-                ImapAuth::Xoauth2 => &[
-                    ("refresh_token", &src.refresh_token),
-                    ("client_secret", &src.client_secret),
-                ],
+            // Secrets were resolved (env:, file:, credential:) when the settings were read.
+            let required = match src.auth {
+                ImapAuth::Password => ("password", &src.password),
+                ImapAuth::Xoauth2 => ("refresh_token", &src.refresh_token),
             };
-            for (k, v) in secrets {
-                match resolve_secret(v) {
-                    Err(e) => return bad(key(k), e),
-                    Ok(v) if v.is_empty() && *k != "client_secret" => {
-                        return bad(key(k), format!("is required with auth = {:?}", src.auth))
-                    }
-                    Ok(_) => {}
-                }
+            if required.1.is_empty() {
+                return bad(
+                    key(required.0),
+                    format!("is required with auth = {:?}", src.auth),
+                );
             }
             if src.auth == ImapAuth::Xoauth2 {
                 if !(src.token_url.starts_with("https://") || src.token_url.starts_with("http://"))
@@ -1087,10 +1112,12 @@ mod tests {
             s.validate().unwrap_err().key,
             "imap.sources[1].refresh_token"
         );
-        s.imap.sources[1].refresh_token = "env:MS1_TEST_SURELY_UNSET_VAR".into();
-        let e = s.validate().unwrap_err();
-        assert_eq!(e.key, "imap.sources[1].refresh_token");
-        assert!(e.problem.contains("MS1_TEST_SURELY_UNSET_VAR"), "{e}");
+        // A reference that does not resolve is refused when the settings are read.
+        let e = serde_json::from_value::<ImapSource>(serde_json::json!({
+            "refresh_token": "env:MS1_TEST_SURELY_UNSET_VAR"
+        }))
+        .unwrap_err();
+        assert!(e.to_string().contains("MS1_TEST_SURELY_UNSET_VAR"), "{e}");
         s.imap.sources[1].refresh_token = "rt".into();
         assert_eq!(s.validate().unwrap_err().key, "imap.sources[1].token_url");
         s.imap.sources[1].token_url = "https://oauth2.googleapis.com/token".into();
@@ -1098,6 +1125,37 @@ mod tests {
         s.validate().unwrap();
         s.imap.sources[1].after_delivery = AfterDelivery::Move;
         assert_eq!(s.validate().unwrap_err().key, "imap.sources[1].move_to");
+    }
+
+    #[test]
+    fn debug_output_of_the_settings_shows_no_secret() {
+        let mut s = Settings::default();
+        s.redis.url = "redis://:redis-pw-1@10.0.0.1:6379".into();
+        s.ms4.api_key = "ms4-key-2".into();
+        s.control.token = "control-token-3".into();
+        s.graph.client_secret = "graph-secret-4".into();
+        s.webhook.client_state = "client-state-5".into();
+        s.imap.sources = vec![ImapSource {
+            password: "imap-pw-6".into(),
+            client_secret: "imap-cs-7".into(),
+            refresh_token: "imap-rt-8".into(),
+            ..imap_source()
+        }];
+        let shown = format!("{s:?} {s:#?}");
+        for secret in [
+            "redis-pw-1",
+            "ms4-key-2",
+            "control-token-3",
+            "graph-secret-4",
+            "client-state-5",
+            "imap-pw-6",
+            "imap-cs-7",
+            "imap-rt-8",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("redis://:****@10.0.0.1:6379"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]
@@ -1130,7 +1188,31 @@ mod tests {
         s.control.bind = "0.0.0.0:8000".into();
         assert_eq!(s.validate().unwrap_err().key, "control.token");
         s.control.token = "secret".into();
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.key, "control.token", "a short token beyond loopback");
+        assert!(e.problem.contains("32"), "{e}");
+        s.control.token = "x".repeat(32).as_str().into();
         s.validate().unwrap();
+        s.control.bind = "127.0.0.1:8000".into();
+        s.control.token = "short".into();
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn the_webhook_listener_is_checked() {
+        let mut s = Settings::default();
+        s.webhook.bind = "0.0.0.0:8443".into();
+        s.validate().unwrap();
+        s.webhook.bind = "127.0.0.1:8000".into();
+        assert_eq!(s.validate().unwrap_err().key, "webhook.bind");
+        s.webhook.bind = "somewhere".into();
+        assert_eq!(s.validate().unwrap_err().key, "webhook.bind");
+        let mut s = Settings::default();
+        s.webhook.max_notifications_per_post = 0;
+        assert_eq!(
+            s.validate().unwrap_err().key,
+            "webhook.max_notifications_per_post"
+        );
     }
 
     #[test]

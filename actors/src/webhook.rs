@@ -5,7 +5,12 @@
 //!   enqueued); its `subscriptionId` names the mailbox (the `resource` carries the user's GUID,
 //!   not the UPN); accepted items become durable `ref` entries (mailbox + message id) in the
 //!   inbound stream before the route answers 202 — Graph's 3-second rule — and the
-//!   BatchProcessor fetches the messages afterwards.
+//!   BatchProcessor fetches the messages afterwards. A message notified again (in the same
+//!   POST, or while its `queued:ref:` mark lives, `redis.idempotency_ttl_s`) is not queued
+//!   again: one Graph GET per message. While the backlog (inbound + outbound) is above
+//!   `pipeline.max_backlog`, as the pollers pause, nothing is queued and the route answers 503
+//!   with `Retry-After`: Graph re-sends later, and the safety-net poll catches up on what it
+//!   gives up on.
 //! - **Subscriptions**: one per mailbox, created once the HTTP server is up (Graph validates the
 //!   notification URLs during the create), persisted in `webhook:subscription:{mailbox}`,
 //!   renewed `webhook.renew_before_s` before expiry by a timer (re-armed from Redis after a
@@ -16,7 +21,7 @@
 use crate::clients::graph::{GraphClient, GraphError};
 use crate::poller::{Poller, TriggerPoll};
 use crate::settings::Settings;
-use crate::store::webhook::StoredSubscription;
+use crate::store::webhook::{RefsQueued, StoredSubscription};
 use crate::store::Store;
 use crate::supervision::RestartPacer;
 use crate::{health::Health, metrics as m};
@@ -82,8 +87,11 @@ impl Refusal {
 /// The change notifications of one POST, sorted: what to enqueue and what was refused.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SortedNotifications {
-    /// (mailbox, message id) for every accepted notification, in the order received.
+    /// (mailbox, message id) of every accepted notification, in the order received, each
+    /// message once.
     pub refs: Vec<(String, String)>,
+    /// Accepted notifications of a message already in `refs` (repeats within the POST).
+    pub repeated: usize,
     /// One entry per refused notification.
     pub refused: Vec<Refusal>,
 }
@@ -118,8 +126,10 @@ pub fn sort_notifications(
 ) -> SortedNotifications {
     let mut sorted = SortedNotifications {
         refs: Vec::with_capacity(items.len()),
+        repeated: 0,
         refused: Vec::new(),
     };
+    let mut seen = std::collections::HashSet::new();
     for n in items {
         if !client_state_matches(n.client_state.as_deref(), client_state) {
             sorted.refused.push(Refusal::ClientState);
@@ -130,6 +140,7 @@ pub fn sort_notifications(
             continue;
         };
         match notified_message_id(n) {
+            Some(id) if !seen.insert((mailbox.as_str(), id.clone())) => sorted.repeated += 1,
             Some(id) => sorted.refs.push((mailbox.clone(), id)),
             None => sorted.refused.push(Refusal::NoMessageId),
         }
@@ -140,17 +151,24 @@ pub fn sort_notifications(
 /// What became of a notification POST.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, MessageResponse)]
 pub struct Received {
+    /// Items taken: queued now, or about a message queued already.
     pub accepted: usize,
+    /// Of the accepted, those about a message queued already (not queued again).
+    pub duplicates: usize,
     pub rejected: usize,
 }
 
-/// The notifications could not be made durable: answer 503 so that Graph retries.
+/// The notifications were not taken: answer 503 so that Graph re-sends them.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot store notifications: {0}")]
-pub struct NotStored(pub String);
+pub enum NotTaken {
+    #[error("cannot store notifications: {0}")]
+    NotStored(String),
+    #[error("the backlog ({backlog} entries) is above pipeline.max_backlog ({max}): intake paused until MS4 catches up")]
+    Backlogged { backlog: u64, max: u64 },
+}
 
 #[derive(Message)]
-#[rtype(result = "Result<Received, NotStored>")]
+#[rtype(result = "Result<Received, NotTaken>")]
 pub struct Notifications(pub Vec<Notification>);
 
 #[derive(Message)]
@@ -229,7 +247,7 @@ impl WebhookReceiver {
     }
 
     fn client_state_ok(&self, given: Option<&str>) -> bool {
-        client_state_matches(given, &self.settings.webhook.client_state)
+        client_state_matches(given, self.settings.webhook.client_state.expose())
     }
 
     /// Arms the renewal of `mailbox` at `expiration - renew_before`.
@@ -308,12 +326,12 @@ impl Supervised for WebhookReceiver {
 }
 
 impl Handler<Notifications> for WebhookReceiver {
-    type Result = ResponseFuture<Result<Received, NotStored>>;
+    type Result = ResponseFuture<Result<Received, NotTaken>>;
 
     fn handle(&mut self, msg: Notifications, _ctx: &mut Context<Self>) -> Self::Result {
         let sorted = sort_notifications(
             &msg.0,
-            &self.settings.webhook.client_state,
+            self.settings.webhook.client_state.expose(),
             &self.subscriptions,
         );
         for refusal in &sorted.refused {
@@ -322,6 +340,7 @@ impl Handler<Notifications> for WebhookReceiver {
         }
         let mut received = Received {
             accepted: 0,
+            duplicates: 0,
             rejected: sorted.refused.len(),
         };
         if received.rejected > 0 {
@@ -330,18 +349,31 @@ impl Handler<Notifications> for WebhookReceiver {
                 "rejected webhook notifications (wrong clientState, unknown subscription or no message id)"
             );
         }
-        let refs = sorted.refs;
+        let (refs, repeated) = (sorted.refs, sorted.repeated);
         let store = self.store.clone();
+        let ttl = self.settings.redis.idempotency_ttl_s;
+        let max = self.settings.pipeline.max_backlog;
         Box::pin(async move {
+            if refs.is_empty() {
+                return Ok(received);
+            }
             let pairs: Vec<(&str, &str)> =
                 refs.iter().map(|(m, i)| (m.as_str(), i.as_str())).collect();
-            store
-                .add_refs(&pairs)
-                .await
-                .map_err(|e| NotStored(e.to_string()))?;
-            received.accepted = refs.len();
+            let added = match store.add_refs(&pairs, ttl, max).await {
+                Err(e) => return Err(NotTaken::NotStored(e.to_string())),
+                Ok(RefsQueued::Backlogged { backlog }) => {
+                    metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => "backlogged")
+                        .increment((refs.len() + repeated) as u64);
+                    return Err(NotTaken::Backlogged { backlog, max });
+                }
+                Ok(RefsQueued::Added(n)) => n as usize,
+            };
+            received.accepted = refs.len() + repeated;
+            received.duplicates = received.accepted - added;
             metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => "accepted")
-                .increment(refs.len() as u64);
+                .increment(added as u64);
+            metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => "duplicate")
+                .increment(received.duplicates as u64);
             Ok(received)
         })
     }
@@ -473,7 +505,7 @@ impl Handler<Renew> for WebhookReceiver {
                         &notification_url,
                         &lifecycle_url,
                         &expiration,
-                        &client_state,
+                        client_state.expose(),
                     )
                     .await
                     .map(|s| (s, true)),
@@ -619,6 +651,7 @@ mod tests {
                 ("mb@x".to_string(), "E".to_string())
             ]
         );
+        assert_eq!(sorted.repeated, 0);
         assert_eq!(
             sorted.refused,
             vec![
@@ -630,6 +663,31 @@ mod tests {
                 Refusal::UnknownSubscription,
             ]
         );
+    }
+
+    #[test]
+    fn repeats_of_a_message_within_a_post_are_queued_once() {
+        let body = br#"{"value":[
+            {"subscriptionId":"s1","clientState":"secret","resourceData":{"id":"A"}},
+            {"subscriptionId":"s1","clientState":"secret","resource":"Users/g/Messages/A"},
+            {"subscriptionId":"s2","clientState":"secret","resourceData":{"id":"A"}},
+            {"subscriptionId":"s1","clientState":"secret","resourceData":{"id":"A"}}
+        ]}"#;
+        let batch = parse_notifications(body).unwrap();
+        let subs = HashMap::from([
+            ("s1".to_string(), "mb@x".to_string()),
+            ("s2".to_string(), "other@x".to_string()),
+        ]);
+        let sorted = sort_notifications(&batch.value, "secret", &subs);
+        assert_eq!(
+            sorted.refs,
+            vec![
+                ("mb@x".to_string(), "A".to_string()),
+                ("other@x".to_string(), "A".to_string())
+            ],
+            "the same id in another mailbox is another message"
+        );
+        assert_eq!(sorted.repeated, 2);
     }
 
     #[test]

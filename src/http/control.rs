@@ -1,6 +1,8 @@
-//! The control API. `/health` and `/ready` need no token (load balancers, systemd); every other
-//! route needs `Authorization: Bearer <control.token>` (when one is set), compared in constant
-//! time. Bodies are JSON (415 otherwise), at most 64 KiB (413), unknown fields are refused
+//! The control API. `/health` and `/ready` need no token (load balancers, systemd): without
+//! it `/ready` shows the states only (its status code, 200 or 503, is the same either way);
+//! with it, also the reasons and the degraded sources (their text names users and hosts and
+//! quotes the servers). Every other route needs `Authorization: Bearer <control.token>` (when
+//! one is set), compared in constant time. Bodies are JSON (415 otherwise), at most 64 KiB (413), unknown fields are refused
 //! (400). Errors are `{"error":{"code","message"}}` with the right status. Handlers validate and
 //! send one message to an actor; `GET /openapi.json` describes every route.
 
@@ -15,6 +17,7 @@ use ms1_actors::session::{
     GetHistory, GetStatus, PollingMode, SessionError, SessionManager, StartSession, StopSession,
     TriggerPolling,
 };
+use ms1_actors::settings::Secret;
 use ms1_actors::store::dlq::DeadLetterFilter;
 use ms1_actors::store::streams::is_entry_id;
 use ms1_actors::store::Entry;
@@ -30,7 +33,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub struct ControlState {
     pub health: Health,
     pub prometheus: PrometheusHandle,
-    pub token: String,
+    pub token: Secret,
     pub session: Addr<SessionManager>,
     pub dead_letters: Addr<DeadLetterOffice>,
     /// Defaults of `POST /session/start`.
@@ -63,8 +66,12 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status)
-            .json(json!({"error": {"code": self.code, "message": self.message}}))
+        let mut answer = HttpResponse::build(self.status);
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still be on its way: do not wait for it.
+            answer.force_close();
+        }
+        answer.json(json!({"error": {"code": self.code, "message": self.message}}))
     }
 }
 
@@ -100,14 +107,18 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "alive"}))
 }
 
-async fn ready(state: web::Data<ControlState>) -> HttpResponse {
+async fn ready(state: web::Data<ControlState>, req: HttpRequest) -> HttpResponse {
     let r = state.health.readiness();
     let status = if r.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    HttpResponse::build(status).json(r)
+    if authorize(&req, state.token.expose()).is_ok() {
+        HttpResponse::build(status).json(r)
+    } else {
+        HttpResponse::build(status).json(r.public())
+    }
 }
 
 async fn prometheus(state: web::Data<ControlState>) -> HttpResponse {
@@ -125,7 +136,7 @@ async fn require_token(
         .app_data::<web::Data<ControlState>>()
         .map(|s| s.token.clone())
         .unwrap_or_default();
-    authorize(req.request(), &token)?;
+    authorize(req.request(), token.expose())?;
     next.call(req).await
 }
 

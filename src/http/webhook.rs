@@ -7,24 +7,41 @@
 //! echoed only in the body, and only when it is 1–1,024 bytes of UTF-8 without control
 //! characters (no CR/LF); anything else, and every body that is too big or not a notification
 //! batch, gets a 4xx with the API's JSON error.
+//!
+//! Served on `webhook.bind` when set (the only port to expose to Graph; the control listener
+//! then does not serve these routes), else on the control listener. Limits: a body must arrive
+//! within `webhook.body_timeout_ms` after the head (408 otherwise: a client trickling a body
+//! does not keep the connection), at most [`MAX_BODY`] bytes (413), at most
+//! `webhook.max_notifications_per_post` items (413, nothing taken). While the pipeline's
+//! backlog is above `pipeline.max_backlog` notifications get 503 with `Retry-After`.
 
 use super::control::ApiError;
 use actix::Addr;
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse, ResponseError};
+use ms1_actors::webhook::NotTaken;
 use ms1_actors::webhook::{
     parse_notifications, LifecycleEvents, NotificationBatch, Notifications, WebhookReceiver,
 };
 use percent_encoding::percent_decode;
 use serde_json::json;
+use std::time::Duration;
 
 /// Longest validation token echoed back (Graph's are about 150 characters).
 const MAX_TOKEN: usize = 1_024;
 /// Largest notification body taken.
 pub const MAX_BODY: usize = 1024 * 1024;
 
-/// The receiver, when webhooks are enabled.
+/// What the webhook routes need: the receiver (when webhooks are enabled) and the limits.
 #[derive(Clone)]
-pub struct WebhookState(pub Option<Addr<WebhookReceiver>>);
+pub struct WebhookState {
+    pub receiver: Option<Addr<WebhookReceiver>>,
+    /// `webhook.max_notifications_per_post`.
+    pub max_items: usize,
+    /// `webhook.body_timeout_ms`.
+    pub body_timeout: Duration,
+    /// `webhook.backlog_retry_after_s`.
+    pub retry_after_s: u64,
+}
 
 fn bad_token() -> HttpResponse {
     ApiError::new(
@@ -62,7 +79,7 @@ fn validation(token: &str) -> HttpResponse {
 }
 
 fn receiver(state: &WebhookState) -> Result<&Addr<WebhookReceiver>, ApiError> {
-    state.0.as_ref().ok_or_else(|| {
+    state.receiver.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "webhooks_disabled",
@@ -81,8 +98,13 @@ fn parse(body: &[u8]) -> Result<NotificationBatch, ApiError> {
     })
 }
 
-/// Reads the body, at most [`MAX_BODY`] bytes (413 past that, announced or not).
-async fn read_body(req: &HttpRequest, payload: web::Payload) -> Result<web::Bytes, ApiError> {
+/// Reads the body, at most [`MAX_BODY`] bytes (413 past that, announced or not), within
+/// `timeout` (408 past that).
+async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    timeout: Duration,
+) -> Result<web::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -98,14 +120,22 @@ async fn read_body(req: &HttpRequest, payload: web::Payload) -> Result<web::Byte
     if announced.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large());
     }
-    match payload.to_bytes_limited(MAX_BODY).await {
-        Ok(Ok(body)) => Ok(body),
-        Ok(Err(e)) => Err(ApiError::new(
+    match tokio::time::timeout(timeout, payload.to_bytes_limited(MAX_BODY)).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the body did not arrive within {} ms (webhook.body_timeout_ms)",
+                timeout.as_millis()
+            ),
+        )),
+        Ok(Ok(Ok(body))) => Ok(body),
+        Ok(Ok(Err(e))) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
             format!("the body could not be read: {e}"),
         )),
-        Err(_) => Err(too_large()),
+        Ok(Err(_)) => Err(too_large()),
     }
 }
 
@@ -118,9 +148,21 @@ async fn accept(
     if let Some(token) = validation_token(req.query_string()) {
         return Ok(Err(token.as_deref().map_or_else(bad_token, validation)));
     }
-    let body = read_body(req, payload).await?;
+    let body = read_body(req, payload, state.body_timeout).await?;
     let receiver = receiver(state)?.clone();
-    Ok(Ok((receiver, parse(&body)?)))
+    let batch = parse(&body)?;
+    if batch.value.len() > state.max_items {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_notifications",
+            format!(
+                "{} items in one POST; at most {} are taken (webhook.max_notifications_per_post): nothing was taken",
+                batch.value.len(),
+                state.max_items
+            ),
+        ));
+    }
+    Ok(Ok((receiver, batch)))
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
@@ -148,16 +190,32 @@ async fn notifications(
         Ok(work) => work,
         Err(handshake) => return Ok(handshake),
     };
-    let received = receiver
+    let received = match receiver
         .send(Notifications(batch.value))
         .await
         .map_err(unavailable)?
-        .map_err(unavailable)?;
+    {
+        Ok(received) => received,
+        Err(e @ NotTaken::Backlogged { .. }) => {
+            let mut answer =
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "backlogged", e.to_string())
+                    .error_response();
+            answer.headers_mut().insert(
+                actix_web::http::header::RETRY_AFTER,
+                state.retry_after_s.into(),
+            );
+            return Ok(answer);
+        }
+        Err(e) => return Err(unavailable(e)),
+    };
     if received.accepted == 0 && received.rejected > 0 {
         return Err(none_accepted("notification"));
     }
-    Ok(HttpResponse::Accepted()
-        .json(json!({"accepted": received.accepted, "rejected": received.rejected})))
+    Ok(HttpResponse::Accepted().json(json!({
+        "accepted": received.accepted,
+        "duplicates": received.duplicates,
+        "rejected": received.rejected,
+    })))
 }
 
 async fn lifecycle(
@@ -186,6 +244,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/notifications", web::post().to(notifications))
             .route("/lifecycle", web::post().to(lifecycle)),
     );
+}
+
+/// The webhook routes alone, for their own listener (`webhook.bind`): anything else is 404.
+pub fn listener_routes(cfg: &mut web::ServiceConfig) {
+    routes(cfg);
+    cfg.default_service(web::to(|| async {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route (this listener serves /webhook/notifications and /webhook/lifecycle only)",
+        )
+        .error_response()
+    }));
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 
 use crate::clients::oauth::{Grant, OAuthError, TokenSource};
 use crate::clients::xoauth2;
-use crate::settings::{resolve_secret, ImapAuth, ImapSource, ImapTls};
+use crate::settings::{ImapAuth, ImapSource, ImapTls, Secret};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::future::Future;
@@ -138,7 +138,7 @@ pub struct Caps {
 /// Opens logged-in sessions to one source. Not `Send` (the token source uses awc).
 pub struct Connector {
     source: ImapSource,
-    password: String,
+    password: Secret,
     tls: Option<Arc<rustls::ClientConfig>>,
     tokens: Option<Rc<TokenSource>>,
     timeout: Duration,
@@ -152,16 +152,16 @@ impl Connector {
             _ => Some(Arc::new(tls_config(&source.ca_file)?)),
         };
         let (password, tokens) = match source.auth {
-            ImapAuth::Password => (resolve_secret(&source.password)?, None),
+            ImapAuth::Password => (source.password.clone(), None),
             ImapAuth::Xoauth2 => {
                 let grant = Grant::RefreshToken {
                     client_id: source.client_id.clone(),
-                    client_secret: resolve_secret(&source.client_secret)?,
-                    refresh_token: resolve_secret(&source.refresh_token)?,
+                    client_secret: source.client_secret.clone(),
+                    refresh_token: source.refresh_token.clone(),
                     scope: source.scope.clone(),
                 };
                 let tokens = TokenSource::new(source.token_url.clone(), grant, timeout);
-                (String::new(), Some(Rc::new(tokens)))
+                (Secret::default(), Some(Rc::new(tokens)))
             }
         };
         Ok(Self {
@@ -304,7 +304,7 @@ impl Connector {
         };
         match &self.tokens {
             None => client
-                .login(&src.username, &self.password)
+                .login(&src.username, self.password.expose())
                 .await
                 .map_err(|(e, _)| refused("LOGIN", e.to_string())),
             Some(tokens) => {

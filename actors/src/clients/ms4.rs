@@ -117,7 +117,7 @@ pub fn batch_body<'a>(records: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
 pub struct Ms4Client {
     http: awc::Client,
     url: String,
-    api_key: String,
+    api_key: crate::secret::Secret,
 }
 
 impl Ms4Client {
@@ -140,7 +140,7 @@ impl Ms4Client {
         let mut resp = self
             .http
             .post(&self.url)
-            .insert_header(("X-API-Key", self.api_key.as_str()))
+            .insert_header(("X-API-Key", self.api_key.expose()))
             .insert_header(("Idempotency-Key", idempotency_key))
             .insert_header(("Content-Type", "application/json"))
             .send_body(body)

@@ -6,6 +6,7 @@
 //! fresh one and retries once. The client secret and the tokens never appear in logs, in
 //! errors, or in Redis.
 
+use crate::secret::Secret;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -16,14 +17,14 @@ pub enum Grant {
     /// App-only: `grant_type=client_credentials`.
     ClientCredentials {
         client_id: String,
-        client_secret: String,
+        client_secret: Secret,
         scope: String,
     },
     /// Delegated: `grant_type=refresh_token` (Gmail/Outlook IMAP).
     RefreshToken {
         client_id: String,
-        client_secret: String,
-        refresh_token: String,
+        client_secret: Secret,
+        refresh_token: Secret,
         scope: String,
     },
 }
@@ -140,7 +141,7 @@ impl TokenSource {
                 scope,
             } => vec![
                 ("client_id", client_id),
-                ("client_secret", client_secret),
+                ("client_secret", client_secret.expose()),
                 ("scope", scope),
                 ("grant_type", "client_credentials"),
             ],
@@ -152,11 +153,11 @@ impl TokenSource {
             } => {
                 let mut f = vec![
                     ("client_id", client_id.as_str()),
-                    ("refresh_token", refresh_token.as_str()),
+                    ("refresh_token", refresh_token.expose()),
                     ("grant_type", "refresh_token"),
                 ];
                 if !client_secret.is_empty() {
-                    f.push(("client_secret", client_secret));
+                    f.push(("client_secret", client_secret.expose()));
                 }
                 if !scope.is_empty() {
                     f.push(("scope", scope));

@@ -67,6 +67,12 @@ impl Keys {
         format!("{}queued:{}", self.prefix, idempotency_key)
     }
 
+    /// Intake mark of a webhook ref: the message `id` of `mailbox` is queued already (a
+    /// repeated notification is not queued again).
+    pub fn ref_queued(&self, mailbox: &str, id: &str) -> String {
+        format!("{}queued:ref:{}:{}", self.prefix, mailbox, id)
+    }
+
     /// Fleet-wide counters (processed, delivered, dead_lettered, duplicates), updated in the
     /// same MULTI/EXEC as the work they count.
     pub fn stats(&self) -> String {
@@ -193,6 +199,7 @@ mod tests {
             all.extend([
                 k.seen(n),
                 k.queued(n),
+                k.ref_queued(n, n),
                 k.session(n),
                 k.rate_tat(n),
                 k.graph_in_flight(n),

@@ -2,7 +2,6 @@
 //! renews instead of re-creating), and notification refs written to the inbound stream.
 
 use super::{Store, StoreResult};
-use crate::processor::inbound_fields as f;
 
 /// A mailbox's Graph subscription as persisted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,30 +54,44 @@ impl Store {
         Ok(())
     }
 
-    /// Writes notification refs (`(mailbox, message id)`) to the inbound stream in one
-    /// MULTI/EXEC: durable before the webhook answers 202.
-    pub async fn add_refs(&self, refs: &[(&str, &str)]) -> StoreResult<()> {
-        if refs.is_empty() {
-            return Ok(());
-        }
-        let inbound = self.keys.inbound();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+    /// Queues notification refs (`(mailbox, message id)`) in the inbound stream in one
+    /// script (a transaction): durable before the webhook answers 202. A ref already queued
+    /// (its `queued:ref:` mark lives `mark_ttl_s`) is skipped, so a message notified five
+    /// times costs one Graph GET. Nothing is written while the backlog (inbound + outbound) is
+    /// above `max_backlog`.
+    pub async fn add_refs(
+        &self,
+        refs: &[(&str, &str)],
+        mark_ttl_s: u64,
+        max_backlog: u64,
+    ) -> StoreResult<RefsQueued> {
+        let mut inv = REFS.prepare_invoke();
+        inv.key(self.keys.inbound())
+            .key(self.keys.outbound())
+            .arg(mark_ttl_s)
+            .arg(max_backlog);
         for (mailbox, id) in refs {
-            pipe.cmd("XADD")
-                .arg(&inbound)
-                .arg("*")
-                .arg(f::SOURCE)
-                .arg("graph")
-                .arg(f::KIND)
-                .arg("ref")
-                .arg(f::MAILBOX)
+            inv.key(self.keys.ref_queued(mailbox, id))
                 .arg(*mailbox)
-                .arg(f::MESSAGE_ID)
-                .arg(*id)
-                .ignore();
+                .arg(*id);
         }
-        let _: redis::Value = pipe.query_async(&mut self.conn()).await?;
-        Ok(())
+        let (over, n): (i64, u64) = inv.invoke_async(&mut self.conn()).await?;
+        Ok(if over == 1 {
+            RefsQueued::Backlogged { backlog: n }
+        } else {
+            RefsQueued::Added(n)
+        })
     }
 }
+
+/// What [`Store::add_refs`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefsQueued {
+    /// This many refs were new and queued (the others were queued before).
+    Added(u64),
+    /// Nothing was written: the backlog holds this many entries.
+    Backlogged { backlog: u64 },
+}
+
+static REFS: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("webhook_refs.lua")));

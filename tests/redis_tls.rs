@@ -266,10 +266,17 @@ fn tls_files_that_are_not_readable_files_are_refused_at_start_by_key() {
     let (ok, err) = check(&[
         url,
         ("MS1__REDIS__CLIENT_CERT", "/nonexistent/client.pem"),
-        ("MS1__REDIS__CLIENT_KEY", "env:NOT_SET_ANYWHERE"),
+        ("MS1__REDIS__CLIENT_KEY", "-----BEGIN PRIVATE KEY-----"),
     ]);
     assert!(!ok);
     assert!(err.contains("redis.client_cert"), "{err}");
+    // A secret that cannot be resolved is refused at load, naming its key.
+    let (ok, err) = check(&[url, ("MS1__REDIS__CLIENT_KEY", "env:NOT_SET_ANYWHERE")]);
+    assert!(!ok);
+    assert!(
+        err.contains("redis.client_key") && err.contains("NOT_SET_ANYWHERE"),
+        "{err}"
+    );
     // A CA file for a plain redis:// URL is a mistake worth saying.
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, "x").unwrap();

@@ -23,12 +23,14 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let latency_buckets = [
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     ];
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(m::MS4_LATENCY.into()), &latency_buckets)?
         .set_buckets_for_metric(Matcher::Full(m::RATE_WAIT.into()), &latency_buckets)?
         .set_quantiles(&[0.5, 0.9, 0.99, 0.999, 1.0])?
         .install_recorder()
-        .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))
+        .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))?;
+    m::register_counters();
+    Ok(handle)
 }
 
 /// Installs the process-wide TLS provider awc needs (once; later calls are no-ops).

@@ -324,3 +324,252 @@ fn one_refusing_mailbox_never_holds_back_the_other_mailboxes_follow_ups() {
             .is_none()
     }));
 }
+
+/// A mail that arrives first with a predictable Message-ID (`<INV-1043@vendor.example>`) cannot
+/// make the genuine invoice with that Message-ID a silent duplicate: the genuine one is
+/// delivered under the key and its content digest, and counted; true repeats (the same mail
+/// again, or its copy in another mailbox) stay deduplicated.
+#[test]
+fn a_forged_message_id_cannot_suppress_the_genuine_invoice() {
+    let world = World::with_graph(&["--rate-limit-per-min", "0"], &[]);
+    let [first, second, _] = common::MAILBOXES;
+    let daemon = world.graph_daemon(&[]);
+    let imid = "<INV-1043@vendor.example>";
+    let mail = |mailbox: &str, from: &str, subject: &str, sent: &str| {
+        world.graph().post(
+            "/_sim/mail",
+            json!({"mailbox": mailbox, "count": 1, "set": {
+                "internetMessageId": imid,
+                "from": {"emailAddress": {"address": from}},
+                "subject": subject,
+                "sentDateTime": sent,
+            }}),
+        );
+    };
+    // The forgery comes first.
+    mail(
+        first,
+        "billing@vendor-payments.example",
+        "Invoice INV-1043",
+        "2026-11-29T08:00:00Z",
+    );
+    world.wait_delivered(1, MINUTE, &daemon);
+    // The genuine invoice, same Message-ID, other sender and date.
+    mail(
+        first,
+        "billing@vendor.example",
+        "Invoice INV-1043",
+        "2026-11-29T09:30:00Z",
+    );
+    world.wait_delivered(2, MINUTE, &daemon);
+    // True repeats: the genuine one again through a distribution list into another mailbox,
+    // and the forgery again.
+    mail(
+        second,
+        "Billing@Vendor.example",
+        "Invoice INV-1043",
+        "2026-11-29T09:30:00Z",
+    );
+    mail(
+        first,
+        "billing@vendor-payments.example",
+        "Invoice INV-1043",
+        "2026-11-29T08:00:00Z",
+    );
+    // A message after them shows the repeats were polled and processed.
+    world.mail(second, 1);
+    world.wait_delivered(3, MINUTE, &daemon);
+    assert!(common::wait_until(Duration::from_secs(5), || daemon
+        .metric("ms1_emails_duplicate_total")
+        >= 2.0
+        || world.xlen("inbound") == 0));
+    std::thread::sleep(Duration::from_secs(2));
+    let keys = world.ms4.keys();
+    let ours: Vec<&String> = keys.iter().filter(|k| k.starts_with(imid)).collect();
+    assert_eq!(
+        ours.len(),
+        2,
+        "the forgery and the genuine invoice: {keys:?}"
+    );
+    assert!(ours.iter().any(|k| *k == imid), "{ours:?}");
+    assert!(
+        ours.iter().any(|k| k.starts_with(&format!("{imid}#"))),
+        "{ours:?}"
+    );
+    assert_eq!(world.ms4.stats()["unique_records"], 3);
+    assert_eq!(world.ms4.stats()["duplicate_records"], 0);
+    assert_eq!(daemon.metric("ms1_key_conflicts_total"), 1.0);
+    world.assert_drained();
+}
+
+/// Runs `ms1-ingestor check-config` with `env` on top of the built-in defaults; returns
+/// whether it passed and what it printed on stderr.
+fn check_config(env: &[(&str, &str)]) -> (bool, String) {
+    let out = std::process::Command::new(common::BIN)
+        .arg("check-config")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Settings that cannot work are refused at start with the key named: a batch larger than
+/// MS4 accepts, plain http:// carrying credentials off the machine, an interval no timer can
+/// hold. (Before, the daemon started and every batch came back 400, the key crossed the
+/// network in clear text, or a timer overflowed and the daemon panicked.)
+#[test]
+fn settings_that_cannot_work_are_refused_at_start() {
+    for (env, key) in [
+        (("MS1__MS4__BATCH_SIZE", "500"), "ms4.batch_size"),
+        (
+            ("MS1__MS4__BASE_URL", "http://ms4.example.com"),
+            "ms4.base_url",
+        ),
+        (
+            ("MS1__GRAPH__BASE_URL", "http://graph.example.com/v1.0"),
+            "graph.base_url",
+        ),
+        (
+            ("MS1__GRAPH__AUTHORITY", "http://login.example.com/{tenant}"),
+            "graph.authority",
+        ),
+        (
+            ("MS1__GRAPH__POLL_INTERVAL_S", "18446744073709551"),
+            "graph.poll_interval_s",
+        ),
+        (
+            ("MS1__BREAKER__OPEN_MS", "18446744073709551615"),
+            "breaker.open_ms",
+        ),
+    ] {
+        let (ok, err) = check_config(&[env]);
+        assert!(!ok, "{env:?} must be refused");
+        assert!(err.contains(key), "{env:?}: {err}");
+    }
+    let (ok, err) = check_config(&[
+        ("MS1__MS4__BASE_URL", "http://127.0.0.1:8400"),
+        ("MS1__MS4__BATCH_SIZE", "100"),
+    ]);
+    assert!(ok, "{err}");
+}
+
+/// A fresh daemon exports its counters at 0 before its first message, so `rate()` and
+/// absence alerts work from the start.
+#[test]
+fn counters_exist_at_zero_on_a_fresh_daemon() {
+    let world = World::new(&["--rate-limit-per-min", "0"]);
+    let daemon = world.daemon(&[]);
+    let text = daemon.metrics();
+    for series in [
+        "ms1_emails_received_total 0",
+        "ms1_emails_processed_total 0",
+        "ms1_emails_delivered_total 0",
+        "ms1_emails_duplicate_total 0",
+        "ms1_key_conflicts_total 0",
+        "ms1_emails_dead_lettered_total{stage=\"process\"} 0",
+        "ms1_emails_dead_lettered_total{stage=\"deliver\"} 0",
+        "ms1_ms4_requests_total{outcome=\"accepted\"} 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == series),
+            "missing `{series}` in:\n{text}"
+        );
+    }
+}
+
+/// A dead letter keeps what its message needs after delivery: replayed once MS4 accepts it,
+/// the message is marked read (Graph unread mode); an IMAP entry keeps its UID, UIDVALIDITY
+/// and INTERNALDATE through the dead-letter stream and back.
+#[test]
+fn a_replayed_dead_letter_still_gets_its_after_delivery_action() {
+    let world = World::with_graph(&["--rate-limit-per-min", "0"], &[]);
+    let mailbox = common::MAILBOXES[0];
+    world.graph().post(
+        "/_sim/mail",
+        json!({"mailbox": mailbox, "count": 20, "invalid": 4}),
+    );
+    let daemon = world.graph_daemon(&[("MS1__GRAPH__MODE", "unread")]);
+    world.wait_delivered(16, MINUTE, &daemon);
+    assert!(common::wait_until(MINUTE, || world.dead_letters().len()
+        == 4
+        && messages(&world, mailbox).1 == 4));
+    let dead = world.dead_letters();
+    assert!(
+        dead.iter().all(|d| d.get("carry.mid").is_some()),
+        "{dead:?}"
+    );
+    world.ms4.configure(json!({"lenient_sender": true}));
+    let (code, body) = common::post(
+        &format!("{}/dlq/replay", daemon.control),
+        &json!({"filter": {"stage": "deliver"}}).to_string(),
+    );
+    assert_eq!(code, 200, "{body}");
+    world.wait_delivered(20, MINUTE, &daemon);
+    assert!(
+        common::wait_until(MINUTE, || messages(&world, mailbox).1 == 0),
+        "replayed messages stay unread: {}",
+        messages(&world, mailbox).1
+    );
+
+    // IMAP: an entry that cannot be a record (no From) keeps its UID and dates through the
+    // dead-letter stream, its replay, and the dead letter it becomes again.
+    use base64::Engine;
+    let raw = b"Subject: no sender\r\nMessage-ID: <x1@imap.example>\r\n\r\nbody\r\n";
+    let mut con = world.redis();
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{}stream:inbound", common::PREFIX))
+        .arg("*")
+        .arg("source")
+        .arg("imap")
+        .arg("mailbox")
+        .arg("gmail")
+        .arg("payload")
+        .arg(base64::engine::general_purpose::STANDARD.encode(raw))
+        .arg("mark_read")
+        .arg("1")
+        .arg("uid")
+        .arg("42")
+        .arg("uidvalidity")
+        .arg("7")
+        .arg("internal_date")
+        .arg("2026-11-29T10:00:00Z")
+        .query(&mut con)
+        .unwrap();
+    let imap_dead = || {
+        world
+            .dead_letters()
+            .into_iter()
+            .filter(|d| d["source"] == "imap")
+            .collect::<Vec<_>>()
+    };
+    assert!(common::wait_until(MINUTE, || imap_dead().len() == 1));
+    let carried = |d: &std::collections::HashMap<String, String>| {
+        [
+            "carry.uid",
+            "carry.uidvalidity",
+            "carry.internal_date",
+            "carry.mark_read",
+        ]
+        .map(|k| d.get(k).cloned().unwrap_or_default())
+    };
+    let first = imap_dead()[0]["entry_id"].clone();
+    let before = carried(&imap_dead()[0]);
+    assert_eq!(
+        before,
+        ["42", "7", "2026-11-29T10:00:00Z", "1"].map(String::from)
+    );
+    let (code, body) = common::post(
+        &format!("{}/dlq/replay", daemon.control),
+        &json!({"filter": {"stage": "process"}}).to_string(),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(common::wait_until(MINUTE, || {
+        let d = imap_dead();
+        d.len() == 1 && d[0]["entry_id"] != first && carried(&d[0]) == before
+    }));
+}

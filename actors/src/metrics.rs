@@ -59,3 +59,50 @@ pub const PARKED_ENTRIES: &str = "ms1_parked_entries";
 /// Follow-ups (mark read, IMAP actions) waiting for their target to answer again, by `worker`
 /// and `target`.
 pub const AFTER_DELIVERY_WAITING: &str = "ms1_after_delivery_waiting";
+/// Records whose idempotency key (Message-ID) arrived again with other content, delivered
+/// under the key and their content digest.
+pub const KEY_CONFLICTS: &str = "ms1_key_conflicts_total";
+
+/// Creates the counters that `rate()` and absence alerts watch, at 0, so a fresh daemon
+/// exports them before its first message (a counter otherwise appears only when first
+/// incremented, and `rate()` over a series that springs into existence misses its first
+/// increase).
+pub fn register_counters() {
+    for name in [
+        RECEIVED,
+        PROCESSED,
+        DELIVERED,
+        DUPLICATES,
+        KEY_CONFLICTS,
+        MARKED_READ,
+        TOKEN_REFRESHES,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for mode in ["delta", "unread", "imap"] {
+        metrics::counter!(POLLED, "mode" => mode).increment(0);
+    }
+    for stage in ["process", "deliver", "mark_read"] {
+        metrics::counter!(DEAD_LETTERED, "stage" => stage).increment(0);
+    }
+    for outcome in [
+        "accepted",
+        "rejected",
+        "unauthorized",
+        "throttled",
+        "transient",
+    ] {
+        metrics::counter!(MS4_REQUESTS, "outcome" => outcome).increment(0);
+    }
+    for outcome in [
+        "ok",
+        "throttled",
+        "unauthorized",
+        "gone",
+        "not_found",
+        "transient",
+        "rejected",
+    ] {
+        metrics::counter!(GRAPH_REQUESTS, "outcome" => outcome).increment(0);
+    }
+}

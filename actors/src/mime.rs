@@ -75,9 +75,12 @@ pub fn mime_to_record(
             size: a.contents().len() as u64,
         })
         .collect();
+    let subject = msg.subject().unwrap_or("").to_string();
+    let sent = msg.date().map(|d| d.to_rfc3339()).unwrap_or_default();
     Ok(Ms4Record {
+        content_digest: crate::model::content_digest(&sender, &subject, &sent),
         id,
-        subject: msg.subject().unwrap_or("").to_string(),
+        subject,
         has_attachments: !attachments.is_empty(),
         sender,
         received_date_time: date.to_rfc3339_opts(SecondsFormat::Secs, true),

@@ -65,6 +65,45 @@ pub struct Ms4Record {
     #[serde(rename = "bodyPreview")]
     pub body_preview: String,
     pub attachments: Vec<AttachmentMeta>,
+    /// What the sender chose besides the Message-ID ([`content_digest`]): two messages with one
+    /// key and different digests are two messages (a forged or reused Message-ID), not a
+    /// repeat. Not sent to MS4.
+    #[serde(skip)]
+    pub content_digest: String,
+}
+
+/// A digest of what tells two messages with the same Message-ID apart: the sender (case
+/// ignored), the subject and the date the sender gave (`sentDateTime` in Graph, the `Date`
+/// header in IMAP). Copies of one mail (delivered directly and through a distribution list, or
+/// into two mailboxes) share all three; a mail that reuses another's Message-ID does not. The
+/// size is left out on purpose: each copy has its own `Received` headers.
+pub fn content_digest(sender: &str, subject: &str, sent: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(sender.trim().to_lowercase().as_bytes());
+    h.update([0u8]);
+    h.update(subject.as_bytes());
+    h.update([0u8]);
+    h.update(sent.trim().as_bytes());
+    hex::encode(&h.finalize()[..8])
+}
+
+/// The key a record is delivered under when its idempotency key already names a message with
+/// other content: the key and the content digest, so each such message is delivered once.
+pub fn conflict_key(key: &str, digest: &str) -> String {
+    format!("{key}#{digest}")
+}
+
+/// The content digest of a Graph message (JSON) as the BatchProcessor will compute it, for the
+/// pollers' intake marks; `None` when it is not a Graph message with a sender.
+pub fn graph_digest(payload: &str) -> Option<String> {
+    let msg: GraphMessage = serde_json::from_str(payload).ok()?;
+    let sender = msg.from?.email_address?.address?;
+    Some(content_digest(
+        &sender,
+        msg.subject.as_deref().unwrap_or(""),
+        msg.sent_date_time.as_deref().unwrap_or(""),
+    ))
 }
 
 /// Why an inbound entry cannot become a record. The text goes into the dead letter.
@@ -95,6 +134,8 @@ struct GraphMessage {
     #[serde(default)]
     to_recipients: Option<Vec<GraphRecipient>>,
     received_date_time: Option<String>,
+    #[serde(default)]
+    sent_date_time: Option<String>,
     #[serde(default)]
     has_attachments: Option<bool>,
     #[serde(default)]
@@ -181,9 +222,16 @@ pub fn graph_to_record(
         Some(imid) => imid,
         None => format!("graph:{mailbox}:{id}"),
     };
+    let subject = msg.subject.unwrap_or_default();
+    let content_digest = content_digest(
+        &sender,
+        &subject,
+        msg.sent_date_time.as_deref().unwrap_or(""),
+    );
     Ok(Ms4Record {
         has_attachments: msg.has_attachments.unwrap_or(!attachments.is_empty()),
-        subject: msg.subject.unwrap_or_default(),
+        subject,
+        content_digest,
         sender,
         received_date_time,
         raw_message: opts.include_raw.then(|| payload.to_string()),

@@ -398,8 +398,9 @@ fn mode_name(mode: GraphMode) -> &'static str {
     }
 }
 
-/// The page's new messages with their idempotency keys (as the transform computes them).
-fn messages_of<'a>(page: &'a Page, mailbox: &str) -> Vec<(String, &'a str)> {
+/// The page's new messages with their idempotency keys and content digests (as the transform
+/// computes them).
+fn messages_of<'a>(page: &'a Page, mailbox: &str) -> Vec<(String, String, &'a str)> {
     page.items
         .iter()
         .filter(|i| !i.removed && !i.id.is_empty())
@@ -408,7 +409,8 @@ fn messages_of<'a>(page: &'a Page, mailbox: &str) -> Vec<(String, &'a str)> {
                 Some(imid) if !imid.is_empty() => imid.to_string(),
                 _ => format!("graph:{mailbox}:{}", i.id),
             };
-            (key, i.raw.as_str())
+            let digest = crate::model::graph_digest(&i.raw).unwrap_or_default();
+            (key, digest, i.raw.as_str())
         })
         .collect()
 }
@@ -436,7 +438,7 @@ mod tests {
         )
         .unwrap();
         let msgs = messages_of(&page, "mb@x.example");
-        let keys: Vec<&str> = msgs.iter().map(|(k, _)| k.as_str()).collect();
+        let keys: Vec<&str> = msgs.iter().map(|(k, ..)| k.as_str()).collect();
         assert_eq!(keys, vec!["<a@x>", "graph:mb@x.example:A2"]);
     }
 }

@@ -29,7 +29,7 @@ use crate::store::{DeadLetter, Entry, FollowUp, Handoff, OutboundRecord, Store, 
 use crate::supervision::RestartPacer;
 use crate::{health::Health, metrics as m};
 use actix::prelude::*;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -327,8 +327,6 @@ impl Work {
             }
         };
         let plan = plan_chunk(entries, &resolved, opts);
-        let keys: Vec<&str> = plan.records.iter().map(|r| r.key.as_str()).collect();
-        let seen = self.store.seen(&keys).await?;
         let mut handoff = Handoff {
             dead: plan.dead,
             done: entries.iter().map(|e| e.id.clone()).collect(),
@@ -336,12 +334,32 @@ impl Work {
             duplicates: plan.duplicates_in_chunk,
             parked: plan.parked,
         };
-        for (rec, was_seen) in plan.records.into_iter().zip(seen) {
-            if was_seen {
+        let keys: Vec<&str> = plan.records.iter().map(|r| r.key.as_str()).collect();
+        let marks = self.store.marks(&keys).await?;
+        let mut conflicts = Vec::new();
+        for (rec, mark) in plan.records.into_iter().zip(marks) {
+            match mark {
+                None => handoff.outbound.push(rec),
+                Some(m) if m == rec.digest || m == LEGACY_MARK => handoff.duplicates += 1,
+                // The key names a message with other content: this one is another message.
+                Some(_) => conflicts.push(renamed(rec)),
+            }
+        }
+        // Each message that reused a key is delivered once, under the key and its digest.
+        let keys: Vec<&str> = conflicts.iter().map(|r| r.key.as_str()).collect();
+        let marks = self.store.marks(&keys).await?;
+        let mut key_conflicts = plan.key_conflicts;
+        for (rec, mark) in conflicts.into_iter().zip(marks) {
+            if mark.is_some() {
                 handoff.duplicates += 1;
             } else {
+                key_conflicts += 1;
+                tracing::warn!(key = %rec.key, "a Message-ID arrived again with other content (sender, subject or date): delivered as a message of its own under the key and its content digest");
                 handoff.outbound.push(rec);
             }
+        }
+        if key_conflicts > 0 {
+            metrics::counter!(m::KEY_CONFLICTS).increment(key_conflicts);
         }
         let duplicates = handoff.duplicates;
         self.store
@@ -599,6 +617,21 @@ fn refuses_mailbox(e: &GraphError) -> bool {
     )
 }
 
+/// The value of idempotency marks written before marks carried content digests: it matches
+/// any content.
+const LEGACY_MARK: &str = "1";
+
+/// A record whose key already names a message with other content, renamed to the key and its
+/// content digest (the JSON MS4 receives carries the new key).
+fn renamed(mut rec: OutboundRecord) -> OutboundRecord {
+    rec.key = crate::model::conflict_key(&rec.key, &rec.digest);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&rec.json).expect("a record this processor serialized");
+    v["idempotency_key"] = serde_json::Value::String(rec.key.clone());
+    rec.json = v.to_string();
+    rec
+}
+
 /// The `/ready` name of a parked mailbox.
 fn park_key(mailbox: &str) -> String {
     format!("parked:{mailbox}")
@@ -664,6 +697,8 @@ struct ChunkPlan {
     records: Vec<OutboundRecord>,
     dead: Vec<DeadLetter>,
     parked: Vec<ParkedEntry>,
+    /// Records renamed because an earlier entry of the chunk had their key and other content.
+    key_conflicts: u64,
     /// Entries whose key appears earlier in the same chunk.
     duplicates_in_chunk: u64,
 }
@@ -672,7 +707,8 @@ fn plan_chunk(entries: &[Entry], resolved: &[Resolution], opts: TransformOptions
     use inbound_fields as f;
     let now = now_ms();
     let mut plan = ChunkPlan::default();
-    let mut keys_in_chunk = HashSet::with_capacity(entries.len());
+    // Key → content digest of the records planned so far.
+    let mut keys_in_chunk: HashMap<String, String> = HashMap::with_capacity(entries.len());
     for (e, resolution) in entries.iter().zip(resolved) {
         let mut fields = InboundFields {
             source: e.field(f::SOURCE),
@@ -695,6 +731,10 @@ fn plan_chunk(entries: &[Entry], resolved: &[Resolution], opts: TransformOptions
             response: String::new(),
             kind: e.field(f::KIND).unwrap_or("message").to_string(),
             source: e.field(f::SOURCE).unwrap_or("graph").to_string(),
+            carry: crate::store::dlq::carried(
+                e,
+                &[f::MARK_READ, f::UID, f::UIDVALIDITY, f::INTERNAL_DATE],
+            ),
         };
         match resolution {
             Resolution::AsIs => {}
@@ -723,17 +763,37 @@ fn plan_chunk(entries: &[Entry], resolved: &[Resolution], opts: TransformOptions
             }
         }
         match entry_to_record(&fields, opts) {
-            Ok(record) => {
-                if !keys_in_chunk.insert(record.idempotency_key.clone()) {
-                    plan.duplicates_in_chunk += 1;
-                    continue;
+            Ok(mut record) => {
+                match keys_in_chunk.get(&record.idempotency_key) {
+                    None => {}
+                    Some(digest) if *digest == record.content_digest => {
+                        plan.duplicates_in_chunk += 1;
+                        continue;
+                    }
+                    Some(_) => {
+                        record.idempotency_key = crate::model::conflict_key(
+                            &record.idempotency_key,
+                            &record.content_digest,
+                        );
+                        if keys_in_chunk.contains_key(&record.idempotency_key) {
+                            plan.duplicates_in_chunk += 1;
+                            continue;
+                        }
+                        tracing::warn!(key = %record.idempotency_key, "a Message-ID arrived again with other content (sender, subject or date): delivered as a message of its own under the key and its content digest");
+                        plan.key_conflicts += 1;
+                    }
                 }
+                keys_in_chunk.insert(
+                    record.idempotency_key.clone(),
+                    record.content_digest.clone(),
+                );
                 let json = serde_json::to_string(&record).expect("a record always serializes");
                 let mark_read = (e.field(f::MARK_READ) == Some("1"))
                     .then(|| follow_up(e, &record))
                     .flatten();
                 plan.records.push(OutboundRecord {
                     key: record.idempotency_key,
+                    digest: record.content_digest,
                     json,
                     inbound_ms: e.added_ms(),
                     mark_read,

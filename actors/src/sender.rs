@@ -365,6 +365,10 @@ impl Core {
             response: body.to_string(),
             kind: "record".into(),
             source: String::new(),
+            carry: crate::store::dlq::carried(
+                entry,
+                &[F::MARK_MAILBOX, F::MARK_ID, F::MARK_SOURCE],
+            ),
         };
         let ids = [entry.id.clone()];
         let mut backoff = Backoff::new(&self.settings.ms4);

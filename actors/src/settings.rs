@@ -246,8 +246,11 @@ pub struct Ms4Settings {
     /// Value of the `X-API-Key` header: the key, `env:NAME`, `file:/path` or `credential:NAME`
     /// (a systemd credential). Never logged.
     pub api_key: Secret,
-    /// Records per request (MS4 recommends 50 and accepts at most 100).
+    /// Records per request (MS4 recommends 50 and accepts at most `max_batch`).
     pub batch_size: usize,
+    /// The most records MS4 accepts in one request (its contract: 100). A larger
+    /// `batch_size` is refused at start: every batch would come back 400 and be bisected.
+    pub max_batch: usize,
     /// A partial batch is sent after waiting this long for more records, in milliseconds.
     pub linger_ms: u64,
     /// Requests to MS4 in flight at once.
@@ -275,6 +278,7 @@ impl Default for Ms4Settings {
             base_url: "http://127.0.0.1:8400".into(),
             api_key: Secret::default(),
             batch_size: 50,
+            max_batch: 100,
             linger_ms: 200,
             max_in_flight: 4,
             rate_limit_per_min: 120,
@@ -816,11 +820,18 @@ impl Settings {
             return bad("pipeline.max_backlog", "must be greater than 0");
         }
         let m = &self.ms4;
-        if !(m.base_url.starts_with("http://") || m.base_url.starts_with("https://")) {
-            return bad("ms4.base_url", "must be an http:// or https:// URL");
+        endpoint("ms4.base_url", &m.base_url)?;
+        if !(1..=1_000).contains(&m.max_batch) {
+            return bad("ms4.max_batch", "must be between 1 and 1000");
         }
-        if !(1..=1_000).contains(&m.batch_size) {
-            return bad("ms4.batch_size", "must be between 1 and 1000");
+        if !(1..=m.max_batch).contains(&m.batch_size) {
+            return bad(
+                "ms4.batch_size",
+                format!(
+                    "must be between 1 and ms4.max_batch ({}): MS4 refuses larger batches whole",
+                    m.max_batch
+                ),
+            );
         }
         if !(1..=256).contains(&m.max_in_flight) {
             return bad("ms4.max_in_flight", "must be between 1 and 256");
@@ -858,12 +869,8 @@ impl Settings {
                 return bad("graph.mailboxes", "must not contain empty names");
             }
         }
-        if !(g.base_url.starts_with("http://") || g.base_url.starts_with("https://")) {
-            return bad("graph.base_url", "must be an http:// or https:// URL");
-        }
-        if !(g.authority.starts_with("http://") || g.authority.starts_with("https://")) {
-            return bad("graph.authority", "must be an http:// or https:// URL");
-        }
+        endpoint("graph.base_url", &g.base_url)?;
+        endpoint("graph.authority", &g.authority)?;
         if g.folder.trim().is_empty() {
             return bad("graph.folder", "must not be empty");
         }
@@ -940,6 +947,7 @@ impl Settings {
             );
         }
         self.validate_imap()?;
+        self.validate_intervals()?;
         let bind: Result<std::net::SocketAddr, _> = self.control.bind.parse();
         match bind {
             Err(_) => return bad("control.bind", "must be an address like 127.0.0.1:8000"),
@@ -1027,13 +1035,7 @@ impl Settings {
                 );
             }
             if src.auth == ImapAuth::Xoauth2 {
-                if !(src.token_url.starts_with("https://") || src.token_url.starts_with("http://"))
-                {
-                    return bad(
-                        key("token_url"),
-                        "must be the http(s) OAuth2 token endpoint",
-                    );
-                }
+                endpoint(&key("token_url"), &src.token_url)?;
                 if src.client_id.is_empty() {
                     return bad(key("client_id"), "is required with auth = xoauth2");
                 }
@@ -1070,6 +1072,99 @@ impl Settings {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "ms1".into())
     }
+}
+
+/// The longest interval any setting may name: 30 days. Longer ones would overflow a timer
+/// (`Instant + Duration` panics) or mean a mistake (seconds given as milliseconds twice over).
+const MAX_INTERVAL_MS: u64 = 30 * 24 * 3_600 * 1_000;
+
+impl Settings {
+    /// Refuses intervals a timer cannot hold ([`MAX_INTERVAL_MS`]).
+    fn validate_intervals(&self) -> Result<(), InvalidSetting> {
+        let s = |secs: u64| secs.checked_mul(1_000);
+        let mut all: Vec<(String, Option<u64>)> = vec![
+            ("redis.claim_idle_ms".into(), Some(self.redis.claim_idle_ms)),
+            (
+                "pipeline.drain_timeout_ms".into(),
+                Some(self.pipeline.drain_timeout_ms),
+            ),
+            ("ms4.linger_ms".into(), Some(self.ms4.linger_ms)),
+            ("ms4.rate_margin_ms".into(), Some(self.ms4.rate_margin_ms)),
+            (
+                "ms4.request_timeout_ms".into(),
+                Some(self.ms4.request_timeout_ms),
+            ),
+            ("ms4.auth_probe_s".into(), s(self.ms4.auth_probe_s)),
+            ("ms4.retry_max_ms".into(), Some(self.ms4.retry_max_ms)),
+            ("breaker.open_ms".into(), Some(self.breaker.open_ms)),
+            (
+                "graph.poll_interval_s".into(),
+                s(self.graph.poll_interval_s),
+            ),
+            ("graph.window_s".into(), s(self.graph.window_s)),
+            (
+                "graph.request_timeout_ms".into(),
+                Some(self.graph.request_timeout_ms),
+            ),
+            ("graph.lease_ttl_s".into(), s(self.graph.lease_ttl_s)),
+            (
+                "graph.park_retry_max_s".into(),
+                s(self.graph.park_retry_max_s),
+            ),
+            (
+                "webhook.body_timeout_ms".into(),
+                Some(self.webhook.body_timeout_ms),
+            ),
+            (
+                "webhook.backlog_retry_after_s".into(),
+                s(self.webhook.backlog_retry_after_s),
+            ),
+            ("imap.timeout_ms".into(), Some(self.imap.timeout_ms)),
+            ("imap.lease_ttl_s".into(), s(self.imap.lease_ttl_s)),
+        ];
+        for (n, src) in self.imap.sources.iter().enumerate() {
+            all.push((
+                format!("imap.sources[{n}].poll_interval_s"),
+                s(src.poll_interval_s),
+            ));
+        }
+        for (key, ms) in all {
+            if ms.is_none_or(|ms| ms > MAX_INTERVAL_MS) {
+                return bad(
+                    key,
+                    "is longer than 30 days, more than a timer can wait for",
+                );
+            }
+        }
+        // A mark's TTL is Redis's, not a timer's: up to a year.
+        if self.redis.idempotency_ttl_s > 366 * 24 * 3_600 {
+            return bad(
+                "redis.idempotency_ttl_s",
+                "must be at most a year (31622400)",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Checks an outbound endpoint: an http(s) URL with a host, and plain `http://` only to a
+/// loopback address (anything else would carry the API key, the client secret or tokens in
+/// clear text over the network).
+fn endpoint(key: &str, value: &str) -> Result<(), InvalidSetting> {
+    let url = match url::Url::parse(value) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
+        _ => return bad(key, "must be an http:// or https:// URL"),
+    };
+    let host = url.host_str().unwrap_or_default();
+    if url.scheme() == "http" && !is_loopback_host(host) {
+        return bad(
+            key,
+            format!(
+                "plain http:// to {host} would send credentials in clear text: use https://, or http:// to a loopback address only (e.g. a local TLS-terminating proxy)"
+            ),
+        );
+    }
+    Ok(())
 }
 
 fn is_loopback_host(host: &str) -> bool {
@@ -1175,6 +1270,51 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(s.port(), 143);
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_naming_their_key() {
+        let refused = |change: &dyn Fn(&mut Settings)| {
+            let mut s = Settings::default();
+            change(&mut s);
+            s.validate().unwrap_err()
+        };
+        let e = refused(&|s| s.ms4.batch_size = 500);
+        assert_eq!(e.key, "ms4.batch_size");
+        assert!(e.problem.contains("100"), "{e}");
+        let mut s = Settings::default();
+        s.ms4.max_batch = 500;
+        s.ms4.batch_size = 500;
+        s.validate().unwrap();
+        for (key, url) in [
+            ("ms4.base_url", "http://ms4.example.com"),
+            ("graph.base_url", "http://graph.example.com/v1.0"),
+            ("graph.authority", "http://login.example.com/{tenant}"),
+        ] {
+            let e = refused(&|s| match key {
+                "ms4.base_url" => s.ms4.base_url = url.into(),
+                "graph.base_url" => s.graph.base_url = url.into(),
+                _ => s.graph.authority = url.into(),
+            });
+            assert_eq!(e.key, key);
+            assert!(e.problem.contains("clear text"), "{e}");
+        }
+        let mut s = Settings::default();
+        s.ms4.base_url = "http://127.0.0.1:8400".into();
+        s.graph.base_url = "http://[::1]:9000/v1.0".into();
+        s.graph.authority = "http://localhost:9000/{tenant}".into();
+        s.validate().unwrap();
+        let e = refused(&|s| s.graph.poll_interval_s = u64::MAX / 10);
+        assert_eq!(e.key, "graph.poll_interval_s");
+        let e = refused(&|s| s.breaker.open_ms = u64::MAX);
+        assert_eq!(e.key, "breaker.open_ms");
+        let e = refused(&|s| s.redis.idempotency_ttl_s = 10 * 366 * 24 * 3_600);
+        assert_eq!(e.key, "redis.idempotency_ttl_s");
+        let e = refused(&|s| {
+            s.imap.sources = vec![imap_source()];
+            s.imap.sources[0].poll_interval_s = 40 * 24 * 3_600;
+        });
+        assert_eq!(e.key, "imap.sources[0].poll_interval_s");
     }
 
     #[test]

@@ -3210,6 +3210,10 @@ struct MailRequest {
     start: Option<u64>,
     #[serde(default)]
     invalid: u64,
+    /// Message properties every new message gets instead of the synthetic ones (e.g. the
+    /// same `internetMessageId` with another `from`, `subject` or `sentDateTime`).
+    #[serde(default)]
+    set: serde_json::Map<String, Value>,
 }
 
 /// `POST /_sim/mail`: new messages arrive; subscriptions on the mailbox are notified.
@@ -3231,10 +3235,26 @@ async fn sim_mail(state: web::Data<Shared>, body: web::Bytes) -> HttpResponse {
         (mbx, mb.upn.clone(), start)
     };
     let every = (req.count / req.invalid.max(1)).max(1);
+    if let Some(unknown) = req
+        .set
+        .keys()
+        .find(|k| !MESSAGE_PROPERTIES.contains(&k.as_str()) || *k == "id")
+    {
+        return sim_refusal(400, format!("`set` cannot set `{unknown}`")).into_http();
+    }
     let drafts: Vec<Draft> = (0..req.count)
         .map(|i| {
             let valid = !(i.is_multiple_of(every) && i / every < req.invalid);
-            draft(start + i, &upn, valid)
+            let mut d = draft(start + i, &upn, valid);
+            for (key, value) in &req.set {
+                let name = MESSAGE_PROPERTIES
+                    .iter()
+                    .find(|p| **p == key)
+                    .expect("checked above");
+                d.props.retain(|(p, _)| p != name);
+                d.props.push((*name, value.to_string().into_boxed_str()));
+            }
+            d
         })
         .collect();
     let (items, targets) = {

@@ -350,6 +350,7 @@ impl<A: Action> Run<A> {
                         response: String::new(),
                         kind: kind.clone(),
                         source: A::SOURCE.to_string(),
+                        carry: Vec::new(),
                     });
                 }
                 Outcome::Retry(reason) => {

@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 
 /// The message properties ms1 reads (CONTRACTS.md).
 pub const SELECT: &str =
-    "id,internetMessageId,subject,from,toRecipients,receivedDateTime,hasAttachments,bodyPreview";
+    "id,internetMessageId,subject,from,toRecipients,receivedDateTime,sentDateTime,hasAttachments,bodyPreview";
 /// Retry-After assumed when a throttling answer carries none.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(2);
 /// Largest Graph answer read (a page of 1,000 messages is well below).

@@ -51,11 +51,26 @@ pub struct DeadLetter {
     pub kind: String,
     /// `graph` or `imap`.
     pub source: String,
+    /// Fields of the failed entry that its replay needs back, unchanged: what to do after
+    /// delivery (`mark_read`, the IMAP `uid`/`uidvalidity`; the outbound `mb`/`mid`/`ms`) and
+    /// the IMAP `internal_date`. Stored as `carry.{name}`.
+    pub carry: Vec<(String, String)>,
+}
+
+/// Prefix of the dead-letter fields that go back into the replayed entry.
+pub const CARRY: &str = "carry.";
+
+/// The fields of `entry` named in `names`, to carry through a dead letter.
+pub fn carried(entry: &super::Entry, names: &[&str]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .filter_map(|n| Some((n.to_string(), entry.field(n)?.to_string())))
+        .collect()
 }
 
 impl DeadLetter {
-    pub fn fields(&self) -> Vec<(&'static str, String)> {
-        vec![
+    pub fn fields(&self) -> Vec<(String, String)> {
+        let mut fields: Vec<(String, String)> = vec![
             ("stage", self.stage.as_str().to_string()),
             ("reason", self.reason.clone()),
             ("status", self.status.to_string()),
@@ -70,6 +85,15 @@ impl DeadLetter {
             ("source", self.source.clone()),
             ("payload", self.payload.clone()),
         ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        fields.extend(
+            self.carry
+                .iter()
+                .map(|(k, v)| (format!("{CARRY}{k}"), v.clone())),
+        );
+        fields
     }
 }
 
@@ -202,8 +226,9 @@ impl Store {
                             .arg(o::RECORD)
                             .arg(&payload)
                             .arg(o::INBOUND_MS)
-                            .arg(crate::processor::now_ms())
-                            .ignore();
+                            .arg(crate::processor::now_ms());
+                        push_carried(&mut pipe, e);
+                        pipe.ignore();
                     }
                     ("mark_read", _) => {
                         let stream = match field("source").as_str() {
@@ -230,8 +255,9 @@ impl Store {
                             .arg(f::MAILBOX)
                             .arg(field("mailbox"))
                             .arg(f::MESSAGE_ID)
-                            .arg(&payload)
-                            .ignore();
+                            .arg(&payload);
+                        push_carried(&mut pipe, e);
+                        pipe.ignore();
                     }
                     _ => {
                         let source = field("source");
@@ -249,8 +275,9 @@ impl Store {
                             .arg(f::MAILBOX)
                             .arg(field("mailbox"))
                             .arg(f::PAYLOAD)
-                            .arg(&payload)
-                            .ignore();
+                            .arg(&payload);
+                        push_carried(&mut pipe, e);
+                        pipe.ignore();
                     }
                 }
                 pipe.cmd("XDEL").arg(self.keys.dlq()).arg(&e.id).ignore();
@@ -259,5 +286,14 @@ impl Store {
             let _: redis::Value = pipe.query_async(&mut self.conn()).await?;
         }
         Ok(replayed)
+    }
+}
+
+/// Appends a dead letter's carried fields to the XADD being built.
+fn push_carried(pipe: &mut redis::Pipeline, e: &super::Entry) {
+    for (k, v) in &e.fields {
+        if let Some(name) = k.strip_prefix(CARRY) {
+            pipe.arg(name).arg(v);
+        }
     }
 }

@@ -18,8 +18,8 @@ pub struct Cursor {
 #[derive(Debug, Default)]
 pub struct PolledPage<'a> {
     pub mailbox: &'a str,
-    /// `(idempotency key, message JSON)` of each message on the page.
-    pub messages: Vec<(String, &'a str)>,
+    /// `(idempotency key, content digest, message JSON)` of each message on the page.
+    pub messages: Vec<(String, String, &'a str)>,
     /// Cursor after this page (`None` clears it: the next poll starts a full sync).
     pub next: Option<&'a str>,
     pub phase: &'a str,
@@ -112,8 +112,8 @@ impl Store {
             .arg(mark_ttl_s);
         // Each message's intake mark is a declared key (a cluster checks it against the
         // script's slot); its JSON is the argument at the same position.
-        for (key, json) in &page.messages {
-            inv.key(self.keys.queued(key)).arg(*json);
+        for (key, digest, json) in &page.messages {
+            inv.key(self.keys.queued(key)).arg(*json).arg(digest);
         }
         let added: i64 = inv.invoke_async(&mut self.conn()).await?;
         Ok(if added < 0 {

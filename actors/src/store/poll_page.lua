@@ -6,22 +6,34 @@
 -- then one intake mark (queued:{idempotency key}) per message, in page order.
 -- ARGV[1] lease token, ARGV[2] cursor link ('' clears), ARGV[3] cursor phase, ARGV[4] now ms,
 -- ARGV[5] mailbox, ARGV[6] mark_read ('1' or ''), ARGV[7] mark ttl s,
--- then one message JSON per message: ARGV[7 + n] goes with KEYS[3 + n].
+-- then per message its JSON and its content digest: ARGV[6 + 2n] and ARGV[7 + 2n] go with
+-- KEYS[3 + n]. The intake mark holds the digest: a key queued before with the same digest (or
+-- the legacy '1') is a repeat and skipped; with another digest it is another message reusing
+-- the Message-ID, queued for the BatchProcessor to deliver under its own key.
 -- Every key the script touches is declared in KEYS, so on a Redis Cluster it is checked
 -- against the slot the script runs on (they all share the prefix's hash tag).
--- Returns the number of messages added (already-queued keys are skipped), or -1 without the lease.
+-- Returns the number of messages added (repeats are skipped), or -1 without the lease.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return -1
 end
 local added = 0
 for n = 1, #KEYS - 3 do
-  if redis.call('SET', KEYS[3 + n], '1', 'NX', 'EX', ARGV[7]) then
+  local json, digest = ARGV[6 + 2 * n], ARGV[7 + 2 * n]
+  local mark = redis.call('GET', KEYS[3 + n])
+  local add = false
+  if not mark then
+    redis.call('SET', KEYS[3 + n], digest, 'EX', ARGV[7])
+    add = true
+  elseif mark ~= digest and mark ~= '1' and digest ~= '' then
+    add = true
+  end
+  if add then
     if ARGV[6] == '1' then
       redis.call('XADD', KEYS[2], '*', 'source', 'graph', 'kind', 'message', 'mailbox', ARGV[5],
-        'mark_read', '1', 'payload', ARGV[7 + n])
+        'mark_read', '1', 'payload', json)
     else
       redis.call('XADD', KEYS[2], '*', 'source', 'graph', 'kind', 'message', 'mailbox', ARGV[5],
-        'payload', ARGV[7 + n])
+        'payload', json)
     end
     added = added + 1
   end

@@ -49,6 +49,9 @@ impl Entry {
 pub struct OutboundRecord {
     /// The record's idempotency key (also its `seen:` mark).
     pub key: String,
+    /// The record's content digest: the value of its `seen:` and `queued:` marks, which tells
+    /// a repeat from another message that reuses the key.
+    pub digest: String,
     /// The record as MS4 will receive it (JSON object).
     pub json: String,
     /// When its source entry entered the inbound stream (ms since the epoch).
@@ -413,17 +416,17 @@ impl Store {
             .await?)
     }
 
-    /// Which of `keys` carry an idempotency mark already.
-    pub async fn seen(&self, keys: &[&str]) -> StoreResult<Vec<bool>> {
+    /// The idempotency mark of each of `keys`: the content digest of the message delivered
+    /// under it (`1` for marks older than digests), or `None`.
+    pub async fn marks(&self, keys: &[&str]) -> StoreResult<Vec<Option<String>>> {
         if keys.is_empty() {
             return Ok(vec![]);
         }
         let names: Vec<String> = keys.iter().map(|k| self.keys.seen(k)).collect();
-        let v: Vec<Option<u8>> = redis::cmd("MGET")
+        Ok(redis::cmd("MGET")
             .arg(&names)
             .query_async(&mut self.conn())
-            .await?;
-        Ok(v.into_iter().map(|x| x.is_some()).collect())
+            .await?)
     }
 
     /// Applies a BatchProcessor hand-off in one MULTI/EXEC: XADD outbound + idempotency marks +
@@ -460,7 +463,7 @@ impl Store {
             pipe.ignore();
             pipe.cmd("SET")
                 .arg(self.keys.seen(&r.key))
-                .arg(1)
+                .arg(&r.digest)
                 .arg("EX")
                 .arg(idempotency_ttl_s)
                 .ignore();
@@ -468,7 +471,7 @@ impl Store {
             // first) skips it instead of queuing it again.
             pipe.cmd("SET")
                 .arg(self.keys.queued(&r.key))
-                .arg(1)
+                .arg(&r.digest)
                 .arg("EX")
                 .arg(idempotency_ttl_s)
                 .ignore();

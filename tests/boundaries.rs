@@ -62,6 +62,19 @@ fn a_redirect_in_front_of_ms4_is_never_followed_and_the_records_stay_queued() {
     assert_eq!(elsewhere.stats()["requests_total"], 0);
 }
 
+/// Both simulators, `per_mailbox` messages in each Graph mailbox, and the second mailbox
+/// excluded by an application access policy (every request on it: 403 `ErrorAccessDenied`).
+fn world_with_a_denied_mailbox(per_mailbox: u64) -> World {
+    let world = World::with_graph(&["--rate-limit-per-min", "0"], &[]);
+    for mb in common::MAILBOXES {
+        world.mail(mb, per_mailbox);
+    }
+    world
+        .graph()
+        .configure(json!({"deny_mailboxes": [common::MAILBOXES[1]]}));
+    world
+}
+
 /// Writes webhook refs for every message of `mailbox` in the Graph simulator, as the
 /// WebhookReceiver does; returns how many.
 fn notify_all(world: &World, mailbox: &str) -> usize {
@@ -99,12 +112,8 @@ fn notify_all(world: &World, mailbox: &str) -> usize {
 /// name the parked mailbox; once the policy lets it in again, a probe brings it all back.
 #[test]
 fn a_mailbox_graph_refuses_is_parked_and_every_other_mailbox_keeps_flowing() {
-    let world = World::with_graph(&["--rate-limit-per-min", "0"], &[]);
+    let world = world_with_a_denied_mailbox(20);
     let [healthy_a, denied, healthy_b] = common::MAILBOXES;
-    for mb in common::MAILBOXES {
-        world.mail(mb, 20);
-    }
-    world.graph().configure(json!({"deny_mailboxes": [denied]}));
     let daemon = world.graph_daemon(&[
         // No polling: the refs below are the only Graph work, as after a burst of notifications.
         ("MS1__SESSION__AUTOSTART", "false"),
@@ -265,12 +274,8 @@ fn follow_ups_a_dead_daemon_left_are_claimed_and_done() {
 /// Redis, named in `/ready`, and are done once Graph lets them through.
 #[test]
 fn one_refusing_mailbox_never_holds_back_the_other_mailboxes_follow_ups() {
-    let world = World::with_graph(&["--rate-limit-per-min", "0"], &[]);
+    let world = world_with_a_denied_mailbox(25);
     let [healthy_a, denied, healthy_b] = common::MAILBOXES;
-    for mb in common::MAILBOXES {
-        world.mail(mb, 25);
-    }
-    world.graph().configure(json!({"deny_mailboxes": [denied]}));
     let daemon = world.graph_daemon(&[
         ("MS1__GRAPH__MODE", "unread"),
         ("MS1__SESSION__AUTOSTART", "false"),

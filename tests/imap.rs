@@ -314,7 +314,7 @@ fn after_delivery_sets_seen_or_moves_only_what_ms4_accepted() {
     // Moving did not make anything come twice.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(w.ms4.stats()["duplicate_records"], 0);
-    assert_eq!(w.xlen("stream:imapdone"), 0);
+    assert_eq!(w.xlen("imapdone"), 0);
 }
 
 #[test]
@@ -377,4 +377,67 @@ ca_file = \"{ca}\"\nusername = \"{other}\"\n{oauth}poll_interval_s = 1\n",
     assert_eq!(stats["unique_records"], 35, "{stats}");
     assert_eq!(stats["duplicate_records"], 0, "{stats}");
     assert!(w.graph().stats()["introspections"].as_u64() > Some(0));
+}
+
+/// An IMAP source that cannot be reached never holds back another source's after-delivery
+/// actions: its follow-ups wait (named in `/ready`) while the other source's messages are
+/// flagged `\Seen` as they are delivered.
+#[test]
+fn an_unreachable_source_never_holds_back_another_sources_after_delivery() {
+    let w = World::new(&[]);
+    let mut dc = dovecot(&w, &[(USER, PASSWORD)]);
+    let closed = ms1_ingestor::redis_launcher::free_port().unwrap();
+    let sources = source("down", closed, USER, PASSWORD, "after_delivery = \"seen\"")
+        + &source(
+            "seen",
+            dc.port(),
+            USER,
+            PASSWORD,
+            "after_delivery = \"seen\"",
+        );
+    // Follow-ups of the unreachable source, queued before (MS4 accepted their messages).
+    let mut con = w.redis();
+    for uid in 1..=50 {
+        let _: String = redis::cmd("XADD")
+            .arg(format!("{PREFIX}stream:imapdone"))
+            .arg("*")
+            .arg("mailbox")
+            .arg("down")
+            .arg("message_id")
+            .arg(format!("7:{uid}"))
+            .query(&mut con)
+            .unwrap();
+    }
+    let d = daemon(&w, &sources, &[]);
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let (_, ready) = d.ready();
+            ready["degraded_sources"]
+                .get("imap_finisher:down")
+                .is_some()
+        }),
+        "{:?}",
+        d.ready()
+    );
+    dc.deliver(USER, "INBOX", &messages(0..30, "s")).unwrap();
+    wait_ms4(&w, 30, Duration::from_secs(30), &d);
+    let seen = wait_until(Duration::from_secs(30), || {
+        let out = imap(
+            dc.port(),
+            USER,
+            &["SELECT INBOX", "SEARCH UNSEEN", "LOGOUT"],
+        );
+        out.contains("* SEARCH\r\n")
+    });
+    assert!(
+        seen,
+        "the reachable source's messages are \\Seen\n{}",
+        d.log_tail(20)
+    );
+    assert_eq!(
+        w.pending("imapdone", "imap_finishers"),
+        50,
+        "the other's wait"
+    );
+    assert!(w.dead_letters().is_empty());
 }

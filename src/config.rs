@@ -207,17 +207,17 @@ after_delivery = \"seen\"\n",
     #[test]
     fn the_environment_overrides_the_file() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        writeln!(f, "[ms4]\nbatch_size = 20\nbase_url = \"http://file\"").unwrap();
+        writeln!(f, "[ms4]\nbatch_size = 20\nbase_url = \"https://file.example\"").unwrap();
         let s = load_from(
             Some(f.path()),
             env(&[
-                ("MS1__MS4__BASE_URL", "http://env:9"),
+                ("MS1__MS4__BASE_URL", "https://env.example:9"),
                 ("MS1__MS4__INCLUDE_RAW", "true"),
             ]),
         )
         .unwrap();
         assert_eq!(s.ms4.batch_size, 20);
-        assert_eq!(s.ms4.base_url, "http://env:9");
+        assert_eq!(s.ms4.base_url, "https://env.example:9");
         assert!(s.ms4.include_raw);
     }
 

@@ -431,7 +431,10 @@ impl Work {
                     tracing::warn!(%mailbox, %reason, attempts = s.attempts, retry_in_s = (s.next_ms - now) / 1_000, "a parked mailbox is still refused");
                     s
                 }
-                Some(_) => continue,
+                Some(s) => {
+                    self.store.keep_park_state(mailbox, &s).await?;
+                    continue;
+                }
             };
             self.store.set_park_state(mailbox, &state).await?;
             self.show_parked(mailbox, &state).await?;

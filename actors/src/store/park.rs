@@ -65,6 +65,19 @@ impl Store {
         Ok(())
     }
 
+    /// Records a mailbox's state unless one is there (another daemon may have cleared it while
+    /// this one parked more of its entries: they must not stay without a schedule).
+    pub async fn keep_park_state(&self, mailbox: &str, state: &ParkState) -> StoreResult<()> {
+        let json = serde_json::to_string(state).expect("a park state serializes");
+        let _: Value = redis::cmd("HSETNX")
+            .arg(self.keys.parked())
+            .arg(mailbox)
+            .arg(json)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
     /// Forgets a mailbox's state (Graph serves it again).
     pub async fn clear_park_state(&self, mailbox: &str) -> StoreResult<()> {
         let _: Value = redis::cmd("HDEL")

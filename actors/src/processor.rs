@@ -23,7 +23,9 @@ use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::store::dlq::Stage;
 use crate::store::keys::PROCESSORS;
-use crate::store::{DeadLetter, Entry, FollowUp, Handoff, OutboundRecord, Store, StoreError};
+use crate::store::{
+    DeadLetter, Entry, FollowUp, Handoff, OutboundRecord, ReadBudget, Scan, Store, StoreError,
+};
 use crate::supervision::RestartPacer;
 use crate::{health::Health, metrics as m};
 use actix::prelude::*;
@@ -197,18 +199,32 @@ impl Work {
             .await?;
         self.health.set_redis(true);
 
-        let pending = self
-            .store
-            .own_pending(&inbound, PROCESSORS, &self.consumer, p.read_chunk)
-            .await?;
-        if !pending.is_empty() {
-            tracing::info!(
-                entries = pending.len(),
-                "resuming entries this consumer held"
-            );
-        }
-        for chunk in pending.chunks(p.read_chunk) {
-            self.process(chunk).await?;
+        // Every read is bounded in bytes as well as in entries (store::read_budget).
+        let budget = ReadBudget::new(p.read_chunk, p.read_max_bytes);
+        let mut own = "0-0".to_string();
+        loop {
+            let (next, pending) = self
+                .store
+                .read_budgeted(
+                    &inbound,
+                    PROCESSORS,
+                    &self.consumer,
+                    Scan::Own,
+                    &own,
+                    budget,
+                )
+                .await?;
+            if !pending.is_empty() {
+                tracing::info!(
+                    entries = pending.len(),
+                    "resuming entries this consumer held"
+                );
+                self.process(&pending).await?;
+            }
+            if next == "0-0" {
+                break;
+            }
+            own = next;
         }
 
         let claim_every = Duration::from_millis((claim_idle / 2).max(500));
@@ -223,15 +239,18 @@ impl Work {
                 continue;
             }
             if Instant::now() >= next_claim {
+                let claim = Scan::Claim {
+                    min_idle_ms: claim_idle,
+                };
                 let (next, claimed) = self
                     .store
-                    .autoclaim(
+                    .read_budgeted(
                         &inbound,
                         PROCESSORS,
                         &self.consumer,
-                        claim_idle,
+                        claim,
                         &claim_cursor,
-                        p.read_chunk,
+                        budget,
                     )
                     .await?;
                 if !claimed.is_empty() {
@@ -248,12 +267,11 @@ impl Work {
                 continue;
             }
             let entries = blocking
-                .read_group(
+                .read_new_budgeted(
                     &inbound,
                     PROCESSORS,
                     &self.consumer,
-                    ">",
-                    p.read_chunk,
+                    budget,
                     Some(p.block_ms),
                 )
                 .await?;

@@ -24,12 +24,14 @@ pub mod imap;
 pub mod keys;
 pub mod poll;
 pub mod ratelimit;
+pub mod read_budget;
 pub mod session;
 pub mod streams;
 pub mod webhook;
 
 pub use dlq::DeadLetter;
 pub use keys::Keys;
+pub use read_budget::{ReadBudget, Scan};
 pub use streams::{Entry, FollowUp, Handoff, OutboundRecord};
 
 use crate::settings::RedisSettings;

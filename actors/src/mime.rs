@@ -90,6 +90,7 @@ pub fn mime_to_record(
         recipients,
         body_preview: preview(&strip_tags(&text)),
         attachments,
+        body_omitted: None,
     })
 }
 

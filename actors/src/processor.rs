@@ -15,11 +15,12 @@
 
 use crate::clients::graph::{GraphClient, GraphError};
 use crate::model::{
-    entry_to_record, graph_needs_attachments, AttachmentMeta, InboundFields, TransformOptions,
+    entry_to_record, graph_needs_attachments, AttachmentMeta, InboundFields, OmittedBody,
+    TransformOptions,
 };
 use crate::ratelimiter::RateLimiter;
 use crate::retry::Backoff;
-use crate::settings::Settings;
+use crate::settings::{Oversize, Settings};
 use crate::shutdown::Shutdown;
 use crate::store::dlq::Stage;
 use crate::store::keys::PROCESSORS;
@@ -53,6 +54,10 @@ pub mod inbound_fields {
     pub const UID: &str = "uid";
     pub const UIDVALIDITY: &str = "uidvalidity";
     pub const INTERNAL_DATE: &str = "internal_date";
+    /// IMAP, a message above `imap.max_message_bytes`: `{size}:{limit}`; `payload` is then its
+    /// header only, and `attachments` (JSON) what its BODYSTRUCTURE lists.
+    pub const OVERSIZE: &str = "oversize";
+    pub const ATTACHMENTS: &str = "attachments";
 }
 
 /// What the processor learned from Graph about one entry before transforming it.
@@ -289,6 +294,7 @@ impl Work {
     async fn process(&self, entries: &[Entry]) -> Result<(), StoreError> {
         let opts = TransformOptions {
             include_raw: self.settings.ms4.include_raw,
+            oversize_dead_letter: self.settings.imap.oversize == Oversize::DeadLetter,
         };
         let mut backoff = Backoff::new(&self.settings.ms4);
         // Results survive a failed attempt: only what is still missing is fetched again, so a
@@ -493,12 +499,16 @@ fn plan_chunk(entries: &[Entry], resolved: &[Resolution], opts: TransformOptions
     let mut plan = ChunkPlan::default();
     let mut keys_in_chunk = HashSet::with_capacity(entries.len());
     for (e, resolution) in entries.iter().zip(resolved) {
+        let omitted = e
+            .field(f::OVERSIZE)
+            .and_then(|o| OmittedBody::parse(o, e.field(f::ATTACHMENTS)));
         let mut fields = InboundFields {
             source: e.field(f::SOURCE),
             mailbox: e.field(f::MAILBOX),
             payload: e.field(f::PAYLOAD),
             attachments: None,
             internal_date: e.field(f::INTERNAL_DATE),
+            omitted: omitted.as_ref(),
         };
         let dead = |reason: String, status: u16, payload: &str| DeadLetter {
             stage: Stage::Process,

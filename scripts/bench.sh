@@ -43,6 +43,9 @@ what="${1:-pipeline}"
 need_packages redis-server:redis-server curl:curl jq:jq
 cargo build --release --quiet
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/ms1-ingestor"
+# The daemon under test; MS1_BENCH_DAEMON_BIN=path runs another build of it (a before/after
+# comparison) against the same simulators.
+DAEMON_BIN="${MS1_BENCH_DAEMON_BIN:-$BIN}"
 work_dir ms1-bench
 
 
@@ -70,7 +73,7 @@ start_daemon() { start_daemon_at "127.0.0.1:$(free_port)"; }
 start_daemon_at() {
   CONTROL="$1"
   MS1__CONTROL__BIND="$CONTROL" MS1__LOG__FORMAT=json MS1__LOG__LEVEL=warn \
-    MS1__REDIS__CONSUMER=bench "$BIN" run >>"$WORK/daemon.log" 2>&1 &
+    MS1__REDIS__CONSUMER=bench "$DAEMON_BIN" run >>"$WORK/daemon.log" 2>&1 &
   DAEMON_PID=$!
   PIDS+=($DAEMON_PID)
   for _ in $(seq 200); do curl -sf "http://$CONTROL/health" >/dev/null && break; sleep 0.05; done

@@ -18,6 +18,8 @@
 //!   may pass the budget alone), held as entries, as request bodies and in the HTTP client's
 //!   buffers: **3·(S + record)**.
 //! - **Base**: the runtime, actors, connections and metrics: 64 MiB.
+//! - **Allocator**: a quarter of all the above. Stages run on several threads, and the
+//!   allocator keeps memory a thread freed for that thread's next allocations.
 
 use crate::settings::Settings;
 
@@ -30,6 +32,7 @@ pub struct MemoryBound {
     pub pollers: u64,
     pub processor: u64,
     pub sender: u64,
+    pub allocator: u64,
 }
 
 impl MemoryBound {
@@ -54,16 +57,20 @@ impl MemoryBound {
             MIB
         };
         let processor = 2 * read + if raw { read * 3 / 2 } else { 0 } + 3 * entry;
+        let base = 64 * MIB;
+        let pollers = sources * 6 * fetch;
+        let sender = 3 * (s.ms4.max_in_flight_bytes + record);
         Self {
-            base: 64 * MIB,
-            pollers: sources * 6 * fetch,
+            base,
+            pollers,
             processor,
-            sender: 3 * (s.ms4.max_in_flight_bytes + record),
+            sender,
+            allocator: (base + pollers + processor + sender) / 4,
         }
     }
 
     pub fn total(&self) -> u64 {
-        self.base + self.pollers + self.processor + self.sender
+        self.base + self.pollers + self.processor + self.sender + self.allocator
     }
 
     /// The bound in MiB, rounded up.
@@ -77,12 +84,13 @@ impl std::fmt::Display for MemoryBound {
         let mib = |b: u64| b.div_ceil(MIB);
         write!(
             f,
-            "{} MiB (base {} + IMAP pollers {} + processor {} + sender {})",
+            "{} MiB (base {} + IMAP pollers {} + processor {} + sender {} + allocator {})",
             self.total_mib(),
             mib(self.base),
             mib(self.pollers),
             mib(self.processor),
-            mib(self.sender)
+            mib(self.sender),
+            mib(self.allocator)
         )
     }
 }
@@ -97,11 +105,15 @@ mod tests {
         let mut s = Settings::default();
         s.imap.sources.push(ImapSource::default());
         let b = MemoryBound::of(&s);
-        // F = 25 MiB, E = 33.3 MiB, R = 64 MiB, S = 64 MiB, record 1 MiB.
+        // F = 25 MiB, E = 33.3 MiB, R = 64 MiB, S = 32 MiB, record 1 MiB.
         assert_eq!(b.pollers, 6 * 25 * MIB);
         assert_eq!(b.processor, 2 * 64 * MIB + 3 * (25 * MIB).div_ceil(3) * 4);
-        assert_eq!(b.sender, 3 * 65 * MIB);
-        assert_eq!(b.total_mib(), 638, "{b}");
+        assert_eq!(b.sender, 3 * 33 * MIB);
+        assert_eq!(
+            b.allocator,
+            (b.base + b.pollers + b.processor + b.sender) / 4
+        );
+        assert_eq!(b.total_mib(), 677, "{b}");
         s.ms4.include_raw = true;
         let raw = MemoryBound::of(&s);
         assert!(raw.total_mib() > b.total_mib());

@@ -144,7 +144,7 @@ impl Default for Ms4Settings {
             batch_size: 50,
             linger_ms: 200,
             max_in_flight: 4,
-            max_in_flight_bytes: 64 * 1024 * 1024,
+            max_in_flight_bytes: 32 * 1024 * 1024,
             rate_limit_per_min: 120,
             rate_margin_ms: 500,
             include_raw: false,

@@ -28,6 +28,7 @@
 #     the settings (`check-config` prints it; README, "Memory"). Redis runs without AOF here (the
 #     burst is ~7 GB of stream data), and imap.fetch_chunk = 8 with pipeline.max_backlog = 16
 #     keep what waits in Redis to ~1 GB; neither changes the daemon's own bound.
+#     BURST_MESSAGES, BURST_SIZE (bytes) and BURST_INCLUDE_RAW ("false true") change the burst.
 #
 #   scripts/bench.sh scale      1, 2 and 3 daemons on one Redis draining the same preloaded
 #     100,000 entries (batch 50, unlimited MS4): e-mails/s, and the CPU seconds of the daemons,
@@ -354,8 +355,7 @@ username = "invoices@contoso.example"
 password = "bench-secret"
 poll_interval_s = 3600
 TOML
-    bench_imap_burst "$n" "$size" false
-    bench_imap_burst "$n" "$size" true
+    for raw in ${BURST_INCLUDE_RAW:-false true}; do bench_imap_burst "$n" "$size" "$raw"; done
     kill -TERM "$IMAP_PID" 2>/dev/null || true; wait "$IMAP_PID" 2>/dev/null || true
     ;;
   scale)

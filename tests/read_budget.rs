@@ -60,7 +60,7 @@ fn every_kind_of_read_stays_within_the_byte_budget_and_reads_each_entry_once() {
         let mut seen = Vec::new();
         let mut reads = Vec::new();
         loop {
-            let got = store
+            let (got, _) = store
                 .read_new_budgeted(STREAM, GROUP, "a", budget, None)
                 .await
                 .unwrap();
@@ -89,7 +89,7 @@ fn every_kind_of_read_stays_within_the_byte_budget_and_reads_each_entry_once() {
 
         // A blocking read on an empty stream waits, then returns what arrived.
         let blocking = store.blocking().unwrap();
-        let got = blocking
+        let (got, _) = blocking
             .read_new_budgeted(STREAM, GROUP, "a", budget, Some(50))
             .await
             .unwrap();
@@ -141,7 +141,7 @@ fn every_kind_of_read_stays_within_the_byte_budget_and_reads_each_entry_once() {
         // A top-up read (work already held) takes only what fits, never a first entry over.
         add_more(&store).await;
         let top_up = ReadBudget::new(500, 8 * MIB).after(1, 6 * MIB).unwrap();
-        let got = store
+        let (got, full) = store
             .read_new_budgeted(STREAM, GROUP, "b", top_up, Some(50))
             .await
             .unwrap();
@@ -149,6 +149,7 @@ fn every_kind_of_read_stays_within_the_byte_budget_and_reads_each_entry_once() {
             got.is_empty(),
             "a 3 MB entry does not fit in the 2 MiB left"
         );
+        assert!(full, "the budget, not the stream, ended the read");
     });
 }
 

@@ -271,7 +271,7 @@ impl Work {
                 claim_cursor = next;
                 continue;
             }
-            let entries = blocking
+            let (entries, _) = blocking
                 .read_new_budgeted(
                     &inbound,
                     PROCESSORS,

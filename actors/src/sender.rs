@@ -583,10 +583,14 @@ async fn form_batch(
         };
         // An empty batch waits (blocking) for its first record; a top-up read does not block
         // (the record it would wait for might not fit), it looks again shortly.
-        let got = blocking
+        let (got, full) = blocking
             .read_new_budgeted(&outbound, SENDERS, &core.consumer, room, Some(block_ms))
             .await?;
         if got.is_empty() {
+            if full {
+                // The next record does not fit in what is left: the batch is as big as it gets.
+                break;
+            }
             if deadline.is_none() {
                 // Idle: let the feeder do its housekeeping and notice a drain.
                 break;
@@ -599,6 +603,9 @@ async fn form_batch(
         }
         bytes += got.iter().map(entry_bytes).sum::<u64>();
         batch.extend(got);
+        if full {
+            break;
+        }
     }
     Ok(batch)
 }

@@ -129,9 +129,15 @@ impl Store {
         Ok((next, entries))
     }
 
-    /// New entries within `budget`. When none is there, `block_ms` is given and
-    /// `budget.at_least_one`, waits that long for one (`XREADGROUP … COUNT 1 BLOCK`), then tops
-    /// the read up with what else fits. Call it on a [`Store::blocking`] store when blocking.
+    /// New entries within `budget`, and whether a next entry was there that did not fit (the
+    /// budget, not the stream, ended the read).
+    ///
+    /// A read that may take a first entry whatever its size (`budget.at_least_one`) takes it
+    /// with a plain `XREADGROUP … COUNT 1` (blocking up to `block_ms` when given: call it on a
+    /// [`Store::blocking`] store then), and tops up with the script only while there is room for
+    /// another entry like it: the script has to copy each entry it looks at, so a run of large
+    /// entries is read one plain read at a time. A top-up read (`!budget.at_least_one`) never
+    /// blocks.
     pub async fn read_new_budgeted(
         &self,
         stream: &str,
@@ -139,28 +145,29 @@ impl Store {
         consumer: &str,
         budget: ReadBudget,
         block_ms: Option<u64>,
-    ) -> StoreResult<Vec<Entry>> {
-        let (_, got) = self
-            .read_budgeted(stream, group, consumer, Scan::New, "0-0", budget)
-            .await?;
-        let Some(block_ms) = block_ms.filter(|_| got.is_empty() && budget.at_least_one) else {
-            return Ok(got);
-        };
+    ) -> StoreResult<(Vec<Entry>, bool)> {
+        if !budget.at_least_one {
+            let (cursor, got) = self
+                .read_budgeted(stream, group, consumer, Scan::New, "0-0", budget)
+                .await?;
+            return Ok((got, cursor == "full"));
+        }
         let mut first = self
-            .read_group(stream, group, consumer, ">", 1, Some(block_ms))
+            .read_group(stream, group, consumer, ">", 1, block_ms)
             .await?;
         let used = first.iter().map(entry_bytes).sum::<u64>();
-        let Some(rest) = budget
+        let room = budget
             .after(first.len(), used)
-            .filter(|_| !first.is_empty())
-        else {
-            return Ok(first);
+            .filter(|r| !first.is_empty() && used <= r.max_bytes);
+        let Some(rest) = room else {
+            let full = !first.is_empty();
+            return Ok((first, full));
         };
-        let (_, more) = self
+        let (cursor, more) = self
             .read_budgeted(stream, group, consumer, Scan::New, "0-0", rest)
             .await?;
         first.extend(more);
-        Ok(first)
+        Ok((first, cursor == "full"))
     }
 }
 

@@ -611,7 +611,7 @@ async fn form_batch(
 }
 
 /// How long a partial batch waits between two looks for more records while it lingers, in ms.
-const TOP_UP_PAUSE_MS: u64 = 20;
+const TOP_UP_PAUSE_MS: u64 = 2;
 
 /// A slice of a batch on its way; 400s split it.
 struct Part {

@@ -65,17 +65,37 @@ if mode == 'new' then
   if not last then
     return redis.error_reply('NOGROUP no consumer group ' .. group .. ' on ' .. stream)
   end
+  -- Looks at one entry first, then at up to 32 at a time while the entries seen are small
+  -- enough that 32 of the largest would fit twice over (a run of small entries costs one XRANGE
+  -- per 32, a large entry is still looked at alone or with a few others).
   local full = '0-0'
-  while #taken < max_count do
-    local nxt = redis.call('XRANGE', stream, start_after(last), '+', 'COUNT', 1)
+  local largest, step, done = 1, 1, false
+  while not done and #taken < max_count do
+    local nxt = redis.call('XRANGE', stream, start_after(last), '+', 'COUNT', step)
     if #nxt == 0 then
       break
     end
-    if not fits(nxt[1]) then
-      full = 'full'
+    for _, e in ipairs(nxt) do
+      if #taken >= max_count then
+        done = true
+        break
+      end
+      local size = size_of(e)
+      if not fits(e) then
+        full = 'full'
+        done = true
+        break
+      end
+      if size > largest then
+        largest = size
+      end
+      last = e[1]
+    end
+    if #nxt < step then
       break
     end
-    last = nxt[1][1]
+    step = math.max(1, math.min(32, max_count - #taken,
+      math.floor((max_bytes - bytes) / (2 * largest))))
   end
   if #taken == 0 then
     return {full, {}, {}}

@@ -119,13 +119,32 @@ impl Store {
         if parts.len() < 2 {
             return Err(StoreError::Reply("read_budget: short reply".into()));
         }
+        parts.truncate(3);
+        let text = |v: Option<Value>| match v {
+            Some(Value::BulkString(b)) => Ok(String::from_utf8_lossy(&b).into_owned()),
+            Some(Value::SimpleString(s)) => Ok(s),
+            other => Err(StoreError::Reply(format!("read_budget: {other:?}"))),
+        };
+        if scan == Scan::New {
+            // {full, n, before}: the n entries delivered are this consumer's pending entries
+            // after `before`.
+            let before = text(parts.pop())?;
+            let n = match parts.pop() {
+                Some(Value::Int(n)) => n.max(0) as usize,
+                other => return Err(StoreError::Reply(format!("read_budget count: {other:?}"))),
+            };
+            let full = text(parts.pop())?;
+            let entries = if n == 0 {
+                Vec::new()
+            } else {
+                self.read_group(stream, group, consumer, &before, n, None)
+                    .await?
+            };
+            return Ok((full, entries));
+        }
         parts.truncate(2);
         let entries = parse_entries_public(parts.pop().unwrap_or(Value::Nil))?;
-        let next = match parts.pop() {
-            Some(Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
-            Some(Value::SimpleString(s)) => s,
-            other => return Err(StoreError::Reply(format!("read_budget cursor: {other:?}"))),
-        };
+        let next = text(parts.pop())?;
         Ok((next, entries))
     }
 

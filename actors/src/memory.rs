@@ -18,8 +18,8 @@
 //!   may pass the budget alone), held as entries, as request bodies (while they grow) and in
 //!   the HTTP client's buffers: **4·(S + record)**.
 //! - **Base**: the runtime, actors, connections and metrics: 64 MiB.
-//! - **Allocator**: a quarter of all the above. Stages run on several threads, and the
-//!   allocator keeps memory a thread freed for that thread's next allocations.
+//! - **Allocator**: a quarter of all the above: freed memory goes back to the system late and in
+//!   pieces (fragmentation, per-thread arenas).
 
 use crate::settings::Settings;
 

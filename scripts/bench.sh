@@ -20,6 +20,16 @@
 #       e-mails/s from POST /session/start to the last message in the inbound stream (connect,
 #       login, UID FETCH in chunks, atomic writes), the time until all were at MS4, peak RSS.
 #
+#   scripts/bench.sh imap-burst  memory under a burst of large mail: 200 messages of 25 MB
+#     (every third with a 25 MB PDF attachment, the others 25 MB of text) appended to one folder
+#     of a real Dovecot (generated once, in the work dir: ~5 GB of disk, removed at exit), drained
+#     to MS4 with the default byte settings, then again with ms4.include_raw = true: e-mails/s, the
+#     time until all were at MS4, and the daemon's peak RSS beside the bound that follows from
+#     the settings (`check-config` prints it; README, "Memory"). Redis runs without AOF here (the
+#     burst is ~7 GB of stream data), and imap.fetch_chunk = 8 with pipeline.max_backlog = 16
+#     keep what waits in Redis to ~1 GB; neither changes the daemon's own bound.
+#     BURST_MESSAGES, BURST_SIZE (bytes) and BURST_INCLUDE_RAW ("false true") change the burst.
+#
 #   scripts/bench.sh scale      1, 2 and 3 daemons on one Redis draining the same preloaded
 #     100,000 entries (batch 50, unlimited MS4): e-mails/s, and the CPU seconds of the daemons,
 #     redis-server and the simulator, which show what the ceiling is on this machine.
@@ -34,14 +44,17 @@ what="${1:-pipeline}"
 need_packages redis-server:redis-server curl:curl jq:jq
 cargo build --release --quiet
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/ms1-ingestor"
+# The daemon under test; MS1_BENCH_DAEMON_BIN=path runs another build of it (a before/after
+# comparison) against the same simulators.
+DAEMON_BIN="${MS1_BENCH_DAEMON_BIN:-$BIN}"
 work_dir ms1-bench
 
 
-start_redis() {
+start_redis() { # args: extra redis-server options (they override the defaults)
   REDIS_PORT=$(free_port)
   mkdir -p "$WORK/redis-$REDIS_PORT"
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK/redis-$REDIS_PORT" \
-    --appendonly yes --appendfsync everysec --save "" --daemonize no --logfile redis.log &
+    --appendonly yes --appendfsync everysec --save "" --daemonize no --logfile redis.log "$@" &
   PIDS+=($!)
   REDIS_PID=$!
   for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
@@ -61,7 +74,7 @@ start_daemon() { start_daemon_at "127.0.0.1:$(free_port)"; }
 start_daemon_at() {
   CONTROL="$1"
   MS1__CONTROL__BIND="$CONTROL" MS1__LOG__FORMAT=json MS1__LOG__LEVEL=warn \
-    MS1__REDIS__CONSUMER=bench "$BIN" run >>"$WORK/daemon.log" 2>&1 &
+    MS1__REDIS__CONSUMER=bench "$DAEMON_BIN" run >>"$WORK/daemon.log" 2>&1 &
   DAEMON_PID=$!
   PIDS+=($DAEMON_PID)
   for _ in $(seq 200); do curl -sf "http://$CONTROL/health" >/dev/null && break; sleep 0.05; done
@@ -217,7 +230,7 @@ start_imap() { # args: sim imap options
   "$BIN" sim imap "$@" >"$WORK/imap.out" 2>"$WORK/imap.err" &
   PIDS+=($!)
   IMAP_PID=$!
-  for _ in $(seq 1200); do grep -q listening "$WORK/imap.out" 2>/dev/null && break; sleep 0.05; done
+  for _ in $(seq 12000); do grep -q listening "$WORK/imap.out" 2>/dev/null && break; sleep 0.05; done
   IMAP_ADDR=$(awk '{print $NF}' "$WORK/imap.out")
   [ -n "$IMAP_ADDR" ] || { echo "dovecot did not start:" >&2; cat "$WORK/imap.err" >&2; return 1; }
 }
@@ -253,6 +266,27 @@ TOML
   unset MS1__SESSION__AUTOSTART
   printf '%-34s %8.0f e-mails/s into the inbound stream (%d messages of ~4 KB); all at MS4 after %.2f s; peak RSS %.1f MB\n' \
     "imap, 1 folder, UID FETCH:" "$(echo "$n / ($t1 - $t0)" | bc -l)" "$n" "$(echo "$t2 - $t0" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
+}
+
+bench_imap_burst() { # messages size_bytes include_raw — against the Dovecot of start_imap
+  local n=$1 size=$2 raw=$3
+  export MS1__MS4__RATE_LIMIT_PER_MIN=0 MS1__SESSION__AUTOSTART=false MS1__MS4__INCLUDE_RAW=$raw \
+    MS1__IMAP__FETCH_CHUNK=8 MS1__PIPELINE__MAX_BACKLOG=16
+  start_redis --appendonly no; start_sim --rate-limit-per-min 0 --max-batch 1000
+  local bound; bound=$(MS1_CONFIG="$WORK/imap.toml" "$BIN" check-config 2>&1 >/dev/null \
+    | sed -n 's/^memory bound: \([0-9]*\) MiB.*/\1/p')
+  MS1_CONFIG="$WORK/imap.toml" start_daemon
+  local t0; t0=$(now)
+  curl -sf -X POST "http://$CONTROL/session/start" -H 'Content-Type: application/json' -d '{}' >/dev/null
+  wait_for_records "$n" 1800
+  local t1; t1=$(now)
+  local rss; rss=$(awk '/VmHWM/ {print $2}' "/proc/$DAEMON_PID/status")
+  local omitted; omitted=$(curl -s "$SIM_URL/_sim/stats" | jq '.body_omitted_records | length')
+  stop_all
+  unset MS1__SESSION__AUTOSTART MS1__MS4__INCLUDE_RAW MS1__IMAP__FETCH_CHUNK MS1__PIPELINE__MAX_BACKLOG
+  printf '%-34s %6.2f e-mails/s (%d × %d MB, %d without body), all at MS4 after %.1f s; peak RSS %.1f MiB, bound %s MiB\n' \
+    "imap burst, include_raw=$raw:" "$(echo "$n / ($t1 - $t0)" | bc -l)" "$n" "$((size / 1000000))" "$omitted" \
+    "$(echo "$t1 - $t0" | bc -l)" "$(echo "$rss / 1024" | bc -l)" "$bound"
 }
 
 bench_scale() { # daemons
@@ -305,6 +339,25 @@ case "$what" in
     bench_imap 5000
     bench_imap 50000
     ;;
+  imap-burst)
+    need_packages dovecot:dovecot-imapd
+    n=${BURST_MESSAGES:-200} size=${BURST_SIZE:-25000000}
+    echo "ms1-ingestor IMAP burst benchmark ($(nproc) cores, $(dovecot --version | awk '{print "dovecot", $1}'))"
+    echo "generating $n messages of $((size / 1000000)) MB into Dovecot (once)…"
+    start_imap --dir "$WORK/dovecot-burst" --user "invoices@contoso.example:bench-secret" --messages "$n" --size "$size"
+    cat >"$WORK/imap.toml" <<TOML
+[[imap.sources]]
+name = "bench"
+host = "127.0.0.1"
+port = ${IMAP_ADDR##*:}
+tls = "none"
+username = "invoices@contoso.example"
+password = "bench-secret"
+poll_interval_s = 3600
+TOML
+    for raw in ${BURST_INCLUDE_RAW:-false true}; do bench_imap_burst "$n" "$size" "$raw"; done
+    kill -TERM "$IMAP_PID" 2>/dev/null || true; wait "$IMAP_PID" 2>/dev/null || true
+    ;;
   scale)
     echo "ms1-ingestor scale-out benchmark ($(nproc) cores, one redis-server $(redis-server --version | awk '{print $3}'))"
     bench_scale 1
@@ -312,7 +365,7 @@ case "$what" in
     bench_scale 3
     ;;
   *)
-    echo "usage: scripts/bench.sh pipeline|contract|graph|imap|scale" >&2
+    echo "usage: scripts/bench.sh pipeline|contract|graph|imap|imap-burst|scale" >&2
     exit 2
     ;;
 esac

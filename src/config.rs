@@ -207,7 +207,11 @@ after_delivery = \"seen\"\n",
     #[test]
     fn the_environment_overrides_the_file() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        writeln!(f, "[ms4]\nbatch_size = 20\nbase_url = \"https://file.example\"").unwrap();
+        writeln!(
+            f,
+            "[ms4]\nbatch_size = 20\nbase_url = \"https://file.example\""
+        )
+        .unwrap();
         let s = load_from(
             Some(f.path()),
             env(&[

@@ -218,6 +218,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             let settings = config::load(file.as_deref())?;
             print!("{}", config::redacted(&settings));
             eprintln!("configuration is valid");
+            let bound = ms1_actors::memory::MemoryBound::of(&settings);
+            eprintln!(
+                "memory bound: {bound}; keep the unit's MemoryMax= above it (README, Memory)"
+            );
             Ok(())
         }
         Command::Load {

@@ -72,10 +72,13 @@ Content-Transfer-Encoding: base64\r\n\r\n"
         }
     } else {
         for line in 0..filler / 78 {
-            out.extend_from_slice(
-                format!("Line {line:04} of the invoice details, item {n}.").as_bytes(),
-            );
-            out.extend(std::iter::repeat_n(b' ', 76usize.saturating_sub(40)));
+            // 78 bytes a line, like the attachment's, so that `size` holds for both kinds.
+            let text = format!("Line {line:04} of the invoice details, item {n}.");
+            out.extend_from_slice(text.as_bytes());
+            out.extend(std::iter::repeat_n(
+                b' ',
+                76usize.saturating_sub(text.len()),
+            ));
             out.extend_from_slice(b"\r\n");
         }
     }

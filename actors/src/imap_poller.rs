@@ -11,6 +11,10 @@
 //!   start. Idempotency by Message-ID (or content hash) keeps MS4 free of repeats.
 //! - **Chunks**: at most `imap.fetch_chunk` messages and `imap.fetch_max_bytes` per FETCH
 //!   (sizes are asked first), so a 100,000-message folder never loads at once.
+//! - **Oversized messages**: a message above `imap.max_message_bytes` (by its RFC822.SIZE) is
+//!   never fetched whole: its header (at most [`HEADER_MAX_BYTES`]) and BODYSTRUCTURE are, and
+//!   it is queued flagged, to become a record without body or a dead letter
+//!   (`imap.oversize`). The cursor moves past it like past any other message.
 //! - **Push**: IDLE (RFC 2177) when the server offers it, re-issued every `imap.idle_renew_s`
 //!   (under the 29-minute limit); otherwise, and as a safety net, polls every
 //!   `poll_interval_s` while the session polls on a schedule.
@@ -23,7 +27,7 @@ use crate::retry::Backoff;
 use crate::session::Intake;
 use crate::settings::{AfterDelivery, ImapSource, Settings};
 use crate::shutdown::Shutdown;
-use crate::store::imap::{lease_name, FetchedChunk, FetchedMail};
+use crate::store::imap::{lease_name, FetchedChunk, FetchedMail, Omitted};
 use crate::store::{Store, StoreError};
 use crate::supervision::RestartPacer;
 use crate::{health::Health, metrics as m};
@@ -436,8 +440,9 @@ impl ImapLoop {
             let hi = last.saturating_add(chunk).min(top);
             for (batch, batch_last) in self.plan_fetches(last + 1, hi).await? {
                 let conn = self.conn.as_mut().expect("connected");
+                let limit = self.settings.imap.max_message_bytes;
                 let (fetched, written) = tokio::join!(
-                    fetch_mails(&mut conn.session, &batch, timeout),
+                    fetch_batch(&mut conn.session, &batch, limit, timeout),
                     writer.write(unwritten.take())
                 );
                 added += written?;
@@ -478,9 +483,10 @@ impl ImapLoop {
     }
 
     /// Splits the UIDs `lo..=hi` into FETCHes of at most `fetch_max_bytes` each (one message
-    /// bigger than that goes alone). Each batch carries the cursor to write after it: the last
-    /// batch moves it to `hi`, so gaps (expunged UIDs) are passed once.
-    async fn plan_fetches(&mut self, lo: u32, hi: u32) -> Result<Vec<(String, u32)>, PollError> {
+    /// bigger than that goes alone; one above `max_message_bytes` is fetched as its header).
+    /// Each batch carries the cursor to write after it: the last batch moves it to `hi`, so
+    /// gaps (expunged UIDs) are passed once.
+    async fn plan_fetches(&mut self, lo: u32, hi: u32) -> Result<Vec<(Batch, u32)>, PollError> {
         let timeout = self.settings.imap.timeout();
         let conn = self.conn.as_mut().expect("connected");
         let sizes: Result<Vec<(u32, u32)>, _> = tokio::time::timeout(timeout, async {
@@ -498,7 +504,13 @@ impl ImapLoop {
         sizes.retain(|(u, _)| (lo..=hi).contains(u));
         sizes.sort_unstable();
         sizes.dedup_by_key(|(u, _)| *u);
-        Ok(batches(&sizes, self.settings.imap.fetch_max_bytes, hi))
+        let imap = &self.settings.imap;
+        Ok(batches(
+            &sizes,
+            imap.fetch_max_bytes,
+            imap.max_message_bytes,
+            hi,
+        ))
     }
 
     /// Waits in IDLE until the server reports a change, `wait` passes, or something else needs
@@ -590,6 +602,76 @@ impl ChunkWriter {
     }
 }
 
+/// Fetches one batch: its whole messages, then the headers and BODYSTRUCTUREs of its
+/// oversized ones, in UID order. The error is `None` on timeout.
+async fn fetch_batch(
+    session: &mut ImapSession,
+    batch: &Batch,
+    limit: u64,
+    timeout: Duration,
+) -> Result<Vec<FetchedMail>, Option<async_imap::error::Error>> {
+    let mut mails = fetch_mails(session, &uid_set(&batch.whole), timeout).await?;
+    if !batch.headers.is_empty() {
+        mails.extend(fetch_headers(session, &batch.headers, limit, timeout).await?);
+        mails.sort_unstable_by_key(|m| m.uid);
+    }
+    Ok(mails)
+}
+
+/// Fetches the header (its first [`HEADER_MAX_BYTES`]) and BODYSTRUCTURE of messages above
+/// `limit` (`(uid, size)`), without setting `\Seen`.
+async fn fetch_headers(
+    session: &mut ImapSession,
+    uids: &[(u32, u32)],
+    limit: u64,
+    timeout: Duration,
+) -> Result<Vec<FetchedMail>, Option<async_imap::error::Error>> {
+    let set: Vec<u32> = uids.iter().map(|(u, _)| *u).collect();
+    let query = format!("(UID INTERNALDATE BODY.PEEK[HEADER]<0.{HEADER_MAX_BYTES}> BODYSTRUCTURE)");
+    let fetched = tokio::time::timeout(timeout, async {
+        let mut out = Vec::new();
+        let mut stream = session.uid_fetch(uid_set(&set), &query).await?;
+        while let Some(f) = stream.try_next().await? {
+            let Some(uid) = f.uid else { continue };
+            let Some(&(_, size)) = uids.iter().find(|(u, _)| *u == uid) else {
+                continue;
+            };
+            let attachments = f
+                .bodystructure()
+                .map(crate::clients::imap::attachments_of)
+                .unwrap_or_default();
+            tracing::warn!(
+                uid,
+                size,
+                limit,
+                attachments = attachments.len(),
+                "message above imap.max_message_bytes: queued without its body"
+            );
+            out.push(FetchedMail {
+                uid,
+                internal_date: f
+                    .internal_date()
+                    .map(|d| d.to_rfc3339_opts(SecondsFormat::Secs, true))
+                    .unwrap_or_default(),
+                payload: base64::engine::general_purpose::STANDARD
+                    .encode(f.header().unwrap_or_default()),
+                omitted: Some(Omitted {
+                    size: u64::from(size),
+                    limit,
+                    attachments: serde_json::to_string(&attachments)
+                        .expect("attachment metadata serializes"),
+                }),
+            });
+        }
+        Ok::<_, async_imap::error::Error>(out)
+    })
+    .await;
+    match fetched {
+        Ok(r) => r.map_err(Some),
+        Err(_) => Err(None),
+    }
+}
+
 /// Fetches whole messages (without setting `\Seen`); an empty set fetches nothing. The error
 /// is `None` on timeout.
 async fn fetch_mails(
@@ -616,6 +698,7 @@ async fn fetch_mails(
                     .map(|d| d.to_rfc3339_opts(SecondsFormat::Secs, true))
                     .unwrap_or_default(),
                 payload: base64::engine::general_purpose::STANDARD.encode(body),
+                omitted: None,
             });
         }
         Ok::<_, async_imap::error::Error>(out)
@@ -643,30 +726,70 @@ fn error_kind(e: &ImapError) -> &'static str {
     }
 }
 
-/// Groups `(uid, size)` (sorted) into UID sets of at most `max_bytes` each, with the cursor to
-/// write after each: the last set's cursor is `hi`.
-fn batches(sizes: &[(u32, u32)], max_bytes: u64, hi: u32) -> Vec<(String, u32)> {
+/// Most bytes of an oversized message's header that are fetched (headers of real mail are a
+/// few KB; this bounds a hostile one).
+pub const HEADER_MAX_BYTES: u64 = 64 * 1024;
+
+/// One FETCH step of a poll.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Batch {
+    /// UIDs fetched whole.
+    whole: Vec<u32>,
+    /// `(uid, size)` of messages above `max_message_bytes`: header and BODYSTRUCTURE only.
+    headers: Vec<(u32, u32)>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.whole.is_empty() && self.headers.is_empty()
+    }
+
+    fn last_uid(&self) -> u32 {
+        let whole = self.whole.last().copied().unwrap_or(0);
+        let headers = self.headers.last().map_or(0, |(u, _)| *u);
+        whole.max(headers)
+    }
+}
+
+/// Groups `(uid, size)` (sorted) into batches of at most `max_bytes` each (a message above
+/// `max_message_bytes` counts as its header, [`HEADER_MAX_BYTES`]), with the cursor to write
+/// after each: the last batch's cursor is `hi`.
+fn batches(
+    sizes: &[(u32, u32)],
+    max_bytes: u64,
+    max_message_bytes: u64,
+    hi: u32,
+) -> Vec<(Batch, u32)> {
     let mut out = Vec::new();
-    let mut current: Vec<u32> = Vec::new();
+    let mut current = Batch::default();
     let mut bytes = 0u64;
     for &(uid, size) in sizes {
-        if !current.is_empty() && bytes + u64::from(size) > max_bytes {
-            let last = *current.last().expect("not empty");
-            out.push((uid_set(&current), last));
-            current.clear();
+        let oversized = u64::from(size) > max_message_bytes;
+        let weight = if oversized {
+            HEADER_MAX_BYTES
+        } else {
+            u64::from(size)
+        };
+        if !current.is_empty() && bytes + weight > max_bytes {
+            let last = current.last_uid();
+            out.push((std::mem::take(&mut current), last));
             bytes = 0;
         }
-        current.push(uid);
-        bytes += u64::from(size);
+        if oversized {
+            current.headers.push((uid, size));
+        } else {
+            current.whole.push(uid);
+        }
+        bytes += weight;
     }
     if !current.is_empty() {
-        out.push((uid_set(&current), hi));
+        out.push((current, hi));
     } else if let Some(last) = out.last_mut() {
         last.1 = hi;
     }
     if out.is_empty() {
         // Nothing in the range (all expunged): still move the cursor past it.
-        out.push((String::new(), hi));
+        out.push((Batch::default(), hi));
     }
     out
 }
@@ -706,19 +829,53 @@ mod tests {
         assert_eq!(uid_set(&[]), "");
     }
 
+    fn whole(uids: &[u32]) -> Batch {
+        Batch {
+            whole: uids.to_vec(),
+            headers: vec![],
+        }
+    }
+
     #[test]
     fn fetches_are_bounded_in_bytes_and_the_last_one_moves_the_cursor_to_the_end() {
         let sizes = [(1, 400), (2, 400), (3, 400), (5, 2_000), (6, 10)];
-        let b = batches(&sizes, 1_000, 8);
+        let b = batches(&sizes, 1_000, u64::MAX, 8);
         assert_eq!(
             b,
             vec![
-                ("1:2".to_string(), 2),
-                ("3".to_string(), 3),
-                ("5".to_string(), 5),
-                ("6".to_string(), 8)
+                (whole(&[1, 2]), 2),
+                (whole(&[3]), 3),
+                (whole(&[5]), 5),
+                (whole(&[6]), 8)
             ]
         );
-        assert_eq!(batches(&[], 1_000, 8), vec![(String::new(), 8)]);
+        assert_eq!(
+            batches(&[], 1_000, u64::MAX, 8),
+            vec![(Batch::default(), 8)]
+        );
+    }
+
+    #[test]
+    fn a_message_above_max_message_bytes_is_fetched_as_its_header_and_the_cursor_passes_it() {
+        let mb = 1 << 20;
+        let sizes = [(1, 100), (2, 30 * mb), (3, 100), (4, 5 * mb)];
+        let b = batches(&sizes, 16 * mb as u64, 25 * mb as u64, 9);
+        assert_eq!(
+            b,
+            vec![(
+                Batch {
+                    whole: vec![1, 3, 4],
+                    headers: vec![(2, 30 * mb)],
+                },
+                9
+            )]
+        );
+        // Headers count as HEADER_MAX_BYTES each against fetch_max_bytes.
+        let many: Vec<(u32, u32)> = (1..=5).map(|u| (u, 30 * mb)).collect();
+        let b = batches(&many, 2 * HEADER_MAX_BYTES, 25 * mb as u64, 5);
+        assert_eq!(b.len(), 3);
+        assert_eq!(b[0].0.headers, vec![(1, 30 * mb), (2, 30 * mb)]);
+        assert_eq!(b[0].1, 2);
+        assert_eq!(b[2].1, 5);
     }
 }

@@ -17,6 +17,7 @@ pub mod clients;
 pub mod deadletters;
 pub mod health;
 pub mod imap_poller;
+pub mod memory;
 pub mod metrics;
 pub mod mime;
 pub mod model;

@@ -59,8 +59,12 @@ pub fn mime_to_record(
     let text = msg
         .body_text(0)
         .or_else(|| msg.body_html(0))
-        .map(|t| t.into_owned())
         .unwrap_or_default();
+    // The preview needs the start of the text only: a 25 MB text body is not copied whole.
+    let mut head = text.len().min(PREVIEW_SOURCE_BYTES);
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
     let attachments: Vec<AttachmentMeta> = msg
         .attachments()
         .map(|a| AttachmentMeta {
@@ -91,10 +95,15 @@ pub fn mime_to_record(
         source: Source::Imap,
         mailbox: mailbox.to_string(),
         recipients,
-        body_preview: preview(&strip_tags(&text)),
+        body_preview: preview(&strip_tags(&text[..head])),
         attachments,
+        body_omitted: None,
     })
 }
+
+/// How much of the text body the preview is taken from: far more than its 255 characters, even
+/// behind markup and runs of whitespace.
+const PREVIEW_SOURCE_BYTES: usize = 64 * 1024;
 
 /// Removes what still looks like markup from a preview (mail-parser already turns an HTML-only
 /// body into text; this catches tags that survive, e.g. in a mislabelled text part).

@@ -70,6 +70,21 @@ pub struct Ms4Record {
     /// repeat. Not sent to MS4.
     #[serde(skip)]
     pub content_digest: String,
+    /// Present only on a record made without the message's body (an IMAP message above
+    /// `imap.max_message_bytes`, `imap.oversize = "headers"`): its size and the limit.
+    #[serde(
+        rename = "bodyOmitted",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub body_omitted: Option<BodyOmitted>,
+}
+
+/// Why a record has no body: the message's size (RFC822.SIZE) was above the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BodyOmitted {
+    pub size: u64,
+    pub limit: u64,
 }
 
 /// A digest of what tells two messages with the same Message-ID apart: the sender (case
@@ -121,6 +136,8 @@ pub enum Malformed {
     BadDate(String),
     #[error("not a MIME message: {0}")]
     NotMime(String),
+    #[error("message of {size} bytes is above imap.max_message_bytes ({limit}): its body was not fetched (imap.oversize = \"dead_letter\"; the payload is its header)")]
+    TooLarge { size: u64, limit: u64 },
 }
 
 /// The Graph message properties ms1 selects (`$select` in CONTRACTS.md), as Graph sends them.
@@ -182,6 +199,9 @@ impl From<GraphAttachment> for AttachmentMeta {
 pub struct TransformOptions {
     /// Copy the whole source payload into `raw_message`.
     pub include_raw: bool,
+    /// An IMAP message whose body was not fetched (too large) becomes a dead letter instead of
+    /// a record without body (`imap.oversize = "dead_letter"`).
+    pub oversize_dead_letter: bool,
 }
 
 /// Turns a Graph message (JSON) from `mailbox` into an MS4 record. `fetched` is attachment
@@ -241,6 +261,7 @@ pub fn graph_to_record(
         recipients,
         body_preview: preview(msg.body_preview.as_deref().unwrap_or("")),
         attachments,
+        body_omitted: None,
         id,
     })
 }
@@ -267,7 +288,27 @@ pub fn entry_to_record(
                 .internal_date
                 .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
                 .map(|d| d.with_timezone(&Utc));
-            crate::mime::mime_to_record(mailbox, &raw, internal_date, opts)
+            let Some(omitted) = fields.omitted else {
+                return crate::mime::mime_to_record(mailbox, &raw, internal_date, opts);
+            };
+            if opts.oversize_dead_letter {
+                return Err(Malformed::TooLarge {
+                    size: omitted.size,
+                    limit: omitted.limit,
+                });
+            }
+            // `raw` is the header only: a record of it, with the attachments the server's
+            // BODYSTRUCTURE listed, no preview and no raw message.
+            let mut record = crate::mime::mime_to_record(mailbox, &raw, internal_date, opts)?;
+            record.raw_message = None;
+            record.body_preview = String::new();
+            record.attachments = omitted.attachments.to_vec();
+            record.has_attachments = !record.attachments.is_empty();
+            record.body_omitted = Some(BodyOmitted {
+                size: omitted.size,
+                limit: omitted.limit,
+            });
+            Ok(record)
         }
         other => Err(Malformed::UnknownSource(other.to_string())),
     }
@@ -283,6 +324,33 @@ pub struct InboundFields<'a> {
     pub attachments: Option<&'a [AttachmentMeta]>,
     /// IMAP INTERNALDATE (RFC 3339): the date of a message without a usable Date header.
     pub internal_date: Option<&'a str>,
+    /// IMAP: the body was not fetched (the message is too large); `payload` is its header.
+    pub omitted: Option<&'a OmittedBody>,
+}
+
+/// What an inbound IMAP entry says of a message whose body was not fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OmittedBody {
+    /// RFC822.SIZE.
+    pub size: u64,
+    /// `imap.max_message_bytes` when it was polled.
+    pub limit: u64,
+    /// From the server's BODYSTRUCTURE.
+    pub attachments: Vec<AttachmentMeta>,
+}
+
+impl OmittedBody {
+    /// From the entry's `oversize` (`{size}:{limit}`) and `attachments` (JSON) fields.
+    pub fn parse(oversize: &str, attachments: Option<&str>) -> Option<Self> {
+        let (size, limit) = oversize.split_once(':')?;
+        Some(Self {
+            size: size.parse().ok()?,
+            limit: limit.parse().ok()?,
+            attachments: attachments
+                .and_then(|a| serde_json::from_str(a).ok())
+                .unwrap_or_default(),
+        })
+    }
 }
 
 /// Whether a Graph message needs its attachment metadata fetched: it has attachments and
@@ -408,7 +476,16 @@ mod tests {
 
     #[test]
     fn include_raw_copies_the_payload() {
-        let r = graph_to_record("m", MSG, None, TransformOptions { include_raw: true }).unwrap();
+        let r = graph_to_record(
+            "m",
+            MSG,
+            None,
+            TransformOptions {
+                include_raw: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(r.raw_message.as_deref(), Some(MSG));
     }
 
@@ -494,6 +571,52 @@ mod tests {
         };
         let err = entry_to_record(&f, Default::default()).unwrap_err();
         assert!(err.to_string().contains("base64"), "{err}");
+    }
+
+    #[test]
+    fn an_oversized_imap_entry_becomes_a_flagged_record_without_body_or_a_dead_letter() {
+        use base64::Engine;
+        let header = b"From: a@b.example\r\nSubject: big\r\nMessage-ID: <big@b.example>\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\n\r\n";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(header);
+        let omitted = OmittedBody::parse(
+            "31457280:26214400",
+            Some(r#"[{"name":"scan.pdf","contentType":"application/pdf","size":31000000}]"#),
+        )
+        .unwrap();
+        let f = InboundFields {
+            source: Some("imap"),
+            mailbox: Some("gmail"),
+            payload: Some(&b64),
+            omitted: Some(&omitted),
+            ..Default::default()
+        };
+        let opts = TransformOptions {
+            include_raw: true,
+            ..Default::default()
+        };
+        let r = entry_to_record(&f, opts).unwrap();
+        assert_eq!(r.idempotency_key, "<big@b.example>");
+        assert_eq!(r.raw_message, None);
+        assert_eq!(r.body_preview, "");
+        assert!(r.has_attachments);
+        assert_eq!(r.attachments[0].name, "scan.pdf");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["bodyOmitted"]["size"], 31457280);
+        assert_eq!(json["bodyOmitted"]["limit"], 26214400);
+        let opts = TransformOptions {
+            oversize_dead_letter: true,
+            ..Default::default()
+        };
+        let err = entry_to_record(&f, opts).unwrap_err().to_string();
+        assert!(
+            err.contains("31457280 bytes") && err.contains("26214400"),
+            "{err}"
+        );
+        // A normal record carries no bodyOmitted at all.
+        let normal = InboundFields { omitted: None, ..f };
+        let json =
+            serde_json::to_value(entry_to_record(&normal, Default::default()).unwrap()).unwrap();
+        assert!(json.get("bodyOmitted").is_none());
     }
 
     #[test]

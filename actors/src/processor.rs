@@ -15,17 +15,20 @@
 
 use crate::clients::graph::{GraphClient, GraphError};
 use crate::model::{
-    entry_to_record, graph_needs_attachments, AttachmentMeta, InboundFields, TransformOptions,
+    entry_to_record, graph_needs_attachments, AttachmentMeta, InboundFields, OmittedBody,
+    TransformOptions,
 };
 use crate::ratelimiter::RateLimiter;
 use crate::retry::Backoff;
-use crate::settings::Settings;
+use crate::settings::{Oversize, Settings};
 use crate::shutdown::Shutdown;
 use crate::store::dlq::Stage;
 use crate::store::keys::PROCESSORS;
 use crate::store::park::{ParkState, PROBE};
 use crate::store::streams::ParkedEntry;
-use crate::store::{DeadLetter, Entry, FollowUp, Handoff, OutboundRecord, Store, StoreError};
+use crate::store::{
+    DeadLetter, Entry, FollowUp, Handoff, OutboundRecord, ReadBudget, Scan, Store, StoreError,
+};
 use crate::supervision::RestartPacer;
 use crate::{health::Health, metrics as m};
 use actix::prelude::*;
@@ -53,6 +56,10 @@ pub mod inbound_fields {
     pub const UID: &str = "uid";
     pub const UIDVALIDITY: &str = "uidvalidity";
     pub const INTERNAL_DATE: &str = "internal_date";
+    /// IMAP, a message above `imap.max_message_bytes`: `{size}:{limit}`; `payload` is then its
+    /// header only, and `attachments` (JSON) what its BODYSTRUCTURE lists.
+    pub const OVERSIZE: &str = "oversize";
+    pub const ATTACHMENTS: &str = "attachments";
 }
 
 /// What the processor learned from Graph about one entry before transforming it.
@@ -204,18 +211,32 @@ impl Work {
             .await?;
         self.health.set_redis(true);
 
-        let pending = self
-            .store
-            .own_pending(&inbound, PROCESSORS, &self.consumer, p.read_chunk)
-            .await?;
-        if !pending.is_empty() {
-            tracing::info!(
-                entries = pending.len(),
-                "resuming entries this consumer held"
-            );
-        }
-        for chunk in pending.chunks(p.read_chunk) {
-            self.process(chunk).await?;
+        // Every read is bounded in bytes as well as in entries (store::read_budget).
+        let budget = ReadBudget::new(p.read_chunk, p.read_max_bytes);
+        let mut own = "0-0".to_string();
+        loop {
+            let (next, pending) = self
+                .store
+                .read_budgeted(
+                    &inbound,
+                    PROCESSORS,
+                    &self.consumer,
+                    Scan::Own,
+                    &own,
+                    budget,
+                )
+                .await?;
+            if !pending.is_empty() {
+                tracing::info!(
+                    entries = pending.len(),
+                    "resuming entries this consumer held"
+                );
+                self.process(&pending).await?;
+            }
+            if next == "0-0" {
+                break;
+            }
+            own = next;
         }
 
         let claim_every = Duration::from_millis((claim_idle / 2).max(500));
@@ -235,15 +256,18 @@ impl Work {
                 continue;
             }
             if Instant::now() >= next_claim {
+                let claim = Scan::Claim {
+                    min_idle_ms: claim_idle,
+                };
                 let (next, claimed) = self
                     .store
-                    .autoclaim(
+                    .read_budgeted(
                         &inbound,
                         PROCESSORS,
                         &self.consumer,
-                        claim_idle,
+                        claim,
                         &claim_cursor,
-                        p.read_chunk,
+                        budget,
                     )
                     .await?;
                 if !claimed.is_empty() {
@@ -259,13 +283,12 @@ impl Work {
                 claim_cursor = next;
                 continue;
             }
-            let entries = blocking
-                .read_group(
+            let (entries, _) = blocking
+                .read_new_budgeted(
                     &inbound,
                     PROCESSORS,
                     &self.consumer,
-                    ">",
-                    p.read_chunk,
+                    budget,
                     Some(p.block_ms),
                 )
                 .await?;
@@ -283,6 +306,7 @@ impl Work {
     async fn process(&self, entries: &[Entry]) -> Result<(), StoreError> {
         let opts = TransformOptions {
             include_raw: self.settings.ms4.include_raw,
+            oversize_dead_letter: self.settings.imap.oversize == Oversize::DeadLetter,
         };
         let g = &self.settings.graph;
         let mut backoff = Backoff::new(&self.settings.ms4);
@@ -713,12 +737,16 @@ fn plan_chunk(entries: &[Entry], resolved: &[Resolution], opts: TransformOptions
     // Key → content digest of the records planned so far.
     let mut keys_in_chunk: HashMap<String, String> = HashMap::with_capacity(entries.len());
     for (e, resolution) in entries.iter().zip(resolved) {
+        let omitted = e
+            .field(f::OVERSIZE)
+            .and_then(|o| OmittedBody::parse(o, e.field(f::ATTACHMENTS)));
         let mut fields = InboundFields {
             source: e.field(f::SOURCE),
             mailbox: e.field(f::MAILBOX),
             payload: e.field(f::PAYLOAD),
             attachments: None,
             internal_date: e.field(f::INTERNAL_DATE),
+            omitted: omitted.as_ref(),
         };
         let dead = |reason: String, status: u16, payload: &str| DeadLetter {
             stage: Stage::Process,
@@ -736,7 +764,14 @@ fn plan_chunk(entries: &[Entry], resolved: &[Resolution], opts: TransformOptions
             source: e.field(f::SOURCE).unwrap_or("graph").to_string(),
             carry: crate::store::dlq::carried(
                 e,
-                &[f::MARK_READ, f::UID, f::UIDVALIDITY, f::INTERNAL_DATE],
+                &[
+                    f::MARK_READ,
+                    f::UID,
+                    f::UIDVALIDITY,
+                    f::INTERNAL_DATE,
+                    f::OVERSIZE,
+                    f::ATTACHMENTS,
+                ],
             ),
         };
         match resolution {

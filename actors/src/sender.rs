@@ -5,6 +5,9 @@
 //! - **Batching.** A feeder reads the outbound stream through the `senders` group whenever one
 //!   of `ms4.max_in_flight` slots is free: a full batch of `ms4.batch_size`, or a partial one
 //!   once `ms4.linger_ms` has passed since its first record (at once when draining).
+//! - **Bytes.** The records held (batches in flight and the one being formed) stay within
+//!   `ms4.max_in_flight_bytes`: a batch starts only below it and stops growing at it; its
+//!   first record may pass it alone. Every read is byte-bounded (`store::read_budget`).
 //! - **Admission.** Before each request the batch waits for the gate (circuit breaker and
 //!   MS4 authentication state) and for a permit of the shared MS4 rate budget.
 //! - **Answers** are classified once ([`Verdict`]) and acted on:
@@ -29,8 +32,9 @@ use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::store::dlq::Stage;
 use crate::store::keys::SENDERS;
+use crate::store::read_budget::{entry_bytes, within_budget};
 use crate::store::streams::outbound_fields as F;
-use crate::store::{DeadLetter, Entry, Store, StoreError};
+use crate::store::{DeadLetter, Entry, ReadBudget, Scan, Store, StoreError};
 use crate::supervision::RestartPacer;
 use actix::prelude::*;
 use std::cell::{Cell, RefCell};
@@ -52,6 +56,8 @@ pub struct Drain;
 struct Deliver {
     generation: u64,
     batch: Vec<Entry>,
+    /// The batch's size as budgets count it.
+    bytes: u64,
 }
 
 pub struct Ms4Sender {
@@ -105,6 +111,7 @@ impl Actor for Ms4Sender {
             auth: RefCell::new(AuthGate::default()),
             held: RefCell::new(HashSet::new()),
             in_flight: Cell::new(0),
+            in_flight_bytes: Cell::new(0),
             slot_freed: Notify::new(),
             feeding: Cell::new(true),
         });
@@ -158,7 +165,7 @@ impl Handler<Deliver> for Ms4Sender {
         ctx.spawn(
             async move {
                 deliver(core.clone(), msg.batch).await;
-                core.finish_slot();
+                core.finish_slot(msg.bytes);
                 if shutdown.is_raised() && core.in_flight.get() == 0 && !core.feeding.get() {
                     stopped.send_replace(true);
                 }
@@ -213,6 +220,8 @@ struct Core {
     /// Entry ids held by a batch in flight (not to be claimed twice).
     held: RefCell<HashSet<String>>,
     in_flight: Cell<usize>,
+    /// Bytes of the batches in flight (`ms4.max_in_flight_bytes`).
+    in_flight_bytes: Cell<u64>,
     slot_freed: Notify,
     /// The feeder is still forming batches (a drain waits for it to stop).
     feeding: Cell<bool>,
@@ -223,8 +232,10 @@ impl Core {
         self.store.keys().outbound()
     }
 
-    fn finish_slot(&self) {
+    fn finish_slot(&self, bytes: u64) {
         self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        self.in_flight_bytes
+            .set(self.in_flight_bytes.get().saturating_sub(bytes));
         metrics::gauge!(m::IN_FLIGHT).set(self.in_flight.get() as f64);
         self.slot_freed.notify_one();
     }
@@ -419,17 +430,11 @@ async fn feed(
     core.store.ensure_group(&outbound, SENDERS).await?;
     core.health.set_redis(true);
 
-    let mut backlog: VecDeque<Entry> = core
-        .store
-        .own_pending(&outbound, SENDERS, &core.consumer, 1_000)
-        .await?
-        .into();
-    if !backlog.is_empty() {
-        tracing::info!(
-            entries = backlog.len(),
-            "re-sending entries this consumer held before it stopped"
-        );
-    }
+    // Claimed entries waiting for a batch (at most one batch's worth, within the byte budget).
+    let mut backlog: VecDeque<Entry> = VecDeque::new();
+    // This consumer's own pending entries (held before it stopped) are re-sent first, read in
+    // budgeted steps from this cursor; `None` once all were read.
+    let mut own: Option<String> = Some("0-0".to_string());
     let claim_idle = s.redis.claim_idle_ms;
     let housekeeping_every = Duration::from_millis((claim_idle / 3).max(300));
     let mut next_housekeeping = Instant::now() + housekeeping_every;
@@ -450,17 +455,26 @@ async fn feed(
             core.store
                 .touch(&outbound, SENDERS, &core.consumer, &held)
                 .await?;
-            let (next, claimed) = core
-                .store
-                .autoclaim(
-                    &outbound,
-                    SENDERS,
-                    &core.consumer,
-                    claim_idle,
-                    &claim_cursor,
-                    1_000,
-                )
-                .await?;
+            let free = s
+                .ms4
+                .max_in_flight_bytes
+                .saturating_sub(core.in_flight_bytes.get());
+            let (next, claimed) = if backlog.is_empty() && free > 0 {
+                core.store
+                    .read_budgeted(
+                        &outbound,
+                        SENDERS,
+                        &core.consumer,
+                        Scan::Claim {
+                            min_idle_ms: claim_idle,
+                        },
+                        &claim_cursor,
+                        ReadBudget::new(s.ms4.batch_size, free),
+                    )
+                    .await?
+            } else {
+                (claim_cursor.clone(), Vec::new())
+            };
             claim_cursor = next;
             let held = core.held.borrow();
             let fresh: Vec<Entry> = claimed
@@ -475,46 +489,96 @@ async fn feed(
             }
             backlog.extend(fresh);
         }
-        if core.in_flight.get() >= s.ms4.max_in_flight {
+        let bytes_full =
+            core.in_flight.get() > 0 && core.in_flight_bytes.get() >= s.ms4.max_in_flight_bytes;
+        if core.in_flight.get() >= s.ms4.max_in_flight || bytes_full {
             let _ =
                 tokio::time::timeout(Duration::from_millis(200), core.slot_freed.notified()).await;
             continue;
         }
-        let batch = form_batch(&core, &blocking, &mut backlog, &shutdown).await?;
+        let batch = form_batch(&core, &blocking, &mut backlog, &mut own, &shutdown).await?;
         if batch.is_empty() {
             continue;
         }
+        let bytes = batch.iter().map(entry_bytes).sum::<u64>();
         core.held
             .borrow_mut()
             .extend(batch.iter().map(|e| e.id.clone()));
         core.in_flight.set(core.in_flight.get() + 1);
+        core.in_flight_bytes.set(core.in_flight_bytes.get() + bytes);
         metrics::gauge!(m::IN_FLIGHT).set(core.in_flight.get() as f64);
-        addr.do_send(Deliver { generation, batch });
+        addr.do_send(Deliver {
+            generation,
+            batch,
+            bytes,
+        });
     }
     // Whatever was formed but not sent stays pending and is re-sent on the next start.
     tracing::info!("drained: no longer reading the outbound stream");
     Ok(())
 }
 
-/// One batch: backlog first, then new entries until full or `linger_ms` after the first one.
+/// One batch: claimed entries first, then this consumer's own pending ones, then new entries,
+/// until full (`batch_size`, or the bytes left of `max_in_flight_bytes`) or `linger_ms` after
+/// the first one. The first record is taken whatever its size; the others only if they fit.
 async fn form_batch(
     core: &Core,
     blocking: &Store,
     backlog: &mut VecDeque<Entry>,
+    own: &mut Option<String>,
     shutdown: &Shutdown,
 ) -> Result<Vec<Entry>, StoreError> {
     let s = &core.settings;
     let size = s.ms4.batch_size;
+    let budget = ReadBudget::new(
+        size,
+        s.ms4
+            .max_in_flight_bytes
+            .saturating_sub(core.in_flight_bytes.get())
+            .max(1),
+    );
     let mut batch: Vec<Entry> = Vec::with_capacity(size);
-    while batch.len() < size {
-        match backlog.pop_front() {
-            Some(e) => batch.push(e),
-            None => break,
+    let mut bytes = 0u64;
+    // What a read may still add to the batch (`None`: the batch is full).
+    let left = |batch: &Vec<Entry>, bytes: u64| {
+        if batch.is_empty() {
+            Some(budget)
+        } else {
+            budget.after(batch.len(), bytes)
         }
+    };
+    while let Some(room) = left(&batch, bytes) {
+        let Some(e) = backlog.front() else { break };
+        if within_budget(&[entry_bytes(e)], room) == 0 {
+            break;
+        }
+        let e = backlog.pop_front().expect("looked at above");
+        bytes += entry_bytes(&e);
+        batch.push(e);
     }
     let outbound = core.outbound();
+    while let (Some(cursor), Some(room)) = (own.clone(), left(&batch, bytes)) {
+        let (next, got) = core
+            .store
+            .read_budgeted(&outbound, SENDERS, &core.consumer, Scan::Own, &cursor, room)
+            .await?;
+        *own = (next != "0-0").then_some(next);
+        let held = core.held.borrow();
+        let fresh: Vec<Entry> = got
+            .into_iter()
+            .filter(|e| !held.contains(&e.id) && !batch.iter().any(|b| b.id == e.id))
+            .collect();
+        if !fresh.is_empty() {
+            tracing::info!(
+                entries = fresh.len(),
+                "re-sending entries this consumer held before it stopped"
+            );
+        }
+        bytes += fresh.iter().map(entry_bytes).sum::<u64>();
+        batch.extend(fresh);
+    }
     let mut deadline = (!batch.is_empty()).then(|| Instant::now() + s.ms4.linger());
-    while batch.len() < size {
+    while let Some(room) = left(&batch, bytes) {
         let block_ms = match deadline {
             None => s.pipeline.block_ms,
             Some(d) => {
@@ -525,30 +589,37 @@ async fn form_batch(
                 left.as_millis().max(1) as u64
             }
         };
-        let got = blocking
-            .read_group(
-                &outbound,
-                SENDERS,
-                &core.consumer,
-                ">",
-                size - batch.len(),
-                Some(block_ms),
-            )
+        // An empty batch waits (blocking) for its first record; a top-up read does not block
+        // (the record it would wait for might not fit), it looks again shortly.
+        let (got, full) = blocking
+            .read_new_budgeted(&outbound, SENDERS, &core.consumer, room, Some(block_ms))
             .await?;
         if got.is_empty() {
+            if full {
+                // The next record does not fit in what is left: the batch is as big as it gets.
+                break;
+            }
             if deadline.is_none() {
                 // Idle: let the feeder do its housekeeping and notice a drain.
                 break;
             }
+            tokio::time::sleep(Duration::from_millis(block_ms.min(TOP_UP_PAUSE_MS))).await;
             continue;
         }
         if deadline.is_none() {
             deadline = Some(Instant::now() + s.ms4.linger());
         }
+        bytes += got.iter().map(entry_bytes).sum::<u64>();
         batch.extend(got);
+        if full {
+            break;
+        }
     }
     Ok(batch)
 }
+
+/// How long a partial batch waits between two looks for more records while it lingers, in ms.
+const TOP_UP_PAUSE_MS: u64 = 2;
 
 /// A slice of a batch on its way; 400s split it.
 struct Part {

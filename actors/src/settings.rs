@@ -215,6 +215,10 @@ impl Default for RedisSettings {
 pub struct PipelineSettings {
     /// Inbound entries read per XREADGROUP.
     pub read_chunk: usize,
+    /// Bytes the BatchProcessor reads at once at most (a read stops before the entry that would
+    /// pass it; one entry bigger than this is read alone): bounds its memory whatever the
+    /// entries' sizes, where `read_chunk` alone bounds only their number.
+    pub read_max_bytes: u64,
     /// Longest a blocking read waits for new entries, in milliseconds.
     pub block_ms: u64,
     /// Above this many entries in the outbound stream, the BatchProcessor (and the pollers)
@@ -230,6 +234,7 @@ impl Default for PipelineSettings {
     fn default() -> Self {
         Self {
             read_chunk: 500,
+            read_max_bytes: 64 * 1024 * 1024,
             block_ms: 1_000,
             max_backlog: 200_000,
             drain_timeout_ms: 20_000,
@@ -255,6 +260,11 @@ pub struct Ms4Settings {
     pub linger_ms: u64,
     /// Requests to MS4 in flight at once.
     pub max_in_flight: usize,
+    /// Bytes of records the sender holds at most (the batches in flight and the one being
+    /// formed): a batch stops growing at this bound, and no new batch starts while the ones in
+    /// flight hold it (a single record bigger than this goes alone). Matters with
+    /// `include_raw`, where a record carries the whole message.
+    pub max_in_flight_bytes: u64,
     /// Requests per minute allowed by MS4, shared by every daemon on the same Redis. 0: no limit
     /// (only for an MS4 that has none, such as the simulator in benchmarks).
     pub rate_limit_per_min: u32,
@@ -281,6 +291,7 @@ impl Default for Ms4Settings {
             max_batch: 100,
             linger_ms: 200,
             max_in_flight: 4,
+            max_in_flight_bytes: 32 * 1024 * 1024,
             rate_limit_per_min: 120,
             rate_margin_ms: 500,
             include_raw: false,
@@ -518,6 +529,14 @@ pub struct ImapSettings {
     /// Bytes per `UID FETCH` at most (message sizes are asked first; a bigger message is
     /// fetched alone): bounds the memory a poll takes.
     pub fetch_max_bytes: u64,
+    /// Largest message (its RFC822.SIZE, asked before fetching) whose body is fetched. A bigger
+    /// one is handled as `oversize` says; either way the cursor moves past it.
+    pub max_message_bytes: u64,
+    /// What a message above `max_message_bytes` becomes: `headers` (its header and BODYSTRUCTURE
+    /// are fetched, and it is delivered as a record without body, preview or raw message,
+    /// flagged `bodyOmitted`, with attachment names, types and sizes from the BODYSTRUCTURE), or
+    /// `dead_letter` (a dead letter naming its size and the limit, with its header as payload).
+    pub oversize: Oversize,
     /// An IDLE is ended and re-issued after this long, in seconds (RFC 2177: servers may drop
     /// an IDLE after 30 minutes; at most 1740).
     pub idle_renew_s: u64,
@@ -535,6 +554,8 @@ impl Default for ImapSettings {
         Self {
             fetch_chunk: 500,
             fetch_max_bytes: 16 * 1024 * 1024,
+            max_message_bytes: 25 * 1024 * 1024,
+            oversize: Oversize::Headers,
             idle_renew_s: 1_500,
             timeout_ms: 30_000,
             lease_ttl_s: 30,
@@ -643,6 +664,16 @@ impl std::fmt::Debug for ImapSource {
             .field("after_delivery", &self.after_delivery)
             .finish_non_exhaustive()
     }
+}
+
+/// What becomes of an IMAP message above `imap.max_message_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Oversize {
+    /// A record from its header and BODYSTRUCTURE, without body.
+    Headers,
+    /// A dead letter with the reason (size and limit).
+    DeadLetter,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -813,6 +844,9 @@ impl Settings {
         if !(1..=10_000).contains(&p.read_chunk) {
             return bad("pipeline.read_chunk", "must be between 1 and 10000");
         }
+        if p.read_max_bytes < 65_536 {
+            return bad("pipeline.read_max_bytes", "must be at least 65536");
+        }
         if !(10..=60_000).contains(&p.block_ms) {
             return bad("pipeline.block_ms", "must be between 10 and 60000");
         }
@@ -835,6 +869,9 @@ impl Settings {
         }
         if !(1..=256).contains(&m.max_in_flight) {
             return bad("ms4.max_in_flight", "must be between 1 and 256");
+        }
+        if m.max_in_flight_bytes < 65_536 {
+            return bad("ms4.max_in_flight_bytes", "must be at least 65536");
         }
         if m.request_timeout_ms < 100 {
             return bad("ms4.request_timeout_ms", "must be at least 100");
@@ -989,6 +1026,12 @@ impl Settings {
         }
         if i.fetch_max_bytes < 65_536 {
             return bad("imap.fetch_max_bytes", "must be at least 65536");
+        }
+        if !(65_536..=1 << 30).contains(&i.max_message_bytes) {
+            return bad(
+                "imap.max_message_bytes",
+                "must be between 65536 and 1073741824 (1 GiB)",
+            );
         }
         if !(10..=1_740).contains(&i.idle_renew_s) {
             return bad(

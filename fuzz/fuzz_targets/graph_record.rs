@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
     // Vary the options with the input's length, so that JSON seeds stay JSON.
     let opts = TransformOptions {
         include_raw: data.len() % 2 == 1,
+        ..Default::default()
     };
     let fetched = [AttachmentMeta {
         name: "INV-1.pdf".into(),
@@ -44,6 +45,7 @@ fuzz_target!(|data: &[u8]| {
         payload: Some(payload),
         attachments: fetched,
         internal_date: None,
+        omitted: None,
     };
     assert_eq!(entry_to_record(&fields, opts), direct);
 });

@@ -16,6 +16,7 @@ fuzz_target!(|raw: &[u8]| {
         (raw.len() % 2 == 1).then(|| Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap());
     let opts = TransformOptions {
         include_raw: raw.len() % 4 >= 2,
+        ..Default::default()
     };
     let direct = mime_to_record(SOURCE, raw, internal_date, opts);
     if let Ok(r) = &direct {
@@ -31,6 +32,7 @@ fuzz_target!(|raw: &[u8]| {
         payload: Some(&payload),
         attachments: None,
         internal_date: date.as_deref(),
+        omitted: None,
     };
     assert_eq!(entry_to_record(&fields, opts), direct);
 });

@@ -55,9 +55,12 @@ pub fn serve(opts: ImapSimOptions) -> anyhow::Result<()> {
         .collect();
     let mut dc = PrivateDovecot::start(&dir, &refs, remove)?;
     let mut next = 0u64;
+    // Generated and delivered a step at a time: at most 1,000 messages or 64 MiB (a burst of
+    // 25 MB messages must not be built in memory all at once).
+    let step = (64 * 1024 * 1024 / opts.size.max(1)).clamp(1, 1_000) as u64;
     for (user, _) in &users {
-        for start in (0..opts.messages).step_by(1_000) {
-            let end = (start + 1_000).min(opts.messages);
+        for start in (0..opts.messages).step_by(step as usize) {
+            let end = (start + step).min(opts.messages);
             let mail: Vec<Vec<u8>> = (start..end)
                 .map(|n| mime_message(n, user, opts.size))
                 .collect();

@@ -115,6 +115,8 @@ pub struct SimStats {
     /// achieved request rate.
     pub first_request_ms: u64,
     pub last_request_ms: u64,
+    /// Stored records flagged `bodyOmitted` (a message too large to fetch), whole.
+    pub body_omitted_records: Vec<Value>,
 }
 
 struct State {
@@ -288,6 +290,9 @@ async fn batch_metadata(
             duplicates += 1;
         } else {
             s.keys.insert(r.key.clone());
+            if let Some(record) = &r.body_omitted {
+                s.stats.body_omitted_records.push(record.clone());
+            }
             match r.attachments {
                 (true, _) => s.stats.records_with_attachments += 1,
                 (false, true) => s.stats.records_missing_attachments += 1,
@@ -316,6 +321,8 @@ struct Accepted {
     key: String,
     /// (lists attachments, claims attachments)
     attachments: (bool, bool),
+    /// The record, when it is flagged `bodyOmitted`.
+    body_omitted: Option<Value>,
 }
 
 /// Validates a batch; returns its records' keys and attachment facts.
@@ -342,6 +349,7 @@ fn parse_batch(body: &[u8], max_batch: usize, lenient: bool) -> Result<Vec<Accep
                         .is_some_and(|a| !a.is_empty()),
                     item["hasAttachments"] == true,
                 ),
+                body_omitted: item.get("bodyOmitted").map(|_| item.clone()),
             }),
             None => return Err("the batch contains at least one invalid record".into()),
         }

@@ -9,7 +9,9 @@
 
 use crate::clients::oauth::{Grant, OAuthError, TokenSource};
 use crate::clients::xoauth2;
+use crate::model::AttachmentMeta;
 use crate::settings::{ImapAuth, ImapSource, ImapTls, Secret};
+use async_imap::imap_proto::{BodyStructure, ContentEncoding};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::future::Future;
@@ -362,6 +364,57 @@ impl async_imap::Authenticator for &mut XOAuth2 {
             }
         }
     }
+}
+
+/// The attachments a BODYSTRUCTURE lists (for a message whose body is not fetched): every
+/// single part that is not a text body, or that has a file name or an `attachment`
+/// disposition, with its type and size. The size is the decoded size (for base64, as far as it
+/// follows from the encoded octets the server reports: 57 bytes per 78-octet line).
+pub fn attachments_of(bs: &BodyStructure<'_>) -> Vec<AttachmentMeta> {
+    let mut out = Vec::new();
+    walk_parts(bs, &mut out);
+    out
+}
+
+fn walk_parts(bs: &BodyStructure<'_>, out: &mut Vec<AttachmentMeta>) {
+    let (common, other) = match bs {
+        BodyStructure::Multipart { bodies, .. } => {
+            for b in bodies {
+                walk_parts(b, out);
+            }
+            return;
+        }
+        BodyStructure::Basic { common, other, .. }
+        | BodyStructure::Text { common, other, .. }
+        | BodyStructure::Message { common, other, .. } => (common, other),
+    };
+    let param = |params: &Option<Vec<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)>>,
+                 key: &str| {
+        params
+            .iter()
+            .flatten()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.to_string())
+    };
+    let disposition = common.disposition.as_ref();
+    let name = disposition
+        .and_then(|d| param(&d.params, "filename"))
+        .or_else(|| param(&common.ty.params, "name"));
+    let is_attachment = disposition.is_some_and(|d| d.ty.eq_ignore_ascii_case("attachment"));
+    let is_text = common.ty.ty.eq_ignore_ascii_case("text");
+    if !(is_attachment || name.is_some() || !is_text) {
+        return;
+    }
+    let octets = u64::from(other.octets);
+    let size = match other.transfer_encoding {
+        ContentEncoding::Base64 => octets * 57 / 78,
+        _ => octets,
+    };
+    out.push(AttachmentMeta {
+        name: name.unwrap_or_default(),
+        content_type: format!("{}/{}", common.ty.ty, common.ty.subtype).to_ascii_lowercase(),
+        size,
+    });
 }
 
 /// rustls with the Mozilla roots, plus the certificates of `ca_file` when given.

@@ -19,8 +19,21 @@ pub struct FetchedMail {
     pub uid: u32,
     /// INTERNALDATE, RFC 3339 (empty when the server sent none).
     pub internal_date: String,
-    /// The raw message, base64.
+    /// The raw message, base64 (its header only when `omitted`).
     pub payload: String,
+    /// The body was not fetched: the message is above `imap.max_message_bytes`.
+    pub omitted: Option<Omitted>,
+}
+
+/// A message fetched without its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Omitted {
+    /// RFC822.SIZE.
+    pub size: u64,
+    /// `imap.max_message_bytes`.
+    pub limit: u64,
+    /// Attachment metadata from BODYSTRUCTURE, as JSON (`[{"name","contentType","size"}]`).
+    pub attachments: String,
 }
 
 /// One chunk of a folder, ready to be written.
@@ -75,6 +88,12 @@ impl Store {
             .arg(if chunk.after_delivery { "1" } else { "" });
         for m in &chunk.mails {
             inv.arg(m.uid).arg(&m.internal_date).arg(&m.payload);
+            match &m.omitted {
+                Some(o) => inv
+                    .arg(format!("{}:{}", o.size, o.limit))
+                    .arg(&o.attachments),
+                None => inv.arg("").arg(""),
+            };
         }
         let added: i64 = inv.invoke_async(&mut self.conn()).await?;
         Ok(if added < 0 {

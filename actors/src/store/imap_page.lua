@@ -5,7 +5,9 @@
 -- KEYS[1] lease, KEYS[2] inbound stream, KEYS[3] cursor hash
 -- ARGV[1] lease token, ARGV[2] UIDVALIDITY, ARGV[3] last UID after this chunk, ARGV[4] now ms,
 -- ARGV[5] source name, ARGV[6] after-delivery ('1' or ''),
--- then triples: UID, INTERNALDATE (RFC 3339 or ''), message (base64).
+-- then per message: UID, INTERNALDATE (RFC 3339 or ''), message (base64), and for a message whose
+-- body was not fetched (above imap.max_message_bytes) '{size}:{limit}' and its attachments (JSON)
+-- from BODYSTRUCTURE, else '' and '' (the message is then its header only).
 -- Only UIDs above the stored last UID of the same UIDVALIDITY are added (a server answering
 -- `UID n:*` with the last message when nothing is new cannot make it re-push that message).
 -- Returns the number of messages added, or -1 without the lease.
@@ -18,7 +20,7 @@ if cursor[1] == ARGV[2] and cursor[2] then
   floor = tonumber(cursor[2])
 end
 local added = 0
-for i = 7, #ARGV, 3 do
+for i = 7, #ARGV, 5 do
   local uid = tonumber(ARGV[i])
   if uid > floor then
     local fields = {'source', 'imap', 'kind', 'message', 'mailbox', ARGV[5],
@@ -30,6 +32,12 @@ for i = 7, #ARGV, 3 do
     if ARGV[6] == '1' then
       table.insert(fields, 'mark_read')
       table.insert(fields, '1')
+    end
+    if ARGV[i + 3] ~= '' then
+      table.insert(fields, 'oversize')
+      table.insert(fields, ARGV[i + 3])
+      table.insert(fields, 'attachments')
+      table.insert(fields, ARGV[i + 4])
     end
     table.insert(fields, 'payload')
     table.insert(fields, ARGV[i + 2])

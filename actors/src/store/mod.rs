@@ -26,6 +26,7 @@ pub mod keys;
 pub mod park;
 pub mod poll;
 pub mod ratelimit;
+pub mod read_budget;
 pub mod session;
 pub mod streams;
 pub mod webhook;
@@ -33,6 +34,7 @@ pub mod webhook;
 pub use access::describe_refusal;
 pub use dlq::DeadLetter;
 pub use keys::Keys;
+pub use read_budget::{ReadBudget, Scan};
 pub use streams::{Entry, FollowUp, Handoff, OutboundRecord};
 
 use crate::settings::RedisSettings;

@@ -109,6 +109,15 @@ pub fn conflict_key(key: &str, digest: &str) -> String {
     format!("{key}#{digest}")
 }
 
+/// The idempotency key of a Graph message: its `internetMessageId` (trimmed), else
+/// `graph:{mailbox}:{id}`. The one rule for the pollers' intake marks and the records alike.
+pub fn graph_key(internet_message_id: Option<&str>, mailbox: &str, id: &str) -> String {
+    match internet_message_id.map(str::trim) {
+        Some(imid) if !imid.is_empty() => imid.to_string(),
+        _ => format!("graph:{mailbox}:{id}"),
+    }
+}
+
 /// The content digest of a Graph message (JSON) as the BatchProcessor will compute it, for the
 /// pollers' intake marks; `None` when it is not a Graph message with a sender.
 pub fn graph_digest(payload: &str) -> Option<String> {
@@ -238,10 +247,7 @@ pub fn graph_to_record(
             .map(AttachmentMeta::from)
             .collect(),
     };
-    let idempotency_key = match non_empty(msg.internet_message_id) {
-        Some(imid) => imid,
-        None => format!("graph:{mailbox}:{id}"),
-    };
+    let idempotency_key = graph_key(msg.internet_message_id.as_deref(), mailbox, &id);
     let subject = msg.subject.unwrap_or_default();
     let content_digest = content_digest(
         &sender,

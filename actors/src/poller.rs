@@ -405,10 +405,7 @@ fn messages_of<'a>(page: &'a Page, mailbox: &str) -> Vec<(String, String, &'a st
         .iter()
         .filter(|i| !i.removed && !i.id.is_empty())
         .map(|i| {
-            let key = match i.internet_message_id.as_deref().map(str::trim) {
-                Some(imid) if !imid.is_empty() => imid.to_string(),
-                _ => format!("graph:{mailbox}:{}", i.id),
-            };
+            let key = crate::model::graph_key(i.internet_message_id.as_deref(), mailbox, &i.id);
             let digest = crate::model::graph_digest(&i.raw).unwrap_or_default();
             (key, digest, i.raw.as_str())
         })
@@ -440,5 +437,27 @@ mod tests {
         let msgs = messages_of(&page, "mb@x.example");
         let keys: Vec<&str> = msgs.iter().map(|(k, ..)| k.as_str()).collect();
         assert_eq!(keys, vec!["<a@x>", "graph:mb@x.example:A2"]);
+    }
+
+    #[test]
+    fn intake_marks_and_records_use_one_key_and_one_digest() {
+        // Padded Message-IDs, none, and one with a sender: the poller's intake mark and the
+        // processor's record must agree, or `queued:` and `seen:` marks name different keys.
+        let page = parse_page(
+            br#"{"value":[
+                {"id":"A1","internetMessageId":"  <a@x> ","from":{"emailAddress":{"address":"s@x"}},
+                 "subject":"Invoice 1","sentDateTime":"2026-11-01T00:00:00Z",
+                 "receivedDateTime":"2026-11-01T00:00:05Z"},
+                {"id":"A2","from":{"emailAddress":{"address":"s@x"}},
+                 "receivedDateTime":"2026-11-01T00:00:05Z"}]}"#,
+        )
+        .unwrap();
+        for (key, digest, json) in messages_of(&page, "mb@x.example") {
+            let record =
+                crate::model::graph_to_record("mb@x.example", json, None, Default::default())
+                    .unwrap();
+            assert_eq!(key, record.idempotency_key);
+            assert_eq!(digest, record.content_digest);
+        }
     }
 }

@@ -594,7 +594,7 @@ impl ChunkWriter {
         };
         let written = self
             .store
-            .write_imap_chunk(&chunk, &self.token, crate::processor::now_ms())
+            .write_imap_chunk(&chunk, &self.token, crate::clock::now_ms())
             .await?
             .map_err(|_| PollError::LeaseLost)?;
         metrics::counter!(m::POLLED, "mode" => "imap").increment(written);

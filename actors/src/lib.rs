@@ -14,6 +14,7 @@
 
 pub mod after_delivery;
 pub mod clients;
+pub mod clock;
 pub mod deadletters;
 pub mod health;
 pub mod imap_poller;

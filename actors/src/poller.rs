@@ -276,7 +276,7 @@ impl PollLoop {
         };
         let _ = self
             .store
-            .write_page(&page, &self.token, crate::processor::now_ms(), 1)
+            .write_page(&page, &self.token, crate::clock::now_ms(), 1)
             .await?;
         Ok(())
     }
@@ -337,7 +337,7 @@ impl PollLoop {
                 .write_page(
                     &polled,
                     &self.token,
-                    crate::processor::now_ms(),
+                    crate::clock::now_ms(),
                     self.settings.redis.idempotency_ttl_s,
                 )
                 .await?;

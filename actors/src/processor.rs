@@ -39,28 +39,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-/// Field names of an inbound entry.
-pub mod inbound_fields {
-    /// `graph` (default) or `imap`.
-    pub const SOURCE: &str = "source";
-    /// `message` (default: `payload` is the message) or `ref` (a webhook notification: only
-    /// `message_id`; the processor fetches the message).
-    pub const KIND: &str = "kind";
-    pub const MAILBOX: &str = "mailbox";
-    pub const PAYLOAD: &str = "payload";
-    pub const MESSAGE_ID: &str = "message_id";
-    /// `1`: mark the message read in Graph once MS4 accepted it (unread mode); for IMAP, run
-    /// the source's after-delivery action (`\Seen` or move).
-    pub const MARK_READ: &str = "mark_read";
-    /// IMAP: the message's UID and its folder's UIDVALIDITY, and its INTERNALDATE (RFC 3339).
-    pub const UID: &str = "uid";
-    pub const UIDVALIDITY: &str = "uidvalidity";
-    pub const INTERNAL_DATE: &str = "internal_date";
-    /// IMAP, a message above `imap.max_message_bytes`: `{size}:{limit}`; `payload` is then its
-    /// header only, and `attachments` (JSON) what its BODYSTRUCTURE lists.
-    pub const OVERSIZE: &str = "oversize";
-    pub const ATTACHMENTS: &str = "attachments";
-}
+/// Field names of an inbound entry (the schema lives with the store).
+pub use crate::store::schema::inbound as inbound_fields;
 
 /// What the processor learned from Graph about one entry before transforming it.
 #[derive(Debug, Clone, Default)]
@@ -865,12 +845,7 @@ fn follow_up(e: &Entry, record: &crate::model::Ms4Record) -> Option<FollowUp> {
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use crate::clock::now_ms;
 
 #[cfg(test)]
 mod tests {

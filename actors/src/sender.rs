@@ -23,9 +23,9 @@
 //!   the same consumer re-sends what it held (MS4 deduplicates by idempotency key).
 
 use crate::clients::ms4::{batch_body, batch_key, classify, Ms4Client, Verdict};
+use crate::clock::now_ms;
 use crate::health::Health;
 use crate::metrics as m;
-use crate::processor::now_ms;
 use crate::ratelimiter::{self, Acquire, PauseBudget, RateLimiter};
 use crate::retry::{Admission, Backoff, Breaker};
 use crate::settings::Settings;

@@ -12,6 +12,7 @@
 //! with `session.autostart` it starts one when none has ever existed. Daemons on one Redis follow
 //! `session:current` within a couple of seconds.
 
+use crate::clock::now_ms;
 use crate::poller::TriggerPoll;
 use crate::store::streams::stat;
 use crate::store::{Store, StoreError};
@@ -186,10 +187,6 @@ pub struct SessionManager {
     /// Paces restarts after the session could not be read (Redis down), so the supervisor
     /// does not spin.
     pacer: crate::supervision::RestartPacer,
-}
-
-fn now_ms() -> u64 {
-    crate::processor::now_ms()
 }
 
 fn rfc3339(ms: u64) -> Option<String> {

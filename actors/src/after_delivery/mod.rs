@@ -39,12 +39,7 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 /// Fields of a follow-up entry.
-pub mod fields {
-    /// The Graph mailbox, or the IMAP source's name.
-    pub const MAILBOX: &str = "mailbox";
-    /// The Graph message id, or `{uidvalidity}:{uid}` in the IMAP folder.
-    pub const MESSAGE_ID: &str = "message_id";
-}
+pub use crate::store::schema::follow_up as fields;
 
 /// What became of one follow-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,7 +317,7 @@ impl<A: Action> Run<A> {
         };
         let outcomes = self.action.act(name, &round).await;
         let kind = self.action.kind(name);
-        let now_ms = crate::processor::now_ms();
+        let now_ms = crate::clock::now_ms();
         let mut done = Vec::new();
         let mut dead = Vec::new();
         let mut retry = Vec::new();

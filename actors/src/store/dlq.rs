@@ -207,8 +207,8 @@ impl Store {
     /// Puts dead letters back where they failed (inbound, outbound, markread or imapdone) and removes
     /// them from the DLQ, each in one MULTI/EXEC. Returns how many were replayed.
     pub async fn dlq_replay(&self, entries: &[super::Entry]) -> StoreResult<u64> {
+        use super::schema::inbound as f;
         use super::streams::outbound_fields as o;
-        use crate::processor::inbound_fields as f;
         let mut replayed = 0;
         for chunk in entries.chunks(200) {
             let mut pipe = redis::pipe();
@@ -226,7 +226,7 @@ impl Store {
                             .arg(o::RECORD)
                             .arg(&payload)
                             .arg(o::INBOUND_MS)
-                            .arg(crate::processor::now_ms());
+                            .arg(crate::clock::now_ms());
                         push_carried(&mut pipe, e);
                         pipe.ignore();
                     }
@@ -238,9 +238,9 @@ impl Store {
                         pipe.cmd("XADD")
                             .arg(stream)
                             .arg("*")
-                            .arg("mailbox")
+                            .arg(super::schema::follow_up::MAILBOX)
                             .arg(field("mailbox"))
-                            .arg("message_id")
+                            .arg(super::schema::follow_up::MESSAGE_ID)
                             .arg(&payload)
                             .ignore();
                     }

@@ -27,6 +27,7 @@ pub mod park;
 pub mod poll;
 pub mod ratelimit;
 pub mod read_budget;
+pub mod schema;
 pub mod session;
 pub mod streams;
 pub mod webhook;

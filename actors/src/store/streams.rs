@@ -73,16 +73,7 @@ pub struct FollowUp {
 }
 
 /// Field names of an outbound entry.
-pub mod outbound_fields {
-    pub const KEY: &str = "k";
-    pub const RECORD: &str = "r";
-    pub const INBOUND_MS: &str = "t";
-    /// Present when the message has a follow-up after delivery: its mailbox and id, and its
-    /// source when that is not Graph (see [`FollowUp`](super::FollowUp)).
-    pub const MARK_MAILBOX: &str = "mb";
-    pub const MARK_ID: &str = "mid";
-    pub const MARK_SOURCE: &str = "ms";
-}
+pub use super::schema::outbound as outbound_fields;
 
 /// Everything the BatchProcessor finishes for one chunk of inbound entries, applied as one
 /// MULTI/EXEC: either all of it happens or none of it.
@@ -365,9 +356,9 @@ impl Store {
             pipe.cmd("XADD")
                 .arg(marks)
                 .arg("*")
-                .arg("mailbox")
+                .arg(super::schema::follow_up::MAILBOX)
                 .arg(*mailbox)
-                .arg("message_id")
+                .arg(super::schema::follow_up::MESSAGE_ID)
                 .arg(*id)
                 .ignore();
         }

@@ -1,0 +1,46 @@
+//! The one schema of the stream entries: every field name the daemon writes or reads, by
+//! stream. Code that builds or reads an entry names its fields from here, never as literals.
+
+/// An inbound entry (`stream:inbound`): what a source brought in.
+pub mod inbound {
+    /// `graph` (default) or `imap`.
+    pub const SOURCE: &str = "source";
+    /// `message` (default: `payload` is the message) or `ref` (a webhook notification: only
+    /// `message_id`; the processor fetches the message).
+    pub const KIND: &str = "kind";
+    pub const MAILBOX: &str = "mailbox";
+    pub const PAYLOAD: &str = "payload";
+    pub const MESSAGE_ID: &str = "message_id";
+    /// `1`: mark the message read in Graph once MS4 accepted it (unread mode); for IMAP, run
+    /// the source's after-delivery action (`\Seen` or move).
+    pub const MARK_READ: &str = "mark_read";
+    /// IMAP: the message's UID and its folder's UIDVALIDITY, and its INTERNALDATE (RFC 3339).
+    pub const UID: &str = "uid";
+    pub const UIDVALIDITY: &str = "uidvalidity";
+    pub const INTERNAL_DATE: &str = "internal_date";
+    /// IMAP, a message above `imap.max_message_bytes`: `{size}:{limit}`; `payload` is then its
+    /// header only, and `attachments` (JSON) what its BODYSTRUCTURE lists.
+    pub const OVERSIZE: &str = "oversize";
+    pub const ATTACHMENTS: &str = "attachments";
+}
+
+/// An outbound entry (`stream:outbound`): an MS4 record waiting for delivery.
+pub mod outbound {
+    pub const KEY: &str = "k";
+    pub const RECORD: &str = "r";
+    pub const INBOUND_MS: &str = "t";
+    /// Present when the message has a follow-up after delivery: its mailbox and id, and its
+    /// source when that is not Graph (see [`FollowUp`](crate::store::FollowUp)).
+    pub const MARK_MAILBOX: &str = "mb";
+    pub const MARK_ID: &str = "mid";
+    pub const MARK_SOURCE: &str = "ms";
+}
+
+/// A follow-up entry (`stream:markread`, `stream:imapdone`): what to do in the mailbox once
+/// MS4 accepted the message.
+pub mod follow_up {
+    /// The Graph mailbox, or the IMAP source's name.
+    pub const MAILBOX: &str = "mailbox";
+    /// The Graph message id, or `{uidvalidity}:{uid}` in the IMAP folder.
+    pub const MESSAGE_ID: &str = "message_id";
+}

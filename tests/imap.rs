@@ -43,19 +43,6 @@ fn polled(d: &Daemon) -> f64 {
     d.metric("ms1_emails_polled_total{mode=\"imap\"}")
 }
 
-fn wait_ms4(w: &World, n: u64, timeout: Duration, d: &Daemon) {
-    let ok = wait_until(timeout, || {
-        w.ms4.stats()["unique_records"].as_u64() >= Some(n)
-    });
-    assert!(
-        ok,
-        "MS4 has {} of {n}; stats {}\n{}",
-        w.ms4.stats()["unique_records"],
-        w.ms4.stats(),
-        d.log_tail(40)
-    );
-}
-
 /// Runs tagged IMAP commands after a login; returns everything the server said.
 fn imap(port: u16, user: &str, commands: &[&str]) -> String {
     let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -92,12 +79,12 @@ fn five_thousand_messages_arrive_once_then_only_new_ones_and_an_idle_poll_fetche
     let mut dc = dovecot(&w, &[(USER, PASSWORD)]);
     dc.deliver(USER, "INBOX", &messages(0..5_000, "a")).unwrap();
     let d = daemon(&w, &source("invoices", dc.port(), USER, PASSWORD, ""), &[]);
-    wait_ms4(&w, 5_000, Duration::from_secs(90), &d);
+    w.wait_at_least(5_000, Duration::from_secs(90), &d);
     assert_eq!(polled(&d), 5_000.0, "each message queued once");
 
     dc.deliver(USER, "INBOX", &messages(5_000..5_200, "a"))
         .unwrap();
-    wait_ms4(&w, 5_200, Duration::from_secs(30), &d);
+    w.wait_at_least(5_200, Duration::from_secs(30), &d);
     assert!(
         wait_until(Duration::from_secs(5), || polled(&d) == 5_200.0),
         "only the 200 new ones are fetched: polled {}",
@@ -126,14 +113,14 @@ fn a_new_uidvalidity_resyncs_the_folder_and_delivers_only_the_new_mail() {
     let mut dc = dovecot(&w, &[(USER, PASSWORD)]);
     dc.deliver(USER, "INBOX", &messages(0..50, "v")).unwrap();
     let d = daemon(&w, &source("invoices", dc.port(), USER, PASSWORD, ""), &[]);
-    wait_ms4(&w, 50, Duration::from_secs(30), &d);
+    w.wait_at_least(50, Duration::from_secs(30), &d);
 
     // The folder is recreated: the same 50 (renumbered under a new UIDVALIDITY) plus 10 new.
     // Dovecot takes a new folder's UIDVALIDITY from the clock: let a second pass.
     std::thread::sleep(Duration::from_millis(1_100));
     dc.remove_folder(USER, "INBOX").unwrap();
     dc.deliver(USER, "INBOX", &messages(0..60, "v")).unwrap();
-    wait_ms4(&w, 60, Duration::from_secs(30), &d);
+    w.wait_at_least(60, Duration::from_secs(30), &d);
     std::thread::sleep(Duration::from_secs(2));
     let stats = w.ms4.stats();
     assert_eq!(stats["unique_records"], 60);
@@ -165,12 +152,12 @@ fn idle_brings_a_new_message_within_two_seconds() {
     )
     .replace("poll_interval_s = 1\n", "");
     let d = daemon(&w, &src, &[]);
-    wait_ms4(&w, 3, Duration::from_secs(30), &d);
+    w.wait_at_least(3, Duration::from_secs(30), &d);
     // Let the poller settle into IDLE.
     std::thread::sleep(Duration::from_millis(1_500));
     let t0 = Instant::now();
     dc.deliver(USER, "INBOX", &messages(3..4, "i")).unwrap();
-    wait_ms4(&w, 4, Duration::from_secs(10), &d);
+    w.wait_at_least(4, Duration::from_secs(10), &d);
     let took = t0.elapsed();
     assert!(
         took < Duration::from_secs(2),
@@ -198,7 +185,7 @@ fn malformed_mime_is_delivered_as_parsed_or_dead_lettered_and_the_poller_goes_on
     ];
     dc.deliver(USER, "INBOX", &broken).unwrap();
     let d = daemon(&w, &source("invoices", dc.port(), USER, PASSWORD, ""), &[]);
-    wait_ms4(&w, 4, Duration::from_secs(30), &d);
+    w.wait_at_least(4, Duration::from_secs(30), &d);
     assert!(wait_until(Duration::from_secs(10), || w
         .dead_letters()
         .len()
@@ -211,7 +198,7 @@ fn malformed_mime_is_delivered_as_parsed_or_dead_lettered_and_the_poller_goes_on
     }
     // The poller is still there for the next message.
     dc.deliver(USER, "INBOX", &messages(0..1, "m")).unwrap();
-    wait_ms4(&w, 5, Duration::from_secs(15), &d);
+    w.wait_at_least(5, Duration::from_secs(15), &d);
     let keys = w.ms4.keys();
     assert!(
         keys.iter().any(|k| k.starts_with("imap:invoices:")),
@@ -231,7 +218,7 @@ fn a_wrong_password_degrades_only_its_source() {
     let sources = source("good", dc.port(), USER, PASSWORD, "")
         + &source("bad", dc.port(), other, "not-the-password", "");
     let d = daemon(&w, &sources, &[]);
-    wait_ms4(&w, 20, Duration::from_secs(30), &d);
+    w.wait_at_least(20, Duration::from_secs(30), &d);
     let ok = wait_until(Duration::from_secs(10), || {
         d.ready().1["degraded_sources"].get("imap:bad").is_some()
     });
@@ -250,7 +237,7 @@ fn a_wrong_password_degrades_only_its_source() {
     assert!(!reason.contains("not-the-password"), "no secret in errors");
     // The good source keeps flowing.
     dc.deliver(USER, "INBOX", &messages(20..25, "g")).unwrap();
-    wait_ms4(&w, 25, Duration::from_secs(15), &d);
+    w.wait_at_least(25, Duration::from_secs(15), &d);
     assert_eq!(w.ms4.stats()["unique_records"], 25);
     assert!(d.log_tail(200).contains("IMAP source `bad`"));
 }
@@ -280,7 +267,7 @@ fn after_delivery_sets_seen_or_moves_only_what_ms4_accepted() {
         "after_delivery = \"move\"\nmove_to = \"Processed\"",
     );
     let d = daemon(&w, &sources, &[]);
-    wait_ms4(&w, 50, Duration::from_secs(30), &d);
+    w.wait_at_least(50, Duration::from_secs(30), &d);
     let seen = wait_until(Duration::from_secs(15), || {
         let out = imap(
             dc.port(),
@@ -354,7 +341,7 @@ ca_file = \"{ca}\"\nusername = \"{other}\"\n{oauth}poll_interval_s = 1\n",
         tls = dc.tls_port().unwrap(),
     );
     let d = daemon(&w, &sources, &[]);
-    wait_ms4(&w, 35, Duration::from_secs(30), &d);
+    w.wait_at_least(35, Duration::from_secs(30), &d);
     let ok = wait_until(Duration::from_secs(10), || {
         d.ready().1["degraded_sources"]
             .get("imap:rejected")
@@ -420,7 +407,7 @@ fn an_unreachable_source_never_holds_back_another_sources_after_delivery() {
         d.ready()
     );
     dc.deliver(USER, "INBOX", &messages(0..30, "s")).unwrap();
-    wait_ms4(&w, 30, Duration::from_secs(30), &d);
+    w.wait_at_least(30, Duration::from_secs(30), &d);
     let seen = wait_until(Duration::from_secs(30), || {
         let out = imap(
             dc.port(),

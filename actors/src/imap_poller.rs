@@ -649,10 +649,7 @@ async fn fetch_headers(
             );
             out.push(FetchedMail {
                 uid,
-                internal_date: f
-                    .internal_date()
-                    .map(|d| d.to_rfc3339_opts(SecondsFormat::Secs, true))
-                    .unwrap_or_default(),
+                internal_date: internal_date(&f),
                 payload: base64::engine::general_purpose::STANDARD
                     .encode(f.header().unwrap_or_default()),
                 omitted: Some(Omitted {
@@ -670,6 +667,13 @@ async fn fetch_headers(
         Ok(r) => r.map_err(Some),
         Err(_) => Err(None),
     }
+}
+
+/// A fetched message's INTERNALDATE as RFC 3339 ("" when the server sent none).
+fn internal_date(f: &async_imap::types::Fetch) -> String {
+    f.internal_date()
+        .map(|d| d.to_rfc3339_opts(SecondsFormat::Secs, true))
+        .unwrap_or_default()
 }
 
 /// Fetches whole messages (without setting `\Seen`); an empty set fetches nothing. The error
@@ -693,10 +697,7 @@ async fn fetch_mails(
             };
             out.push(FetchedMail {
                 uid,
-                internal_date: f
-                    .internal_date()
-                    .map(|d| d.to_rfc3339_opts(SecondsFormat::Secs, true))
-                    .unwrap_or_default(),
+                internal_date: internal_date(&f),
                 payload: base64::engine::general_purpose::STANDARD.encode(body),
                 omitted: None,
             });

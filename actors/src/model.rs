@@ -118,18 +118,6 @@ pub fn graph_key(internet_message_id: Option<&str>, mailbox: &str, id: &str) -> 
     }
 }
 
-/// The content digest of a Graph message (JSON) as the BatchProcessor will compute it, for the
-/// pollers' intake marks; `None` when it is not a Graph message with a sender.
-pub fn graph_digest(payload: &str) -> Option<String> {
-    let msg: GraphMessage = serde_json::from_str(payload).ok()?;
-    let sender = msg.from?.email_address?.address?;
-    Some(content_digest(
-        &sender,
-        msg.subject.as_deref().unwrap_or(""),
-        msg.sent_date_time.as_deref().unwrap_or(""),
-    ))
-}
-
 /// Why an inbound entry cannot become a record. The text goes into the dead letter.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Malformed {

@@ -406,8 +406,7 @@ fn messages_of<'a>(page: &'a Page, mailbox: &str) -> Vec<(String, String, &'a st
         .filter(|i| !i.removed && !i.id.is_empty())
         .map(|i| {
             let key = crate::model::graph_key(i.internet_message_id.as_deref(), mailbox, &i.id);
-            let digest = crate::model::graph_digest(&i.raw).unwrap_or_default();
-            (key, digest, i.raw.as_str())
+            (key, i.content_digest.clone(), i.raw.as_str())
         })
         .collect()
 }

@@ -267,6 +267,20 @@ impl<R: TestRedis> World<R> {
         }
     }
 
+    /// Waits until MS4 holds at least `n` unique records; panics with the daemon's log otherwise.
+    pub fn wait_at_least(&self, n: u64, timeout: Duration, daemon: &Daemon) {
+        let ok = wait_until(timeout, || {
+            self.ms4.stats()["unique_records"].as_u64() >= Some(n)
+        });
+        assert!(
+            ok,
+            "MS4 has {} of {n}; stats {}\n{}",
+            self.ms4.stats()["unique_records"],
+            self.ms4.stats(),
+            daemon.log_tail(40)
+        );
+    }
+
     /// Nothing left anywhere in the pipeline (waiting a little for the last acknowledgements,
     /// which follow MS4's answer).
     pub fn assert_drained(&self) {

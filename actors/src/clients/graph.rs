@@ -90,6 +90,9 @@ pub struct PageItem {
     pub has_attachments: bool,
     /// `@removed` (deleted or moved out): not a new message.
     pub removed: bool,
+    /// [`content_digest`](crate::model::content_digest) of the sender, subject and
+    /// `sentDateTime` ("" without a sender), read in the same pass as the rest of the head.
+    pub content_digest: String,
 }
 
 /// One page of messages.
@@ -120,6 +123,20 @@ struct ItemHead {
     has_attachments: bool,
     #[serde(rename = "@removed")]
     removed: Option<serde::de::IgnoredAny>,
+    from: Option<HeadFrom>,
+    subject: Option<String>,
+    sent_date_time: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HeadFrom {
+    email_address: Option<HeadAddress>,
+}
+
+#[derive(Deserialize)]
+struct HeadAddress {
+    address: Option<String>,
 }
 
 /// Parses a messages page without re-serializing its items.
@@ -130,7 +147,20 @@ pub fn parse_page(body: &[u8]) -> Result<Page, GraphError> {
     for v in raw.value {
         let head: ItemHead = serde_json::from_str(v.get())
             .map_err(|e| GraphError::Transient(format!("unexpected message in page: {e}")))?;
+        let sender = head
+            .from
+            .and_then(|f| f.email_address)
+            .and_then(|a| a.address)
+            .filter(|a| !a.trim().is_empty());
+        let content_digest = sender.map_or_else(String::new, |sender| {
+            crate::model::content_digest(
+                &sender,
+                head.subject.as_deref().unwrap_or(""),
+                head.sent_date_time.as_deref().unwrap_or(""),
+            )
+        });
         items.push(PageItem {
+            content_digest,
             raw: v.get().to_string(),
             id: head.id,
             internet_message_id: head.internet_message_id,

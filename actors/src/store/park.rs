@@ -55,21 +55,23 @@ impl Store {
 
     /// Records a mailbox's state.
     pub async fn set_park_state(&self, mailbox: &str, state: &ParkState) -> StoreResult<()> {
-        let json = serde_json::to_string(state).expect("a park state serializes");
-        let _: Value = redis::cmd("HSET")
-            .arg(self.keys.parked())
-            .arg(mailbox)
-            .arg(json)
-            .query_async(&mut self.conn())
-            .await?;
-        Ok(())
+        self.write_park_state("HSET", mailbox, state).await
     }
 
     /// Records a mailbox's state unless one is there (another daemon may have cleared it while
     /// this one parked more of its entries: they must not stay without a schedule).
     pub async fn keep_park_state(&self, mailbox: &str, state: &ParkState) -> StoreResult<()> {
+        self.write_park_state("HSETNX", mailbox, state).await
+    }
+
+    async fn write_park_state(
+        &self,
+        command: &str,
+        mailbox: &str,
+        state: &ParkState,
+    ) -> StoreResult<()> {
         let json = serde_json::to_string(state).expect("a park state serializes");
-        let _: Value = redis::cmd("HSETNX")
+        let _: Value = redis::cmd(command)
             .arg(self.keys.parked())
             .arg(mailbox)
             .arg(json)

@@ -235,21 +235,26 @@ start_imap() { # args: sim imap options
   [ -n "$IMAP_ADDR" ] || { echo "dovecot did not start:" >&2; cat "$WORK/imap.err" >&2; return 1; }
 }
 
-bench_imap() { # messages
-  local n=$1 user=invoices@contoso.example
-  export MS1__MS4__RATE_LIMIT_PER_MIN=0 MS1__SESSION__AUTOSTART=false
-  start_redis; start_sim --rate-limit-per-min 0 --max-batch 1000
-  start_imap --dir "$WORK/dovecot-$n" --user "$user:bench-secret" --messages "$n" --size 4096
+# $WORK/imap.toml: one plain-text source on the started Dovecot ($IMAP_ADDR) for user $1.
+write_imap_source() { # user
   cat >"$WORK/imap.toml" <<TOML
 [[imap.sources]]
 name = "bench"
 host = "127.0.0.1"
 port = ${IMAP_ADDR##*:}
 tls = "none"
-username = "$user"
+username = "$1"
 password = "bench-secret"
 poll_interval_s = 3600
 TOML
+}
+
+bench_imap() { # messages
+  local n=$1 user=invoices@contoso.example
+  export MS1__MS4__RATE_LIMIT_PER_MIN=0 MS1__SESSION__AUTOSTART=false
+  start_redis; start_sim --rate-limit-per-min 0 --max-batch 1000
+  start_imap --dir "$WORK/dovecot-$n" --user "$user:bench-secret" --messages "$n" --size 4096
+  write_imap_source "$user"
   MS1_CONFIG="$WORK/imap.toml" start_daemon
   local t0; t0=$(now)
   curl -sf -X POST "http://$CONTROL/session/start" -H 'Content-Type: application/json' -d '{}' >/dev/null
@@ -345,16 +350,7 @@ case "$what" in
     echo "ms1-ingestor IMAP burst benchmark ($(nproc) cores, $(dovecot --version | awk '{print "dovecot", $1}'))"
     echo "generating $n messages of $((size / 1000000)) MB into Dovecot (once)…"
     start_imap --dir "$WORK/dovecot-burst" --user "invoices@contoso.example:bench-secret" --messages "$n" --size "$size"
-    cat >"$WORK/imap.toml" <<TOML
-[[imap.sources]]
-name = "bench"
-host = "127.0.0.1"
-port = ${IMAP_ADDR##*:}
-tls = "none"
-username = "invoices@contoso.example"
-password = "bench-secret"
-poll_interval_s = 3600
-TOML
+    write_imap_source invoices@contoso.example
     for raw in ${BURST_INCLUDE_RAW:-false true}; do bench_imap_burst "$n" "$size" "$raw"; done
     kill -TERM "$IMAP_PID" 2>/dev/null || true; wait "$IMAP_PID" 2>/dev/null || true
     ;;

@@ -88,7 +88,7 @@ Content-Transfer-Encoding: base64\r\n\r\n"
 
 /// Inbound stream entry fields for one synthetic message.
 pub fn inbound_entry(n: u64, mailbox: &str, valid: bool) -> Vec<(&'static str, String)> {
-    use ms1_actors::processor::inbound_fields as f;
+    use ms1_actors::store::schema::inbound as f;
     vec![
         (f::SOURCE, "graph".to_string()),
         (f::MAILBOX, mailbox.to_string()),
@@ -114,7 +114,7 @@ pub struct LoadPlan {
 impl LoadPlan {
     /// The entries, in order.
     pub fn entries(&self) -> Vec<Vec<(&'static str, String)>> {
-        use ms1_actors::processor::inbound_fields as f;
+        use ms1_actors::store::schema::inbound as f;
         let every = (self.count / self.invalid.max(1)).max(1);
         let mut entries: Vec<Vec<(&str, String)>> = (self.start..self.start + self.count)
             .map(|n| {

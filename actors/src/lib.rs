@@ -12,28 +12,27 @@
 //! [`Pipeline::start`] wires them together; the daemon shell (`src/`) only loads configuration,
 //! serves HTTP and turns signals into [`Pipeline::drain`].
 
+// The data's path: sources → pipeline → after delivery, with control beside it.
 pub mod after_delivery;
+pub mod control;
+pub mod pipeline;
+pub mod sources;
+
+// What the stages stand on: Redis, the outside services, the domain.
 pub mod clients;
-pub mod clock;
-pub mod deadletters;
-pub mod health;
-pub mod imap_poller;
-pub mod memory;
-pub mod metrics;
-pub mod mime;
 pub mod model;
-pub mod poller;
-pub mod processor;
-pub mod ratelimiter;
+pub mod store;
+
+// Shared ground.
+pub mod clock;
+pub mod memory;
+pub mod messages;
+pub mod metrics;
 pub mod retry;
 pub mod secret;
-pub mod sender;
-pub mod session;
 pub mod settings;
 pub mod shutdown;
-pub mod store;
 pub mod supervision;
-pub mod webhook;
 
 use actix::{Addr, Arbiter, Supervisor};
 use clients::graph::GraphClient;
@@ -42,28 +41,28 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use health::Health;
+pub use control::health::Health;
 pub use settings::Settings;
 pub use shutdown::Shutdown;
 pub use store::Store;
 
 /// The running system: its actors' addresses and the drain signal.
 pub struct Pipeline {
-    pub processor: Addr<processor::BatchProcessor>,
-    pub sender: Addr<sender::Ms4Sender>,
-    pub limiter: Addr<ratelimiter::RateLimiter>,
+    pub processor: Addr<pipeline::processor::BatchProcessor>,
+    pub sender: Addr<pipeline::sender::Ms4Sender>,
+    pub limiter: Addr<pipeline::ratelimiter::RateLimiter>,
     /// Sessions: start/stop/status; opens and closes the intake.
-    pub session: Addr<session::SessionManager>,
+    pub session: Addr<control::session::SessionManager>,
     /// The DLQ for operators: list, show, replay, purge.
-    pub dead_letters: Addr<deadletters::DeadLetterOffice>,
+    pub dead_letters: Addr<control::deadletters::DeadLetterOffice>,
     /// One poller per Graph mailbox.
-    pub pollers: BTreeMap<String, Addr<poller::Poller>>,
+    pub pollers: BTreeMap<String, Addr<sources::graph::GraphPoller>>,
     /// One poller per IMAP source, by source name.
-    pub imap_pollers: BTreeMap<String, Addr<imap_poller::ImapPoller>>,
+    pub imap_pollers: BTreeMap<String, Addr<sources::imap::ImapPoller>>,
     /// IMAP after-delivery actions, when a source has one.
     pub imap_finisher: Option<Addr<after_delivery::Worker<after_delivery::imap::ImapAction>>>,
     /// Graph change notifications, when `webhook.enabled`.
-    pub webhook: Option<Addr<webhook::WebhookReceiver>>,
+    pub webhook: Option<Addr<sources::webhook::WebhookReceiver>>,
     /// Marks delivered messages read, in `graph.mode = "unread"`.
     pub read_marker: Option<Addr<after_delivery::Worker<after_delivery::mark_read::MarkRead>>>,
     pub health: Health,
@@ -86,7 +85,9 @@ impl Pipeline {
                 window: Duration::from_secs(g.window_s),
                 lease: g.request_timeout() * 2,
             };
-            Supervisor::start(move |_| ratelimiter::RateLimiter::new(store, per_min, margin, graph))
+            Supervisor::start(move |_| {
+                pipeline::ratelimiter::RateLimiter::new(store, per_min, margin, graph)
+            })
         };
         // The BatchProcessor is CPU-bound (parse, transform, serialize): it gets a thread of
         // its own so it never starves the sender's network loop.
@@ -100,7 +101,7 @@ impl Pipeline {
                 limiter.clone(),
             );
             Supervisor::start_in_arbiter(&processor_thread.handle(), move |_| {
-                processor::BatchProcessor::new(store, settings, limiter, health, shutdown)
+                pipeline::processor::BatchProcessor::new(store, settings, limiter, health, shutdown)
             })
         };
         let sender = {
@@ -112,12 +113,12 @@ impl Pipeline {
                 limiter.clone(),
             );
             Supervisor::start(move |_| {
-                sender::Ms4Sender::new(store, settings, limiter, health, shutdown)
+                pipeline::sender::Ms4Sender::new(store, settings, limiter, health, shutdown)
             })
         };
 
         // Intake follows the session: the SessionManager opens and closes it.
-        let intake = Arc::new(tokio::sync::watch::channel(session::Intake::closed()).0);
+        let intake = Arc::new(tokio::sync::watch::channel(messages::Intake::closed()).0);
         // Graph: one client (and token cache) for this thread's actors.
         let mut pollers = BTreeMap::new();
         let mut webhook = None;
@@ -126,7 +127,7 @@ impl Pipeline {
             let graph = Rc::new(
                 GraphClient::new(
                     &settings.graph.base_url,
-                    Rc::new(poller::graph_tokens(&settings)),
+                    Rc::new(clients::oauth::graph_tokens(&settings)),
                     limiter.clone(),
                     settings.graph.request_timeout(),
                     settings.graph.max_concurrent_per_mailbox,
@@ -145,7 +146,9 @@ impl Pipeline {
                     intake.subscribe(),
                 );
                 let addr = Supervisor::start(move |_| {
-                    poller::Poller::new(mailbox, settings, store, graph, health, shutdown, intake)
+                    sources::graph::GraphPoller::new(
+                        mailbox, settings, store, graph, health, shutdown, intake,
+                    )
                 });
                 pollers.insert(name.clone(), addr);
             }
@@ -174,7 +177,7 @@ impl Pipeline {
                     pollers.clone(),
                 );
                 webhook = Some(Supervisor::start(move |_| {
-                    webhook::WebhookReceiver::new(settings, store, graph, pollers, health)
+                    sources::webhook::WebhookReceiver::new(settings, store, graph, pollers, health)
                 }));
             }
         }
@@ -189,7 +192,7 @@ impl Pipeline {
                 intake.subscribe(),
             );
             let addr = Supervisor::start(move |_| {
-                imap_poller::ImapPoller::new(src, settings, store, health, shutdown, intake)
+                sources::imap::ImapPoller::new(src, settings, store, health, shutdown, intake)
             });
             imap_pollers.insert(source.name.clone(), addr);
         }
@@ -210,7 +213,7 @@ impl Pipeline {
             })
         });
         // Manual polls reach every poller: Graph mailboxes and IMAP sources by name.
-        let triggers: BTreeMap<String, actix::Recipient<poller::TriggerPoll>> = pollers
+        let triggers: BTreeMap<String, actix::Recipient<messages::TriggerPoll>> = pollers
             .iter()
             .map(|(k, a)| (k.clone(), a.clone().recipient()))
             .chain(
@@ -229,12 +232,14 @@ impl Pipeline {
                 health.clone(),
             );
             Supervisor::start(move |_| {
-                session::SessionManager::new(store, settings, intake, pollers, webhook, health)
+                control::session::SessionManager::new(
+                    store, settings, intake, pollers, webhook, health,
+                )
             })
         };
         let dead_letters = {
             let store = store.clone();
-            Supervisor::start(move |_| deadletters::DeadLetterOffice::new(store))
+            Supervisor::start(move |_| control::deadletters::DeadLetterOffice::new(store))
         };
         Self {
             processor,
@@ -257,7 +262,7 @@ impl Pipeline {
     /// while creating a subscription).
     pub fn http_ready(&self) {
         if let Some(w) = &self.webhook {
-            w.do_send(webhook::Subscribe);
+            w.do_send(sources::webhook::Subscribe);
         }
     }
 
@@ -270,10 +275,10 @@ impl Pipeline {
             // Intake first: no new subscriptions' notifications, pollers stop (they see the
             // signal), then the pipeline finishes what it holds.
             if let Some(w) = &self.webhook {
-                let _ = w.send(webhook::Unsubscribe).await;
+                let _ = w.send(sources::webhook::Unsubscribe).await;
             }
-            let _ = self.processor.send(processor::Drain).await;
-            let _ = self.sender.send(sender::Drain).await;
+            let _ = self.processor.send(pipeline::processor::Drain).await;
+            let _ = self.sender.send(pipeline::sender::Drain).await;
         };
         tokio::time::timeout(deadline, work).await.is_ok()
     }

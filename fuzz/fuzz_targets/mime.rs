@@ -5,7 +5,7 @@
 use base64::Engine;
 use chrono::{TimeZone, Utc};
 use libfuzzer_sys::fuzz_target;
-use ms1_actors::mime::mime_to_record;
+use ms1_actors::model::mime::mime_to_record;
 use ms1_actors::model::{entry_to_record, InboundFields, TransformOptions};
 use ms1_fuzz::check_record;
 

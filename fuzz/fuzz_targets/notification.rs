@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ms1_actors::webhook::{
+use ms1_actors::sources::webhook::{
     client_state_matches, notified_message_id, parse_notifications, sort_notifications,
 };
 use std::collections::HashMap;

@@ -12,8 +12,10 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse, ResponseError};
 use metrics_exporter_prometheus::PrometheusHandle;
-use ms1_actors::deadletters::{DeadLetterOffice, GetDead, ListDead, PurgeDead, ReplayDead};
-use ms1_actors::session::{
+use ms1_actors::control::deadletters::{
+    DeadLetterOffice, GetDead, ListDead, PurgeDead, ReplayDead,
+};
+use ms1_actors::control::session::{
     GetHistory, GetStatus, PollingMode, SessionError, SessionManager, StartSession, StopSession,
     TriggerPolling,
 };

@@ -18,8 +18,8 @@
 use super::control::ApiError;
 use actix::Addr;
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse, ResponseError};
-use ms1_actors::webhook::NotTaken;
-use ms1_actors::webhook::{
+use ms1_actors::sources::webhook::NotTaken;
+use ms1_actors::sources::webhook::{
     parse_notifications, LifecycleEvents, NotificationBatch, Notifications, WebhookReceiver,
 };
 use percent_encoding::percent_decode;

@@ -88,7 +88,9 @@ impl Action for ImapAction {
         // Entries grouped by the UIDVALIDITY they were fetched under.
         let mut by_validity: BTreeMap<&str, Vec<(usize, u32)>> = BTreeMap::new();
         for (i, e) in entries.iter().enumerate() {
-            let id = e.field(super::fields::MESSAGE_ID).unwrap_or_default();
+            let id = e
+                .field(crate::store::schema::follow_up::MESSAGE_ID)
+                .unwrap_or_default();
             match id
                 .split_once(':')
                 .and_then(|(uv, uid)| Some((uv, uid.parse().ok()?)))
@@ -255,5 +257,5 @@ fn uid_set(uids: &[u32]) -> String {
     let mut sorted = uids.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
-    crate::imap_poller::uid_set(&sorted)
+    crate::clients::imap::uid_set(&sorted)
 }

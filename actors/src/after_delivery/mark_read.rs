@@ -46,7 +46,7 @@ impl Action for MarkRead {
             let ids: Vec<String> = chunk
                 .iter()
                 .map(|e| {
-                    e.field(super::fields::MESSAGE_ID)
+                    e.field(crate::store::schema::follow_up::MESSAGE_ID)
                         .unwrap_or_default()
                         .to_string()
                 })

@@ -24,12 +24,13 @@
 pub mod imap;
 pub mod mark_read;
 
-use crate::health::Health;
+use crate::control::health::Health;
 use crate::metrics as m;
 use crate::retry::Backoff;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::store::dlq::Stage;
+use crate::store::schema;
 use crate::store::{DeadLetter, Entry, Keys, Store, StoreError};
 use crate::supervision::RestartPacer;
 use actix::prelude::*;
@@ -39,7 +40,6 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 /// Fields of a follow-up entry.
-pub use crate::store::schema::follow_up as fields;
 
 /// What became of one follow-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,7 +298,10 @@ impl<A: Action> Run<A> {
 
     fn hold(&mut self, entries: Vec<Entry>) {
         for e in entries {
-            let target = e.field(fields::MAILBOX).unwrap_or_default().to_string();
+            let target = e
+                .field(schema::follow_up::MAILBOX)
+                .unwrap_or_default()
+                .to_string();
             self.targets
                 .entry(target)
                 .or_insert_with(Target::new)
@@ -338,7 +341,10 @@ impl<A: Action> Run<A> {
                         attempts: 1,
                         first_failure_ms: now_ms,
                         last_failure_ms: now_ms,
-                        payload: e.field(fields::MESSAGE_ID).unwrap_or_default().to_string(),
+                        payload: e
+                            .field(schema::follow_up::MESSAGE_ID)
+                            .unwrap_or_default()
+                            .to_string(),
                         mailbox: name.to_string(),
                         key: String::new(),
                         entry_id: e.id.clone(),

@@ -11,7 +11,7 @@
 
 use super::oauth::{OAuthError, TokenSource};
 use crate::model::{AttachmentMeta, GraphAttachment};
-use crate::ratelimiter::{AcquireGraph, PauseGraph, RateLimiter};
+use crate::pipeline::ratelimiter::{AcquireGraph, PauseGraph, RateLimiter};
 use actix::Addr;
 use awc::http::Method;
 use bytes::Bytes;

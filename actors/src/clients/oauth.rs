@@ -7,6 +7,7 @@
 //! errors, or in Redis.
 
 use crate::secret::Secret;
+use crate::settings::Settings;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -202,6 +203,20 @@ impl TokenSource {
             ))),
         }
     }
+}
+
+/// Builds the OAuth token source for Graph from the settings.
+pub fn graph_tokens(settings: &Settings) -> TokenSource {
+    let g = &settings.graph;
+    TokenSource::new(
+        g.token_url(),
+        Grant::ClientCredentials {
+            client_id: g.client_id.clone(),
+            client_secret: g.client_secret.clone(),
+            scope: "https://graph.microsoft.com/.default".into(),
+        },
+        g.request_timeout(),
+    )
 }
 
 #[cfg(test)]

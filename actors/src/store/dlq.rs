@@ -208,7 +208,7 @@ impl Store {
     /// them from the DLQ, each in one MULTI/EXEC. Returns how many were replayed.
     pub async fn dlq_replay(&self, entries: &[super::Entry]) -> StoreResult<u64> {
         use super::schema::inbound as f;
-        use super::streams::outbound_fields as o;
+        use super::schema::outbound as o;
         let mut replayed = 0;
         for chunk in entries.chunks(200) {
             let mut pipe = redis::pipe();

@@ -73,7 +73,6 @@ pub struct FollowUp {
 }
 
 /// Field names of an outbound entry.
-pub use super::schema::outbound as outbound_fields;
 
 /// Everything the BatchProcessor finishes for one chunk of inbound entries, applied as one
 /// MULTI/EXEC: either all of it happens or none of it.
@@ -436,19 +435,19 @@ impl Store {
             pipe.cmd("XADD")
                 .arg(&outbound)
                 .arg("*")
-                .arg(outbound_fields::KEY)
+                .arg(super::schema::outbound::KEY)
                 .arg(&r.key)
-                .arg(outbound_fields::RECORD)
+                .arg(super::schema::outbound::RECORD)
                 .arg(&r.json)
-                .arg(outbound_fields::INBOUND_MS)
+                .arg(super::schema::outbound::INBOUND_MS)
                 .arg(r.inbound_ms);
             if let Some(f) = &r.mark_read {
-                pipe.arg(outbound_fields::MARK_MAILBOX)
+                pipe.arg(super::schema::outbound::MARK_MAILBOX)
                     .arg(&f.mailbox)
-                    .arg(outbound_fields::MARK_ID)
+                    .arg(super::schema::outbound::MARK_ID)
                     .arg(&f.id);
                 if f.source != "graph" {
-                    pipe.arg(outbound_fields::MARK_SOURCE).arg(f.source);
+                    pipe.arg(super::schema::outbound::MARK_SOURCE).arg(f.source);
                 }
             }
             pipe.ignore();

@@ -18,7 +18,7 @@ use crate::model::{
     entry_to_record, graph_needs_attachments, AttachmentMeta, InboundFields, OmittedBody,
     TransformOptions,
 };
-use crate::ratelimiter::RateLimiter;
+use crate::pipeline::ratelimiter::RateLimiter;
 use crate::retry::Backoff;
 use crate::settings::{Oversize, Settings};
 use crate::shutdown::Shutdown;
@@ -30,7 +30,7 @@ use crate::store::{
     DeadLetter, Entry, FollowUp, Handoff, OutboundRecord, ReadBudget, Scan, Store, StoreError,
 };
 use crate::supervision::RestartPacer;
-use crate::{health::Health, metrics as m};
+use crate::{control::health::Health, metrics as m};
 use actix::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
@@ -40,7 +40,6 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 /// Field names of an inbound entry (the schema lives with the store).
-pub use crate::store::schema::inbound as inbound_fields;
 
 /// What the processor learned from Graph about one entry before transforming it.
 #[derive(Debug, Clone, Default)]
@@ -115,7 +114,7 @@ impl Actor for BatchProcessor {
                 Rc::new(
                     GraphClient::new(
                         &self.settings.graph.base_url,
-                        Rc::new(crate::poller::graph_tokens(&self.settings)),
+                        Rc::new(crate::clients::oauth::graph_tokens(&self.settings)),
                         self.limiter.clone(),
                         self.settings.graph.request_timeout(),
                         self.settings.graph.max_concurrent_per_mailbox,
@@ -394,7 +393,7 @@ impl Work {
         entries: &[Entry],
         resolved: &[Resolution],
     ) -> Result<(), StoreError> {
-        use inbound_fields as f;
+        use crate::store::schema::inbound as f;
         let mut refused: BTreeMap<&str, (&str, bool)> = BTreeMap::new();
         let mut served: BTreeSet<&str> = BTreeSet::new();
         for (e, r) in entries.iter().zip(resolved) {
@@ -535,7 +534,7 @@ impl Work {
         done: &mut [Option<Resolution>],
         last_try: bool,
     ) -> Option<GraphError> {
-        use inbound_fields as f;
+        use crate::store::schema::inbound as f;
         let mut work = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             if done[i].is_some() {
@@ -711,7 +710,7 @@ struct ChunkPlan {
 }
 
 fn plan_chunk(entries: &[Entry], resolved: &[Resolution], opts: TransformOptions) -> ChunkPlan {
-    use inbound_fields as f;
+    use crate::store::schema::inbound as f;
     let now = now_ms();
     let mut plan = ChunkPlan::default();
     // Key → content digest of the records planned so far.
@@ -830,7 +829,7 @@ fn plan_chunk(entries: &[Entry], resolved: &[Resolution], opts: TransformOptions
 /// What to do with a delivered message: mark it read in Graph, or the IMAP source's action on
 /// its UID (`None` when an IMAP entry lacks its UID: nothing can be acted on).
 fn follow_up(e: &Entry, record: &crate::model::Ms4Record) -> Option<FollowUp> {
-    use inbound_fields as f;
+    use crate::store::schema::inbound as f;
     match record.source {
         crate::model::Source::Graph => Some(FollowUp {
             source: "graph",

@@ -19,12 +19,13 @@
 //!   `subscriptionRemoved` → create a new one and poll to catch up; `missed` → poll to catch up.
 
 use crate::clients::graph::{GraphClient, GraphError};
-use crate::poller::{Poller, TriggerPoll};
+use crate::messages::TriggerPoll;
 use crate::settings::Settings;
+use crate::sources::graph::GraphPoller;
 use crate::store::webhook::{RefsQueued, StoredSubscription};
 use crate::store::Store;
 use crate::supervision::RestartPacer;
-use crate::{health::Health, metrics as m};
+use crate::{control::health::Health, metrics as m};
 use actix::prelude::*;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
@@ -203,7 +204,7 @@ pub struct WebhookReceiver {
     settings: Arc<Settings>,
     store: Store,
     graph: Rc<GraphClient>,
-    pollers: BTreeMap<String, Addr<Poller>>,
+    pollers: BTreeMap<String, Addr<GraphPoller>>,
     health: Health,
     pacer: RestartPacer,
     /// subscription id → mailbox
@@ -221,7 +222,7 @@ impl WebhookReceiver {
         settings: Arc<Settings>,
         store: Store,
         graph: Rc<GraphClient>,
-        pollers: BTreeMap<String, Addr<Poller>>,
+        pollers: BTreeMap<String, Addr<GraphPoller>>,
         health: Health,
     ) -> Self {
         Self {

@@ -7,7 +7,8 @@
 //! a Message-ID is keyed by a hash of its bytes, which stays the same when a UIDVALIDITY change
 //! makes the server renumber it. Pure: unit-tested here, fuzzed later.
 
-use crate::model::{preview, AttachmentMeta, Malformed, Ms4Record, Source, TransformOptions};
+use super::keys::content_digest;
+use super::record::{preview, AttachmentMeta, Malformed, Ms4Record, Source, TransformOptions};
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use mail_parser::{MessageParser, MimeHeaders};
 use sha2::{Digest, Sha256};
@@ -82,7 +83,7 @@ pub fn mime_to_record(
     let subject = msg.subject().unwrap_or("").to_string();
     let sent = msg.date().map(|d| d.to_rfc3339()).unwrap_or_default();
     Ok(Ms4Record {
-        content_digest: crate::model::content_digest(&sender, &subject, &sent),
+        content_digest: content_digest(&sender, &subject, &sent),
         id,
         subject,
         has_attachments: !attachments.is_empty(),

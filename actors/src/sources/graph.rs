@@ -1,4 +1,4 @@
-//! The Poller actor: one per Graph mailbox, feeding the inbound stream.
+//! The Graph poller actor: one per Graph mailbox, feeding the inbound stream.
 //!
 //! - **Exactly one poller per mailbox** across daemons: a Redis lease (`lease:poller:{mailbox}`,
 //!   `graph.lease_ttl_s`) renewed before every page. The lease token fences the writes: a
@@ -15,15 +15,16 @@
 //!   backlog is above `pipeline.max_backlog`; transient Graph failures back off and retry.
 
 use crate::clients::graph::{GraphClient, GraphError, Page};
-use crate::clients::oauth::{Grant, TokenSource};
+
+use super::wait_for_backlog;
+use crate::messages::{Intake, TriggerPoll};
 use crate::retry::Backoff;
-use crate::session::Intake;
 use crate::settings::{GraphMode, Settings};
 use crate::shutdown::Shutdown;
 use crate::store::poll::PolledPage;
 use crate::store::{Store, StoreError};
 use crate::supervision::RestartPacer;
-use crate::{health::Health, metrics as m};
+use crate::{control::health::Health, metrics as m};
 use actix::prelude::*;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -31,26 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
-/// Poll now (a webhook said mail was missed, an operator asked, a subscription came back).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct TriggerPoll;
-
-/// Builds the OAuth token source for Graph from the settings.
-pub fn graph_tokens(settings: &Settings) -> TokenSource {
-    let g = &settings.graph;
-    TokenSource::new(
-        g.token_url(),
-        Grant::ClientCredentials {
-            client_id: g.client_id.clone(),
-            client_secret: g.client_secret.clone(),
-            scope: "https://graph.microsoft.com/.default".into(),
-        },
-        g.request_timeout(),
-    )
-}
-
-pub struct Poller {
+pub struct GraphPoller {
     mailbox: String,
     settings: Arc<Settings>,
     store: Store,
@@ -65,7 +47,7 @@ pub struct Poller {
     intake: watch::Receiver<Intake>,
 }
 
-impl Poller {
+impl GraphPoller {
     pub fn new(
         mailbox: String,
         settings: Arc<Settings>,
@@ -95,7 +77,7 @@ impl Poller {
     }
 }
 
-impl Actor for Poller {
+impl Actor for GraphPoller {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
@@ -126,13 +108,13 @@ impl Actor for Poller {
     }
 }
 
-impl Supervised for Poller {
+impl Supervised for GraphPoller {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         self.pacer.on_restart();
     }
 }
 
-impl Handler<TriggerPoll> for Poller {
+impl Handler<TriggerPoll> for GraphPoller {
     type Result = ();
 
     fn handle(&mut self, _: TriggerPoll, _ctx: &mut Context<Self>) {
@@ -353,41 +335,6 @@ impl PollLoop {
                 (None, _) => return Ok(PollEnd::Done { added }),
             }
         }
-    }
-}
-
-/// A poller's lease while it waits: `(name in lease keys, token, ttl)`.
-pub(crate) type HeldLease<'a> = (&'a str, &'a str, Duration);
-
-/// Backpressure for every poller: no fetching while the pipeline holds more than
-/// `pipeline.max_backlog` entries (inbound + outbound). The lease is renewed while waiting (a
-/// paused mailbox stays with its poller); returns false when it was lost meanwhile.
-pub(crate) async fn wait_for_backlog(
-    store: &Store,
-    settings: &Settings,
-    shutdown: &Shutdown,
-    lease: HeldLease<'_>,
-) -> Result<bool, StoreError> {
-    let max = settings.pipeline.max_backlog;
-    let keys = store.keys().clone();
-    let mut logged = false;
-    loop {
-        let backlog = store.len(&keys.outbound()).await? + store.len(&keys.inbound()).await?;
-        if backlog <= max || shutdown.is_raised() {
-            return Ok(true);
-        }
-        if !store.hold_lease(lease.0, lease.1, lease.2).await? {
-            return Ok(false);
-        }
-        if !logged {
-            tracing::info!(
-                backlog,
-                max,
-                "backlog above pipeline.max_backlog: polling paused"
-            );
-            logged = true;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

@@ -24,16 +24,16 @@
 
 use crate::clients::ms4::{batch_body, batch_key, classify, Ms4Client, Verdict};
 use crate::clock::now_ms;
-use crate::health::Health;
+use crate::control::health::Health;
 use crate::metrics as m;
-use crate::ratelimiter::{self, Acquire, PauseBudget, RateLimiter};
+use crate::pipeline::ratelimiter::{self, Acquire, PauseBudget, RateLimiter};
 use crate::retry::{Admission, Backoff, Breaker};
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::store::dlq::Stage;
 use crate::store::keys::SENDERS;
 use crate::store::read_budget::{entry_bytes, within_budget};
-use crate::store::streams::outbound_fields as F;
+use crate::store::schema::outbound as F;
 use crate::store::{DeadLetter, Entry, ReadBudget, Scan, Store, StoreError};
 use crate::supervision::RestartPacer;
 use actix::prelude::*;

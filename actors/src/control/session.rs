@@ -13,10 +13,10 @@
 //! `session:current` within a couple of seconds.
 
 use crate::clock::now_ms;
-use crate::poller::TriggerPoll;
+use crate::messages::{Intake, TriggerPoll};
+use crate::sources::webhook::{SetIntake, WebhookReceiver};
 use crate::store::streams::stat;
 use crate::store::{Store, StoreError};
-use crate::webhook::{SetIntake, WebhookReceiver};
 use crate::Settings;
 use actix::prelude::*;
 use chrono::{SecondsFormat, TimeZone, Utc};
@@ -25,27 +25,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// What the intake (pollers, webhooks) should do now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Intake {
-    pub active: bool,
-    /// Poll every `interval` (scheduled) or only when triggered (manual).
-    pub scheduled: bool,
-    pub interval: Duration,
-    pub webhook: bool,
-}
-
-impl Intake {
-    pub fn closed() -> Self {
-        Self {
-            active: false,
-            scheduled: false,
-            interval: Duration::from_secs(3_600),
-            webhook: false,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

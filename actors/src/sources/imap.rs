@@ -22,15 +22,15 @@
 //!   sources keep flowing) and is retried at the poll interval; a lost connection reconnects
 //!   with backoff. A Redis failure stops the loop for the supervisor.
 
-use crate::clients::imap::{Caps, Connector, ImapError, ImapSession};
+use crate::clients::imap::{uid_set, Caps, Connector, ImapError, ImapSession};
+use crate::messages::{Intake, TriggerPoll};
 use crate::retry::Backoff;
-use crate::session::Intake;
 use crate::settings::{AfterDelivery, ImapSource, Settings};
 use crate::shutdown::Shutdown;
 use crate::store::imap::{lease_name, FetchedChunk, FetchedMail, Omitted};
 use crate::store::{Store, StoreError};
 use crate::supervision::RestartPacer;
-use crate::{health::Health, metrics as m};
+use crate::{control::health::Health, metrics as m};
 use actix::prelude::*;
 use async_imap::extensions::idle::IdleResponse;
 use base64::Engine;
@@ -41,8 +41,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
-
-pub use crate::poller::TriggerPoll;
 
 pub struct ImapPoller {
     source: ImapSource,
@@ -426,9 +424,7 @@ impl ImapLoop {
         let mut unwritten: Option<(Vec<FetchedMail>, u32)> = None;
         while last < top {
             let lease = (self.lease.as_str(), self.token.as_str(), self.lease_ttl());
-            if !crate::poller::wait_for_backlog(&self.store, &self.settings, &self.shutdown, lease)
-                .await?
-            {
+            if !super::wait_for_backlog(&self.store, &self.settings, &self.shutdown, lease).await? {
                 return Err(PollError::LeaseLost);
             }
             if self.shutdown.is_raised() {
@@ -795,40 +791,9 @@ fn batches(
     out
 }
 
-/// `1:3,7,9:10` from sorted UIDs.
-pub(crate) fn uid_set(uids: &[u32]) -> String {
-    let mut out = String::new();
-    let mut i = 0;
-    while i < uids.len() {
-        let start = uids[i];
-        let mut end = start;
-        while i + 1 < uids.len() && uids[i + 1] == end + 1 {
-            i += 1;
-            end = uids[i];
-        }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        if start == end {
-            out.push_str(&start.to_string());
-        } else {
-            out.push_str(&format!("{start}:{end}"));
-        }
-        i += 1;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn uid_sets_are_compressed_into_ranges() {
-        assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
-        assert_eq!(uid_set(&[5]), "5");
-        assert_eq!(uid_set(&[]), "");
-    }
 
     fn whole(uids: &[u32]) -> Batch {
         Batch {

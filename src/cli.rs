@@ -218,7 +218,7 @@ pub struct Which {
     pub target: Target,
     /// Dead letter ids (as `dlq list` shows them).
     pub ids: Vec<String>,
-    /// Every dead letter of this stage: process, deliver or mark_read.
+    /// Every dead letter of this stage: process, deliver or after_delivery.
     #[arg(long)]
     pub stage: Option<String>,
     /// Every dead letter.

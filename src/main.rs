@@ -125,7 +125,7 @@ enum DlqCommand {
         target: cli::Target,
         #[arg(long, default_value_t = 50)]
         count: usize,
-        /// Only this stage: process, deliver or mark_read.
+        /// Only this stage: process, deliver or after_delivery.
         #[arg(long)]
         stage: Option<String>,
     },

@@ -286,7 +286,7 @@ fn one_refusing_mailbox_never_holds_back_the_other_mailboxes_follow_ups() {
         common::wait_until(MINUTE, || {
             let (_, ready) = daemon.ready();
             ready["degraded_sources"]
-                .get(format!("read_marker:{denied}"))
+                .get(format!("graph_mark_read:{denied}"))
                 .is_some()
         }),
         "the refusing mailbox is named in /ready: {:?}",
@@ -325,7 +325,7 @@ fn one_refusing_mailbox_never_holds_back_the_other_mailboxes_follow_ups() {
     assert!(common::wait_until(Duration::from_secs(10), || {
         let (_, ready) = daemon.ready();
         ready["degraded_sources"]
-            .get(format!("read_marker:{denied}"))
+            .get(format!("graph_mark_read:{denied}"))
             .is_none()
     }));
 }

@@ -400,7 +400,7 @@ fn an_unreachable_source_never_holds_back_another_sources_after_delivery() {
         wait_until(Duration::from_secs(30), || {
             let (_, ready) = d.ready();
             ready["degraded_sources"]
-                .get("imap_finisher:down")
+                .get("imap_after_delivery:down")
                 .is_some()
         }),
         "{:?}",

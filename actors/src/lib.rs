@@ -60,11 +60,12 @@ pub struct Pipeline {
     /// One poller per IMAP source, by source name.
     pub imap_pollers: BTreeMap<String, Addr<sources::imap::ImapPoller>>,
     /// IMAP after-delivery actions, when a source has one.
-    pub imap_finisher: Option<Addr<after_delivery::Worker<after_delivery::imap::ImapAction>>>,
+    pub imap_after_delivery: Option<Addr<after_delivery::Worker<after_delivery::imap::ImapAction>>>,
     /// Graph change notifications, when `webhook.enabled`.
     pub webhook: Option<Addr<sources::webhook::WebhookReceiver>>,
-    /// Marks delivered messages read, in `graph.mode = "unread"`.
-    pub read_marker: Option<Addr<after_delivery::Worker<after_delivery::mark_read::MarkRead>>>,
+    /// Marks delivered Graph messages read, in `graph.mode = "unread"`.
+    pub graph_after_delivery:
+        Option<Addr<after_delivery::Worker<after_delivery::mark_read::MarkRead>>>,
     pub health: Health,
     shutdown: Shutdown,
     _processor_thread: Arbiter,
@@ -122,13 +123,13 @@ impl Pipeline {
         // Graph: one client (and token cache) for this thread's actors.
         let mut pollers = BTreeMap::new();
         let mut webhook = None;
-        let mut read_marker = None;
+        let mut graph_after_delivery = None;
         if !settings.graph.mailboxes.is_empty() {
             let graph = Rc::new(
                 GraphClient::new(
                     &settings.graph.base_url,
                     Rc::new(clients::oauth::graph_tokens(&settings)),
-                    limiter.clone(),
+                    pipeline::ratelimiter::RateLimiter::graph_budget(&limiter),
                     settings.graph.request_timeout(),
                     settings.graph.max_concurrent_per_mailbox,
                 )
@@ -160,7 +161,7 @@ impl Pipeline {
                     health.clone(),
                     shutdown.clone(),
                 );
-                read_marker = Some(Supervisor::start(move |_| {
+                graph_after_delivery = Some(Supervisor::start(move |_| {
                     after_delivery::Worker::new(store, settings, health, shutdown, move || {
                         after_delivery::mark_read::MarkRead {
                             graph: graph.clone(),
@@ -198,7 +199,7 @@ impl Pipeline {
         }
         // With any IMAP source (also when no action is configured now: it settles what an
         // earlier configuration queued).
-        let imap_finisher = (!settings.imap.sources.is_empty()).then(|| {
+        let imap_after_delivery = (!settings.imap.sources.is_empty()).then(|| {
             let (store, settings, health, shutdown) = (
                 store.clone(),
                 settings.clone(),
@@ -249,9 +250,9 @@ impl Pipeline {
             dead_letters,
             pollers,
             imap_pollers,
-            imap_finisher,
+            imap_after_delivery,
             webhook,
-            read_marker,
+            graph_after_delivery,
             health,
             shutdown,
             _processor_thread: processor_thread,

@@ -1,8 +1,8 @@
-//! Messages more than one stage speaks: what the session tells the intake, and the poll trigger
-//! that webhooks, operators and the session send to every source. Each actor's own messages stay
-//! beside it.
+//! Messages more than one stage speaks: what the session tells the intake, the poll trigger
+//! that webhooks, operators and the session send to every source, and Graph's rate budget as
+//! the Graph client asks the RateLimiter for it. Each actor's own messages stay beside it.
 
-use actix::Message;
+use actix::{Message, Recipient};
 use std::time::Duration;
 
 /// What the intake (pollers, webhooks) should do now.
@@ -30,3 +30,51 @@ impl Intake {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct TriggerPoll;
+
+/// Ask for one Graph permit of a mailbox, standing for `cost` requests (a `$batch` of 20
+/// stands for 20); resolves when granted. The permit frees its slot when dropped.
+#[derive(Message)]
+#[rtype(result = "Result<GraphPermit, crate::store::StoreError>")]
+pub struct AcquireGraph {
+    pub mailbox: String,
+    pub cost: u32,
+}
+
+/// A Graph throttling answer: pause every caller of that mailbox, on every daemon.
+#[derive(Message)]
+#[rtype(result = "Result<(), crate::store::StoreError>")]
+pub struct PauseGraph {
+    pub mailbox: String,
+    pub delay: Duration,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ReleaseGraph {
+    pub(crate) mailbox: String,
+    pub(crate) id: String,
+}
+
+/// A held Graph permit; dropping it frees the mailbox's concurrency slot.
+pub struct GraphPermit {
+    pub(crate) release: Recipient<ReleaseGraph>,
+    pub(crate) mailbox: String,
+    pub(crate) id: String,
+    pub waited: Duration,
+}
+
+impl Drop for GraphPermit {
+    fn drop(&mut self) {
+        self.release.do_send(ReleaseGraph {
+            mailbox: std::mem::take(&mut self.mailbox),
+            id: std::mem::take(&mut self.id),
+        });
+    }
+}
+
+/// Graph's shared budgets, as the Graph client reaches them (the RateLimiter answers).
+#[derive(Clone)]
+pub struct GraphBudget {
+    pub acquire: Recipient<AcquireGraph>,
+    pub pause: Recipient<PauseGraph>,
+}

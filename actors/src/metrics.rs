@@ -82,7 +82,7 @@ pub fn register_counters() {
     for mode in ["delta", "unread", "imap"] {
         metrics::counter!(POLLED, "mode" => mode).increment(0);
     }
-    for stage in ["process", "deliver", "mark_read"] {
+    for stage in ["process", "deliver", "after_delivery"] {
         metrics::counter!(DEAD_LETTERED, "stage" => stage).increment(0);
     }
     for outcome in [

@@ -20,7 +20,7 @@ use ms1_actors::control::session::{
     TriggerPolling,
 };
 use ms1_actors::settings::Secret;
-use ms1_actors::store::dlq::DeadLetterFilter;
+use ms1_actors::store::dlq::{DeadLetterFilter, Stage};
 use ms1_actors::store::streams::is_entry_id;
 use ms1_actors::store::Entry;
 use ms1_actors::Health;
@@ -270,13 +270,16 @@ async fn metrics_json(state: web::Data<ControlState>) -> Result<HttpResponse, Ap
 
 /// A dead letter as the API shows it; `full` adds the payload and MS4's response.
 fn dead_letter_json(e: &Entry, full: bool) -> Value {
+    use ms1_actors::store::schema::dead_letter as d;
     let f = |k: &str| e.field(k).unwrap_or("").to_string();
     let n = |k: &str| e.field(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // Dead letters written by earlier versions may name a stage the old way.
+    let stage = Stage::parse(&f(d::STAGE)).map_or_else(|| f(d::STAGE), |s| s.as_str().into());
     let mut v = json!({
-        "id": e.id, "stage": f("stage"), "reason": f("reason"), "status": n("status"),
-        "attempts": n("attempts"), "first_failure_ms": n("first_failure_ms"),
-        "last_failure_ms": n("last_failure_ms"), "mailbox": f("mailbox"), "key": f("key"),
-        "entry_id": f("entry_id"), "kind": f("kind"), "source": f("source"),
+        "id": e.id, "stage": stage, "reason": f(d::REASON), "status": n(d::STATUS),
+        "attempts": n(d::ATTEMPTS), "first_failure_ms": n(d::FIRST_FAILURE_MS),
+        "last_failure_ms": n(d::LAST_FAILURE_MS), "mailbox": f(d::MAILBOX), "key": f(d::KEY),
+        "entry_id": f(d::ENTRY_ID), "kind": f(d::KIND), "source": f(d::SOURCE),
     });
     if full {
         v["payload"] = json!(f("payload"));

@@ -9,7 +9,7 @@ use super::{Action, Outcome};
 use crate::clients::imap::{Caps, Connector, ImapError, ImapSession};
 use crate::metrics as m;
 use crate::settings::{AfterDelivery, ImapSource, Settings};
-use crate::store::keys::IMAP_FINISHERS;
+use crate::store::keys::IMAP_AFTER_DELIVERY;
 use crate::store::{Entry, Keys};
 use futures_util::TryStreamExt;
 use std::collections::BTreeMap;
@@ -56,8 +56,8 @@ enum Applied {
 }
 
 impl Action for ImapAction {
-    const NAME: &'static str = "imap_finisher";
-    const GROUP: &'static str = IMAP_FINISHERS;
+    const NAME: &'static str = "imap_after_delivery";
+    const GROUP: &'static str = IMAP_AFTER_DELIVERY;
     const SOURCE: &'static str = "imap";
 
     fn stream(keys: &Keys) -> String {

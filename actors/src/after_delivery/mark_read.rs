@@ -4,7 +4,7 @@
 use super::{Action, Outcome};
 use crate::clients::graph::{GraphClient, GraphError, BATCH_MAX};
 use crate::metrics as m;
-use crate::store::keys::MARKERS;
+use crate::store::keys::GRAPH_MARK_READ;
 use crate::store::{Entry, Keys};
 use std::rc::Rc;
 
@@ -28,8 +28,8 @@ fn outcome(status: u16) -> Outcome {
 }
 
 impl Action for MarkRead {
-    const NAME: &'static str = "read_marker";
-    const GROUP: &'static str = MARKERS;
+    const NAME: &'static str = "graph_mark_read";
+    const GROUP: &'static str = GRAPH_MARK_READ;
     const SOURCE: &'static str = "graph";
 
     fn stream(keys: &Keys) -> String {

@@ -56,7 +56,7 @@ pub enum Outcome {
 // The futures need not be `Send`: a worker and its action live on one arbiter (awc is `!Send`).
 #[allow(async_fn_in_trait)]
 pub trait Action: 'static {
-    /// Name in logs, metrics and supervision (`read_marker`, `imap_finisher`).
+    /// Name in logs, metrics and supervision (`graph_mark_read`, `imap_after_delivery`).
     const NAME: &'static str;
     /// The consumer group reading the stream.
     const GROUP: &'static str;
@@ -335,7 +335,7 @@ impl<A: Action> Run<A> {
                 Outcome::Refused { reason, status } => {
                     done.push(e.id.clone());
                     dead.push(DeadLetter {
-                        stage: Stage::MarkRead,
+                        stage: Stage::AfterDelivery,
                         reason,
                         status,
                         attempts: 1,
@@ -371,7 +371,7 @@ impl<A: Action> Run<A> {
             .await?;
         if !dead.is_empty() {
             tracing::warn!(target_name = %name, count = dead.len(), reason = %dead[0].reason, "after-delivery action refused; dead-lettered");
-            metrics::counter!(m::DEAD_LETTERED, "stage" => "mark_read")
+            metrics::counter!(m::DEAD_LETTERED, "stage" => Stage::AfterDelivery.as_str())
                 .increment(dead.len() as u64);
         }
         let health_key = format!("{}:{name}", A::NAME);

@@ -1,7 +1,7 @@
 //! The Microsoft Graph client: messages (delta and unread), single messages, attachment
 //! metadata, `$batch` mark-read, and subscriptions.
 //!
-//! Every request first takes a permit of its mailbox from the [`RateLimiter`] (at most
+//! Every request first takes a permit of its mailbox from the shared budget ([`GraphBudget`], answered by the RateLimiter) (at most
 //! `max_concurrent_per_mailbox` in flight and `requests_per_window` per window, across every
 //! daemon on the same Redis), then a token from the [`TokenSource`]. A 401 refreshes the token
 //! once and retries once. A 429 (or 503) pauses every caller of that mailbox for Retry-After.
@@ -10,9 +10,8 @@
 //! bearer token never goes anywhere else.
 
 use super::oauth::{OAuthError, TokenSource};
+use crate::messages::{AcquireGraph, GraphBudget, PauseGraph};
 use crate::model::{AttachmentMeta, GraphAttachment};
-use crate::pipeline::ratelimiter::{AcquireGraph, PauseGraph, RateLimiter};
-use actix::Addr;
 use awc::http::Method;
 use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -189,7 +188,7 @@ pub struct GraphClient {
     base: String,
     origin: String,
     tokens: Rc<TokenSource>,
-    limiter: Addr<RateLimiter>,
+    limiter: GraphBudget,
     /// Local admission per mailbox (as many as the shared limit allows), so that callers of
     /// this process queue here instead of polling Redis for a slot.
     local: RefCell<HashMap<String, Rc<Semaphore>>>,
@@ -224,7 +223,7 @@ impl GraphClient {
     pub fn new(
         base_url: &str,
         tokens: Rc<TokenSource>,
-        limiter: Addr<RateLimiter>,
+        limiter: GraphBudget,
         timeout: Duration,
         max_concurrent: u32,
     ) -> Self {
@@ -472,6 +471,7 @@ impl GraphClient {
         );
         let _ = self
             .limiter
+            .pause
             .send(PauseGraph {
                 mailbox: mailbox.to_string(),
                 delay,
@@ -502,6 +502,7 @@ impl GraphClient {
             .map_err(|_| GraphError::Transient("admission closed".into()))?;
         let _permit = self
             .limiter
+            .acquire
             .send(AcquireGraph {
                 mailbox: mailbox.to_string(),
                 cost,

@@ -115,7 +115,7 @@ impl Actor for BatchProcessor {
                     GraphClient::new(
                         &self.settings.graph.base_url,
                         Rc::new(crate::clients::oauth::graph_tokens(&self.settings)),
-                        self.limiter.clone(),
+                        RateLimiter::graph_budget(&self.limiter),
                         self.settings.graph.request_timeout(),
                         self.settings.graph.max_concurrent_per_mailbox,
                     )
@@ -376,7 +376,7 @@ impl Work {
         metrics::counter!(m::PROCESSED).increment(handoff.outbound.len() as u64);
         metrics::counter!(m::DUPLICATES).increment(duplicates);
         if !handoff.dead.is_empty() {
-            metrics::counter!(m::DEAD_LETTERED, "stage" => "process")
+            metrics::counter!(m::DEAD_LETTERED, "stage" => Stage::Process.as_str())
                 .increment(handoff.dead.len() as u64);
             for d in &handoff.dead {
                 tracing::warn!(entry = %d.entry_id, mailbox = %d.mailbox, reason = %d.reason, "dead-lettered an entry");
@@ -744,7 +744,7 @@ fn plan_chunk(entries: &[Entry], resolved: &[Resolution], opts: TransformOptions
             carry: crate::store::dlq::carried(
                 e,
                 &[
-                    f::MARK_READ,
+                    f::FOLLOW_UP,
                     f::UID,
                     f::UIDVALIDITY,
                     f::INTERNAL_DATE,
@@ -805,7 +805,7 @@ fn plan_chunk(entries: &[Entry], resolved: &[Resolution], opts: TransformOptions
                     record.content_digest.clone(),
                 );
                 let json = serde_json::to_string(&record).expect("a record always serializes");
-                let mark_read = (e.field(f::MARK_READ) == Some("1"))
+                let mark_read = (e.field(f::FOLLOW_UP) == Some("1"))
                     .then(|| follow_up(e, &record))
                     .flatten();
                 plan.records.push(OutboundRecord {

@@ -6,6 +6,7 @@
 //! daemon waits it out. The state lives in Redis, so a restarted limiter has nothing to
 //! rebuild.
 
+use crate::messages::{AcquireGraph, GraphBudget, GraphPermit, PauseGraph, ReleaseGraph};
 use crate::store::Store;
 use crate::supervision::RestartPacer;
 use actix::prelude::*;
@@ -38,47 +39,6 @@ pub struct PauseBudget {
     pub delay: Duration,
 }
 
-/// Ask for one Graph permit of a mailbox, standing for `cost` requests (a `$batch` of 20
-/// stands for 20); resolves when granted. The permit frees its slot when dropped.
-#[derive(Message)]
-#[rtype(result = "Result<GraphPermit, crate::store::StoreError>")]
-pub struct AcquireGraph {
-    pub mailbox: String,
-    pub cost: u32,
-}
-
-/// A Graph throttling answer: pause every caller of that mailbox, on every daemon.
-#[derive(Message)]
-#[rtype(result = "Result<(), crate::store::StoreError>")]
-pub struct PauseGraph {
-    pub mailbox: String,
-    pub delay: Duration,
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-struct ReleaseGraph {
-    mailbox: String,
-    id: String,
-}
-
-/// A held Graph permit; dropping it frees the mailbox's concurrency slot.
-pub struct GraphPermit {
-    limiter: Addr<RateLimiter>,
-    mailbox: String,
-    id: String,
-    pub waited: Duration,
-}
-
-impl Drop for GraphPermit {
-    fn drop(&mut self) {
-        self.limiter.do_send(ReleaseGraph {
-            mailbox: std::mem::take(&mut self.mailbox),
-            id: std::mem::take(&mut self.id),
-        });
-    }
-}
-
 pub struct RateLimiter {
     store: Store,
     graph: crate::store::ratelimit::GraphLimits,
@@ -91,6 +51,14 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// `per_min = 0` means no limit (permits are still checked against a Retry-After pause).
+    /// Graph's budgets of this limiter, for a Graph client.
+    pub fn graph_budget(limiter: &Addr<Self>) -> GraphBudget {
+        GraphBudget {
+            acquire: limiter.clone().recipient(),
+            pause: limiter.clone().recipient(),
+        }
+    }
+
     pub fn new(
         store: Store,
         ms4_per_min: u32,
@@ -171,7 +139,7 @@ impl Handler<AcquireGraph> for RateLimiter {
     fn handle(&mut self, msg: AcquireGraph, ctx: &mut Context<Self>) -> Self::Result {
         let store = self.store.clone();
         let limits = self.graph;
-        let limiter = ctx.address();
+        let release = ctx.address().recipient();
         Box::pin(async move {
             let started = Instant::now();
             let id = uuid::Uuid::new_v4().simple().to_string();
@@ -186,7 +154,7 @@ impl Handler<AcquireGraph> for RateLimiter {
                         metrics::histogram!(crate::metrics::RATE_WAIT, "budget" => "graph")
                             .record(waited.as_secs_f64());
                         return Ok(GraphPermit {
-                            limiter,
+                            release,
                             mailbox: msg.mailbox,
                             id,
                             waited,

@@ -336,16 +336,16 @@ impl Core {
             .iter()
             .filter_map(|e| {
                 Some((
-                    e.field(F::MARK_SOURCE).unwrap_or("graph"),
-                    e.field(F::MARK_MAILBOX)?,
-                    e.field(F::MARK_ID)?,
+                    e.field(F::FOLLOW_UP_SOURCE).unwrap_or("graph"),
+                    e.field(F::FOLLOW_UP_MAILBOX)?,
+                    e.field(F::FOLLOW_UP_ID)?,
                 ))
             })
             .collect();
         let mut backoff = Backoff::new(&self.settings.ms4);
         while let Err(e) = self
             .store
-            .ack_and_mark_read(&self.outbound(), SENDERS, &ids, &marks)
+            .ack_and_follow_up(&self.outbound(), SENDERS, &ids, &marks)
             .await
         {
             tracing::warn!(error = %e, "could not acknowledge delivered entries; retrying");
@@ -378,7 +378,7 @@ impl Core {
             source: String::new(),
             carry: crate::store::dlq::carried(
                 entry,
-                &[F::MARK_MAILBOX, F::MARK_ID, F::MARK_SOURCE],
+                &[F::FOLLOW_UP_MAILBOX, F::FOLLOW_UP_ID, F::FOLLOW_UP_SOURCE],
             ),
         };
         let ids = [entry.id.clone()];
@@ -397,7 +397,7 @@ impl Core {
             tracing::warn!(error = %e, "could not dead-letter a rejected record; retrying");
             tokio::time::sleep(backoff.next_delay()).await;
         }
-        metrics::counter!(m::DEAD_LETTERED, "stage" => "deliver").increment(1);
+        metrics::counter!(m::DEAD_LETTERED, "stage" => Stage::Deliver.as_str()).increment(1);
         tracing::warn!(entry = %entry.id, status, "MS4 rejected a record: dead-lettered");
     }
 }

@@ -10,8 +10,8 @@ pub enum Stage {
     Process,
     /// MS4 refused the record.
     Deliver,
-    /// Graph refused to mark a delivered message read.
-    MarkRead,
+    /// The after-delivery action (Graph mark-read, IMAP `\Seen` or move) was refused.
+    AfterDelivery,
 }
 
 impl Stage {
@@ -19,7 +19,18 @@ impl Stage {
         match self {
             Stage::Process => "process",
             Stage::Deliver => "deliver",
-            Stage::MarkRead => "mark_read",
+            Stage::AfterDelivery => "after_delivery",
+        }
+    }
+
+    /// A stage by name; also `mark_read`, what dead letters written before the after-delivery
+    /// worker served IMAP call that stage.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "process" => Some(Stage::Process),
+            "deliver" => Some(Stage::Deliver),
+            "after_delivery" | "mark_read" => Some(Stage::AfterDelivery),
+            _ => None,
         }
     }
 }
@@ -57,8 +68,7 @@ pub struct DeadLetter {
     pub carry: Vec<(String, String)>,
 }
 
-/// Prefix of the dead-letter fields that go back into the replayed entry.
-pub const CARRY: &str = "carry.";
+pub use super::schema::dead_letter::CARRY;
 
 /// The fields of `entry` named in `names`, to carry through a dead letter.
 pub fn carried(entry: &super::Entry, names: &[&str]) -> Vec<(String, String)> {
@@ -70,20 +80,21 @@ pub fn carried(entry: &super::Entry, names: &[&str]) -> Vec<(String, String)> {
 
 impl DeadLetter {
     pub fn fields(&self) -> Vec<(String, String)> {
+        use super::schema::dead_letter as d;
         let mut fields: Vec<(String, String)> = vec![
-            ("stage", self.stage.as_str().to_string()),
-            ("reason", self.reason.clone()),
-            ("status", self.status.to_string()),
-            ("attempts", self.attempts.to_string()),
-            ("first_failure_ms", self.first_failure_ms.to_string()),
-            ("last_failure_ms", self.last_failure_ms.to_string()),
-            ("mailbox", self.mailbox.clone()),
-            ("key", self.key.clone()),
-            ("entry_id", self.entry_id.clone()),
-            ("response", self.response.clone()),
-            ("kind", self.kind.clone()),
-            ("source", self.source.clone()),
-            ("payload", self.payload.clone()),
+            (d::STAGE, self.stage.as_str().to_string()),
+            (d::REASON, self.reason.clone()),
+            (d::STATUS, self.status.to_string()),
+            (d::ATTEMPTS, self.attempts.to_string()),
+            (d::FIRST_FAILURE_MS, self.first_failure_ms.to_string()),
+            (d::LAST_FAILURE_MS, self.last_failure_ms.to_string()),
+            (d::MAILBOX, self.mailbox.clone()),
+            (d::KEY, self.key.clone()),
+            (d::ENTRY_ID, self.entry_id.clone()),
+            (d::RESPONSE, self.response.clone()),
+            (d::KIND, self.kind.clone()),
+            (d::SOURCE, self.source.clone()),
+            (d::PAYLOAD, self.payload.clone()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -138,14 +149,17 @@ pub struct DeadLetterFilter {
 
 impl DeadLetterFilter {
     pub fn matches(&self, e: &super::Entry) -> bool {
+        use super::schema::dead_letter as d;
         let f = |k: &str| e.field(k).unwrap_or("");
         self.ids.as_ref().is_none_or(|ids| ids.contains(&e.id))
-            && self.stage.as_deref().is_none_or(|s| f("stage") == s)
-            && self.mailbox.as_deref().is_none_or(|m| f("mailbox") == m)
+            && self.stage.as_deref().is_none_or(|s| {
+                Stage::parse(s).is_some_and(|want| Stage::parse(f(d::STAGE)) == Some(want))
+            })
+            && self.mailbox.as_deref().is_none_or(|m| f(d::MAILBOX) == m)
             && self
                 .reason
                 .as_deref()
-                .is_none_or(|r| f("reason").contains(r))
+                .is_none_or(|r| f(d::REASON).contains(r))
     }
 }
 
@@ -207,6 +221,7 @@ impl Store {
     /// Puts dead letters back where they failed (inbound, outbound, markread or imapdone) and removes
     /// them from the DLQ, each in one MULTI/EXEC. Returns how many were replayed.
     pub async fn dlq_replay(&self, entries: &[super::Entry]) -> StoreResult<u64> {
+        use super::schema::dead_letter as d;
         use super::schema::inbound as f;
         use super::schema::outbound as o;
         let mut replayed = 0;
@@ -215,14 +230,15 @@ impl Store {
             pipe.atomic();
             for e in chunk {
                 let field = |k: &str| e.field(k).unwrap_or("").to_string();
-                let payload = field("payload");
-                match (field("stage").as_str(), field("kind").as_str()) {
-                    ("deliver", _) => {
+                let payload = field(d::PAYLOAD);
+                let stage = Stage::parse(&field(d::STAGE));
+                match (stage, field(d::KIND).as_str()) {
+                    (Some(Stage::Deliver), _) => {
                         pipe.cmd("XADD")
                             .arg(self.keys.outbound())
                             .arg("*")
                             .arg(o::KEY)
-                            .arg(field("key"))
+                            .arg(field(d::KEY))
                             .arg(o::RECORD)
                             .arg(&payload)
                             .arg(o::INBOUND_MS)
@@ -230,8 +246,8 @@ impl Store {
                         push_carried(&mut pipe, e);
                         pipe.ignore();
                     }
-                    ("mark_read", _) => {
-                        let stream = match field("source").as_str() {
+                    (Some(Stage::AfterDelivery), _) => {
+                        let stream = match field(d::SOURCE).as_str() {
                             "imap" => self.keys.imap_done(),
                             _ => self.keys.mark_read(),
                         };
@@ -239,7 +255,7 @@ impl Store {
                             .arg(stream)
                             .arg("*")
                             .arg(super::schema::follow_up::MAILBOX)
-                            .arg(field("mailbox"))
+                            .arg(field(d::MAILBOX))
                             .arg(super::schema::follow_up::MESSAGE_ID)
                             .arg(&payload)
                             .ignore();
@@ -249,18 +265,18 @@ impl Store {
                             .arg(self.keys.inbound())
                             .arg("*")
                             .arg(f::SOURCE)
-                            .arg(field("source"))
+                            .arg(field(d::SOURCE))
                             .arg(f::KIND)
                             .arg("ref")
                             .arg(f::MAILBOX)
-                            .arg(field("mailbox"))
+                            .arg(field(d::MAILBOX))
                             .arg(f::MESSAGE_ID)
                             .arg(&payload);
                         push_carried(&mut pipe, e);
                         pipe.ignore();
                     }
                     _ => {
-                        let source = field("source");
+                        let source = field(d::SOURCE);
                         pipe.cmd("XADD")
                             .arg(self.keys.inbound())
                             .arg("*")
@@ -273,7 +289,7 @@ impl Store {
                             .arg(f::KIND)
                             .arg("message")
                             .arg(f::MAILBOX)
-                            .arg(field("mailbox"))
+                            .arg(field(d::MAILBOX))
                             .arg(f::PAYLOAD)
                             .arg(&payload);
                         push_carried(&mut pipe, e);

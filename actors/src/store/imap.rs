@@ -2,7 +2,7 @@
 //! queued (`cursor:imap:{name}`), written in one atomic step with the messages of each chunk,
 //! and fenced by the source's lease (`lease:poller:imap:{name}`).
 
-use super::poll::LeaseLost;
+use super::lease::LeaseLost;
 use super::{Store, StoreResult};
 use redis::Script;
 
@@ -76,7 +76,7 @@ impl Store {
         now_ms: u64,
     ) -> StoreResult<Result<u64, LeaseLost>> {
         let name = lease_name(chunk.source);
-        let mut inv = self.poll.imap_page.prepare_invoke();
+        let mut inv = self.imap_page.prepare_invoke();
         inv.key(self.keys.poller_lease(&name))
             .key(self.keys.inbound())
             .key(self.keys.cursor(&name))

@@ -10,10 +10,10 @@ pub const PROCESSORS: &str = "processors";
 /// Consumer group that delivers outbound entries to MS4.
 pub const SENDERS: &str = "senders";
 /// Consumer group that marks delivered messages read in Graph (unread mode).
-pub const MARKERS: &str = "markers";
-
+pub const GRAPH_MARK_READ: &str = "markers";
 /// Consumer group that applies IMAP after-delivery actions (`\Seen`, move).
-pub const IMAP_FINISHERS: &str = "imap_finishers";
+pub const IMAP_AFTER_DELIVERY: &str = "imap_finishers";
+// (Group names are state in Redis: renaming one would orphan its pending entries.)
 
 /// The Redis Cluster hash tag of every key under `prefix`: the text between the prefix's first
 /// `{` and the first `}` after it, when that text is not empty. (Redis hashes only the tag of a

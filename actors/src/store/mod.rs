@@ -18,11 +18,15 @@
 //! - [`streams`]: consumer groups, reads, claims, acknowledgements, the hand-offs.
 //! - [`dlq`]: the dead-letter stream.
 //! - [`ratelimit`]: the shared rate budgets (Lua scripts).
+//! - [`lease`], [`poll`], [`imap`]: poller leases, Graph cursors and pages, IMAP cursors and
+//!   chunks.
+//! - [`schema`]: every stream's field names; [`keys`]: every key's name.
 
 mod access;
 pub mod dlq;
 pub mod imap;
 pub mod keys;
+pub mod lease;
 pub mod park;
 pub mod poll;
 pub mod ratelimit;
@@ -74,7 +78,9 @@ pub struct Store {
     target: Target,
     keys: Keys,
     ratelimit: ratelimit::Scripts,
+    lease: lease::LeaseScripts,
     poll: poll::PollScripts,
+    imap_page: redis::Script,
 }
 
 /// Where the store's Redis is, kept to open further connections ([`Store::blocking`]).
@@ -238,7 +244,9 @@ impl Store {
             target,
             keys: Keys::new(prefix),
             ratelimit: ratelimit::Scripts::new(),
+            lease: lease::LeaseScripts::new(),
             poll: poll::PollScripts::new(),
+            imap_page: imap::imap_page_script(),
         }
     }
 

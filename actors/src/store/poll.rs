@@ -1,9 +1,9 @@
-//! What the pollers keep in Redis: per-mailbox leases (exactly one poller per mailbox across
-//! daemons), delta cursors, and the atomic page write.
+//! What the Graph pollers keep in Redis: delta cursors and the atomic page write, fenced by the
+//! mailbox's [lease](super::lease).
 
+use super::lease::LeaseLost;
 use super::{Store, StoreResult};
 use redis::Script;
-use std::time::Duration;
 
 /// Where a mailbox's poll stands.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -29,54 +29,18 @@ pub struct PolledPage<'a> {
 
 #[derive(Clone)]
 pub(crate) struct PollScripts {
-    lease: Script,
-    release: Script,
     page: Script,
-    pub(super) imap_page: Script,
 }
 
 impl PollScripts {
     pub(crate) fn new() -> Self {
         Self {
-            lease: Script::new(include_str!("lease.lua")),
-            release: Script::new(include_str!("lease_release.lua")),
             page: Script::new(include_str!("poll_page.lua")),
-            imap_page: super::imap::imap_page_script(),
         }
     }
 }
 
-/// The page write was refused: another daemon holds the mailbox now.
-#[derive(Debug, thiserror::Error)]
-#[error("lost the poller lease of {0}")]
-pub struct LeaseLost(pub String);
-
 impl Store {
-    /// Takes or renews the poller lease of `mailbox` for `token`. True while held.
-    pub async fn hold_lease(&self, mailbox: &str, token: &str, ttl: Duration) -> StoreResult<bool> {
-        let held: i64 = self
-            .poll
-            .lease
-            .key(self.keys.poller_lease(mailbox))
-            .arg(token)
-            .arg(ttl.as_millis() as u64)
-            .invoke_async(&mut self.conn())
-            .await?;
-        Ok(held == 1)
-    }
-
-    /// Gives the lease up (drain), if still held.
-    pub async fn release_lease(&self, mailbox: &str, token: &str) -> StoreResult<()> {
-        let _: i64 = self
-            .poll
-            .release
-            .key(self.keys.poller_lease(mailbox))
-            .arg(token)
-            .invoke_async(&mut self.conn())
-            .await?;
-        Ok(())
-    }
-
     pub async fn cursor(&self, mailbox: &str) -> StoreResult<Cursor> {
         let (link, phase): (Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(self.keys.cursor(mailbox))

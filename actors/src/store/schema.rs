@@ -11,9 +11,10 @@ pub mod inbound {
     pub const MAILBOX: &str = "mailbox";
     pub const PAYLOAD: &str = "payload";
     pub const MESSAGE_ID: &str = "message_id";
-    /// `1`: mark the message read in Graph once MS4 accepted it (unread mode); for IMAP, run
-    /// the source's after-delivery action (`\Seen` or move).
-    pub const MARK_READ: &str = "mark_read";
+    /// `1`: the message has a follow-up once MS4 accepted it: marked read in Graph (unread
+    /// mode), or the IMAP source's after-delivery action (`\Seen` or move). (The name is the
+    /// first version's; entries in flight across an upgrade keep it.)
+    pub const FOLLOW_UP: &str = "mark_read";
     /// IMAP: the message's UID and its folder's UIDVALIDITY, and its INTERNALDATE (RFC 3339).
     pub const UID: &str = "uid";
     pub const UIDVALIDITY: &str = "uidvalidity";
@@ -31,9 +32,9 @@ pub mod outbound {
     pub const INBOUND_MS: &str = "t";
     /// Present when the message has a follow-up after delivery: its mailbox and id, and its
     /// source when that is not Graph (see [`FollowUp`](crate::store::FollowUp)).
-    pub const MARK_MAILBOX: &str = "mb";
-    pub const MARK_ID: &str = "mid";
-    pub const MARK_SOURCE: &str = "ms";
+    pub const FOLLOW_UP_MAILBOX: &str = "mb";
+    pub const FOLLOW_UP_ID: &str = "mid";
+    pub const FOLLOW_UP_SOURCE: &str = "ms";
 }
 
 /// A follow-up entry (`stream:markread`, `stream:imapdone`): what to do in the mailbox once
@@ -43,4 +44,24 @@ pub mod follow_up {
     pub const MAILBOX: &str = "mailbox";
     /// The Graph message id, or `{uidvalidity}:{uid}` in the IMAP folder.
     pub const MESSAGE_ID: &str = "message_id";
+}
+
+/// A dead letter (`stream:dlq`): what failed, why, and what a replay puts back.
+pub mod dead_letter {
+    /// `process`, `deliver` or `after_delivery`.
+    pub const STAGE: &str = "stage";
+    pub const REASON: &str = "reason";
+    pub const STATUS: &str = "status";
+    pub const ATTEMPTS: &str = "attempts";
+    pub const FIRST_FAILURE_MS: &str = "first_failure_ms";
+    pub const LAST_FAILURE_MS: &str = "last_failure_ms";
+    pub const MAILBOX: &str = "mailbox";
+    pub const KEY: &str = "key";
+    pub const ENTRY_ID: &str = "entry_id";
+    pub const RESPONSE: &str = "response";
+    pub const KIND: &str = "kind";
+    pub const SOURCE: &str = "source";
+    pub const PAYLOAD: &str = "payload";
+    /// Prefix of the fields that go back into the replayed entry (`carry.{field}`).
+    pub const CARRY: &str = "carry.";
 }

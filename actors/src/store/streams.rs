@@ -324,13 +324,13 @@ impl Store {
 
     /// Acknowledges and deletes finished entries in one MULTI/EXEC.
     pub async fn ack(&self, stream: &str, group: &str, ids: &[String]) -> StoreResult<()> {
-        self.ack_and_mark_read(stream, group, ids, &[]).await
+        self.ack_and_follow_up(stream, group, ids, &[]).await
     }
 
     /// Acknowledges delivered entries and, in the same MULTI/EXEC, queues their follow-ups
     /// (`(source, mailbox, id)`: Graph messages to mark read, IMAP after-delivery actions), so
     /// a follow-up happens only after MS4 accepted the message, and is never forgotten.
-    pub async fn ack_and_mark_read(
+    pub async fn ack_and_follow_up(
         &self,
         stream: &str,
         group: &str,
@@ -442,12 +442,13 @@ impl Store {
                 .arg(super::schema::outbound::INBOUND_MS)
                 .arg(r.inbound_ms);
             if let Some(f) = &r.mark_read {
-                pipe.arg(super::schema::outbound::MARK_MAILBOX)
+                pipe.arg(super::schema::outbound::FOLLOW_UP_MAILBOX)
                     .arg(&f.mailbox)
-                    .arg(super::schema::outbound::MARK_ID)
+                    .arg(super::schema::outbound::FOLLOW_UP_ID)
                     .arg(&f.id);
                 if f.source != "graph" {
-                    pipe.arg(super::schema::outbound::MARK_SOURCE).arg(f.source);
+                    pipe.arg(super::schema::outbound::FOLLOW_UP_SOURCE)
+                        .arg(f.source);
                 }
             }
             pipe.ignore();

@@ -1,0 +1,53 @@
+//! Poller leases: exactly one poller per mailbox or IMAP source across daemons. The lease
+//! token fences every write of a page or chunk: a poller that lost its lease cannot write.
+
+use super::{Store, StoreResult};
+use redis::Script;
+use std::time::Duration;
+
+#[derive(Clone)]
+pub(crate) struct LeaseScripts {
+    take: Script,
+    release: Script,
+}
+
+impl LeaseScripts {
+    pub(crate) fn new() -> Self {
+        Self {
+            take: Script::new(include_str!("lease.lua")),
+            release: Script::new(include_str!("lease_release.lua")),
+        }
+    }
+}
+
+/// The write was refused: another daemon holds the mailbox (or source) now.
+#[derive(Debug, thiserror::Error)]
+#[error("lost the poller lease of {0}")]
+pub struct LeaseLost(pub String);
+
+impl Store {
+    /// Takes or renews the poller lease of `mailbox` for `token`. True while held.
+    pub async fn hold_lease(&self, mailbox: &str, token: &str, ttl: Duration) -> StoreResult<bool> {
+        let held: i64 = self
+            .lease
+            .take
+            .key(self.keys.poller_lease(mailbox))
+            .arg(token)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(held == 1)
+    }
+
+    /// Gives the lease up (drain), if still held.
+    pub async fn release_lease(&self, mailbox: &str, token: &str) -> StoreResult<()> {
+        let _: i64 = self
+            .lease
+            .release
+            .key(self.keys.poller_lease(mailbox))
+            .arg(token)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+}

@@ -6,23 +6,21 @@
 //! `open_ms`, then exactly one probe is let through; its success closes the circuit, its
 //! failure opens it again. Time is passed in, so the state machine is tested without sleeping.
 
-use crate::settings::{BreakerSettings, Ms4Settings};
+use crate::settings::{BreakerSettings, RetryBounds};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use std::time::{Duration, Instant};
 
-/// Exponential delays with jitter between `retry_min_ms` and `retry_max_ms`, forever: a
-/// transient failure is retried until it succeeds (or the daemon drains), never dropped.
+/// Exponential delays with jitter between a section's `retry_min_ms` and `retry_max_ms`,
+/// forever: a transient failure is retried until it succeeds (or the daemon drains), never
+/// dropped.
 pub struct Backoff {
     inner: backon::ExponentialBackoff,
     max: Duration,
 }
 
 impl Backoff {
-    pub fn new(s: &Ms4Settings) -> Self {
-        Self::between(
-            Duration::from_millis(s.retry_min_ms),
-            Duration::from_millis(s.retry_max_ms),
-        )
+    pub fn new(bounds: RetryBounds) -> Self {
+        Self::between(bounds.min, bounds.max)
     }
 
     /// Exponential delays with jitter between `min` and `max`, forever.
@@ -201,12 +199,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_within_bounds() {
-        let s = Ms4Settings {
-            retry_min_ms: 100,
-            retry_max_ms: 1_000,
-            ..Default::default()
-        };
-        let mut b = Backoff::new(&s);
+        let mut b = Backoff::new(RetryBounds::from_ms(100, 1_000));
         let delays: Vec<Duration> = (0..12).map(|_| b.next_delay()).collect();
         assert!(delays[0] >= Duration::from_millis(100));
         // Jitter adds up to one more delay on top of the capped value.

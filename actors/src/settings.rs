@@ -282,6 +282,29 @@ pub struct Ms4Settings {
     pub retry_max_ms: u64,
 }
 
+/// The bounds of an exponential retry schedule: a section's `retry_min_ms` and `retry_max_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBounds {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl RetryBounds {
+    pub fn from_ms(min_ms: u64, max_ms: u64) -> Self {
+        Self {
+            min: Duration::from_millis(min_ms),
+            max: Duration::from_millis(max_ms),
+        }
+    }
+}
+
+impl Ms4Settings {
+    /// The backoff bounds of transient MS4 failures.
+    pub fn retry(&self) -> RetryBounds {
+        RetryBounds::from_ms(self.retry_min_ms, self.retry_max_ms)
+    }
+}
+
 impl Default for Ms4Settings {
     fn default() -> Self {
         Self {
@@ -378,6 +401,11 @@ pub struct GraphSettings {
     /// probe); the wait doubles with each failed retry up to `park_retry_max_s`.
     pub park_retry_min_s: u64,
     pub park_retry_max_s: u64,
+    /// First retry delay after a transient Graph failure (a poll, a fetch), in milliseconds
+    /// (exponential, with jitter).
+    pub retry_min_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    pub retry_max_ms: u64,
 }
 
 impl Default for GraphSettings {
@@ -402,6 +430,8 @@ impl Default for GraphSettings {
             park_after_attempts: 3,
             park_retry_min_s: 30,
             park_retry_max_s: 900,
+            retry_min_ms: 200,
+            retry_max_ms: 30_000,
         }
     }
 }
@@ -421,6 +451,11 @@ impl std::fmt::Debug for GraphSettings {
 }
 
 impl GraphSettings {
+    /// The backoff bounds of transient Graph failures.
+    pub fn retry(&self) -> RetryBounds {
+        RetryBounds::from_ms(self.retry_min_ms, self.retry_max_ms)
+    }
+
     /// `{authority}/oauth2/v2.0/token` with the tenant filled in.
     pub fn token_url(&self) -> String {
         format!(
@@ -545,6 +580,11 @@ pub struct ImapSettings {
     /// A source's poller lease lasts this long unless renewed (seconds): exactly one daemon
     /// reads a source; another takes over after at most this long when it dies.
     pub lease_ttl_s: u64,
+    /// First retry delay after a failed poll (connection, login, command), in milliseconds
+    /// (exponential, with jitter).
+    pub retry_min_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    pub retry_max_ms: u64,
     /// The sources, one `[[imap.sources]]` table each. Empty: no IMAP.
     pub sources: Vec<ImapSource>,
 }
@@ -559,6 +599,8 @@ impl Default for ImapSettings {
             idle_renew_s: 1_500,
             timeout_ms: 30_000,
             lease_ttl_s: 30,
+            retry_min_ms: 200,
+            retry_max_ms: 30_000,
             sources: Vec::new(),
         }
     }
@@ -567,6 +609,11 @@ impl Default for ImapSettings {
 impl ImapSettings {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The backoff bounds of failed polls.
+    pub fn retry(&self) -> RetryBounds {
+        RetryBounds::from_ms(self.retry_min_ms, self.retry_max_ms)
     }
 }
 
@@ -775,6 +822,17 @@ pub struct InvalidSetting {
 }
 
 /// The refusal of `key`, for the checks of [`Settings::validate`].
+/// A section's retry bounds: a first delay above zero, and a longest one not below it.
+fn check_retry(section: &str, min_ms: u64, max_ms: u64) -> Result<(), InvalidSetting> {
+    if min_ms == 0 || max_ms < min_ms {
+        return bad(
+            format!("{section}.retry_max_ms"),
+            "retry_min_ms must be > 0 and retry_max_ms >= retry_min_ms",
+        );
+    }
+    Ok(())
+}
+
 fn bad(key: impl Into<String>, problem: impl Into<String>) -> Result<(), InvalidSetting> {
     Err(InvalidSetting {
         key: key.into(),
@@ -879,12 +937,9 @@ impl Settings {
         if m.auth_probe_s == 0 {
             return bad("ms4.auth_probe_s", "must be at least 1");
         }
-        if m.retry_min_ms == 0 || m.retry_max_ms < m.retry_min_ms {
-            return bad(
-                "ms4.retry_max_ms",
-                "retry_min_ms must be > 0 and retry_max_ms >= retry_min_ms",
-            );
-        }
+        check_retry("ms4", m.retry_min_ms, m.retry_max_ms)?;
+        check_retry("graph", self.graph.retry_min_ms, self.graph.retry_max_ms)?;
+        check_retry("imap", self.imap.retry_min_ms, self.imap.retry_max_ms)?;
         if self.breaker.failure_threshold == 0 {
             return bad("breaker.failure_threshold", "must be at least 1");
         }
@@ -1406,6 +1461,22 @@ mod tests {
         let mut s = Settings::default();
         s.redis.url = "http://x".into();
         assert_eq!(s.validate().unwrap_err().key, "redis.url");
+        let mut s = Settings::default();
+        s.graph.retry_max_ms = s.graph.retry_min_ms - 1;
+        assert_eq!(s.validate().unwrap_err().key, "graph.retry_max_ms");
+        let mut s = Settings::default();
+        s.imap.retry_min_ms = 0;
+        assert_eq!(s.validate().unwrap_err().key, "imap.retry_max_ms");
+    }
+
+    #[test]
+    fn each_stage_retries_on_its_own_sections_bounds() {
+        let mut s = Settings::default();
+        s.graph.retry_min_ms = 1_000;
+        s.imap.retry_max_ms = 5_000;
+        assert_eq!(s.graph.retry().min, Duration::from_millis(1_000));
+        assert_eq!(s.imap.retry().max, Duration::from_millis(5_000));
+        assert_eq!(s.ms4.retry(), RetryBounds::from_ms(200, 30_000));
     }
 
     #[test]

@@ -39,8 +39,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
-/// Fields of a follow-up entry.
-
 /// What became of one follow-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

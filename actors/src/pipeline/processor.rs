@@ -39,8 +39,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-/// Field names of an inbound entry (the schema lives with the store).
-
 /// What the processor learned from Graph about one entry before transforming it.
 #[derive(Debug, Clone, Default)]
 enum Resolution {
@@ -288,7 +286,7 @@ impl Work {
             oversize_dead_letter: self.settings.imap.oversize == Oversize::DeadLetter,
         };
         let g = &self.settings.graph;
-        let mut backoff = Backoff::new(&self.settings.ms4);
+        let mut backoff = Backoff::new(self.settings.graph.retry());
         // Results survive a failed attempt: only what is still missing is fetched again, so a
         // throttled mailbox makes progress instead of restarting the chunk. What still fails
         // after `graph.park_after_attempts` is parked with its mailbox, so one mailbox Graph

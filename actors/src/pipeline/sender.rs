@@ -342,7 +342,7 @@ impl Core {
                 ))
             })
             .collect();
-        let mut backoff = Backoff::new(&self.settings.ms4);
+        let mut backoff = Backoff::new(self.settings.ms4.retry());
         while let Err(e) = self
             .store
             .ack_and_follow_up(&self.outbound(), SENDERS, &ids, &marks)
@@ -382,7 +382,7 @@ impl Core {
             ),
         };
         let ids = [entry.id.clone()];
-        let mut backoff = Backoff::new(&self.settings.ms4);
+        let mut backoff = Backoff::new(self.settings.ms4.retry());
         while let Err(e) = self
             .store
             .dead_letter_and_ack(
@@ -647,7 +647,7 @@ async fn deliver(core: Rc<Core>, batch: Vec<Entry>) {
 }
 
 async fn deliver_part(core: &Core, mut part: Part, stack: &mut Vec<Part>) {
-    let mut backoff = Backoff::new(&core.settings.ms4);
+    let mut backoff = Backoff::new(core.settings.ms4.retry());
     loop {
         let turn = core.wait_turn().await;
         match core

@@ -144,7 +144,7 @@ impl PollLoop {
     async fn run(self) -> Result<(), StoreError> {
         let g = &self.settings.graph;
         let lease_ttl = Duration::from_secs(g.lease_ttl_s);
-        let mut backoff = Backoff::new(&self.settings.ms4);
+        let mut backoff = Backoff::new(self.settings.graph.retry());
         let mut intake_rx = self.intake.clone();
         let mut holding = false;
         let mut was_active = false;
@@ -194,7 +194,7 @@ impl PollLoop {
             }
             match self.poll_once().await {
                 Ok(PollEnd::Done { added }) => {
-                    backoff = Backoff::new(&self.settings.ms4);
+                    backoff = Backoff::new(self.settings.graph.retry());
                     if added > 0 {
                         tracing::info!(added, session_id = %self.health.session(), "polled new messages");
                     }

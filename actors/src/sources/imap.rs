@@ -200,7 +200,7 @@ impl ImapLoop {
     }
 
     async fn run(mut self, mut intake_rx: watch::Receiver<Intake>) -> Result<(), StoreError> {
-        let mut backoff = Backoff::new(&self.settings.ms4);
+        let mut backoff = Backoff::new(self.settings.imap.retry());
         let mut holding = false;
         let mut was_active = false;
         let mut next_poll: Option<Instant> = None;
@@ -287,7 +287,7 @@ impl ImapLoop {
             }
             match self.poll().await {
                 Ok(added) => {
-                    backoff = Backoff::new(&self.settings.ms4);
+                    backoff = Backoff::new(self.settings.imap.retry());
                     self.health
                         .set_source_error(&super_key(&self.source.name), None);
                     if added > 0 {

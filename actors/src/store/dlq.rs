@@ -313,3 +313,36 @@ fn push_carried(pipe: &mut redis::Pipeline, e: &super::Entry) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_read_back_by_name_including_the_first_versions_mark_read() {
+        for stage in [Stage::Process, Stage::Deliver, Stage::AfterDelivery] {
+            assert_eq!(Stage::parse(stage.as_str()), Some(stage));
+        }
+        assert_eq!(Stage::parse("mark_read"), Some(Stage::AfterDelivery));
+        assert_eq!(Stage::parse("deliverx"), None);
+    }
+
+    #[test]
+    fn a_stage_filter_matches_old_and_new_names_of_one_stage() {
+        let entry = |stage: &str| crate::store::Entry {
+            id: "1-0".into(),
+            fields: vec![(
+                crate::store::schema::dead_letter::STAGE.into(),
+                stage.into(),
+            )],
+        };
+        let filter = |stage: &str| DeadLetterFilter {
+            stage: Some(stage.into()),
+            ..Default::default()
+        };
+        assert!(filter("after_delivery").matches(&entry("mark_read")));
+        assert!(filter("mark_read").matches(&entry("after_delivery")));
+        assert!(!filter("deliver").matches(&entry("after_delivery")));
+        assert!(!filter("nonsense").matches(&entry("nonsense")));
+    }
+}

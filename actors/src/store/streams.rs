@@ -72,8 +72,6 @@ pub struct FollowUp {
     pub id: String,
 }
 
-/// Field names of an outbound entry.
-
 /// Everything the BatchProcessor finishes for one chunk of inbound entries, applied as one
 /// MULTI/EXEC: either all of it happens or none of it.
 #[derive(Debug, Default)]

@@ -25,6 +25,7 @@ pub mod store;
 
 // Shared ground.
 pub mod clock;
+pub mod health;
 pub mod memory;
 pub mod messages;
 pub mod metrics;
@@ -41,7 +42,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use control::health::Health;
+pub use health::Health;
 pub use settings::Settings;
 pub use shutdown::Shutdown;
 pub use store::Store;

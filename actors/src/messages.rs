@@ -34,7 +34,7 @@ pub struct TriggerPoll;
 /// Ask for one Graph permit of a mailbox, standing for `cost` requests (a `$batch` of 20
 /// stands for 20); resolves when granted. The permit frees its slot when dropped.
 #[derive(Message)]
-#[rtype(result = "Result<GraphPermit, crate::store::StoreError>")]
+#[rtype(result = "Result<GraphPermit, BudgetUnavailable>")]
 pub struct AcquireGraph {
     pub mailbox: String,
     pub cost: u32,
@@ -42,7 +42,7 @@ pub struct AcquireGraph {
 
 /// A Graph throttling answer: pause every caller of that mailbox, on every daemon.
 #[derive(Message)]
-#[rtype(result = "Result<(), crate::store::StoreError>")]
+#[rtype(result = "Result<(), BudgetUnavailable>")]
 pub struct PauseGraph {
     pub mailbox: String,
     pub delay: Duration,
@@ -78,3 +78,8 @@ pub struct GraphBudget {
     pub acquire: Recipient<AcquireGraph>,
     pub pause: Recipient<PauseGraph>,
 }
+
+/// The shared budget could not be read or written (Redis is down): a transient failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BudgetUnavailable(pub String);

@@ -822,6 +822,16 @@ pub struct InvalidSetting {
 }
 
 /// The refusal of `key`, for the checks of [`Settings::validate`].
+/// The Redis Cluster hash tag of every key under `prefix`: the text between the prefix's first
+/// `{` and the first `}` after it, when that text is not empty. (Redis hashes only the tag of a
+/// key that has one; `{}` counts as none, and then the whole key is hashed.)
+pub fn hash_tag(prefix: &str) -> Option<&str> {
+    let open = prefix.find('{')?;
+    let rest = &prefix[open + 1..];
+    let tag = &rest[..rest.find('}')?];
+    (!tag.is_empty()).then_some(tag)
+}
+
 /// A section's retry bounds: a first delay above zero, and a longest one not below it.
 fn check_retry(section: &str, min_ms: u64, max_ms: u64) -> Result<(), InvalidSetting> {
     if min_ms == 0 || max_ms < min_ms {
@@ -876,7 +886,7 @@ impl Settings {
                     );
                 }
             }
-            if crate::store::keys::hash_tag(&r.prefix).is_none() {
+            if hash_tag(&r.prefix).is_none() {
                 return bad(
                     "redis.prefix",
                     format!(
@@ -1477,6 +1487,25 @@ mod tests {
         assert_eq!(s.graph.retry().min, Duration::from_millis(1_000));
         assert_eq!(s.imap.retry().max, Duration::from_millis(5_000));
         assert_eq!(s.ms4.retry(), RetryBounds::from_ms(200, 30_000));
+    }
+
+    #[test]
+    fn a_hash_tag_is_the_first_braced_text_of_the_prefix() {
+        assert_eq!(hash_tag("{ms1}:"), Some("ms1"));
+        assert_eq!(hash_tag("app:{ms1}:"), Some("ms1"));
+        assert_eq!(hash_tag("{a}{b}:"), Some("a"));
+        assert_eq!(hash_tag("ms1:"), None);
+        assert_eq!(
+            hash_tag("{}:{ms1}:"),
+            None,
+            "an empty tag makes Redis hash the whole key"
+        );
+        assert_eq!(
+            hash_tag("ms1{:"),
+            None,
+            "the tag must close inside the prefix"
+        );
+        assert_eq!(hash_tag("ms1}{x}:"), Some("x"));
     }
 
     #[test]

@@ -51,7 +51,7 @@ impl RestartPacer {
 pub fn restart_after_failure<A>(
     actor: &'static str,
     error: &dyn std::fmt::Display,
-    health: &crate::Health,
+    health: &crate::health::Health,
     ctx: &mut actix::Context<A>,
 ) where
     A: actix::Actor<Context = actix::Context<A>>,

@@ -24,7 +24,7 @@
 pub mod imap;
 pub mod mark_read;
 
-use crate::control::health::Health;
+use crate::health::Health;
 use crate::metrics as m;
 use crate::retry::Backoff;
 use crate::settings::Settings;

@@ -2,9 +2,10 @@
 //!
 //! - [`session`]: the SessionManager, one ingestion session fleet-wide, which opens and closes
 //!   the intake.
-//! - [`health`]: what `/health` and `/ready` say, written by every stage.
 //! - [`deadletters`]: the DeadLetterOffice: list, show, replay and purge dead letters.
+//!
+//! What `/health` and `/ready` say is [`crate::health`]: every stage writes it, so it sits with
+//! the shared ground below the stages.
 
 pub mod deadletters;
-pub mod health;
 pub mod session;

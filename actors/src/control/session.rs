@@ -14,10 +14,10 @@
 
 use crate::clock::now_ms;
 use crate::messages::{Intake, TriggerPoll};
+use crate::settings::Settings;
 use crate::sources::webhook::{SetIntake, WebhookReceiver};
 use crate::store::streams::stat;
 use crate::store::{Store, StoreError};
-use crate::Settings;
 use actix::prelude::*;
 use chrono::{SecondsFormat, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -162,7 +162,7 @@ pub struct SessionManager {
     webhook: Option<Addr<WebhookReceiver>>,
     current: Option<Session>,
     drain_started: Option<std::time::Instant>,
-    health: crate::Health,
+    health: crate::health::Health,
     /// Paces restarts after the session could not be read (Redis down), so the supervisor
     /// does not spin.
     pacer: crate::supervision::RestartPacer,
@@ -182,7 +182,7 @@ impl SessionManager {
         intake: Arc<watch::Sender<Intake>>,
         pollers: BTreeMap<String, Recipient<TriggerPoll>>,
         webhook: Option<Addr<WebhookReceiver>>,
-        health: crate::Health,
+        health: crate::health::Health,
     ) -> Self {
         Self {
             health,

@@ -6,7 +6,9 @@
 //! daemon waits it out. The state lives in Redis, so a restarted limiter has nothing to
 //! rebuild.
 
-use crate::messages::{AcquireGraph, GraphBudget, GraphPermit, PauseGraph, ReleaseGraph};
+use crate::messages::{
+    AcquireGraph, BudgetUnavailable, GraphBudget, GraphPermit, PauseGraph, ReleaseGraph,
+};
 use crate::store::Store;
 use crate::supervision::RestartPacer;
 use actix::prelude::*;
@@ -134,7 +136,7 @@ impl Handler<PauseBudget> for RateLimiter {
 }
 
 impl Handler<AcquireGraph> for RateLimiter {
-    type Result = ResponseFuture<Result<GraphPermit, crate::store::StoreError>>;
+    type Result = ResponseFuture<Result<GraphPermit, BudgetUnavailable>>;
 
     fn handle(&mut self, msg: AcquireGraph, ctx: &mut Context<Self>) -> Self::Result {
         let store = self.store.clone();
@@ -147,7 +149,8 @@ impl Handler<AcquireGraph> for RateLimiter {
             loop {
                 match store
                     .take_graph_permit(&msg.mailbox, &id, cost, limits)
-                    .await?
+                    .await
+                    .map_err(|e| BudgetUnavailable(e.to_string()))?
                 {
                     None => {
                         let waited = started.elapsed();
@@ -185,7 +188,7 @@ impl Handler<ReleaseGraph> for RateLimiter {
 }
 
 impl Handler<PauseGraph> for RateLimiter {
-    type Result = ResponseFuture<Result<(), crate::store::StoreError>>;
+    type Result = ResponseFuture<Result<(), BudgetUnavailable>>;
 
     fn handle(&mut self, msg: PauseGraph, _ctx: &mut Context<Self>) -> Self::Result {
         let store = self.store.clone();
@@ -196,6 +199,7 @@ impl Handler<PauseGraph> for RateLimiter {
                     msg.delay,
                 )
                 .await
+                .map_err(|e| BudgetUnavailable(e.to_string()))
         })
     }
 }

@@ -24,7 +24,7 @@
 
 use crate::clients::ms4::{batch_body, batch_key, classify, Ms4Client, Verdict};
 use crate::clock::now_ms;
-use crate::control::health::Health;
+use crate::health::Health;
 use crate::metrics as m;
 use crate::pipeline::ratelimiter::{self, Acquire, PauseBudget, RateLimiter};
 use crate::retry::{Admission, Backoff, Breaker};

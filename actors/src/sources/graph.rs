@@ -24,7 +24,7 @@ use crate::shutdown::Shutdown;
 use crate::store::poll::PolledPage;
 use crate::store::{Store, StoreError};
 use crate::supervision::RestartPacer;
-use crate::{control::health::Health, metrics as m};
+use crate::{health::Health, metrics as m};
 use actix::prelude::*;
 use std::rc::Rc;
 use std::sync::Arc;

@@ -30,7 +30,7 @@ use crate::shutdown::Shutdown;
 use crate::store::imap::{lease_name, FetchedChunk, FetchedMail, Omitted};
 use crate::store::{Store, StoreError};
 use crate::supervision::RestartPacer;
-use crate::{control::health::Health, metrics as m};
+use crate::{health::Health, metrics as m};
 use actix::prelude::*;
 use async_imap::extensions::idle::IdleResponse;
 use base64::Engine;

@@ -25,7 +25,7 @@ use crate::sources::graph::GraphPoller;
 use crate::store::webhook::{RefsQueued, StoredSubscription};
 use crate::store::Store;
 use crate::supervision::RestartPacer;
-use crate::{control::health::Health, metrics as m};
+use crate::{health::Health, metrics as m};
 use actix::prelude::*;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;

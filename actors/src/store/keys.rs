@@ -15,16 +15,6 @@ pub const GRAPH_MARK_READ: &str = "markers";
 pub const IMAP_AFTER_DELIVERY: &str = "imap_finishers";
 // (Group names are state in Redis: renaming one would orphan its pending entries.)
 
-/// The Redis Cluster hash tag of every key under `prefix`: the text between the prefix's first
-/// `{` and the first `}` after it, when that text is not empty. (Redis hashes only the tag of a
-/// key that has one; `{}` counts as none, and then the whole key is hashed.)
-pub fn hash_tag(prefix: &str) -> Option<&str> {
-    let open = prefix.find('{')?;
-    let rest = &prefix[open + 1..];
-    let tag = &rest[..rest.find('}')?];
-    (!tag.is_empty()).then_some(tag)
-}
-
 /// Key names under one prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -158,25 +148,6 @@ mod tests {
         assert_eq!(k.dlq(), "{ms1}:stream:dlq");
         assert_eq!(k.seen("<a@b>"), "{ms1}:seen:<a@b>");
         assert_eq!(k.rate_tat("ms4"), "{ms1}:ratelimit:ms4:tat");
-    }
-
-    #[test]
-    fn a_hash_tag_is_the_first_braced_text_of_the_prefix() {
-        assert_eq!(hash_tag("{ms1}:"), Some("ms1"));
-        assert_eq!(hash_tag("app:{ms1}:"), Some("ms1"));
-        assert_eq!(hash_tag("{a}{b}:"), Some("a"));
-        assert_eq!(hash_tag("ms1:"), None);
-        assert_eq!(
-            hash_tag("{}:{ms1}:"),
-            None,
-            "an empty tag makes Redis hash the whole key"
-        );
-        assert_eq!(
-            hash_tag("ms1{:"),
-            None,
-            "the tag must close inside the prefix"
-        );
-        assert_eq!(hash_tag("ms1}{x}:"), Some("x"));
     }
 
     #[test]

@@ -1,0 +1,397 @@
+//! The BatchProcessor actor: inbound stream → MS4 records → outbound stream.
+//!
+//! It reads the inbound stream in chunks through the `processors` consumer group, turns each
+//! entry into an [`Ms4Record`](crate::model::Ms4Record) with the pure transform in
+//! [`model`](crate::model), and finishes the chunk with one MULTI/EXEC
+//! ([`Store::handoff`]): new records go to the outbound stream with their idempotency marks,
+//! malformed entries go to the dead-letter stream with the reason, entries whose key was seen
+//! before are only acknowledged (and counted), and the whole chunk is acknowledged and deleted.
+//! A crash anywhere before EXEC leaves the chunk pending; the daemon (or another one, after
+//! `claim_idle_ms`) reads it again.
+//!
+//! On (re)start it first re-reads its own pending entries, then claims entries that a dead
+//! consumer left idle, then reads new ones. While the outbound backlog is above
+//! `pipeline.max_backlog` it waits instead of piling more work onto Redis.
+
+use crate::clients::graph::{GraphClient, GraphError};
+use crate::model::{
+    entry_to_record, graph_needs_attachments, AttachmentMeta, InboundFields, OmittedBody,
+    TransformOptions,
+};
+use crate::pipeline::ratelimiter::RateLimiter;
+use crate::retry::Backoff;
+use crate::settings::{Oversize, Settings};
+use crate::shutdown::Shutdown;
+use crate::store::dlq::Stage;
+use crate::store::keys::PROCESSORS;
+use crate::store::park::{ParkState, PROBE};
+use crate::store::streams::ParkedEntry;
+use crate::store::{
+    DeadLetter, Entry, FollowUp, Handoff, OutboundRecord, ReadBudget, Scan, Store, StoreError,
+};
+use crate::supervision::RestartPacer;
+use crate::{health::Health, metrics as m};
+use actix::prelude::*;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+
+mod parking;
+mod plan;
+mod resolve;
+
+use parking::PARK_TEND_EVERY;
+use plan::plan_chunk;
+use resolve::Resolution;
+
+/// Wait until the processor has finished its current chunk and stopped reading.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+pub struct BatchProcessor {
+    store: Store,
+    settings: Arc<Settings>,
+    limiter: Addr<RateLimiter>,
+    consumer: String,
+    health: Health,
+    shutdown: Shutdown,
+    pacer: RestartPacer,
+    /// True once the work loop has returned after a drain.
+    stopped: watch::Sender<bool>,
+}
+
+impl BatchProcessor {
+    pub fn new(
+        store: Store,
+        settings: Arc<Settings>,
+        limiter: Addr<RateLimiter>,
+        health: Health,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            consumer: settings.consumer_name(),
+            store,
+            settings,
+            limiter,
+            health,
+            shutdown,
+            pacer: RestartPacer::new("batch_processor"),
+            stopped: watch::channel(false).0,
+        }
+    }
+}
+
+impl Actor for BatchProcessor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let delay = self.pacer.delay(Instant::now());
+        let work = Work {
+            store: self.store.clone(),
+            settings: self.settings.clone(),
+            consumer: self.consumer.clone(),
+            health: self.health.clone(),
+            shutdown: self.shutdown.clone(),
+            graph: (!self.settings.graph.mailboxes.is_empty()).then(|| {
+                // Built here, on the processor's own thread (awc is not Send).
+                Rc::new(
+                    GraphClient::new(
+                        &self.settings.graph.base_url,
+                        Rc::new(crate::clients::oauth::graph_tokens(&self.settings)),
+                        RateLimiter::graph_budget(&self.limiter),
+                        self.settings.graph.request_timeout(),
+                        self.settings.graph.max_concurrent_per_mailbox,
+                    )
+                    .with_attachments(self.settings.graph.fetch_attachments)
+                    .with_agent(crate::clients::graph::user_agent(&self.consumer)),
+                )
+            }),
+            parked: Default::default(),
+        };
+        let span = tracing::info_span!("batch_processor", consumer = %self.consumer);
+        let fut = async move {
+            tokio::time::sleep(delay).await;
+            work.run().await
+        }
+        .instrument(span);
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(()) => {
+                act.stopped.send_replace(true);
+            }
+            Err(e) => {
+                crate::supervision::restart_after_failure("batch_processor", &e, &act.health, ctx);
+            }
+        }));
+    }
+}
+
+impl Supervised for BatchProcessor {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.pacer.on_restart();
+    }
+}
+
+impl Handler<Drain> for BatchProcessor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Drain, _ctx: &mut Context<Self>) -> Self::Result {
+        let mut rx = self.stopped.subscribe();
+        Box::pin(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })
+    }
+}
+
+/// The work loop and what it needs; owns no actor state, so a restart rebuilds it from Redis.
+struct Work {
+    store: Store,
+    settings: Arc<Settings>,
+    consumer: String,
+    health: Health,
+    shutdown: Shutdown,
+    /// Graph, for webhook refs and attachment metadata (none when no mailbox is configured).
+    graph: Option<Rc<GraphClient>>,
+    /// Parked mailboxes as last read from Redis (shared by every daemon).
+    parked: std::cell::RefCell<BTreeMap<String, ParkState>>,
+}
+
+impl Work {
+    async fn run(self) -> Result<(), StoreError> {
+        if self.shutdown.is_raised() {
+            // Restarted (or started) during a drain: nothing to take on.
+            return Ok(());
+        }
+        let keys = self.store.keys().clone();
+        let inbound = keys.inbound();
+        let outbound = keys.outbound();
+        let p = &self.settings.pipeline;
+        let claim_idle = self.settings.redis.claim_idle_ms;
+        let blocking = self.store.blocking()?;
+        self.store.ensure_group(&inbound, PROCESSORS).await?;
+        self.store
+            .ensure_group(&outbound, crate::store::keys::SENDERS)
+            .await?;
+        self.health.set_redis(true);
+
+        // Every read is bounded in bytes as well as in entries (store::read_budget).
+        let budget = ReadBudget::new(p.read_chunk, p.read_max_bytes);
+        let mut own = "0-0".to_string();
+        loop {
+            let (next, pending) = self
+                .store
+                .read_budgeted(
+                    &inbound,
+                    PROCESSORS,
+                    &self.consumer,
+                    Scan::Own,
+                    &own,
+                    budget,
+                )
+                .await?;
+            if !pending.is_empty() {
+                tracing::info!(
+                    entries = pending.len(),
+                    "resuming entries this consumer held"
+                );
+                self.process(&pending).await?;
+            }
+            if next == "0-0" {
+                break;
+            }
+            own = next;
+        }
+
+        let claim_every = Duration::from_millis((claim_idle / 2).max(500));
+        let mut next_claim = Instant::now();
+        let mut claim_cursor = "0-0".to_string();
+        let mut next_tend = Instant::now();
+        while !self.shutdown.is_raised() {
+            self.health.beat("batch_processor");
+            if self.graph.is_some() && Instant::now() >= next_tend {
+                self.tend_parked().await?;
+                next_tend = Instant::now() + PARK_TEND_EVERY;
+            }
+            let backlog = self.store.len(&outbound).await?;
+            if backlog > p.max_backlog {
+                tracing::debug!(backlog, "outbound backlog above max_backlog; waiting");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            if Instant::now() >= next_claim {
+                let claim = Scan::Claim {
+                    min_idle_ms: claim_idle,
+                };
+                let (next, claimed) = self
+                    .store
+                    .read_budgeted(
+                        &inbound,
+                        PROCESSORS,
+                        &self.consumer,
+                        claim,
+                        &claim_cursor,
+                        budget,
+                    )
+                    .await?;
+                if !claimed.is_empty() {
+                    tracing::info!(
+                        entries = claimed.len(),
+                        "claimed entries a dead consumer left"
+                    );
+                    self.process(&claimed).await?;
+                }
+                if next == "0-0" {
+                    next_claim = Instant::now() + claim_every;
+                }
+                claim_cursor = next;
+                continue;
+            }
+            let (entries, _) = blocking
+                .read_new_budgeted(
+                    &inbound,
+                    PROCESSORS,
+                    &self.consumer,
+                    budget,
+                    Some(p.block_ms),
+                )
+                .await?;
+            if !entries.is_empty() {
+                self.process(&entries).await?;
+            }
+        }
+        tracing::info!("drained: no longer reading the inbound stream");
+        Ok(())
+    }
+
+    /// Finishes one chunk with a single hand-off. Entries that need Graph (webhook refs,
+    /// attachment metadata) are resolved first; while Graph fails transiently the chunk is
+    /// retried with backoff and stays pending.
+    async fn process(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        let opts = TransformOptions {
+            include_raw: self.settings.ms4.include_raw,
+            oversize_dead_letter: self.settings.imap.oversize == Oversize::DeadLetter,
+        };
+        let g = &self.settings.graph;
+        let mut backoff = Backoff::new(self.settings.graph.retry());
+        // Results survive a failed attempt: only what is still missing is fetched again, so a
+        // throttled mailbox makes progress instead of restarting the chunk. What still fails
+        // after `graph.park_after_attempts` is parked with its mailbox, so one mailbox Graph
+        // keeps failing never holds back the rest of the chunk.
+        let mut partial: Vec<Option<Resolution>> = vec![None; entries.len()];
+        let mut attempt = 0;
+        let resolved = loop {
+            attempt += 1;
+            let last_try = attempt >= g.park_after_attempts;
+            match self.resolve(entries, &mut partial, last_try).await {
+                None => {
+                    break partial
+                        .into_iter()
+                        .map(Option::unwrap_or_default)
+                        .collect::<Vec<_>>()
+                }
+                Some(e) => {
+                    let d = match e {
+                        GraphError::Throttled(d) => d.min(MAX_CHUNK_WAIT),
+                        _ => backoff.next_delay(),
+                    };
+                    tracing::warn!(error = %e, attempt, retry_in_ms = d.as_millis() as u64, "cannot resolve entries from Graph yet; retrying what is missing");
+                    self.health.beat("batch_processor");
+                    // Still ours: keep another daemon from claiming the chunk as abandoned.
+                    let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+                    let inbound = self.store.keys().inbound();
+                    self.store
+                        .touch(&inbound, PROCESSORS, &self.consumer, &ids)
+                        .await?;
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = self.shutdown.raised() => {}
+                    }
+                    if self.shutdown.is_raised() {
+                        // Left pending: picked up again on the next start.
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let plan = plan_chunk(entries, &resolved, opts);
+        let mut handoff = Handoff {
+            dead: plan.dead,
+            done: entries.iter().map(|e| e.id.clone()).collect(),
+            outbound: Vec::with_capacity(plan.records.len()),
+            duplicates: plan.duplicates_in_chunk,
+            parked: plan.parked,
+        };
+        let keys: Vec<&str> = plan.records.iter().map(|r| r.key.as_str()).collect();
+        let marks = self.store.marks(&keys).await?;
+        let mut conflicts = Vec::new();
+        for (rec, mark) in plan.records.into_iter().zip(marks) {
+            match mark {
+                None => handoff.outbound.push(rec),
+                Some(m) if m == rec.digest || m == LEGACY_MARK => handoff.duplicates += 1,
+                // The key names a message with other content: this one is another message.
+                Some(_) => conflicts.push(renamed(rec)),
+            }
+        }
+        // Each message that reused a key is delivered once, under the key and its digest.
+        let keys: Vec<&str> = conflicts.iter().map(|r| r.key.as_str()).collect();
+        let marks = self.store.marks(&keys).await?;
+        let mut key_conflicts = plan.key_conflicts;
+        for (rec, mark) in conflicts.into_iter().zip(marks) {
+            if mark.is_some() {
+                handoff.duplicates += 1;
+            } else {
+                key_conflicts += 1;
+                tracing::warn!(key = %rec.key, "a Message-ID arrived again with other content (sender, subject or date): delivered as a message of its own under the key and its content digest");
+                handoff.outbound.push(rec);
+            }
+        }
+        if key_conflicts > 0 {
+            metrics::counter!(m::KEY_CONFLICTS).increment(key_conflicts);
+        }
+        let duplicates = handoff.duplicates;
+        self.store
+            .handoff(
+                &handoff,
+                self.settings.redis.idempotency_ttl_s,
+                self.settings.redis.dlq_maxlen,
+            )
+            .await?;
+        metrics::counter!(m::RECEIVED).increment(entries.len() as u64);
+        metrics::counter!(m::PROCESSED).increment(handoff.outbound.len() as u64);
+        metrics::counter!(m::DUPLICATES).increment(duplicates);
+        if !handoff.dead.is_empty() {
+            metrics::counter!(m::DEAD_LETTERED, "stage" => Stage::Process.as_str())
+                .increment(handoff.dead.len() as u64);
+            for d in &handoff.dead {
+                tracing::warn!(entry = %d.entry_id, mailbox = %d.mailbox, reason = %d.reason, "dead-lettered an entry");
+            }
+        }
+        self.after_parking(entries, &resolved).await
+    }
+
+
+}
+
+/// The value of idempotency marks written before marks carried content digests: it matches
+/// any content.
+const LEGACY_MARK: &str = "1";
+
+/// A record whose key already names a message with other content, renamed to the key and its
+/// content digest (the JSON MS4 receives carries the new key).
+fn renamed(mut rec: OutboundRecord) -> OutboundRecord {
+    rec.key = crate::model::conflict_key(&rec.key, &rec.digest);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&rec.json).expect("a record this processor serialized");
+    v["idempotency_key"] = serde_json::Value::String(rec.key.clone());
+    rec.json = v.to_string();
+    rec
+}
+
+/// Longest a chunk waits on a throttled mailbox before trying again (a longer Retry-After
+/// parks the mailbox's entries after `graph.park_after_attempts` instead of stalling the rest).
+const MAX_CHUNK_WAIT: Duration = Duration::from_secs(5);
+

@@ -14,31 +14,24 @@
 //! `pipeline.max_backlog` it waits instead of piling more work onto Redis.
 
 use crate::clients::graph::{GraphClient, GraphError};
-use crate::model::{
-    entry_to_record, graph_needs_attachments, AttachmentMeta, InboundFields, OmittedBody,
-    TransformOptions,
-};
+use crate::model::TransformOptions;
 use crate::pipeline::ratelimiter::RateLimiter;
 use crate::retry::Backoff;
 use crate::settings::{Oversize, Settings};
 use crate::shutdown::Shutdown;
 use crate::store::dlq::Stage;
 use crate::store::keys::PROCESSORS;
-use crate::store::park::{ParkState, PROBE};
-use crate::store::streams::ParkedEntry;
-use crate::store::{
-    DeadLetter, Entry, FollowUp, Handoff, OutboundRecord, ReadBudget, Scan, Store, StoreError,
-};
+use crate::store::park::ParkState;
+use crate::store::{Entry, Handoff, OutboundRecord, ReadBudget, Scan, Store, StoreError};
 use crate::supervision::RestartPacer;
 use crate::{health::Health, metrics as m};
 use actix::prelude::*;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::Instrument;
-
 
 mod parking;
 mod plan;
@@ -372,8 +365,6 @@ impl Work {
         }
         self.after_parking(entries, &resolved).await
     }
-
-
 }
 
 /// The value of idempotency marks written before marks carried content digests: it matches
@@ -394,4 +385,3 @@ fn renamed(mut rec: OutboundRecord) -> OutboundRecord {
 /// Longest a chunk waits on a throttled mailbox before trying again (a longer Retry-After
 /// parks the mailbox's entries after `graph.park_after_attempts` instead of stalling the rest).
 const MAX_CHUNK_WAIT: Duration = Duration::from_secs(5);
-

@@ -2,35 +2,14 @@
 //! every other mailbox flows; one probe entry goes back on a doubling schedule, and a served
 //! probe brings the whole mailbox back.
 
-use crate::clients::graph::{GraphClient, GraphError};
-use crate::model::{
-    entry_to_record, graph_needs_attachments, AttachmentMeta, InboundFields, OmittedBody,
-    TransformOptions,
-};
-use crate::pipeline::ratelimiter::RateLimiter;
-use crate::retry::Backoff;
-use crate::settings::{Oversize, Settings};
-use crate::shutdown::Shutdown;
-use crate::store::dlq::Stage;
-use crate::store::keys::PROCESSORS;
-use crate::store::park::{ParkState, PROBE};
-use crate::store::streams::ParkedEntry;
-use crate::store::{
-    DeadLetter, Entry, FollowUp, Handoff, OutboundRecord, ReadBudget, Scan, Store, StoreError,
-};
-use crate::supervision::RestartPacer;
-use crate::{health::Health, metrics as m};
-use actix::prelude::*;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::rc::Rc;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::watch;
-use tracing::Instrument;
-
 use super::resolve::Resolution;
 use super::Work;
 use crate::clock::now_ms;
+use crate::metrics as m;
+use crate::store::park::{ParkState, PROBE};
+use crate::store::{Entry, StoreError};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 impl Work {
     /// Updates the parked mailboxes after a hand-off: a mailbox whose entries were parked
@@ -157,7 +136,11 @@ impl Work {
         Ok(())
     }
 
-    pub(super) async fn show_parked(&self, mailbox: &str, state: &ParkState) -> Result<(), StoreError> {
+    pub(super) async fn show_parked(
+        &self,
+        mailbox: &str,
+        state: &ParkState,
+    ) -> Result<(), StoreError> {
         let n = self.store.parked_len(mailbox).await?;
         metrics::gauge!(m::PARKED_ENTRIES, "mailbox" => mailbox.to_string()).set(n as f64);
         let retry_in = state.next_ms.saturating_sub(now_ms()) / 1_000;
@@ -172,15 +155,6 @@ impl Work {
     }
 }
 
-/// Graph refuses the mailbox (not one message): access denied, a refused credential.
-pub(super) fn refuses_mailbox(e: &GraphError) -> bool {
-    matches!(
-        e,
-        GraphError::Unauthorized(..)
-            | GraphError::Token(crate::clients::oauth::OAuthError::Rejected { .. })
-    )
-}
-
 /// The `/ready` name of a parked mailbox.
 pub(super) fn park_key(mailbox: &str) -> String {
     format!("parked:{mailbox}")
@@ -188,4 +162,3 @@ pub(super) fn park_key(mailbox: &str) -> String {
 
 /// How often the processor looks at the parked mailboxes (due probes, `/ready`).
 pub(super) const PARK_TEND_EVERY: Duration = Duration::from_secs(1);
-

@@ -1,35 +1,13 @@
 //! What one chunk becomes: records, dead letters, parked entries and in-chunk duplicates,
 //! decided without I/O before the hand-off asks Redis which keys it has seen.
 
-use crate::clients::graph::{GraphClient, GraphError};
-use crate::model::{
-    entry_to_record, graph_needs_attachments, AttachmentMeta, InboundFields, OmittedBody,
-    TransformOptions,
-};
-use crate::pipeline::ratelimiter::RateLimiter;
-use crate::retry::Backoff;
-use crate::settings::{Oversize, Settings};
-use crate::shutdown::Shutdown;
-use crate::store::dlq::Stage;
-use crate::store::keys::PROCESSORS;
-use crate::store::park::{ParkState, PROBE};
-use crate::store::streams::ParkedEntry;
-use crate::store::{
-    DeadLetter, Entry, FollowUp, Handoff, OutboundRecord, ReadBudget, Scan, Store, StoreError,
-};
-use crate::supervision::RestartPacer;
-use crate::{health::Health, metrics as m};
-use actix::prelude::*;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::rc::Rc;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::watch;
-use tracing::Instrument;
-
 use super::resolve::Resolution;
-use super::Work;
 use crate::clock::now_ms;
+use crate::model::{entry_to_record, InboundFields, OmittedBody, TransformOptions};
+use crate::store::dlq::Stage;
+use crate::store::streams::ParkedEntry;
+use crate::store::{DeadLetter, Entry, FollowUp, OutboundRecord};
+use std::collections::HashMap;
 
 /// What one chunk becomes, before Redis is asked which keys it has seen.
 #[derive(Debug, Default)]
@@ -43,7 +21,11 @@ pub(super) struct ChunkPlan {
     pub(super) duplicates_in_chunk: u64,
 }
 
-pub(super) fn plan_chunk(entries: &[Entry], resolved: &[Resolution], opts: TransformOptions) -> ChunkPlan {
+pub(super) fn plan_chunk(
+    entries: &[Entry],
+    resolved: &[Resolution],
+    opts: TransformOptions,
+) -> ChunkPlan {
     use crate::store::schema::inbound as f;
     let now = now_ms();
     let mut plan = ChunkPlan::default();
@@ -177,7 +159,6 @@ pub(super) fn follow_up(e: &Entry, record: &crate::model::Ms4Record) -> Option<F
         }),
     }
 }
-
 
 #[cfg(test)]
 mod tests {

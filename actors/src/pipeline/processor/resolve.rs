@@ -1,35 +1,11 @@
 //! What a chunk needs from Graph before it can be transformed: webhook refs fetched, attachment
 //! metadata read, refusals and gone messages told apart from transient failures.
 
-use crate::clients::graph::{GraphClient, GraphError};
-use crate::model::{
-    entry_to_record, graph_needs_attachments, AttachmentMeta, InboundFields, OmittedBody,
-    TransformOptions,
-};
-use crate::pipeline::ratelimiter::RateLimiter;
-use crate::retry::Backoff;
-use crate::settings::{Oversize, Settings};
-use crate::shutdown::Shutdown;
-use crate::store::dlq::Stage;
-use crate::store::keys::PROCESSORS;
-use crate::store::park::{ParkState, PROBE};
-use crate::store::streams::ParkedEntry;
-use crate::store::{
-    DeadLetter, Entry, FollowUp, Handoff, OutboundRecord, ReadBudget, Scan, Store, StoreError,
-};
-use crate::supervision::RestartPacer;
-use crate::{health::Health, metrics as m};
-use actix::prelude::*;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::rc::Rc;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::watch;
-use tracing::Instrument;
-
-use super::parking::refuses_mailbox;
 use super::Work;
-use crate::clock::now_ms;
+use crate::clients::graph::{GraphClient, GraphError};
+use crate::model::{graph_needs_attachments, AttachmentMeta};
+use crate::store::park::PROBE;
+use crate::store::Entry;
 
 /// What the processor learned from Graph about one entry before transforming it.
 #[derive(Debug, Clone, Default)]
@@ -189,3 +165,11 @@ pub(super) fn gone_or(e: GraphError) -> Result<Resolution, GraphError> {
     }
 }
 
+/// Graph refuses the mailbox (not one message): access denied, a refused credential.
+fn refuses_mailbox(e: &GraphError) -> bool {
+    matches!(
+        e,
+        GraphError::Unauthorized(..)
+            | GraphError::Token(crate::clients::oauth::OAuthError::Rejected { .. })
+    )
+}

@@ -19,6 +19,7 @@ pub(super) struct GraphError {
 }
 
 impl GraphError {
+    /// An error with no Retry-After.
     pub(super) fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -61,6 +62,8 @@ impl GraphError {
         }
     }
 
+    /// The error as Graph writes it: `{"error": {code, message, innerError}}`, with
+    /// `Retry-After` when throttled.
     pub(super) fn reply(&self) -> Reply {
         let body = json!({"error": {
             "code": self.code,
@@ -128,6 +131,7 @@ pub(super) fn sim_refusal(status: u16, message: impl Into<String>) -> Reply {
     GraphError::new(status, "SimulatorRequest", message).reply()
 }
 
+/// A refusal of a `/_sim/*` request, as HTTP.
 pub(super) fn sim_error(status: u16, message: impl Into<String>) -> HttpResponse {
     sim_refusal(status, message).into_http()
 }

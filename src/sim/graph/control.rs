@@ -17,10 +17,12 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A control body as JSON, or a 400 that says what is wrong with it.
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
     serde_json::from_slice(body).map_err(|e| sim_refusal(400, format!("invalid body: {e}")))
 }
 
+/// The index of mailbox `name`, or a 404.
 fn resolve_or_404(s: &State, name: &str) -> Result<usize, Reply> {
     s.resolve(name)
         .ok_or_else(|| sim_refusal(404, format!("no mailbox '{name}'")))
@@ -285,6 +287,8 @@ pub(super) async fn sim_lifecycle(state: web::Data<Shared>, body: web::Bytes) ->
     HttpResponse::Ok().json(json!({"event": req.event, "posts": posts}))
 }
 
+/// `POST /_sim/config`: the [`SimConfig`] fields given change; answers with the limits now
+/// in force.
 pub(super) async fn sim_config(state: web::Data<Shared>, body: web::Bytes) -> HttpResponse {
     let cfg: SimConfig = match parse_json(&body) {
         Ok(c) => c,
@@ -339,6 +343,7 @@ pub(super) async fn sim_config(state: web::Data<Shared>, body: web::Bytes) -> Ht
     }))
 }
 
+/// `GET /_sim/stats`: the statistics (see [`State::stats_json`]).
 pub(super) async fn sim_stats(state: web::Data<Shared>) -> HttpResponse {
     let v = lock(&state).stats_json();
     HttpResponse::Ok().json(v)

@@ -3,6 +3,7 @@
 
 use std::hash::{BuildHasher, RandomState};
 
+/// Lower-case hex digits of `bytes`.
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
@@ -13,6 +14,7 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// The bytes of hex digits `s`; `None` unless every pair is a hex byte.
 fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
@@ -29,6 +31,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 pub(super) struct Sealer(pub(super) RandomState);
 
 impl Sealer {
+    /// The token for `payload`: its hex digits, then a keyed hash of it.
     pub(super) fn seal(&self, payload: &str) -> String {
         format!(
             "{}{:016x}",
@@ -37,6 +40,7 @@ impl Sealer {
         )
     }
 
+    /// The payload of a token this sealer made; `None` for any other.
     pub(super) fn open(&self, token: &str) -> Option<String> {
         if token.len() < 16 || !token.is_ascii() {
             return None;
@@ -84,6 +88,7 @@ pub(super) enum Cursor {
 }
 
 impl Cursor {
+    /// The cursor as a payload to seal.
     pub(super) fn encode(&self) -> String {
         match self {
             Cursor::List {
@@ -108,6 +113,7 @@ impl Cursor {
         }
     }
 
+    /// A payload back as a cursor; `None` if it is not one.
     pub(super) fn decode(s: &str) -> Option<Self> {
         match s.split_once('|')? {
             ("L", rest) => {

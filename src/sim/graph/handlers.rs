@@ -55,6 +55,8 @@ pub(super) async fn graph_api(
     reply.into_http()
 }
 
+/// `POST /{tenant}/oauth2/v2.0/token`: an access token for a client credentials or refresh
+/// token grant, or the OAuth error.
 pub(super) async fn token(
     state: web::Data<Shared>,
     tenant: web::Path<String>,

@@ -21,6 +21,7 @@ const DEFAULT_DELTA_PAGE: usize = 10;
 const DEFAULT_LIST_PAGE: usize = 10;
 
 impl State {
+    /// Runs `op` on mailbox `mbx` (admitted by its budget already).
     pub(super) fn execute(
         &mut self,
         mbx: usize,
@@ -59,6 +60,8 @@ impl State {
         }
     }
 
+    /// The unread list: `$filter`, `$orderby`, `$select`, `$expand`, `$top`, paged by
+    /// `$skiptoken` (or `$skip`).
     fn list(&mut self, mbx: usize, call: &Call<'_>, q: &Query) -> Result<Reply, GraphError> {
         self.mailboxes[mbx].counters.list_requests += 1;
         let filter = check_filter(q.get("$filter"), q.get("$orderby"))?;
@@ -126,6 +129,7 @@ impl State {
         Ok(Reply::json(200, out))
     }
 
+    /// The index a `$skiptoken` continues after; 400 for a token not made for this mailbox.
     fn list_position(&self, mbx: usize, token: &str) -> Result<usize, GraphError> {
         let bad = || GraphError::bad_request("The $skiptoken is not valid.");
         let Some(Cursor::List {
@@ -146,6 +150,8 @@ impl State {
         }
     }
 
+    /// Delta: a page from the start, a `$skiptoken` or a `$deltatoken`, and the link to
+    /// continue from.
     fn delta(&mut self, mbx: usize, call: &Call<'_>, q: &Query) -> Result<Reply, GraphError> {
         self.mailboxes[mbx].counters.delta_requests += 1;
         let requested = prefer_max_page_size(call.prefer);
@@ -252,6 +258,7 @@ impl State {
         Ok((pos, select))
     }
 
+    /// One message.
     fn get_message(
         &mut self,
         mbx: usize,
@@ -277,6 +284,7 @@ impl State {
         Ok(Reply::json(200, out))
     }
 
+    /// Sets `isRead` on one message; answers with the message.
     fn patch_message(
         &mut self,
         mbx: usize,
@@ -318,6 +326,7 @@ impl State {
         Ok(Reply::json(200, out))
     }
 
+    /// One message's attachments' metadata.
     fn attachments(&mut self, mbx: usize, id: &str, q: &Query) -> Result<Reply, GraphError> {
         self.mailboxes[mbx].counters.attachment_requests += 1;
         let sel = Selection::parse(

@@ -76,6 +76,7 @@ pub(super) struct Mailbox {
 }
 
 impl Mailbox {
+    /// An empty mailbox, number `index` in the simulator's list.
     pub(super) fn new(index: usize, upn: &str) -> Self {
         Self {
             upn: upn.to_string(),
@@ -191,6 +192,7 @@ impl Mailbox {
         true
     }
 
+    /// Moves `first_live` and `first_unread` past deleted (and read) messages.
     fn advance_hints(&mut self) {
         while self
             .messages

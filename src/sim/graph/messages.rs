@@ -72,6 +72,7 @@ impl StoredMessage {
         self.received_ms.div_euclid(1000) * 1000
     }
 
+    /// The `@odata.etag`: changes with every change to the message.
     pub(super) fn etag(&self) -> String {
         format!(
             "W/\"CQAAABYAAA{:010X}{:04X}\"",
@@ -114,6 +115,7 @@ impl StoredMessage {
         out.push('}');
     }
 
+    /// Appends the message as a delta `@removed` item.
     pub(super) fn write_removed(&self, out: &mut String) {
         out.push_str("{\"@odata.type\":\"#microsoft.graph.message\",\"id\":");
         push_json_str(out, &self.id);

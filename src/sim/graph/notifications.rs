@@ -54,6 +54,8 @@ impl Target {
         item
     }
 
+    /// One lifecycle-notification item (`reauthorizationRequired`, `subscriptionRemoved`,
+    /// `missed`).
     pub(super) fn lifecycle_item(&self, event: &str) -> Value {
         let mut item = json!({
             "subscriptionId": self.subscription_id,
@@ -69,6 +71,8 @@ impl Target {
 }
 
 impl State {
+    /// Where and how to notify subscription `s`; `client_state` replaces the subscription's
+    /// (`/_sim/notify` sends a wrong one on demand).
     pub(super) fn notification_target(
         &self,
         s: &Subscription,
@@ -85,6 +89,7 @@ impl State {
         }
     }
 
+    /// The targets of the live subscriptions on mailbox `mbx`.
     pub(super) fn active_targets(&mut self, mbx: usize) -> Vec<Target> {
         self.expire_subscriptions(Utc::now());
         self.subscriptions
@@ -103,6 +108,7 @@ thread_local! {
         .finish();
 }
 
+/// This worker thread's HTTP client.
 fn http() -> awc::Client {
     HTTP.with(Clone::clone)
 }
@@ -153,6 +159,7 @@ async fn validate_endpoint(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Validates the notification URL and then the lifecycle URL, if any.
 pub(super) async fn handshake(
     notification_url: &str,
     lifecycle_url: Option<&str>,

@@ -70,10 +70,12 @@ pub(super) fn prefer_max_page_size(prefer: Option<&str>) -> Option<usize> {
 pub(super) struct Query(pub(super) Vec<(String, String)>);
 
 impl Query {
+    /// Parses a query string.
     pub(super) fn parse(q: &str) -> Self {
         Self(form_urlencoded::parse(q.as_bytes()).into_owned().collect())
     }
 
+    /// The value of `key` (the last one given).
     pub(super) fn get(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
@@ -150,6 +152,7 @@ impl Selection {
         Ok(self)
     }
 
+    /// Whether the property `name` is selected.
     pub(super) fn includes(&self, name: &str) -> bool {
         match &self.props {
             None => true,

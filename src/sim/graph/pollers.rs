@@ -21,6 +21,7 @@ pub(super) struct PollerLog {
 const POLLER_OVERLAP: Duration = Duration::from_millis(1_000);
 
 impl PollerLog {
+    /// `agent` read a page at `now`.
     pub(super) fn saw(&mut self, agent: &str, now: Instant) {
         if agent != self.last {
             let previous = self

@@ -41,6 +41,7 @@ pub(super) enum Route {
     Subscription(String),
 }
 
+/// The route a path after `/v1.0` names; 400 for one Graph does not have.
 pub(super) fn parse_route(path: &str) -> Result<Route, GraphError> {
     let mut segs: Vec<String> = Vec::new();
     for raw in path.trim_matches('/').split('/') {
@@ -94,6 +95,7 @@ pub(super) fn parse_route(path: &str) -> Result<Route, GraphError> {
     Ok(Route::Mailbox { user, op })
 }
 
+/// Whether the path is `/$batch`.
 pub(super) fn is_batch_path(path: &str) -> bool {
     let p = path.trim_matches('/');
     p.eq_ignore_ascii_case("$batch") || p.eq_ignore_ascii_case("%24batch")
@@ -183,6 +185,7 @@ async fn on_subscriptions(
     }
 }
 
+/// Graph's answer to a method the resource does not support.
 pub(super) fn method_not_allowed(call: &Call<'_>) -> Reply {
     GraphError::new(
         405,

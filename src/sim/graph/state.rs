@@ -48,11 +48,13 @@ pub(super) struct State {
 
 pub(super) type Shared = Arc<Mutex<State>>;
 
+/// Locks the state (a panic elsewhere does not make it unusable).
 pub(super) fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl State {
+    /// The state the start-up options describe, with the mailboxes seeded.
     pub(super) fn new(o: &GraphSimOptions) -> anyhow::Result<Self> {
         let mut state = Self {
             tenant: o.tenant.clone(),
@@ -121,6 +123,7 @@ impl State {
         fail
     }
 
+    /// The index of the mailbox named by UPN or GUID, in any case.
     pub(super) fn resolve(&self, name: &str) -> Option<usize> {
         self.by_name.get(&name.trim().to_lowercase()).copied()
     }

@@ -40,6 +40,8 @@ pub(super) struct GlobalCounters {
 }
 
 impl State {
+    /// The `/_sim/stats` report: global counters, per-mailbox counters and their totals,
+    /// notification latencies, live subscriptions and `violations`.
     pub(super) fn stats_json(&mut self) -> Value {
         self.expire_subscriptions(Utc::now());
         let mut v = serde_json::to_value(&self.stats).expect("counters serialize");

@@ -27,6 +27,7 @@ pub(super) struct Subscription {
 }
 
 impl Subscription {
+    /// The subscription as Graph answers it.
     fn to_json(&self) -> Value {
         json!({
             "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#subscriptions/$entity",
@@ -241,10 +242,37 @@ impl State {
     }
 }
 
+/// The body of `POST` or `PATCH` on subscriptions.
+fn parse_request(body: &[u8]) -> Result<SubscriptionRequest, Reply> {
+    serde_json::from_slice(body)
+        .map_err(|e| GraphError::bad_request(format!("Invalid subscription: {e}")).into())
+}
+
+/// The handshake, on creation and on renewal: a failure is counted and answered 400
+/// `ValidationError`.
+async fn validate_callbacks(
+    state: &Shared,
+    notification_url: &str,
+    lifecycle_url: Option<&str>,
+) -> Result<(), Reply> {
+    handshake(notification_url, lifecycle_url)
+        .await
+        .map_err(|reason| {
+            lock(state).stats.validation_failed += 1;
+            GraphError::new(
+                400,
+                "ValidationError",
+                format!("Subscription validation request failed. {reason}"),
+            )
+            .into()
+        })
+}
+
+/// `POST /subscriptions`: the rules, then the handshake, then the subscription.
 pub(super) async fn create_subscription(state: &Shared, call: &Call<'_>) -> Reply {
-    let req: SubscriptionRequest = match serde_json::from_slice(call.body) {
+    let req = match parse_request(call.body) {
         Ok(r) => r,
-        Err(e) => return GraphError::bad_request(format!("Invalid subscription: {e}")).into(),
+        Err(refusal) => return refusal,
     };
     let new = {
         let mut s = lock(state);
@@ -255,14 +283,10 @@ pub(super) async fn create_subscription(state: &Shared, call: &Call<'_>) -> Repl
             Err(e) => return e.into(),
         }
     };
-    if let Err(reason) = handshake(&new.notification_url, new.lifecycle_url.as_deref()).await {
-        lock(state).stats.validation_failed += 1;
-        return GraphError::new(
-            400,
-            "ValidationError",
-            format!("Subscription validation request failed. {reason}"),
-        )
-        .into();
+    if let Err(refusal) =
+        validate_callbacks(state, &new.notification_url, new.lifecycle_url.as_deref()).await
+    {
+        return refusal;
     }
     let sub = Subscription {
         id: uuid::Uuid::new_v4().to_string(),
@@ -281,10 +305,12 @@ pub(super) async fn create_subscription(state: &Shared, call: &Call<'_>) -> Repl
     Reply::json(201, body)
 }
 
+/// Graph's answer for an unknown (or expired) subscription id.
 fn subscription_not_found() -> Reply {
     GraphError::new(404, "ResourceNotFound", "The object was not found.").into()
 }
 
+/// `GET /subscriptions`.
 pub(super) fn list_subscriptions(state: &Shared) -> Reply {
     let mut s = lock(state);
     s.expire_subscriptions(Utc::now());
@@ -296,6 +322,7 @@ pub(super) fn list_subscriptions(state: &Shared) -> Reply {
     Reply::json(200, json!({ "value": value }).to_string())
 }
 
+/// `GET /subscriptions/{id}`.
 pub(super) fn get_subscription(state: &Shared, id: &str) -> Reply {
     let mut s = lock(state);
     s.expire_subscriptions(Utc::now());
@@ -305,6 +332,7 @@ pub(super) fn get_subscription(state: &Shared, id: &str) -> Reply {
     }
 }
 
+/// `DELETE /subscriptions/{id}`.
 pub(super) fn delete_subscription(state: &Shared, id: &str) -> Reply {
     let mut s = lock(state);
     s.expire_subscriptions(Utc::now());
@@ -320,9 +348,9 @@ pub(super) fn delete_subscription(state: &Shared, id: &str) -> Reply {
 /// `PATCH /subscriptions/{id}` `{"expirationDateTime"}`: the same expiration rules, and the
 /// handshake again (CONTRACTS.md: Graph validates on creation and renewal).
 pub(super) async fn renew_subscription(state: &Shared, call: &Call<'_>, id: &str) -> Reply {
-    let req: SubscriptionRequest = match serde_json::from_slice(call.body) {
+    let req = match parse_request(call.body) {
         Ok(r) => r,
-        Err(e) => return GraphError::bad_request(format!("Invalid subscription: {e}")).into(),
+        Err(refusal) => return refusal,
     };
     let (expiration, url, lifecycle) = {
         let mut s = lock(state);
@@ -340,14 +368,8 @@ pub(super) async fn renew_subscription(state: &Shared, call: &Call<'_>, id: &str
             Err(e) => return e.into(),
         }
     };
-    if let Err(reason) = handshake(&url, lifecycle.as_deref()).await {
-        lock(state).stats.validation_failed += 1;
-        return GraphError::new(
-            400,
-            "ValidationError",
-            format!("Subscription validation request failed. {reason}"),
-        )
-        .into();
+    if let Err(refusal) = validate_callbacks(state, &url, lifecycle.as_deref()).await {
+        return refusal;
     }
     let mut s = lock(state);
     let Some(sub) = s.subscriptions.get_mut(id) else {
@@ -399,27 +421,35 @@ mod tests {
         let base = || subscription(now + chrono::Duration::hours(1));
         assert!(refused(subscription(now - chrono::Duration::minutes(1))).contains("future"));
         assert!(refused(subscription(now + chrono::Duration::minutes(10_081))).contains("10080"));
-        let mut r = base();
-        r.client_state = Some("x".repeat(129));
-        assert!(refused(r).contains("128"));
-        let mut r = base();
-        r.notification_url = Some("https://example.com/hook".into());
-        assert!(refused(r).contains("loopback"));
-        let mut r = base();
-        r.lifecycle_notification_url = Some("ftp://127.0.0.1/x".into());
-        assert!(refused(r).contains("lifecycleNotificationUrl"));
-        let mut r = base();
-        r.change_type = Some("updated".into());
-        assert!(refused(r).contains("created"));
-        let mut r = base();
-        r.resource = Some("users/nobody@contoso.example/messages".into());
-        assert!(refused(r).contains("no such mailbox"));
-        let mut r = base();
-        r.resource = Some(format!("users/{UPN}/mailFolders('sentitems')/messages"));
-        assert!(refused(r).contains("inbox"));
-        let mut r = base();
-        r.expiration_date_time = None;
-        refused(r);
+        // Each breaks one rule of a valid request, and the refusal names it.
+        type Breach = fn(&mut SubscriptionRequest);
+        let changes: [(Breach, &str); 8] = [
+            (|r| r.client_state = Some("x".repeat(129)), "128"),
+            (
+                |r| r.notification_url = Some("https://example.com/hook".into()),
+                "loopback",
+            ),
+            (
+                |r| r.lifecycle_notification_url = Some("ftp://127.0.0.1/x".into()),
+                "lifecycleNotificationUrl",
+            ),
+            (|r| r.change_type = Some("updated".into()), "created"),
+            (
+                |r| r.resource = Some("users/nobody@contoso.example/messages".into()),
+                "no such mailbox",
+            ),
+            (
+                |r| r.resource = Some(format!("users/{UPN}/mailFolders('sentitems')/messages")),
+                "inbox",
+            ),
+            (|r| r.expiration_date_time = None, "expirationDateTime"),
+            (|r| r.notification_url = None, "notificationUrl"),
+        ];
+        for (change, reason) in changes {
+            let mut r = base();
+            change(&mut r);
+            assert!(refused(r).contains(reason), "{reason}");
+        }
     }
 
     #[test]

@@ -127,6 +127,7 @@ impl Budget {
         Admission::Admit
     }
 
+    /// Refuses the request with `status` and Retry-After `secs`, and remembers the wait.
     fn throttle(
         &mut self,
         now: Instant,
@@ -147,6 +148,7 @@ impl Budget {
         Admission::Refuse(GraphError::throttled(status, code, message, secs))
     }
 
+    /// A request was answered.
     pub(super) fn depart(&mut self) {
         self.in_flight = self.in_flight.saturating_sub(1);
     }
@@ -177,6 +179,27 @@ mod tests {
         }
     }
 
+    /// A budget in a storm of `remaining` throttled answers.
+    fn in_a_storm(remaining: u64, retry_after_s: u64, status: u16) -> Budget {
+        Budget {
+            storm: Some(Storm {
+                remaining,
+                retry_after_s,
+                status,
+            }),
+            ..Budget::default()
+        }
+    }
+
+    /// The error a request got; panics if it was admitted.
+    #[track_caller]
+    fn refused(admission: Admission) -> GraphError {
+        match admission {
+            Admission::Refuse(e) => e,
+            Admission::Admit => panic!("admitted"),
+        }
+    }
+
     #[test]
     fn requests_beyond_the_concurrency_limit_are_refused_and_counted_until_others_depart() {
         let mut b = Budget::default();
@@ -185,9 +208,7 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(b.arrive(t, &l), Admission::Admit);
         }
-        let Admission::Refuse(e) = b.arrive(t, &l) else {
-            panic!("the fifth is refused")
-        };
+        let e = refused(b.arrive(t, &l)); // the fifth is refused
         assert_eq!(
             (e.status, e.code, e.retry_after_s),
             (429, "ApplicationThrottled", Some(1))
@@ -212,9 +233,7 @@ mod tests {
             assert_eq!(b.arrive(t + Duration::from_secs(i), &l), Admission::Admit);
             b.depart();
         }
-        let Admission::Refuse(e) = b.arrive(t + Duration::from_millis(4_500), &l) else {
-            panic!("the window is full")
-        };
+        let e = refused(b.arrive(t + Duration::from_millis(4_500), &l)); // the window is full
         assert_eq!(e.retry_after_s, Some(6), "5.5 s rounded up");
         b.depart();
         assert_eq!(b.arrive(t + Duration::from_secs(10), &l), Admission::Admit);
@@ -223,17 +242,10 @@ mod tests {
 
     #[test]
     fn a_request_inside_a_retry_after_is_a_violation_unless_it_was_already_in_flight() {
-        let mut b = Budget::default();
+        let mut b = in_a_storm(1, 2, 503);
         let l = limits(0, 0, 1000);
         let t = Instant::now();
-        b.storm = Some(Storm {
-            remaining: 1,
-            retry_after_s: 2,
-            status: 503,
-        });
-        let Admission::Refuse(e) = b.arrive(t, &l) else {
-            panic!("the storm throttles")
-        };
+        let e = refused(b.arrive(t, &l)); // the storm throttles
         assert_eq!((e.status, e.retry_after_s), (503, Some(2)));
         b.depart();
         // Within the grace: it was on its way before the client saw the 503.
@@ -257,18 +269,11 @@ mod tests {
 
     #[test]
     fn a_429_storm_throttles_count_requests_and_a_shorter_wait_does_not_cut_a_longer_one() {
-        let mut b = Budget::default();
+        let mut b = in_a_storm(2, 30, 429);
         let l = limits(1, 0, 1000);
         let t = Instant::now();
-        b.storm = Some(Storm {
-            remaining: 2,
-            retry_after_s: 30,
-            status: 429,
-        });
         for _ in 0..2 {
-            let Admission::Refuse(e) = b.arrive(t, &l) else {
-                panic!("the storm throttles")
-            };
+            let e = refused(b.arrive(t, &l)); // the storm throttles
             assert_eq!(
                 (e.status, e.code, e.retry_after_s),
                 (429, "ApplicationThrottled", Some(30))
@@ -280,9 +285,7 @@ mod tests {
             b.arrive(t + Duration::from_millis(50), &l),
             Admission::Admit
         );
-        let Admission::Refuse(e) = b.arrive(t + Duration::from_millis(60), &l) else {
-            panic!("over the concurrency limit")
-        };
+        let e = refused(b.arrive(t + Duration::from_millis(60), &l)); // over the concurrency limit
         assert_eq!(e.retry_after_s, Some(1));
         b.depart();
         b.depart();

@@ -48,6 +48,21 @@ impl State {
             ));
         }
         let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+        // Both grants name the client, and may give its secret, the same way.
+        let unknown_client = || {
+            refuse(
+                401,
+                "invalid_client",
+                "AADSTS700016: Application not found in the directory.",
+            )
+        };
+        let wrong_secret = || {
+            refuse(
+                401,
+                "invalid_client",
+                "AADSTS7000215: Invalid client secret provided.",
+            )
+        };
         let mut scope = GRAPH_SCOPE.to_string();
         let mut refresh = None;
         match field("grant_type") {
@@ -67,18 +82,10 @@ impl State {
                     ));
                 }
                 if field("client_id") != self.client_id {
-                    return Err(refuse(
-                        401,
-                        "invalid_client",
-                        "AADSTS700016: Application not found in the directory.",
-                    ));
+                    return Err(unknown_client());
                 }
                 if field("client_secret") != self.client_secret {
-                    return Err(refuse(
-                        401,
-                        "invalid_client",
-                        "AADSTS7000215: Invalid client secret provided.",
-                    ));
+                    return Err(wrong_secret());
                 }
                 if field("scope") != GRAPH_SCOPE {
                     return Err(refuse(
@@ -90,19 +97,11 @@ impl State {
             }
             "refresh_token" => {
                 if field("client_id") != self.client_id {
-                    return Err(refuse(
-                        401,
-                        "invalid_client",
-                        "AADSTS700016: Application not found in the directory.",
-                    ));
+                    return Err(unknown_client());
                 }
                 if !field("client_secret").is_empty() && field("client_secret") != self.client_secret
                 {
-                    return Err(refuse(
-                        401,
-                        "invalid_client",
-                        "AADSTS7000215: Invalid client secret provided.",
-                    ));
+                    return Err(wrong_secret());
                 }
                 if field("refresh_token") != self.refresh_token {
                     return Err(refuse(

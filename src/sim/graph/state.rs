@@ -1,0 +1,189 @@
+//! The simulator's state, behind one lock: configuration, mailboxes, subscriptions, tokens.
+//! Its methods live next to the concept they serve (`tokens`, `mail`, `subscriptions`,
+//! `notifications`, `stats`).
+
+use super::codecs::stable_guid;
+use super::cursors::Sealer;
+use super::mailboxes::Mailbox;
+use super::messages::draft;
+use super::stats::GlobalCounters;
+use super::subscriptions::Subscription;
+use super::throttling::Limits;
+use super::{GraphSimOptions, ListPaging};
+use chrono::Utc;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::RandomState;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Everything the simulator knows and counts.
+pub(super) struct State {
+    pub(super) tenant: String,
+    pub(super) tenant_id: String,
+    pub(super) client_id: String,
+    pub(super) client_secret: String,
+    pub(super) refresh_token: String,
+    pub(super) token_lifetime: Duration,
+    /// The user live tokens introspect as.
+    pub(super) introspect_user: String,
+    pub(super) latency: Duration,
+    pub(super) error_rate: f64,
+    pub(super) limits: Limits,
+    pub(super) max_page_size: usize,
+    pub(super) subscription_max_minutes: i64,
+    /// Delta tokens older than this are gone (None: never).
+    pub(super) delta_ttl: Option<Duration>,
+    pub(super) list_paging: ListPaging,
+    /// Access tokens issued and when.
+    pub(super) tokens: HashMap<String, Instant>,
+    pub(super) mailboxes: Vec<Mailbox>,
+    /// Lower-cased UPN or GUID → mailbox index.
+    pub(super) by_name: HashMap<String, usize>,
+    pub(super) subscriptions: BTreeMap<String, Subscription>,
+    pub(super) sealer: Sealer,
+    pub(super) stats: GlobalCounters,
+    /// Time to answer of each notification POST, in ms.
+    pub(super) notification_latencies: Vec<u64>,
+}
+
+pub(super) type Shared = Arc<Mutex<State>>;
+
+/// Locks the state (a panic elsewhere does not make it unusable).
+pub(super) fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl State {
+    /// The state the start-up options describe, with the mailboxes seeded.
+    pub(super) fn new(o: &GraphSimOptions) -> anyhow::Result<Self> {
+        let mut state = Self {
+            tenant: o.tenant.clone(),
+            tenant_id: stable_guid(&format!("tenant:{}", o.tenant)),
+            client_id: o.client_id.clone(),
+            client_secret: o.client_secret.clone(),
+            refresh_token: o.refresh_token.clone(),
+            token_lifetime: Duration::from_secs(o.token_lifetime_s),
+            introspect_user: o.introspect_user.clone().unwrap_or_default(),
+            latency: Duration::ZERO,
+            error_rate: 0.0,
+            limits: Limits {
+                concurrency: o.concurrency_limit,
+                window_limit: o.window_limit,
+                window: Duration::from_millis(o.window_ms.max(1)),
+            },
+            max_page_size: o.max_page_size.max(1),
+            subscription_max_minutes: o.subscription_max_minutes,
+            delta_ttl: (o.delta_token_ttl_s > 0).then(|| Duration::from_secs(o.delta_token_ttl_s)),
+            list_paging: o.list_paging,
+            tokens: HashMap::new(),
+            mailboxes: Vec::new(),
+            by_name: HashMap::new(),
+            subscriptions: BTreeMap::new(),
+            sealer: Sealer(RandomState::new()),
+            stats: GlobalCounters::default(),
+            notification_latencies: Vec::new(),
+        };
+        for upn in o
+            .mailboxes
+            .iter()
+            .map(|m| m.trim())
+            .filter(|m| !m.is_empty())
+        {
+            let index = state.mailboxes.len();
+            let mailbox = Mailbox::new(index, upn);
+            for name in [upn.to_lowercase(), mailbox.guid.clone()] {
+                anyhow::ensure!(
+                    state.by_name.insert(name, index).is_none(),
+                    "--mailboxes names {upn} twice"
+                );
+            }
+            state.mailboxes.push(mailbox);
+        }
+        anyhow::ensure!(!state.mailboxes.is_empty(), "--mailboxes is empty");
+        if state.introspect_user.is_empty() {
+            state.introspect_user = state.mailboxes[0].upn.clone();
+        }
+        let now_ms = Utc::now().timestamp_millis();
+        for mb in &mut state.mailboxes {
+            for n in 0..o.messages_per_mailbox {
+                let d = draft(n, &mb.upn, true);
+                mb.append(d, now_ms);
+            }
+            mb.next_n = o.messages_per_mailbox;
+        }
+        Ok(state)
+    }
+
+    /// Whether this request gets an injected 500 (`error_rate`); counts it.
+    pub(super) fn roll_error(&mut self) -> bool {
+        let fail = self.error_rate > 0.0 && rand::random::<f64>() < self.error_rate;
+        if fail {
+            self.stats.errors_injected += 1;
+        }
+        fail
+    }
+
+    /// The index of the mailbox named by UPN or GUID, in any case.
+    pub(super) fn resolve(&self, name: &str) -> Option<usize> {
+        self.by_name.get(&name.trim().to_lowercase()).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::options;
+    use super::*;
+
+    #[test]
+    fn seeded_mailboxes_answer_to_upn_and_guid_and_a_duplicate_is_refused() {
+        let s = State::new(&options(&["--messages-per-mailbox", "3"])).unwrap();
+        let guid = s.mailboxes[1].guid.clone();
+        assert_eq!(s.resolve("Invoices-1@Contoso.example"), Some(1));
+        assert_eq!(s.resolve(&guid.to_uppercase()), Some(1));
+        assert_eq!(s.mailboxes[2].live, 3);
+        assert_eq!(s.mailboxes[2].messages[2].id, "AAMk-2-2");
+        let times: Vec<i64> = s.mailboxes[0]
+            .messages
+            .iter()
+            .map(|m| m.received_ms)
+            .collect();
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "arrival order");
+        assert!(State::new(&options(&["--mailboxes", "a@x.example,A@x.example"])).is_err());
+    }
+
+    #[test]
+    fn injected_errors_follow_the_error_rate_and_are_counted() {
+        let mut s = State::new(&options(&[])).unwrap();
+        assert!(!s.roll_error(), "no errors unless asked");
+        s.error_rate = 1.0;
+        assert!(s.roll_error() && s.roll_error());
+        assert_eq!(s.stats.errors_injected, 2);
+    }
+
+    #[test]
+    fn start_up_options_become_the_state() {
+        let s = State::new(&options(&[
+            "--mailboxes",
+            " a@x.example , ,b@x.example",
+            "--window-ms",
+            "0",
+            "--max-page-size",
+            "0",
+            "--delta-token-ttl-s",
+            "5",
+        ]))
+        .unwrap();
+        let upns: Vec<&str> = s.mailboxes.iter().map(|m| m.upn.as_str()).collect();
+        assert_eq!(upns, ["a@x.example", "b@x.example"]);
+        assert_eq!(s.introspect_user, "a@x.example");
+        assert_eq!(
+            (s.limits.window, s.max_page_size),
+            (Duration::from_millis(1), 1)
+        );
+        assert_eq!(s.delta_ttl, Some(Duration::from_secs(5)));
+        assert!(
+            State::new(&options(&["--mailboxes", " , "])).is_err(),
+            "no mailbox"
+        );
+    }
+}

@@ -1,0 +1,331 @@
+//! Tokens: the token endpoint (client credentials and refresh token grants), `Bearer`
+//! checks at `/v1.0`, and RFC 7662 introspection for a private Dovecot.
+
+use super::answers::GraphError;
+use super::codecs::stable_guid;
+use super::state::State;
+use chrono::{SecondsFormat, Utc};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// The only scope the client credentials grant accepts.
+const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+
+/// A fresh opaque access token.
+fn random_token() -> String {
+    format!(
+        "{:032x}{:032x}",
+        rand::random::<u128>(),
+        rand::random::<u128>()
+    )
+}
+
+impl State {
+    /// The token endpoint's decision for one form.
+    pub(super) fn issue_token(
+        &mut self,
+        tenant: &str,
+        form: &HashMap<String, String>,
+        now: Instant,
+    ) -> Result<Value, (u16, Value)> {
+        self.stats.token_requests += 1;
+        let refuse = |status: u16, error: &str, description: &str| {
+            (
+                status,
+                json!({"error": error, "error_description": description,
+                       "timestamp": Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+                       "trace_id": uuid::Uuid::new_v4().to_string()}),
+            )
+        };
+        if !tenant.eq_ignore_ascii_case(&self.tenant)
+            && !tenant.eq_ignore_ascii_case(&self.tenant_id)
+        {
+            return Err(refuse(
+                400,
+                "invalid_request",
+                &format!("AADSTS90002: Tenant '{tenant}' not found."),
+            ));
+        }
+        let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+        // Both grants name the client, and may give its secret, the same way.
+        let unknown_client = || {
+            refuse(
+                401,
+                "invalid_client",
+                "AADSTS700016: Application not found in the directory.",
+            )
+        };
+        let wrong_secret = || {
+            refuse(
+                401,
+                "invalid_client",
+                "AADSTS7000215: Invalid client secret provided.",
+            )
+        };
+        let mut scope = GRAPH_SCOPE.to_string();
+        let mut refresh = None;
+        match field("grant_type") {
+            "" => {
+                return Err(refuse(
+                    400,
+                    "invalid_request",
+                    "AADSTS900144: The request body must contain the following parameter: 'grant_type'.",
+                ))
+            }
+            "client_credentials" => {
+                if field("client_id").is_empty() || field("client_secret").is_empty() {
+                    return Err(refuse(
+                        400,
+                        "invalid_request",
+                        "AADSTS900144: The request body must contain 'client_id' and 'client_secret'.",
+                    ));
+                }
+                if field("client_id") != self.client_id {
+                    return Err(unknown_client());
+                }
+                if field("client_secret") != self.client_secret {
+                    return Err(wrong_secret());
+                }
+                if field("scope") != GRAPH_SCOPE {
+                    return Err(refuse(
+                        400,
+                        "invalid_scope",
+                        "AADSTS1002012: The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier.",
+                    ));
+                }
+            }
+            "refresh_token" => {
+                if field("client_id") != self.client_id {
+                    return Err(unknown_client());
+                }
+                if !field("client_secret").is_empty() && field("client_secret") != self.client_secret
+                {
+                    return Err(wrong_secret());
+                }
+                if field("refresh_token") != self.refresh_token {
+                    return Err(refuse(
+                        400,
+                        "invalid_grant",
+                        "AADSTS70000: The provided refresh token is invalid or has expired.",
+                    ));
+                }
+                if !field("scope").is_empty() {
+                    scope = field("scope").to_string();
+                }
+                refresh = Some(self.refresh_token.clone());
+            }
+            other => {
+                return Err(refuse(
+                    400,
+                    "unsupported_grant_type",
+                    &format!("AADSTS70003: The app requested an unsupported grant type '{other}'."),
+                ))
+            }
+        }
+        if self.tokens.len() > 10_000 {
+            let keep = self.token_lifetime + Duration::from_secs(3600);
+            self.tokens
+                .retain(|_, issued| now.duration_since(*issued) < keep);
+        }
+        let token = random_token();
+        self.tokens.insert(token.clone(), now);
+        self.stats.tokens_issued += 1;
+        let secs = self.token_lifetime.as_secs();
+        let mut body = json!({"token_type": "Bearer", "expires_in": secs,
+                              "ext_expires_in": secs, "access_token": token});
+        if let Some(r) = refresh {
+            body["refresh_token"] = json!(r);
+            body["scope"] = json!(scope);
+        }
+        Ok(body)
+    }
+
+    /// Checks `Authorization: Bearer …` against the tokens issued and the current lifetime.
+    pub(super) fn authorize(
+        &mut self,
+        header: Option<&str>,
+        now: Instant,
+    ) -> Result<(), GraphError> {
+        let token = header
+            .map(str::trim)
+            .and_then(|h| {
+                h.get(..7)
+                    .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                    .map(|_| h[7..].trim())
+            })
+            .filter(|t| !t.is_empty());
+        let refuse = |message: &str| GraphError::new(401, "InvalidAuthenticationToken", message);
+        match token.map(|t| self.tokens.get(t).copied()) {
+            None => {
+                self.stats.unauthorized += 1;
+                Err(refuse("Access token is empty."))
+            }
+            Some(None) => {
+                self.stats.unauthorized += 1;
+                Err(refuse("IDX14100: JWT is not well formed."))
+            }
+            Some(Some(issued)) if now.duration_since(issued) >= self.token_lifetime => {
+                self.stats.unauthorized += 1;
+                self.stats.expired_token_used += 1;
+                Err(refuse("Lifetime validation failed, the token is expired."))
+            }
+            Some(Some(_)) => Ok(()),
+        }
+    }
+
+    /// The RFC 7662 answer for `token`: active, for the introspection user, while it lives.
+    /// Presenting an expired token is the client's mistake, counted as at `/v1.0`.
+    pub(super) fn introspect(&mut self, token: &str, now: Instant) -> Value {
+        self.stats.introspections += 1;
+        let Some(issued) = self.tokens.get(token.trim()).copied() else {
+            self.stats.introspections_inactive += 1;
+            return json!({"active": false});
+        };
+        let age = now.duration_since(issued);
+        if age >= self.token_lifetime {
+            self.stats.introspections_inactive += 1;
+            self.stats.expired_token_used += 1;
+            return json!({"active": false});
+        }
+        let unix = Utc::now().timestamp();
+        let exp = unix + (self.token_lifetime - age).as_secs() as i64;
+        let user = &self.introspect_user;
+        json!({"active": true, "token_type": "Bearer", "client_id": self.client_id,
+               "email": user, "username": user, "upn": user, "sub": stable_guid(user),
+               "iat": unix - age.as_secs() as i64, "exp": exp})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::options;
+    use super::*;
+
+    #[test]
+    fn tokens_are_issued_for_the_right_credentials_and_expire_with_the_current_lifetime() {
+        let mut s = State::new(&options(&["--token-lifetime-s", "60"])).unwrap();
+        let form = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let good = [
+            ("client_id", "ms1-app"),
+            ("client_secret", "sim-secret"),
+            ("scope", GRAPH_SCOPE),
+            ("grant_type", "client_credentials"),
+        ];
+        let t0 = Instant::now();
+        let issued = s.issue_token("contoso", &form(&good), t0).unwrap();
+        assert_eq!(issued["expires_in"], 60);
+        let token = issued["access_token"].as_str().unwrap().to_string();
+        let bearer = format!("Bearer {token}");
+        assert!(s
+            .authorize(Some(&bearer), t0 + Duration::from_secs(59))
+            .is_ok());
+        let e = s
+            .authorize(Some(&bearer), t0 + Duration::from_secs(60))
+            .unwrap_err();
+        assert_eq!((e.status, e.code), (401, "InvalidAuthenticationToken"));
+        assert_eq!(s.stats.expired_token_used, 1);
+        s.token_lifetime = Duration::from_secs(10);
+        assert!(s
+            .authorize(Some(&bearer), t0 + Duration::from_secs(11))
+            .is_err());
+        assert!(s.authorize(None, t0).is_err());
+        assert!(s.authorize(Some("Bearer nonsense"), t0).is_err());
+        assert_eq!((s.stats.unauthorized, s.stats.expired_token_used), (4, 2));
+
+        let refused = |s: &mut State, tenant: &str, pairs: &[(&str, &str)]| {
+            let (status, body) = s.issue_token(tenant, &form(pairs), t0).unwrap_err();
+            (status, body["error"].as_str().unwrap().to_string())
+        };
+        let mut bad = good;
+        bad[1].1 = "wrong";
+        assert_eq!(
+            refused(&mut s, "contoso", &bad),
+            (401, "invalid_client".into())
+        );
+        let mut bad = good;
+        bad[2].1 = "https://outlook.office.com/.default";
+        assert_eq!(
+            refused(&mut s, "contoso", &bad),
+            (400, "invalid_scope".into())
+        );
+        let mut bad = good;
+        bad[3].1 = "password";
+        assert_eq!(
+            refused(&mut s, "contoso", &bad),
+            (400, "unsupported_grant_type".into())
+        );
+        assert_eq!(
+            refused(&mut s, "fabrikam", &good),
+            (400, "invalid_request".into())
+        );
+        let tenant_id = s.tenant_id.clone();
+        assert!(s.issue_token(&tenant_id, &form(&good), t0).is_ok());
+
+        let refresh = [
+            ("client_id", "ms1-app"),
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "sim-refresh-token"),
+            (
+                "scope",
+                "https://outlook.office.com/IMAP.AccessAsUser.All offline_access",
+            ),
+        ];
+        let r = s.issue_token("contoso", &form(&refresh), t0).unwrap();
+        assert!(r["access_token"].is_string());
+        let mut bad = refresh;
+        bad[2].1 = "stolen";
+        assert_eq!(
+            refused(&mut s, "contoso", &bad),
+            (400, "invalid_grant".into())
+        );
+        assert_eq!(s.stats.tokens_issued, 3);
+    }
+
+    #[test]
+    fn introspection_reports_live_tokens_for_the_introspect_user_and_nothing_else_as_active() {
+        let mut s = State::new(&options(&["--token-lifetime-s", "60"])).unwrap();
+        assert_eq!(s.introspect_user, "invoices-0@contoso.example");
+        let mut s2 = State::new(&options(&["--introspect-user", "imap@example.test"])).unwrap();
+        assert_eq!(s2.introspect_user, "imap@example.test");
+        assert_eq!(
+            s2.introspect("never-issued", Instant::now())["active"],
+            false
+        );
+
+        let form: HashMap<String, String> = [
+            ("client_id", "ms1-app"),
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "sim-refresh-token"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let t0 = Instant::now();
+        let issued = s.issue_token("contoso", &form, t0).unwrap();
+        let token = issued["access_token"].as_str().unwrap();
+        let live = s.introspect(token, t0 + Duration::from_secs(59));
+        assert_eq!(live["active"], true);
+        assert_eq!(live["email"], "invoices-0@contoso.example");
+        assert!(live["exp"].as_i64().unwrap() > live["iat"].as_i64().unwrap());
+        assert_eq!(
+            s.introspect(token, t0 + Duration::from_secs(60)),
+            json!({"active": false}),
+            "an expired token is inactive and reveals nothing"
+        );
+        assert_eq!(s.introspect("forged", t0), json!({"active": false}));
+        assert_eq!(
+            (
+                s.stats.introspections,
+                s.stats.introspections_inactive,
+                s.stats.expired_token_used
+            ),
+            (3, 2, 1)
+        );
+    }
+}

@@ -7,6 +7,7 @@
 mod common;
 
 use common::{get, wait_until, Daemon, World, MAILBOXES, PREFIX};
+use ms1_actors::store::schema::dead_letter;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -204,11 +205,11 @@ fn control_api_refuses_oversized_truncated_and_non_utf8_bodies_with_json_4xx_and
     let _: String = redis::cmd("XADD")
         .arg(format!("{PREFIX}stream:dlq"))
         .arg("*")
-        .arg("stage")
+        .arg(dead_letter::STAGE)
         .arg("process")
-        .arg("reason")
+        .arg(dead_letter::REASON)
         .arg("planted by the test")
-        .arg("payload")
+        .arg(dead_letter::PAYLOAD)
         .arg("{}")
         .query(&mut world.redis())
         .unwrap();

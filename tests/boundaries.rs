@@ -6,6 +6,7 @@
 mod common;
 
 use common::{Sim, World};
+use ms1_actors::store::schema::{follow_up, inbound};
 use serde_json::json;
 use std::time::Duration;
 
@@ -92,13 +93,13 @@ fn notify_all(world: &World, mailbox: &str) -> usize {
         let _: String = redis::cmd("XADD")
             .arg(format!("{}stream:inbound", common::PREFIX))
             .arg("*")
-            .arg("source")
+            .arg(inbound::SOURCE)
             .arg("graph")
-            .arg("kind")
+            .arg(inbound::KIND)
             .arg("ref")
-            .arg("mailbox")
+            .arg(inbound::MAILBOX)
             .arg(mailbox)
-            .arg("message_id")
+            .arg(inbound::MESSAGE_ID)
             .arg(id)
             .query(&mut con)
             .unwrap();
@@ -215,9 +216,9 @@ fn queue_mark_read(world: &World, mailbox: &str, ids: &[String], dead_consumer: 
         let _: String = redis::cmd("XADD")
             .arg(&stream)
             .arg("*")
-            .arg("mailbox")
+            .arg(follow_up::MAILBOX)
             .arg(mailbox)
-            .arg("message_id")
+            .arg(follow_up::MESSAGE_ID)
             .arg(id)
             .query(&mut con)
             .unwrap();
@@ -529,19 +530,19 @@ fn a_replayed_dead_letter_still_gets_its_after_delivery_action() {
     let _: String = redis::cmd("XADD")
         .arg(format!("{}stream:inbound", common::PREFIX))
         .arg("*")
-        .arg("source")
+        .arg(inbound::SOURCE)
         .arg("imap")
-        .arg("mailbox")
+        .arg(inbound::MAILBOX)
         .arg("gmail")
-        .arg("payload")
+        .arg(inbound::PAYLOAD)
         .arg(base64::engine::general_purpose::STANDARD.encode(raw))
-        .arg("mark_read")
+        .arg(inbound::FOLLOW_UP)
         .arg("1")
-        .arg("uid")
+        .arg(inbound::UID)
         .arg("42")
-        .arg("uidvalidity")
+        .arg(inbound::UIDVALIDITY)
         .arg("7")
-        .arg("internal_date")
+        .arg(inbound::INTERNAL_DATE)
         .arg("2026-11-29T10:00:00Z")
         .query(&mut con)
         .unwrap();

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{World, API_KEY};
+use ms1_actors::store::schema::inbound;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -60,9 +61,9 @@ fn malformed_entries_are_dead_lettered_at_processing_with_a_reason() {
         let _: String = redis::cmd("XADD")
             .arg(&stream)
             .arg("*")
-            .arg("mailbox")
+            .arg(inbound::MAILBOX)
             .arg(mailbox)
-            .arg("payload")
+            .arg(inbound::PAYLOAD)
             .arg(payload)
             .query(&mut con)
             .unwrap();
@@ -70,7 +71,7 @@ fn malformed_entries_are_dead_lettered_at_processing_with_a_reason() {
     let _: String = redis::cmd("XADD")
         .arg(&stream)
         .arg("*")
-        .arg("payload")
+        .arg(inbound::PAYLOAD)
         .arg("{}")
         .query(&mut con)
         .unwrap();

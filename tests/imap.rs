@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use ms1_actors::store::schema::follow_up;
 use ms1_ingestor::dovecot_launcher::PrivateDovecot;
 use ms1_ingestor::synthetic::mime_message;
 use std::io::{BufRead, BufReader, Write};
@@ -388,9 +389,9 @@ fn an_unreachable_source_never_holds_back_another_sources_after_delivery() {
         let _: String = redis::cmd("XADD")
             .arg(format!("{PREFIX}stream:imapdone"))
             .arg("*")
-            .arg("mailbox")
+            .arg(follow_up::MAILBOX)
             .arg("down")
-            .arg("message_id")
+            .arg(follow_up::MESSAGE_ID)
             .arg(format!("7:{uid}"))
             .query(&mut con)
             .unwrap();

@@ -11,6 +11,7 @@
 mod common;
 
 use common::*;
+use ms1_actors::store::schema::inbound;
 use ms1_ingestor::dovecot_launcher::PrivateDovecot;
 use ms1_ingestor::synthetic::mime_message;
 use std::time::Duration;
@@ -168,11 +169,11 @@ fn entries_of_several_megabytes_are_read_and_sent_within_the_byte_budgets() {
             let _: String = redis::cmd("XADD")
                 .arg("ms1:stream:inbound")
                 .arg("*")
-                .arg("source")
+                .arg(inbound::SOURCE)
                 .arg("imap")
-                .arg("mailbox")
+                .arg(inbound::MAILBOX)
                 .arg("invoices")
-                .arg("payload")
+                .arg(inbound::PAYLOAD)
                 .arg(payload)
                 .query(&mut con)
                 .unwrap();

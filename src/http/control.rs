@@ -282,8 +282,8 @@ fn dead_letter_json(e: &Entry, full: bool) -> Value {
         "entry_id": f(d::ENTRY_ID), "kind": f(d::KIND), "source": f(d::SOURCE),
     });
     if full {
-        v["payload"] = json!(f("payload"));
-        v["response"] = json!(f("response"));
+        v["payload"] = json!(f(d::PAYLOAD));
+        v["response"] = json!(f(d::RESPONSE));
     }
     v
 }

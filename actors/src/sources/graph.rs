@@ -16,9 +16,9 @@
 
 use crate::clients::graph::{GraphClient, GraphError, Page};
 
+use super::schedule::{lease_token, Polled, Retry, Schedule, Source};
 use super::wait_for_backlog;
 use crate::messages::{Intake, TriggerPoll};
-use crate::retry::Backoff;
 use crate::settings::{GraphMode, Settings};
 use crate::shutdown::Shutdown;
 use crate::store::poll::PolledPage;
@@ -57,11 +57,7 @@ impl GraphPoller {
         shutdown: Shutdown,
         intake: watch::Receiver<Intake>,
     ) -> Self {
-        let token = format!(
-            "{}:{}",
-            settings.consumer_name(),
-            uuid::Uuid::new_v4().simple()
-        );
+        let token = lease_token(&settings.consumer_name());
         Self {
             mailbox,
             settings,
@@ -82,21 +78,30 @@ impl Actor for GraphPoller {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let delay = self.pacer.delay(Instant::now());
-        let run = PollLoop {
+        let mut source = PollLoop {
             mailbox: self.mailbox.clone(),
             settings: self.settings.clone(),
             store: self.store.clone(),
             graph: self.graph.clone(),
             health: self.health.clone(),
             shutdown: self.shutdown.clone(),
-            wake: self.wake.clone(),
             token: self.token.clone(),
+        };
+        let schedule = Schedule {
+            store: self.store.clone(),
+            health: self.health.clone(),
+            lease: self.mailbox.clone(),
+            token: self.token.clone(),
+            ttl: Duration::from_secs(self.settings.graph.lease_ttl_s),
+            retry: self.settings.graph.retry(),
             intake: self.intake.clone(),
+            wake: self.wake.clone(),
+            shutdown: self.shutdown.clone(),
         };
         let span = tracing::info_span!("poller", mailbox = %self.mailbox);
         let fut = async move {
             tokio::time::sleep(delay).await;
-            run.run().await
+            schedule.run(&mut source).await
         }
         .instrument(span);
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
@@ -122,6 +127,7 @@ impl Handler<TriggerPoll> for GraphPoller {
     }
 }
 
+/// One mailbox as a [`Source`].
 struct PollLoop {
     mailbox: String,
     settings: Arc<Settings>,
@@ -129,9 +135,7 @@ struct PollLoop {
     graph: Rc<GraphClient>,
     health: Health,
     shutdown: Shutdown,
-    wake: Rc<Notify>,
     token: String,
-    intake: watch::Receiver<Intake>,
 }
 
 /// How one poll ended, when it did not fail.
@@ -140,115 +144,41 @@ enum PollEnd {
     LeaseLost,
 }
 
+impl Source for PollLoop {
+    async fn poll(&mut self) -> Result<Polled, StoreError> {
+        let error = match self.poll_once().await {
+            Ok(PollEnd::Done { added }) => {
+                self.health.set_source_error(&self.mailbox, None);
+                return Ok(Polled::Done { added });
+            }
+            Ok(PollEnd::LeaseLost) => return Ok(Polled::LeaseLost),
+            Err(PollError::Store(e)) => return Err(e),
+            Err(PollError::Graph(e)) => e,
+        };
+        let retry = match error {
+            GraphError::SyncStateGone => {
+                tracing::warn!(
+                    "delta cursor expired (410): starting a full resync; idempotency drops repeats"
+                );
+                self.reset_cursor().await?;
+                Retry::Now
+            }
+            GraphError::Throttled(d) => Retry::After(d),
+            ref e if e.is_transient() => Retry::Backoff,
+            ref e => {
+                self.health
+                    .set_source_error(&self.mailbox, Some(e.to_string()));
+                Retry::Schedule
+            }
+        };
+        Ok(Polled::Failed {
+            error: error.to_string(),
+            retry,
+        })
+    }
+}
+
 impl PollLoop {
-    async fn run(self) -> Result<(), StoreError> {
-        let g = &self.settings.graph;
-        let lease_ttl = Duration::from_secs(g.lease_ttl_s);
-        let mut backoff = Backoff::new(self.settings.graph.retry());
-        let mut intake_rx = self.intake.clone();
-        let mut holding = false;
-        let mut was_active = false;
-        // When the next scheduled poll is due (`None`: only when triggered).
-        let mut next_poll: Option<Instant> = None;
-        while !self.shutdown.is_raised() {
-            let intake = intake_rx.borrow_and_update().clone();
-            if !intake.active {
-                // No session: no polling, and the mailbox's lease is free for another daemon.
-                if holding {
-                    let _ = self.store.release_lease(&self.mailbox, &self.token).await;
-                    holding = false;
-                }
-                was_active = false;
-                tokio::select! {
-                    _ = intake_rx.changed() => {}
-                    _ = self.shutdown.raised() => break,
-                }
-                continue;
-            }
-            if !was_active {
-                // A session (re)started: catch up at once.
-                was_active = true;
-                next_poll = Some(Instant::now());
-            }
-            let now = Instant::now();
-            let due = next_poll.is_some_and(|t| t <= now);
-            if !due {
-                // Wake for the next poll, a trigger, a session change, or to renew the lease.
-                let until_poll = next_poll.map_or(lease_ttl / 3, |t| t - now);
-                let mut triggered = false;
-                tokio::select! {
-                    _ = tokio::time::sleep(until_poll.min(lease_ttl / 3)) => {}
-                    _ = self.wake.notified() => triggered = true,
-                    _ = intake_rx.changed() => continue,
-                    _ = self.shutdown.raised() => break,
-                }
-                if !triggered && next_poll.is_none_or(|t| t > Instant::now()) {
-                    holding = self.renew(holding, lease_ttl).await?;
-                    continue;
-                }
-            }
-            next_poll = intake.scheduled.then(|| Instant::now() + intake.interval);
-            holding = self.renew(holding, lease_ttl).await?;
-            if !holding {
-                continue;
-            }
-            match self.poll_once().await {
-                Ok(PollEnd::Done { added }) => {
-                    backoff = Backoff::new(self.settings.graph.retry());
-                    if added > 0 {
-                        tracing::info!(added, session_id = %self.health.session(), "polled new messages");
-                    }
-                    self.health.set_source_error(&self.mailbox, None);
-                }
-                Ok(PollEnd::LeaseLost) => {
-                    tracing::warn!("lost the poller lease mid-poll; another daemon took over");
-                    holding = false;
-                }
-                Err(PollError::Store(e)) => return Err(e),
-                Err(PollError::Graph(GraphError::SyncStateGone)) => {
-                    tracing::warn!("delta cursor expired (410): starting a full resync; idempotency drops repeats");
-                    self.reset_cursor().await?;
-                    next_poll = Some(Instant::now());
-                }
-                Err(PollError::Graph(e)) if e.is_transient() => {
-                    let d = match e {
-                        GraphError::Throttled(d) => d,
-                        _ => backoff.next_delay(),
-                    };
-                    tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "poll failed; retrying");
-                    next_poll = Some(Instant::now() + d);
-                }
-                Err(PollError::Graph(e)) => {
-                    // Credentials or permissions: nothing to gain by hammering; the next poll
-                    // tries again and readiness says why (other mailboxes keep flowing).
-                    tracing::error!(error = %e, "poll refused by Graph; trying again next interval");
-                    self.health
-                        .set_source_error(&self.mailbox, Some(e.to_string()));
-                }
-            }
-        }
-        if holding {
-            let _ = self.store.release_lease(&self.mailbox, &self.token).await;
-        }
-        Ok(())
-    }
-
-    /// Takes or renews the mailbox's lease; says when it changed hands.
-    async fn renew(&self, holding: bool, ttl: Duration) -> Result<bool, StoreError> {
-        let held = self
-            .store
-            .hold_lease(&self.mailbox, &self.token, ttl)
-            .await?;
-        if held != holding {
-            if held {
-                tracing::info!("took the poller lease of this mailbox");
-            } else {
-                tracing::info!("another daemon polls this mailbox");
-            }
-        }
-        Ok(held)
-    }
-
     async fn reset_cursor(&self) -> Result<(), StoreError> {
         let page = PolledPage {
             mailbox: &self.mailbox,

@@ -9,6 +9,7 @@
 
 pub mod graph;
 pub mod imap;
+mod schedule;
 pub mod webhook;
 
 use crate::settings::Settings;

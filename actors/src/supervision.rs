@@ -45,6 +45,35 @@ impl RestartPacer {
     }
 }
 
+/// Starts an actor's work loop: after `delay` (its [`RestartPacer`]'s), inside `span`. When the
+/// loop returns `Ok`, `done` runs; an error restarts the actor ([`restart_after_failure`]).
+pub fn spawn_work<A, E>(
+    ctx: &mut actix::Context<A>,
+    name: &'static str,
+    delay: Duration,
+    span: tracing::Span,
+    health: crate::health::Health,
+    work: impl std::future::Future<Output = Result<(), E>> + 'static,
+    done: impl FnOnce(&mut A, &mut actix::Context<A>) + 'static,
+) where
+    A: actix::Actor<Context = actix::Context<A>>,
+    E: std::fmt::Display + 'static,
+{
+    use actix::{ActorFutureExt, AsyncContext};
+    use tracing::Instrument;
+    let fut = async move {
+        tokio::time::sleep(delay).await;
+        work.await
+    }
+    .instrument(span);
+    ctx.spawn(
+        actix::fut::wrap_future::<_, A>(fut).map(move |res, act, ctx| match res {
+            Ok(()) => done(act, ctx),
+            Err(e) => restart_after_failure(name, &e, &health, ctx),
+        }),
+    );
+}
+
 /// A work loop ended in error: log it, mark Redis as suspect for `/ready` (every loop's errors
 /// are Redis errors), and stop the actor so that its supervisor restarts it, paced by the
 /// actor's [`RestartPacer`].

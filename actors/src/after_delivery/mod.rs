@@ -32,12 +32,11 @@ use crate::shutdown::Shutdown;
 use crate::store::dlq::Stage;
 use crate::store::schema;
 use crate::store::{DeadLetter, Entry, Keys, Store, StoreError};
-use crate::supervision::RestartPacer;
+use crate::supervision::{spawn_work, RestartPacer};
 use actix::prelude::*;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::Instrument;
 
 /// What became of one follow-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,16 +121,9 @@ impl<A: Action> Actor for Worker<A> {
             action: (self.make)(),
             targets: BTreeMap::new(),
         };
-        let fut = async move {
-            tokio::time::sleep(delay).await;
-            run.run().await
-        }
-        .instrument(tracing::info_span!("after_delivery", worker = A::NAME));
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
-            if let Err(e) = res {
-                crate::supervision::restart_after_failure(A::NAME, &e, &act.health, ctx);
-            }
-        }));
+        let span = tracing::info_span!("after_delivery", worker = A::NAME);
+        let health = self.health.clone();
+        spawn_work(ctx, A::NAME, delay, span, health, run.run(), |_, _| {});
     }
 }
 

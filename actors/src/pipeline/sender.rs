@@ -35,7 +35,7 @@ use crate::store::keys::SENDERS;
 use crate::store::read_budget::{entry_bytes, within_budget};
 use crate::store::schema::outbound as F;
 use crate::store::{DeadLetter, Entry, ReadBudget, Scan, Store, StoreError};
-use crate::supervision::RestartPacer;
+use crate::supervision::{spawn_work, RestartPacer};
 use actix::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashSet, VecDeque};
@@ -120,24 +120,24 @@ impl Actor for Ms4Sender {
         let generation = self.generation;
         let shutdown = self.shutdown.clone();
         let span = tracing::info_span!("ms4_sender", consumer = %core.consumer);
-        let fut = async move {
-            tokio::time::sleep(delay).await;
-            feed(core, addr, generation, shutdown).await
-        }
-        .instrument(span);
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok(()) => {
+        let work = feed(core, addr, generation, shutdown);
+        let health = self.health.clone();
+        spawn_work(
+            ctx,
+            "ms4_sender",
+            delay,
+            span,
+            health,
+            work,
+            |act: &mut Self, _| {
                 if let Some(core) = &act.core {
                     core.feeding.set(false);
                     if core.in_flight.get() == 0 {
                         act.stopped.send_replace(true);
                     }
                 }
-            }
-            Err(e) => {
-                crate::supervision::restart_after_failure("ms4_sender", &e, &act.health, ctx);
-            }
-        }));
+            },
+        );
     }
 }
 

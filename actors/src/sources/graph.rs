@@ -23,14 +23,13 @@ use crate::settings::{GraphMode, Settings};
 use crate::shutdown::Shutdown;
 use crate::store::poll::PolledPage;
 use crate::store::{Store, StoreError};
-use crate::supervision::RestartPacer;
+use crate::supervision::{spawn_work, RestartPacer};
 use crate::{health::Health, metrics as m};
 use actix::prelude::*;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
-use tracing::Instrument;
 
 pub struct GraphPoller {
     mailbox: String,
@@ -99,17 +98,16 @@ impl Actor for GraphPoller {
             shutdown: self.shutdown.clone(),
         };
         let span = tracing::info_span!("poller", mailbox = %self.mailbox);
-        let fut = async move {
-            tokio::time::sleep(delay).await;
-            schedule.run(&mut source).await
-        }
-        .instrument(span);
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
-            if let Err(e) = res {
-                tracing::warn!(mailbox = %act.mailbox, "poller stopped");
-                crate::supervision::restart_after_failure("poller", &e, &act.health, ctx);
-            }
-        }));
+        let work = async move { schedule.run(&mut source).await };
+        spawn_work(
+            ctx,
+            "poller",
+            delay,
+            span,
+            self.health.clone(),
+            work,
+            |_, _| {},
+        );
     }
 }
 

@@ -23,7 +23,7 @@ use crate::store::dlq::Stage;
 use crate::store::keys::PROCESSORS;
 use crate::store::park::ParkState;
 use crate::store::{Entry, Handoff, OutboundRecord, ReadBudget, Scan, Store, StoreError};
-use crate::supervision::RestartPacer;
+use crate::supervision::{spawn_work, RestartPacer};
 use crate::{health::Health, metrics as m};
 use actix::prelude::*;
 use std::collections::BTreeMap;
@@ -31,7 +31,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tracing::Instrument;
 
 mod parking;
 mod plan;
@@ -107,19 +106,18 @@ impl Actor for BatchProcessor {
             parked: Default::default(),
         };
         let span = tracing::info_span!("batch_processor", consumer = %self.consumer);
-        let fut = async move {
-            tokio::time::sleep(delay).await;
-            work.run().await
-        }
-        .instrument(span);
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok(()) => {
+        let health = self.health.clone();
+        spawn_work(
+            ctx,
+            "batch_processor",
+            delay,
+            span,
+            health,
+            work.run(),
+            |act: &mut Self, _| {
                 act.stopped.send_replace(true);
-            }
-            Err(e) => {
-                crate::supervision::restart_after_failure("batch_processor", &e, &act.health, ctx);
-            }
-        }));
+            },
+        );
     }
 }
 

@@ -191,3 +191,38 @@ async fn apply(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_no_or_a_missing_folder_is_dead_lettered_anything_else_is_retried() {
+        let no = async_imap::error::Error::No("[TRYCREATE] Mailbox doesn't exist".into());
+        let refused = ImapError::of_command("gmail", "UID MOVE", no);
+        assert!(
+            matches!(Failure::from(refused), Failure::Refused(r) if r == "UID MOVE: [TRYCREATE] Mailbox doesn't exist")
+        );
+        let folder = ImapError::Folder {
+            source_name: "gmail".into(),
+            folder: "INBOX".into(),
+            reason: "gone".into(),
+        };
+        assert!(matches!(Failure::from(folder), Failure::Refused(r) if r == "SELECT: gone"));
+        let lost = ImapError::of_command(
+            "gmail",
+            "UID STORE",
+            async_imap::error::Error::ConnectionLost,
+        );
+        let late = ImapError::timeout("gmail", std::time::Duration::from_secs(30), "UID STORE");
+        let login = ImapError::Login {
+            source_name: "gmail".into(),
+            user: "u".into(),
+            mechanism: "LOGIN",
+            reason: "no".into(),
+        };
+        for e in [lost, late, login] {
+            assert!(matches!(Failure::from(e), Failure::Retry(_)));
+        }
+    }
+}

@@ -1,10 +1,16 @@
-//! Why an IMAP step failed, classified once by what the caller can do about it:
+//! Why an IMAP step failed, classified once by what the caller does about it. The poller
+//! names every failure in `/ready` and counts it in `ms1_imap_errors_total` ([`kind`]); the
+//! after-delivery action retries, or dead-letters what the server refused:
 //!
 //! | class | variants | the poller | the after-delivery action |
 //! | --- | --- | --- | --- |
-//! | refused configuration | `Login`, `Token` (rejected), `Tls`, `Folder` | degrades the source, tries again at its poll interval | retries (`Folder`: dead-letters) |
-//! | the server said NO | `Refused`, `Folder` | retries with backoff (`IDLE`: polls on schedule) | dead-letters |
-//! | transient | `Connect`, `Lost`, `Protocol`, `Timeout`, `Token` (transient) | reconnects with backoff | retries |
+//! | refused configuration ([`is_permanent`]) | `Login`, `Token` (rejected), `Tls`, `Folder` | tries again at its poll interval | retries (`Folder`: dead-letters) |
+//! | the server said NO ([`refusal`]) | `Refused`, `Folder` | `Refused`: reconnects with backoff (to `IDLE`: polls on schedule instead) | dead-letters |
+//! | transient | `Connect`, `Lost`, `Protocol`, `Timeout`, `Token` (for now) | reconnects with backoff | retries |
+//!
+//! [`kind`]: ImapError::kind
+//! [`is_permanent`]: ImapError::is_permanent
+//! [`refusal`]: ImapError::refusal
 //!
 //! Every message names the source and never holds a secret.
 

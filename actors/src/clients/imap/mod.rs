@@ -3,12 +3,13 @@
 //! `AUTHENTICATE XOAUTH2` with a token from the refresh-token grant), and the server's
 //! capabilities. Every step is bounded by `imap.timeout_ms`.
 //!
-//! Errors say which source failed and whether retrying can help: a refused login or token is
-//! [permanent](ImapError::is_permanent) until the configuration changes (readiness reports it),
-//! a lost connection is transient (reconnect with backoff); [`error`] has the classes.
+//! `Connector::connect` opens an `ImapFolder` (`folder.rs`) on the source's folder: the
+//! commands the IMAP poller and the after-delivery action send, each bounded the same way.
 //!
-//! [`Connector::connect`] opens an [`ImapFolder`] on the source's folder: the commands the IMAP
-//! poller and the after-delivery action send ([`folder`]).
+//! Every failure is one `ImapError` (`error.rs`), classified by what the caller does: a refused
+//! login or token is permanent until the configuration changes (readiness reports it), a NO to
+//! a command is a refusal (the after-delivery action dead-letters it), a lost connection or a
+//! timeout is transient (reconnect with backoff).
 
 mod error;
 mod folder;

@@ -6,26 +6,23 @@
 //! failure is retried.
 
 use super::{Action, Outcome};
-use crate::clients::imap::{Caps, Connector, ImapError, ImapSession};
+use crate::clients::imap::{Connector, ImapError, ImapFolder};
 use crate::metrics as m;
 use crate::settings::{AfterDelivery, ImapSource, Settings};
 use crate::store::keys::IMAP_AFTER_DELIVERY;
 use crate::store::{Entry, Keys};
-use futures_util::TryStreamExt;
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 /// One source's side: its settings, how to connect, and the open connection.
 struct Target {
     source: ImapSource,
     connector: Result<Connector, String>,
-    conn: Option<(ImapSession, Caps)>,
+    folder: Option<ImapFolder>,
 }
 
 /// Applies each IMAP source's `after_delivery` action.
 pub struct ImapAction {
     targets: BTreeMap<String, Target>,
-    timeout: Duration,
 }
 
 impl ImapAction {
@@ -39,20 +36,30 @@ impl ImapAction {
                 let target = Target {
                     source: s.clone(),
                     connector: Connector::new(s, timeout),
-                    conn: None,
+                    folder: None,
                 };
                 (s.name.clone(), target)
             })
             .collect();
-        Self { targets, timeout }
+        Self { targets }
     }
 }
 
-/// What became of a group of UIDs.
-enum Applied {
-    Done,
+/// Why a group of UIDs was not done.
+enum Failure {
+    /// For good: the server said NO, or the UIDs no longer name the messages.
     Refused(String),
+    /// For now: the connection, a timeout, an unexpected answer.
     Retry(ImapError),
+}
+
+impl From<ImapError> for Failure {
+    fn from(e: ImapError) -> Self {
+        match e.refusal() {
+            Some(reason) => Failure::Refused(reason),
+            None => Failure::Retry(e),
+        }
+    }
 }
 
 impl Action for ImapAction {
@@ -109,17 +116,17 @@ impl Action for ImapAction {
                 }
                 continue;
             }
-            let outcome = match apply(target, action, uv, &uids, self.timeout).await {
-                Applied::Done => {
+            let outcome = match apply(target, action, uv, &uids).await {
+                Ok(()) => {
                     if action != AfterDelivery::None {
                         metrics::counter!(m::IMAP_AFTER_DELIVERY, "action" => kind(action))
                             .increment(group.len() as u64);
                     }
                     Outcome::Done
                 }
-                Applied::Refused(reason) => refuse(&reason),
-                Applied::Retry(err) => {
-                    target.conn = None;
+                Err(Failure::Refused(reason)) => refuse(&reason),
+                Err(Failure::Retry(err)) => {
+                    target.folder = None;
                     unreachable = Some(err.to_string());
                     Outcome::Retry(err.to_string())
                 }
@@ -135,8 +142,8 @@ impl Action for ImapAction {
 
     async fn close(&mut self) {
         for t in self.targets.values_mut() {
-            if let Some((mut s, _)) = t.conn.take() {
-                let _ = tokio::time::timeout(Duration::from_secs(2), s.logout()).await;
+            if let Some(folder) = t.folder.take() {
+                folder.logout().await;
             }
         }
     }
@@ -156,106 +163,66 @@ async fn apply(
     action: AfterDelivery,
     uidvalidity: &str,
     uids: &[u32],
-    timeout: Duration,
-) -> Applied {
+) -> Result<(), Failure> {
     if action == AfterDelivery::None {
-        return Applied::Done;
+        return Ok(());
     }
-    let connector = match &target.connector {
-        Ok(c) => c,
-        Err(e) => return Applied::Refused(e.clone()),
-    };
-    let step = |during: &'static str| {
-        move |e: async_imap::error::Error| match e {
-            async_imap::error::Error::No(reason) => Err(format!("{during}: {reason}")),
-            other => Ok(connector.protocol(format!("{during}: {other}"))),
-        }
-    };
-    let within = |during: &'static str| ImapError::Timeout {
-        source_name: target.source.name.clone(),
-        after_ms: timeout.as_millis() as u64,
-        during,
-    };
-    if target.conn.is_none() {
-        match connector.connect().await {
-            Ok(c) => target.conn = Some(c),
-            Err(e) => return Applied::Retry(e),
-        }
+    let connector = target
+        .connector
+        .as_ref()
+        .map_err(|e| Failure::Refused(e.clone()))?;
+    if target.folder.is_none() {
+        // Every connect failure (a refused login too) is retried: the follow-ups wait, named
+        // in /ready, instead of being dead-lettered.
+        target.folder = Some(connector.connect().await.map_err(Failure::Retry)?);
     }
-    let folder = target.source.folder.clone();
-    let move_to = target.source.move_to.clone();
-    let (session, caps) = target.conn.as_mut().expect("connected above");
-    let caps = *caps;
-    let work = async {
-        let mailbox = session.select(&folder).await.map_err(step("SELECT"))?;
-        if mailbox.uid_validity.map(|v| v.to_string()).as_deref() != Some(uidvalidity) {
-            return Err(Err(format!(
-                "the folder's UIDVALIDITY changed since the message was fetched ({uidvalidity} -> {}): its UID no longer names it",
-                mailbox.uid_validity.unwrap_or(0)
-            )));
-        }
-        let set = uid_set(uids);
-        match action {
-            AfterDelivery::Seen => {
-                session
-                    .uid_store(&set, "+FLAGS.SILENT (\\Seen)")
-                    .await
-                    .map_err(step("UID STORE"))?
-                    .try_collect::<Vec<_>>()
-                    .await
-                    .map_err(step("UID STORE"))?;
-            }
-            AfterDelivery::Move if caps.mv => {
-                session
-                    .uid_mv(&set, &move_to)
-                    .await
-                    .map_err(step("UID MOVE"))?;
-            }
-            AfterDelivery::Move => {
-                session
-                    .uid_copy(&set, &move_to)
-                    .await
-                    .map_err(step("UID COPY"))?;
-                session
-                    .uid_store(&set, "+FLAGS.SILENT (\\Seen \\Deleted)")
-                    .await
-                    .map_err(step("UID STORE"))?
-                    .try_collect::<Vec<_>>()
-                    .await
-                    .map_err(step("UID STORE"))?;
-                if caps.uidplus {
-                    session
-                        .uid_expunge(&set)
-                        .await
-                        .map_err(step("UID EXPUNGE"))?
-                        .try_collect::<Vec<_>>()
-                        .await
-                        .map_err(step("UID EXPUNGE"))?;
-                } else {
-                    session
-                        .expunge()
-                        .await
-                        .map_err(step("EXPUNGE"))?
-                        .try_collect::<Vec<_>>()
-                        .await
-                        .map_err(step("EXPUNGE"))?;
-                }
-            }
-            AfterDelivery::None => {}
-        }
-        Ok::<(), Result<ImapError, String>>(())
-    };
-    match tokio::time::timeout(timeout, work).await {
-        Ok(Ok(())) => Applied::Done,
-        Ok(Err(Err(reason))) => Applied::Refused(reason),
-        Ok(Err(Ok(e))) => Applied::Retry(e),
-        Err(_) => Applied::Retry(within("after-delivery action")),
+    let folder = target.folder.as_mut().expect("connected above");
+    let selected = folder.select().await?;
+    if selected.uid_validity.to_string() != uidvalidity {
+        return Err(Failure::Refused(format!(
+            "the folder's UIDVALIDITY changed since the message was fetched ({uidvalidity} -> {}): its UID no longer names it",
+            selected.uid_validity
+        )));
     }
+    match action {
+        AfterDelivery::Seen => folder.mark_seen(uids).await?,
+        AfterDelivery::Move => folder.move_to(uids, &target.source.move_to).await?,
+        AfterDelivery::None => {}
+    }
+    Ok(())
 }
 
-fn uid_set(uids: &[u32]) -> String {
-    let mut sorted = uids.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    crate::clients::imap::uid_set(&sorted)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_no_or_a_missing_folder_is_dead_lettered_anything_else_is_retried() {
+        let no = async_imap::error::Error::No("[TRYCREATE] Mailbox doesn't exist".into());
+        let refused = ImapError::of_command("gmail", "UID MOVE", no);
+        assert!(
+            matches!(Failure::from(refused), Failure::Refused(r) if r == "UID MOVE: [TRYCREATE] Mailbox doesn't exist")
+        );
+        let folder = ImapError::Folder {
+            source_name: "gmail".into(),
+            folder: "INBOX".into(),
+            reason: "gone".into(),
+        };
+        assert!(matches!(Failure::from(folder), Failure::Refused(r) if r == "SELECT: gone"));
+        let lost = ImapError::of_command(
+            "gmail",
+            "UID STORE",
+            async_imap::error::Error::ConnectionLost,
+        );
+        let late = ImapError::timeout("gmail", std::time::Duration::from_secs(30), "UID STORE");
+        let login = ImapError::Login {
+            source_name: "gmail".into(),
+            user: "u".into(),
+            mechanism: "LOGIN",
+            reason: "no".into(),
+        };
+        for e in [lost, late, login] {
+            assert!(matches!(Failure::from(e), Failure::Retry(_)));
+        }
+    }
 }

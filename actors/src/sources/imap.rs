@@ -22,7 +22,7 @@
 //!   sources keep flowing) and is retried at the poll interval; a lost connection reconnects
 //!   with backoff. A Redis failure stops the loop for the supervisor.
 
-use crate::clients::imap::{uid_set, Caps, Connector, ImapError, ImapSession};
+use crate::clients::imap::{Connector, Fetched, ImapError, ImapFolder, Part, Woken};
 use crate::messages::{Intake, TriggerPoll};
 use crate::retry::Backoff;
 use crate::settings::{AfterDelivery, ImapSource, Settings};
@@ -32,10 +32,7 @@ use crate::store::{Store, StoreError};
 use crate::supervision::RestartPacer;
 use crate::{health::Health, metrics as m};
 use actix::prelude::*;
-use async_imap::extensions::idle::IdleResponse;
 use base64::Engine;
-use chrono::SecondsFormat;
-use futures_util::TryStreamExt;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -146,12 +143,6 @@ impl Handler<TriggerPoll> for ImapPoller {
     }
 }
 
-/// A logged-in session and what its server can do.
-struct Conn {
-    session: ImapSession,
-    caps: Caps,
-}
-
 struct ImapLoop {
     source: ImapSource,
     settings: Arc<Settings>,
@@ -163,7 +154,8 @@ struct ImapLoop {
     /// The source's name in lease and cursor keys.
     lease: String,
     connector: Connector,
-    conn: Option<Conn>,
+    /// The open session, when there is one.
+    conn: Option<ImapFolder>,
     /// The server refused IDLE once: poll on schedule only.
     idle_refused: bool,
 }
@@ -230,7 +222,7 @@ impl ImapLoop {
                 let can_idle = holding
                     && self.source.idle
                     && !self.idle_refused
-                    && self.conn.as_ref().is_some_and(|c| c.caps.idle);
+                    && self.conn.as_ref().is_some_and(|f| f.caps().idle);
                 if can_idle {
                     let renew = Duration::from_secs(self.settings.imap.idle_renew_s);
                     let wait = next_poll.map_or(renew, |t| (t - now).min(renew));
@@ -252,14 +244,12 @@ impl ImapLoop {
                         IdleEnd::Refused(e) => {
                             tracing::warn!(error = %e, "the server refuses IDLE: polling every poll_interval_s instead");
                             self.idle_refused = true;
-                            self.conn = None;
                         }
                         IdleEnd::Failed(e) => {
                             // Reconnect and poll after a backoff (a server that refuses IDLE
                             // at once must not turn this into a reconnect loop).
                             let d = backoff.next_delay();
                             tracing::info!(error = %e, retry_in_ms = d.as_millis() as u64, "IDLE ended by the server; reconnecting");
-                            self.conn = None;
                             next_poll = Some(Instant::now() + d);
                             continue;
                         }
@@ -302,7 +292,7 @@ impl ImapLoop {
                 }
                 Err(PollError::Imap(e)) => {
                     self.conn = None;
-                    metrics::counter!(m::IMAP_ERRORS, "source" => self.source.name.clone(), "kind" => error_kind(&e)).increment(1);
+                    metrics::counter!(m::IMAP_ERRORS, "source" => self.source.name.clone(), "kind" => e.kind()).increment(1);
                     self.health
                         .set_source_error(&super_key(&self.source.name), Some(e.to_string()));
                     let retry_in = if e.is_permanent() {
@@ -337,9 +327,14 @@ impl ImapLoop {
 
     /// Logs out politely (bounded), dropping the connection.
     async fn disconnect(&mut self) {
-        if let Some(mut c) = self.conn.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), c.session.logout()).await;
+        if let Some(folder) = self.conn.take() {
+            folder.logout().await;
         }
+    }
+
+    /// The open session (connected by [`poll_once`](Self::poll_once)).
+    fn folder(&mut self) -> &mut ImapFolder {
+        self.conn.as_mut().expect("connected")
     }
 
     /// One poll; a reused connection that turns out dead is replaced once at once.
@@ -358,41 +353,14 @@ impl ImapLoop {
     /// Fetches everything new in the folder, chunk by chunk, each written with its cursor.
     async fn poll_once(&mut self) -> Result<u64, PollError> {
         if self.conn.is_none() {
-            let (session, caps) = self.connector.connect().await?;
+            let folder = self.connector.connect().await?;
+            let caps = folder.caps();
             tracing::info!(idle = caps.idle, r#move = caps.mv, "connected");
-            self.conn = Some(Conn { session, caps });
+            self.conn = Some(folder);
         }
-        let folder = self.source.folder.clone();
         let name = self.source.name.clone();
-        let mailbox = {
-            let conn = self.conn.as_mut().expect("connected above");
-            let select =
-                tokio::time::timeout(self.settings.imap.timeout(), conn.session.select(&folder))
-                    .await;
-            match select {
-                Ok(Ok(mb)) => mb,
-                Ok(Err(async_imap::error::Error::No(reason))) => {
-                    return Err(ImapError::Folder {
-                        source_name: name,
-                        folder,
-                        reason,
-                    }
-                    .into())
-                }
-                Ok(Err(e)) => return Err(self.connector.protocol(format!("SELECT: {e}")).into()),
-                Err(_) => {
-                    return Err(ImapError::Timeout {
-                        source_name: name,
-                        after_ms: self.settings.imap.timeout_ms,
-                        during: "SELECT",
-                    }
-                    .into())
-                }
-            }
-        };
-        let uidvalidity = mailbox
-            .uid_validity
-            .ok_or_else(|| self.connector.protocol("SELECT reported no UIDVALIDITY"))?;
+        let selected = self.folder().select().await?;
+        let uidvalidity = selected.uid_validity;
         let mut last = match self.store.uid_cursor(&name).await? {
             Some(c) if c.uidvalidity == uidvalidity => c.last_uid,
             Some(c) => {
@@ -406,13 +374,16 @@ impl ImapLoop {
             }
             None => 0,
         };
-        let top = match mailbox.uid_next {
+        let top = match selected.uid_next {
             Some(next) => next.saturating_sub(1),
-            None => self.highest_uid_above(last).await?,
+            // Without UIDNEXT: the highest UID above the cursor.
+            None => {
+                let above = self.folder().uids_above(last).await?;
+                above.last().copied().unwrap_or(last)
+            }
         };
         let mut added = 0;
         let chunk = self.settings.imap.fetch_chunk;
-        let timeout = self.settings.imap.timeout();
         let writer = ChunkWriter {
             store: self.store.clone(),
             token: self.token.clone(),
@@ -435,21 +406,13 @@ impl ImapLoop {
             }
             let hi = last.saturating_add(chunk).min(top);
             for (batch, batch_last) in self.plan_fetches(last + 1, hi).await? {
-                let conn = self.conn.as_mut().expect("connected");
                 let limit = self.settings.imap.max_message_bytes;
                 let (fetched, written) = tokio::join!(
-                    fetch_batch(&mut conn.session, &batch, limit, timeout),
+                    fetch_batch(self.folder(), &batch, limit),
                     writer.write(unwritten.take())
                 );
                 added += written?;
-                let mails = match fetched {
-                    Ok(m) => m,
-                    Err(Some(e)) => {
-                        return Err(self.connector.protocol(format!("UID FETCH: {e}")).into())
-                    }
-                    Err(None) => return Err(self.timeout("UID FETCH").into()),
-                };
-                unwritten = Some((mails, batch_last));
+                unwritten = Some((fetched?, batch_last));
             }
             last = hi;
         }
@@ -457,49 +420,12 @@ impl ImapLoop {
         Ok(added)
     }
 
-    /// Without UIDNEXT: the highest UID above `last`, from `UID SEARCH` (0 when none).
-    async fn highest_uid_above(&mut self, last: u32) -> Result<u32, PollError> {
-        let query = format!("UID {}:*", last + 1);
-        let timeout = self.settings.imap.timeout();
-        let conn = self.conn.as_mut().expect("connected");
-        let found = tokio::time::timeout(timeout, conn.session.uid_search(&query)).await;
-        match found {
-            Ok(Ok(uids)) => Ok(uids.into_iter().filter(|u| *u > last).max().unwrap_or(last)),
-            Ok(Err(e)) => Err(self.connector.protocol(format!("UID SEARCH: {e}")).into()),
-            Err(_) => Err(self.timeout("UID SEARCH").into()),
-        }
-    }
-
-    fn timeout(&self, during: &'static str) -> ImapError {
-        ImapError::Timeout {
-            source_name: self.source.name.clone(),
-            after_ms: self.settings.imap.timeout_ms,
-            during,
-        }
-    }
-
     /// Splits the UIDs `lo..=hi` into FETCHes of at most `fetch_max_bytes` each (one message
     /// bigger than that goes alone; one above `max_message_bytes` is fetched as its header).
     /// Each batch carries the cursor to write after it: the last batch moves it to `hi`, so
     /// gaps (expunged UIDs) are passed once.
     async fn plan_fetches(&mut self, lo: u32, hi: u32) -> Result<Vec<(Batch, u32)>, PollError> {
-        let timeout = self.settings.imap.timeout();
-        let conn = self.conn.as_mut().expect("connected");
-        let sizes: Result<Vec<(u32, u32)>, _> = tokio::time::timeout(timeout, async {
-            conn.session
-                .uid_fetch(format!("{lo}:{hi}"), "(UID RFC822.SIZE)")
-                .await?
-                .try_filter_map(|f| async move { Ok(f.uid.map(|u| (u, f.size.unwrap_or(0)))) })
-                .try_collect()
-                .await
-        })
-        .await
-        .map_err(|_| self.timeout("UID FETCH sizes"))?;
-        let mut sizes =
-            sizes.map_err(|e| self.connector.protocol(format!("UID FETCH sizes: {e}")))?;
-        sizes.retain(|(u, _)| (lo..=hi).contains(u));
-        sizes.sort_unstable();
-        sizes.dedup_by_key(|(u, _)| *u);
+        let sizes = self.folder().sizes(lo, hi).await?;
         let imap = &self.settings.imap;
         Ok(batches(
             &sizes,
@@ -516,53 +442,35 @@ impl ImapLoop {
         wait: Duration,
         intake_rx: &mut watch::Receiver<Intake>,
     ) -> Result<IdleEnd, StoreError> {
-        let Some(conn) = self.conn.take() else {
+        let Some(folder) = self.conn.take() else {
             return Ok(IdleEnd::Triggered);
         };
-        let caps = conn.caps;
-        let mut handle = conn.session.idle();
-        let timeout = self.settings.imap.timeout();
-        match tokio::time::timeout(timeout, handle.init()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Ok(IdleEnd::Refused(
-                    self.connector.protocol(format!("IDLE: {e}")),
-                ))
-            }
-            Err(_) => return Ok(IdleEnd::Failed(self.timeout("IDLE"))),
-        }
         let renew_every = self.lease_ttl() / 3;
-        let end = {
-            let (fut, _stop) = handle.wait_with_timeout(wait);
-            tokio::pin!(fut);
+        let stop = async {
             loop {
                 tokio::select! {
-                    r = &mut fut => break match r {
-                        Ok(IdleResponse::NewData(_)) => IdleEnd::Changed,
-                        Ok(IdleResponse::Timeout) => IdleEnd::Timeout,
-                        Ok(IdleResponse::ManualInterrupt) => IdleEnd::Triggered,
-                        Err(e) => IdleEnd::Failed(self.connector.protocol(format!("IDLE: {e}"))),
-                    },
                     _ = tokio::time::sleep(renew_every) => {
-                        if !self.store.hold_lease(&self.lease, &self.token, self.lease_ttl()).await? {
-                            break IdleEnd::LeaseLost;
+                        match self.store.hold_lease(&self.lease, &self.token, self.lease_ttl()).await {
+                            Ok(true) => {}
+                            Ok(false) => return Ok(IdleEnd::LeaseLost),
+                            Err(e) => return Err(e),
                         }
                     }
-                    _ = self.wake.notified() => break IdleEnd::Triggered,
-                    _ = intake_rx.changed() => break IdleEnd::IntakeChanged,
-                    _ = self.shutdown.raised() => break IdleEnd::Shutdown,
+                    _ = self.wake.notified() => return Ok(IdleEnd::Triggered),
+                    _ = intake_rx.changed() => return Ok(IdleEnd::IntakeChanged),
+                    _ = self.shutdown.raised() => return Ok(IdleEnd::Shutdown),
                 }
             }
         };
-        if let IdleEnd::Failed(_) = end {
-            return Ok(end);
-        }
-        match tokio::time::timeout(timeout, handle.done()).await {
-            Ok(Ok(session)) => self.conn = Some(Conn { session, caps }),
-            Ok(Err(e)) => tracing::debug!(error = %e, "DONE failed; reconnecting on the next poll"),
-            Err(_) => tracing::debug!("DONE timed out; reconnecting on the next poll"),
-        }
-        Ok(end)
+        let idled = folder.idle(wait, stop).await;
+        self.conn = idled.folder;
+        Ok(match idled.end {
+            Ok(Woken::Changed) => IdleEnd::Changed,
+            Ok(Woken::Timeout) => IdleEnd::Timeout,
+            Ok(Woken::Stopped(end)) => end?,
+            Err(e @ ImapError::Refused { .. }) => IdleEnd::Refused(e),
+            Err(e) => IdleEnd::Failed(e),
+        })
     }
 }
 
@@ -599,128 +507,55 @@ impl ChunkWriter {
 }
 
 /// Fetches one batch: its whole messages, then the headers and BODYSTRUCTUREs of its
-/// oversized ones, in UID order. The error is `None` on timeout.
+/// oversized ones (above `limit`), in UID order.
 async fn fetch_batch(
-    session: &mut ImapSession,
+    folder: &mut ImapFolder,
     batch: &Batch,
     limit: u64,
-    timeout: Duration,
-) -> Result<Vec<FetchedMail>, Option<async_imap::error::Error>> {
-    let mut mails = fetch_mails(session, &uid_set(&batch.whole), timeout).await?;
+) -> Result<Vec<FetchedMail>, ImapError> {
+    let mut mails = folder
+        .fetch(&batch.whole, Part::Whole, |f| Some(mail(f, None)))
+        .await?;
     if !batch.headers.is_empty() {
-        mails.extend(fetch_headers(session, &batch.headers, limit, timeout).await?);
+        let uids: Vec<u32> = batch.headers.iter().map(|(u, _)| *u).collect();
+        let part = Part::Header {
+            max_bytes: HEADER_MAX_BYTES,
+        };
+        let headers = folder.fetch(&uids, part, |f| {
+            let &(_, size) = batch.headers.iter().find(|(u, _)| *u == f.uid)?;
+            tracing::warn!(
+                uid = f.uid,
+                size,
+                limit,
+                attachments = f.attachments.len(),
+                "message above imap.max_message_bytes: queued without its body"
+            );
+            let omitted = Omitted {
+                size: u64::from(size),
+                limit,
+                attachments: serde_json::to_string(&f.attachments)
+                    .expect("attachment metadata serializes"),
+            };
+            Some(mail(f, Some(omitted)))
+        });
+        mails.extend(headers.await?);
         mails.sort_unstable_by_key(|m| m.uid);
     }
     Ok(mails)
 }
 
-/// Fetches the header (its first [`HEADER_MAX_BYTES`]) and BODYSTRUCTURE of messages above
-/// `limit` (`(uid, size)`), without setting `\Seen`.
-async fn fetch_headers(
-    session: &mut ImapSession,
-    uids: &[(u32, u32)],
-    limit: u64,
-    timeout: Duration,
-) -> Result<Vec<FetchedMail>, Option<async_imap::error::Error>> {
-    let set: Vec<u32> = uids.iter().map(|(u, _)| *u).collect();
-    let query = format!("(UID INTERNALDATE BODY.PEEK[HEADER]<0.{HEADER_MAX_BYTES}> BODYSTRUCTURE)");
-    let fetched = tokio::time::timeout(timeout, async {
-        let mut out = Vec::new();
-        let mut stream = session.uid_fetch(uid_set(&set), &query).await?;
-        while let Some(f) = stream.try_next().await? {
-            let Some(uid) = f.uid else { continue };
-            let Some(&(_, size)) = uids.iter().find(|(u, _)| *u == uid) else {
-                continue;
-            };
-            let attachments = f
-                .bodystructure()
-                .map(crate::clients::imap::attachments_of)
-                .unwrap_or_default();
-            tracing::warn!(
-                uid,
-                size,
-                limit,
-                attachments = attachments.len(),
-                "message above imap.max_message_bytes: queued without its body"
-            );
-            out.push(FetchedMail {
-                uid,
-                internal_date: internal_date(&f),
-                payload: base64::engine::general_purpose::STANDARD
-                    .encode(f.header().unwrap_or_default()),
-                omitted: Some(Omitted {
-                    size: u64::from(size),
-                    limit,
-                    attachments: serde_json::to_string(&attachments)
-                        .expect("attachment metadata serializes"),
-                }),
-            });
-        }
-        Ok::<_, async_imap::error::Error>(out)
-    })
-    .await;
-    match fetched {
-        Ok(r) => r.map_err(Some),
-        Err(_) => Err(None),
-    }
-}
-
-/// A fetched message's INTERNALDATE as RFC 3339 ("" when the server sent none).
-fn internal_date(f: &async_imap::types::Fetch) -> String {
-    f.internal_date()
-        .map(|d| d.to_rfc3339_opts(SecondsFormat::Secs, true))
-        .unwrap_or_default()
-}
-
-/// Fetches whole messages (without setting `\Seen`); an empty set fetches nothing. The error
-/// is `None` on timeout.
-async fn fetch_mails(
-    session: &mut ImapSession,
-    uid_set: &str,
-    timeout: Duration,
-) -> Result<Vec<FetchedMail>, Option<async_imap::error::Error>> {
-    if uid_set.is_empty() {
-        return Ok(Vec::new());
-    }
-    let fetched = tokio::time::timeout(timeout, async {
-        let mut out = Vec::new();
-        let mut stream = session
-            .uid_fetch(uid_set, "(UID INTERNALDATE BODY.PEEK[])")
-            .await?;
-        while let Some(f) = stream.try_next().await? {
-            let (Some(uid), Some(body)) = (f.uid, f.body()) else {
-                continue;
-            };
-            out.push(FetchedMail {
-                uid,
-                internal_date: internal_date(&f),
-                payload: base64::engine::general_purpose::STANDARD.encode(body),
-                omitted: None,
-            });
-        }
-        Ok::<_, async_imap::error::Error>(out)
-    })
-    .await;
-    match fetched {
-        Ok(r) => r.map_err(Some),
-        Err(_) => Err(None),
+/// A fetched message (or its header, when `omitted`) as it is queued.
+fn mail(f: Fetched<'_>, omitted: Option<Omitted>) -> FetchedMail {
+    FetchedMail {
+        uid: f.uid,
+        payload: base64::engine::general_purpose::STANDARD.encode(f.bytes),
+        internal_date: f.internal_date,
+        omitted,
     }
 }
 
 fn super_key(source: &str) -> String {
     ImapPoller::health_key(source)
-}
-
-fn error_kind(e: &ImapError) -> &'static str {
-    match e {
-        ImapError::Connect { .. } => "connect",
-        ImapError::Tls { .. } => "tls",
-        ImapError::Login { .. } => "login",
-        ImapError::Token { .. } => "token",
-        ImapError::Folder { .. } => "folder",
-        ImapError::Protocol { .. } => "protocol",
-        ImapError::Timeout { .. } => "timeout",
-    }
 }
 
 /// Most bytes of an oversized message's header that are fetched (headers of real mail are a

@@ -3,18 +3,26 @@
 //! `AUTHENTICATE XOAUTH2` with a token from the refresh-token grant), and the server's
 //! capabilities. Every step is bounded by `imap.timeout_ms`.
 //!
-//! Errors say which source failed and whether retrying can help: a refused login or token is
-//! [permanent](ImapError::is_permanent) until the configuration changes (readiness reports it),
-//! a lost connection is transient (reconnect with backoff).
+//! `Connector::connect` opens an `ImapFolder` (`folder.rs`) on the source's folder: the
+//! commands the IMAP poller and the after-delivery action send, each bounded the same way.
+//!
+//! Every failure is one `ImapError` (`error.rs`), classified by what the caller does: a refused
+//! login or token is permanent until the configuration changes (readiness reports it), a NO to
+//! a command is a refusal (the after-delivery action dead-letters it), a lost connection or a
+//! timeout is transient (reconnect with backoff).
 
-use crate::clients::oauth::{Grant, OAuthError, TokenSource};
+mod error;
+mod folder;
+
+pub(crate) use error::ImapError;
+pub(crate) use folder::{Fetched, ImapFolder, Part, Woken};
+
+use crate::clients::oauth::{Grant, TokenSource};
 use crate::clients::xoauth2;
-use crate::model::AttachmentMeta;
 use crate::settings::{ImapAuth, ImapSource, ImapTls, Secret};
-use async_imap::imap_proto::{BodyStructure, ContentEncoding};
+use error::within;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -26,7 +34,7 @@ use tokio_rustls::client::TlsStream;
 
 /// The transport under an IMAP session.
 #[derive(Debug)]
-pub enum ImapStream {
+pub(crate) enum ImapStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
@@ -71,74 +79,18 @@ impl AsyncWrite for ImapStream {
     }
 }
 
-pub type ImapSession = async_imap::Session<ImapStream>;
-
-/// Why an IMAP step failed. Messages name the source; they never hold a secret.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ImapError {
-    #[error("IMAP source `{source_name}`: cannot connect to {addr}: {reason}")]
-    Connect {
-        source_name: String,
-        addr: String,
-        reason: String,
-    },
-    #[error("IMAP source `{source_name}`: TLS with {host} failed: {reason}")]
-    Tls {
-        source_name: String,
-        host: String,
-        reason: String,
-    },
-    #[error("IMAP source `{source_name}`: the server refused the login of `{user}` ({mechanism}): {reason}")]
-    Login {
-        source_name: String,
-        user: String,
-        mechanism: &'static str,
-        reason: String,
-    },
-    #[error("IMAP source `{source_name}`: no OAuth2 token for XOAUTH2: {error}")]
-    Token {
-        source_name: String,
-        error: OAuthError,
-    },
-    #[error("IMAP source `{source_name}`: folder `{folder}`: {reason}")]
-    Folder {
-        source_name: String,
-        folder: String,
-        reason: String,
-    },
-    #[error("IMAP source `{source_name}`: {reason}")]
-    Protocol { source_name: String, reason: String },
-    #[error("IMAP source `{source_name}`: no answer within {after_ms} ms ({during})")]
-    Timeout {
-        source_name: String,
-        after_ms: u64,
-        during: &'static str,
-    },
-}
-
-impl ImapError {
-    /// Nothing changes until the configuration (or the server's account) does: readiness says
-    /// why, and the source tries again at its poll interval instead of hammering the server.
-    pub fn is_permanent(&self) -> bool {
-        match self {
-            ImapError::Login { .. } | ImapError::Folder { .. } => true,
-            ImapError::Token { error, .. } => matches!(error, OAuthError::Rejected { .. }),
-            ImapError::Tls { .. } => true,
-            _ => false,
-        }
-    }
-}
+pub(crate) type ImapSession = async_imap::Session<ImapStream>;
 
 /// What the server can do, as far as the sources care.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Caps {
-    pub idle: bool,
-    pub mv: bool,
-    pub uidplus: bool,
+pub(crate) struct Caps {
+    pub(crate) idle: bool,
+    pub(crate) mv: bool,
+    pub(crate) uidplus: bool,
 }
 
 /// Opens logged-in sessions to one source. Not `Send` (the token source uses awc).
-pub struct Connector {
+pub(crate) struct Connector {
     source: ImapSource,
     password: Secret,
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -148,7 +100,7 @@ pub struct Connector {
 
 impl Connector {
     /// Resolves the secrets and the trust anchors of `source` (validated settings).
-    pub fn new(source: &ImapSource, timeout: Duration) -> Result<Self, String> {
+    pub(crate) fn new(source: &ImapSource, timeout: Duration) -> Result<Self, String> {
         let tls = match source.tls {
             ImapTls::None => None,
             _ => Some(Arc::new(tls_config(&source.ca_file)?)),
@@ -183,29 +135,14 @@ impl Connector {
     async fn within<T>(
         &self,
         during: &'static str,
-        fut: impl Future<Output = Result<T, ImapError>>,
+        fut: impl std::future::Future<Output = Result<T, ImapError>>,
     ) -> Result<T, ImapError> {
-        tokio::time::timeout(self.timeout, fut)
-            .await
-            .unwrap_or_else(|_| {
-                Err(ImapError::Timeout {
-                    source_name: self.name(),
-                    after_ms: self.timeout.as_millis() as u64,
-                    during,
-                })
-            })
+        within(&self.source.name, self.timeout, during, fut).await
     }
 
-    /// A protocol error of this source.
-    pub fn protocol(&self, e: impl std::fmt::Display) -> ImapError {
-        ImapError::Protocol {
-            source_name: self.name(),
-            reason: e.to_string(),
-        }
-    }
-
-    /// Connects, secures and logs in; returns the session and the server's capabilities.
-    pub async fn connect(&self) -> Result<(ImapSession, Caps), ImapError> {
+    /// Connects, secures and logs in; returns the session on the source's folder (not yet
+    /// selected) with the server's capabilities.
+    pub(crate) async fn connect(&self) -> Result<ImapFolder, ImapError> {
         let src = &self.source;
         let addr = format!("{}:{}", src.host, src.port());
         let tcp = self
@@ -256,7 +193,10 @@ impl Connector {
         let mut session = self.within("login", self.login(client)).await?;
         let caps = self
             .within("CAPABILITY", async {
-                session.capabilities().await.map_err(|e| self.protocol(e))
+                session
+                    .capabilities()
+                    .await
+                    .map_err(|e| ImapError::of_command(&src.name, "CAPABILITY", e))
             })
             .await?;
         let caps = Caps {
@@ -264,14 +204,28 @@ impl Connector {
             mv: caps.has_str("MOVE"),
             uidplus: caps.has_str("UIDPLUS"),
         };
-        Ok((session, caps))
+        Ok(ImapFolder::new(
+            session,
+            caps,
+            self.name(),
+            src.folder.clone(),
+            self.timeout,
+        ))
+    }
+
+    /// The connection of this source broke.
+    fn lost(&self, reason: impl Into<String>) -> ImapError {
+        ImapError::Lost {
+            source_name: self.name(),
+            reason: reason.into(),
+        }
     }
 
     async fn greeting(&self, c: &mut async_imap::Client<ImapStream>) -> Result<(), ImapError> {
         match c.read_response().await {
             Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(self.protocol("the server closed the connection before greeting")),
-            Err(e) => Err(self.protocol(format!("no greeting: {e}"))),
+            Ok(None) => Err(self.lost("the server closed the connection before greeting")),
+            Err(e) => Err(self.lost(format!("no greeting: {e}"))),
         }
     }
 
@@ -366,57 +320,6 @@ impl async_imap::Authenticator for &mut XOAuth2 {
     }
 }
 
-/// The attachments a BODYSTRUCTURE lists (for a message whose body is not fetched): every
-/// single part that is not a text body, or that has a file name or an `attachment`
-/// disposition, with its type and size. The size is the decoded size (for base64, as far as it
-/// follows from the encoded octets the server reports: 57 bytes per 78-octet line).
-pub fn attachments_of(bs: &BodyStructure<'_>) -> Vec<AttachmentMeta> {
-    let mut out = Vec::new();
-    walk_parts(bs, &mut out);
-    out
-}
-
-fn walk_parts(bs: &BodyStructure<'_>, out: &mut Vec<AttachmentMeta>) {
-    let (common, other) = match bs {
-        BodyStructure::Multipart { bodies, .. } => {
-            for b in bodies {
-                walk_parts(b, out);
-            }
-            return;
-        }
-        BodyStructure::Basic { common, other, .. }
-        | BodyStructure::Text { common, other, .. }
-        | BodyStructure::Message { common, other, .. } => (common, other),
-    };
-    let param = |params: &Option<Vec<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)>>,
-                 key: &str| {
-        params
-            .iter()
-            .flatten()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.to_string())
-    };
-    let disposition = common.disposition.as_ref();
-    let name = disposition
-        .and_then(|d| param(&d.params, "filename"))
-        .or_else(|| param(&common.ty.params, "name"));
-    let is_attachment = disposition.is_some_and(|d| d.ty.eq_ignore_ascii_case("attachment"));
-    let is_text = common.ty.ty.eq_ignore_ascii_case("text");
-    if !(is_attachment || name.is_some() || !is_text) {
-        return;
-    }
-    let octets = u64::from(other.octets);
-    let size = match other.transfer_encoding {
-        ContentEncoding::Base64 => octets * 57 / 78,
-        _ => octets,
-    };
-    out.push(AttachmentMeta {
-        name: name.unwrap_or_default(),
-        content_type: format!("{}/{}", common.ty.ty, common.ty.subtype).to_ascii_lowercase(),
-        size,
-    });
-}
-
 /// rustls with the Mozilla roots, plus the certificates of `ca_file` when given.
 fn tls_config(ca_file: &str) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore {
@@ -442,40 +345,10 @@ fn tls_config(ca_file: &str) -> Result<rustls::ClientConfig, String> {
         .map(|b| b.with_root_certificates(roots).with_no_client_auth())
 }
 
-/// `1:3,7,9:10` from sorted UIDs.
-pub fn uid_set(uids: &[u32]) -> String {
-    let mut out = String::new();
-    let mut i = 0;
-    while i < uids.len() {
-        let start = uids[i];
-        let mut end = start;
-        while i + 1 < uids.len() && uids[i + 1] == end + 1 {
-            i += 1;
-            end = uids[i];
-        }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        if start == end {
-            out.push_str(&start.to_string());
-        } else {
-            out.push_str(&format!("{start}:{end}"));
-        }
-        i += 1;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn uid_sets_are_compressed_into_ranges() {
-        assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
-        assert_eq!(uid_set(&[5]), "5");
-        assert_eq!(uid_set(&[]), "");
-    }
     use async_imap::Authenticator;
 
     #[test]
@@ -488,23 +361,6 @@ mod tests {
         );
         assert_eq!(a.process(br#"{"status":"401"}"#), Vec::<u8>::new());
         assert_eq!(auth.failure.as_deref(), Some(r#"{"status":"401"}"#));
-    }
-
-    #[test]
-    fn refused_logins_are_permanent_lost_connections_are_not() {
-        let login = ImapError::Login {
-            source_name: "gmail".into(),
-            user: "u@x.example".into(),
-            mechanism: "LOGIN",
-            reason: "no response: [AUTHENTICATIONFAILED]".into(),
-        };
-        assert!(login.is_permanent());
-        assert!(login.to_string().contains("`gmail`"), "{login}");
-        let lost = ImapError::Protocol {
-            source_name: "gmail".into(),
-            reason: "connection lost".into(),
-        };
-        assert!(!lost.is_permanent());
     }
 
     #[test]

@@ -22,14 +22,14 @@
 //!   sources keep flowing) and is retried at the poll interval; a lost connection reconnects
 //!   with backoff. A Redis failure stops the loop for the supervisor.
 
+use super::schedule::{lease_token, Polled, Retry, Schedule, Source, Wait, Waited};
 use crate::clients::imap::{Connector, Fetched, ImapError, ImapFolder, Part, Woken};
 use crate::messages::{Intake, TriggerPoll};
-use crate::retry::Backoff;
 use crate::settings::{AfterDelivery, ImapSource, Settings};
 use crate::shutdown::Shutdown;
 use crate::store::imap::{lease_name, FetchedChunk, FetchedMail, Omitted};
 use crate::store::{Store, StoreError};
-use crate::supervision::RestartPacer;
+use crate::supervision::{spawn_work, RestartPacer};
 use crate::{health::Health, metrics as m};
 use actix::prelude::*;
 use base64::Engine;
@@ -37,7 +37,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
-use tracing::Instrument;
 
 pub struct ImapPoller {
     source: ImapSource,
@@ -60,11 +59,7 @@ impl ImapPoller {
         shutdown: Shutdown,
         intake: watch::Receiver<Intake>,
     ) -> Self {
-        let token = format!(
-            "{}:{}",
-            settings.consumer_name(),
-            uuid::Uuid::new_v4().simple()
-        );
+        let token = lease_token(&settings.consumer_name());
         Self {
             source,
             settings,
@@ -101,31 +96,40 @@ impl Actor for ImapPoller {
                 return;
             }
         };
-        let run = ImapLoop {
+        let mut source = ImapLoop {
             source: self.source.clone(),
             settings: self.settings.clone(),
             store: self.store.clone(),
             health: self.health.clone(),
             shutdown: self.shutdown.clone(),
-            wake: self.wake.clone(),
             token: self.token.clone(),
             lease: lease_name(&self.source.name),
             connector,
             conn: None,
             idle_refused: false,
         };
-        let intake = self.intake.clone();
+        let schedule = Schedule {
+            store: self.store.clone(),
+            health: self.health.clone(),
+            lease: lease_name(&self.source.name),
+            token: self.token.clone(),
+            ttl: Duration::from_secs(self.settings.imap.lease_ttl_s),
+            retry: self.settings.imap.retry(),
+            intake: self.intake.clone(),
+            wake: self.wake.clone(),
+            shutdown: self.shutdown.clone(),
+        };
         let span = tracing::info_span!("imap_poller", source = %self.source.name);
-        let fut = async move {
-            tokio::time::sleep(delay).await;
-            run.run(intake).await
-        }
-        .instrument(span);
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
-            if let Err(e) = res {
-                crate::supervision::restart_after_failure("imap_poller", &e, &act.health, ctx);
-            }
-        }));
+        let work = async move { schedule.run(&mut source).await };
+        spawn_work(
+            ctx,
+            "imap_poller",
+            delay,
+            span,
+            self.health.clone(),
+            work,
+            |_, _| {},
+        );
     }
 }
 
@@ -149,7 +153,6 @@ struct ImapLoop {
     store: Store,
     health: Health,
     shutdown: Shutdown,
-    wake: Rc<Notify>,
     token: String,
     /// The source's name in lease and cursor keys.
     lease: String,
@@ -186,143 +189,87 @@ enum IdleEnd {
     Failed(ImapError),
 }
 
+impl Source for ImapLoop {
+    async fn poll(&mut self) -> Result<Polled, StoreError> {
+        let health_key = ImapPoller::health_key(&self.source.name);
+        let e = match self.poll().await {
+            Ok(added) => {
+                self.health.set_source_error(&health_key, None);
+                return Ok(Polled::Done { added });
+            }
+            Err(PollError::Store(e)) => return Err(e),
+            Err(PollError::LeaseLost) => return Ok(Polled::LeaseLost),
+            Err(PollError::Imap(e)) => e,
+        };
+        self.conn = None;
+        metrics::counter!(m::IMAP_ERRORS, "source" => self.source.name.clone(), "kind" => e.kind())
+            .increment(1);
+        self.health
+            .set_source_error(&health_key, Some(e.to_string()));
+        let retry = if e.is_permanent() {
+            // Credentials, TLS, a missing folder: again at the poll interval.
+            Retry::Refused(Duration::from_secs(self.source.poll_interval_s))
+        } else {
+            Retry::Backoff
+        };
+        Ok(Polled::Failed {
+            error: e.to_string(),
+            retry,
+        })
+    }
+
+    async fn wait(&mut self, wait: &mut Wait<'_>) -> Result<Waited, StoreError> {
+        let can_idle = wait.holding
+            && self.source.idle
+            && !self.idle_refused
+            && self.conn.as_ref().is_some_and(|f| f.caps().idle);
+        if !can_idle {
+            return Ok(wait.sleep().await);
+        }
+        // IDLE until the next poll, at most `idle_renew_s` (the lease is renewed meanwhile).
+        let renew = Duration::from_secs(self.settings.imap.idle_renew_s);
+        let until = wait.next_poll.map_or(renew, |t| {
+            t.saturating_duration_since(Instant::now()).min(renew)
+        });
+        Ok(match self.idle(until, wait).await? {
+            IdleEnd::Changed | IdleEnd::Triggered => Waited::Poll,
+            IdleEnd::Timeout => Waited::Timer,
+            IdleEnd::IntakeChanged => Waited::Again,
+            IdleEnd::Shutdown => Waited::Shutdown,
+            IdleEnd::LeaseLost => Waited::LeaseLost,
+            IdleEnd::Refused(e) => {
+                tracing::warn!(error = %e, "the server refuses IDLE: polling every poll_interval_s instead");
+                self.idle_refused = true;
+                Waited::Poll
+            }
+            IdleEnd::Failed(e) => {
+                // Reconnect and poll after a backoff (a server that refuses IDLE at once must
+                // not turn this into a reconnect loop).
+                tracing::info!(error = %e, "IDLE ended by the server; reconnecting");
+                Waited::Failed
+            }
+        })
+    }
+
+    async fn let_go(&mut self) {
+        self.disconnect().await;
+    }
+
+    fn interval(&self, _intake: &Intake) -> Duration {
+        Duration::from_secs(self.source.poll_interval_s)
+    }
+}
+
 impl ImapLoop {
     fn lease_ttl(&self) -> Duration {
         Duration::from_secs(self.settings.imap.lease_ttl_s)
     }
 
-    async fn run(mut self, mut intake_rx: watch::Receiver<Intake>) -> Result<(), StoreError> {
-        let mut backoff = Backoff::new(self.settings.imap.retry());
-        let mut holding = false;
-        let mut was_active = false;
-        let mut next_poll: Option<Instant> = None;
-        let interval = Duration::from_secs(self.source.poll_interval_s);
-        let renew_every = self.lease_ttl() / 3;
-        while !self.shutdown.is_raised() {
-            let intake = intake_rx.borrow_and_update().clone();
-            if !intake.active {
-                if holding {
-                    let _ = self.store.release_lease(&self.lease, &self.token).await;
-                    holding = false;
-                }
-                self.disconnect().await;
-                was_active = false;
-                tokio::select! {
-                    _ = intake_rx.changed() => {}
-                    _ = self.shutdown.raised() => break,
-                }
-                continue;
-            }
-            if !was_active {
-                was_active = true;
-                next_poll = Some(Instant::now());
-            }
-            let now = Instant::now();
-            if next_poll.is_none_or(|t| t > now) {
-                let can_idle = holding
-                    && self.source.idle
-                    && !self.idle_refused
-                    && self.conn.as_ref().is_some_and(|f| f.caps().idle);
-                if can_idle {
-                    let renew = Duration::from_secs(self.settings.imap.idle_renew_s);
-                    let wait = next_poll.map_or(renew, |t| (t - now).min(renew));
-                    match self.idle(wait, &mut intake_rx).await? {
-                        IdleEnd::Changed | IdleEnd::Triggered => {}
-                        IdleEnd::Timeout => {
-                            if next_poll.is_none_or(|t| t > Instant::now()) {
-                                continue; // re-issue IDLE
-                            }
-                        }
-                        IdleEnd::IntakeChanged => continue,
-                        IdleEnd::Shutdown => break,
-                        IdleEnd::LeaseLost => {
-                            tracing::info!("another daemon reads this source");
-                            holding = false;
-                            self.disconnect().await;
-                            continue;
-                        }
-                        IdleEnd::Refused(e) => {
-                            tracing::warn!(error = %e, "the server refuses IDLE: polling every poll_interval_s instead");
-                            self.idle_refused = true;
-                        }
-                        IdleEnd::Failed(e) => {
-                            // Reconnect and poll after a backoff (a server that refuses IDLE
-                            // at once must not turn this into a reconnect loop).
-                            let d = backoff.next_delay();
-                            tracing::info!(error = %e, retry_in_ms = d.as_millis() as u64, "IDLE ended by the server; reconnecting");
-                            next_poll = Some(Instant::now() + d);
-                            continue;
-                        }
-                    }
-                } else {
-                    let until = next_poll.map_or(renew_every, |t| t - now);
-                    let mut triggered = false;
-                    tokio::select! {
-                        _ = tokio::time::sleep(until.min(renew_every)) => {}
-                        _ = self.wake.notified() => triggered = true,
-                        _ = intake_rx.changed() => continue,
-                        _ = self.shutdown.raised() => break,
-                    }
-                    if !triggered && next_poll.is_none_or(|t| t > Instant::now()) {
-                        holding = self.renew(holding).await?;
-                        continue;
-                    }
-                }
-            }
-            next_poll = intake.scheduled.then(|| Instant::now() + interval);
-            holding = self.renew(holding).await?;
-            if !holding {
-                self.disconnect().await;
-                continue;
-            }
-            match self.poll().await {
-                Ok(added) => {
-                    backoff = Backoff::new(self.settings.imap.retry());
-                    self.health
-                        .set_source_error(&super_key(&self.source.name), None);
-                    if added > 0 {
-                        tracing::info!(added, session_id = %self.health.session(), "polled new messages");
-                    }
-                }
-                Err(PollError::Store(e)) => return Err(e),
-                Err(PollError::LeaseLost) => {
-                    tracing::warn!("lost the source's lease mid-poll; another daemon took over");
-                    holding = false;
-                    self.disconnect().await;
-                }
-                Err(PollError::Imap(e)) => {
-                    self.conn = None;
-                    metrics::counter!(m::IMAP_ERRORS, "source" => self.source.name.clone(), "kind" => e.kind()).increment(1);
-                    self.health
-                        .set_source_error(&super_key(&self.source.name), Some(e.to_string()));
-                    let retry_in = if e.is_permanent() {
-                        tracing::error!(error = %e, retry_in_s = interval.as_secs(), "IMAP source refused; other sources keep flowing");
-                        interval
-                    } else {
-                        let d = backoff.next_delay();
-                        tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "IMAP poll failed; retrying");
-                        d
-                    };
-                    next_poll = Some(Instant::now() + retry_in);
-                }
-            }
-        }
-        if holding {
-            let _ = self.store.release_lease(&self.lease, &self.token).await;
-        }
-        self.disconnect().await;
-        Ok(())
-    }
-
-    async fn renew(&self, holding: bool) -> Result<bool, StoreError> {
-        let held = self
-            .store
+    /// Renews the lease while working; false when another daemon holds it now.
+    async fn hold(&self) -> Result<bool, StoreError> {
+        self.store
             .hold_lease(&self.lease, &self.token, self.lease_ttl())
-            .await?;
-        if held && !holding {
-            tracing::info!("took the poller lease of this source");
-        }
-        Ok(held)
+            .await
     }
 
     /// Logs out politely (bounded), dropping the connection.
@@ -401,7 +348,7 @@ impl ImapLoop {
             if self.shutdown.is_raised() {
                 break;
             }
-            if !self.renew(true).await? {
+            if !self.hold().await? {
                 return Err(PollError::LeaseLost);
             }
             let hi = last.saturating_add(chunk).min(top);
@@ -437,11 +384,7 @@ impl ImapLoop {
 
     /// Waits in IDLE until the server reports a change, `wait` passes, or something else needs
     /// the loop; renews the lease meanwhile.
-    async fn idle(
-        &mut self,
-        wait: Duration,
-        intake_rx: &mut watch::Receiver<Intake>,
-    ) -> Result<IdleEnd, StoreError> {
+    async fn idle(&mut self, until: Duration, w: &mut Wait<'_>) -> Result<IdleEnd, StoreError> {
         let Some(folder) = self.conn.take() else {
             return Ok(IdleEnd::Triggered);
         };
@@ -456,13 +399,13 @@ impl ImapLoop {
                             Err(e) => return Err(e),
                         }
                     }
-                    _ = self.wake.notified() => return Ok(IdleEnd::Triggered),
-                    _ = intake_rx.changed() => return Ok(IdleEnd::IntakeChanged),
-                    _ = self.shutdown.raised() => return Ok(IdleEnd::Shutdown),
+                    _ = w.wake.notified() => return Ok(IdleEnd::Triggered),
+                    _ = w.intake.changed() => return Ok(IdleEnd::IntakeChanged),
+                    _ = w.shutdown.raised() => return Ok(IdleEnd::Shutdown),
                 }
             }
         };
-        let idled = folder.idle(wait, stop).await;
+        let idled = folder.idle(until, stop).await;
         self.conn = idled.folder;
         Ok(match idled.end {
             Ok(Woken::Changed) => IdleEnd::Changed,
@@ -552,10 +495,6 @@ fn mail(f: Fetched<'_>, omitted: Option<Omitted>) -> FetchedMail {
         internal_date: f.internal_date,
         omitted,
     }
-}
-
-fn super_key(source: &str) -> String {
-    ImapPoller::health_key(source)
 }
 
 /// Most bytes of an oversized message's header that are fetched (headers of real mail are a

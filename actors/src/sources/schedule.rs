@@ -41,6 +41,9 @@ pub(crate) enum Retry {
     Now,
     /// At the next scheduled poll (a refusal an operator must fix).
     Schedule,
+    /// After this long, and said as a refusal an operator must fix (IMAP: at the poll interval
+    /// also when the session polls only when triggered).
+    Refused(Duration),
 }
 
 /// How a wait ended.
@@ -65,6 +68,8 @@ pub(crate) struct Wait<'a> {
     pub(crate) until: Duration,
     /// The next scheduled poll (`None`: only when triggered).
     pub(crate) next_poll: Option<Instant>,
+    /// This daemon holds the source's lease.
+    pub(crate) holding: bool,
     pub(crate) intake: &'a mut watch::Receiver<Intake>,
     pub(crate) wake: &'a Notify,
     pub(crate) shutdown: &'a Shutdown,
@@ -157,6 +162,7 @@ impl Schedule {
                 let mut wait = Wait {
                     until: next_poll.map_or(renew_every, |t| t - now).min(renew_every),
                     next_poll,
+                    holding,
                     intake: &mut self.intake,
                     wake: &self.wake,
                     shutdown: &self.shutdown,
@@ -208,10 +214,15 @@ impl Schedule {
                         Retry::Backoff => backoff.next_delay(),
                         Retry::After(d) => d,
                         Retry::Now => Duration::ZERO,
+                        // Credentials or permissions: nothing to gain by hammering; readiness
+                        // says why, and the other sources keep flowing.
                         Retry::Schedule => {
-                            // Credentials or permissions: nothing to gain by hammering; the
-                            // next poll tries again and readiness says why.
                             tracing::error!(%error, "poll refused; trying again at the next scheduled poll; other sources keep flowing");
+                            continue;
+                        }
+                        Retry::Refused(d) => {
+                            tracing::error!(%error, retry_in_s = d.as_secs(), "poll refused; other sources keep flowing");
+                            next_poll = Some(Instant::now() + d);
                             continue;
                         }
                     };

@@ -57,9 +57,9 @@ pub struct Pipeline {
     /// The DLQ for operators: list, show, replay, purge.
     pub dead_letters: Addr<control::deadletters::DeadLetterOffice>,
     /// One poller per Graph mailbox.
-    pub pollers: BTreeMap<String, Addr<sources::graph::GraphPoller>>,
+    pollers: BTreeMap<String, Addr<sources::graph::GraphPoller>>,
     /// One poller per IMAP source, by source name.
-    pub imap_pollers: BTreeMap<String, Addr<sources::imap::ImapPoller>>,
+    imap_pollers: BTreeMap<String, Addr<sources::imap::ImapPoller>>,
     /// IMAP after-delivery actions, when a source has one.
     pub imap_after_delivery: Option<Addr<after_delivery::Worker<after_delivery::imap::ImapAction>>>,
     /// Graph change notifications, when `webhook.enabled`.
@@ -121,6 +121,13 @@ impl Pipeline {
 
         // Intake follows the session: the SessionManager opens and closes it.
         let intake = Arc::new(tokio::sync::watch::channel(messages::Intake::closed()).0);
+        let sources = sources::PollerContext {
+            store: store.clone(),
+            health: health.clone(),
+            shutdown: shutdown.clone(),
+            intake: intake.subscribe(),
+            consumer: settings.consumer_name(),
+        };
         // Graph: one client (and token cache) for this thread's actors.
         let mut pollers = BTreeMap::new();
         let mut webhook = None;
@@ -138,21 +145,9 @@ impl Pipeline {
                 .with_agent(clients::graph::user_agent(&settings.consumer_name())),
             );
             for name in &settings.graph.mailboxes {
-                let (mailbox, settings, store, graph, health, shutdown, intake) = (
-                    name.clone(),
-                    settings.clone(),
-                    store.clone(),
-                    graph.clone(),
-                    health.clone(),
-                    shutdown.clone(),
-                    intake.subscribe(),
-                );
-                let addr = Supervisor::start(move |_| {
-                    sources::graph::GraphPoller::new(
-                        mailbox, settings, store, graph, health, shutdown, intake,
-                    )
-                });
-                pollers.insert(name.clone(), addr);
+                let poller =
+                    sources::graph::poller(name.clone(), settings.clone(), graph.clone(), &sources);
+                pollers.insert(name.clone(), Supervisor::start(move |_| poller));
             }
             if settings.graph.mode == settings::GraphMode::Unread {
                 let (settings, store, graph, health, shutdown) = (
@@ -185,18 +180,8 @@ impl Pipeline {
         }
         let mut imap_pollers = BTreeMap::new();
         for source in &settings.imap.sources {
-            let (src, settings, store, health, shutdown, intake) = (
-                source.clone(),
-                settings.clone(),
-                store.clone(),
-                health.clone(),
-                shutdown.clone(),
-                intake.subscribe(),
-            );
-            let addr = Supervisor::start(move |_| {
-                sources::imap::ImapPoller::new(src, settings, store, health, shutdown, intake)
-            });
-            imap_pollers.insert(source.name.clone(), addr);
+            let poller = sources::imap::poller(source.clone(), settings.clone(), &sources);
+            imap_pollers.insert(source.name.clone(), Supervisor::start(move |_| poller));
         }
         // With any IMAP source (also when no action is configured now: it settles what an
         // earlier configuration queued).

@@ -16,117 +16,46 @@
 
 use crate::clients::graph::{GraphClient, GraphError, Page};
 
-use super::schedule::{lease_token, Polled, Retry, Schedule, Source};
+use super::schedule::{Polled, Poller, PollerContext, Retry, Source};
 use super::wait_for_backlog;
-use crate::messages::{Intake, TriggerPoll};
 use crate::settings::{GraphMode, Settings};
 use crate::shutdown::Shutdown;
 use crate::store::poll::PolledPage;
 use crate::store::{Store, StoreError};
-use crate::supervision::{spawn_work, RestartPacer};
 use crate::{health::Health, metrics as m};
-use actix::prelude::*;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::{watch, Notify};
+use std::time::Duration;
 
-pub struct GraphPoller {
+/// The poller of one Graph mailbox.
+pub(crate) type GraphPoller = Poller<PollLoop>;
+
+/// The poller of `mailbox`, reading through `graph`.
+pub(crate) fn poller(
     mailbox: String,
     settings: Arc<Settings>,
-    store: Store,
     graph: Rc<GraphClient>,
-    health: Health,
-    shutdown: Shutdown,
-    pacer: RestartPacer,
-    wake: Rc<Notify>,
-    /// This daemon's lease token for the mailbox.
-    token: String,
-    /// Whether (and how) the current session wants polling.
-    intake: watch::Receiver<Intake>,
-}
-
-impl GraphPoller {
-    pub fn new(
-        mailbox: String,
-        settings: Arc<Settings>,
-        store: Store,
-        graph: Rc<GraphClient>,
-        health: Health,
-        shutdown: Shutdown,
-        intake: watch::Receiver<Intake>,
-    ) -> Self {
-        let token = lease_token(&settings.consumer_name());
-        Self {
-            mailbox,
-            settings,
-            store,
-            graph,
-            health,
-            shutdown,
-            pacer: RestartPacer::new("poller"),
-            wake: Rc::new(Notify::new()),
-            token,
-            intake,
-        }
-    }
-}
-
-impl Actor for GraphPoller {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        let delay = self.pacer.delay(Instant::now());
-        let mut source = PollLoop {
-            mailbox: self.mailbox.clone(),
-            settings: self.settings.clone(),
-            store: self.store.clone(),
-            graph: self.graph.clone(),
-            health: self.health.clone(),
-            shutdown: self.shutdown.clone(),
-            token: self.token.clone(),
-        };
-        let schedule = Schedule {
-            store: self.store.clone(),
-            health: self.health.clone(),
-            lease: self.mailbox.clone(),
-            token: self.token.clone(),
-            ttl: Duration::from_secs(self.settings.graph.lease_ttl_s),
-            retry: self.settings.graph.retry(),
-            intake: self.intake.clone(),
-            wake: self.wake.clone(),
-            shutdown: self.shutdown.clone(),
-        };
-        let span = tracing::info_span!("poller", mailbox = %self.mailbox);
-        let work = async move { schedule.run(&mut source).await };
-        spawn_work(
-            ctx,
-            "poller",
-            delay,
-            span,
-            self.health.clone(),
-            work,
-            |_, _| {},
-        );
-    }
-}
-
-impl Supervised for GraphPoller {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        self.pacer.on_restart();
-    }
-}
-
-impl Handler<TriggerPoll> for GraphPoller {
-    type Result = ();
-
-    fn handle(&mut self, _: TriggerPoll, _ctx: &mut Context<Self>) {
-        self.wake.notify_one();
-    }
+    ctx: &PollerContext,
+) -> GraphPoller {
+    let g = &settings.graph;
+    let (ttl, retry) = (Duration::from_secs(g.lease_ttl_s), g.retry());
+    let (store, health, shutdown) = (ctx.store.clone(), ctx.health.clone(), ctx.shutdown.clone());
+    let name = mailbox.clone();
+    Poller::new(mailbox.clone(), mailbox, ttl, retry, ctx, move |token| {
+        Ok(PollLoop {
+            mailbox: name.clone(),
+            settings: settings.clone(),
+            store: store.clone(),
+            graph: graph.clone(),
+            health: health.clone(),
+            shutdown: shutdown.clone(),
+            token: token.to_string(),
+        })
+    })
 }
 
 /// One mailbox as a [`Source`].
-struct PollLoop {
+pub(crate) struct PollLoop {
     mailbox: String,
     settings: Arc<Settings>,
     store: Store,
@@ -143,10 +72,20 @@ enum PollEnd {
 }
 
 impl Source for PollLoop {
+    const NAME: &'static str = "poller";
+
+    fn span(mailbox: &str) -> tracing::Span {
+        tracing::info_span!("poller", mailbox = %mailbox)
+    }
+
+    fn health_key(mailbox: &str) -> String {
+        mailbox.to_string()
+    }
+
     async fn poll(&mut self) -> Result<Polled, StoreError> {
         let error = match self.poll_once().await {
             Ok(PollEnd::Done { added }) => {
-                self.health.set_source_error(&self.mailbox, None);
+                self.health.set_source_error(&Self::health_key(&self.mailbox), None);
                 return Ok(Polled::Done { added });
             }
             Ok(PollEnd::LeaseLost) => return Ok(Polled::LeaseLost),
@@ -165,7 +104,7 @@ impl Source for PollLoop {
             ref e if e.is_transient() => Retry::Backoff,
             ref e => {
                 self.health
-                    .set_source_error(&self.mailbox, Some(e.to_string()));
+                    .set_source_error(&Self::health_key(&self.mailbox), Some(e.to_string()));
                 Retry::Schedule
             }
         };

@@ -22,132 +22,52 @@
 //!   sources keep flowing) and is retried at the poll interval; a lost connection reconnects
 //!   with backoff. A Redis failure stops the loop for the supervisor.
 
-use super::schedule::{lease_token, Polled, Retry, Schedule, Source, Wait, Waited};
+use super::schedule::{Polled, Poller, PollerContext, Retry, Source, Wait, Waited};
 use crate::clients::imap::{Connector, Fetched, ImapError, ImapFolder, Part, Woken};
-use crate::messages::{Intake, TriggerPoll};
+use crate::messages::Intake;
 use crate::settings::{AfterDelivery, ImapSource, Settings};
 use crate::shutdown::Shutdown;
 use crate::store::imap::{lease_name, FetchedChunk, FetchedMail, Omitted};
 use crate::store::{Store, StoreError};
-use crate::supervision::{spawn_work, RestartPacer};
 use crate::{health::Health, metrics as m};
-use actix::prelude::*;
 use base64::Engine;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Notify};
 
-pub struct ImapPoller {
-    source: ImapSource,
-    settings: Arc<Settings>,
-    store: Store,
-    health: Health,
-    shutdown: Shutdown,
-    pacer: RestartPacer,
-    wake: Rc<Notify>,
-    token: String,
-    intake: watch::Receiver<Intake>,
-}
+/// The poller of one IMAP source.
+pub(crate) type ImapPoller = Poller<ImapLoop>;
 
-impl ImapPoller {
-    pub fn new(
-        source: ImapSource,
-        settings: Arc<Settings>,
-        store: Store,
-        health: Health,
-        shutdown: Shutdown,
-        intake: watch::Receiver<Intake>,
-    ) -> Self {
-        let token = lease_token(&settings.consumer_name());
-        Self {
-            source,
-            settings,
-            store,
-            health,
-            shutdown,
-            pacer: RestartPacer::new("imap_poller"),
-            wake: Rc::new(Notify::new()),
-            token,
-            intake,
-        }
-    }
-
-    /// The key of this source in readiness' `degraded_sources`.
-    pub fn health_key(source: &str) -> String {
-        format!("imap:{source}")
-    }
-}
-
-impl Actor for ImapPoller {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        let delay = self.pacer.delay(Instant::now());
-        let connector = match Connector::new(&self.source, self.settings.imap.timeout()) {
-            Ok(c) => c,
-            Err(e) => {
-                // Validated settings make this rare (a CA file removed since): say why, and
-                // leave the other sources running.
-                let reason = format!("IMAP source `{}`: {e}", self.source.name);
-                tracing::error!(source = %self.source.name, error = %reason, "IMAP source cannot start");
-                self.health
-                    .set_source_error(&Self::health_key(&self.source.name), Some(reason));
-                return;
-            }
-        };
-        let mut source = ImapLoop {
-            source: self.source.clone(),
-            settings: self.settings.clone(),
-            store: self.store.clone(),
-            health: self.health.clone(),
-            shutdown: self.shutdown.clone(),
-            token: self.token.clone(),
-            lease: lease_name(&self.source.name),
+/// The poller of `source`.
+pub(crate) fn poller(source: ImapSource, settings: Arc<Settings>, ctx: &PollerContext) -> ImapPoller {
+    let imap = &settings.imap;
+    let (ttl, retry) = (Duration::from_secs(imap.lease_ttl_s), imap.retry());
+    let (store, health, shutdown) = (ctx.store.clone(), ctx.health.clone(), ctx.shutdown.clone());
+    let (name, lease) = (source.name.clone(), lease_name(&source.name));
+    Poller::new(name, lease, ttl, retry, ctx, move |token| {
+        let connector = Connector::new(&source, settings.imap.timeout())
+            .map_err(|e| format!("IMAP source `{}`: {e}", source.name))?;
+        Ok(ImapLoop {
+            source: source.clone(),
+            settings: settings.clone(),
+            store: store.clone(),
+            health: health.clone(),
+            shutdown: shutdown.clone(),
+            token: token.to_string(),
+            lease: lease_name(&source.name),
             connector,
             conn: None,
             idle_refused: false,
-        };
-        let schedule = Schedule {
-            store: self.store.clone(),
-            health: self.health.clone(),
-            lease: lease_name(&self.source.name),
-            token: self.token.clone(),
-            ttl: Duration::from_secs(self.settings.imap.lease_ttl_s),
-            retry: self.settings.imap.retry(),
-            intake: self.intake.clone(),
-            wake: self.wake.clone(),
-            shutdown: self.shutdown.clone(),
-        };
-        let span = tracing::info_span!("imap_poller", source = %self.source.name);
-        let work = async move { schedule.run(&mut source).await };
-        spawn_work(
-            ctx,
-            "imap_poller",
-            delay,
-            span,
-            self.health.clone(),
-            work,
-            |_, _| {},
-        );
-    }
+        })
+    })
 }
 
-impl Supervised for ImapPoller {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        self.pacer.on_restart();
-    }
+/// The key of an IMAP source in readiness' `degraded_sources`.
+pub fn health_key(source: &str) -> String {
+    format!("imap:{source}")
 }
 
-impl Handler<TriggerPoll> for ImapPoller {
-    type Result = ();
-
-    fn handle(&mut self, _: TriggerPoll, _ctx: &mut Context<Self>) {
-        self.wake.notify_one();
-    }
-}
-
-struct ImapLoop {
+/// One IMAP folder as a [`Source`].
+pub(crate) struct ImapLoop {
     source: ImapSource,
     settings: Arc<Settings>,
     store: Store,
@@ -190,8 +110,18 @@ enum IdleEnd {
 }
 
 impl Source for ImapLoop {
+    const NAME: &'static str = "imap_poller";
+
+    fn span(source: &str) -> tracing::Span {
+        tracing::info_span!("imap_poller", source = %source)
+    }
+
+    fn health_key(source: &str) -> String {
+        health_key(source)
+    }
+
     async fn poll(&mut self) -> Result<Polled, StoreError> {
-        let health_key = ImapPoller::health_key(&self.source.name);
+        let health_key = health_key(&self.source.name);
         let e = match self.poll().await {
             Ok(added) => {
                 self.health.set_source_error(&health_key, None);

@@ -10,6 +10,9 @@
 pub mod graph;
 pub mod imap;
 mod schedule;
+
+pub(crate) use schedule::Poller;
+pub(crate) use schedule::PollerContext;
 pub mod webhook;
 
 use crate::settings::Settings;

@@ -10,14 +10,17 @@
 //! - **Failures.** The source says what a failure calls for ([`Retry`]); transient ones back off
 //!   on the source's own `retry_min_ms`/`retry_max_ms`, and a success starts the backoff over.
 //!
-//! A source implements [`Source`]: how to poll, and (optionally) how to wait.
+//! A source implements [`Source`]: how to poll, and (optionally) how to wait; a [`Poller`]
+//! is the supervised actor that runs one.
 
 use crate::health::Health;
-use crate::messages::Intake;
+use crate::messages::{Intake, TriggerPoll};
 use crate::retry::Backoff;
 use crate::settings::RetryBounds;
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
+use crate::supervision::{spawn_work, RestartPacer};
+use actix::{Actor, Context, Handler, Supervised};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
@@ -91,7 +94,16 @@ impl Wait<'_> {
 /// One polling source.
 // The futures need not be `Send`: a source lives on one arbiter (awc is `!Send`).
 #[allow(async_fn_in_trait)]
-pub(crate) trait Source {
+pub(crate) trait Source: 'static {
+    /// The poller's name in supervision and metrics (`poller`, `imap_poller`).
+    const NAME: &'static str;
+
+    /// The span of a poller's work (its fields are journald fields: `MAILBOX=`, `SOURCE=`).
+    fn span(name: &str) -> tracing::Span;
+
+    /// The source's key in readiness' `degraded_sources`.
+    fn health_key(name: &str) -> String;
+
     /// Polls until caught up, writing what it found with its cursor (fenced by the lease).
     async fn poll(&mut self) -> Result<Polled, StoreError>;
 
@@ -111,6 +123,7 @@ pub(crate) trait Source {
 }
 
 /// Where a source's lease and schedule live.
+#[derive(Clone)]
 pub(crate) struct Schedule {
     pub(crate) store: Store,
     pub(crate) health: Health,
@@ -259,7 +272,88 @@ impl Schedule {
     }
 }
 
-/// A lease token naming this daemon instance (and unique per start).
-pub(crate) fn lease_token(consumer: &str) -> String {
-    format!("{consumer}:{}", uuid::Uuid::new_v4().simple())
+/// The supervised actor polling one source: it builds the [`Source`] afresh on every (re)start
+/// and runs it on the [`Schedule`]; a [`TriggerPoll`] polls at once.
+pub(crate) struct Poller<S: Source> {
+    /// The source's name (a Graph mailbox, an IMAP source).
+    name: String,
+    schedule: Schedule,
+    pacer: RestartPacer,
+    make: Box<dyn Fn(&str) -> Result<S, String>>,
+}
+
+impl<S: Source> Poller<S> {
+    /// `lease`: the source's name in lease keys; `make` builds the source for this daemon's
+    /// lease token, or says why it cannot (readiness shows it; other sources keep running).
+    pub(crate) fn new(
+        name: String,
+        lease: String,
+        ttl: Duration,
+        retry: RetryBounds,
+        ctx: &PollerContext,
+        make: impl Fn(&str) -> Result<S, String> + 'static,
+    ) -> Self {
+        Self {
+            name,
+            schedule: Schedule {
+                store: ctx.store.clone(),
+                health: ctx.health.clone(),
+                lease,
+                token: format!("{}:{}", ctx.consumer, uuid::Uuid::new_v4().simple()),
+                ttl,
+                retry,
+                intake: ctx.intake.clone(),
+                wake: std::rc::Rc::new(Notify::new()),
+                shutdown: ctx.shutdown.clone(),
+            },
+            pacer: RestartPacer::new(S::NAME),
+            make: Box::new(make),
+        }
+    }
+}
+
+/// What every poller of a daemon shares.
+pub(crate) struct PollerContext {
+    pub(crate) store: Store,
+    pub(crate) health: Health,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) intake: watch::Receiver<Intake>,
+    /// This daemon instance's consumer name (lease tokens start with it).
+    pub(crate) consumer: String,
+}
+
+impl<S: Source> Actor for Poller<S> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let delay = self.pacer.delay(Instant::now());
+        let health = self.schedule.health.clone();
+        let mut source = match (self.make)(&self.schedule.token) {
+            Ok(source) => source,
+            Err(reason) => {
+                // Validated settings make this rare (a CA file removed since): say why, and
+                // leave the other sources running.
+                tracing::error!(source = %self.name, error = %reason, "source cannot start");
+                health.set_source_error(&S::health_key(&self.name), Some(reason));
+                return;
+            }
+        };
+        let schedule = self.schedule.clone();
+        let work = async move { schedule.run(&mut source).await };
+        spawn_work(ctx, S::NAME, delay, S::span(&self.name), health, work, |_, _| {});
+    }
+}
+
+impl<S: Source> Supervised for Poller<S> {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.pacer.on_restart();
+    }
+}
+
+impl<S: Source> Handler<TriggerPoll> for Poller<S> {
+    type Result = ();
+
+    fn handle(&mut self, _: TriggerPoll, _ctx: &mut Context<Self>) {
+        self.schedule.wake.notify_one();
+    }
 }

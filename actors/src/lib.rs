@@ -12,10 +12,14 @@
 //! [`Pipeline::start`] wires them together; the daemon shell (`src/`) only loads configuration,
 //! serves HTTP and turns signals into [`Pipeline::drain`].
 
+// What the daemon shell and the tools may use is `pub`; everything else is crate-private, so
+// the compiler finds what is unused.
+#![warn(unreachable_pub)]
+
 // The data's path: sources → pipeline → after delivery, with control beside it.
-pub mod after_delivery;
+pub(crate) mod after_delivery;
 pub mod control;
-pub mod pipeline;
+pub(crate) mod pipeline;
 pub mod sources;
 
 // What the stages stand on: Redis, the outside services, the domain.
@@ -24,16 +28,16 @@ pub mod model;
 pub mod store;
 
 // Shared ground.
-pub mod clock;
+pub(crate) mod clock;
 pub mod health;
 pub mod memory;
-pub mod messages;
+pub(crate) mod messages;
 pub mod metrics;
-pub mod retry;
-pub mod secret;
+pub(crate) mod retry;
+pub(crate) mod secret;
 pub mod settings;
-pub mod shutdown;
-pub mod supervision;
+pub(crate) mod shutdown;
+pub(crate) mod supervision;
 
 use actix::{Addr, Arbiter, Supervisor};
 use clients::graph::GraphClient;
@@ -44,14 +48,14 @@ use std::time::Duration;
 
 pub use health::Health;
 pub use settings::Settings;
-pub use shutdown::Shutdown;
 pub use store::Store;
+use shutdown::Shutdown;
 
 /// The running system: its actors' addresses and the drain signal.
 pub struct Pipeline {
-    pub processor: Addr<pipeline::processor::BatchProcessor>,
-    pub sender: Addr<pipeline::sender::Ms4Sender>,
-    pub limiter: Addr<pipeline::ratelimiter::RateLimiter>,
+    processor: Addr<pipeline::processor::BatchProcessor>,
+    sender: Addr<pipeline::sender::Ms4Sender>,
+    limiter: Addr<pipeline::ratelimiter::RateLimiter>,
     /// Sessions: start/stop/status; opens and closes the intake.
     pub session: Addr<control::session::SessionManager>,
     /// The DLQ for operators: list, show, replay, purge.
@@ -61,12 +65,11 @@ pub struct Pipeline {
     /// One poller per IMAP source, by source name.
     imap_pollers: BTreeMap<String, Addr<sources::imap::ImapPoller>>,
     /// IMAP after-delivery actions, when a source has one.
-    pub imap_after_delivery: Option<Addr<after_delivery::Worker<after_delivery::imap::ImapAction>>>,
+    imap_after_delivery: Option<Addr<after_delivery::Worker<after_delivery::imap::ImapAction>>>,
     /// Graph change notifications, when `webhook.enabled`.
     pub webhook: Option<Addr<sources::webhook::WebhookReceiver>>,
     /// Marks delivered Graph messages read, in `graph.mode = "unread"`.
-    pub graph_after_delivery:
-        Option<Addr<after_delivery::Worker<after_delivery::mark_read::MarkRead>>>,
+    graph_after_delivery: Option<Addr<after_delivery::Worker<after_delivery::mark_read::MarkRead>>>,
     pub health: Health,
     shutdown: Shutdown,
     _processor_thread: Arbiter,

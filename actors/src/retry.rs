@@ -13,18 +13,18 @@ use std::time::{Duration, Instant};
 /// Exponential delays with jitter between a section's `retry_min_ms` and `retry_max_ms`,
 /// forever: a transient failure is retried until it succeeds (or the daemon drains), never
 /// dropped.
-pub struct Backoff {
+pub(crate) struct Backoff {
     inner: backon::ExponentialBackoff,
     max: Duration,
 }
 
 impl Backoff {
-    pub fn new(bounds: RetryBounds) -> Self {
+    pub(crate) fn new(bounds: RetryBounds) -> Self {
         Self::between(bounds.min, bounds.max)
     }
 
     /// Exponential delays with jitter between `min` and `max`, forever.
-    pub fn between(min: Duration, max: Duration) -> Self {
+    pub(crate) fn between(min: Duration, max: Duration) -> Self {
         let inner = ExponentialBuilder::new()
             .with_jitter()
             .with_factor(2.0)
@@ -35,7 +35,7 @@ impl Backoff {
         Self { inner, max }
     }
 
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         self.inner.next().unwrap_or(self.max)
     }
 }
@@ -60,7 +60,7 @@ impl BreakerState {
 
 /// What the breaker lets a caller do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// Send normally.
     Go,
     /// Send: this request is the one probe of a half-open circuit.
@@ -70,7 +70,7 @@ pub enum Admission {
 }
 
 #[derive(Debug)]
-pub struct Breaker {
+pub(crate) struct Breaker {
     threshold: u32,
     open_for: Duration,
     failures: u32,
@@ -79,7 +79,7 @@ pub struct Breaker {
 }
 
 impl Breaker {
-    pub fn new(s: &BreakerSettings) -> Self {
+    pub(crate) fn new(s: &BreakerSettings) -> Self {
         Self {
             threshold: s.failure_threshold,
             open_for: Duration::from_millis(s.open_ms),
@@ -89,7 +89,7 @@ impl Breaker {
         }
     }
 
-    pub fn state(&self, now: Instant) -> BreakerState {
+    pub(crate) fn state(&self, now: Instant) -> BreakerState {
         match self.open_until {
             None => BreakerState::Closed,
             Some(t) if now < t => BreakerState::Open,
@@ -98,7 +98,7 @@ impl Breaker {
     }
 
     /// May a request go out now?
-    pub fn admit(&mut self, now: Instant) -> Admission {
+    pub(crate) fn admit(&mut self, now: Instant) -> Admission {
         match self.open_until {
             None => Admission::Go,
             Some(t) if now < t => Admission::Wait(t - now),
@@ -111,7 +111,7 @@ impl Breaker {
     }
 
     /// MS4 answered (anything but a transient failure): the service is up.
-    pub fn on_success(&mut self) {
+    pub(crate) fn on_success(&mut self) {
         self.failures = 0;
         self.open_until = None;
         self.probing = false;
@@ -119,7 +119,7 @@ impl Breaker {
 
     /// A transient failure (5xx, timeout, connection error). Returns true when it opened the
     /// circuit.
-    pub fn on_failure(&mut self, now: Instant, was_probe: bool) -> bool {
+    pub(crate) fn on_failure(&mut self, now: Instant, was_probe: bool) -> bool {
         self.failures = self.failures.saturating_add(1);
         if was_probe {
             self.probing = false;
@@ -134,7 +134,7 @@ impl Breaker {
     }
 
     /// A probe ended without an answer that says anything about MS4 (e.g. a Redis error).
-    pub fn abandon_probe(&mut self) {
+    pub(crate) fn abandon_probe(&mut self) {
         self.probing = false;
     }
 }

@@ -17,7 +17,7 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// What a secret prints as.
-pub const REDACTED: &str = "<redacted>";
+pub(crate) const REDACTED: &str = "<redacted>";
 
 /// A resolved secret value that never prints itself.
 #[derive(Clone, Default, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use tokio::sync::watch;
 
 /// Raised once, observed by every actor.
 #[derive(Clone, Debug)]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     tx: std::sync::Arc<watch::Sender<bool>>,
     rx: watch::Receiver<bool>,
 }
@@ -21,16 +21,16 @@ impl Default for Shutdown {
 }
 
 impl Shutdown {
-    pub fn raise(&self) {
+    pub(crate) fn raise(&self) {
         self.tx.send_replace(true);
     }
 
-    pub fn is_raised(&self) -> bool {
+    pub(crate) fn is_raised(&self) -> bool {
         *self.rx.borrow()
     }
 
     /// Resolves when the signal is raised (at once if it already is).
-    pub async fn raised(&self) {
+    pub(crate) async fn raised(&self) {
         let mut rx = self.rx.clone();
         let _ = rx.wait_for(|v| *v).await;
     }

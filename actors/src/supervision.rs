@@ -12,14 +12,14 @@ const MAX: Duration = Duration::from_secs(10);
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
-pub struct RestartPacer {
+pub(crate) struct RestartPacer {
     actor: &'static str,
     restarts: u32,
     started: Option<Instant>,
 }
 
 impl RestartPacer {
-    pub fn new(actor: &'static str) -> Self {
+    pub(crate) fn new(actor: &'static str) -> Self {
         Self {
             actor,
             restarts: 0,
@@ -28,26 +28,26 @@ impl RestartPacer {
     }
 
     /// Called from `restarting`: counts the restart.
-    pub fn on_restart(&mut self) {
+    pub(crate) fn on_restart(&mut self) {
         metrics::counter!(crate::metrics::RESTARTS, "actor" => self.actor).increment(1);
         let healthy = self.started.is_some_and(|t| t.elapsed() >= HEALTHY_RUN);
         self.restarts = if healthy { 1 } else { self.restarts + 1 };
     }
 
     /// Called from `started`: how long to wait before working.
-    pub fn delay(&mut self, now: Instant) -> Duration {
+    pub(crate) fn delay(&mut self, now: Instant) -> Duration {
         self.started = Some(now);
         delay_for(self.restarts)
     }
 
-    pub fn restarts(&self) -> u32 {
+    pub(crate) fn restarts(&self) -> u32 {
         self.restarts
     }
 }
 
 /// Starts an actor's work loop: after `delay` (its [`RestartPacer`]'s), inside `span`. When the
 /// loop returns `Ok`, `done` runs; an error restarts the actor ([`restart_after_failure`]).
-pub fn spawn_work<A, E>(
+pub(crate) fn spawn_work<A, E>(
     ctx: &mut actix::Context<A>,
     name: &'static str,
     delay: Duration,
@@ -77,7 +77,7 @@ pub fn spawn_work<A, E>(
 /// A work loop ended in error: log it, mark Redis as suspect for `/ready` (every loop's errors
 /// are Redis errors), and stop the actor so that its supervisor restarts it, paced by the
 /// actor's [`RestartPacer`].
-pub fn restart_after_failure<A>(
+pub(crate) fn restart_after_failure<A>(
     actor: &'static str,
     error: &dyn std::fmt::Display,
     health: &crate::health::Health,

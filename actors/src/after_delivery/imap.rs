@@ -21,12 +21,12 @@ struct Target {
 }
 
 /// Applies each IMAP source's `after_delivery` action.
-pub struct ImapAction {
+pub(crate) struct ImapAction {
     targets: BTreeMap<String, Target>,
 }
 
 impl ImapAction {
-    pub fn new(settings: &Settings) -> Self {
+    pub(crate) fn new(settings: &Settings) -> Self {
         let timeout = settings.imap.timeout();
         let targets = settings
             .imap

@@ -9,7 +9,7 @@ use crate::store::{Entry, Keys};
 use std::rc::Rc;
 
 /// Marks delivered messages read in their Graph mailbox.
-pub struct MarkRead {
+pub(crate) struct MarkRead {
     pub graph: Rc<GraphClient>,
 }
 

@@ -21,8 +21,8 @@
 //!   keep being read while it waits; `/ready` names the waiting target;
 //! - every wait ends early on shutdown.
 
-pub mod imap;
-pub mod mark_read;
+pub(crate) mod imap;
+pub(crate) mod mark_read;
 
 use crate::health::Health;
 use crate::metrics as m;
@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 /// What became of one follow-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Done, or nothing left to do (the message is gone): acknowledge.
     Done,
     /// Refused for good: dead-letter with the reason and acknowledge.
@@ -52,7 +52,7 @@ pub enum Outcome {
 /// One kind of after-delivery work: where its entries come from and how they are done.
 // The futures need not be `Send`: a worker and its action live on one arbiter (awc is `!Send`).
 #[allow(async_fn_in_trait)]
-pub trait Action: 'static {
+pub(crate) trait Action: 'static {
     /// Name in logs, metrics and supervision (`graph_mark_read`, `imap_after_delivery`).
     const NAME: &'static str;
     /// The consumer group reading the stream.
@@ -78,7 +78,7 @@ const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// The supervised actor running one [`Action`]'s work loop.
-pub struct Worker<A: Action> {
+pub(crate) struct Worker<A: Action> {
     store: Store,
     settings: Arc<Settings>,
     health: Health,
@@ -89,7 +89,7 @@ pub struct Worker<A: Action> {
 }
 
 impl<A: Action> Worker<A> {
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         settings: Arc<Settings>,
         health: Health,

@@ -18,7 +18,7 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What MS4's answer means for the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// 2xx: the whole batch is stored.
     Accepted,
     /// 400/413/422: at least one record is invalid; bisect to find it.
@@ -33,7 +33,7 @@ pub enum Verdict {
 
 impl Verdict {
     /// Label for the `outcome` of the request counter.
-    pub fn outcome(&self) -> &'static str {
+    pub(crate) fn outcome(&self) -> &'static str {
         match self {
             Verdict::Accepted => "accepted",
             Verdict::Reject { .. } => "rejected",
@@ -46,7 +46,7 @@ impl Verdict {
 
 /// The raw answer, before classification.
 #[derive(Debug, Clone)]
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: u16,
     pub retry_after: Option<String>,
     /// `Location` of a 3xx, to name it (it is never followed).
@@ -55,7 +55,7 @@ pub struct Answer {
 }
 
 /// Classifies an answer (or a failure to get one).
-pub fn classify(answer: Result<Answer, String>) -> Verdict {
+pub(crate) fn classify(answer: Result<Answer, String>) -> Verdict {
     let a = match answer {
         Ok(a) => a,
         Err(e) => return Verdict::Transient(e),
@@ -81,7 +81,7 @@ pub fn classify(answer: Result<Answer, String>) -> Verdict {
 
 /// `Retry-After` as delay-seconds (the form MS4 and Graph use). An HTTP-date is not expected
 /// from MS4; it falls back to the default.
-pub fn parse_retry_after(v: &str) -> Option<Duration> {
+pub(crate) fn parse_retry_after(v: &str) -> Option<Duration> {
     v.trim()
         .parse::<f64>()
         .ok()
@@ -90,7 +90,7 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 }
 
 /// `Idempotency-Key` of a batch: SHA-256 of its record keys in the order sent.
-pub fn batch_key<'a>(keys: impl IntoIterator<Item = &'a str>) -> String {
+pub(crate) fn batch_key<'a>(keys: impl IntoIterator<Item = &'a str>) -> String {
     let mut h = Sha256::new();
     for k in keys {
         h.update(k.as_bytes());
@@ -100,7 +100,7 @@ pub fn batch_key<'a>(keys: impl IntoIterator<Item = &'a str>) -> String {
 }
 
 /// JSON array of already-serialized records.
-pub fn batch_body<'a>(records: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
+pub(crate) fn batch_body<'a>(records: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
     let mut body = Vec::with_capacity(8 * 1024);
     body.push(b'[');
     for (i, r) in records.into_iter().enumerate() {
@@ -114,14 +114,14 @@ pub fn batch_body<'a>(records: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
 }
 
 /// Talks to one MS4. Not `Send` (awc): lives on the actor's arbiter.
-pub struct Ms4Client {
+pub(crate) struct Ms4Client {
     http: awc::Client,
     url: String,
     api_key: crate::secret::Secret,
 }
 
 impl Ms4Client {
-    pub fn new(s: &Ms4Settings) -> Self {
+    pub(crate) fn new(s: &Ms4Settings) -> Self {
         let pool = super::Pool {
             connect_timeout: Duration::from_secs(5),
             keep_alive: Duration::from_secs(30),
@@ -136,7 +136,7 @@ impl Ms4Client {
     }
 
     /// Sends one batch; a transport failure is the `Err` string.
-    pub async fn post(&self, body: Vec<u8>, idempotency_key: &str) -> Result<Answer, String> {
+    pub(crate) async fn post(&self, body: Vec<u8>, idempotency_key: &str) -> Result<Answer, String> {
         let mut resp = self
             .http
             .post(&self.url)

@@ -62,7 +62,7 @@ struct Cached {
 }
 
 /// Refresh when less than min(5 min, half the lifetime) remains.
-pub fn refresh_after(lifetime: Duration) -> Duration {
+pub(crate) fn refresh_after(lifetime: Duration) -> Duration {
     let skew = Duration::from_secs(300).min(lifetime / 2);
     lifetime.saturating_sub(skew)
 }
@@ -206,7 +206,7 @@ impl TokenSource {
 }
 
 /// Builds the OAuth token source for Graph from the settings.
-pub fn graph_tokens(settings: &Settings) -> TokenSource {
+pub(crate) fn graph_tokens(settings: &Settings) -> TokenSource {
     let g = &settings.graph;
     TokenSource::new(
         g.token_url(),

@@ -5,13 +5,13 @@
 use base64::Engine;
 
 /// The base64 initial client response of `AUTHENTICATE XOAUTH2`.
-pub fn initial_response(user: &str, access_token: &str) -> String {
+pub(crate) fn initial_response(user: &str, access_token: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(raw(user, access_token))
 }
 
 /// The unencoded string (what an async-imap authenticator hands to the client, which encodes
 /// it itself).
-pub fn raw(user: &str, access_token: &str) -> String {
+pub(crate) fn raw(user: &str, access_token: &str) -> String {
     format!("user={user}\x01auth=Bearer {access_token}\x01\x01")
 }
 

@@ -11,6 +11,6 @@
 //! - [`sender`]: the MS4Sender posts records in batches, retries, dead-letters what MS4 refuses.
 //! - [`ratelimiter`]: the RateLimiter hands out permits from budgets every daemon shares.
 
-pub mod processor;
-pub mod ratelimiter;
-pub mod sender;
+pub(crate) mod processor;
+pub(crate) mod ratelimiter;
+pub(crate) mod sender;

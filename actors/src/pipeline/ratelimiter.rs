@@ -15,13 +15,13 @@ use actix::prelude::*;
 use std::time::{Duration, Instant};
 
 /// Budget name of MS4 requests.
-pub const MS4: &str = "ms4";
+pub(crate) const MS4: &str = "ms4";
 /// Longest single sleep between two asks, so a drain is noticed quickly.
 const MAX_NAP: Duration = Duration::from_millis(500);
 
 /// Proof that a request may go out now.
 #[derive(Debug)]
-pub struct Permit {
+pub(crate) struct Permit {
     /// How long the caller waited for it.
     pub waited: Duration,
 }
@@ -29,19 +29,19 @@ pub struct Permit {
 /// Ask for one permit of a budget; resolves when granted.
 #[derive(Message)]
 #[rtype(result = "Result<Permit, crate::store::StoreError>")]
-pub struct Acquire {
+pub(crate) struct Acquire {
     pub budget: &'static str,
 }
 
 /// A Retry-After: pause every holder of the budget.
 #[derive(Message)]
 #[rtype(result = "Result<(), crate::store::StoreError>")]
-pub struct PauseBudget {
+pub(crate) struct PauseBudget {
     pub budget: &'static str,
     pub delay: Duration,
 }
 
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     store: Store,
     graph: crate::store::ratelimit::GraphLimits,
     /// Emission interval of MS4 permits; zero for no limit.
@@ -54,14 +54,14 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// `per_min = 0` means no limit (permits are still checked against a Retry-After pause).
     /// Graph's budgets of this limiter, for a Graph client.
-    pub fn graph_budget(limiter: &Addr<Self>) -> GraphBudget {
+    pub(crate) fn graph_budget(limiter: &Addr<Self>) -> GraphBudget {
         GraphBudget {
             acquire: limiter.clone().recipient(),
             pause: limiter.clone().recipient(),
         }
     }
 
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         ms4_per_min: u32,
         margin: Duration,

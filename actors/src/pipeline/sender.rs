@@ -48,7 +48,7 @@ use tracing::Instrument;
 /// Wait until in-flight batches are finished and the feeder has stopped.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Drain;
+pub(crate) struct Drain;
 
 /// A batch the feeder formed; delivered in the actor's context so a restart drops it.
 #[derive(Message)]
@@ -60,7 +60,7 @@ struct Deliver {
     bytes: u64,
 }
 
-pub struct Ms4Sender {
+pub(crate) struct Ms4Sender {
     store: Store,
     settings: Arc<Settings>,
     limiter: Addr<RateLimiter>,
@@ -73,7 +73,7 @@ pub struct Ms4Sender {
 }
 
 impl Ms4Sender {
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         settings: Arc<Settings>,
         limiter: Addr<RateLimiter>,

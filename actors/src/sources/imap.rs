@@ -62,7 +62,7 @@ pub(crate) fn poller(source: ImapSource, settings: Arc<Settings>, ctx: &PollerCo
 }
 
 /// The key of an IMAP source in readiness' `degraded_sources`.
-pub fn health_key(source: &str) -> String {
+pub(crate) fn health_key(source: &str) -> String {
     format!("imap:{source}")
 }
 
@@ -429,7 +429,7 @@ fn mail(f: Fetched<'_>, omitted: Option<Omitted>) -> FetchedMail {
 
 /// Most bytes of an oversized message's header that are fetched (headers of real mail are a
 /// few KB; this bounds a hostile one).
-pub const HEADER_MAX_BYTES: u64 = 64 * 1024;
+pub(crate) const HEADER_MAX_BYTES: u64 = 64 * 1024;
 
 /// One FETCH step of a poll.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -7,11 +7,10 @@
 //!
 //! Every source pauses while the pipeline holds more than `pipeline.max_backlog` entries.
 
-pub mod graph;
-pub mod imap;
+pub(crate) mod graph;
+pub(crate) mod imap;
 mod schedule;
 
-pub(crate) use schedule::Poller;
 pub(crate) use schedule::PollerContext;
 pub mod webhook;
 

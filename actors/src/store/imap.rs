@@ -49,7 +49,7 @@ pub struct FetchedChunk<'a> {
 }
 
 /// The Redis name of a source in lease and cursor keys (apart from Graph mailboxes).
-pub fn lease_name(source: &str) -> String {
+pub(crate) fn lease_name(source: &str) -> String {
     format!("imap:{source}")
 }
 

@@ -6,13 +6,13 @@
 //! (a mailbox or a Message-ID with braces in it cannot move a key to another slot).
 
 /// Consumer group that moves inbound entries to the outbound stream.
-pub const PROCESSORS: &str = "processors";
+pub(crate) const PROCESSORS: &str = "processors";
 /// Consumer group that delivers outbound entries to MS4.
-pub const SENDERS: &str = "senders";
+pub(crate) const SENDERS: &str = "senders";
 /// Consumer group that marks delivered messages read in Graph (unread mode).
-pub const GRAPH_MARK_READ: &str = "markers";
+pub(crate) const GRAPH_MARK_READ: &str = "markers";
 /// Consumer group that applies IMAP after-delivery actions (`\Seen`, move).
-pub const IMAP_AFTER_DELIVERY: &str = "imap_finishers";
+pub(crate) const IMAP_AFTER_DELIVERY: &str = "imap_finishers";
 // (Group names are state in Redis: renaming one would orphan its pending entries.)
 
 /// Key names under one prefix.

@@ -24,17 +24,17 @@
 
 mod access;
 pub mod dlq;
-pub mod imap;
-pub mod keys;
-pub mod lease;
-pub mod park;
-pub mod poll;
-pub mod ratelimit;
+pub(crate) mod imap;
+pub(crate) mod keys;
+pub(crate) mod lease;
+pub(crate) mod park;
+pub(crate) mod poll;
+pub(crate) mod ratelimit;
 pub mod read_budget;
 pub mod schema;
-pub mod session;
+pub(crate) mod session;
 pub mod streams;
-pub mod webhook;
+pub(crate) mod webhook;
 
 pub use access::describe_refusal;
 pub use dlq::DeadLetter;

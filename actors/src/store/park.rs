@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 /// Field of an inbound entry moved back as a probe: tried against Graph even while its mailbox
 /// is parked.
-pub const PROBE: &str = "probe";
+pub(crate) const PROBE: &str = "probe";
 
 /// Why and until when a mailbox's entries are parked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

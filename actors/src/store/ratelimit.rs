@@ -105,6 +105,6 @@ impl Store {
 }
 
 /// Budget name of a mailbox's Graph pause key.
-pub fn graph_budget(mailbox: &str) -> String {
+pub(crate) fn graph_budget(mailbox: &str) -> String {
     format!("graph:{mailbox}")
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 /// Why an IMAP step failed. See the module doc for the classes.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum ImapError {
+pub(crate) enum ImapError {
     /// No TCP connection.
     #[error("IMAP source `{source_name}`: cannot connect to {addr}: {reason}")]
     Connect {
@@ -139,7 +139,7 @@ impl ImapError {
 
     /// Nothing changes until the configuration (or the server's account) does: readiness says
     /// why, and the source tries again at its poll interval instead of hammering the server.
-    pub fn is_permanent(&self) -> bool {
+    pub(crate) fn is_permanent(&self) -> bool {
         match self {
             ImapError::Login { .. } | ImapError::Folder { .. } | ImapError::Tls { .. } => true,
             ImapError::Token { error, .. } => matches!(error, OAuthError::Rejected { .. }),

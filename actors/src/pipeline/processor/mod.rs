@@ -43,9 +43,9 @@ use resolve::Resolution;
 /// Wait until the processor has finished its current chunk and stopped reading.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Drain;
+pub(crate) struct Drain;
 
-pub struct BatchProcessor {
+pub(crate) struct BatchProcessor {
     store: Store,
     settings: Arc<Settings>,
     limiter: Addr<RateLimiter>,
@@ -58,7 +58,7 @@ pub struct BatchProcessor {
 }
 
 impl BatchProcessor {
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         settings: Arc<Settings>,
         limiter: Addr<RateLimiter>,

@@ -85,22 +85,22 @@ impl Health {
     pub fn set_redis(&self, ok: bool) {
         self.0.redis_ok.store(ok, Ordering::Relaxed);
     }
-    pub fn set_ms4_auth(&self, ok: bool) {
+    pub(crate) fn set_ms4_auth(&self, ok: bool) {
         self.0.ms4_auth_ok.store(ok, Ordering::Relaxed);
     }
-    pub fn set_breaker(&self, state: crate::retry::BreakerState) {
+    pub(crate) fn set_breaker(&self, state: crate::retry::BreakerState) {
         self.0
             .breaker
             .store(state.as_gauge() as u8, Ordering::Relaxed);
     }
 
     /// Records why MS4 deliveries fail (or clears it, with `None`, after a success).
-    pub fn set_ms4_error(&self, reason: Option<String>) {
+    pub(crate) fn set_ms4_error(&self, reason: Option<String>) {
         *self.0.ms4_error.lock().unwrap_or_else(|p| p.into_inner()) = reason;
     }
 
     /// Records (or clears, with `None`) a source-specific failure such as refused credentials.
-    pub fn set_source_error(&self, source: &str, reason: Option<String>) {
+    pub(crate) fn set_source_error(&self, source: &str, reason: Option<String>) {
         let mut sources = self.0.sources.lock().unwrap_or_else(|p| p.into_inner());
         match reason {
             Some(r) => {
@@ -113,12 +113,12 @@ impl Health {
     }
 
     /// Records the running session's id ("" when none) for log fields.
-    pub fn set_session(&self, id: &str) {
+    pub(crate) fn set_session(&self, id: &str) {
         *self.0.session.lock().unwrap_or_else(|p| p.into_inner()) = id.to_string();
     }
 
     /// The running session's id, "" when none.
-    pub fn session(&self) -> String {
+    pub(crate) fn session(&self) -> String {
         self.0
             .session
             .lock()
@@ -127,7 +127,7 @@ impl Health {
     }
 
     /// An actor's work loop is alive (called once per iteration).
-    pub fn beat(&self, actor: &'static str) {
+    pub(crate) fn beat(&self, actor: &'static str) {
         self.0
             .beats
             .lock()

@@ -48,31 +48,35 @@ use std::time::Duration;
 
 pub use health::Health;
 pub use settings::Settings;
-pub use store::Store;
 use shutdown::Shutdown;
+pub use store::Store;
 
 /// The running system: its actors' addresses and the drain signal.
 pub struct Pipeline {
-    processor: Addr<pipeline::processor::BatchProcessor>,
-    sender: Addr<pipeline::sender::Ms4Sender>,
-    limiter: Addr<pipeline::ratelimiter::RateLimiter>,
     /// Sessions: start/stop/status; opens and closes the intake.
     pub session: Addr<control::session::SessionManager>,
     /// The DLQ for operators: list, show, replay, purge.
     pub dead_letters: Addr<control::deadletters::DeadLetterOffice>,
-    /// One poller per Graph mailbox.
-    pollers: BTreeMap<String, Addr<sources::graph::GraphPoller>>,
-    /// One poller per IMAP source, by source name.
-    imap_pollers: BTreeMap<String, Addr<sources::imap::ImapPoller>>,
-    /// IMAP after-delivery actions, when a source has one.
-    imap_after_delivery: Option<Addr<after_delivery::Worker<after_delivery::imap::ImapAction>>>,
     /// Graph change notifications, when `webhook.enabled`.
     pub webhook: Option<Addr<sources::webhook::WebhookReceiver>>,
-    /// Marks delivered Graph messages read, in `graph.mode = "unread"`.
-    graph_after_delivery: Option<Addr<after_delivery::Worker<after_delivery::mark_read::MarkRead>>>,
     pub health: Health,
+    processor: Addr<pipeline::processor::BatchProcessor>,
+    sender: Addr<pipeline::sender::Ms4Sender>,
     shutdown: Shutdown,
+    /// The other actors, held for as long as the pipeline runs: the rate limiter, one poller
+    /// per Graph mailbox and per IMAP source, the after-delivery workers.
+    _held: Held,
     _processor_thread: Arbiter,
+}
+
+/// Addresses held only to keep their actors running.
+struct Held {
+    _limiter: Addr<pipeline::ratelimiter::RateLimiter>,
+    _pollers: BTreeMap<String, Addr<sources::graph::GraphPoller>>,
+    _imap_pollers: BTreeMap<String, Addr<sources::imap::ImapPoller>>,
+    _imap_after_delivery: Option<Addr<after_delivery::Worker<after_delivery::imap::ImapAction>>>,
+    _graph_after_delivery:
+        Option<Addr<after_delivery::Worker<after_delivery::mark_read::MarkRead>>>,
 }
 
 impl Pipeline {
@@ -232,18 +236,20 @@ impl Pipeline {
             Supervisor::start(move |_| control::deadletters::DeadLetterOffice::new(store))
         };
         Self {
-            processor,
-            sender,
-            limiter,
             session,
             dead_letters,
-            pollers,
-            imap_pollers,
-            imap_after_delivery,
             webhook,
-            graph_after_delivery,
             health,
+            processor,
+            sender,
             shutdown,
+            _held: Held {
+                _limiter: limiter,
+                _pollers: pollers,
+                _imap_pollers: imap_pollers,
+                _imap_after_delivery: imap_after_delivery,
+                _graph_after_delivery: graph_after_delivery,
+            },
             _processor_thread: processor_thread,
         }
     }

@@ -69,12 +69,12 @@ impl MemoryBound {
         }
     }
 
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.base + self.pollers + self.processor + self.sender + self.allocator
     }
 
     /// The bound in MiB, rounded up.
-    pub fn total_mib(&self) -> u64 {
+    pub(crate) fn total_mib(&self) -> u64 {
         self.total().div_ceil(MIB)
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// What the intake (pollers, webhooks) should do now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Intake {
+pub(crate) struct Intake {
     pub active: bool,
     /// Poll every `interval` (scheduled) or only when triggered (manual).
     pub scheduled: bool,
@@ -16,7 +16,7 @@ pub struct Intake {
 }
 
 impl Intake {
-    pub fn closed() -> Self {
+    pub(crate) fn closed() -> Self {
         Self {
             active: false,
             scheduled: false,
@@ -29,13 +29,13 @@ impl Intake {
 /// Poll now (a webhook said mail was missed, an operator asked, a subscription came back).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct TriggerPoll;
+pub(crate) struct TriggerPoll;
 
 /// Ask for one Graph permit of a mailbox, standing for `cost` requests (a `$batch` of 20
 /// stands for 20); resolves when granted. The permit frees its slot when dropped.
 #[derive(Message)]
 #[rtype(result = "Result<GraphPermit, BudgetUnavailable>")]
-pub struct AcquireGraph {
+pub(crate) struct AcquireGraph {
     pub mailbox: String,
     pub cost: u32,
 }
@@ -43,7 +43,7 @@ pub struct AcquireGraph {
 /// A Graph throttling answer: pause every caller of that mailbox, on every daemon.
 #[derive(Message)]
 #[rtype(result = "Result<(), BudgetUnavailable>")]
-pub struct PauseGraph {
+pub(crate) struct PauseGraph {
     pub mailbox: String,
     pub delay: Duration,
 }
@@ -56,11 +56,10 @@ pub(crate) struct ReleaseGraph {
 }
 
 /// A held Graph permit; dropping it frees the mailbox's concurrency slot.
-pub struct GraphPermit {
+pub(crate) struct GraphPermit {
     pub(crate) release: Recipient<ReleaseGraph>,
     pub(crate) mailbox: String,
     pub(crate) id: String,
-    pub waited: Duration,
 }
 
 impl Drop for GraphPermit {
@@ -74,7 +73,7 @@ impl Drop for GraphPermit {
 
 /// Graph's shared budgets, as the Graph client reaches them (the RateLimiter answers).
 #[derive(Clone)]
-pub struct GraphBudget {
+pub(crate) struct GraphBudget {
     pub acquire: Recipient<AcquireGraph>,
     pub pause: Recipient<PauseGraph>,
 }
@@ -82,4 +81,4 @@ pub struct GraphBudget {
 /// The shared budget could not be read or written (Redis is down): a transient failure.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct BudgetUnavailable(pub String);
+pub(crate) struct BudgetUnavailable(pub String);

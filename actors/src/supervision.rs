@@ -39,10 +39,6 @@ impl RestartPacer {
         self.started = Some(now);
         delay_for(self.restarts)
     }
-
-    pub(crate) fn restarts(&self) -> u32 {
-        self.restarts
-    }
 }
 
 /// Starts an actor's work loop: after `delay` (its [`RestartPacer`]'s), inside `span`. When the

@@ -24,14 +24,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// The message properties ms1 reads (CONTRACTS.md).
-pub const SELECT: &str =
+pub(crate) const SELECT: &str =
     "id,internetMessageId,subject,from,toRecipients,receivedDateTime,sentDateTime,hasAttachments,bodyPreview";
 /// Retry-After assumed when a throttling answer carries none.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(2);
 /// Largest Graph answer read (a page of 1,000 messages is well below).
 const BODY_LIMIT: usize = 64 * 1024 * 1024;
 /// Graph's limit of requests in one `$batch`.
-pub const BATCH_MAX: usize = 20;
+pub(crate) const BATCH_MAX: usize = 20;
 
 /// Characters left as they are in a path segment (mailbox UPNs, message ids).
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -42,13 +42,13 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'@')
     .remove(b'=');
 
-pub fn segment(s: &str) -> String {
+pub(crate) fn segment(s: &str) -> String {
     utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 /// What went wrong with a Graph request.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum GraphError {
+pub(crate) enum GraphError {
     #[error("throttled by Graph; retry after {0:?}")]
     Throttled(Duration),
     /// 401/403, with Graph's error code and message (e.g. `ErrorAccessDenied: Access to OData
@@ -69,7 +69,7 @@ pub enum GraphError {
 
 impl GraphError {
     /// Worth trying again later, unchanged.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(
             self,
             GraphError::Throttled(_)
@@ -81,12 +81,11 @@ impl GraphError {
 
 /// One item of a messages page, with the few properties the pollers look at.
 #[derive(Debug, Clone)]
-pub struct PageItem {
+pub(crate) struct PageItem {
     /// The message JSON as Graph sent it.
     pub raw: String,
     pub id: String,
     pub internet_message_id: Option<String>,
-    pub has_attachments: bool,
     /// `@removed` (deleted or moved out): not a new message.
     pub removed: bool,
     /// [`content_digest`](crate::model::content_digest) of the sender, subject and
@@ -96,7 +95,7 @@ pub struct PageItem {
 
 /// One page of messages.
 #[derive(Debug, Default)]
-pub struct Page {
+pub(crate) struct Page {
     pub items: Vec<PageItem>,
     pub next_link: Option<String>,
     pub delta_link: Option<String>,
@@ -118,8 +117,6 @@ struct ItemHead {
     #[serde(default)]
     id: String,
     internet_message_id: Option<String>,
-    #[serde(default)]
-    has_attachments: bool,
     #[serde(rename = "@removed")]
     removed: Option<serde::de::IgnoredAny>,
     from: Option<HeadFrom>,
@@ -139,7 +136,7 @@ struct HeadAddress {
 }
 
 /// Parses a messages page without re-serializing its items.
-pub fn parse_page(body: &[u8]) -> Result<Page, GraphError> {
+pub(crate) fn parse_page(body: &[u8]) -> Result<Page, GraphError> {
     let raw: RawPage<'_> = serde_json::from_slice(body)
         .map_err(|e| GraphError::Transient(format!("unexpected page from Graph: {e}")))?;
     let mut items = Vec::with_capacity(raw.value.len());
@@ -163,7 +160,6 @@ pub fn parse_page(body: &[u8]) -> Result<Page, GraphError> {
             raw: v.get().to_string(),
             id: head.id,
             internet_message_id: head.internet_message_id,
-            has_attachments: head.has_attachments,
             removed: head.removed.is_some(),
         });
     }
@@ -177,13 +173,13 @@ pub fn parse_page(body: &[u8]) -> Result<Page, GraphError> {
 /// A created or renewed subscription.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Subscription {
+pub(crate) struct Subscription {
     pub id: String,
     pub expiration_date_time: String,
 }
 
 /// Talks to Graph for every mailbox. Not `Send` (awc): one per arbiter.
-pub struct GraphClient {
+pub(crate) struct GraphClient {
     http: awc::Client,
     base: String,
     origin: String,
@@ -202,7 +198,7 @@ pub struct GraphClient {
 }
 
 /// The `User-Agent` of a daemon instance: product, version, consumer name and process id.
-pub fn user_agent(consumer: &str) -> String {
+pub(crate) fn user_agent(consumer: &str) -> String {
     format!(
         "ms1-ingestor/{} ({consumer}; pid {})",
         env!("CARGO_PKG_VERSION"),
@@ -220,7 +216,7 @@ fn origin_of(url: &str) -> String {
 }
 
 impl GraphClient {
-    pub fn new(
+    pub(crate) fn new(
         base_url: &str,
         tokens: Rc<TokenSource>,
         limiter: GraphBudget,
@@ -246,13 +242,13 @@ impl GraphClient {
     }
 
     /// The `User-Agent` sent (see [`user_agent`]).
-    pub fn with_agent(mut self, agent: String) -> Self {
+    pub(crate) fn with_agent(mut self, agent: String) -> Self {
         self.agent = agent;
         self
     }
 
     /// Embed attachment metadata (`$expand`) in every message read.
-    pub fn with_attachments(mut self, on: bool) -> Self {
+    pub(crate) fn with_attachments(mut self, on: bool) -> Self {
         self.expand = if on { EXPAND_ATTACHMENTS } else { "" };
         self
     }
@@ -266,7 +262,7 @@ impl GraphClient {
     }
 
     /// First URL of a full delta sync of a folder.
-    pub fn delta_url(&self, mailbox: &str, folder: &str) -> String {
+    pub(crate) fn delta_url(&self, mailbox: &str, folder: &str) -> String {
         format!(
             "{}/users/{}/mailFolders/{}/messages/delta?$select={SELECT}{}",
             self.base,
@@ -277,7 +273,7 @@ impl GraphClient {
     }
 
     /// First URL of the unread listing (the seed's filter, oldest first).
-    pub fn unread_url(&self, mailbox: &str, folder: &str, top: u32) -> String {
+    pub(crate) fn unread_url(&self, mailbox: &str, folder: &str, top: u32) -> String {
         format!(
             "{}/users/{}/mailFolders/{}/messages?$filter=receivedDateTime%20ge%201900-01-01T00:00:00Z%20and%20isRead%20eq%20false&$orderby=receivedDateTime&$top={top}&$select={SELECT}{}",
             self.base,
@@ -288,7 +284,7 @@ impl GraphClient {
     }
 
     /// One page of messages: a delta or list URL, or a link Graph returned.
-    pub async fn page(
+    pub(crate) async fn page(
         &self,
         mailbox: &str,
         url: &str,
@@ -302,7 +298,7 @@ impl GraphClient {
     }
 
     /// One message, with the selected properties.
-    pub async fn message(&self, mailbox: &str, id: &str) -> Result<Bytes, GraphError> {
+    pub(crate) async fn message(&self, mailbox: &str, id: &str) -> Result<Bytes, GraphError> {
         let url = format!(
             "{}/users/{}/messages/{}?$select={SELECT}{}",
             self.base,
@@ -314,7 +310,7 @@ impl GraphClient {
     }
 
     /// Attachment metadata of a message (never the content).
-    pub async fn attachments(
+    pub(crate) async fn attachments(
         &self,
         mailbox: &str,
         id: &str,
@@ -338,7 +334,11 @@ impl GraphClient {
 
     /// Marks up to 20 messages read in one `$batch`; returns each message's status (200 done,
     /// 404 gone, 429 throttled, …) in the order given.
-    pub async fn mark_read(&self, mailbox: &str, ids: &[String]) -> Result<Vec<u16>, GraphError> {
+    pub(crate) async fn mark_read(
+        &self,
+        mailbox: &str,
+        ids: &[String],
+    ) -> Result<Vec<u16>, GraphError> {
         assert!(ids.len() <= BATCH_MAX, "a $batch holds at most 20 requests");
         #[derive(Deserialize)]
         struct Reply {
@@ -408,7 +408,7 @@ impl GraphClient {
 
     /// `POST /subscriptions` for new mail in a mailbox's folder. Graph validates the
     /// notification URLs before it answers.
-    pub async fn create_subscription(
+    pub(crate) async fn create_subscription(
         &self,
         mailbox: &str,
         folder: &str,
@@ -435,7 +435,7 @@ impl GraphClient {
     }
 
     /// `PATCH /subscriptions/{id}` with a new expiration.
-    pub async fn renew_subscription(
+    pub(crate) async fn renew_subscription(
         &self,
         mailbox: &str,
         id: &str,
@@ -452,7 +452,11 @@ impl GraphClient {
     }
 
     /// `DELETE /subscriptions/{id}`; a subscription already gone counts as deleted.
-    pub async fn delete_subscription(&self, mailbox: &str, id: &str) -> Result<(), GraphError> {
+    pub(crate) async fn delete_subscription(
+        &self,
+        mailbox: &str,
+        id: &str,
+    ) -> Result<(), GraphError> {
         let url = format!("{}/subscriptions/{}", self.base, segment(id));
         match self
             .call(mailbox, Method::DELETE, &url, None, None, 1)
@@ -609,7 +613,11 @@ fn error_detail(body: &[u8]) -> String {
 }
 
 /// Classifies a Graph answer once.
-pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Result<(), GraphError> {
+pub(crate) fn classify(
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> Result<(), GraphError> {
     let text = || String::from_utf8_lossy(&body[..body.len().min(1_024)]).into_owned();
     match status {
         200..=299 => Ok(()),
@@ -683,7 +691,6 @@ mod tests {
         let page = parse_page(body).unwrap();
         assert_eq!(page.items.len(), 2);
         assert_eq!(page.items[0].id, "A1");
-        assert!(page.items[0].has_attachments);
         assert!(page.items[0].raw.contains(r#""subject":"s""#));
         assert!(page.items[1].removed);
         assert!(page.next_link.is_none());

@@ -1,6 +1,6 @@
 //! Outbound HTTP clients the actors call.
 
-pub mod graph;
+pub(crate) mod graph;
 pub(crate) mod imap;
 pub(crate) mod ms4;
 pub(crate) mod oauth;
@@ -9,14 +9,14 @@ pub(crate) mod xoauth2;
 /// The HTTP version every outbound client speaks: HTTP/1.1 only (TLS ALPN offers just
 /// `http/1.1`), so that the h2 0.3 that awc pulls in (RUSTSEC-2026-0258) never runs; the
 /// clients keep connections alive and pool them instead.
-pub const HTTP_VERSION: awc::http::Version = awc::http::Version::HTTP_11;
+pub(crate) const HTTP_VERSION: awc::http::Version = awc::http::Version::HTTP_11;
 
 /// The one way outbound HTTP clients are built: redirects are never followed. awc follows up
 /// to 10 by default and re-sends the request (its body and its `X-API-Key` or bearer token) to
 /// whatever host a 307/308 names, and a maintenance page answering 200 after a 302 would count
 /// as an accepted batch. A 3xx is an answer like any other: each client classifies it as a
 /// failure, so credentials only ever go to the configured origin.
-pub fn http_client(pool: Pool, timeout: std::time::Duration) -> awc::Client {
+pub(crate) fn http_client(pool: Pool, timeout: std::time::Duration) -> awc::Client {
     let connector = awc::Connector::new()
         .max_http_version(HTTP_VERSION)
         .timeout(pool.connect_timeout)
@@ -32,7 +32,7 @@ pub fn http_client(pool: Pool, timeout: std::time::Duration) -> awc::Client {
 /// A client's connection pool: how long a connect may take, how long an idle connection is
 /// kept, and how many connections at most.
 #[derive(Debug, Clone, Copy)]
-pub struct Pool {
+pub(crate) struct Pool {
     pub connect_timeout: std::time::Duration,
     pub keep_alive: std::time::Duration,
     pub limit: usize,
@@ -50,7 +50,7 @@ impl Default for Pool {
 }
 
 /// What a 3xx means, for logs and `/ready`: the redirect is named, never followed.
-pub fn redirect_refused(service: &str, status: u16, location: Option<&str>) -> String {
+pub(crate) fn redirect_refused(service: &str, status: u16, location: Option<&str>) -> String {
     let to: String = location
         .unwrap_or("(no Location)")
         .chars()

@@ -136,7 +136,11 @@ impl Ms4Client {
     }
 
     /// Sends one batch; a transport failure is the `Err` string.
-    pub(crate) async fn post(&self, body: Vec<u8>, idempotency_key: &str) -> Result<Answer, String> {
+    pub(crate) async fn post(
+        &self,
+        body: Vec<u8>,
+        idempotency_key: &str,
+    ) -> Result<Answer, String> {
         let mut resp = self
             .http
             .post(&self.url)

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// How the token is obtained.
 #[derive(Clone)]
-pub enum Grant {
+pub(crate) enum Grant {
     /// App-only: `grant_type=client_credentials`.
     ClientCredentials {
         client_id: String,
@@ -45,7 +45,7 @@ impl std::fmt::Debug for Grant {
 
 /// Why no token could be had.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum OAuthError {
+pub(crate) enum OAuthError {
     /// The authority refused the credentials: nothing will change until the configuration does.
     #[error("the token endpoint refused the credentials ({status} {code})")]
     Rejected { status: u16, code: String },
@@ -80,7 +80,7 @@ struct TokenError {
 }
 
 /// One cached token from one authority. Not `Send` (awc): one per arbiter.
-pub struct TokenSource {
+pub(crate) struct TokenSource {
     http: awc::Client,
     token_url: String,
     grant: Grant,
@@ -89,7 +89,7 @@ pub struct TokenSource {
 }
 
 impl TokenSource {
-    pub fn new(token_url: String, grant: Grant, timeout: Duration) -> Self {
+    pub(crate) fn new(token_url: String, grant: Grant, timeout: Duration) -> Self {
         Self {
             http: super::http_client(super::Pool::default(), timeout),
             token_url,
@@ -108,7 +108,7 @@ impl TokenSource {
     }
 
     /// A valid token, refreshed first when it is close to expiry.
-    pub async fn token(&self) -> Result<Rc<str>, OAuthError> {
+    pub(crate) async fn token(&self) -> Result<Rc<str>, OAuthError> {
         if let Some(t) = self.current() {
             return Ok(t);
         }
@@ -127,7 +127,7 @@ impl TokenSource {
     }
 
     /// The API refused `used`: forget it (unless a newer one replaced it meanwhile).
-    pub fn invalidate(&self, used: &str) {
+    pub(crate) fn invalidate(&self, used: &str) {
         let mut cached = self.cached.borrow_mut();
         if cached.as_ref().is_some_and(|c| &*c.token == used) {
             *cached = None;

@@ -2,13 +2,6 @@
 //! `user={user}\x01auth=Bearer {token}\x01\x01`, base64-encoded once — the seed system encoded
 //! it twice, which servers refuse.
 
-use base64::Engine;
-
-/// The base64 initial client response of `AUTHENTICATE XOAUTH2`.
-pub(crate) fn initial_response(user: &str, access_token: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(raw(user, access_token))
-}
-
 /// The unencoded string (what an async-imap authenticator hands to the client, which encodes
 /// it itself).
 pub(crate) fn raw(user: &str, access_token: &str) -> String {
@@ -18,6 +11,11 @@ pub(crate) fn raw(user: &str, access_token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    /// The base64 initial client response of `AUTHENTICATE XOAUTH2`, as async-imap sends it.
+    fn initial_response(user: &str, access_token: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(raw(user, access_token))
+    }
 
     #[test]
     fn matches_the_documented_example() {

@@ -8,14 +8,14 @@ use crate::store::{Entry, Store, StoreError};
 use actix::prelude::*;
 
 /// Most dead letters one replay or purge touches.
-pub const MAX_BATCH: usize = 100_000;
+pub(crate) const MAX_BATCH: usize = 100_000;
 
 pub struct DeadLetterOffice {
     store: Store,
 }
 
 impl DeadLetterOffice {
-    pub fn new(store: Store) -> Self {
+    pub(crate) fn new(store: Store) -> Self {
         Self { store }
     }
 }

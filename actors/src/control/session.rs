@@ -53,7 +53,7 @@ impl SessionState {
             _ => Self::Idle,
         }
     }
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Idle => "idle",
             Self::Running => "running",
@@ -176,7 +176,7 @@ fn rfc3339(ms: u64) -> Option<String> {
 }
 
 impl SessionManager {
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         settings: Arc<Settings>,
         intake: Arc<watch::Sender<Intake>>,

@@ -80,7 +80,7 @@ pub struct OmittedBody {
 
 impl OmittedBody {
     /// From the entry's `oversize` (`{size}:{limit}`) and `attachments` (JSON) fields.
-    pub fn parse(oversize: &str, attachments: Option<&str>) -> Option<Self> {
+    pub(crate) fn parse(oversize: &str, attachments: Option<&str>) -> Option<Self> {
         let (size, limit) = oversize.split_once(':')?;
         Some(Self {
             size: size.parse().ok()?,

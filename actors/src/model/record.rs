@@ -15,23 +15,6 @@ pub enum Source {
     Imap,
 }
 
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Graph => "graph",
-            Source::Imap => "imap",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "graph" => Some(Source::Graph),
-            "imap" => Some(Source::Imap),
-            _ => None,
-        }
-    }
-}
-
 /// One attachment's metadata (never its content).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachmentMeta {

@@ -21,10 +21,7 @@ const MAX_NAP: Duration = Duration::from_millis(500);
 
 /// Proof that a request may go out now.
 #[derive(Debug)]
-pub(crate) struct Permit {
-    /// How long the caller waited for it.
-    pub waited: Duration,
-}
+pub(crate) struct Permit;
 
 /// Ask for one permit of a budget; resolves when granted.
 #[derive(Message)]
@@ -117,7 +114,7 @@ impl Handler<Acquire> for RateLimiter {
                         let waited = started.elapsed();
                         metrics::histogram!(crate::metrics::RATE_WAIT, "budget" => msg.budget)
                             .record(waited.as_secs_f64());
-                        return Ok(Permit { waited });
+                        return Ok(Permit);
                     }
                     Some(wait) => tokio::time::sleep(wait.min(MAX_NAP)).await,
                 }
@@ -160,7 +157,6 @@ impl Handler<AcquireGraph> for RateLimiter {
                             release,
                             mailbox: msg.mailbox,
                             id,
-                            waited,
                         });
                     }
                     Some(wait) => tokio::time::sleep(wait.min(MAX_NAP)).await,

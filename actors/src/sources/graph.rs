@@ -85,7 +85,8 @@ impl Source for PollLoop {
     async fn poll(&mut self) -> Result<Polled, StoreError> {
         let error = match self.poll_once().await {
             Ok(PollEnd::Done { added }) => {
-                self.health.set_source_error(&Self::health_key(&self.mailbox), None);
+                self.health
+                    .set_source_error(&Self::health_key(&self.mailbox), None);
                 return Ok(Polled::Done { added });
             }
             Ok(PollEnd::LeaseLost) => return Ok(Polled::LeaseLost),

@@ -38,7 +38,11 @@ use std::time::{Duration, Instant};
 pub(crate) type ImapPoller = Poller<ImapLoop>;
 
 /// The poller of `source`.
-pub(crate) fn poller(source: ImapSource, settings: Arc<Settings>, ctx: &PollerContext) -> ImapPoller {
+pub(crate) fn poller(
+    source: ImapSource,
+    settings: Arc<Settings>,
+    ctx: &PollerContext,
+) -> ImapPoller {
     let imap = &settings.imap;
     let (ttl, retry) = (Duration::from_secs(imap.lease_ttl_s), imap.retry());
     let (store, health, shutdown) = (ctx.store.clone(), ctx.health.clone(), ctx.shutdown.clone());

@@ -279,8 +279,11 @@ pub(crate) struct Poller<S: Source> {
     name: String,
     schedule: Schedule,
     pacer: RestartPacer,
-    make: Box<dyn Fn(&str) -> Result<S, String>>,
+    make: MakeSource<S>,
 }
+
+/// Builds a source for a lease token, or says why it cannot.
+type MakeSource<S> = Box<dyn Fn(&str) -> Result<S, String>>;
 
 impl<S: Source> Poller<S> {
     /// `lease`: the source's name in lease keys; `make` builds the source for this daemon's
@@ -340,7 +343,15 @@ impl<S: Source> Actor for Poller<S> {
         };
         let schedule = self.schedule.clone();
         let work = async move { schedule.run(&mut source).await };
-        spawn_work(ctx, S::NAME, delay, S::span(&self.name), health, work, |_, _| {});
+        spawn_work(
+            ctx,
+            S::NAME,
+            delay,
+            S::span(&self.name),
+            health,
+            work,
+            |_, _| {},
+        );
     }
 }
 

@@ -65,7 +65,7 @@ pub fn parse_notifications(body: &[u8]) -> Result<NotificationBatch, serde_json:
 
 /// Why a change notification was not enqueued (each is counted under its own outcome).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// `clientState` missing or not ours.
     ClientState,
     /// A subscription this daemon does not know (another's, or deleted).
@@ -76,7 +76,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// The `outcome` label of `ms1_webhook_notifications_total`.
-    pub fn outcome(self) -> &'static str {
+    pub(crate) fn outcome(self) -> &'static str {
         match self {
             Refusal::ClientState => "rejected_client_state",
             Refusal::UnknownSubscription => "unknown_subscription",
@@ -87,7 +87,7 @@ impl Refusal {
 
 /// The change notifications of one POST, sorted: what to enqueue and what was refused.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct SortedNotifications {
+pub(crate) struct SortedNotifications {
     /// (mailbox, message id) of every accepted notification, in the order received, each
     /// message once.
     pub refs: Vec<(String, String)>,
@@ -98,14 +98,14 @@ pub struct SortedNotifications {
 }
 
 /// Whether `given` is the configured `clientState`, compared in constant time.
-pub fn client_state_matches(given: Option<&str>, want: &str) -> bool {
+pub(crate) fn client_state_matches(given: Option<&str>, want: &str) -> bool {
     use subtle::ConstantTimeEq;
     given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(want.as_bytes())))
 }
 
 /// The message a change notification is about: `resourceData.id`, else the last segment of
 /// `resource` (`Users/{guid}/Messages/{id}`); `None` when that is empty.
-pub fn notified_message_id(n: &Notification) -> Option<String> {
+pub(crate) fn notified_message_id(n: &Notification) -> Option<String> {
     n.resource_data
         .as_ref()
         .and_then(|d| d.id.clone())
@@ -120,7 +120,7 @@ pub fn notified_message_id(n: &Notification) -> Option<String> {
 
 /// Checks each notification (clientState, then its subscription → mailbox, then its message
 /// id) and sorts it into a ref to enqueue or a refusal. Pure (no I/O, no metrics).
-pub fn sort_notifications(
+pub(crate) fn sort_notifications(
     items: &[Notification],
     client_state: &str,
     subscriptions: &HashMap<String, String>,
@@ -179,18 +179,18 @@ pub struct LifecycleEvents(pub Vec<Notification>);
 /// The HTTP server is up: subscriptions can be created (Graph validates the URLs first).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Subscribe;
+pub(crate) struct Subscribe;
 
 /// The session wants notifications (true: subscribe) or not (false: delete the
 /// subscriptions).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SetIntake(pub bool);
+pub(crate) struct SetIntake(pub bool);
 
 /// Drain: delete every subscription (Graph stops sending); resolves when done.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Unsubscribe;
+pub(crate) struct Unsubscribe;
 
 /// Renew (or re-create) one mailbox's subscription now.
 #[derive(Message)]
@@ -218,7 +218,7 @@ pub struct WebhookReceiver {
 }
 
 impl WebhookReceiver {
-    pub fn new(
+    pub(crate) fn new(
         settings: Arc<Settings>,
         store: Store,
         graph: Rc<GraphClient>,
@@ -276,7 +276,11 @@ impl WebhookReceiver {
 }
 
 /// How long until a subscription expiring at `expiration` must be renewed.
-pub fn renewal_delay(expiration: &str, now: DateTime<Utc>, renew_before: Duration) -> Duration {
+pub(crate) fn renewal_delay(
+    expiration: &str,
+    now: DateTime<Utc>,
+    renew_before: Duration,
+) -> Duration {
     DateTime::parse_from_rfc3339(expiration)
         .map(|e| e.with_timezone(&Utc))
         .ok()

@@ -68,10 +68,10 @@ pub struct DeadLetter {
     pub carry: Vec<(String, String)>,
 }
 
-pub use super::schema::dead_letter::CARRY;
+pub(crate) use super::schema::dead_letter::CARRY;
 
 /// The fields of `entry` named in `names`, to carry through a dead letter.
-pub fn carried(entry: &super::Entry, names: &[&str]) -> Vec<(String, String)> {
+pub(crate) fn carried(entry: &super::Entry, names: &[&str]) -> Vec<(String, String)> {
     names
         .iter()
         .filter_map(|n| Some((n.to_string(), entry.field(n)?.to_string())))
@@ -79,7 +79,7 @@ pub fn carried(entry: &super::Entry, names: &[&str]) -> Vec<(String, String)> {
 }
 
 impl DeadLetter {
-    pub fn fields(&self) -> Vec<(String, String)> {
+    pub(crate) fn fields(&self) -> Vec<(String, String)> {
         use super::schema::dead_letter as d;
         let mut fields: Vec<(String, String)> = vec![
             (d::STAGE, self.stage.as_str().to_string()),
@@ -123,7 +123,11 @@ impl Store {
     }
 
     /// Dead letters, oldest first, from `start` (inclusive stream id, `-` for the beginning).
-    pub async fn dlq_range(&self, start: &str, count: usize) -> StoreResult<Vec<super::Entry>> {
+    pub(crate) async fn dlq_range(
+        &self,
+        start: &str,
+        count: usize,
+    ) -> StoreResult<Vec<super::Entry>> {
         let v: redis::Value = redis::cmd("XRANGE")
             .arg(self.keys.dlq())
             .arg(start)
@@ -148,7 +152,7 @@ pub struct DeadLetterFilter {
 }
 
 impl DeadLetterFilter {
-    pub fn matches(&self, e: &super::Entry) -> bool {
+    pub(crate) fn matches(&self, e: &super::Entry) -> bool {
         use super::schema::dead_letter as d;
         let f = |k: &str| e.field(k).unwrap_or("");
         self.ids.as_ref().is_none_or(|ids| ids.contains(&e.id))
@@ -165,7 +169,7 @@ impl DeadLetterFilter {
 
 impl Store {
     /// One dead letter.
-    pub async fn dlq_get(&self, id: &str) -> StoreResult<Option<super::Entry>> {
+    pub(crate) async fn dlq_get(&self, id: &str) -> StoreResult<Option<super::Entry>> {
         let v: redis::Value = redis::cmd("XRANGE")
             .arg(self.keys.dlq())
             .arg(id)
@@ -176,7 +180,7 @@ impl Store {
     }
 
     /// Dead letters matching `filter`, oldest first, at most `limit`.
-    pub async fn dlq_select(
+    pub(crate) async fn dlq_select(
         &self,
         filter: &DeadLetterFilter,
         limit: usize,
@@ -207,7 +211,7 @@ impl Store {
     }
 
     /// Deletes dead letters by id; returns how many existed.
-    pub async fn dlq_delete(&self, ids: &[String]) -> StoreResult<u64> {
+    pub(crate) async fn dlq_delete(&self, ids: &[String]) -> StoreResult<u64> {
         if ids.is_empty() {
             return Ok(0);
         }
@@ -220,7 +224,7 @@ impl Store {
 
     /// Puts dead letters back where they failed (inbound, outbound, markread or imapdone) and removes
     /// them from the DLQ, each in one MULTI/EXEC. Returns how many were replayed.
-    pub async fn dlq_replay(&self, entries: &[super::Entry]) -> StoreResult<u64> {
+    pub(crate) async fn dlq_replay(&self, entries: &[super::Entry]) -> StoreResult<u64> {
         use super::schema::dead_letter as d;
         use super::schema::inbound as f;
         use super::schema::outbound as o;

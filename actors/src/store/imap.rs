@@ -8,14 +8,14 @@ use redis::Script;
 
 /// Where a source's folder stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UidCursor {
+pub(crate) struct UidCursor {
     pub uidvalidity: u32,
     pub last_uid: u32,
 }
 
 /// One fetched message, ready to be queued.
 #[derive(Debug)]
-pub struct FetchedMail {
+pub(crate) struct FetchedMail {
     pub uid: u32,
     /// INTERNALDATE, RFC 3339 (empty when the server sent none).
     pub internal_date: String,
@@ -27,7 +27,7 @@ pub struct FetchedMail {
 
 /// A message fetched without its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Omitted {
+pub(crate) struct Omitted {
     /// RFC822.SIZE.
     pub size: u64,
     /// `imap.max_message_bytes`.
@@ -38,7 +38,7 @@ pub struct Omitted {
 
 /// One chunk of a folder, ready to be written.
 #[derive(Debug)]
-pub struct FetchedChunk<'a> {
+pub(crate) struct FetchedChunk<'a> {
     pub source: &'a str,
     pub uidvalidity: u32,
     /// The cursor after this chunk: every UID up to it was fetched (or does not exist).
@@ -54,7 +54,7 @@ pub(crate) fn lease_name(source: &str) -> String {
 }
 
 impl Store {
-    pub async fn uid_cursor(&self, source: &str) -> StoreResult<Option<UidCursor>> {
+    pub(crate) async fn uid_cursor(&self, source: &str) -> StoreResult<Option<UidCursor>> {
         let (uv, last): (Option<u32>, Option<u32>) = redis::cmd("HMGET")
             .arg(self.keys.cursor(&lease_name(source)))
             .arg("uidvalidity")
@@ -69,7 +69,7 @@ impl Store {
 
     /// Writes a chunk and the cursor after it atomically, fenced by the lease. Returns the
     /// messages added (UIDs at or below the stored cursor are skipped).
-    pub async fn write_imap_chunk(
+    pub(crate) async fn write_imap_chunk(
         &self,
         chunk: &FetchedChunk<'_>,
         token: &str,

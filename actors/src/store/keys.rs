@@ -22,13 +22,13 @@ pub struct Keys {
 }
 
 impl Keys {
-    pub fn new(prefix: &str) -> Self {
+    pub(crate) fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_string(),
         }
     }
 
-    pub fn prefix(&self) -> &str {
+    pub(crate) fn prefix(&self) -> &str {
         &self.prefix
     }
 
@@ -48,91 +48,91 @@ impl Keys {
     }
 
     /// Idempotency mark of one record key.
-    pub fn seen(&self, idempotency_key: &str) -> String {
+    pub(crate) fn seen(&self, idempotency_key: &str) -> String {
         format!("{}seen:{}", self.prefix, idempotency_key)
     }
 
     /// Intake mark of a record key: a poller queued it already (skips re-fetched mail).
-    pub fn queued(&self, idempotency_key: &str) -> String {
+    pub(crate) fn queued(&self, idempotency_key: &str) -> String {
         format!("{}queued:{}", self.prefix, idempotency_key)
     }
 
     /// Intake mark of a webhook ref: the message `id` of `mailbox` is queued already (a
     /// repeated notification is not queued again).
-    pub fn ref_queued(&self, mailbox: &str, id: &str) -> String {
+    pub(crate) fn ref_queued(&self, mailbox: &str, id: &str) -> String {
         format!("{}queued:ref:{}:{}", self.prefix, mailbox, id)
     }
 
     /// Fleet-wide counters (processed, delivered, dead_lettered, duplicates), updated in the
     /// same MULTI/EXEC as the work they count.
-    pub fn stats(&self) -> String {
+    pub(crate) fn stats(&self) -> String {
         format!("{}stats", self.prefix)
     }
 
     /// The current session (hash) and one past session.
-    pub fn session_current(&self) -> String {
+    pub(crate) fn session_current(&self) -> String {
         format!("{}session:current", self.prefix)
     }
-    pub fn session(&self, id: &str) -> String {
+    pub(crate) fn session(&self, id: &str) -> String {
         format!("{}session:{}", self.prefix, id)
     }
     /// Past sessions by start time (ZSET of ids).
-    pub fn sessions(&self) -> String {
+    pub(crate) fn sessions(&self) -> String {
         format!("{}sessions", self.prefix)
     }
 
     /// Theoretical arrival time of the next permit of a rate budget (GCRA).
-    pub fn rate_tat(&self, budget: &str) -> String {
+    pub(crate) fn rate_tat(&self, budget: &str) -> String {
         format!("{}ratelimit:{}:tat", self.prefix, budget)
     }
 
     /// Graph requests in flight for a mailbox (permits with lease expiry).
-    pub fn graph_in_flight(&self, mailbox: &str) -> String {
+    pub(crate) fn graph_in_flight(&self, mailbox: &str) -> String {
         format!("{}ratelimit:graph:{}:inflight", self.prefix, mailbox)
     }
 
     /// Graph requests of a mailbox within the sliding window.
-    pub fn graph_window(&self, mailbox: &str) -> String {
+    pub(crate) fn graph_window(&self, mailbox: &str) -> String {
         format!("{}ratelimit:graph:{}:window", self.prefix, mailbox)
     }
 
     /// Delta cursor (or poll state) of a mailbox.
-    pub fn cursor(&self, mailbox: &str) -> String {
+    pub(crate) fn cursor(&self, mailbox: &str) -> String {
         format!("{}cursor:{}", self.prefix, mailbox)
     }
 
     /// Lease of the poller of a mailbox, and its fencing counter.
-    pub fn poller_lease(&self, mailbox: &str) -> String {
+    pub(crate) fn poller_lease(&self, mailbox: &str) -> String {
         format!("{}lease:poller:{}", self.prefix, mailbox)
     }
 
     /// Graph subscription of a mailbox.
-    pub fn subscription(&self, mailbox: &str) -> String {
+    pub(crate) fn subscription(&self, mailbox: &str) -> String {
         format!("{}webhook:subscription:{}", self.prefix, mailbox)
     }
 
     /// Messages to mark read in Graph once MS4 accepted them (unread mode).
-    pub fn mark_read(&self) -> String {
+    pub(crate) fn mark_read(&self) -> String {
         format!("{}stream:markread", self.prefix)
     }
 
     /// IMAP messages whose after-delivery action (`\Seen` or move) is due: MS4 accepted them.
-    pub fn imap_done(&self) -> String {
+    pub(crate) fn imap_done(&self) -> String {
         format!("{}stream:imapdone", self.prefix)
     }
 
     /// Parked mailboxes: mailbox → its [`ParkState`](super::park::ParkState) as JSON.
-    pub fn parked(&self) -> String {
+    pub(crate) fn parked(&self) -> String {
         format!("{}parked", self.prefix)
     }
 
     /// The entries of one mailbox that are parked until Graph serves the mailbox again.
-    pub fn parked_entries(&self, mailbox: &str) -> String {
+    pub(crate) fn parked_entries(&self, mailbox: &str) -> String {
         format!("{}stream:parked:{}", self.prefix, mailbox)
     }
 
     /// Until when every holder of a rate budget is paused (a Retry-After).
-    pub fn rate_pause(&self, budget: &str) -> String {
+    pub(crate) fn rate_pause(&self, budget: &str) -> String {
         format!("{}ratelimit:{}:pause", self.prefix, budget)
     }
 }

@@ -23,11 +23,16 @@ impl LeaseScripts {
 /// The write was refused: another daemon holds the mailbox (or source) now.
 #[derive(Debug, thiserror::Error)]
 #[error("lost the poller lease of {0}")]
-pub struct LeaseLost(pub String);
+pub(crate) struct LeaseLost(pub String);
 
 impl Store {
     /// Takes or renews the poller lease of `mailbox` for `token`. True while held.
-    pub async fn hold_lease(&self, mailbox: &str, token: &str, ttl: Duration) -> StoreResult<bool> {
+    pub(crate) async fn hold_lease(
+        &self,
+        mailbox: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> StoreResult<bool> {
         let held: i64 = self
             .lease
             .take
@@ -40,7 +45,7 @@ impl Store {
     }
 
     /// Gives the lease up (drain), if still held.
-    pub async fn release_lease(&self, mailbox: &str, token: &str) -> StoreResult<()> {
+    pub(crate) async fn release_lease(&self, mailbox: &str, token: &str) -> StoreResult<()> {
         let _: i64 = self
             .lease
             .release

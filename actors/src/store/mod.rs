@@ -34,13 +34,14 @@ pub mod read_budget;
 pub mod schema;
 pub(crate) mod session;
 pub mod streams;
-pub(crate) mod webhook;
+pub mod webhook;
 
 pub use access::describe_refusal;
-pub use dlq::DeadLetter;
-pub use keys::Keys;
+pub(crate) use dlq::DeadLetter;
+pub(crate) use keys::Keys;
 pub use read_budget::{ReadBudget, Scan};
-pub use streams::{Entry, FollowUp, Handoff, OutboundRecord};
+pub use streams::Entry;
+pub(crate) use streams::{FollowUp, Handoff, OutboundRecord};
 
 use crate::settings::RedisSettings;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -62,14 +63,7 @@ pub enum StoreError {
     Access(String),
 }
 
-impl StoreError {
-    /// True when the consumer group (or its stream) vanished: recreate and carry on.
-    pub fn is_missing_group(&self) -> bool {
-        matches!(self, StoreError::Redis(e) if e.code() == Some("NOGROUP"))
-    }
-}
-
-pub type StoreResult<T> = Result<T, StoreError>;
+pub(crate) type StoreResult<T> = Result<T, StoreError>;
 
 /// Connection to one Redis (or one pipeline prefix on it), or to a Redis Cluster.
 #[derive(Clone)]
@@ -199,14 +193,6 @@ impl Store {
         let client = access.client(url)?;
         let conn = Connection::Single(Self::manager(&client, Some(RESPONSE_TIMEOUT))?);
         Ok(Self::with(conn, Target::Single(Arc::new(client)), prefix))
-    }
-
-    /// Opens a store on the Redis Cluster that `seeds` (`redis://host:port`, one or more of
-    /// its nodes) belong to; the other nodes and the slot map are discovered from them. Like
-    /// [`Store::open`], it connects lazily. `prefix` must carry a hash tag (`{ms1}:`), which
-    /// the settings' validation checks.
-    pub fn open_cluster(seeds: &[&str], prefix: &str) -> StoreResult<Self> {
-        Self::open_cluster_with(seeds, prefix, &access::Access::default())
     }
 
     fn open_cluster_with(

@@ -21,7 +21,7 @@ pub(crate) const PROBE: &str = "probe";
 
 /// Why and until when a mailbox's entries are parked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ParkState {
+pub(crate) struct ParkState {
     /// What Graph answered, for `/ready` and the logs.
     pub reason: String,
     /// When the first entry was parked (ms since the epoch).
@@ -34,7 +34,7 @@ pub struct ParkState {
 
 impl Store {
     /// Every parked mailbox and its state (an unreadable state counts as due now).
-    pub async fn park_states(&self) -> StoreResult<BTreeMap<String, ParkState>> {
+    pub(crate) async fn park_states(&self) -> StoreResult<BTreeMap<String, ParkState>> {
         let raw: BTreeMap<String, String> = redis::cmd("HGETALL")
             .arg(self.keys.parked())
             .query_async(&mut self.conn())
@@ -54,13 +54,17 @@ impl Store {
     }
 
     /// Records a mailbox's state.
-    pub async fn set_park_state(&self, mailbox: &str, state: &ParkState) -> StoreResult<()> {
+    pub(crate) async fn set_park_state(&self, mailbox: &str, state: &ParkState) -> StoreResult<()> {
         self.write_park_state("HSET", mailbox, state).await
     }
 
     /// Records a mailbox's state unless one is there (another daemon may have cleared it while
     /// this one parked more of its entries: they must not stay without a schedule).
-    pub async fn keep_park_state(&self, mailbox: &str, state: &ParkState) -> StoreResult<()> {
+    pub(crate) async fn keep_park_state(
+        &self,
+        mailbox: &str,
+        state: &ParkState,
+    ) -> StoreResult<()> {
         self.write_park_state("HSETNX", mailbox, state).await
     }
 
@@ -81,7 +85,7 @@ impl Store {
     }
 
     /// Forgets a mailbox's state (Graph serves it again).
-    pub async fn clear_park_state(&self, mailbox: &str) -> StoreResult<()> {
+    pub(crate) async fn clear_park_state(&self, mailbox: &str) -> StoreResult<()> {
         let _: Value = redis::cmd("HDEL")
             .arg(self.keys.parked())
             .arg(mailbox)
@@ -92,7 +96,12 @@ impl Store {
 
     /// Moves up to `count` of a mailbox's oldest parked entries back to the inbound stream
     /// (flagged as probes with `probe`); returns how many moved.
-    pub async fn unpark(&self, mailbox: &str, count: usize, probe: bool) -> StoreResult<u64> {
+    pub(crate) async fn unpark(
+        &self,
+        mailbox: &str,
+        count: usize,
+        probe: bool,
+    ) -> StoreResult<u64> {
         let script = Script::new(include_str!("unpark.lua"));
         let moved: i64 = script
             .key(self.keys.parked_entries(mailbox))
@@ -105,7 +114,7 @@ impl Store {
     }
 
     /// How many entries of a mailbox are parked.
-    pub async fn parked_len(&self, mailbox: &str) -> StoreResult<u64> {
+    pub(crate) async fn parked_len(&self, mailbox: &str) -> StoreResult<u64> {
         self.len(&self.keys.parked_entries(mailbox)).await
     }
 }

@@ -7,7 +7,7 @@ use redis::Script;
 
 /// Where a mailbox's poll stands.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Cursor {
+pub(crate) struct Cursor {
     /// The link to read next: a nextLink in the middle of a sync, the deltaLink between polls.
     pub link: Option<String>,
     /// `sync` (following nextLinks) or `delta` (at rest on a deltaLink).
@@ -16,7 +16,7 @@ pub struct Cursor {
 
 /// One polled page, ready to be written.
 #[derive(Debug, Default)]
-pub struct PolledPage<'a> {
+pub(crate) struct PolledPage<'a> {
     pub mailbox: &'a str,
     /// `(idempotency key, content digest, message JSON)` of each message on the page.
     pub messages: Vec<(String, String, &'a str)>,
@@ -41,7 +41,7 @@ impl PollScripts {
 }
 
 impl Store {
-    pub async fn cursor(&self, mailbox: &str) -> StoreResult<Cursor> {
+    pub(crate) async fn cursor(&self, mailbox: &str) -> StoreResult<Cursor> {
         let (link, phase): (Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(self.keys.cursor(mailbox))
             .arg("link")
@@ -56,7 +56,7 @@ impl Store {
 
     /// Writes a page and its cursor atomically, fenced by the lease. Returns the messages
     /// added (keys queued before are skipped).
-    pub async fn write_page(
+    pub(crate) async fn write_page(
         &self,
         page: &PolledPage<'_>,
         token: &str,

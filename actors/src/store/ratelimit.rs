@@ -26,7 +26,7 @@ impl Scripts {
 
 /// A mailbox's Graph limits.
 #[derive(Debug, Clone, Copy)]
-pub struct GraphLimits {
+pub(crate) struct GraphLimits {
     pub max_concurrent: u32,
     pub per_window: u32,
     pub window: Duration,
@@ -37,7 +37,7 @@ pub struct GraphLimits {
 impl Store {
     /// Tries to take one permit of `budget`, spaced `interval` apart; a caller up to
     /// `tolerance` late keeps the schedule. `None`: granted; `Some(d)`: ask again after `d`.
-    pub async fn take_permit(
+    pub(crate) async fn take_permit(
         &self,
         budget: &str,
         interval: Duration,
@@ -57,7 +57,7 @@ impl Store {
 
     /// Tries to take a Graph permit `id` for `mailbox` standing for `cost` requests. `None`:
     /// granted; `Some(d)`: ask again after `d`.
-    pub async fn take_graph_permit(
+    pub(crate) async fn take_graph_permit(
         &self,
         mailbox: &str,
         id: &str,
@@ -82,7 +82,7 @@ impl Store {
     }
 
     /// Frees a Graph permit's concurrency slot.
-    pub async fn release_graph_permit(&self, mailbox: &str, id: &str) -> StoreResult<()> {
+    pub(crate) async fn release_graph_permit(&self, mailbox: &str, id: &str) -> StoreResult<()> {
         let _: i64 = redis::cmd("ZREM")
             .arg(self.keys.graph_in_flight(mailbox))
             .arg(id)
@@ -92,7 +92,7 @@ impl Store {
     }
 
     /// Pauses every holder of `budget` for `d` (never shortens a longer pause).
-    pub async fn pause_budget(&self, budget: &str, d: Duration) -> StoreResult<()> {
+    pub(crate) async fn pause_budget(&self, budget: &str, d: Duration) -> StoreResult<()> {
         let _: i64 = self
             .ratelimit
             .pause

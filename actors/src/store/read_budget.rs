@@ -70,7 +70,7 @@ pub fn entry_bytes(e: &Entry) -> u64 {
 /// How many of the next entries (their sizes, in order) a read takes: as many as fit in
 /// `budget`, and the first one whatever its size when `budget.at_least_one`. The script
 /// applies the same rule inside Redis.
-pub fn within_budget(sizes: &[u64], budget: ReadBudget) -> usize {
+pub(crate) fn within_budget(sizes: &[u64], budget: ReadBudget) -> usize {
     let mut bytes = 0u64;
     let mut n = 0;
     for &size in sizes.iter().take(budget.max_entries) {

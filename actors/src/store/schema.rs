@@ -21,20 +21,20 @@ pub mod inbound {
     pub const INTERNAL_DATE: &str = "internal_date";
     /// IMAP, a message above `imap.max_message_bytes`: `{size}:{limit}`; `payload` is then its
     /// header only, and `attachments` (JSON) what its BODYSTRUCTURE lists.
-    pub const OVERSIZE: &str = "oversize";
-    pub const ATTACHMENTS: &str = "attachments";
+    pub(crate) const OVERSIZE: &str = "oversize";
+    pub(crate) const ATTACHMENTS: &str = "attachments";
 }
 
 /// An outbound entry (`stream:outbound`): an MS4 record waiting for delivery.
-pub mod outbound {
-    pub const KEY: &str = "k";
-    pub const RECORD: &str = "r";
-    pub const INBOUND_MS: &str = "t";
+pub(crate) mod outbound {
+    pub(crate) const KEY: &str = "k";
+    pub(crate) const RECORD: &str = "r";
+    pub(crate) const INBOUND_MS: &str = "t";
     /// Present when the message has a follow-up after delivery: its mailbox and id, and its
     /// source when that is not Graph (see [`FollowUp`](crate::store::FollowUp)).
-    pub const FOLLOW_UP_MAILBOX: &str = "mb";
-    pub const FOLLOW_UP_ID: &str = "mid";
-    pub const FOLLOW_UP_SOURCE: &str = "ms";
+    pub(crate) const FOLLOW_UP_MAILBOX: &str = "mb";
+    pub(crate) const FOLLOW_UP_ID: &str = "mid";
+    pub(crate) const FOLLOW_UP_SOURCE: &str = "ms";
 }
 
 /// A follow-up entry (`stream:markread`, `stream:imapdone`): what to do in the mailbox once
@@ -63,5 +63,5 @@ pub mod dead_letter {
     pub const SOURCE: &str = "source";
     pub const PAYLOAD: &str = "payload";
     /// Prefix of the fields that go back into the replayed entry (`carry.{field}`).
-    pub const CARRY: &str = "carry.";
+    pub(crate) const CARRY: &str = "carry.";
 }

@@ -5,7 +5,7 @@ use super::{Store, StoreResult};
 use std::collections::HashMap;
 
 impl Store {
-    pub async fn load_session(&self) -> StoreResult<Option<HashMap<String, String>>> {
+    pub(crate) async fn load_session(&self) -> StoreResult<Option<HashMap<String, String>>> {
         let map: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(self.keys.session_current())
             .query_async(&mut self.conn())
@@ -13,7 +13,7 @@ impl Store {
         Ok((!map.is_empty()).then_some(map))
     }
 
-    pub async fn load_past_session(
+    pub(crate) async fn load_past_session(
         &self,
         id: &str,
     ) -> StoreResult<Option<HashMap<String, String>>> {
@@ -25,7 +25,11 @@ impl Store {
     }
 
     /// Replaces a session hash with `fields`, in one MULTI/EXEC.
-    pub async fn save_session(&self, key: &str, fields: &[(String, String)]) -> StoreResult<()> {
+    pub(crate) async fn save_session(
+        &self,
+        key: &str,
+        fields: &[(String, String)],
+    ) -> StoreResult<()> {
         let mut pipe = redis::pipe();
         pipe.atomic().cmd("DEL").arg(key).ignore();
         pipe.cmd("HSET").arg(key);
@@ -37,7 +41,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn index_session(&self, id: &str, started_ms: u64) -> StoreResult<()> {
+    pub(crate) async fn index_session(&self, id: &str, started_ms: u64) -> StoreResult<()> {
         let _: i64 = redis::cmd("ZADD")
             .arg(self.keys.sessions())
             .arg(started_ms)
@@ -48,7 +52,7 @@ impl Store {
     }
 
     /// Session ids, newest first.
-    pub async fn session_ids(&self, limit: usize) -> StoreResult<Vec<String>> {
+    pub(crate) async fn session_ids(&self, limit: usize) -> StoreResult<Vec<String>> {
         Ok(redis::cmd("ZREVRANGE")
             .arg(self.keys.sessions())
             .arg(0)
@@ -58,7 +62,7 @@ impl Store {
     }
 
     /// Atomically takes `session:current` for a new session, unless one is running.
-    pub async fn claim_session_start(&self, id: &str) -> StoreResult<bool> {
+    pub(crate) async fn claim_session_start(&self, id: &str) -> StoreResult<bool> {
         let claimed: i64 = redis::Script::new(include_str!("session_claim.lua"))
             .key(self.keys.session_current())
             .arg(id)

@@ -35,7 +35,7 @@ impl Entry {
     }
 
     /// Milliseconds part of the entry id: when it was added, by Redis' clock.
-    pub fn added_ms(&self) -> u64 {
+    pub(crate) fn added_ms(&self) -> u64 {
         self.id
             .split('-')
             .next()
@@ -46,7 +46,7 @@ impl Entry {
 
 /// A record on its way to the outbound stream.
 #[derive(Debug, Clone)]
-pub struct OutboundRecord {
+pub(crate) struct OutboundRecord {
     /// The record's idempotency key (also its `seen:` mark).
     pub key: String,
     /// The record's content digest: the value of its `seen:` and `queued:` marks, which tells
@@ -63,7 +63,7 @@ pub struct OutboundRecord {
 /// Work due on a message once MS4 accepted its record: mark it read in Graph (unread mode), or
 /// the IMAP source's after-delivery action (`\Seen` or move).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FollowUp {
+pub(crate) struct FollowUp {
     /// `graph` or `imap`.
     pub source: &'static str,
     /// The Graph mailbox, or the IMAP source's name.
@@ -75,7 +75,7 @@ pub struct FollowUp {
 /// Everything the BatchProcessor finishes for one chunk of inbound entries, applied as one
 /// MULTI/EXEC: either all of it happens or none of it.
 #[derive(Debug, Default)]
-pub struct Handoff {
+pub(crate) struct Handoff {
     /// New records for the outbound stream; their `seen:` marks are set with them.
     pub outbound: Vec<OutboundRecord>,
     /// Entries that cannot become records.
@@ -90,17 +90,17 @@ pub struct Handoff {
 
 /// An inbound entry set aside in its mailbox's parked stream, with its fields unchanged.
 #[derive(Debug, Clone)]
-pub struct ParkedEntry {
+pub(crate) struct ParkedEntry {
     pub mailbox: String,
     pub fields: Vec<(String, String)>,
 }
 
 /// Counter names in the `stats` hash.
-pub mod stat {
-    pub const PROCESSED: &str = "processed";
-    pub const DELIVERED: &str = "delivered";
-    pub const DEAD_LETTERED: &str = "dead_lettered";
-    pub const DUPLICATES: &str = "duplicates";
+pub(crate) mod stat {
+    pub(crate) const PROCESSED: &str = "processed";
+    pub(crate) const DELIVERED: &str = "delivered";
+    pub(crate) const DEAD_LETTERED: &str = "dead_lettered";
+    pub(crate) const DUPLICATES: &str = "duplicates";
 }
 
 fn utf8(bytes: Vec<u8>) -> String {
@@ -207,7 +207,7 @@ impl Store {
 
     /// `XREADGROUP`: new entries (`from = ">"`) or this consumer's own pending ones
     /// (`from = "0"` or the last id seen). `block_ms = None` returns at once.
-    pub async fn read_group(
+    pub(crate) async fn read_group(
         &self,
         stream: &str,
         group: &str,
@@ -242,7 +242,7 @@ impl Store {
 
     /// All entries this consumer already holds (read before a crash or an actor restart and
     /// never acknowledged), oldest first, paging with the last id seen.
-    pub async fn own_pending(
+    pub(crate) async fn own_pending(
         &self,
         stream: &str,
         group: &str,
@@ -265,7 +265,7 @@ impl Store {
 
     /// `XAUTOCLAIM`: takes over entries idle longer than `min_idle_ms` (their consumer died).
     /// Returns the cursor for the next call ("0-0" when the scan wrapped) and the entries.
-    pub async fn autoclaim(
+    pub(crate) async fn autoclaim(
         &self,
         stream: &str,
         group: &str,
@@ -298,7 +298,7 @@ impl Store {
 
     /// Resets the idle time of entries this consumer still holds (a long MS4 retry), so no
     /// other daemon claims them meanwhile.
-    pub async fn touch(
+    pub(crate) async fn touch(
         &self,
         stream: &str,
         group: &str,
@@ -320,15 +320,10 @@ impl Store {
         Ok(())
     }
 
-    /// Acknowledges and deletes finished entries in one MULTI/EXEC.
-    pub async fn ack(&self, stream: &str, group: &str, ids: &[String]) -> StoreResult<()> {
-        self.ack_and_follow_up(stream, group, ids, &[]).await
-    }
-
     /// Acknowledges delivered entries and, in the same MULTI/EXEC, queues their follow-ups
     /// (`(source, mailbox, id)`: Graph messages to mark read, IMAP after-delivery actions), so
     /// a follow-up happens only after MS4 accepted the message, and is never forgotten.
-    pub async fn ack_and_follow_up(
+    pub(crate) async fn ack_and_follow_up(
         &self,
         stream: &str,
         group: &str,
@@ -364,7 +359,7 @@ impl Store {
     }
 
     /// Dead-letters entries and acknowledges them in one MULTI/EXEC.
-    pub async fn dead_letter_and_ack(
+    pub(crate) async fn dead_letter_and_ack(
         &self,
         stream: &str,
         group: &str,
@@ -397,7 +392,7 @@ impl Store {
     }
 
     /// The fleet-wide counters.
-    pub async fn counts(&self) -> StoreResult<std::collections::HashMap<String, u64>> {
+    pub(crate) async fn counts(&self) -> StoreResult<std::collections::HashMap<String, u64>> {
         Ok(redis::cmd("HGETALL")
             .arg(self.keys.stats())
             .query_async(&mut self.conn())
@@ -406,7 +401,7 @@ impl Store {
 
     /// The idempotency mark of each of `keys`: the content digest of the message delivered
     /// under it (`1` for marks older than digests), or `None`.
-    pub async fn marks(&self, keys: &[&str]) -> StoreResult<Vec<Option<String>>> {
+    pub(crate) async fn marks(&self, keys: &[&str]) -> StoreResult<Vec<Option<String>>> {
         if keys.is_empty() {
             return Ok(vec![]);
         }
@@ -419,7 +414,7 @@ impl Store {
 
     /// Applies a BatchProcessor hand-off in one MULTI/EXEC: XADD outbound + idempotency marks +
     /// dead letters + XACK/XDEL of the inbound chunk.
-    pub async fn handoff(
+    pub(crate) async fn handoff(
         &self,
         h: &Handoff,
         idempotency_ttl_s: u64,

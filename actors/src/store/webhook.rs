@@ -5,14 +5,14 @@ use super::{Store, StoreResult};
 
 /// A mailbox's Graph subscription as persisted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredSubscription {
+pub(crate) struct StoredSubscription {
     pub id: String,
     /// RFC 3339.
     pub expiration: String,
 }
 
 impl Store {
-    pub async fn load_subscription(
+    pub(crate) async fn load_subscription(
         &self,
         mailbox: &str,
     ) -> StoreResult<Option<StoredSubscription>> {
@@ -28,7 +28,7 @@ impl Store {
         })
     }
 
-    pub async fn save_subscription(
+    pub(crate) async fn save_subscription(
         &self,
         mailbox: &str,
         s: &StoredSubscription,
@@ -46,7 +46,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn forget_subscription(&self, mailbox: &str) -> StoreResult<()> {
+    pub(crate) async fn forget_subscription(&self, mailbox: &str) -> StoreResult<()> {
         let _: i64 = redis::cmd("DEL")
             .arg(self.keys.subscription(mailbox))
             .query_async(&mut self.conn())
@@ -59,7 +59,7 @@ impl Store {
     /// (its `queued:ref:` mark lives `mark_ttl_s`) is skipped, so a message notified five
     /// times costs one Graph GET. Nothing is written while the backlog (inbound + outbound) is
     /// above `max_backlog`.
-    pub async fn add_refs(
+    pub(crate) async fn add_refs(
         &self,
         refs: &[(&str, &str)],
         mark_ttl_s: u64,
@@ -86,7 +86,7 @@ impl Store {
 
 /// What [`Store::add_refs`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefsQueued {
+pub(crate) enum RefsQueued {
     /// This many refs were new and queued (the others were queued before).
     Added(u64),
     /// Nothing was written: the backlog holds this many entries.

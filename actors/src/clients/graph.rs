@@ -48,7 +48,7 @@ pub(crate) fn segment(s: &str) -> String {
 
 /// What went wrong with a Graph request.
 #[derive(Debug, Clone, thiserror::Error)]
-pub(crate) enum GraphError {
+pub enum GraphError {
     #[error("throttled by Graph; retry after {0:?}")]
     Throttled(Duration),
     /// 401/403, with Graph's error code and message (e.g. `ErrorAccessDenied: Access to OData
@@ -81,7 +81,7 @@ impl GraphError {
 
 /// One item of a messages page, with the few properties the pollers look at.
 #[derive(Debug, Clone)]
-pub(crate) struct PageItem {
+pub struct PageItem {
     /// The message JSON as Graph sent it.
     pub raw: String,
     pub id: String,
@@ -95,7 +95,7 @@ pub(crate) struct PageItem {
 
 /// One page of messages.
 #[derive(Debug, Default)]
-pub(crate) struct Page {
+pub struct Page {
     pub items: Vec<PageItem>,
     pub next_link: Option<String>,
     pub delta_link: Option<String>,
@@ -136,7 +136,7 @@ struct HeadAddress {
 }
 
 /// Parses a messages page without re-serializing its items.
-pub(crate) fn parse_page(body: &[u8]) -> Result<Page, GraphError> {
+pub fn parse_page(body: &[u8]) -> Result<Page, GraphError> {
     let raw: RawPage<'_> = serde_json::from_slice(body)
         .map_err(|e| GraphError::Transient(format!("unexpected page from Graph: {e}")))?;
     let mut items = Vec::with_capacity(raw.value.len());

@@ -1,9 +1,9 @@
 //! Outbound HTTP clients the actors call.
 
-pub(crate) mod graph;
+pub mod graph;
 pub(crate) mod imap;
 pub(crate) mod ms4;
-pub(crate) mod oauth;
+pub mod oauth;
 pub(crate) mod xoauth2;
 
 /// The HTTP version every outbound client speaks: HTTP/1.1 only (TLS ALPN offers just

@@ -45,7 +45,7 @@ impl std::fmt::Debug for Grant {
 
 /// Why no token could be had.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub(crate) enum OAuthError {
+pub enum OAuthError {
     /// The authority refused the credentials: nothing will change until the configuration does.
     #[error("the token endpoint refused the credentials ({status} {code})")]
     Rejected { status: u16, code: String },

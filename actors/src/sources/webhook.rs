@@ -65,7 +65,7 @@ pub fn parse_notifications(body: &[u8]) -> Result<NotificationBatch, serde_json:
 
 /// Why a change notification was not enqueued (each is counted under its own outcome).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refusal {
+pub enum Refusal {
     /// `clientState` missing or not ours.
     ClientState,
     /// A subscription this daemon does not know (another's, or deleted).
@@ -87,7 +87,7 @@ impl Refusal {
 
 /// The change notifications of one POST, sorted: what to enqueue and what was refused.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct SortedNotifications {
+pub struct SortedNotifications {
     /// (mailbox, message id) of every accepted notification, in the order received, each
     /// message once.
     pub refs: Vec<(String, String)>,
@@ -98,14 +98,14 @@ pub(crate) struct SortedNotifications {
 }
 
 /// Whether `given` is the configured `clientState`, compared in constant time.
-pub(crate) fn client_state_matches(given: Option<&str>, want: &str) -> bool {
+pub fn client_state_matches(given: Option<&str>, want: &str) -> bool {
     use subtle::ConstantTimeEq;
     given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(want.as_bytes())))
 }
 
 /// The message a change notification is about: `resourceData.id`, else the last segment of
 /// `resource` (`Users/{guid}/Messages/{id}`); `None` when that is empty.
-pub(crate) fn notified_message_id(n: &Notification) -> Option<String> {
+pub fn notified_message_id(n: &Notification) -> Option<String> {
     n.resource_data
         .as_ref()
         .and_then(|d| d.id.clone())
@@ -120,7 +120,7 @@ pub(crate) fn notified_message_id(n: &Notification) -> Option<String> {
 
 /// Checks each notification (clientState, then its subscription → mailbox, then its message
 /// id) and sorts it into a ref to enqueue or a refusal. Pure (no I/O, no metrics).
-pub(crate) fn sort_notifications(
+pub fn sort_notifications(
     items: &[Notification],
     client_state: &str,
     subscriptions: &HashMap<String, String>,

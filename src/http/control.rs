@@ -21,7 +21,7 @@ use ms1_actors::control::session::{
 };
 use ms1_actors::settings::Secret;
 use ms1_actors::store::dlq::{DeadLetterFilter, Stage};
-use ms1_actors::store::streams::is_entry_id;
+use ms1_actors::store::entry::is_entry_id;
 use ms1_actors::store::Entry;
 use ms1_actors::Health;
 use serde::Deserialize;

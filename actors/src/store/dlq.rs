@@ -136,7 +136,7 @@ impl Store {
             .arg(count)
             .query_async(&mut self.conn())
             .await?;
-        super::streams::parse_entries_public(v)
+        super::entry::parse_entries_public(v)
     }
 }
 
@@ -176,7 +176,7 @@ impl Store {
             .arg(id)
             .query_async(&mut self.conn())
             .await?;
-        Ok(super::streams::parse_entries_public(v)?.into_iter().next())
+        Ok(super::entry::parse_entries_public(v)?.into_iter().next())
     }
 
     /// Dead letters matching `filter`, oldest first, at most `limit`.

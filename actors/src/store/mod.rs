@@ -24,6 +24,7 @@
 
 mod access;
 pub mod dlq;
+pub mod entry;
 pub(crate) mod imap;
 pub(crate) mod keys;
 pub(crate) mod lease;
@@ -38,9 +39,9 @@ pub mod webhook;
 
 pub use access::describe_refusal;
 pub(crate) use dlq::DeadLetter;
+pub use entry::Entry;
 pub(crate) use keys::Keys;
 pub use read_budget::{ReadBudget, Scan};
-pub use streams::Entry;
 pub(crate) use streams::{FollowUp, Handoff, OutboundRecord};
 
 use crate::settings::RedisSettings;

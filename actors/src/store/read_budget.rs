@@ -9,7 +9,7 @@
 //! bigger than the whole budget still moves, alone: a read returns at most
 //! `max(max_bytes, one entry)` ([`within_budget`] is the rule, unit-tested).
 
-use super::streams::{parse_entries_public, Entry};
+use super::entry::{parse_entries_public, Entry};
 use super::{Store, StoreError, StoreResult};
 use redis::{Script, Value};
 use std::sync::LazyLock;

@@ -1,0 +1,122 @@
+//! A stream entry as Redis returns it (its id and fields in order), and the parsing of the
+//! replies that carry entries (XRANGE, XREADGROUP, XAUTOCLAIM), in RESP2 or RESP3.
+
+use super::{StoreError, StoreResult};
+use redis::Value;
+
+/// One stream entry: its id and its fields in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub id: String,
+    pub fields: Vec<(String, String)>,
+}
+
+/// Whether `id` is a complete stream entry id (`<ms>-<seq>`, both 64-bit), the only form the
+/// API takes for a dead letter: anything else would make Redis refuse the whole command.
+pub fn is_entry_id(id: &str) -> bool {
+    id.split_once('-').is_some_and(|(ms, seq)| {
+        [ms, seq].iter().all(|p| {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u64>().is_ok()
+        })
+    })
+}
+
+impl Entry {
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Milliseconds part of the entry id: when it was added, by Redis' clock.
+    pub(crate) fn added_ms(&self) -> u64 {
+        self.id
+            .split('-')
+            .next()
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+pub(crate) fn as_string(v: Value) -> StoreResult<String> {
+    match v {
+        Value::BulkString(b) => Ok(utf8(b)),
+        Value::SimpleString(s) => Ok(s),
+        Value::VerbatimString { text, .. } => Ok(text),
+        Value::Int(i) => Ok(i.to_string()),
+        other => Err(StoreError::Reply(format!(
+            "expected a string, got {other:?}"
+        ))),
+    }
+}
+
+/// Parses `[[id, [field, value, …]], …]`. Entries deleted while pending come back as
+/// `[id, nil]`: they are skipped (their ids are returned in the second list).
+pub(crate) fn parse_entries_public(v: Value) -> StoreResult<Vec<Entry>> {
+    Ok(parse_entries(v)?.0)
+}
+
+pub(crate) fn parse_entries(v: Value) -> StoreResult<(Vec<Entry>, Vec<String>)> {
+    let items = match v {
+        Value::Array(items) => items,
+        Value::Nil => return Ok((vec![], vec![])),
+        other => return Err(StoreError::Reply(format!("entries: {other:?}"))),
+    };
+    let mut entries = Vec::with_capacity(items.len());
+    let mut gone = Vec::new();
+    for item in items {
+        let Value::Array(mut pair) = item else {
+            return Err(StoreError::Reply("entry is not an array".into()));
+        };
+        if pair.len() != 2 {
+            return Err(StoreError::Reply("entry is not [id, fields]".into()));
+        }
+        let body = pair.pop().unwrap_or(Value::Nil);
+        let id = as_string(pair.pop().unwrap_or(Value::Nil))?;
+        let flat = match body {
+            Value::Array(flat) => flat,
+            Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            Value::Nil => {
+                gone.push(id);
+                continue;
+            }
+            other => return Err(StoreError::Reply(format!("entry fields: {other:?}"))),
+        };
+        let mut fields = Vec::with_capacity(flat.len() / 2);
+        let mut it = flat.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            fields.push((as_string(k)?, as_string(v)?));
+        }
+        entries.push(Entry { id, fields });
+    }
+    Ok((entries, gone))
+}
+
+/// Parses an XREADGROUP reply (RESP2 array or RESP3 map) for a single stream.
+pub(crate) fn parse_read(v: Value) -> StoreResult<(Vec<Entry>, Vec<String>)> {
+    let streams: Vec<Value> = match v {
+        Value::Nil => return Ok((vec![], vec![])),
+        Value::Array(s) => s
+            .into_iter()
+            .filter_map(|kv| match kv {
+                Value::Array(mut kv) if kv.len() == 2 => kv.pop(),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(m) => m.into_iter().map(|(_, v)| v).collect(),
+        other => return Err(StoreError::Reply(format!("xreadgroup: {other:?}"))),
+    };
+    let mut out = Vec::new();
+    let mut gone = Vec::new();
+    for s in streams {
+        let (e, g) = parse_entries(s)?;
+        out.extend(e);
+        gone.extend(g);
+    }
+    Ok((out, gone))
+}
+
+pub(crate) fn utf8(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}

@@ -120,3 +120,76 @@ pub(crate) fn parse_read(v: Value) -> StoreResult<(Vec<Entry>, Vec<String>)> {
 pub(crate) fn utf8(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_complete_64_bit_entry_ids_are_entry_ids() {
+        for ok in [
+            "0-1",
+            "1732356000000-0",
+            "18446744073709551615-18446744073709551615",
+        ] {
+            assert!(is_entry_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-",
+            "1",
+            "1-",
+            "-1",
+            "a-1",
+            "1-a",
+            "1-2-3",
+            "+1-0",
+            " 1-0",
+            "1-0 ",
+            "18446744073709551616-0",
+            "１-0",
+            "(1-0",
+            "*",
+        ] {
+            assert!(!is_entry_id(bad), "{bad:?}");
+        }
+    }
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn entries_parse_and_deleted_ones_are_skipped() {
+        let v = Value::Array(vec![
+            Value::Array(vec![
+                bulk("1-0"),
+                Value::Array(vec![
+                    bulk("mailbox"),
+                    bulk("m"),
+                    bulk("payload"),
+                    bulk("{}"),
+                ]),
+            ]),
+            Value::Array(vec![bulk("2-0"), Value::Nil]),
+        ]);
+        let (e, gone) = parse_entries(v).unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].field("payload"), Some("{}"));
+        assert_eq!(e[0].added_ms(), 1);
+        assert_eq!(gone, vec!["2-0".to_string()]);
+    }
+
+    #[test]
+    fn a_read_reply_for_one_stream_parses_in_resp2_and_resp3() {
+        let entries = Value::Array(vec![Value::Array(vec![
+            bulk("5-1"),
+            Value::Array(vec![bulk("k"), bulk("v")]),
+        ])]);
+        let resp2 = Value::Array(vec![Value::Array(vec![bulk("s"), entries.clone()])]);
+        let resp3 = Value::Map(vec![(bulk("s"), entries)]);
+        assert_eq!(parse_read(resp2).unwrap().0[0].id, "5-1");
+        assert_eq!(parse_read(resp3).unwrap().0[0].field("k"), Some("v"));
+        assert!(parse_read(Value::Nil).unwrap().0.is_empty());
+    }
+}

@@ -1,19 +1,21 @@
-//! `ms1-ingestor demo`: the whole system on one machine, with nothing installed but
+//! `ms1-sim demo`: the whole system on one machine, with nothing installed but
 //! redis-server and dovecot-imapd.
 //!
 //! It starts the MS4 simulator (with MS4's per-minute limit), the Graph
 //! simulator holding a few thousand synthetic invoices in several mailboxes (a few of them
-//! invalid for MS4), a real Dovecot with an IMAP mailbox of invoices, and the daemon as a child
-//! process with delta polling and webhooks for Graph, and UID fetch with IDLE for IMAP
+//! invalid for MS4), a real Dovecot with an IMAP mailbox of invoices, and the daemon (the `ms1-ingestor`
+//! binary) as a child process with delta polling and webhooks for Graph, and UID fetch with IDLE for IMAP
 //! (delivered messages are then flagged `\Seen`). While the seeded mail flows, new mail
 //! arrives in bursts: through Graph change notifications and IMAP IDLE. At the end it stops
 //! the daemon with SIGTERM (which deletes the subscriptions) and prints the summary. It exits
 //! 0 only when nothing was lost.
 
 use crate::redis_launcher::free_port;
+use ms1_ingestor::cli;
+use ms1_ingestor::daemon::install_tls_provider;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,6 +48,25 @@ pub struct DemoOptions {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout_s: u64,
+    /// The daemon binary to run (default: `ms1-ingestor` beside this `ms1-sim`, as cargo
+    /// builds them into one target directory).
+    #[arg(long, env = "MS1_DEMO_DAEMON")]
+    pub daemon: Option<PathBuf>,
+}
+
+/// The daemon binary: `explicit`, else `ms1-ingestor` in the directory of the running
+/// `ms1-sim`.
+pub fn daemon_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()?.with_file_name("ms1-ingestor"),
+    };
+    anyhow::ensure!(
+        path.is_file(),
+        "no daemon binary at {}: build it (cargo build -p ms1-ingestor --bin ms1-ingestor, with --release for a release ms1-sim) or say where it is with --daemon PATH",
+        path.display()
+    );
+    Ok(path)
 }
 
 /// Kills the child when dropped.
@@ -58,10 +79,10 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Starts `ms1-ingestor sim KIND …` and returns it with the URL it prints.
-fn simulator(exe: &PathBuf, kind: &str, args: &[String]) -> anyhow::Result<(ChildGuard, String)> {
+/// Starts `ms1-sim KIND …` (this binary) and returns it with the URL it prints.
+fn simulator(exe: &Path, kind: &str, args: &[String]) -> anyhow::Result<(ChildGuard, String)> {
     let mut child = Command::new(exe)
-        .args(["sim", kind, "--port", "0"])
+        .args([kind, "--port", "0"])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -83,8 +104,9 @@ fn simulator(exe: &PathBuf, kind: &str, args: &[String]) -> anyhow::Result<(Chil
 }
 
 pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
-    crate::daemon::install_tls_provider();
+    install_tls_provider();
     let exe = std::env::current_exe()?;
+    let daemon_bin = daemon_binary(opts.daemon.as_deref())?;
     let _ = std::fs::remove_dir_all(&opts.dir);
     std::fs::create_dir_all(&opts.dir)?;
     let dir = opts.dir.canonicalize()?;
@@ -163,7 +185,7 @@ username = \"{imap_user}\"\npassword = \"env:MS1_DEMO_IMAP_PASSWORD\"\nafter_del
     let token = uuid::Uuid::new_v4().simple().to_string();
     let log_path = dir.join("daemon.log");
     let log = std::fs::File::create(&log_path)?;
-    let mut daemon = Command::new(&exe);
+    let mut daemon = Command::new(&daemon_bin);
     if let Some((_, secret)) = &dovecot {
         daemon
             .env("MS1_CONFIG", dir.join("imap.toml"))
@@ -211,7 +233,7 @@ username = \"{imap_user}\"\npassword = \"env:MS1_DEMO_IMAP_PASSWORD\"\nafter_del
         log_path.display()
     );
 
-    let api = crate::cli::Client::new(&crate::cli::Target {
+    let api = cli::Client::new(&cli::Target {
         url: Some(format!("http://{control}")),
         token: Some(token.clone()),
         config: None,
@@ -405,7 +427,7 @@ struct Watch<'a> {
     imap_next: u64,
     expected: u64,
     timeout: Duration,
-    api: &'a crate::cli::Client,
+    api: &'a cli::Client,
 }
 
 impl Watch<'_> {

@@ -1,9 +1,7 @@
-//! The Microsoft Graph simulator over real HTTP: the binary (`sim graph`) as a child process,
+//! The Microsoft Graph simulator over real HTTP: the binary (`ms1-sim graph`) as a child process,
 //! a real HTTP client, and a real local endpoint standing in for the daemon's webhook.
 
-mod common;
-
-use common::{wait_until, BIN};
+use ms1_sim::wait::until as wait_until;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -18,6 +16,7 @@ const CONTRACT_FILTER: &str = "receivedDateTime ge 1900-01-01T00:00:00Z and isRe
 const SELECT: &str =
     "id,internetMessageId,subject,from,toRecipients,receivedDateTime,hasAttachments,bodyPreview";
 const WAIT: Duration = Duration::from_secs(10);
+const BIN: &str = env!("CARGO_BIN_EXE_ms1-sim");
 
 /// One HTTP answer, whatever its status.
 #[derive(Debug)]
@@ -63,7 +62,7 @@ struct GraphSim {
 impl GraphSim {
     fn start(args: &[&str]) -> Self {
         let mut child = Command::new(BIN)
-            .args(["sim", "graph", "--port", "0"])
+            .args(["graph", "--port", "0"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -32,6 +32,7 @@ use crate::synthetic;
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use ms1_ingestor::daemon::install_tls_provider;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -3559,7 +3560,7 @@ pub async fn serve(opts: GraphSimOptions) -> anyhow::Result<()> {
         "--bind {}: the simulator listens on loopback only",
         ip
     );
-    crate::daemon::install_tls_provider();
+    install_tls_provider();
     let state: Shared = Arc::new(Mutex::new(State::new(&opts)?));
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {

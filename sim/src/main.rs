@@ -16,8 +16,9 @@ use std::process::ExitCode;
     long_about = "Dev tools of ms1-ingestor: simulators of the services the daemon talks to (MS4, \
 Microsoft Graph, a real Dovecot for IMAP), the whole-system demo, and synthetic load for a Redis. \
 For the tests, the demo and the benchmarks; the daemon itself is the `ms1-ingestor` binary.\n\n\
-The simulators listen on loopback only and print their address as the first line on stdout \
-(`… listening on http://127.0.0.1:PORT`), so that a script can start them with --port 0."
+The simulators listen on loopback only and print where as their first line on stdout \
+(e.g. `ms4 simulator listening on http://127.0.0.1:PORT`), so that a script can start `ms4` \
+and `graph` with --port 0 (a free port) and read the address."
 )]
 struct Cli {
     #[command(subcommand)]

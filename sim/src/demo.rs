@@ -10,11 +10,12 @@
 //! the daemon with SIGTERM (which deletes the subscriptions) and prints the summary. It exits
 //! 0 only when nothing was lost.
 
+use crate::process::SimulatorProcess;
 use crate::redis_launcher::free_port;
 use ms1_ingestor::cli;
 use ms1_ingestor::daemon::install_tls_provider;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -79,28 +80,9 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Starts `ms1-sim KIND …` (this binary) and returns it with the URL it prints.
-fn simulator(exe: &Path, kind: &str, args: &[String]) -> anyhow::Result<(ChildGuard, String)> {
-    let mut child = Command::new(exe)
-        .args([kind, "--port", "0"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-    let guard = ChildGuard(child);
-    let url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    anyhow::ensure!(
-        url.starts_with("http://"),
-        "the {kind} simulator did not start: {line}"
-    );
-    Ok((guard, url))
+/// Starts `ms1-sim KIND …` (this binary), its messages discarded.
+fn simulator(exe: &Path, kind: &str, args: &[&str]) -> anyhow::Result<SimulatorProcess> {
+    SimulatorProcess::start(exe, kind, args, Stdio::null())
 }
 
 pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
@@ -115,30 +97,28 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         .collect();
     let per_mailbox = opts.count / mailboxes.len() as u64;
 
-    let (ms4, ms4_url) = simulator(
+    let limit = opts.rate_limit_per_min.to_string();
+    let ms4 = simulator(
         &exe,
         "ms4",
-        &[
-            "--api-key".into(),
-            "demo-key".into(),
-            "--rate-limit-per-min".into(),
-            opts.rate_limit_per_min.to_string(),
-        ],
+        &["--api-key", "demo-key", "--rate-limit-per-min", &limit],
     )?;
+    let ms4_url = ms4.url.clone();
     println!(
         "MS4 simulator    {ms4_url} ({} requests/min)",
         opts.rate_limit_per_min
     );
-    let (graph, graph_url) = simulator(
+    let graph = simulator(
         &exe,
         "graph",
         &[
-            "--mailboxes".into(),
-            mailboxes.join(","),
-            "--messages-per-mailbox".into(),
-            per_mailbox.to_string(),
+            "--mailboxes",
+            &mailboxes.join(","),
+            "--messages-per-mailbox",
+            &per_mailbox.to_string(),
         ],
     )?;
+    let graph_url = graph.url.clone();
     println!(
         "Graph simulator  {graph_url} ({} mailboxes × {per_mailbox} invoices)",
         mailboxes.len()

@@ -10,6 +10,7 @@ pub mod graph;
 pub mod imap;
 pub mod ms4;
 pub mod private_ca;
+pub mod process;
 pub mod redis_launcher;
 pub mod synthetic;
 pub mod wait;

@@ -4,11 +4,11 @@
 #![allow(dead_code)]
 
 use ms1_ingestor::private_redis::PrivateRedis;
+use ms1_sim::process::SimulatorProcess;
 use ms1_sim::redis_launcher::{free_port, start_loopback, PrivateCluster};
 use ms1_sim::synthetic;
 pub use ms1_sim::wait::until as wait_until;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -358,9 +358,9 @@ pub fn post(url: &str, json: &str) -> (u16, String) {
     }
 }
 
-/// A simulator (`ms1-sim ms4|graph`) as a child process.
+/// A simulator (`ms1-sim ms4|graph`) as a child process, killed when dropped.
 pub struct Sim {
-    child: Child,
+    _process: SimulatorProcess,
     pub url: String,
 }
 
@@ -381,25 +381,12 @@ impl Sim {
     }
 
     fn start_kind(kind: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(sim_bin())
-            .args([kind, "--port", "0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the MS4 simulator");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .expect("simulator prints its address")
-            .to_string();
-        assert!(url.starts_with("http://"), "unexpected: {line}");
-        Self { child, url }
+        let process = SimulatorProcess::start(sim_bin(), kind, args, Stdio::inherit())
+            .unwrap_or_else(|e| panic!("start the {kind} simulator: {e:#}"));
+        Self {
+            url: process.url.clone(),
+            _process: process,
+        }
     }
 
     pub fn stats(&self) -> Value {
@@ -427,13 +414,6 @@ impl Sim {
     pub fn get_json(&self, path: &str) -> Value {
         let (_, body) = get(&format!("{}{path}", self.url));
         serde_json::from_str(&body).unwrap_or(Value::Null)
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

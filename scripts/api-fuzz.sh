@@ -7,8 +7,8 @@
 #   scripts/api-fuzz.sh [SECONDS]     (default 120: the time budget of the schemathesis run)
 #
 # Starts everything itself on loopback: the daemon (debug build) with its private redis-server
-# (redis.url empty), the MS4 simulator, a control token; installs schemathesis with pip and
-# redis-server with apt-get when missing. Called by `scripts/test.sh --api-fuzz`.
+# (redis.url empty), the MS4 simulator (`ms1-sim ms4`), a control token; installs schemathesis
+# with pip and redis-server with apt-get when missing. Called by `scripts/test.sh --api-fuzz`.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -21,13 +21,14 @@ if ! command -v schemathesis >/dev/null 2>&1; then
   hash -r
 fi
 
-echo "==> cargo build (the daemon)"
-cargo build --quiet --bin ms1-ingestor
+echo "==> cargo build (the daemon and the MS4 simulator)"
+cargo build --quiet -p ms1-ingestor -p ms1-sim --bins
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/ms1-ingestor"
+SIM="${CARGO_TARGET_DIR:-$ROOT/target}/debug/ms1-sim"
 work_dir ms1-api-fuzz
 
 
-"$BIN" sim ms4 --port 0 --api-key api-fuzz-key >"$WORK/sim.out" 2>"$WORK/sim.err" &
+"$SIM" ms4 --port 0 --api-key api-fuzz-key >"$WORK/sim.out" 2>"$WORK/sim.err" &
 PIDS+=($!)
 for _ in $(seq 100); do grep -q listening "$WORK/sim.out" 2>/dev/null && break; sleep 0.05; done
 SIM_URL=$(awk '{print $NF}' "$WORK/sim.out")
@@ -49,7 +50,7 @@ curl -sf "http://$CONTROL/health" >/dev/null || { cat "$WORK/daemon.log" >&2; ex
 # the daemon's private redis-server, whose address (its unix socket, which this user may open)
 # it logs.
 REDIS_URL=$(grep -o '"url":"unix://[^"]*"' "$WORK/daemon.log" | head -1 | cut -d'"' -f4)
-MS1__REDIS__URL="$REDIS_URL" "$BIN" load --count 20 --invalid 5 --malformed 5 >/dev/null
+MS1__REDIS__URL="$REDIS_URL" "$SIM" load --count 20 --invalid 5 --malformed 5 >/dev/null
 dead_letters() { curl -sf -H "Authorization: Bearer $TOKEN" "http://$CONTROL/dlq" \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])'; }
 for _ in $(seq 100); do [ "$(dead_letters)" -ge 10 ] && break; sleep 0.1; done

@@ -35,17 +35,19 @@
 #     redis-server and the simulator, which show what the ceiling is on this machine.
 #
 # Everything runs on loopback: a private redis-server (AOF on, as in production), the MS4
-# simulator and the daemon (release build).
+# simulator (`ms1-sim`) and the daemon (`ms1-ingestor`), release builds.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 what="${1:-pipeline}"
 need_packages redis-server:redis-server curl:curl jq:jq
-cargo build --release --quiet
+cargo build --release --quiet -p ms1-ingestor -p ms1-sim --bins
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/ms1-ingestor"
+# The simulators and the `load` verb: the dev tools' binary of this tree, whatever daemon runs.
+SIM="${CARGO_TARGET_DIR:-$ROOT/target}/release/ms1-sim"
 # The daemon under test; MS1_BENCH_DAEMON_BIN=path runs another build of it (a before/after
-# comparison) against the same simulators.
+# comparison, an older ms1-ingestor among them) against the same simulators.
 DAEMON_BIN="${MS1_BENCH_DAEMON_BIN:-$BIN}"
 work_dir ms1-bench
 
@@ -62,7 +64,7 @@ start_redis() { # args: extra redis-server options (they override the defaults)
 }
 
 start_sim() { # args: sim options
-  "$BIN" sim ms4 --port 0 --api-key bench-key "$@" >"$WORK/sim.out" 2>"$WORK/sim.err" &
+  "$SIM" ms4 --port 0 --api-key bench-key "$@" >"$WORK/sim.out" 2>"$WORK/sim.err" &
   PIDS+=($!)
   SIM_PID=$!
   for _ in $(seq 100); do grep -q listening "$WORK/sim.out" 2>/dev/null && break; sleep 0.05; done
@@ -112,7 +114,7 @@ bench_unlimited() { # batch
   export MS1__MS4__BATCH_SIZE=$batch MS1__MS4__RATE_LIMIT_PER_MIN=0 MS1__MS4__MAX_IN_FLIGHT=4 MS1__PIPELINE__READ_CHUNK=1000
   # Throughput: drain a preloaded backlog.
   start_redis; start_sim --rate-limit-per-min 0 --max-batch 1000
-  "$BIN" load --count $n 2>/dev/null
+  "$SIM" load --count $n 2>/dev/null
   local t0; t0=$(now)
   start_daemon
   wait_for_records $n 300
@@ -125,7 +127,7 @@ bench_unlimited() { # batch
   local offered=$(( rate / 2 ))
   start_redis; start_sim --rate-limit-per-min 0 --max-batch 1000
   start_daemon
-  "$BIN" load --count $n --rate $offered 2>/dev/null
+  "$SIM" load --count $n --rate $offered 2>/dev/null
   wait_for_records $n 300
   sleep 0.3
   local p50 p99
@@ -139,7 +141,7 @@ bench_contract() {
   local n=12000 limit=600
   export MS1__MS4__BATCH_SIZE=50 MS1__MS4__RATE_LIMIT_PER_MIN=$limit MS1__MS4__MAX_IN_FLIGHT=4 MS1__PIPELINE__READ_CHUNK=500
   start_redis; start_sim --rate-limit-per-min $limit
-  "$BIN" load --count $n 2>/dev/null
+  "$SIM" load --count $n 2>/dev/null
   local t0; t0=$(now)
   start_daemon
   wait_for_records $n 600
@@ -156,7 +158,7 @@ bench_contract() {
 }
 
 start_graph() { # args: sim options
-  "$BIN" sim graph --port 0 "$@" >"$WORK/graph.out" 2>"$WORK/graph.err" &
+  "$SIM" graph --port 0 "$@" >"$WORK/graph.out" 2>"$WORK/graph.err" &
   PIDS+=($!)
   GRAPH_PID=$!
   for _ in $(seq 600); do grep -q listening "$WORK/graph.out" 2>/dev/null && break; sleep 0.05; done
@@ -227,7 +229,7 @@ bench_webhook() {
 }
 
 start_imap() { # args: sim imap options
-  "$BIN" sim imap "$@" >"$WORK/imap.out" 2>"$WORK/imap.err" &
+  "$SIM" imap "$@" >"$WORK/imap.out" 2>"$WORK/imap.err" &
   PIDS+=($!)
   IMAP_PID=$!
   for _ in $(seq 12000); do grep -q listening "$WORK/imap.out" 2>/dev/null && break; sleep 0.05; done
@@ -298,7 +300,7 @@ bench_scale() { # daemons
   local k=$1 n=100000
   export MS1__MS4__BATCH_SIZE=50 MS1__MS4__RATE_LIMIT_PER_MIN=0 MS1__MS4__MAX_IN_FLIGHT=4 MS1__PIPELINE__READ_CHUNK=1000
   start_redis; start_sim --rate-limit-per-min 0 --max-batch 1000
-  "$BIN" load --count $n 2>/dev/null
+  "$SIM" load --count $n 2>/dev/null
   local t0; t0=$(now)
   local pids=()
   for i in $(seq 1 "$k"); do

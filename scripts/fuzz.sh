@@ -8,7 +8,7 @@
 #
 # Needs a nightly toolchain (`cargo +nightly`); installs cargo-fuzz from crates.io when missing.
 # Each target starts from its committed seeds (fuzz/seeds/TARGET: real Graph notifications,
-# pages and messages, the synthetic invoices of src/synthetic.rs, the malformed MIME samples of
+# pages and messages, the synthetic invoices of sim/src/synthetic.rs, the malformed MIME samples of
 # tests/imap.rs) plus what earlier runs found (fuzz/corpus/TARGET, not committed). A crash
 # leaves its input in fuzz/artifacts/TARGET/ and makes the script exit 1; reproduce it with
 # `cargo +nightly fuzz run TARGET fuzz/artifacts/TARGET/crash-…`.

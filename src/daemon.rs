@@ -8,7 +8,7 @@
 
 use crate::http::control::{self, ControlState};
 use crate::http::webhook::{self, WebhookState};
-use crate::redis_launcher::PrivateRedis;
+use crate::private_redis::PrivateRedis;
 use crate::systemd;
 use actix_web::{web, App, HttpServer};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};

@@ -1,9 +1,10 @@
 //! `ms1-ingestor`: ingests invoice e-mails through durable Redis Streams into the MS4
-//! Persistence API. See `ms1-ingestor --help`.
+//! Persistence API. The production binary: the daemon (`run`, `check-config`) and the operator
+//! verbs that talk to it; the simulators, the demo and synthetic load are `ms1-sim`. See
+//! `ms1-ingestor --help`.
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ms1_ingestor::{cli, config, daemon, sim, synthetic, telemetry};
+use ms1_ingestor::{cli, config, daemon, telemetry};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -39,33 +40,6 @@ enum Command {
         #[arg(long, short, env = "MS1_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Put synthetic invoice e-mails (Graph messages) into the inbound stream.
-    Load {
-        /// TOML file naming the Redis (redis.url must be set, here or as MS1__REDIS__URL).
-        #[arg(long, short, env = "MS1_CONFIG")]
-        config: Option<PathBuf>,
-        /// How many messages.
-        #[arg(long, default_value_t = 1_000)]
-        count: u64,
-        /// Spread over this many mailboxes (invoices-N@contoso.example).
-        #[arg(long, default_value_t = 3)]
-        mailboxes: u64,
-        /// Number of the first message (so several loads do not repeat keys).
-        #[arg(long, default_value_t = 0)]
-        start: u64,
-        /// How many of them MS4 will refuse (sender not an e-mail address).
-        #[arg(long, default_value_t = 0)]
-        invalid: u64,
-        /// How many extra entries are malformed (not a Graph message at all).
-        #[arg(long, default_value_t = 0)]
-        malformed: u64,
-        /// Offer them at this many per second instead of all at once.
-        #[arg(long)]
-        rate: Option<u64>,
-    },
-    /// Run the whole path on this machine: private redis-server, MS4 simulator, the daemon,
-    /// synthetic mail; prints a summary and exits 0 when nothing was lost.
-    Demo(ms1_ingestor::demo::DemoOptions),
     /// Show the session, its counters and the queue (--watch: live, with rates).
     Status {
         #[command(flatten)]
@@ -83,11 +57,6 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         action: DlqCommand,
-    },
-    /// Run a simulator of an outside service.
-    Sim {
-        #[command(subcommand)]
-        which: SimCommand,
     },
 }
 
@@ -139,18 +108,6 @@ enum DlqCommand {
     Replay(cli::Which),
     /// Delete dead letters (by id, by --stage, or --all).
     Purge(cli::Which),
-}
-
-#[derive(Subcommand)]
-enum SimCommand {
-    /// The MS4 Persistence API (POST /batch-metadata), with fault injection and statistics.
-    Ms4(sim::ms4::Ms4SimOptions),
-    /// Microsoft Graph: token endpoint, messages, delta, $batch, subscriptions with the
-    /// validation handshake, notifications, throttling; with statistics.
-    Graph(sim::graph::GraphSimOptions),
-    /// A real Dovecot IMAP server on a loopback port, with accounts and synthetic invoice
-    /// mail (needs dovecot-imapd; run as root, as Dovecot drops privileges itself).
-    Imap(sim::imap::ImapSimOptions),
 }
 
 fn main() -> ExitCode {
@@ -224,61 +181,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Load {
-            config: file,
-            count,
-            mailboxes,
-            start,
-            invalid,
-            malformed,
-            rate,
-        } => {
-            let settings = config::load(file.as_deref())?;
-            anyhow::ensure!(
-                !settings.redis.url.is_empty(),
-                "redis.url is empty: say which Redis to load into (MS1__REDIS__URL=redis://…)"
-            );
-            let plan = synthetic::LoadPlan {
-                count,
-                mailboxes: mailboxes.max(1),
-                start,
-                invalid,
-                malformed,
-                rate_per_s: rate,
-            };
-            load(&settings, plan)
-        }
-        Command::Demo(opts) => ms1_ingestor::demo::run(opts),
         Command::Status { .. } | Command::Session { .. } | Command::Dlq { .. } => {
             unreachable!("operator verbs are handled before")
         }
-        Command::Sim {
-            which: SimCommand::Ms4(opts),
-        } => actix_rt::System::new().block_on(sim::ms4::serve(opts)),
-        Command::Sim {
-            which: SimCommand::Graph(opts),
-        } => actix_rt::System::new().block_on(sim::graph::serve(opts)),
-        Command::Sim {
-            which: SimCommand::Imap(opts),
-        } => sim::imap::serve(opts),
     }
-}
-
-fn load(settings: &ms1_actors::Settings, plan: synthetic::LoadPlan) -> anyhow::Result<()> {
-    // rediss:// takes the same (ring) crypto provider as the daemon.
-    ms1_ingestor::daemon::install_tls_provider();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let loaded = rt
-        .block_on(async {
-            let store = ms1_actors::Store::connect(&settings.redis)?;
-            synthetic::load(&store, &plan).await
-        })
-        .context("loading the inbound stream")?;
-    eprintln!(
-        "loaded {loaded} entries into {}stream:inbound",
-        settings.redis.prefix
-    );
-    Ok(())
 }

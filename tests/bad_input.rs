@@ -354,7 +354,7 @@ fn control_api_refuses_oversized_truncated_and_non_utf8_bodies_with_json_4xx_and
 
 /// A webhook daemon whose subscriptions exist; returns it and the id of the first mailbox's.
 fn webhook_daemon(world: &World) -> (Daemon, String) {
-    let port = ms1_ingestor::redis_launcher::free_port().unwrap();
+    let port = ms1_sim::redis_launcher::free_port().unwrap();
     let bind = format!("127.0.0.1:{port}");
     let public = format!("http://{bind}");
     let d = world.graph_daemon(&[

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{wait_until, TestRedis, World, CLUSTER_PREFIX, MAILBOXES};
-use ms1_ingestor::redis_launcher::PrivateCluster;
+use ms1_sim::redis_launcher::PrivateCluster;
 use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
@@ -45,9 +45,9 @@ fn the_daemon_delivers_every_entry_exactly_once_through_a_redis_cluster() {
     let world = World::cluster(&["--rate-limit-per-min", "0"]);
     let daemon = world.daemon(&[]);
     // Half through a plain connection to the slot's owner, half through the daemon's own store
-    // on the cluster (the `load` verb).
+    // on the cluster (`ms1-sim load`).
     world.load(0..5_000, |_| false);
-    let out = Command::new(common::BIN)
+    let out = Command::new(common::sim_bin())
         .args(["load", "--count", "5000", "--start", "5000"])
         .env_clear()
         .envs(world.redis.daemon_env())

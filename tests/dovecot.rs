@@ -6,7 +6,7 @@
 
 mod common;
 
-use ms1_ingestor::dovecot_launcher::{DovecotOptions, PrivateDovecot};
+use ms1_sim::dovecot_launcher::{DovecotOptions, PrivateDovecot};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::io::{BufRead, BufReader, Read, Write};

@@ -128,7 +128,7 @@ fn unread_mode_marks_messages_read_only_after_ms4_accepted_them() {
 #[test]
 fn webhooks_deliver_bursts_answer_fast_reject_wrong_client_state_and_keep_subscriptions_alive() {
     let world = World::with_graph(&["--rate-limit-per-min", "0"], &[]);
-    let port = ms1_ingestor::redis_launcher::free_port().unwrap();
+    let port = ms1_sim::redis_launcher::free_port().unwrap();
     let bind = format!("127.0.0.1:{port}");
     let public = format!("http://{bind}");
     let daemon = world.graph_daemon(&[

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use ms1_actors::store::schema::follow_up;
-use ms1_ingestor::dovecot_launcher::PrivateDovecot;
-use ms1_ingestor::synthetic::mime_message;
+use ms1_sim::dovecot_launcher::PrivateDovecot;
+use ms1_sim::synthetic::mime_message;
 use std::io::{BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
 
@@ -307,7 +307,7 @@ fn after_delivery_sets_seen_or_moves_only_what_ms4_accepted() {
 
 #[test]
 fn tls_and_xoauth2_sources_flow_and_a_rejected_xoauth2_login_degrades_only_its_source() {
-    use ms1_ingestor::dovecot_launcher::DovecotOptions;
+    use ms1_sim::dovecot_launcher::DovecotOptions;
     let w = World::with_graph(&[], &["--introspect-user", USER]);
     let graph = w.graph().url.clone();
     let other = "ap@contoso.example";
@@ -374,7 +374,7 @@ ca_file = \"{ca}\"\nusername = \"{other}\"\n{oauth}poll_interval_s = 1\n",
 fn an_unreachable_source_never_holds_back_another_sources_after_delivery() {
     let w = World::new(&[]);
     let mut dc = dovecot(&w, &[(USER, PASSWORD)]);
-    let closed = ms1_ingestor::redis_launcher::free_port().unwrap();
+    let closed = ms1_sim::redis_launcher::free_port().unwrap();
     let sources = source("down", closed, USER, PASSWORD, "after_delivery = \"seen\"")
         + &source(
             "seen",

@@ -12,8 +12,8 @@ mod common;
 
 use common::*;
 use ms1_actors::store::schema::inbound;
-use ms1_ingestor::dovecot_launcher::PrivateDovecot;
-use ms1_ingestor::synthetic::mime_message;
+use ms1_sim::dovecot_launcher::PrivateDovecot;
+use ms1_sim::synthetic::mime_message;
 use std::time::Duration;
 
 const USER: &str = "invoices@contoso.example";

@@ -161,7 +161,7 @@ fn the_daemons_own_redis_is_a_unix_socket_only_its_user_can_open_with_none_of_it
 
     // Mail flows end to end through the socket, and the daemon logged where it is.
     let url = format!("unix://{}", socket.display());
-    let out = Command::new(common::BIN)
+    let out = Command::new(common::sim_bin())
         .args(["load", "--count", "300"])
         .env_clear()
         .env("MS1__REDIS__URL", &url)
@@ -181,7 +181,7 @@ fn the_daemons_own_redis_is_a_unix_socket_only_its_user_can_open_with_none_of_it
     );
 
     // A second daemon on the same data_dir is refused: two servers on one AOF would corrupt it.
-    let port = ms1_ingestor::redis_launcher::free_port().unwrap();
+    let port = ms1_sim::redis_launcher::free_port().unwrap();
     let second = Command::new(common::BIN)
         .arg("run")
         .env_clear()

@@ -5,7 +5,7 @@
 
 use ms1_actors::store::read_budget::entry_bytes;
 use ms1_actors::store::{Entry, ReadBudget, Scan, Store};
-use ms1_ingestor::redis_launcher::PrivateRedis;
+use ms1_sim::redis_launcher::start_loopback;
 
 const MIB: u64 = 1024 * 1024;
 const STREAM: &str = "t:stream";
@@ -44,7 +44,7 @@ fn numbers(entries: &[Entry]) -> Vec<usize> {
 #[test]
 fn every_kind_of_read_stays_within_the_byte_budget_and_reads_each_entry_once() {
     let dir = tempfile::tempdir().unwrap();
-    let redis = PrivateRedis::start(&dir.path().join("redis"), None, false).unwrap();
+    let redis = start_loopback(&dir.path().join("redis"), None, false).unwrap();
     runtime().block_on(async {
         let store = Store::open(&redis.url(), "t:").unwrap();
         store.ensure_group(STREAM, GROUP).await.unwrap();

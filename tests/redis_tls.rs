@@ -10,8 +10,9 @@
 mod common;
 
 use common::{TestRedis, World};
-use ms1_ingestor::private_ca;
-use ms1_ingestor::redis_launcher::{PrivateCluster, PrivateRedis, RedisTls};
+use ms1_ingestor::private_redis::PrivateRedis;
+use ms1_sim::private_ca;
+use ms1_sim::redis_launcher::{start_tls, PrivateCluster, RedisTls};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,7 +40,7 @@ impl TlsRedis {
             auth_clients,
             password: PASSWORD.into(),
         };
-        let redis = PrivateRedis::start_tls(&dir.join("redis"), &tls, false)
+        let redis = start_tls(&dir.join("redis"), &tls, false)
             .expect("redis-server starts with TLS (Debian's is built with it)");
         Self {
             redis,
@@ -117,7 +118,7 @@ fn refused_start(world: &World<TlsRedis>, changes: &[(&str, Option<&str>)]) -> S
     env.push(("MS1__MS4__BASE_URL".into(), world.ms4.url.clone()));
     env.push(("MS1__MS4__API_KEY".into(), common::API_KEY.into()));
     env.push(("MS1__LOG__FORMAT".into(), "json".into()));
-    let port = ms1_ingestor::redis_launcher::free_port().unwrap();
+    let port = ms1_sim::redis_launcher::free_port().unwrap();
     env.push(("MS1__CONTROL__BIND".into(), format!("127.0.0.1:{port}")));
     for (key, value) in changes {
         env.retain(|(k, _)| k != key);
@@ -375,7 +376,7 @@ fn mail_flows_end_to_end_through_a_redis_cluster_over_tls() {
     let mut env = world.redis.daemon_env();
     env.retain(|(k, _)| !k.starts_with("MS1__REDIS__CLIENT_"));
     env.push(("MS1__MS4__BASE_URL".into(), world.ms4.url.clone()));
-    let port = ms1_ingestor::redis_launcher::free_port().unwrap();
+    let port = ms1_sim::redis_launcher::free_port().unwrap();
     env.push(("MS1__CONTROL__BIND".into(), format!("127.0.0.1:{port}")));
     let out = Command::new(common::BIN)
         .arg("run")

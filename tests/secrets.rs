@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use ms1_ingestor::dovecot_launcher::PrivateDovecot;
+use ms1_sim::dovecot_launcher::PrivateDovecot;
 use std::process::Command;
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use ms1_ingestor::redis_launcher::free_port;
+use ms1_sim::redis_launcher::free_port;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::process::Command;

@@ -1,16 +1,51 @@
 //! Test harness: a private redis-server (or a private Redis Cluster) per test, the MS4 simulator
-//! and the daemon as real processes (the binary cargo built), talking over real HTTP and RESP.
+//! and the daemon as real processes (the binaries cargo built: `ms1-ingestor`, and `ms1-sim` for
+//! the simulators), talking over real HTTP and RESP.
 #![allow(dead_code)]
 
-use ms1_ingestor::redis_launcher::{free_port, PrivateCluster, PrivateRedis};
-use ms1_ingestor::synthetic;
+use ms1_ingestor::private_redis::PrivateRedis;
+use ms1_sim::process::SimulatorProcess;
+use ms1_sim::redis_launcher::{free_port, start_loopback, PrivateCluster};
+use ms1_sim::synthetic;
+pub use ms1_sim::wait::until as wait_until;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// The daemon binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_ms1-ingestor");
+
+/// The `ms1-sim` binary (the simulators, `load`): beside [`BIN`], in the same target directory
+/// and profile. Cargo builds only the binaries of a test's own package, so the first call in a
+/// test binary builds it (`cargo build -p ms1-sim --bin ms1-sim`, which does nothing when it is
+/// up to date; `cargo test` no longer holds the build lock while tests run).
+pub fn sim_bin() -> &'static Path {
+    static SIM: OnceLock<PathBuf> = OnceLock::new();
+    SIM.get_or_init(|| {
+        let bin = Path::new(BIN);
+        let profile_dir = bin.parent().expect("the binary is in a profile directory");
+        // target/debug is the `dev` profile; any other directory is named after its profile.
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev",
+            Some(other) => other,
+            None => panic!("no profile directory in {BIN}"),
+        };
+        let target_dir = profile_dir.parent().expect("a target directory");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "ms1-sim", "--bin", "ms1-sim"])
+            .args(["--profile", profile])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo to build ms1-sim");
+        assert!(status.success(), "cargo build -p ms1-sim failed ({status})");
+        bin.with_file_name("ms1-sim")
+    })
+}
 pub const PREFIX: &str = "ms1:";
 /// The key prefix of worlds on a cluster: its hash tag keeps the pipeline in one slot.
 pub const CLUSTER_PREFIX: &str = "{ms1}:";
@@ -84,7 +119,7 @@ impl World {
     /// A fresh Redis and an MS4 simulator started with `sim_args`.
     pub fn new(sim_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let redis = PrivateRedis::start(&dir.path().join("redis"), None, false)
+        let redis = start_loopback(&dir.path().join("redis"), None, false)
             .expect("redis-server starts (apt-get install redis-server)");
         let ms4 = Ms4Sim::start(sim_args);
         Self {
@@ -295,20 +330,6 @@ impl<R: TestRedis> World<R> {
     }
 }
 
-/// Polls `cond` every 50 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(10))
@@ -337,9 +358,9 @@ pub fn post(url: &str, json: &str) -> (u16, String) {
     }
 }
 
-/// A simulator (`ms1-ingestor sim ms4|graph`) as a child process.
+/// A simulator (`ms1-sim ms4|graph`) as a child process, killed when dropped.
 pub struct Sim {
-    child: Child,
+    _process: SimulatorProcess,
     pub url: String,
 }
 
@@ -360,25 +381,12 @@ impl Sim {
     }
 
     fn start_kind(kind: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["sim", kind, "--port", "0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the MS4 simulator");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .expect("simulator prints its address")
-            .to_string();
-        assert!(url.starts_with("http://"), "unexpected: {line}");
-        Self { child, url }
+        let process = SimulatorProcess::start(sim_bin(), kind, args, Stdio::inherit())
+            .unwrap_or_else(|e| panic!("start the {kind} simulator: {e:#}"));
+        Self {
+            url: process.url.clone(),
+            _process: process,
+        }
     }
 
     pub fn stats(&self) -> Value {
@@ -406,13 +414,6 @@ impl Sim {
     pub fn get_json(&self, path: &str) -> Value {
         let (_, body) = get(&format!("{}{path}", self.url));
         serde_json::from_str(&body).unwrap_or(Value::Null)
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

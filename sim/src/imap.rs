@@ -1,4 +1,4 @@
-//! `ms1-ingestor sim imap`: a throwaway Dovecot (the real IMAP server, not a simulation) with
+//! `ms1-sim imap`: a throwaway Dovecot (the real IMAP server, not a simulation) with
 //! accounts and synthetic invoice mail, for the demo and the benchmarks. It prints
 //! `dovecot listening on 127.0.0.1:PORT`, optionally delivers new mail at a steady rate (so
 //! IDLE push can be watched), and stops Dovecot on SIGTERM/SIGINT.

@@ -1,4 +1,4 @@
-//! The Microsoft Graph simulator (`ms1-ingestor sim graph`).
+//! The Microsoft Graph simulator (`ms1-sim graph`).
 //!
 //! It speaks the "Microsoft Graph (v1.0)" part of CONTRACTS.md closely enough that a daemon
 //! passing against it has met the rules that matter against Graph:
@@ -36,7 +36,7 @@
 //! (`/_sim/*`), `state` and `stats`.
 
 // The only paths out of this folder: submodules reach them through `super::`.
-use crate::daemon::install_tls_provider;
+use ms1_ingestor::daemon::install_tls_provider;
 use crate::synthetic;
 
 use actix_web::{web, App, HttpServer};

@@ -1,13 +1,13 @@
-//! The Microsoft Graph simulator over real HTTP: the binary (`sim graph`) as a child process,
+//! The Microsoft Graph simulator over real HTTP: the binary (`ms1-sim graph`) as a child process,
 //! a real HTTP client, and a real local endpoint standing in for the daemon's webhook.
 
-mod common;
-
-use common::{wait_until, BIN};
+use ms1_sim::process::SimulatorProcess;
+use ms1_sim::wait::until as wait_until;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ const CONTRACT_FILTER: &str = "receivedDateTime ge 1900-01-01T00:00:00Z and isRe
 const SELECT: &str =
     "id,internetMessageId,subject,from,toRecipients,receivedDateTime,hasAttachments,bodyPreview";
 const WAIT: Duration = Duration::from_secs(10);
+const BIN: &str = env!("CARGO_BIN_EXE_ms1-sim");
 
 /// One HTTP answer, whatever its status.
 #[derive(Debug)]
@@ -55,32 +56,18 @@ fn agent() -> ureq::Agent {
 
 /// The Graph simulator as a child process, killed when dropped.
 struct GraphSim {
-    child: Child,
+    _process: SimulatorProcess,
     url: String,
     http: ureq::Agent,
 }
 
 impl GraphSim {
     fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["sim", "graph", "--port", "0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
+        let process = SimulatorProcess::start(Path::new(BIN), "graph", args, Stdio::inherit())
             .expect("start the Graph simulator");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(
-            line.starts_with("graph simulator listening on http://"),
-            "unexpected first line: {line}"
-        );
-        let url = line.trim().rsplit(' ').next().unwrap().to_string();
         Self {
-            child,
-            url,
+            url: process.url.clone(),
+            _process: process,
             http: agent(),
         }
     }
@@ -158,13 +145,6 @@ impl GraphSim {
             .append_pair("$top", &top.to_string())
             .append_pair("$select", SELECT);
         url.to_string()
-    }
-}
-
-impl Drop for GraphSim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

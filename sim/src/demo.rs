@@ -1,19 +1,22 @@
-//! `ms1-ingestor demo`: the whole system on one machine, with nothing installed but
+//! `ms1-sim demo`: the whole system on one machine, with nothing installed but
 //! redis-server and dovecot-imapd.
 //!
 //! It starts the MS4 simulator (with MS4's per-minute limit), the Graph
 //! simulator holding a few thousand synthetic invoices in several mailboxes (a few of them
-//! invalid for MS4), a real Dovecot with an IMAP mailbox of invoices, and the daemon as a child
-//! process with delta polling and webhooks for Graph, and UID fetch with IDLE for IMAP
+//! invalid for MS4), a real Dovecot with an IMAP mailbox of invoices, and the daemon (the `ms1-ingestor`
+//! binary) as a child process with delta polling and webhooks for Graph, and UID fetch with IDLE for IMAP
 //! (delivered messages are then flagged `\Seen`). While the seeded mail flows, new mail
 //! arrives in bursts: through Graph change notifications and IMAP IDLE. At the end it stops
 //! the daemon with SIGTERM (which deletes the subscriptions) and prints the summary. It exits
 //! 0 only when nothing was lost.
 
+use crate::process::SimulatorProcess;
 use crate::redis_launcher::free_port;
+use ms1_ingestor::cli;
+use ms1_ingestor::daemon::install_tls_provider;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,6 +49,25 @@ pub struct DemoOptions {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout_s: u64,
+    /// The daemon binary to run (default: `ms1-ingestor` beside this `ms1-sim`, as cargo
+    /// builds them into one target directory).
+    #[arg(long, env = "MS1_DEMO_DAEMON")]
+    pub daemon: Option<PathBuf>,
+}
+
+/// The daemon binary: `explicit`, else `ms1-ingestor` in the directory of the running
+/// `ms1-sim`.
+pub fn daemon_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()?.with_file_name("ms1-ingestor"),
+    };
+    anyhow::ensure!(
+        path.is_file(),
+        "no daemon binary at {}: build it (cargo build -p ms1-ingestor --bin ms1-ingestor, with --release for a release ms1-sim) or say where it is with --daemon PATH",
+        path.display()
+    );
+    Ok(path)
 }
 
 /// Kills the child when dropped.
@@ -58,33 +80,15 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Starts `ms1-ingestor sim KIND …` and returns it with the URL it prints.
-fn simulator(exe: &PathBuf, kind: &str, args: &[String]) -> anyhow::Result<(ChildGuard, String)> {
-    let mut child = Command::new(exe)
-        .args(["sim", kind, "--port", "0"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-    let guard = ChildGuard(child);
-    let url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    anyhow::ensure!(
-        url.starts_with("http://"),
-        "the {kind} simulator did not start: {line}"
-    );
-    Ok((guard, url))
+/// Starts `ms1-sim KIND …` (this binary), its messages discarded.
+fn simulator(exe: &Path, kind: &str, args: &[&str]) -> anyhow::Result<SimulatorProcess> {
+    SimulatorProcess::start(exe, kind, args, Stdio::null())
 }
 
 pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
-    crate::daemon::install_tls_provider();
+    install_tls_provider();
     let exe = std::env::current_exe()?;
+    let daemon_bin = daemon_binary(opts.daemon.as_deref())?;
     let _ = std::fs::remove_dir_all(&opts.dir);
     std::fs::create_dir_all(&opts.dir)?;
     let dir = opts.dir.canonicalize()?;
@@ -93,30 +97,28 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         .collect();
     let per_mailbox = opts.count / mailboxes.len() as u64;
 
-    let (ms4, ms4_url) = simulator(
+    let limit = opts.rate_limit_per_min.to_string();
+    let ms4 = simulator(
         &exe,
         "ms4",
-        &[
-            "--api-key".into(),
-            "demo-key".into(),
-            "--rate-limit-per-min".into(),
-            opts.rate_limit_per_min.to_string(),
-        ],
+        &["--api-key", "demo-key", "--rate-limit-per-min", &limit],
     )?;
+    let ms4_url = ms4.url.clone();
     println!(
         "MS4 simulator    {ms4_url} ({} requests/min)",
         opts.rate_limit_per_min
     );
-    let (graph, graph_url) = simulator(
+    let graph = simulator(
         &exe,
         "graph",
         &[
-            "--mailboxes".into(),
-            mailboxes.join(","),
-            "--messages-per-mailbox".into(),
-            per_mailbox.to_string(),
+            "--mailboxes",
+            &mailboxes.join(","),
+            "--messages-per-mailbox",
+            &per_mailbox.to_string(),
         ],
     )?;
+    let graph_url = graph.url.clone();
     println!(
         "Graph simulator  {graph_url} ({} mailboxes × {per_mailbox} invoices)",
         mailboxes.len()
@@ -163,7 +165,7 @@ username = \"{imap_user}\"\npassword = \"env:MS1_DEMO_IMAP_PASSWORD\"\nafter_del
     let token = uuid::Uuid::new_v4().simple().to_string();
     let log_path = dir.join("daemon.log");
     let log = std::fs::File::create(&log_path)?;
-    let mut daemon = Command::new(&exe);
+    let mut daemon = Command::new(&daemon_bin);
     if let Some((_, secret)) = &dovecot {
         daemon
             .env("MS1_CONFIG", dir.join("imap.toml"))
@@ -211,7 +213,7 @@ username = \"{imap_user}\"\npassword = \"env:MS1_DEMO_IMAP_PASSWORD\"\nafter_del
         log_path.display()
     );
 
-    let api = crate::cli::Client::new(&crate::cli::Target {
+    let api = cli::Client::new(&cli::Target {
         url: Some(format!("http://{control}")),
         token: Some(token.clone()),
         config: None,
@@ -405,7 +407,7 @@ struct Watch<'a> {
     imap_next: u64,
     expected: u64,
     timeout: Duration,
-    api: &'a crate::cli::Client,
+    api: &'a cli::Client,
 }
 
 impl Watch<'_> {

@@ -1,4 +1,4 @@
-//! The MS4 Persistence API simulator (`ms1-ingestor sim ms4`).
+//! The MS4 Persistence API simulator (`ms1-sim ms4`).
 //!
 //! It speaks the contract of CONTRACTS.md closely enough that a test passing against it means
 //! something against MS4:

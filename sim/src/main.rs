@@ -1,0 +1,123 @@
+//! `ms1-sim`: the dev tools of ms1-ingestor — simulators of the services the daemon talks to,
+//! the demo, and synthetic load. Not part of the production binary. See `ms1-sim --help`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ms1_ingestor::config;
+use ms1_sim::{demo, graph, imap, ms4, synthetic};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "ms1-sim",
+    version,
+    about = "Dev tools of ms1-ingestor: simulators of MS4, Microsoft Graph and IMAP, the demo, synthetic load",
+    long_about = "Dev tools of ms1-ingestor: simulators of the services the daemon talks to (MS4, \
+Microsoft Graph, a real Dovecot for IMAP), the whole-system demo, and synthetic load for a Redis. \
+For the tests, the demo and the benchmarks; the daemon itself is the `ms1-ingestor` binary.\n\n\
+The simulators listen on loopback only and print where as their first line on stdout \
+(e.g. `ms4 simulator listening on http://127.0.0.1:PORT`), so that a script can start `ms4` \
+and `graph` with --port 0 (a free port) and read the address."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The MS4 Persistence API (POST /batch-metadata), with fault injection and statistics.
+    Ms4(ms4::Ms4SimOptions),
+    /// Microsoft Graph: token endpoint, messages, delta, $batch, subscriptions with the
+    /// validation handshake, notifications, throttling; with statistics.
+    Graph(graph::GraphSimOptions),
+    /// A real Dovecot IMAP server on a loopback port, with accounts and synthetic invoice
+    /// mail (needs dovecot-imapd; run as root, as Dovecot drops privileges itself).
+    Imap(imap::ImapSimOptions),
+    /// Run the whole path on this machine: private redis-server, MS4 and Graph simulators,
+    /// a Dovecot, the daemon (`ms1-ingestor`, beside this binary), synthetic mail; prints a
+    /// summary and exits 0 when nothing was lost.
+    Demo(demo::DemoOptions),
+    /// Put synthetic invoice e-mails (Graph messages) into the daemon's inbound stream.
+    Load(LoadOptions),
+}
+
+#[derive(clap::Args)]
+struct LoadOptions {
+    /// The daemon's TOML settings naming the Redis (redis.url must be set, here or as
+    /// MS1__REDIS__URL; redis.prefix and redis.cluster are read too).
+    #[arg(long, short, env = "MS1_CONFIG")]
+    config: Option<PathBuf>,
+    /// How many messages.
+    #[arg(long, default_value_t = 1_000)]
+    count: u64,
+    /// Spread over this many mailboxes (invoices-N@contoso.example).
+    #[arg(long, default_value_t = 3)]
+    mailboxes: u64,
+    /// Number of the first message (so several loads do not repeat keys).
+    #[arg(long, default_value_t = 0)]
+    start: u64,
+    /// How many of them MS4 will refuse (sender not an e-mail address).
+    #[arg(long, default_value_t = 0)]
+    invalid: u64,
+    /// How many extra entries are malformed (not a Graph message at all).
+    #[arg(long, default_value_t = 0)]
+    malformed: u64,
+    /// Offer them at this many per second instead of all at once.
+    #[arg(long)]
+    rate: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ms1-sim: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Ms4(opts) => actix_rt::System::new().block_on(ms4::serve(opts)),
+        Command::Graph(opts) => actix_rt::System::new().block_on(graph::serve(opts)),
+        Command::Imap(opts) => imap::serve(opts),
+        Command::Demo(opts) => demo::run(opts),
+        Command::Load(opts) => load(opts),
+    }
+}
+
+/// `load`: XADDs the planned entries to the inbound stream of the Redis the settings name.
+fn load(opts: LoadOptions) -> anyhow::Result<()> {
+    let settings = config::load(opts.config.as_deref())?;
+    anyhow::ensure!(
+        !settings.redis.url.is_empty(),
+        "redis.url is empty: say which Redis to load into (MS1__REDIS__URL=redis://…)"
+    );
+    let plan = synthetic::LoadPlan {
+        count: opts.count,
+        mailboxes: opts.mailboxes.max(1),
+        start: opts.start,
+        invalid: opts.invalid,
+        malformed: opts.malformed,
+        rate_per_s: opts.rate,
+    };
+    // rediss:// takes the same (ring) crypto provider as the daemon.
+    ms1_ingestor::daemon::install_tls_provider();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let loaded = rt
+        .block_on(async {
+            let store = ms1_actors::Store::connect(&settings.redis)?;
+            synthetic::load(&store, &plan).await
+        })
+        .context("loading the inbound stream")?;
+    eprintln!(
+        "loaded {loaded} entries into {}stream:inbound",
+        settings.redis.prefix
+    );
+    Ok(())
+}

@@ -36,8 +36,8 @@
 //! (`/_sim/*`), `state` and `stats`.
 
 // The only paths out of this folder: submodules reach them through `super::`.
-use ms1_ingestor::daemon::install_tls_provider;
 use crate::synthetic;
+use ms1_ingestor::daemon::install_tls_provider;
 
 use actix_web::{web, App, HttpServer};
 use serde::{Deserialize, Serialize};

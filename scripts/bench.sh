@@ -25,7 +25,7 @@
 #     of a real Dovecot (generated once, in the work dir: ~5 GB of disk, removed at exit), drained
 #     to MS4 with the default byte settings, then again with ms4.include_raw = true: e-mails/s, the
 #     time until all were at MS4, and the daemon's peak RSS beside the bound that follows from
-#     the settings (`check-config` prints it; README, "Memory"). Redis runs without AOF here (the
+#     the settings (`check-config` prints it; docs/OPERATIONS.md, "Memory"). Redis runs without AOF here (the
 #     burst is ~7 GB of stream data), and imap.fetch_chunk = 8 with pipeline.max_backlog = 16
 #     keep what waits in Redis to ~1 GB; neither changes the daemon's own bound.
 #     BURST_MESSAGES, BURST_SIZE (bytes) and BURST_INCLUDE_RAW ("false true") change the burst.

@@ -3,7 +3,7 @@
 # other, one process at a time, and prints per target: executions, exec/s, corpus size, crashes.
 #
 #   scripts/fuzz.sh            60 s per target
-#   scripts/fuzz.sh 600        10 minutes per target (the figures in the README)
+#   scripts/fuzz.sh 600        10 minutes per target (the figures in docs/TESTING.md)
 #   scripts/fuzz.sh 30 mime    only the named targets
 #
 # Needs a nightly toolchain (`cargo +nightly`); installs cargo-fuzz from crates.io when missing.

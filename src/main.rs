@@ -177,7 +177,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             eprintln!("configuration is valid");
             let bound = ms1_actors::memory::MemoryBound::of(&settings);
             eprintln!(
-                "memory bound: {bound}; keep the unit's MemoryMax= above it (README, Memory)"
+                "memory bound: {bound}; keep the unit's MemoryMax= above it (docs/OPERATIONS.md, Memory)"
             );
             Ok(())
         }

@@ -187,7 +187,7 @@ fn entries_of_several_megabytes_are_read_and_sent_within_the_byte_budgets() {
     w.wait_delivered(n, Duration::from_secs(120), &d);
     let peak = peak_rss(&d);
     eprintln!("peak RSS {:.1} MiB", peak as f64 / MIB as f64);
-    // README, "Memory": (base 64 MiB + processor 2·R + 1.5·R + 3·E (R = max(8 MiB, E), E = one
+    // docs/OPERATIONS.md, "Memory": (base 64 MiB + processor 2·R + 1.5·R + 3·E (R = max(8 MiB, E), E = one
     // 5.3 MB entry) + sender 4·(16 MiB + one 4 MB record)) × 1.25 ≈ (64 + 44 + 80) × 1.25 ≈
     // 235 MiB; this asserts less. Reading by count alone, the processor holds all 213 MB of
     // entries, their reply buffer and ~170 MB of records at once (897 MiB measured).

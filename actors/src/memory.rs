@@ -2,7 +2,7 @@
 //!
 //! Every place that holds message bytes is bounded in bytes by a setting, so the daemon's peak
 //! resident memory has an upper bound computed from those settings alone. `check-config` prints
-//! it; the systemd unit's `MemoryMax=` must stay above it (README, "Memory"); the benchmark
+//! it; the systemd unit's `MemoryMax=` must stay above it (docs/OPERATIONS.md, "Memory"); the benchmark
 //! `scripts/bench.sh imap-burst` prints the measured peak beside it. The factors count the
 //! copies each stage makes of the bytes it holds (measured, and rounded up):
 //!

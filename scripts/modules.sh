@@ -57,7 +57,6 @@ if want_dot:
 
 GROUND = {"clock", "health", "memory", "messages", "metrics", "retry", "secret", "settings",
           "shutdown", "supervision"}
-STAGES = {"sources", "pipeline", "after_delivery", "control"}
 
 def layer(m):
     top = name(m).split("::")[0]
@@ -65,9 +64,9 @@ def layer(m):
         return "root"
     if top in GROUND:
         return "ground"
-    if top in STAGES:
-        return "stage"
-    return top  # model, store, clients
+    if top in ("model", "store", "clients"):
+        return top
+    return "stage"  # sources, pipeline, after_delivery, control (and any actor module)
 
 ALLOWED = {
     "ground": {"ground"},

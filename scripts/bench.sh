@@ -111,7 +111,8 @@ cpu_report() {
 
 bench_unlimited() { # batch
   local batch=$1 n=100000
-  export MS1__MS4__BATCH_SIZE=$batch MS1__MS4__RATE_LIMIT_PER_MIN=0 MS1__MS4__MAX_IN_FLIGHT=4 MS1__PIPELINE__READ_CHUNK=1000
+  # ms4.max_batch: the simulator here takes batches of up to 1,000 (--max-batch 1000).
+  export MS1__MS4__BATCH_SIZE=$batch MS1__MS4__MAX_BATCH=1000 MS1__MS4__RATE_LIMIT_PER_MIN=0 MS1__MS4__MAX_IN_FLIGHT=4 MS1__PIPELINE__READ_CHUNK=1000
   # Throughput: drain a preloaded backlog.
   start_redis; start_sim --rate-limit-per-min 0 --max-batch 1000
   "$SIM" load --count $n 2>/dev/null

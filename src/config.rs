@@ -92,8 +92,9 @@ pub fn redacted(settings: &Settings) -> String {
     let mut s = settings.clone();
     s.redis.url = redact_url(&s.redis.url);
     s.ms4.base_url = redact_url(&s.ms4.base_url);
-    s.graph.base_url = redact_url(&s.graph.base_url);
-    s.graph.authority = redact_url(&s.graph.authority);
+    // What is in use: an empty base_url/authority is the cloud's.
+    s.graph.base_url = redact_url(&s.graph.base_url());
+    s.graph.authority = redact_url(&s.graph.authority());
     s.webhook.public_url = redact_url(&s.webhook.public_url);
     toml::to_string_pretty(&s).unwrap_or_else(|e| format!("(cannot render: {e})"))
 }

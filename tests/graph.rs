@@ -347,3 +347,38 @@ fn backpressure_stops_fetching_while_ms4_is_behind_and_resumes_after() {
     assert_eq!(world.ms4.stats()["duplicate_records"], 0);
     world.assert_drained();
 }
+
+#[test]
+fn a_national_cloud_daemon_signs_in_for_its_own_clouds_graph() {
+    // The simulator plays Microsoft 365 GCC High (US Government L4): Entra issues app-only
+    // tokens there only for https://graph.microsoft.us/.default.
+    let world = World::with_graph(
+        &["--rate-limit-per-min", "0"],
+        &["--messages-per-mailbox", "40", "--cloud", "usgov"],
+    );
+    // A daemon left on the global cloud asks for the global Graph scope: refused, with the
+    // reason in /ready, and nothing is fetched.
+    let mut global = world.graph_daemon(&[]);
+    assert!(
+        wait_until(MINUTES, || {
+            let (_, ready) = global.ready();
+            MAILBOXES.iter().all(|m| {
+                ready["degraded_sources"][m]
+                    .as_str()
+                    .is_some_and(|why| why.contains("invalid_resource"))
+            })
+        }),
+        "every mailbox names the refused scope: {:?}",
+        global.ready()
+    );
+    assert_eq!(sum_over_mailboxes(&world, "messages_served"), 0);
+    // A drain gives the mailboxes' leases back at once.
+    global.terminate();
+
+    // graph.cloud = "usgov": the GCC High scope, and the mail flows (the hosts stay explicit,
+    // as behind a proxy: the scope follows the cloud, not the host).
+    let daemon = world.graph_daemon(&[("MS1__GRAPH__CLOUD", "usgov")]);
+    world.wait_delivered(120, MINUTES, &daemon);
+    assert!(world.dead_letters().is_empty());
+    assert_no_graph_violations(&world);
+}

@@ -142,7 +142,7 @@ impl Pipeline {
         if !settings.graph.mailboxes.is_empty() {
             let graph = Rc::new(
                 GraphClient::new(
-                    &settings.graph.base_url,
+                    &settings.graph.base_url(),
                     Rc::new(clients::oauth::graph_tokens(&settings)),
                     pipeline::ratelimiter::RateLimiter::graph_budget(&limiter),
                     settings.graph.request_timeout(),

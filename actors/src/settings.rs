@@ -358,10 +358,13 @@ impl Default for BreakerSettings {
 #[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GraphSettings {
-    /// Graph API root, ending in `/v1.0`.
+    /// The Microsoft cloud the tenant lives in: its Graph and sign-in hosts and the token
+    /// scope. Explicit `base_url`/`authority` still win (a proxy, a private endpoint).
+    pub cloud: GraphCloud,
+    /// Graph API root, ending in `/v1.0`. Empty: the cloud's (see [`GraphSettings::base_url`]).
     pub base_url: String,
     /// Token authority; `{tenant}` is replaced by `tenant_id`. The token URL is
-    /// `{authority}/oauth2/v2.0/token`.
+    /// `{authority}/oauth2/v2.0/token`. Empty: the cloud's sign-in host.
     pub authority: String,
     pub tenant_id: String,
     pub client_id: String,
@@ -411,8 +414,9 @@ pub struct GraphSettings {
 impl Default for GraphSettings {
     fn default() -> Self {
         Self {
-            base_url: "https://graph.microsoft.com/v1.0".into(),
-            authority: "https://login.microsoftonline.com/{tenant}".into(),
+            cloud: GraphCloud::Global,
+            base_url: String::new(),
+            authority: String::new(),
             tenant_id: String::new(),
             client_id: String::new(),
             client_secret: Secret::default(),
@@ -456,14 +460,38 @@ impl GraphSettings {
         RetryBounds::from_ms(self.retry_min_ms, self.retry_max_ms)
     }
 
+    /// The Graph API root in use: `base_url`, else the cloud's (`https://graph.microsoft.us/v1.0`, …).
+    pub fn base_url(&self) -> String {
+        if self.base_url.is_empty() {
+            format!("{}/v1.0", self.cloud.graph_root())
+        } else {
+            self.base_url.clone()
+        }
+    }
+
+    /// The token authority in use: `authority`, else the cloud's sign-in host and `{tenant}`.
+    pub fn authority(&self) -> String {
+        if self.authority.is_empty() {
+            format!("{}/{{tenant}}", self.cloud.login_host())
+        } else {
+            self.authority.clone()
+        }
+    }
+
     /// `{authority}/oauth2/v2.0/token` with the tenant filled in.
     pub fn token_url(&self) -> String {
         format!(
             "{}/oauth2/v2.0/token",
-            self.authority
+            self.authority()
                 .replace("{tenant}", &self.tenant_id)
                 .trim_end_matches('/')
         )
+    }
+
+    /// The app-only token scope: the cloud's Graph resource and `/.default`. Always the
+    /// cloud's, also behind an explicit `base_url`: a token is only good in its own cloud.
+    pub fn token_scope(&self) -> String {
+        format!("{}/.default", self.cloud.graph_root())
     }
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
@@ -478,6 +506,76 @@ impl GraphSettings {
             .saturating_mul(1u64 << failed.min(20))
             .min(self.park_retry_max_s);
         Duration::from_secs(secs)
+    }
+}
+
+/// The Microsoft clouds Graph runs in (learn.microsoft.com/graph/deployments). Each has its own
+/// sign-in and Graph hosts; a token of one is not accepted by another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphCloud {
+    /// The global service (and Microsoft 365 GCC, which uses it).
+    #[default]
+    Global,
+    /// US Government L4 (GCC High).
+    Usgov,
+    /// US Government L5 (DoD).
+    UsgovDod,
+    /// Microsoft 365 operated by 21Vianet in China.
+    China,
+}
+
+impl GraphCloud {
+    const ALL: [GraphCloud; 4] = [Self::Global, Self::Usgov, Self::UsgovDod, Self::China];
+
+    /// Microsoft Entra ID's sign-in host.
+    pub fn login_host(self) -> &'static str {
+        match self {
+            Self::Global => "https://login.microsoftonline.com",
+            Self::Usgov | Self::UsgovDod => "https://login.microsoftonline.us",
+            Self::China => "https://login.chinacloudapi.cn",
+        }
+    }
+
+    /// The Microsoft Graph service root (also the token resource).
+    pub fn graph_root(self) -> &'static str {
+        match self {
+            Self::Global => "https://graph.microsoft.com",
+            Self::Usgov => "https://graph.microsoft.us",
+            Self::UsgovDod => "https://dod-graph.microsoft.us",
+            Self::China => "https://microsoftgraph.chinacloudapi.cn",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Global => "global",
+            Self::Usgov => "usgov",
+            Self::UsgovDod => "usgov_dod",
+            Self::China => "china",
+        }
+    }
+
+    /// The clouds whose sign-in host (`login`) or Graph host is `url`'s host.
+    fn owners_of(url: &str, login: bool) -> Vec<GraphCloud> {
+        let host = |u: &str| {
+            url::Url::parse(u)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+        };
+        let Some(h) = host(url) else { return vec![] };
+        Self::ALL
+            .into_iter()
+            .filter(|c| {
+                host(if login {
+                    c.login_host()
+                } else {
+                    c.graph_root()
+                })
+                .as_deref()
+                    == Some(&h)
+            })
+            .collect()
     }
 }
 
@@ -971,8 +1069,25 @@ impl Settings {
                 return bad("graph.mailboxes", "must not contain empty names");
             }
         }
-        endpoint("graph.base_url", &g.base_url)?;
-        endpoint("graph.authority", &g.authority)?;
+        endpoint("graph.base_url", &g.base_url())?;
+        endpoint("graph.authority", &g.authority())?;
+        // A Microsoft host of another cloud can never work: its tokens are not accepted here.
+        for (key, url, login) in [
+            ("graph.authority", &g.authority, true),
+            ("graph.base_url", &g.base_url, false),
+        ] {
+            let owners = GraphCloud::owners_of(url, login);
+            if !owners.is_empty() && !owners.contains(&g.cloud) {
+                return bad(
+                    key,
+                    format!(
+                        "{url} belongs to the {} cloud but graph.cloud = \"{}\": tokens of one Microsoft cloud are not accepted by another (set graph.cloud, or leave {key} empty to use the cloud's)",
+                        owners[0].name(),
+                        g.cloud.name()
+                    ),
+                );
+            }
+        }
         if g.folder.trim().is_empty() {
             return bad("graph.folder", "must not be empty");
         }
@@ -1477,6 +1592,71 @@ mod tests {
         let mut s = Settings::default();
         s.imap.retry_min_ms = 0;
         assert_eq!(s.validate().unwrap_err().key, "imap.retry_max_ms");
+    }
+
+    #[test]
+    fn a_national_cloud_sets_the_hosts_and_the_token_scope() {
+        let mut g = GraphSettings {
+            tenant_id: "t1".into(),
+            ..Default::default()
+        };
+        assert_eq!(g.base_url(), "https://graph.microsoft.com/v1.0");
+        assert_eq!(
+            g.token_url(),
+            "https://login.microsoftonline.com/t1/oauth2/v2.0/token"
+        );
+        assert_eq!(g.token_scope(), "https://graph.microsoft.com/.default");
+        g.cloud = GraphCloud::Usgov;
+        assert_eq!(g.base_url(), "https://graph.microsoft.us/v1.0");
+        assert_eq!(
+            g.token_url(),
+            "https://login.microsoftonline.us/t1/oauth2/v2.0/token"
+        );
+        assert_eq!(g.token_scope(), "https://graph.microsoft.us/.default");
+        g.cloud = GraphCloud::UsgovDod;
+        assert_eq!(g.base_url(), "https://dod-graph.microsoft.us/v1.0");
+        assert_eq!(g.token_scope(), "https://dod-graph.microsoft.us/.default");
+        g.cloud = GraphCloud::China;
+        assert_eq!(g.base_url(), "https://microsoftgraph.chinacloudapi.cn/v1.0");
+        assert_eq!(
+            g.token_url(),
+            "https://login.chinacloudapi.cn/t1/oauth2/v2.0/token"
+        );
+        // Explicit hosts win (a proxy), the scope stays the cloud's.
+        g.base_url = "https://graph-proxy.example/v1.0".into();
+        g.authority = "https://login-proxy.example/{tenant}".into();
+        assert_eq!(g.base_url(), "https://graph-proxy.example/v1.0");
+        assert_eq!(
+            g.token_url(),
+            "https://login-proxy.example/t1/oauth2/v2.0/token"
+        );
+        assert_eq!(
+            g.token_scope(),
+            "https://microsoftgraph.chinacloudapi.cn/.default"
+        );
+    }
+
+    #[test]
+    fn a_host_of_another_cloud_is_refused_by_name() {
+        let mut s = Settings::default();
+        s.graph.cloud = GraphCloud::Usgov;
+        s.graph.base_url = "https://graph.microsoft.com/v1.0".into();
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.key, "graph.base_url");
+        assert!(e.problem.contains("global cloud"), "{}", e.problem);
+        // GCC High and DoD share the sign-in host, not the Graph host.
+        s.graph.base_url = "https://dod-graph.microsoft.us/v1.0".into();
+        assert_eq!(s.validate().unwrap_err().key, "graph.base_url");
+        s.graph.cloud = GraphCloud::UsgovDod;
+        s.graph.authority = "https://login.microsoftonline.us/{tenant}".into();
+        assert!(s.validate().is_ok(), "{:?}", s.validate());
+        s.graph.authority = "https://login.chinacloudapi.cn/{tenant}".into();
+        assert_eq!(s.validate().unwrap_err().key, "graph.authority");
+        // A host no cloud owns (a proxy) is the operator's choice.
+        s.graph.authority = "https://login-proxy.example/{tenant}".into();
+        assert!(s.validate().is_ok());
+        let parsed: GraphSettings = serde_json::from_str(r#"{"cloud": "usgov_dod"}"#).unwrap();
+        assert_eq!(parsed.cloud, GraphCloud::UsgovDod);
     }
 
     #[test]

@@ -213,7 +213,7 @@ pub(crate) fn graph_tokens(settings: &Settings) -> TokenSource {
         Grant::ClientCredentials {
             client_id: g.client_id.clone(),
             client_secret: g.client_secret.clone(),
-            scope: "https://graph.microsoft.com/.default".into(),
+            scope: g.token_scope(),
         },
         g.request_timeout(),
     )

@@ -104,6 +104,11 @@ pub struct GraphSimOptions {
     /// Lifetime of access tokens, in seconds.
     #[arg(long, default_value_t = 3599)]
     pub token_lifetime_s: u64,
+    /// The Microsoft cloud it plays (global, usgov, usgov_dod, china): app-only tokens are
+    /// issued only for that cloud's Graph scope (`https://graph.microsoft.us/.default`, …), as
+    /// Entra ID in that cloud does.
+    #[arg(long, default_value = "global", value_parser = ["global", "usgov", "usgov_dod", "china"])]
+    pub cloud: String,
     /// The user `POST /_sim/introspect` reports for any live token (as `email`, `username`
     /// and `upn`): the IMAP account those tokens log in as. Default: the first mailbox.
     #[arg(long)]

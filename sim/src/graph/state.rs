@@ -11,6 +11,7 @@ use super::subscriptions::Subscription;
 use super::throttling::Limits;
 use super::{GraphSimOptions, ListPaging};
 use chrono::Utc;
+use ms1_actors::settings::GraphCloud;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::RandomState;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,8 @@ pub(super) struct State {
     pub(super) client_id: String,
     pub(super) client_secret: String,
     pub(super) refresh_token: String,
+    /// The Graph resource of the cloud it plays (`https://graph.microsoft.com`, …).
+    pub(super) graph_resource: &'static str,
     pub(super) token_lifetime: Duration,
     /// The user live tokens introspect as.
     pub(super) introspect_user: String,
@@ -53,6 +56,12 @@ pub(super) fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The cloud named by `--cloud`.
+fn cloud(name: &str) -> anyhow::Result<GraphCloud> {
+    serde_json::from_value(serde_json::Value::String(name.into()))
+        .map_err(|_| anyhow::anyhow!("--cloud {name}: not one of global, usgov, usgov_dod, china"))
+}
+
 impl State {
     /// The state the start-up options describe, with the mailboxes seeded.
     pub(super) fn new(o: &GraphSimOptions) -> anyhow::Result<Self> {
@@ -62,6 +71,7 @@ impl State {
             client_id: o.client_id.clone(),
             client_secret: o.client_secret.clone(),
             refresh_token: o.refresh_token.clone(),
+            graph_resource: cloud(&o.cloud)?.graph_root(),
             token_lifetime: Duration::from_secs(o.token_lifetime_s),
             introspect_user: o.introspect_user.clone().unwrap_or_default(),
             latency: Duration::ZERO,

@@ -5,12 +5,10 @@ use super::answers::GraphError;
 use super::codecs::stable_guid;
 use super::state::State;
 use chrono::{SecondsFormat, Utc};
+use ms1_actors::settings::GraphCloud;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-/// The only scope the client credentials grant accepts.
-const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
 
 /// A fresh opaque access token.
 fn random_token() -> String {
@@ -63,7 +61,7 @@ impl State {
                 "AADSTS7000215: Invalid client secret provided.",
             )
         };
-        let mut scope = GRAPH_SCOPE.to_string();
+        let mut scope = format!("{}/.default", self.graph_resource);
         let mut refresh = None;
         match field("grant_type") {
             "" => {
@@ -87,7 +85,29 @@ impl State {
                 if field("client_secret") != self.client_secret {
                     return Err(wrong_secret());
                 }
-                if field("scope") != GRAPH_SCOPE {
+                let wanted = format!("{}/.default", self.graph_resource);
+                let asked = field("scope");
+                let graph_of_another_cloud = [
+                    GraphCloud::Global,
+                    GraphCloud::Usgov,
+                    GraphCloud::UsgovDod,
+                    GraphCloud::China,
+                ]
+                .iter()
+                .any(|c| asked == format!("{}/.default", c.graph_root()));
+                if asked != wanted && graph_of_another_cloud {
+                    // A Graph scope of another cloud: that resource does not exist here.
+                    return Err(refuse(
+                        400,
+                        "invalid_resource",
+                        &format!(
+                            "AADSTS500011: The resource principal named {} was not found in the tenant named {}.",
+                            asked.trim_end_matches("/.default"),
+                            self.tenant
+                        ),
+                    ));
+                }
+                if asked != wanted {
                     return Err(refuse(
                         400,
                         "invalid_scope",
@@ -201,6 +221,34 @@ impl State {
 mod tests {
     use super::super::tests::options;
     use super::*;
+
+    const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+
+    #[test]
+    fn a_national_cloud_issues_tokens_only_for_its_own_graph_scope() {
+        let mut s = State::new(&options(&["--cloud", "usgov"])).unwrap();
+        let form = |scope: &str| -> HashMap<String, String> {
+            [
+                ("client_id", "ms1-app"),
+                ("client_secret", "sim-secret"),
+                ("scope", scope),
+                ("grant_type", "client_credentials"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+        };
+        let now = Instant::now();
+        assert!(s
+            .issue_token("contoso", &form("https://graph.microsoft.us/.default"), now)
+            .is_ok());
+        let refused = s
+            .issue_token("contoso", &form(GRAPH_SCOPE), now)
+            .unwrap_err();
+        let (status, body) = (refused.0, refused.1.to_string());
+        assert_eq!(status, 400);
+        assert!(body.contains("AADSTS500011"), "{body}");
+    }
 
     #[test]
     fn tokens_are_issued_for_the_right_credentials_and_expire_with_the_current_lifetime() {

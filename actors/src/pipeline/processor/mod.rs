@@ -93,7 +93,7 @@ impl Actor for BatchProcessor {
                 // Built here, on the processor's own thread (awc is not Send).
                 Rc::new(
                     GraphClient::new(
-                        &self.settings.graph.base_url,
+                        &self.settings.graph.base_url(),
                         Rc::new(crate::clients::oauth::graph_tokens(&self.settings)),
                         RateLimiter::graph_budget(&self.limiter),
                         self.settings.graph.request_timeout(),

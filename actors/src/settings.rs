@@ -365,9 +365,17 @@ pub struct GraphSettings {
     pub authority: String,
     pub tenant_id: String,
     pub client_id: String,
-    /// App secret (client credentials): the value, `env:NAME`, `file:/path` or
+    /// How the daemon proves who it is to Entra ID (see [`GraphCredential`]).
+    pub credential: GraphCredential,
+    /// App secret (`credential = "secret"`): the value, `env:NAME`, `file:/path` or
     /// `credential:NAME`. Never logged, never stored in Redis.
     pub client_secret: Secret,
+    /// `credential = "certificate"`: path of the PEM certificate uploaded to the app
+    /// registration. Read again for every token, so a rotated file is used without a restart.
+    pub client_certificate: String,
+    /// Its PEM private key (PKCS#8, or PKCS#1 RSA): the key, `env:NAME`, `file:/path` or
+    /// `credential:NAME`; a key from a file is read again for every token. Never logged.
+    pub client_certificate_key: Secret,
     /// Mailboxes (UPNs or ids) to ingest. Empty: no Graph polling.
     pub mailboxes: Vec<String>,
     /// Mail folder read in every mailbox.
@@ -415,7 +423,10 @@ impl Default for GraphSettings {
             authority: "https://login.microsoftonline.com/{tenant}".into(),
             tenant_id: String::new(),
             client_id: String::new(),
+            credential: GraphCredential::Secret,
             client_secret: Secret::default(),
+            client_certificate: String::new(),
+            client_certificate_key: Secret::default(),
             mailboxes: Vec::new(),
             folder: "inbox".into(),
             mode: GraphMode::Delta,
@@ -443,7 +454,10 @@ impl std::fmt::Debug for GraphSettings {
             .field("authority", &self.authority)
             .field("tenant_id", &self.tenant_id)
             .field("client_id", &self.client_id)
+            .field("credential", &self.credential)
             .field("client_secret", &self.client_secret)
+            .field("client_certificate", &self.client_certificate)
+            .field("client_certificate_key", &self.client_certificate_key)
             .field("mailboxes", &self.mailboxes)
             .field("mode", &self.mode)
             .finish_non_exhaustive()
@@ -454,6 +468,38 @@ impl GraphSettings {
     /// The backoff bounds of transient Graph failures.
     pub fn retry(&self) -> RetryBounds {
         RetryBounds::from_ms(self.retry_min_ms, self.retry_max_ms)
+    }
+
+    /// The settings `credential` needs are there (their files' content is checked by
+    /// `clients::oauth::check_credential`, which the daemon runs at start and in `check-config`).
+    fn validate_credential(&self) -> Result<(), InvalidSetting> {
+        use GraphCredential as C;
+        let needs = |key: &str, value: &str, what: &str| {
+            if value.trim().is_empty() {
+                bad(
+                    key,
+                    format!(
+                        "is required with graph.credential = \"{}\"{what}",
+                        self.credential.name()
+                    ),
+                )
+            } else {
+                Ok(())
+            }
+        };
+        needs("graph.tenant_id", &self.tenant_id, "")?;
+        needs("graph.client_id", &self.client_id, "")?;
+        match self.credential {
+            C::Secret => needs("graph.client_secret", self.client_secret.expose(), ""),
+            C::Certificate => {
+                needs("graph.client_certificate", &self.client_certificate, "")?;
+                needs(
+                    "graph.client_certificate_key",
+                    self.client_certificate_key.expose(),
+                    "",
+                )
+            }
+        }
     }
 
     /// `{authority}/oauth2/v2.0/token` with the tenant filled in.
@@ -478,6 +524,27 @@ impl GraphSettings {
             .saturating_mul(1u64 << failed.min(20))
             .min(self.park_retry_max_s);
         Duration::from_secs(secs)
+    }
+}
+
+/// How the daemon signs in to Entra ID for Graph (app-only, every one of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphCredential {
+    /// Client credentials with `client_secret`.
+    Secret,
+    /// Client credentials with a JWT signed by the key of `client_certificate`
+    /// (`client_assertion`, RFC 7523): no shared secret leaves the machine.
+    Certificate,
+}
+
+impl GraphCredential {
+    /// Its name in the settings and in errors (`certificate`, `managed_identity`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            GraphCredential::Secret => "secret",
+            GraphCredential::Certificate => "certificate",
+        }
     }
 }
 
@@ -958,15 +1025,7 @@ impl Settings {
         }
         let g = &self.graph;
         if !g.mailboxes.is_empty() {
-            for (key, value) in [
-                ("graph.tenant_id", g.tenant_id.as_str()),
-                ("graph.client_id", g.client_id.as_str()),
-                ("graph.client_secret", g.client_secret.expose()),
-            ] {
-                if value.is_empty() {
-                    return bad(key, "is required when graph.mailboxes is set");
-                }
-            }
+            g.validate_credential()?;
             if g.mailboxes.iter().any(|m| m.trim().is_empty()) {
                 return bad("graph.mailboxes", "must not contain empty names");
             }

@@ -3,7 +3,8 @@
 //! It speaks the "Microsoft Graph (v1.0)" part of CONTRACTS.md closely enough that a daemon
 //! passing against it has met the rules that matter against Graph:
 //!
-//! - **Token endpoint** `POST /{tenant}/oauth2/v2.0/token`: client credentials, and a refresh
+//! - **Token endpoint** `POST /{tenant}/oauth2/v2.0/token`: client credentials (with the client
+//!   secret, or a certificate assertion checked as Entra does: `assertions`), and a refresh
 //!   token grant (for IMAP XOAUTH2). Every `/v1.0` route wants `Authorization: Bearer` with a
 //!   token that has not outlived the *current* token lifetime (`/_sim/config` can shorten it, so
 //!   a test can expire the tokens a client holds).
@@ -44,6 +45,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 
 mod answers;
+mod assertions;
 mod batch;
 mod codecs;
 mod control;
@@ -98,6 +100,10 @@ pub struct GraphSimOptions {
     /// The client secret the token endpoint accepts.
     #[arg(long, default_value = "sim-secret")]
     pub client_secret: String,
+    /// PEM certificates registered on the app (comma-separated paths): client assertions
+    /// signed with their keys are accepted.
+    #[arg(long, value_delimiter = ',')]
+    pub client_certificate: Vec<String>,
     /// The refresh token the `refresh_token` grant accepts (IMAP XOAUTH2).
     #[arg(long, default_value = "sim-refresh-token")]
     pub refresh_token: String,
@@ -163,6 +169,8 @@ pub struct SimConfig {
     /// lets every mailbox in again): every request on them is answered 403
     /// `ErrorAccessDenied`, "Access to OData is disabled.", as Exchange Online does.
     pub deny_mailboxes: Option<Vec<String>>,
+    /// The app's registered certificates from now on (PEM file paths; the whole list).
+    pub client_certificates: Option<Vec<String>>,
 }
 
 /// Runs the simulator until the process is stopped.

@@ -2,6 +2,7 @@
 //! Its methods live next to the concept they serve (`tokens`, `mail`, `subscriptions`,
 //! `notifications`, `stats`).
 
+use super::assertions::{AssertionCheck, RegisteredCertificate};
 use super::codecs::stable_guid;
 use super::cursors::Sealer;
 use super::mailboxes::Mailbox;
@@ -23,6 +24,8 @@ pub(super) struct State {
     pub(super) client_id: String,
     pub(super) client_secret: String,
     pub(super) refresh_token: String,
+    /// The app's registered certificates, and the assertions already presented.
+    pub(super) assertions: AssertionCheck,
     pub(super) token_lifetime: Duration,
     /// The user live tokens introspect as.
     pub(super) introspect_user: String,
@@ -62,6 +65,12 @@ impl State {
             client_id: o.client_id.clone(),
             client_secret: o.client_secret.clone(),
             refresh_token: o.refresh_token.clone(),
+            assertions: AssertionCheck::new(
+                o.client_certificate
+                    .iter()
+                    .map(|p| RegisteredCertificate::read(p))
+                    .collect::<anyhow::Result<_>>()?,
+            ),
             token_lifetime: Duration::from_secs(o.token_lifetime_s),
             introspect_user: o.introspect_user.clone().unwrap_or_default(),
             latency: Duration::ZERO,

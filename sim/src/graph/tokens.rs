@@ -1,7 +1,9 @@
-//! Tokens: the token endpoint (client credentials and refresh token grants), `Bearer`
-//! checks at `/v1.0`, and RFC 7662 introspection for a private Dovecot.
+//! Tokens: the token endpoint (client credentials with a secret or a certificate assertion,
+//! and refresh token grants), `Bearer` checks at `/v1.0`, and RFC 7662 introspection for a
+//! private Dovecot.
 
 use super::answers::GraphError;
+use super::assertions::JWT_BEARER;
 use super::codecs::stable_guid;
 use super::state::State;
 use chrono::{SecondsFormat, Utc};
@@ -22,10 +24,11 @@ fn random_token() -> String {
 }
 
 impl State {
-    /// The token endpoint's decision for one form.
+    /// The token endpoint's decision for one form posted to `token_url`.
     pub(super) fn issue_token(
         &mut self,
         tenant: &str,
+        token_url: &str,
         form: &HashMap<String, String>,
         now: Instant,
     ) -> Result<Value, (u16, Value)> {
@@ -74,17 +77,37 @@ impl State {
                 ))
             }
             "client_credentials" => {
-                if field("client_id").is_empty() || field("client_secret").is_empty() {
+                let assertion = field("client_assertion");
+                if field("client_id").is_empty()
+                    || (field("client_secret").is_empty() && assertion.is_empty())
+                {
                     return Err(refuse(
                         400,
                         "invalid_request",
-                        "AADSTS900144: The request body must contain 'client_id' and 'client_secret'.",
+                        "AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
                     ));
                 }
                 if field("client_id") != self.client_id {
                     return Err(unknown_client());
                 }
-                if field("client_secret") != self.client_secret {
+                if !assertion.is_empty() {
+                    if field("client_assertion_type") != JWT_BEARER {
+                        return Err(refuse(
+                            400,
+                            "invalid_request",
+                            "AADSTS50027: client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
+                        ));
+                    }
+                    let unix = Utc::now().timestamp();
+                    let verdict =
+                        self.assertions
+                            .verify(assertion, &self.client_id, token_url, unix);
+                    if let Err(description) = verdict {
+                        self.stats.assertions_refused += 1;
+                        return Err(refuse(401, "invalid_client", &description));
+                    }
+                    self.stats.certificate_tokens += 1;
+                } else if field("client_secret") != self.client_secret {
                     return Err(wrong_secret());
                 }
                 if field("scope") != GRAPH_SCOPE {
@@ -202,6 +225,8 @@ mod tests {
     use super::super::tests::options;
     use super::*;
 
+    const URL: &str = "http://127.0.0.1:8500/contoso/oauth2/v2.0/token";
+
     #[test]
     fn tokens_are_issued_for_the_right_credentials_and_expire_with_the_current_lifetime() {
         let mut s = State::new(&options(&["--token-lifetime-s", "60"])).unwrap();
@@ -218,7 +243,7 @@ mod tests {
             ("grant_type", "client_credentials"),
         ];
         let t0 = Instant::now();
-        let issued = s.issue_token("contoso", &form(&good), t0).unwrap();
+        let issued = s.issue_token("contoso", URL, &form(&good), t0).unwrap();
         assert_eq!(issued["expires_in"], 60);
         let token = issued["access_token"].as_str().unwrap().to_string();
         let bearer = format!("Bearer {token}");
@@ -239,7 +264,7 @@ mod tests {
         assert_eq!((s.stats.unauthorized, s.stats.expired_token_used), (4, 2));
 
         let refused = |s: &mut State, tenant: &str, pairs: &[(&str, &str)]| {
-            let (status, body) = s.issue_token(tenant, &form(pairs), t0).unwrap_err();
+            let (status, body) = s.issue_token(tenant, URL, &form(pairs), t0).unwrap_err();
             (status, body["error"].as_str().unwrap().to_string())
         };
         let mut bad = good;
@@ -265,7 +290,7 @@ mod tests {
             (400, "invalid_request".into())
         );
         let tenant_id = s.tenant_id.clone();
-        assert!(s.issue_token(&tenant_id, &form(&good), t0).is_ok());
+        assert!(s.issue_token(&tenant_id, URL, &form(&good), t0).is_ok());
 
         let refresh = [
             ("client_id", "ms1-app"),
@@ -276,7 +301,7 @@ mod tests {
                 "https://outlook.office.com/IMAP.AccessAsUser.All offline_access",
             ),
         ];
-        let r = s.issue_token("contoso", &form(&refresh), t0).unwrap();
+        let r = s.issue_token("contoso", URL, &form(&refresh), t0).unwrap();
         assert!(r["access_token"].is_string());
         let mut bad = refresh;
         bad[2].1 = "stolen";
@@ -307,7 +332,7 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let t0 = Instant::now();
-        let issued = s.issue_token("contoso", &form, t0).unwrap();
+        let issued = s.issue_token("contoso", URL, &form, t0).unwrap();
         let token = issued["access_token"].as_str().unwrap();
         let live = s.introspect(token, t0 + Duration::from_secs(59));
         assert_eq!(live["active"], true);

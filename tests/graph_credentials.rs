@@ -192,3 +192,61 @@ fn a_rotated_certificate_and_key_are_used_without_a_restart() {
     assert!(stats["certificate_tokens"].as_u64() >= Some(2), "{stats}");
     assert_eq!(w.ms4.stats()["duplicate_records"], 0);
 }
+
+/// Daemon settings for the managed identity of the simulated machine: no tenant, client id or
+/// secret.
+fn managed_identity_settings(w: &World, client_id: &str) -> Vec<(String, String)> {
+    vec![
+        ("MS1__GRAPH__CREDENTIAL".into(), "managed_identity".into()),
+        ("MS1__GRAPH__TENANT_ID".into(), String::new()),
+        ("MS1__GRAPH__CLIENT_ID".into(), String::new()),
+        ("MS1__GRAPH__CLIENT_SECRET".into(), String::new()),
+        (
+            "MS1__GRAPH__MANAGED_IDENTITY_ENDPOINT".into(),
+            format!("{}/metadata/identity/oauth2/token", w.graph().url),
+        ),
+        (
+            "MS1__GRAPH__MANAGED_IDENTITY_CLIENT_ID".into(),
+            client_id.into(),
+        ),
+    ]
+}
+
+/// MS4 and a Graph simulator whose IMDS knows the user-assigned identity `client_id`.
+fn machine_with_identity(client_id: &str) -> World {
+    World::with_graph(
+        &["--rate-limit-per-min", "0"],
+        &["--managed-identity-client-id", client_id],
+    )
+}
+
+#[test]
+fn a_managed_identity_gets_its_tokens_from_imds_with_the_metadata_header_and_mail_flows() {
+    let w = machine_with_identity("mi-ingest");
+    let daemon = w.graph_daemon(&as_refs(&managed_identity_settings(&w, "mi-ingest")));
+    mail_everywhere(&w, 5);
+    w.wait_delivered(15, MINUTE, &daemon);
+    let stats = w.graph().stats();
+    // The simulated IMDS refuses a request without `Metadata: true`: none was refused.
+    assert!(stats["imds_tokens"].as_u64() >= Some(1), "{stats}");
+    assert_eq!(stats["imds_refused"], 0, "{stats}");
+    assert_eq!(
+        stats["token_requests"], 0,
+        "no client credentials grant: {stats}"
+    );
+    assert_eq!(stats["violations"], 0, "{stats}");
+    w.assert_drained();
+}
+
+#[test]
+fn a_managed_identity_the_machine_does_not_have_is_named_in_ready() {
+    let w = machine_with_identity("mi-ingest");
+    let daemon = w.graph_daemon(&as_refs(&managed_identity_settings(&w, "mi-other")));
+    mail_everywhere(&w, 1);
+    let refused = wait_until(MINUTE, || {
+        let why = daemon.ready().1["degraded_sources"][MAILBOXES[0]].to_string();
+        why.contains("refused the managed identity credential (400 invalid_request)")
+    });
+    assert!(refused, "{}\n{}", daemon.ready().1, daemon.log_tail(20));
+    assert_eq!(w.ms4.stats()["unique_records"], 0);
+}

@@ -376,6 +376,10 @@ pub struct GraphSettings {
     /// Its PEM private key (PKCS#8, or PKCS#1 RSA): the key, `env:NAME`, `file:/path` or
     /// `credential:NAME`; a key from a file is read again for every token. Never logged.
     pub client_certificate_key: Secret,
+    /// `credential = "managed_identity"`: the instance metadata (IMDS) token endpoint.
+    pub managed_identity_endpoint: String,
+    /// The client id of a user-assigned managed identity; empty: the system-assigned one.
+    pub managed_identity_client_id: String,
     /// Mailboxes (UPNs or ids) to ingest. Empty: no Graph polling.
     pub mailboxes: Vec<String>,
     /// Mail folder read in every mailbox.
@@ -427,6 +431,9 @@ impl Default for GraphSettings {
             client_secret: Secret::default(),
             client_certificate: String::new(),
             client_certificate_key: Secret::default(),
+            managed_identity_endpoint: "http://169.254.169.254/metadata/identity/oauth2/token"
+                .into(),
+            managed_identity_client_id: String::new(),
             mailboxes: Vec::new(),
             folder: "inbox".into(),
             mode: GraphMode::Delta,
@@ -458,6 +465,11 @@ impl std::fmt::Debug for GraphSettings {
             .field("client_secret", &self.client_secret)
             .field("client_certificate", &self.client_certificate)
             .field("client_certificate_key", &self.client_certificate_key)
+            .field("managed_identity_endpoint", &self.managed_identity_endpoint)
+            .field(
+                "managed_identity_client_id",
+                &self.managed_identity_client_id,
+            )
             .field("mailboxes", &self.mailboxes)
             .field("mode", &self.mode)
             .finish_non_exhaustive()
@@ -487,8 +499,10 @@ impl GraphSettings {
                 Ok(())
             }
         };
-        needs("graph.tenant_id", &self.tenant_id, "")?;
-        needs("graph.client_id", &self.client_id, "")?;
+        if self.credential != C::ManagedIdentity {
+            needs("graph.tenant_id", &self.tenant_id, "")?;
+            needs("graph.client_id", &self.client_id, "")?;
+        }
         match self.credential {
             C::Secret => needs("graph.client_secret", self.client_secret.expose(), ""),
             C::Certificate => {
@@ -499,6 +513,10 @@ impl GraphSettings {
                     "",
                 )
             }
+            C::ManagedIdentity => imds_endpoint(
+                "graph.managed_identity_endpoint",
+                &self.managed_identity_endpoint,
+            ),
         }
     }
 
@@ -536,6 +554,9 @@ pub enum GraphCredential {
     /// Client credentials with a JWT signed by the key of `client_certificate`
     /// (`client_assertion`, RFC 7523): no shared secret leaves the machine.
     Certificate,
+    /// The Azure resource's managed identity, from the instance metadata service
+    /// (`managed_identity_endpoint`): no credential on the machine at all.
+    ManagedIdentity,
 }
 
 impl GraphCredential {
@@ -544,6 +565,7 @@ impl GraphCredential {
         match self {
             GraphCredential::Secret => "secret",
             GraphCredential::Certificate => "certificate",
+            GraphCredential::ManagedIdentity => "managed_identity",
         }
     }
 }
@@ -1334,6 +1356,16 @@ fn endpoint(key: &str, value: &str) -> Result<(), InvalidSetting> {
     Ok(())
 }
 
+/// The instance metadata endpoint: plain http:// is how IMDS is reached, on its link-local
+/// address (169.254.169.254) or through a loopback proxy; no other host gets a token request
+/// in clear.
+fn imds_endpoint(key: &str, value: &str) -> Result<(), InvalidSetting> {
+    match url::Url::parse(value) {
+        Ok(u) if u.scheme() == "http" && u.host_str() == Some("169.254.169.254") => Ok(()),
+        _ => endpoint(key, value),
+    }
+}
+
 fn is_loopback_host(host: &str) -> bool {
     host == "localhost"
         || host
@@ -1437,6 +1469,54 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(s.port(), 143);
+    }
+
+    #[test]
+    fn each_graph_credential_needs_its_own_settings_and_no_other() {
+        let with = |credential, change: &dyn Fn(&mut GraphSettings)| {
+            let mut s = Settings::default();
+            s.graph.mailboxes = vec!["a@contoso.example".into()];
+            s.graph.credential = credential;
+            change(&mut s.graph);
+            s.validate().err().map(|e| e.key)
+        };
+        let app = |g: &mut GraphSettings| {
+            g.tenant_id = "contoso".into();
+            g.client_id = "app".into();
+        };
+        assert_eq!(
+            with(GraphCredential::Secret, &app).as_deref(),
+            Some("graph.client_secret")
+        );
+        assert_eq!(
+            with(GraphCredential::Certificate, &app).as_deref(),
+            Some("graph.client_certificate")
+        );
+        assert_eq!(
+            with(GraphCredential::Certificate, &|g| {
+                app(g);
+                g.client_certificate = "/etc/ms1/graph.pem".into();
+            })
+            .as_deref(),
+            Some("graph.client_certificate_key")
+        );
+        // A managed identity needs neither tenant, nor client id, nor secret.
+        assert_eq!(with(GraphCredential::ManagedIdentity, &|_| {}), None);
+        assert_eq!(
+            with(GraphCredential::ManagedIdentity, &|g| {
+                g.managed_identity_endpoint = "http://imds.example.com/token".into()
+            })
+            .as_deref(),
+            Some("graph.managed_identity_endpoint")
+        );
+        assert_eq!(
+            with(GraphCredential::ManagedIdentity, &|g| {
+                g.managed_identity_endpoint = "http://127.0.0.1:8500/metadata".into()
+            }),
+            None
+        );
+        let parsed: GraphCredential = serde_json::from_str("\"managed_identity\"").unwrap();
+        assert_eq!(parsed, GraphCredential::ManagedIdentity);
     }
 
     #[test]

@@ -69,6 +69,11 @@ pub(super) async fn token(
         format!("{}://{}{}", info.scheme(), info.host(), req.path())
     };
     let result = lock(&state).issue_token(&tenant, &token_url, &form, Instant::now());
+    token_answer(result)
+}
+
+/// A token (not to be cached on the way) or the OAuth error with its status.
+fn token_answer(result: Result<serde_json::Value, (u16, serde_json::Value)>) -> HttpResponse {
     match result {
         Ok(v) => HttpResponse::Ok()
             .insert_header(("Cache-Control", "no-store, no-cache"))
@@ -78,6 +83,15 @@ pub(super) async fn token(
                 .json(v)
         }
     }
+}
+
+/// `GET /metadata/identity/oauth2/token`: a managed identity token, as IMDS gives one.
+pub(super) async fn imds_token(state: web::Data<Shared>, req: HttpRequest) -> HttpResponse {
+    let query: HashMap<String, String> = form_urlencoded::parse(req.query_string().as_bytes())
+        .into_owned()
+        .collect();
+    let result = lock(&state).issue_imds_token(header(&req, "metadata"), &query, Instant::now());
+    token_answer(result)
 }
 
 /// `POST /_sim/introspect`: RFC 7662 token introspection, the form field `token` (what

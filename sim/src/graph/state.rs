@@ -26,6 +26,8 @@ pub(super) struct State {
     pub(super) refresh_token: String,
     /// The app's registered certificates, and the assertions already presented.
     pub(super) assertions: AssertionCheck,
+    /// The user-assigned managed identity the machine has (IMDS `client_id`).
+    pub(super) managed_identity_client_id: Option<String>,
     pub(super) token_lifetime: Duration,
     /// The user live tokens introspect as.
     pub(super) introspect_user: String,
@@ -71,6 +73,7 @@ impl State {
                     .map(|p| RegisteredCertificate::read(p))
                     .collect::<anyhow::Result<_>>()?,
             ),
+            managed_identity_client_id: o.managed_identity_client_id.clone(),
             token_lifetime: Duration::from_secs(o.token_lifetime_s),
             introspect_user: o.introspect_user.clone().unwrap_or_default(),
             latency: Duration::ZERO,

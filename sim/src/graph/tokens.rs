@@ -1,6 +1,6 @@
 //! Tokens: the token endpoint (client credentials with a secret or a certificate assertion,
-//! and refresh token grants), `Bearer` checks at `/v1.0`, and RFC 7662 introspection for a
-//! private Dovecot.
+//! and refresh token grants), the instance metadata service's managed identity tokens,
+//! `Bearer` checks at `/v1.0`, and RFC 7662 introspection for a private Dovecot.
 
 use super::answers::GraphError;
 use super::assertions::JWT_BEARER;
@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 /// The only scope the client credentials grant accepts.
 const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+/// The only resource the instance metadata service issues tokens for.
+const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
 
 /// A fresh opaque access token.
 fn random_token() -> String {
@@ -164,6 +166,64 @@ impl State {
         Ok(body)
     }
 
+    /// The instance metadata service's answer to a managed identity token request: refused
+    /// without `Metadata: true`, for another resource than Graph, or for a user-assigned
+    /// identity the machine does not have (`--managed-identity-client-id`).
+    pub(super) fn issue_imds_token(
+        &mut self,
+        metadata: Option<&str>,
+        query: &HashMap<String, String>,
+        now: Instant,
+    ) -> Result<Value, (u16, Value)> {
+        let refuse = |error: &str, description: &str| {
+            (
+                400,
+                json!({"error": error, "error_description": description}),
+            )
+        };
+        let field = |k: &str| query.get(k).map(String::as_str).unwrap_or("");
+        let verdict = if metadata.map(str::trim) != Some("true") {
+            Err(refuse(
+                "invalid_request",
+                "Required metadata header not specified",
+            ))
+        } else if field("api-version").is_empty() {
+            Err(refuse(
+                "invalid_request",
+                "Required query variable 'api-version' is missing",
+            ))
+        } else if field("resource").trim_end_matches('/') != GRAPH_RESOURCE {
+            Err(refuse(
+                "invalid_resource",
+                &format!(
+                    "AADSTS500011: The resource principal named {} was not found in the tenant.",
+                    field("resource")
+                ),
+            ))
+        } else if !field("client_id").is_empty()
+            && self.managed_identity_client_id.as_deref() != Some(field("client_id"))
+        {
+            Err(refuse("invalid_request", "Identity not found"))
+        } else {
+            Ok(())
+        };
+        if let Err(refusal) = verdict {
+            self.stats.imds_refused += 1;
+            return Err(refusal);
+        }
+        let token = random_token();
+        self.tokens.insert(token.clone(), now);
+        self.stats.imds_tokens += 1;
+        self.stats.tokens_issued += 1;
+        let secs = self.token_lifetime.as_secs();
+        let unix = Utc::now().timestamp();
+        Ok(
+            json!({"access_token": token, "refresh_token": "", "expires_in": secs.to_string(),
+                  "expires_on": (unix + secs as i64).to_string(), "not_before": unix.to_string(),
+                  "resource": GRAPH_RESOURCE, "token_type": "Bearer"}),
+        )
+    }
+
     /// Checks `Authorization: Bearer …` against the tokens issued and the current lifetime.
     pub(super) fn authorize(
         &mut self,
@@ -227,15 +287,18 @@ mod tests {
 
     const URL: &str = "http://127.0.0.1:8500/contoso/oauth2/v2.0/token";
 
+    /// A form or a query string's fields.
+    fn fields(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     #[test]
     fn tokens_are_issued_for_the_right_credentials_and_expire_with_the_current_lifetime() {
         let mut s = State::new(&options(&["--token-lifetime-s", "60"])).unwrap();
-        let form = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
+        let form = fields;
         let good = [
             ("client_id", "ms1-app"),
             ("client_secret", "sim-secret"),
@@ -310,6 +373,47 @@ mod tests {
             (400, "invalid_grant".into())
         );
         assert_eq!(s.stats.tokens_issued, 3);
+    }
+
+    #[test]
+    fn imds_issues_graph_tokens_only_with_the_metadata_header_and_a_known_identity() {
+        let mut s = State::new(&options(&["--managed-identity-client-id", "mi-1"])).unwrap();
+        let query = fields;
+        let good = [
+            ("api-version", "2018-02-01"),
+            ("resource", "https://graph.microsoft.com"),
+        ];
+        let t0 = Instant::now();
+        let e = s.issue_imds_token(None, &query(&good), t0).unwrap_err();
+        assert_eq!(e.0, 400);
+        assert_eq!(
+            e.1["error_description"],
+            "Required metadata header not specified"
+        );
+        let issued = s.issue_imds_token(Some("true"), &query(&good), t0).unwrap();
+        assert_eq!(issued["expires_in"], "3599", "IMDS sends a string");
+        let bearer = format!("Bearer {}", issued["access_token"].as_str().unwrap());
+        assert!(s.authorize(Some(&bearer), t0).is_ok());
+        let mut mine = good.to_vec();
+        mine.push(("client_id", "mi-1"));
+        assert!(s.issue_imds_token(Some("true"), &query(&mine), t0).is_ok());
+        mine[2].1 = "mi-2";
+        let e = s
+            .issue_imds_token(Some("true"), &query(&mine), t0)
+            .unwrap_err();
+        assert_eq!(e.1["error_description"], "Identity not found");
+        let e = s
+            .issue_imds_token(
+                Some("true"),
+                &query(&[
+                    ("api-version", "2018-02-01"),
+                    ("resource", "https://vault.azure.net"),
+                ]),
+                t0,
+            )
+            .unwrap_err();
+        assert_eq!(e.1["error"], "invalid_resource");
+        assert_eq!((s.stats.imds_tokens, s.stats.imds_refused), (2, 3));
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! OAuth2 access tokens for Graph (app-only: a client secret or a certificate) and for IMAP
-//! XOAUTH2 (refresh token).
+//! OAuth2 access tokens for Graph (app-only: a client secret, a certificate, or the managed
+//! identity) and for IMAP XOAUTH2 (refresh token).
 //!
 //! [`graph_tokens`] is the one place that turns the settings into the Graph grant; the
-//! certificate's client assertion is built in [`assertion`].
+//! certificate's client assertion is built in [`assertion`], the managed identity's request
+//! in [`imds`].
 //!
 //! A [`TokenSource`] caches one token and refreshes it before it expires: when less than
 //! min(5 min, half its lifetime) remains. Concurrent callers share one refresh. After a 401
@@ -11,6 +12,7 @@
 //! errors, or in Redis.
 
 mod assertion;
+mod imds;
 
 use crate::secret::Secret;
 use crate::settings::{GraphCredential, GraphSettings, InvalidSetting, Settings};
@@ -35,6 +37,9 @@ pub(crate) enum Grant {
         refresh_token: Secret,
         scope: String,
     },
+    /// The managed identity: `GET` the token URL (built by [`imds::token_url`]) with
+    /// `Metadata: true`.
+    ManagedIdentity,
 }
 
 /// What proves the client in the client credentials grant.
@@ -55,6 +60,7 @@ impl Grant {
                 ClientCredential::Certificate(_) => "certificate",
             },
             Grant::RefreshToken { .. } => "refresh token",
+            Grant::ManagedIdentity => "managed identity",
         }
     }
 }
@@ -70,6 +76,7 @@ impl std::fmt::Debug for Grant {
             Grant::RefreshToken { client_id, .. } => {
                 write!(f, "RefreshToken {{ client_id: {client_id}, .. }}")
             }
+            Grant::ManagedIdentity => f.write_str("ManagedIdentity"),
         }
     }
 }
@@ -113,7 +120,25 @@ pub(crate) fn refresh_after(lifetime: Duration) -> Duration {
 #[derive(serde::Deserialize)]
 struct TokenResponse {
     access_token: String,
+    /// Seconds: a number from Entra, a string from IMDS.
+    #[serde(default, deserialize_with = "seconds")]
     expires_in: Option<u64>,
+}
+
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Seconds {
+        Number(u64),
+        Text(String),
+    }
+    Ok(
+        match <Option<Seconds> as serde::Deserialize>::deserialize(d)? {
+            Some(Seconds::Number(n)) => Some(n),
+            Some(Seconds::Text(t)) => t.trim().parse().ok(),
+            None => None,
+        },
+    )
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -249,17 +274,24 @@ impl TokenSource {
                 }
                 f
             }
+            Grant::ManagedIdentity => Vec::new(),
         })
     }
 
     async fn fetch(&self) -> Result<(String, Duration), OAuthError> {
         let form = self.form()?;
-        let mut resp = self
-            .http
-            .post(&self.token_url)
-            .send_form(&form)
-            .await
-            .map_err(|e| OAuthError::Transient(format!("token endpoint unreachable: {e}")))?;
+        let sent = match self.grant {
+            Grant::ManagedIdentity => {
+                self.http
+                    .get(&self.token_url)
+                    .insert_header(imds::METADATA)
+                    .send()
+                    .await
+            }
+            _ => self.http.post(&self.token_url).send_form(&form).await,
+        };
+        let mut resp =
+            sent.map_err(|e| OAuthError::Transient(format!("token endpoint unreachable: {e}")))?;
         let status = resp.status().as_u16();
         let body = resp
             .body()
@@ -294,7 +326,8 @@ impl TokenSource {
     }
 }
 
-/// The Graph resource app-only tokens are asked for (the scope is `{resource}/.default`).
+/// The Graph resource app-only tokens are asked for: the IMDS `resource`, and the scope
+/// `{resource}/.default` of the client credentials grant.
 fn graph_resource(_graph: &GraphSettings) -> &'static str {
     "https://graph.microsoft.com"
 }
@@ -309,11 +342,25 @@ pub(crate) fn graph_tokens(settings: &Settings) -> TokenSource {
         credential,
         scope: scope.clone(),
     };
-    let grant = match g.credential {
-        GraphCredential::Secret => client(ClientCredential::Secret(g.client_secret.clone())),
-        GraphCredential::Certificate => client(ClientCredential::Certificate(certificate_files(g))),
+    let (token_url, grant) = match g.credential {
+        GraphCredential::Secret => (
+            g.token_url(),
+            client(ClientCredential::Secret(g.client_secret.clone())),
+        ),
+        GraphCredential::Certificate => (
+            g.token_url(),
+            client(ClientCredential::Certificate(certificate_files(g))),
+        ),
+        GraphCredential::ManagedIdentity => (
+            imds::token_url(
+                &g.managed_identity_endpoint,
+                graph_resource(g),
+                &g.managed_identity_client_id,
+            ),
+            Grant::ManagedIdentity,
+        ),
     };
-    TokenSource::new(g.token_url(), grant, g.request_timeout())
+    TokenSource::new(token_url, grant, g.request_timeout())
 }
 
 fn certificate_files(g: &GraphSettings) -> CertificateFiles {
@@ -333,7 +380,7 @@ pub fn check_credential(settings: &Settings) -> Result<(), InvalidSetting> {
     }
     match g.credential {
         GraphCredential::Certificate => certificate_files(g).load().map(drop),
-        GraphCredential::Secret => Ok(()),
+        GraphCredential::Secret | GraphCredential::ManagedIdentity => Ok(()),
     }
 }
 
@@ -375,6 +422,21 @@ mod tests {
             "the token endpoint refused the certificate credential (401 invalid_client AADSTS700027)"
         );
         assert_eq!(TokenError::default().code(), "");
+    }
+
+    #[test]
+    fn expiry_is_read_as_a_number_from_entra_and_as_a_string_from_imds() {
+        let entra: TokenResponse =
+            serde_json::from_str(r#"{"access_token":"a","expires_in":3599}"#).unwrap();
+        let imds: TokenResponse = serde_json::from_str(
+            r#"{"access_token":"b","expires_in":"86399","token_type":"Bearer"}"#,
+        )
+        .unwrap();
+        let none: TokenResponse = serde_json::from_str(r#"{"access_token":"c"}"#).unwrap();
+        assert_eq!(
+            (entra.expires_in, imds.expires_in, none.expires_in),
+            (Some(3599), Some(86399), None)
+        );
     }
 
     #[test]

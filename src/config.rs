@@ -78,10 +78,13 @@ pub fn load_from(
             origin: origin.clone(),
             message: e.to_string(),
         })?;
-    settings.validate().map_err(|e| ConfigError::Invalid {
-        origin,
-        message: e.to_string(),
-    })?;
+    settings
+        .validate()
+        .and_then(|()| ms1_actors::clients::oauth::check_credential(&settings))
+        .map_err(|e| ConfigError::Invalid {
+            origin,
+            message: e.to_string(),
+        })?;
     Ok(settings)
 }
 

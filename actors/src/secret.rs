@@ -12,7 +12,9 @@
 //!   (`LoadCredential=NAME:/etc/ms1-ingestor/NAME` in the unit).
 //!
 //! The reference is resolved once, when the settings are loaded: a variable that is not set or
-//! a file that cannot be read stops the start with an error naming the setting.
+//! a file that cannot be read stops the start with an error naming the setting. A secret read
+//! from a file remembers the file, so a setting that follows rotation (the Graph certificate's
+//! key) can [`reread`](Secret::reread) it without a restart.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -21,30 +23,55 @@ pub(crate) const REDACTED: &str = "<redacted>";
 
 /// A resolved secret value that never prints itself.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret {
+    value: String,
+    /// The file the value was read from (`file:` and `credential:` references), for
+    /// [`Secret::reread`]; `None` for a value given inline or through the environment.
+    file: Option<String>,
+}
 
 impl Secret {
     /// A secret holding `value` as it is (no `env:`/`file:`/`credential:` resolution).
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        Self {
+            value: value.into(),
+            file: None,
+        }
     }
 
     /// Resolves a configured reference (value, `env:NAME`, `file:/path`, `credential:NAME`).
     pub fn resolve(reference: &str) -> Result<Self, String> {
-        resolve_secret(reference).map(Self)
+        let file = secret_file(reference)?;
+        let value = match &file {
+            Some(path) => read_secret_file(path)?,
+            None => resolve_secret(reference)?,
+        };
+        Ok(Self { value, file })
+    }
+
+    /// The value as it is now: read again from its file (a rotated key), or the value itself
+    /// when it did not come from a file. The error names the file, never the value.
+    pub fn reread(&self) -> Result<Self, String> {
+        match &self.file {
+            Some(path) => Ok(Self {
+                value: read_secret_file(path)?,
+                file: self.file.clone(),
+            }),
+            None => Ok(self.clone()),
+        }
     }
 
     /// The value, for the one place that sends it (a header, a login, a form field).
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.value
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.value.is_empty()
     }
 
     fn shown(&self) -> &'static str {
-        if self.0.is_empty() {
+        if self.value.is_empty() {
             ""
         } else {
             REDACTED
@@ -89,8 +116,17 @@ impl<'de> Deserialize<'de> for Secret {
 pub fn resolve_secret(value: &str) -> Result<String, String> {
     if let Some(name) = value.strip_prefix("env:") {
         std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))
-    } else if let Some(path) = value.strip_prefix("file:") {
-        read_secret_file(path)
+    } else if let Some(path) = secret_file(value)? {
+        read_secret_file(&path)
+    } else {
+        Ok(value.to_string())
+    }
+}
+
+/// The file a `file:/path` or `credential:NAME` reference names; `None` for the others.
+fn secret_file(value: &str) -> Result<Option<String>, String> {
+    if let Some(path) = value.strip_prefix("file:") {
+        Ok(Some(path.to_string()))
     } else if let Some(name) = value.strip_prefix("credential:") {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             return Err(format!(
@@ -102,9 +138,9 @@ pub fn resolve_secret(value: &str) -> Result<String, String> {
                 "credential:{name}: $CREDENTIALS_DIRECTORY is not set (systemd sets it for a unit with LoadCredential={name}:/path; outside systemd use file:/path)"
             )
         })?;
-        read_secret_file(&format!("{}/{name}", dir.trim_end_matches('/')))
+        Ok(Some(format!("{}/{name}", dir.trim_end_matches('/'))))
     } else {
-        Ok(value.to_string())
+        Ok(None)
     }
 }
 
@@ -177,6 +213,20 @@ mod tests {
         assert!(e.contains("CREDENTIALS_DIRECTORY"), "{e}");
         let e = resolve_secret("env:MS1_TEST_SURELY_UNSET_SECRET").unwrap_err();
         assert!(e.contains("MS1_TEST_SURELY_UNSET_SECRET"), "{e}");
+    }
+
+    #[test]
+    fn a_secret_from_a_file_is_reread_after_rotation_and_an_inline_one_stays() {
+        let path = std::env::temp_dir().join(format!("ms1-reread-{}", std::process::id()));
+        std::fs::write(&path, "first\n").unwrap();
+        let s = Secret::resolve(&format!("file:{}", path.display())).unwrap();
+        assert_eq!(s.expose(), "first");
+        std::fs::write(&path, "second\n").unwrap();
+        assert_eq!(s.reread().unwrap().expose(), "second");
+        std::fs::remove_file(&path).unwrap();
+        let e = s.reread().unwrap_err();
+        assert!(e.contains("ms1-reread") && !e.contains("second"), "{e}");
+        assert_eq!(Secret::new("inline").reread().unwrap().expose(), "inline");
     }
 
     #[test]

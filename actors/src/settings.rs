@@ -368,9 +368,21 @@ pub struct GraphSettings {
     pub authority: String,
     pub tenant_id: String,
     pub client_id: String,
-    /// App secret (client credentials): the value, `env:NAME`, `file:/path` or
+    /// How the daemon proves who it is to Entra ID (see [`GraphCredential`]).
+    pub credential: GraphCredential,
+    /// App secret (`credential = "secret"`): the value, `env:NAME`, `file:/path` or
     /// `credential:NAME`. Never logged, never stored in Redis.
     pub client_secret: Secret,
+    /// `credential = "certificate"`: path of the PEM certificate uploaded to the app
+    /// registration. Read again for every token, so a rotated file is used without a restart.
+    pub client_certificate: String,
+    /// Its PEM private key (PKCS#8, or PKCS#1 RSA): the key, `env:NAME`, `file:/path` or
+    /// `credential:NAME`; a key from a file is read again for every token. Never logged.
+    pub client_certificate_key: Secret,
+    /// `credential = "managed_identity"`: the instance metadata (IMDS) token endpoint.
+    pub managed_identity_endpoint: String,
+    /// The client id of a user-assigned managed identity; empty: the system-assigned one.
+    pub managed_identity_client_id: String,
     /// Mailboxes (UPNs or ids) to ingest. Empty: no Graph polling.
     pub mailboxes: Vec<String>,
     /// Mail folder read in every mailbox.
@@ -419,7 +431,13 @@ impl Default for GraphSettings {
             authority: String::new(),
             tenant_id: String::new(),
             client_id: String::new(),
+            credential: GraphCredential::Secret,
             client_secret: Secret::default(),
+            client_certificate: String::new(),
+            client_certificate_key: Secret::default(),
+            managed_identity_endpoint: "http://169.254.169.254/metadata/identity/oauth2/token"
+                .into(),
+            managed_identity_client_id: String::new(),
             mailboxes: Vec::new(),
             folder: "inbox".into(),
             mode: GraphMode::Delta,
@@ -447,7 +465,15 @@ impl std::fmt::Debug for GraphSettings {
             .field("authority", &self.authority)
             .field("tenant_id", &self.tenant_id)
             .field("client_id", &self.client_id)
+            .field("credential", &self.credential)
             .field("client_secret", &self.client_secret)
+            .field("client_certificate", &self.client_certificate)
+            .field("client_certificate_key", &self.client_certificate_key)
+            .field("managed_identity_endpoint", &self.managed_identity_endpoint)
+            .field(
+                "managed_identity_client_id",
+                &self.managed_identity_client_id,
+            )
             .field("mailboxes", &self.mailboxes)
             .field("mode", &self.mode)
             .finish_non_exhaustive()
@@ -475,6 +501,44 @@ impl GraphSettings {
             format!("{}/{{tenant}}", self.cloud.login_host())
         } else {
             self.authority.clone()
+        }
+    }
+
+    /// The settings `credential` needs are there (their files' content is checked by
+    /// `clients::oauth::check_credential`, which the daemon runs at start and in `check-config`).
+    fn validate_credential(&self) -> Result<(), InvalidSetting> {
+        use GraphCredential as C;
+        let needs = |key: &str, value: &str, what: &str| {
+            if value.trim().is_empty() {
+                bad(
+                    key,
+                    format!(
+                        "is required with graph.credential = \"{}\"{what}",
+                        self.credential.name()
+                    ),
+                )
+            } else {
+                Ok(())
+            }
+        };
+        if self.credential != C::ManagedIdentity {
+            needs("graph.tenant_id", &self.tenant_id, "")?;
+            needs("graph.client_id", &self.client_id, "")?;
+        }
+        match self.credential {
+            C::Secret => needs("graph.client_secret", self.client_secret.expose(), ""),
+            C::Certificate => {
+                needs("graph.client_certificate", &self.client_certificate, "")?;
+                needs(
+                    "graph.client_certificate_key",
+                    self.client_certificate_key.expose(),
+                    "",
+                )
+            }
+            C::ManagedIdentity => imds_endpoint(
+                "graph.managed_identity_endpoint",
+                &self.managed_identity_endpoint,
+            ),
         }
     }
 
@@ -576,6 +640,31 @@ impl GraphCloud {
                     == Some(&h)
             })
             .collect()
+    }
+}
+
+/// How the daemon signs in to Entra ID for Graph (app-only, every one of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphCredential {
+    /// Client credentials with `client_secret`.
+    Secret,
+    /// Client credentials with a JWT signed by the key of `client_certificate`
+    /// (`client_assertion`, RFC 7523): no shared secret leaves the machine.
+    Certificate,
+    /// The Azure resource's managed identity, from the instance metadata service
+    /// (`managed_identity_endpoint`): no credential on the machine at all.
+    ManagedIdentity,
+}
+
+impl GraphCredential {
+    /// Its name in the settings and in errors (`certificate`, `managed_identity`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            GraphCredential::Secret => "secret",
+            GraphCredential::Certificate => "certificate",
+            GraphCredential::ManagedIdentity => "managed_identity",
+        }
     }
 }
 
@@ -1056,15 +1145,7 @@ impl Settings {
         }
         let g = &self.graph;
         if !g.mailboxes.is_empty() {
-            for (key, value) in [
-                ("graph.tenant_id", g.tenant_id.as_str()),
-                ("graph.client_id", g.client_id.as_str()),
-                ("graph.client_secret", g.client_secret.expose()),
-            ] {
-                if value.is_empty() {
-                    return bad(key, "is required when graph.mailboxes is set");
-                }
-            }
+            g.validate_credential()?;
             if g.mailboxes.iter().any(|m| m.trim().is_empty()) {
                 return bad("graph.mailboxes", "must not contain empty names");
             }
@@ -1390,6 +1471,16 @@ fn endpoint(key: &str, value: &str) -> Result<(), InvalidSetting> {
     Ok(())
 }
 
+/// The instance metadata endpoint: plain http:// is how IMDS is reached, on its link-local
+/// address (169.254.169.254) or through a loopback proxy; no other host gets a token request
+/// in clear.
+fn imds_endpoint(key: &str, value: &str) -> Result<(), InvalidSetting> {
+    match url::Url::parse(value) {
+        Ok(u) if u.scheme() == "http" && u.host_str() == Some("169.254.169.254") => Ok(()),
+        _ => endpoint(key, value),
+    }
+}
+
 fn is_loopback_host(host: &str) -> bool {
     host == "localhost"
         || host
@@ -1493,6 +1584,54 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(s.port(), 143);
+    }
+
+    #[test]
+    fn each_graph_credential_needs_its_own_settings_and_no_other() {
+        let with = |credential, change: &dyn Fn(&mut GraphSettings)| {
+            let mut s = Settings::default();
+            s.graph.mailboxes = vec!["a@contoso.example".into()];
+            s.graph.credential = credential;
+            change(&mut s.graph);
+            s.validate().err().map(|e| e.key)
+        };
+        let app = |g: &mut GraphSettings| {
+            g.tenant_id = "contoso".into();
+            g.client_id = "app".into();
+        };
+        assert_eq!(
+            with(GraphCredential::Secret, &app).as_deref(),
+            Some("graph.client_secret")
+        );
+        assert_eq!(
+            with(GraphCredential::Certificate, &app).as_deref(),
+            Some("graph.client_certificate")
+        );
+        assert_eq!(
+            with(GraphCredential::Certificate, &|g| {
+                app(g);
+                g.client_certificate = "/etc/ms1/graph.pem".into();
+            })
+            .as_deref(),
+            Some("graph.client_certificate_key")
+        );
+        // A managed identity needs neither tenant, nor client id, nor secret.
+        assert_eq!(with(GraphCredential::ManagedIdentity, &|_| {}), None);
+        assert_eq!(
+            with(GraphCredential::ManagedIdentity, &|g| {
+                g.managed_identity_endpoint = "http://imds.example.com/token".into()
+            })
+            .as_deref(),
+            Some("graph.managed_identity_endpoint")
+        );
+        assert_eq!(
+            with(GraphCredential::ManagedIdentity, &|g| {
+                g.managed_identity_endpoint = "http://127.0.0.1:8500/metadata".into()
+            }),
+            None
+        );
+        let parsed: GraphCredential = serde_json::from_str("\"managed_identity\"").unwrap();
+        assert_eq!(parsed, GraphCredential::ManagedIdentity);
     }
 
     #[test]

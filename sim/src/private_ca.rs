@@ -81,6 +81,19 @@ pub fn make_certificates(dir: &Path) -> anyhow::Result<()> {
     sign(dir, "server")
 }
 
+/// Makes a self-signed RSA certificate (`{name}.pem`) and its PKCS#8 key (`{name}.key`) in
+/// `dir`: what an operator uploads to an Entra app registration for certificate credentials
+/// (Entra takes RSA only). Valid a week.
+pub fn make_app_certificate(dir: &Path, name: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    openssl(
+        dir,
+        &format!(
+            "req -x509 -newkey rsa:2048 -nodes -days 7 -subj /CN={name} -keyout {name}.key -out {name}.pem"
+        ),
+    )
+}
+
 /// Makes a client certificate (`client.pem`, `client.key`) signed by the CA in `dir` (made by
 /// [`make_certificates`]).
 pub fn make_client_certificate(dir: &Path) -> anyhow::Result<()> {

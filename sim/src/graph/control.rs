@@ -319,6 +319,16 @@ pub(super) async fn sim_config(state: web::Data<Shared>, body: web::Bytes) -> Ht
     if let Some(t) = cfg.delta_token_ttl_s {
         s.delta_ttl = (t > 0).then(|| Duration::from_secs(t));
     }
+    if let Some(paths) = cfg.client_certificates {
+        let read: anyhow::Result<Vec<_>> = paths
+            .iter()
+            .map(|p| super::assertions::RegisteredCertificate::read(p))
+            .collect();
+        match read {
+            Ok(certificates) => s.assertions.certificates = certificates,
+            Err(e) => return sim_error(400, format!("client_certificates: {e:#}")),
+        }
+    }
     if let Some(names) = cfg.deny_mailboxes {
         let mut denied = Vec::with_capacity(names.len());
         for name in &names {
@@ -340,6 +350,7 @@ pub(super) async fn sim_config(state: web::Data<Shared>, body: web::Bytes) -> Ht
         "window_ms": s.limits.window.as_millis() as u64,
         "max_page_size": s.max_page_size,
         "delta_token_ttl_s": s.delta_ttl.map_or(0, |d| d.as_secs()),
+        "client_certificates": s.assertions.certificates.len(),
     }))
 }
 

@@ -60,10 +60,20 @@ pub(super) async fn graph_api(
 pub(super) async fn token(
     state: web::Data<Shared>,
     tenant: web::Path<String>,
+    req: HttpRequest,
     body: web::Bytes,
 ) -> HttpResponse {
     let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
-    let result = lock(&state).issue_token(&tenant, &form, Instant::now());
+    let token_url = {
+        let info = req.connection_info();
+        format!("{}://{}{}", info.scheme(), info.host(), req.path())
+    };
+    let result = lock(&state).issue_token(&tenant, &token_url, &form, Instant::now());
+    token_answer(result)
+}
+
+/// A token (not to be cached on the way) or the OAuth error with its status.
+fn token_answer(result: Result<serde_json::Value, (u16, serde_json::Value)>) -> HttpResponse {
     match result {
         Ok(v) => HttpResponse::Ok()
             .insert_header(("Cache-Control", "no-store, no-cache"))
@@ -73,6 +83,15 @@ pub(super) async fn token(
                 .json(v)
         }
     }
+}
+
+/// `GET /metadata/identity/oauth2/token`: a managed identity token, as IMDS gives one.
+pub(super) async fn imds_token(state: web::Data<Shared>, req: HttpRequest) -> HttpResponse {
+    let query: HashMap<String, String> = form_urlencoded::parse(req.query_string().as_bytes())
+        .into_owned()
+        .collect();
+    let result = lock(&state).issue_imds_token(header(&req, "metadata"), &query, Instant::now());
+    token_answer(result)
 }
 
 /// `POST /_sim/introspect`: RFC 7662 token introspection, the form field `token` (what
@@ -125,7 +144,7 @@ mod tests {
         let tenant = block_on(web::Path::<String>::extract(&req)).unwrap();
         let form = "grant_type=client_credentials&client_id=ms1-app&client_secret=sim-secret\
                     &scope=https%3A%2F%2Fgraph.microsoft.com%2F.default";
-        let resp = block_on(token(state.clone(), tenant, web::Bytes::from(form)));
+        let resp = block_on(token(state.clone(), tenant, req, web::Bytes::from(form)));
         assert_eq!(resp.status(), 200);
         assert_eq!(
             resp.headers().get("cache-control").unwrap(),
@@ -179,6 +198,7 @@ mod tests {
         let resp = block_on(token(
             data(),
             tenant,
+            req,
             web::Bytes::from_static(b"grant_type=client_credentials"),
         ));
         assert_eq!(resp.status(), 400);

@@ -3,8 +3,10 @@
 //! It speaks the "Microsoft Graph (v1.0)" part of CONTRACTS.md closely enough that a daemon
 //! passing against it has met the rules that matter against Graph:
 //!
-//! - **Token endpoint** `POST /{tenant}/oauth2/v2.0/token`: client credentials, and a refresh
-//!   token grant (for IMAP XOAUTH2). Every `/v1.0` route wants `Authorization: Bearer` with a
+//! - **Token endpoint** `POST /{tenant}/oauth2/v2.0/token`: client credentials (with the client
+//!   secret, or a certificate assertion checked as Entra does: `assertions`), and a refresh
+//!   token grant (for IMAP XOAUTH2). The instance metadata service's managed identity
+//!   endpoint `GET /metadata/identity/oauth2/token` (refused without `Metadata: true`). Every `/v1.0` route wants `Authorization: Bearer` with a
 //!   token that has not outlived the *current* token lifetime (`/_sim/config` can shorten it, so
 //!   a test can expire the tokens a client holds).
 //! - **Mail**: the unread list with `$filter`, `$orderby` (and Graph's `InefficientFilter` rule),
@@ -44,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 
 mod answers;
+mod assertions;
 mod batch;
 mod codecs;
 mod control;
@@ -66,7 +69,7 @@ use control::{
     sim_config, sim_delete, sim_expire_delta, sim_lifecycle, sim_mail, sim_messages, sim_notify,
     sim_stats, sim_throttle,
 };
-use handlers::{graph_api, introspect, token};
+use handlers::{graph_api, imds_token, introspect, token};
 use state::{Shared, State};
 
 /// How the unread list pages.
@@ -98,6 +101,14 @@ pub struct GraphSimOptions {
     /// The client secret the token endpoint accepts.
     #[arg(long, default_value = "sim-secret")]
     pub client_secret: String,
+    /// PEM certificates registered on the app (comma-separated paths): client assertions
+    /// signed with their keys are accepted.
+    #[arg(long, value_delimiter = ',')]
+    pub client_certificate: Vec<String>,
+    /// The client id of the user-assigned managed identity IMDS knows (requests without
+    /// `client_id` get the system-assigned one).
+    #[arg(long)]
+    pub managed_identity_client_id: Option<String>,
     /// The refresh token the `refresh_token` grant accepts (IMAP XOAUTH2).
     #[arg(long, default_value = "sim-refresh-token")]
     pub refresh_token: String,
@@ -168,6 +179,8 @@ pub struct SimConfig {
     /// lets every mailbox in again): every request on them is answered 403
     /// `ErrorAccessDenied`, "Access to OData is disabled.", as Exchange Online does.
     pub deny_mailboxes: Option<Vec<String>>,
+    /// The app's registered certificates from now on (PEM file paths; the whole list).
+    pub client_certificates: Option<Vec<String>>,
 }
 
 /// Runs the simulator until the process is stopped.
@@ -199,6 +212,7 @@ pub async fn serve(opts: GraphSimOptions) -> anyhow::Result<()> {
             .route("/_sim/lifecycle", web::post().to(sim_lifecycle))
             .route("/_sim/introspect", web::post().to(introspect))
             .route("/{tenant}/oauth2/v2.0/token", web::post().to(token))
+            .route("/metadata/identity/oauth2/token", web::get().to(imds_token))
             .default_service(web::to(graph_api))
     })
     .workers(opts.workers.max(1))

@@ -2,6 +2,7 @@
 //! Its methods live next to the concept they serve (`tokens`, `mail`, `subscriptions`,
 //! `notifications`, `stats`).
 
+use super::assertions::{AssertionCheck, RegisteredCertificate};
 use super::codecs::stable_guid;
 use super::cursors::Sealer;
 use super::mailboxes::Mailbox;
@@ -26,6 +27,10 @@ pub(super) struct State {
     pub(super) refresh_token: String,
     /// The Graph resource of the cloud it plays (`https://graph.microsoft.com`, …).
     pub(super) graph_resource: &'static str,
+    /// The app's registered certificates, and the assertions already presented.
+    pub(super) assertions: AssertionCheck,
+    /// The user-assigned managed identity the machine has (IMDS `client_id`).
+    pub(super) managed_identity_client_id: Option<String>,
     pub(super) token_lifetime: Duration,
     /// The user live tokens introspect as.
     pub(super) introspect_user: String,
@@ -72,6 +77,13 @@ impl State {
             client_secret: o.client_secret.clone(),
             refresh_token: o.refresh_token.clone(),
             graph_resource: cloud(&o.cloud)?.graph_root(),
+            assertions: AssertionCheck::new(
+                o.client_certificate
+                    .iter()
+                    .map(|p| RegisteredCertificate::read(p))
+                    .collect::<anyhow::Result<_>>()?,
+            ),
+            managed_identity_client_id: o.managed_identity_client_id.clone(),
             token_lifetime: Duration::from_secs(o.token_lifetime_s),
             introspect_user: o.introspect_user.clone().unwrap_or_default(),
             latency: Duration::ZERO,

@@ -13,6 +13,13 @@ use std::collections::BTreeMap;
 pub(super) struct GlobalCounters {
     pub(super) token_requests: u64,
     pub(super) tokens_issued: u64,
+    /// Tokens issued for a certificate assertion, and assertions refused.
+    pub(super) certificate_tokens: u64,
+    pub(super) assertions_refused: u64,
+    /// Managed identity tokens issued by the metadata endpoint, and its refusals (a request
+    /// without `Metadata: true` among them).
+    pub(super) imds_tokens: u64,
+    pub(super) imds_refused: u64,
     pub(super) unauthorized: u64,
     pub(super) expired_token_used: u64,
     /// `POST /_sim/introspect` requests, and those answered `"active": false`.

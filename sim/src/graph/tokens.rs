@@ -1,7 +1,9 @@
-//! Tokens: the token endpoint (client credentials and refresh token grants), `Bearer`
-//! checks at `/v1.0`, and RFC 7662 introspection for a private Dovecot.
+//! Tokens: the token endpoint (client credentials with a secret or a certificate assertion,
+//! and refresh token grants), the instance metadata service's managed identity tokens,
+//! `Bearer` checks at `/v1.0`, and RFC 7662 introspection for a private Dovecot.
 
 use super::answers::GraphError;
+use super::assertions::JWT_BEARER;
 use super::codecs::stable_guid;
 use super::state::State;
 use chrono::{SecondsFormat, Utc};
@@ -20,10 +22,11 @@ fn random_token() -> String {
 }
 
 impl State {
-    /// The token endpoint's decision for one form.
+    /// The token endpoint's decision for one form posted to `token_url`.
     pub(super) fn issue_token(
         &mut self,
         tenant: &str,
+        token_url: &str,
         form: &HashMap<String, String>,
         now: Instant,
     ) -> Result<Value, (u16, Value)> {
@@ -72,17 +75,37 @@ impl State {
                 ))
             }
             "client_credentials" => {
-                if field("client_id").is_empty() || field("client_secret").is_empty() {
+                let assertion = field("client_assertion");
+                if field("client_id").is_empty()
+                    || (field("client_secret").is_empty() && assertion.is_empty())
+                {
                     return Err(refuse(
                         400,
                         "invalid_request",
-                        "AADSTS900144: The request body must contain 'client_id' and 'client_secret'.",
+                        "AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
                     ));
                 }
                 if field("client_id") != self.client_id {
                     return Err(unknown_client());
                 }
-                if field("client_secret") != self.client_secret {
+                if !assertion.is_empty() {
+                    if field("client_assertion_type") != JWT_BEARER {
+                        return Err(refuse(
+                            400,
+                            "invalid_request",
+                            "AADSTS50027: client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
+                        ));
+                    }
+                    let unix = Utc::now().timestamp();
+                    let verdict =
+                        self.assertions
+                            .verify(assertion, &self.client_id, token_url, unix);
+                    if let Err(description) = verdict {
+                        self.stats.assertions_refused += 1;
+                        return Err(refuse(401, "invalid_client", &description));
+                    }
+                    self.stats.certificate_tokens += 1;
+                } else if field("client_secret") != self.client_secret {
                     return Err(wrong_secret());
                 }
                 let wanted = format!("{}/.default", self.graph_resource);
@@ -159,6 +182,64 @@ impl State {
             body["scope"] = json!(scope);
         }
         Ok(body)
+    }
+
+    /// The instance metadata service's answer to a managed identity token request: refused
+    /// without `Metadata: true`, for another resource than Graph, or for a user-assigned
+    /// identity the machine does not have (`--managed-identity-client-id`).
+    pub(super) fn issue_imds_token(
+        &mut self,
+        metadata: Option<&str>,
+        query: &HashMap<String, String>,
+        now: Instant,
+    ) -> Result<Value, (u16, Value)> {
+        let refuse = |error: &str, description: &str| {
+            (
+                400,
+                json!({"error": error, "error_description": description}),
+            )
+        };
+        let field = |k: &str| query.get(k).map(String::as_str).unwrap_or("");
+        let verdict = if metadata.map(str::trim) != Some("true") {
+            Err(refuse(
+                "invalid_request",
+                "Required metadata header not specified",
+            ))
+        } else if field("api-version").is_empty() {
+            Err(refuse(
+                "invalid_request",
+                "Required query variable 'api-version' is missing",
+            ))
+        } else if field("resource").trim_end_matches('/') != self.graph_resource {
+            Err(refuse(
+                "invalid_resource",
+                &format!(
+                    "AADSTS500011: The resource principal named {} was not found in the tenant.",
+                    field("resource")
+                ),
+            ))
+        } else if !field("client_id").is_empty()
+            && self.managed_identity_client_id.as_deref() != Some(field("client_id"))
+        {
+            Err(refuse("invalid_request", "Identity not found"))
+        } else {
+            Ok(())
+        };
+        if let Err(refusal) = verdict {
+            self.stats.imds_refused += 1;
+            return Err(refusal);
+        }
+        let token = random_token();
+        self.tokens.insert(token.clone(), now);
+        self.stats.imds_tokens += 1;
+        self.stats.tokens_issued += 1;
+        let secs = self.token_lifetime.as_secs();
+        let unix = Utc::now().timestamp();
+        Ok(
+            json!({"access_token": token, "refresh_token": "", "expires_in": secs.to_string(),
+                  "expires_on": (unix + secs as i64).to_string(), "not_before": unix.to_string(),
+                  "resource": self.graph_resource, "token_type": "Bearer"}),
+        )
     }
 
     /// Checks `Authorization: Bearer …` against the tokens issued and the current lifetime.
@@ -240,25 +321,35 @@ mod tests {
         };
         let now = Instant::now();
         assert!(s
-            .issue_token("contoso", &form("https://graph.microsoft.us/.default"), now)
+            .issue_token(
+                "contoso",
+                URL,
+                &form("https://graph.microsoft.us/.default"),
+                now
+            )
             .is_ok());
         let refused = s
-            .issue_token("contoso", &form(GRAPH_SCOPE), now)
+            .issue_token("contoso", URL, &form(GRAPH_SCOPE), now)
             .unwrap_err();
         let (status, body) = (refused.0, refused.1.to_string());
         assert_eq!(status, 400);
         assert!(body.contains("AADSTS500011"), "{body}");
     }
 
+    const URL: &str = "http://127.0.0.1:8500/contoso/oauth2/v2.0/token";
+
+    /// A form or a query string's fields.
+    fn fields(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     #[test]
     fn tokens_are_issued_for_the_right_credentials_and_expire_with_the_current_lifetime() {
         let mut s = State::new(&options(&["--token-lifetime-s", "60"])).unwrap();
-        let form = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
+        let form = fields;
         let good = [
             ("client_id", "ms1-app"),
             ("client_secret", "sim-secret"),
@@ -266,7 +357,7 @@ mod tests {
             ("grant_type", "client_credentials"),
         ];
         let t0 = Instant::now();
-        let issued = s.issue_token("contoso", &form(&good), t0).unwrap();
+        let issued = s.issue_token("contoso", URL, &form(&good), t0).unwrap();
         assert_eq!(issued["expires_in"], 60);
         let token = issued["access_token"].as_str().unwrap().to_string();
         let bearer = format!("Bearer {token}");
@@ -287,7 +378,7 @@ mod tests {
         assert_eq!((s.stats.unauthorized, s.stats.expired_token_used), (4, 2));
 
         let refused = |s: &mut State, tenant: &str, pairs: &[(&str, &str)]| {
-            let (status, body) = s.issue_token(tenant, &form(pairs), t0).unwrap_err();
+            let (status, body) = s.issue_token(tenant, URL, &form(pairs), t0).unwrap_err();
             (status, body["error"].as_str().unwrap().to_string())
         };
         let mut bad = good;
@@ -313,7 +404,7 @@ mod tests {
             (400, "invalid_request".into())
         );
         let tenant_id = s.tenant_id.clone();
-        assert!(s.issue_token(&tenant_id, &form(&good), t0).is_ok());
+        assert!(s.issue_token(&tenant_id, URL, &form(&good), t0).is_ok());
 
         let refresh = [
             ("client_id", "ms1-app"),
@@ -324,7 +415,7 @@ mod tests {
                 "https://outlook.office.com/IMAP.AccessAsUser.All offline_access",
             ),
         ];
-        let r = s.issue_token("contoso", &form(&refresh), t0).unwrap();
+        let r = s.issue_token("contoso", URL, &form(&refresh), t0).unwrap();
         assert!(r["access_token"].is_string());
         let mut bad = refresh;
         bad[2].1 = "stolen";
@@ -333,6 +424,47 @@ mod tests {
             (400, "invalid_grant".into())
         );
         assert_eq!(s.stats.tokens_issued, 3);
+    }
+
+    #[test]
+    fn imds_issues_graph_tokens_only_with_the_metadata_header_and_a_known_identity() {
+        let mut s = State::new(&options(&["--managed-identity-client-id", "mi-1"])).unwrap();
+        let query = fields;
+        let good = [
+            ("api-version", "2018-02-01"),
+            ("resource", "https://graph.microsoft.com"),
+        ];
+        let t0 = Instant::now();
+        let e = s.issue_imds_token(None, &query(&good), t0).unwrap_err();
+        assert_eq!(e.0, 400);
+        assert_eq!(
+            e.1["error_description"],
+            "Required metadata header not specified"
+        );
+        let issued = s.issue_imds_token(Some("true"), &query(&good), t0).unwrap();
+        assert_eq!(issued["expires_in"], "3599", "IMDS sends a string");
+        let bearer = format!("Bearer {}", issued["access_token"].as_str().unwrap());
+        assert!(s.authorize(Some(&bearer), t0).is_ok());
+        let mut mine = good.to_vec();
+        mine.push(("client_id", "mi-1"));
+        assert!(s.issue_imds_token(Some("true"), &query(&mine), t0).is_ok());
+        mine[2].1 = "mi-2";
+        let e = s
+            .issue_imds_token(Some("true"), &query(&mine), t0)
+            .unwrap_err();
+        assert_eq!(e.1["error_description"], "Identity not found");
+        let e = s
+            .issue_imds_token(
+                Some("true"),
+                &query(&[
+                    ("api-version", "2018-02-01"),
+                    ("resource", "https://vault.azure.net"),
+                ]),
+                t0,
+            )
+            .unwrap_err();
+        assert_eq!(e.1["error"], "invalid_resource");
+        assert_eq!((s.stats.imds_tokens, s.stats.imds_refused), (2, 3));
     }
 
     #[test]
@@ -355,7 +487,7 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let t0 = Instant::now();
-        let issued = s.issue_token("contoso", &form, t0).unwrap();
+        let issued = s.issue_token("contoso", URL, &form, t0).unwrap();
         let token = issued["access_token"].as_str().unwrap();
         let live = s.introspect(token, t0 + Duration::from_secs(59));
         assert_eq!(live["active"], true);

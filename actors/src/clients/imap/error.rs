@@ -142,7 +142,7 @@ impl ImapError {
     pub(crate) fn is_permanent(&self) -> bool {
         match self {
             ImapError::Login { .. } | ImapError::Folder { .. } | ImapError::Tls { .. } => true,
-            ImapError::Token { error, .. } => matches!(error, OAuthError::Rejected { .. }),
+            ImapError::Token { error, .. } => !matches!(error, OAuthError::Transient(_)),
             _ => false,
         }
     }
@@ -276,6 +276,7 @@ mod tests {
             error,
         };
         assert!(token(OAuthError::Rejected {
+            credential: "refresh token",
             status: 400,
             code: "invalid_grant".into()
         })

@@ -170,6 +170,9 @@ fn refuses_mailbox(e: &GraphError) -> bool {
     matches!(
         e,
         GraphError::Unauthorized(..)
-            | GraphError::Token(crate::clients::oauth::OAuthError::Rejected { .. })
+            | GraphError::Token(
+                crate::clients::oauth::OAuthError::Rejected { .. }
+                    | crate::clients::oauth::OAuthError::Unusable { .. }
+            )
     )
 }

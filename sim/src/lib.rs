@@ -12,5 +12,6 @@ pub mod ms4;
 pub mod private_ca;
 pub mod process;
 pub mod redis_launcher;
+pub mod serve;
 pub mod synthetic;
 pub mod wait;

@@ -478,15 +478,7 @@ async fn reset(state: web::Data<Shared>) -> HttpResponse {
 
 /// Runs the simulator until the process is stopped.
 pub async fn serve(opts: Ms4SimOptions) -> anyhow::Result<()> {
-    let ip: std::net::IpAddr = opts
-        .bind
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--bind {}: not an IP address", opts.bind))?;
-    anyhow::ensure!(
-        ip.is_loopback(),
-        "--bind {}: the simulator listens on loopback only",
-        ip
-    );
+    let ip = crate::serve::loopback(&opts.bind)?;
     let state: Shared = Arc::new(Mutex::new(State::new(&opts)));
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
@@ -503,10 +495,7 @@ pub async fn serve(opts: Ms4SimOptions) -> anyhow::Result<()> {
     .workers(opts.workers.max(1))
     .disable_signals()
     .bind((ip, opts.port))?;
-    let addr = server.addrs()[0];
-    println!("ms4 simulator listening on http://{addr}");
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
+    crate::serve::announce("ms4", server.addrs()[0]);
     server.run().await?;
     Ok(())
 }

@@ -185,15 +185,7 @@ pub struct SimConfig {
 
 /// Runs the simulator until the process is stopped.
 pub async fn serve(opts: GraphSimOptions) -> anyhow::Result<()> {
-    let ip: std::net::IpAddr = opts
-        .bind
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--bind {}: not an IP address", opts.bind))?;
-    anyhow::ensure!(
-        ip.is_loopback(),
-        "--bind {}: the simulator listens on loopback only",
-        ip
-    );
+    let ip = crate::serve::loopback(&opts.bind)?;
     install_tls_provider();
     let state: Shared = Arc::new(Mutex::new(State::new(&opts)?));
     let data = web::Data::new(state);
@@ -218,10 +210,7 @@ pub async fn serve(opts: GraphSimOptions) -> anyhow::Result<()> {
     .workers(opts.workers.max(1))
     .disable_signals()
     .bind((ip, opts.port))?;
-    let addr = server.addrs()[0];
-    println!("graph simulator listening on http://{addr}");
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
+    crate::serve::announce("graph", server.addrs()[0]);
     server.run().await?;
     Ok(())
 }

@@ -31,7 +31,7 @@ enum Command {
     Ms4(ms4::Ms4SimOptions),
     /// Microsoft Graph: token endpoint, messages, delta, $batch, subscriptions with the
     /// validation handshake, notifications, throttling; with statistics.
-    Graph(graph::GraphSimOptions),
+    Graph(Box<graph::GraphSimOptions>),
     /// A real Dovecot IMAP server on a loopback port, with accounts and synthetic invoice
     /// mail (needs dovecot-imapd; run as root, as Dovecot drops privileges itself).
     Imap(imap::ImapSimOptions),
@@ -82,7 +82,7 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Ms4(opts) => actix_rt::System::new().block_on(ms4::serve(opts)),
-        Command::Graph(opts) => actix_rt::System::new().block_on(graph::serve(opts)),
+        Command::Graph(opts) => actix_rt::System::new().block_on(graph::serve(*opts)),
         Command::Imap(opts) => imap::serve(opts),
         Command::Demo(opts) => demo::run(opts),
         Command::Load(opts) => load(opts),

@@ -55,11 +55,14 @@ pub fn load_from(
         builder = builder.add_source(File::from_str(&text, FileFormat::Toml));
         origin = path.display().to_string();
     }
-    let env: config::Map<String, String> = env
-        .into_iter()
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    let azure = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let ms1: config::Map<String, String> = env
+        .iter()
         .filter(|(k, _)| k.starts_with("MS1__"))
+        .cloned()
         .collect();
-    if !env.is_empty() {
+    if !ms1.is_empty() {
         origin.push_str(" + MS1__* environment");
     }
     builder = builder.add_source(
@@ -69,15 +72,17 @@ pub fn load_from(
             .list_separator(",")
             .with_list_parse_key("graph.mailboxes")
             .try_parsing(true)
-            .source(Some(env)),
+            .source(Some(ms1)),
     );
-    let settings: Settings = builder
-        .build()
-        .and_then(|c| c.try_deserialize())
-        .map_err(|e| ConfigError::Invalid {
-            origin: origin.clone(),
-            message: e.to_string(),
-        })?;
+    let mut settings: Settings =
+        builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Invalid {
+                origin: origin.clone(),
+                message: e.to_string(),
+            })?;
+    settings.graph.apply_workload_identity_environment(azure);
     settings
         .validate()
         .and_then(|()| ms1_actors::clients::oauth::check_credential(&settings))
@@ -200,6 +205,35 @@ after_delivery = \"seen\"\n",
         let out = redacted(&s);
         assert!(!out.contains("hunter2"), "{out}");
         assert!(out.contains("redis://:****@127.0.0.1:6379"), "{out}");
+    }
+
+    #[test]
+    fn a_workload_identity_reads_the_azure_variables_and_its_token_file_must_be_readable() {
+        let dir = std::env::temp_dir().join(format!("ms1-wi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("azure-identity-token");
+        let with_file = |path: &std::path::Path| {
+            load_from(
+                None,
+                env(&[
+                    ("MS1__GRAPH__CREDENTIAL", "workload_identity"),
+                    ("MS1__GRAPH__MAILBOXES", "a@contoso.example"),
+                    ("AZURE_TENANT_ID", "tenant-1"),
+                    ("AZURE_CLIENT_ID", "client-1"),
+                    ("AZURE_FEDERATED_TOKEN_FILE", &path.display().to_string()),
+                ]),
+            )
+        };
+        let e = with_file(&file).unwrap_err().to_string();
+        assert!(e.contains("graph.federated_token_file"), "{e}");
+        std::fs::write(&file, "sa-token-not-shown\n").unwrap();
+        let s = with_file(&file).unwrap();
+        assert_eq!(
+            (s.graph.tenant_id.as_str(), s.graph.client_id.as_str()),
+            ("tenant-1", "client-1")
+        );
+        assert!(!redacted(&s).contains("sa-token-not-shown"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

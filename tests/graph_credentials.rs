@@ -6,7 +6,7 @@ mod common;
 
 use common::{wait_until, World, BIN, MAILBOXES};
 use ms1_sim::private_ca::make_app_certificate;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -142,11 +142,34 @@ fn check_config_refuses_a_key_that_is_not_the_certificates_naming_the_setting_no
     );
 }
 
+/// After a rotation on disk, the simulator is told to accept only the new credential
+/// (`accept`) and the daemon's tokens expire: a new token must come for the new credential
+/// (counted in `counter`), 9 more messages flow, and the old credential is never presented
+/// again (nothing refused). The world holds 9 delivered messages before.
+fn rotation_is_picked_up(w: &World, daemon: &common::Daemon, mut accept: Value, counter: &str) {
+    let issued = |w: &World| w.graph().stats()[counter].as_u64().unwrap_or(0);
+    let before = issued(w);
+    accept["token_lifetime_s"] = json!(5);
+    w.graph().configure(accept);
+    assert!(
+        wait_until(MINUTE, || issued(w) > before),
+        "no token for the rotated credential: {}\n{}",
+        w.graph().stats(),
+        daemon.log_tail(20)
+    );
+    mail_everywhere(w, 3);
+    w.wait_delivered(18, MINUTE, daemon);
+    let stats = w.graph().stats();
+    assert_eq!(
+        stats["assertions_refused"], 0,
+        "the old credential was never presented again: {stats}"
+    );
+    assert_eq!(w.ms4.stats()["duplicate_records"], 0);
+}
+
 /// Replaces `to` with a copy of `from` in one step (a rename), as rotation tools do.
 fn replace(from: &Path, to: &Path) {
-    let next = to.with_extension("next");
-    std::fs::copy(from, &next).unwrap();
-    std::fs::rename(&next, to).unwrap();
+    replace_text(to, &std::fs::read_to_string(from).unwrap());
 }
 
 #[test]
@@ -165,32 +188,15 @@ fn a_rotated_certificate_and_key_are_used_without_a_restart() {
     mail_everywhere(&w, 3);
     w.wait_delivered(9, MINUTE, &daemon);
 
-    // The operator uploads the new certificate, removes the old one, and rotates the files;
-    // the tokens the daemon holds expire.
+    // The operator rotates the files, uploads the new certificate and removes the old one.
     replace(&new, &cert);
     replace(&new_key, &key);
-    w.graph()
-        .configure(json!({"client_certificates": [shown(&new)], "token_lifetime_s": 5}));
-    let tokens = |w: &World| {
-        w.graph().stats()["certificate_tokens"]
-            .as_u64()
-            .unwrap_or(0)
-    };
-    assert!(
-        wait_until(MINUTE, || tokens(&w) >= 2),
-        "no new token with the rotated certificate: {}\n{}",
-        w.graph().stats(),
-        daemon.log_tail(20)
+    rotation_is_picked_up(
+        &w,
+        &daemon,
+        json!({"client_certificates": [shown(&new)]}),
+        "certificate_tokens",
     );
-    mail_everywhere(&w, 3);
-    w.wait_delivered(18, MINUTE, &daemon);
-    let stats = w.graph().stats();
-    assert_eq!(
-        stats["assertions_refused"], 0,
-        "the old key was never used again: {stats}"
-    );
-    assert!(stats["certificate_tokens"].as_u64() >= Some(2), "{stats}");
-    assert_eq!(w.ms4.stats()["duplicate_records"], 0);
 }
 
 /// Daemon settings for the managed identity of the simulated machine: no tenant, client id or
@@ -249,4 +255,48 @@ fn a_managed_identity_the_machine_does_not_have_is_named_in_ready() {
     });
     assert!(refused, "{}\n{}", daemon.ready().1, daemon.log_tail(20));
     assert_eq!(w.ms4.stats()["unique_records"], 0);
+}
+
+#[test]
+fn a_workload_identity_presents_the_projected_token_and_rereads_it_after_rotation() {
+    let w = World::with_graph(
+        &["--rate-limit-per-min", "0"],
+        &["--federated-assertion", "k8s-sa-token-1"],
+    );
+    let token_file = w.dir.path().join("azure-identity-token");
+    std::fs::write(&token_file, "k8s-sa-token-1\n").unwrap();
+    // As the AKS webhook sets them: tenant, client id and token file come from AZURE_*.
+    let daemon = w.graph_daemon(&[
+        ("MS1__GRAPH__CREDENTIAL", "workload_identity"),
+        ("MS1__GRAPH__TENANT_ID", ""),
+        ("MS1__GRAPH__CLIENT_ID", ""),
+        ("MS1__GRAPH__CLIENT_SECRET", ""),
+        ("AZURE_TENANT_ID", "contoso"),
+        ("AZURE_CLIENT_ID", "ms1-app"),
+        ("AZURE_FEDERATED_TOKEN_FILE", &shown(&token_file)),
+    ]);
+    mail_everywhere(&w, 3);
+    w.wait_delivered(9, MINUTE, &daemon);
+    assert!(
+        w.graph().stats()["federated_tokens"].as_u64() >= Some(1),
+        "{}",
+        w.graph().stats()
+    );
+
+    // The cluster rotates the projected token; only the new one is valid from now on, and the
+    // tokens the daemon holds expire.
+    replace_text(&token_file, "k8s-sa-token-2\n");
+    rotation_is_picked_up(
+        &w,
+        &daemon,
+        json!({"federated_assertion": "k8s-sa-token-2"}),
+        "federated_tokens",
+    );
+}
+
+/// Replaces the file `to` with `text` in one step (a rename), as the kubelet does.
+fn replace_text(to: &Path, text: &str) {
+    let next = to.with_extension("next");
+    std::fs::write(&next, text).unwrap();
+    std::fs::rename(&next, to).unwrap();
 }

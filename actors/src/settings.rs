@@ -383,6 +383,9 @@ pub struct GraphSettings {
     pub managed_identity_endpoint: String,
     /// The client id of a user-assigned managed identity; empty: the system-assigned one.
     pub managed_identity_client_id: String,
+    /// `credential = "workload_identity"`: the file holding the federated token (Kubernetes
+    /// projects and rotates it); read again for every token. Empty: `AZURE_FEDERATED_TOKEN_FILE`.
+    pub federated_token_file: String,
     /// Mailboxes (UPNs or ids) to ingest. Empty: no Graph polling.
     pub mailboxes: Vec<String>,
     /// Mail folder read in every mailbox.
@@ -438,6 +441,7 @@ impl Default for GraphSettings {
             managed_identity_endpoint: "http://169.254.169.254/metadata/identity/oauth2/token"
                 .into(),
             managed_identity_client_id: String::new(),
+            federated_token_file: String::new(),
             mailboxes: Vec::new(),
             folder: "inbox".into(),
             mode: GraphMode::Delta,
@@ -521,9 +525,13 @@ impl GraphSettings {
                 Ok(())
             }
         };
+        let (tenant, client) = match self.credential {
+            C::WorkloadIdentity => (" (or AZURE_TENANT_ID)", " (or AZURE_CLIENT_ID)"),
+            _ => ("", ""),
+        };
         if self.credential != C::ManagedIdentity {
-            needs("graph.tenant_id", &self.tenant_id, "")?;
-            needs("graph.client_id", &self.client_id, "")?;
+            needs("graph.tenant_id", &self.tenant_id, tenant)?;
+            needs("graph.client_id", &self.client_id, client)?;
         }
         match self.credential {
             C::Secret => needs("graph.client_secret", self.client_secret.expose(), ""),
@@ -539,6 +547,38 @@ impl GraphSettings {
                 "graph.managed_identity_endpoint",
                 &self.managed_identity_endpoint,
             ),
+            C::WorkloadIdentity => needs(
+                "graph.federated_token_file",
+                &self.federated_token_file,
+                " (or AZURE_FEDERATED_TOKEN_FILE)",
+            ),
+        }
+    }
+
+    /// With `credential = "workload_identity"`, what the settings leave empty is taken from the
+    /// variables the AKS workload identity webhook sets, as the Azure SDKs do:
+    /// `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_FEDERATED_TOKEN_FILE`, and
+    /// `AZURE_AUTHORITY_HOST` for an `authority` left at its default. `var` reads one.
+    pub fn apply_workload_identity_environment(&mut self, var: impl Fn(&str) -> Option<String>) {
+        if self.credential != GraphCredential::WorkloadIdentity {
+            return;
+        }
+        let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        for (field, name) in [
+            (&mut self.tenant_id, "AZURE_TENANT_ID"),
+            (&mut self.client_id, "AZURE_CLIENT_ID"),
+            (&mut self.federated_token_file, "AZURE_FEDERATED_TOKEN_FILE"),
+        ] {
+            if field.is_empty() {
+                if let Some(v) = var(name) {
+                    *field = v;
+                }
+            }
+        }
+        if self.authority == GraphSettings::default().authority {
+            if let Some(host) = var("AZURE_AUTHORITY_HOST") {
+                self.authority = format!("{}/{{tenant}}", host.trim_end_matches('/'));
+            }
         }
     }
 
@@ -655,6 +695,9 @@ pub enum GraphCredential {
     /// The Azure resource's managed identity, from the instance metadata service
     /// (`managed_identity_endpoint`): no credential on the machine at all.
     ManagedIdentity,
+    /// Kubernetes workload identity: client credentials with the federated token the cluster
+    /// projects into `federated_token_file` as `client_assertion`.
+    WorkloadIdentity,
 }
 
 impl GraphCredential {
@@ -664,6 +707,7 @@ impl GraphCredential {
             GraphCredential::Secret => "secret",
             GraphCredential::Certificate => "certificate",
             GraphCredential::ManagedIdentity => "managed_identity",
+            GraphCredential::WorkloadIdentity => "workload_identity",
         }
     }
 }
@@ -1630,8 +1674,59 @@ mod tests {
             }),
             None
         );
+        assert_eq!(
+            with(GraphCredential::WorkloadIdentity, &app).as_deref(),
+            Some("graph.federated_token_file")
+        );
         let parsed: GraphCredential = serde_json::from_str("\"managed_identity\"").unwrap();
         assert_eq!(parsed, GraphCredential::ManagedIdentity);
+    }
+
+    #[test]
+    fn workload_identity_takes_what_the_settings_leave_empty_from_the_azure_variables() {
+        let env = |name: &str| {
+            Some(
+                match name {
+                    "AZURE_TENANT_ID" => "tenant-from-env",
+                    "AZURE_CLIENT_ID" => "client-from-env",
+                    "AZURE_FEDERATED_TOKEN_FILE" => {
+                        "/var/run/secrets/azure/tokens/azure-identity-token"
+                    }
+                    "AZURE_AUTHORITY_HOST" => "https://login.microsoftonline.us/",
+                    _ => return None,
+                }
+                .to_string(),
+            )
+        };
+        let mut g = GraphSettings {
+            credential: GraphCredential::WorkloadIdentity,
+            client_id: "client-from-settings".into(),
+            ..Default::default()
+        };
+        g.apply_workload_identity_environment(env);
+        assert_eq!(
+            (g.tenant_id.as_str(), g.client_id.as_str()),
+            ("tenant-from-env", "client-from-settings")
+        );
+        assert_eq!(
+            g.federated_token_file,
+            "/var/run/secrets/azure/tokens/azure-identity-token"
+        );
+        assert_eq!(
+            g.token_url(),
+            "https://login.microsoftonline.us/tenant-from-env/oauth2/v2.0/token"
+        );
+        // A configured authority wins; another credential takes nothing from the environment.
+        let mut g = GraphSettings {
+            credential: GraphCredential::WorkloadIdentity,
+            authority: "http://127.0.0.1:9000/{tenant}".into(),
+            ..Default::default()
+        };
+        g.apply_workload_identity_environment(env);
+        assert_eq!(g.authority, "http://127.0.0.1:9000/{tenant}");
+        let mut g = GraphSettings::default();
+        g.apply_workload_identity_environment(env);
+        assert_eq!(g, GraphSettings::default());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Client assertions at the token endpoint, checked as Entra ID checks them: a JWT signed with
 //! the key of a certificate registered on the app (`--client-certificate`, or `/_sim/config`
 //! `client_certificates`), found by its `x5t#S256`, for this token endpoint (`aud`), from the
-//! app (`iss` = `sub` = client id), within its time range, never presented twice.
+//! app (`iss` = `sub` = client id), within its time range, never presented twice; or the
+//! federated token of a workload identity the app trusts (`--federated-assertion`, or
+//! `/_sim/config` `federated_assertion`: the simulator is told which token text is valid).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -40,30 +42,43 @@ impl RegisteredCertificate {
     }
 }
 
-/// The app's certificates and the assertion ids already used.
+/// What an accepted assertion was.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Assertion {
+    Certificate,
+    Federated,
+}
+
+/// The app's certificates and federated credential, and the assertion ids already used.
 #[derive(Default)]
 pub(super) struct AssertionCheck {
     pub(super) certificates: Vec<RegisteredCertificate>,
+    /// The federated token currently valid (a workload identity's projected token).
+    pub(super) federated: Option<String>,
     used: HashSet<String>,
 }
 
 impl AssertionCheck {
-    pub(super) fn new(certificates: Vec<RegisteredCertificate>) -> Self {
+    pub(super) fn new(certificates: Vec<RegisteredCertificate>, federated: Option<String>) -> Self {
         Self {
             certificates,
+            federated,
             used: HashSet::new(),
         }
     }
 
-    /// Entra's verdict on a certificate assertion: `Err` holds the `AADSTS…` description of
-    /// an `invalid_client` answer.
+    /// Entra's verdict on a client assertion (a certificate's JWT or a federated token): `Err`
+    /// holds the `AADSTS…` description of an `invalid_client` answer.
     pub(super) fn verify(
         &mut self,
         jwt: &str,
         client_id: &str,
         token_url: &str,
         now: i64,
-    ) -> Result<(), String> {
+    ) -> Result<Assertion, String> {
+        if self.federated.as_deref() == Some(jwt) {
+            return Ok(Assertion::Federated);
+        }
         let malformed = || "AADSTS50027: JWT token is invalid or malformed.".to_string();
         let parts: Vec<&str> = jwt.split('.').collect();
         let [header, claims, signature] = parts[..] else {
@@ -83,7 +98,12 @@ impl AssertionCheck {
                         .into(),
                 ),
             };
-        let thumbprint = head["x5t#S256"].as_str().unwrap_or_default();
+        let Some(thumbprint) = head["x5t#S256"].as_str() else {
+            return Err(
+                "AADSTS70021: No matching federated identity record found for presented assertion."
+                    .into(),
+            );
+        };
         let Some(cert) = self
             .certificates
             .iter()
@@ -114,7 +134,7 @@ impl AssertionCheck {
         if jti.is_empty() || !self.used.insert(jti.to_string()) {
             return Err("AADSTS700025: Client assertion was already used (jti): sign a new one for each request.".into());
         }
-        Ok(())
+        Ok(Assertion::Certificate)
     }
 }
 
@@ -161,7 +181,7 @@ mod tests {
             .thumbprint;
         let key = std::fs::read(path("app.key")).unwrap();
         let other_key = std::fs::read(path("other.key")).unwrap();
-        let mut check = AssertionCheck::new(vec![registered]);
+        let mut check = AssertionCheck::new(vec![registered], Some("k8s-token".into()));
         let now = 1_700_000_000;
         let claims = |jti: &str, aud: &str, nbf: i64, exp: i64| {
             serde_json::json!({"aud": aud, "iss": "ms1-app", "sub": "ms1-app", "jti": jti,
@@ -171,8 +191,11 @@ mod tests {
 
         assert_eq!(
             verify(jwt(&key, &thumbprint, claims("1", URL, now, now + 600))),
-            Ok(())
+            Ok(Assertion::Certificate)
         );
+        // The federated token passes as it is, as often as it is presented.
+        assert_eq!(verify("k8s-token".into()), Ok(Assertion::Federated));
+        assert_eq!(verify("k8s-token".into()), Ok(Assertion::Federated));
         let replay = verify(jwt(&key, &thumbprint, claims("1", URL, now, now + 600)));
         assert!(replay.unwrap_err().starts_with("AADSTS700025"));
         // Signed with another key, naming the registered certificate: the signature fails.
@@ -214,6 +237,14 @@ mod tests {
             .verify("a.b", "ms1-app", URL, now)
             .unwrap_err()
             .starts_with("AADSTS50027"));
+        // A JWT without a certificate thumbprint that is not the trusted federated token.
+        let stale = format!(
+            "{}.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","typ":"JWT"}"#),
+            URL_SAFE_NO_PAD.encode("{}")
+        );
+        let e = check.verify(&stale, "ms1-app", URL, now).unwrap_err();
+        assert!(e.starts_with("AADSTS70021"), "{e}");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

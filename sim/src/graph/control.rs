@@ -329,6 +329,9 @@ pub(super) async fn sim_config(state: web::Data<Shared>, body: web::Bytes) -> Ht
             Err(e) => return sim_error(400, format!("client_certificates: {e:#}")),
         }
     }
+    if let Some(token) = cfg.federated_assertion {
+        s.assertions.federated = Some(token);
+    }
     if let Some(names) = cfg.deny_mailboxes {
         let mut denied = Vec::with_capacity(names.len());
         for name in &names {

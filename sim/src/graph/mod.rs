@@ -4,7 +4,8 @@
 //! passing against it has met the rules that matter against Graph:
 //!
 //! - **Token endpoint** `POST /{tenant}/oauth2/v2.0/token`: client credentials (with the client
-//!   secret, or a certificate assertion checked as Entra does: `assertions`), and a refresh
+//!   secret, a certificate assertion checked as Entra does, or a workload identity's federated
+//!   token: `assertions`), and a refresh
 //!   token grant (for IMAP XOAUTH2). The instance metadata service's managed identity
 //!   endpoint `GET /metadata/identity/oauth2/token` (refused without `Metadata: true`). Every `/v1.0` route wants `Authorization: Bearer` with a
 //!   token that has not outlived the *current* token lifetime (`/_sim/config` can shorten it, so
@@ -105,6 +106,10 @@ pub struct GraphSimOptions {
     /// signed with their keys are accepted.
     #[arg(long, value_delimiter = ',')]
     pub client_certificate: Vec<String>,
+    /// The federated token (a workload identity's projected service account token) the token
+    /// endpoint accepts as `client_assertion`.
+    #[arg(long)]
+    pub federated_assertion: Option<String>,
     /// The client id of the user-assigned managed identity IMDS knows (requests without
     /// `client_id` get the system-assigned one).
     #[arg(long)]
@@ -181,6 +186,8 @@ pub struct SimConfig {
     pub deny_mailboxes: Option<Vec<String>>,
     /// The app's registered certificates from now on (PEM file paths; the whole list).
     pub client_certificates: Option<Vec<String>>,
+    /// The federated token accepted from now on (the cluster rotated it).
+    pub federated_assertion: Option<String>,
 }
 
 /// Runs the simulator until the process is stopped.

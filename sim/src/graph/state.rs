@@ -82,6 +82,7 @@ impl State {
                     .iter()
                     .map(|p| RegisteredCertificate::read(p))
                     .collect::<anyhow::Result<_>>()?,
+                o.federated_assertion.clone(),
             ),
             managed_identity_client_id: o.managed_identity_client_id.clone(),
             token_lifetime: Duration::from_secs(o.token_lifetime_s),

@@ -13,8 +13,10 @@ use std::collections::BTreeMap;
 pub(super) struct GlobalCounters {
     pub(super) token_requests: u64,
     pub(super) tokens_issued: u64,
-    /// Tokens issued for a certificate assertion, and assertions refused.
+    /// Tokens issued for a certificate assertion, for a workload identity's federated token,
+    /// and assertions refused.
     pub(super) certificate_tokens: u64,
+    pub(super) federated_tokens: u64,
     pub(super) assertions_refused: u64,
     /// Managed identity tokens issued by the metadata endpoint, and its refusals (a request
     /// without `Metadata: true` among them).

@@ -3,7 +3,7 @@
 //! `Bearer` checks at `/v1.0`, and RFC 7662 introspection for a private Dovecot.
 
 use super::answers::GraphError;
-use super::assertions::JWT_BEARER;
+use super::assertions::{Assertion, JWT_BEARER};
 use super::codecs::stable_guid;
 use super::state::State;
 use chrono::{SecondsFormat, Utc};
@@ -100,11 +100,14 @@ impl State {
                     let verdict =
                         self.assertions
                             .verify(assertion, &self.client_id, token_url, unix);
-                    if let Err(description) = verdict {
-                        self.stats.assertions_refused += 1;
-                        return Err(refuse(401, "invalid_client", &description));
+                    match verdict {
+                        Ok(Assertion::Certificate) => self.stats.certificate_tokens += 1,
+                        Ok(Assertion::Federated) => self.stats.federated_tokens += 1,
+                        Err(description) => {
+                            self.stats.assertions_refused += 1;
+                            return Err(refuse(401, "invalid_client", &description));
+                        }
                     }
-                    self.stats.certificate_tokens += 1;
                 } else if field("client_secret") != self.client_secret {
                     return Err(wrong_secret());
                 }

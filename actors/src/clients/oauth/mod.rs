@@ -1,5 +1,5 @@
-//! OAuth2 access tokens for Graph (app-only: a client secret, a certificate, or the managed
-//! identity) and for IMAP XOAUTH2 (refresh token).
+//! OAuth2 access tokens for Graph (app-only: a client secret, a certificate, the managed
+//! identity, or a Kubernetes workload identity) and for IMAP XOAUTH2 (refresh token).
 //!
 //! [`graph_tokens`] is the one place that turns the settings into the Graph grant; the
 //! certificate's client assertion is built in [`assertion`], the managed identity's request
@@ -49,6 +49,9 @@ pub(crate) enum ClientCredential {
     Secret(Secret),
     /// `client_assertion`: a JWT signed with the certificate's key, made for each request.
     Certificate(CertificateFiles),
+    /// `client_assertion`: the federated token Kubernetes projects into this file (workload
+    /// identity), read again for each request: the cluster rotates it.
+    FederatedToken(String),
 }
 
 impl Grant {
@@ -58,6 +61,7 @@ impl Grant {
             Grant::ClientCredentials { credential, .. } => match credential {
                 ClientCredential::Secret(_) => "client secret",
                 ClientCredential::Certificate(_) => "certificate",
+                ClientCredential::FederatedToken(_) => "workload identity",
             },
             Grant::RefreshToken { .. } => "refresh token",
             Grant::ManagedIdentity => "managed identity",
@@ -252,6 +256,14 @@ impl TokenSource {
                         f.push(("client_assertion_type", assertion::JWT_BEARER.into()));
                         f.push(("client_assertion", jwt));
                     }
+                    ClientCredential::FederatedToken(file) => {
+                        let token = federated_token(file).map_err(|e| OAuthError::Unusable {
+                            credential: self.grant.credential(),
+                            problem: e.to_string(),
+                        })?;
+                        f.push(("client_assertion_type", assertion::JWT_BEARER.into()));
+                        f.push(("client_assertion", token));
+                    }
                 }
                 f
             }
@@ -351,6 +363,12 @@ pub(crate) fn graph_tokens(settings: &Settings) -> TokenSource {
             g.token_url(),
             client(ClientCredential::Certificate(certificate_files(g))),
         ),
+        GraphCredential::WorkloadIdentity => (
+            g.token_url(),
+            client(ClientCredential::FederatedToken(
+                g.federated_token_file.clone(),
+            )),
+        ),
         GraphCredential::ManagedIdentity => (
             imds::token_url(
                 &g.managed_identity_endpoint,
@@ -361,6 +379,19 @@ pub(crate) fn graph_tokens(settings: &Settings) -> TokenSource {
         ),
     };
     TokenSource::new(token_url, grant, g.request_timeout())
+}
+
+/// The federated token in `file` as it is now (never shown in an error).
+fn federated_token(file: &str) -> Result<String, InvalidSetting> {
+    let problem = match std::fs::read_to_string(file) {
+        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_string()),
+        Ok(_) => format!("{file} is empty"),
+        Err(e) => format!("{file} is not a readable file: {e}"),
+    };
+    Err(InvalidSetting {
+        key: "graph.federated_token_file".into(),
+        problem,
+    })
 }
 
 fn certificate_files(g: &GraphSettings) -> CertificateFiles {
@@ -380,6 +411,7 @@ pub fn check_credential(settings: &Settings) -> Result<(), InvalidSetting> {
     }
     match g.credential {
         GraphCredential::Certificate => certificate_files(g).load().map(drop),
+        GraphCredential::WorkloadIdentity => federated_token(&g.federated_token_file).map(drop),
         GraphCredential::Secret | GraphCredential::ManagedIdentity => Ok(()),
     }
 }

@@ -1,0 +1,373 @@
+//! The `[graph]` section: the tenant's cloud, how the daemon signs in to Entra ID, the mailboxes
+//! and how they are read.
+
+use super::checks::{bad, imds_endpoint};
+use super::{InvalidSetting, RetryBounds};
+use crate::secret::Secret;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Microsoft Graph: app credentials, mailboxes and how they are read.
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GraphSettings {
+    /// The Microsoft cloud the tenant lives in: its Graph and sign-in hosts and the token
+    /// scope. Explicit `base_url`/`authority` still win (a proxy, a private endpoint).
+    pub cloud: GraphCloud,
+    /// Graph API root, ending in `/v1.0`. Empty: the cloud's (see [`GraphSettings::base_url`]).
+    pub base_url: String,
+    /// Token authority; `{tenant}` is replaced by `tenant_id`. The token URL is
+    /// `{authority}/oauth2/v2.0/token`. Empty: the cloud's sign-in host.
+    pub authority: String,
+    pub tenant_id: String,
+    pub client_id: String,
+    /// How the daemon proves who it is to Entra ID (see [`GraphCredential`]).
+    pub credential: GraphCredential,
+    /// App secret (`credential = "secret"`): the value, `env:NAME`, `file:/path` or
+    /// `credential:NAME`. Never logged, never stored in Redis.
+    pub client_secret: Secret,
+    /// `credential = "certificate"`: path of the PEM certificate uploaded to the app
+    /// registration. Read again for every token, so a rotated file is used without a restart.
+    pub client_certificate: String,
+    /// Its PEM private key (PKCS#8, or PKCS#1 RSA): the key, `env:NAME`, `file:/path` or
+    /// `credential:NAME`; a key from a file is read again for every token. Never logged.
+    pub client_certificate_key: Secret,
+    /// `credential = "managed_identity"`: the instance metadata (IMDS) token endpoint.
+    pub managed_identity_endpoint: String,
+    /// The client id of a user-assigned managed identity; empty: the system-assigned one.
+    pub managed_identity_client_id: String,
+    /// `credential = "workload_identity"`: the file holding the federated token (Kubernetes
+    /// projects and rotates it); read again for every token. Empty: `AZURE_FEDERATED_TOKEN_FILE`.
+    pub federated_token_file: String,
+    /// Mailboxes (UPNs or ids) to ingest. Empty: no Graph polling.
+    pub mailboxes: Vec<String>,
+    /// Mail folder read in every mailbox.
+    pub folder: String,
+    /// `delta` (deltaLink cursor) or `unread` (isRead filter; messages are marked read after
+    /// MS4 accepted them).
+    pub mode: GraphMode,
+    /// Seconds between polls of a mailbox (webhook mode polls too, as a safety net).
+    pub poll_interval_s: u64,
+    /// Messages per page: `$top` (unread) and `Prefer: odata.maxpagesize` (delta).
+    pub page_size: u32,
+    /// Requests in flight at once per mailbox, across every daemon on the same Redis (Graph: 4).
+    pub max_concurrent_per_mailbox: u32,
+    /// Requests per mailbox per `window_s`, across every daemon (Graph: 10,000 per 10 min).
+    pub requests_per_window: u32,
+    /// Length of that window in seconds.
+    pub window_s: u64,
+    /// A Graph request unanswered after this long is a transient failure, in ms.
+    pub request_timeout_ms: u64,
+    /// Fetch attachment metadata (name, type, size) for messages that have attachments.
+    pub fetch_attachments: bool,
+    /// A mailbox's poller lease lasts this long unless renewed (seconds); another daemon takes
+    /// over a mailbox whose daemon died after at most this long.
+    pub lease_ttl_s: u64,
+    /// A message Graph keeps failing to serve (5xx, timeouts, throttling) is retried this many
+    /// times with backoff; then its mailbox is parked. A refusal (401/403: an application access
+    /// policy that excludes the mailbox, a refused credential) parks it at once. Parked entries
+    /// wait in Redis (`stream:parked:{mailbox}`) while every other mailbox flows.
+    pub park_after_attempts: u32,
+    /// First retry of a parked mailbox after this many seconds (one entry goes back as a
+    /// probe); the wait doubles with each failed retry up to `park_retry_max_s`.
+    pub park_retry_min_s: u64,
+    pub park_retry_max_s: u64,
+    /// First retry delay after a transient Graph failure (a poll, a fetch), in milliseconds
+    /// (exponential, with jitter).
+    pub retry_min_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    pub retry_max_ms: u64,
+}
+
+impl Default for GraphSettings {
+    fn default() -> Self {
+        Self {
+            cloud: GraphCloud::Global,
+            base_url: String::new(),
+            authority: String::new(),
+            tenant_id: String::new(),
+            client_id: String::new(),
+            credential: GraphCredential::Secret,
+            client_secret: Secret::default(),
+            client_certificate: String::new(),
+            client_certificate_key: Secret::default(),
+            managed_identity_endpoint: "http://169.254.169.254/metadata/identity/oauth2/token"
+                .into(),
+            managed_identity_client_id: String::new(),
+            federated_token_file: String::new(),
+            mailboxes: Vec::new(),
+            folder: "inbox".into(),
+            mode: GraphMode::Delta,
+            poll_interval_s: 60,
+            page_size: 100,
+            max_concurrent_per_mailbox: 4,
+            requests_per_window: 10_000,
+            window_s: 600,
+            request_timeout_ms: 30_000,
+            fetch_attachments: true,
+            lease_ttl_s: 30,
+            park_after_attempts: 3,
+            park_retry_min_s: 30,
+            park_retry_max_s: 900,
+            retry_min_ms: 200,
+            retry_max_ms: 30_000,
+        }
+    }
+}
+
+impl std::fmt::Debug for GraphSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphSettings")
+            .field("base_url", &self.base_url)
+            .field("authority", &self.authority)
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("credential", &self.credential)
+            .field("client_secret", &self.client_secret)
+            .field("client_certificate", &self.client_certificate)
+            .field("client_certificate_key", &self.client_certificate_key)
+            .field("managed_identity_endpoint", &self.managed_identity_endpoint)
+            .field(
+                "managed_identity_client_id",
+                &self.managed_identity_client_id,
+            )
+            .field("mailboxes", &self.mailboxes)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GraphSettings {
+    /// The backoff bounds of transient Graph failures.
+    pub fn retry(&self) -> RetryBounds {
+        RetryBounds::from_ms(self.retry_min_ms, self.retry_max_ms)
+    }
+
+    /// The Graph API root in use: `base_url`, else the cloud's (`https://graph.microsoft.us/v1.0`, …).
+    pub fn base_url(&self) -> String {
+        if self.base_url.is_empty() {
+            format!("{}/v1.0", self.cloud.graph_root())
+        } else {
+            self.base_url.clone()
+        }
+    }
+
+    /// The token authority in use: `authority`, else the cloud's sign-in host and `{tenant}`.
+    pub fn authority(&self) -> String {
+        if self.authority.is_empty() {
+            format!("{}/{{tenant}}", self.cloud.login_host())
+        } else {
+            self.authority.clone()
+        }
+    }
+
+    /// The settings `credential` needs are there (their files' content is checked by
+    /// `clients::oauth::check_credential`, which the daemon runs at start and in `check-config`).
+    pub(super) fn validate_credential(&self) -> Result<(), InvalidSetting> {
+        use GraphCredential as C;
+        let needs = |key: &str, value: &str, what: &str| {
+            if value.trim().is_empty() {
+                bad(
+                    key,
+                    format!(
+                        "is required with graph.credential = \"{}\"{what}",
+                        self.credential.name()
+                    ),
+                )
+            } else {
+                Ok(())
+            }
+        };
+        let (tenant, client) = match self.credential {
+            C::WorkloadIdentity => (" (or AZURE_TENANT_ID)", " (or AZURE_CLIENT_ID)"),
+            _ => ("", ""),
+        };
+        if self.credential != C::ManagedIdentity {
+            needs("graph.tenant_id", &self.tenant_id, tenant)?;
+            needs("graph.client_id", &self.client_id, client)?;
+        }
+        match self.credential {
+            C::Secret => needs("graph.client_secret", self.client_secret.expose(), ""),
+            C::Certificate => {
+                needs("graph.client_certificate", &self.client_certificate, "")?;
+                needs(
+                    "graph.client_certificate_key",
+                    self.client_certificate_key.expose(),
+                    "",
+                )
+            }
+            C::ManagedIdentity => imds_endpoint(
+                "graph.managed_identity_endpoint",
+                &self.managed_identity_endpoint,
+            ),
+            C::WorkloadIdentity => needs(
+                "graph.federated_token_file",
+                &self.federated_token_file,
+                " (or AZURE_FEDERATED_TOKEN_FILE)",
+            ),
+        }
+    }
+
+    /// With `credential = "workload_identity"`, what the settings leave empty is taken from the
+    /// variables the AKS workload identity webhook sets, as the Azure SDKs do:
+    /// `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_FEDERATED_TOKEN_FILE`, and
+    /// `AZURE_AUTHORITY_HOST` for an `authority` left at its default. `var` reads one.
+    pub fn apply_workload_identity_environment(&mut self, var: impl Fn(&str) -> Option<String>) {
+        if self.credential != GraphCredential::WorkloadIdentity {
+            return;
+        }
+        let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        for (field, name) in [
+            (&mut self.tenant_id, "AZURE_TENANT_ID"),
+            (&mut self.client_id, "AZURE_CLIENT_ID"),
+            (&mut self.federated_token_file, "AZURE_FEDERATED_TOKEN_FILE"),
+        ] {
+            if field.is_empty() {
+                if let Some(v) = var(name) {
+                    *field = v;
+                }
+            }
+        }
+        if self.authority == GraphSettings::default().authority {
+            if let Some(host) = var("AZURE_AUTHORITY_HOST") {
+                self.authority = format!("{}/{{tenant}}", host.trim_end_matches('/'));
+            }
+        }
+    }
+
+    /// `{authority}/oauth2/v2.0/token` with the tenant filled in.
+    pub fn token_url(&self) -> String {
+        format!(
+            "{}/oauth2/v2.0/token",
+            self.authority()
+                .replace("{tenant}", &self.tenant_id)
+                .trim_end_matches('/')
+        )
+    }
+
+    /// The app-only token scope: the cloud's Graph resource and `/.default`. Always the
+    /// cloud's, also behind an explicit `base_url`: a token is only good in its own cloud.
+    pub fn token_scope(&self) -> String {
+        format!("{}/.default", self.cloud.graph_root())
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_secs(self.poll_interval_s)
+    }
+    /// Wait before the retry that follows `failed` failed retries of a parked mailbox.
+    pub fn park_retry_after(&self, failed: u32) -> Duration {
+        let secs = self
+            .park_retry_min_s
+            .saturating_mul(1u64 << failed.min(20))
+            .min(self.park_retry_max_s);
+        Duration::from_secs(secs)
+    }
+}
+
+/// The Microsoft clouds Graph runs in (learn.microsoft.com/graph/deployments). Each has its own
+/// sign-in and Graph hosts; a token of one is not accepted by another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphCloud {
+    /// The global service (and Microsoft 365 GCC, which uses it).
+    #[default]
+    Global,
+    /// US Government L4 (GCC High).
+    Usgov,
+    /// US Government L5 (DoD).
+    UsgovDod,
+    /// Microsoft 365 operated by 21Vianet in China.
+    China,
+}
+
+impl GraphCloud {
+    const ALL: [GraphCloud; 4] = [Self::Global, Self::Usgov, Self::UsgovDod, Self::China];
+
+    /// Microsoft Entra ID's sign-in host.
+    pub fn login_host(self) -> &'static str {
+        match self {
+            Self::Global => "https://login.microsoftonline.com",
+            Self::Usgov | Self::UsgovDod => "https://login.microsoftonline.us",
+            Self::China => "https://login.chinacloudapi.cn",
+        }
+    }
+
+    /// The Microsoft Graph service root (also the token resource).
+    pub fn graph_root(self) -> &'static str {
+        match self {
+            Self::Global => "https://graph.microsoft.com",
+            Self::Usgov => "https://graph.microsoft.us",
+            Self::UsgovDod => "https://dod-graph.microsoft.us",
+            Self::China => "https://microsoftgraph.chinacloudapi.cn",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Global => "global",
+            Self::Usgov => "usgov",
+            Self::UsgovDod => "usgov_dod",
+            Self::China => "china",
+        }
+    }
+
+    /// The clouds whose sign-in host (`login`) or Graph host is `url`'s host.
+    pub(super) fn owners_of(url: &str, login: bool) -> Vec<GraphCloud> {
+        let host = |u: &str| {
+            url::Url::parse(u)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+        };
+        let Some(h) = host(url) else { return vec![] };
+        Self::ALL
+            .into_iter()
+            .filter(|c| {
+                host(if login {
+                    c.login_host()
+                } else {
+                    c.graph_root()
+                })
+                .as_deref()
+                    == Some(&h)
+            })
+            .collect()
+    }
+}
+
+/// How the daemon signs in to Entra ID for Graph (app-only, every one of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphCredential {
+    /// Client credentials with `client_secret`.
+    Secret,
+    /// Client credentials with a JWT signed by the key of `client_certificate`
+    /// (`client_assertion`, RFC 7523): no shared secret leaves the machine.
+    Certificate,
+    /// The Azure resource's managed identity, from the instance metadata service
+    /// (`managed_identity_endpoint`): no credential on the machine at all.
+    ManagedIdentity,
+    /// Kubernetes workload identity: client credentials with the federated token the cluster
+    /// projects into `federated_token_file` as `client_assertion`.
+    WorkloadIdentity,
+}
+
+impl GraphCredential {
+    /// Its name in the settings and in errors (`certificate`, `managed_identity`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            GraphCredential::Secret => "secret",
+            GraphCredential::Certificate => "certificate",
+            GraphCredential::ManagedIdentity => "managed_identity",
+            GraphCredential::WorkloadIdentity => "workload_identity",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GraphMode {
+    Delta,
+    Unread,
+}

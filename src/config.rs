@@ -101,8 +101,13 @@ pub fn redacted(settings: &Settings) -> String {
     s.redis.url = redact_url(&s.redis.url);
     s.ms4.base_url = redact_url(&s.ms4.base_url);
     // What is in use: an empty base_url/authority is the cloud's.
-    s.graph.base_url = redact_url(&s.graph.base_url());
-    s.graph.authority = redact_url(&s.graph.authority());
+    let single = s.graph.single_tenant();
+    s.graph.base_url = redact_url(&single.base_url());
+    s.graph.authority = redact_url(&single.authority());
+    for t in &mut s.graph.tenants {
+        t.base_url = redact_url(&t.base_url());
+        t.authority = redact_url(&t.authority());
+    }
     s.webhook.public_url = redact_url(&s.webhook.public_url);
     toml::to_string_pretty(&s).unwrap_or_else(|e| format!("(cannot render: {e})"))
 }

@@ -40,7 +40,7 @@ pub(crate) mod shutdown;
 pub(crate) mod supervision;
 
 use actix::{Addr, Arbiter, Supervisor};
-use clients::graph::GraphClient;
+use clients::graph_tenants::GraphTenants;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -92,6 +92,8 @@ impl Pipeline {
                 max_concurrent: g.max_concurrent_per_mailbox,
                 per_window: g.requests_per_window,
                 window: Duration::from_secs(g.window_s),
+                app_per_window: g.app_requests_per_window,
+                app_window: Duration::from_secs(g.app_window_s),
                 lease: g.request_timeout() * 2,
             };
             Supervisor::start(move |_| {
@@ -135,26 +137,20 @@ impl Pipeline {
             intake: intake.subscribe(),
             consumer: settings.consumer_name(),
         };
-        // Graph: one client (and token cache) for this thread's actors.
+        // Graph: one client (and token cache) per tenant for this thread's actors.
         let mut pollers = BTreeMap::new();
         let mut webhook = None;
         let mut graph_after_delivery = None;
-        if !settings.graph.mailboxes.is_empty() {
-            let graph = Rc::new(
-                GraphClient::new(
-                    &settings.graph.base_url(),
-                    Rc::new(clients::oauth::graph_tokens(&settings)),
-                    pipeline::ratelimiter::RateLimiter::graph_budget(&limiter),
-                    settings.graph.request_timeout(),
-                    settings.graph.max_concurrent_per_mailbox,
-                )
-                .with_attachments(settings.graph.fetch_attachments)
-                .with_agent(clients::graph::user_agent(&settings.consumer_name())),
-            );
-            for name in &settings.graph.mailboxes {
+        let graph = GraphTenants::new(
+            &settings,
+            &pipeline::ratelimiter::RateLimiter::graph_budget(&limiter),
+            &settings.consumer_name(),
+        );
+        if let Some(graph) = graph.map(Rc::new) {
+            for name in settings.graph.all_mailboxes() {
                 let poller =
                     sources::graph::poller(name.clone(), settings.clone(), graph.clone(), &sources);
-                pollers.insert(name.clone(), Supervisor::start(move |_| poller));
+                pollers.insert(name, Supervisor::start(move |_| poller));
             }
             if settings.graph.mode == settings::GraphMode::Unread {
                 let (settings, store, graph, health, shutdown) = (

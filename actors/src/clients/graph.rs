@@ -55,8 +55,9 @@ pub enum GraphError {
     /// is disabled.` for a mailbox an application access policy excludes).
     #[error("Graph refuses access ({0}{1}): for one mailbox, an application access policy may exclude it; for every mailbox, check graph.client_id/client_secret and the app's Mail permissions")]
     Unauthorized(u16, String),
-    #[error("cannot get a Graph token: {0}")]
-    Token(OAuthError),
+    /// No token for the mailbox's tenant (named, with the kind of credential; never its value).
+    #[error("cannot get a Graph token for tenant {tenant}: {error}")]
+    Token { tenant: Rc<str>, error: OAuthError },
     #[error("the delta cursor is no longer valid (410 Gone / syncStateNotFound)")]
     SyncStateGone,
     #[error("not found (404)")]
@@ -74,7 +75,10 @@ impl GraphError {
             self,
             GraphError::Throttled(_)
                 | GraphError::Transient(_)
-                | GraphError::Token(OAuthError::Transient(_))
+                | GraphError::Token {
+                    error: OAuthError::Transient(_),
+                    ..
+                }
         )
     }
 }
@@ -185,6 +189,10 @@ pub(crate) struct GraphClient {
     origin: String,
     tokens: Rc<TokenSource>,
     limiter: GraphBudget,
+    /// The tenant this client signs in to (metrics' `tenant` label, errors).
+    tenant: Rc<str>,
+    /// The app registration whose fleet-wide Graph budget every request draws on.
+    app: std::sync::Arc<str>,
     /// Local admission per mailbox (as many as the shared limit allows), so that callers of
     /// this process queue here instead of polling Redis for a slot.
     local: RefCell<HashMap<String, Rc<Semaphore>>>,
@@ -234,6 +242,8 @@ impl GraphClient {
             origin: origin_of(base_url),
             tokens,
             limiter,
+            tenant: Rc::from("default"),
+            app: std::sync::Arc::from(""),
             local: RefCell::new(HashMap::new()),
             max_concurrent: max_concurrent.max(1) as usize,
             expand: "",
@@ -244,6 +254,15 @@ impl GraphClient {
     /// The `User-Agent` sent (see [`user_agent`]).
     pub(crate) fn with_agent(mut self, agent: String) -> Self {
         self.agent = agent;
+        self
+    }
+
+    /// The tenant signed in to, and its app registration (see [`GraphTenant::app`]).
+    ///
+    /// [`GraphTenant::app`]: crate::settings::GraphTenant::app
+    pub(crate) fn with_tenant(mut self, tenant: &str, app: String) -> Self {
+        self.tenant = Rc::from(tenant);
+        self.app = std::sync::Arc::from(app);
         self
     }
 
@@ -509,13 +528,21 @@ impl GraphClient {
             .acquire
             .send(AcquireGraph {
                 mailbox: mailbox.to_string(),
+                app: self.app.clone(),
                 cost,
             })
             .await
             .map_err(|e| GraphError::Transient(format!("rate limiter unavailable: {e}")))?
             .map_err(|e| GraphError::Transient(format!("rate limiter: {e}")))?;
         for attempt in 0..2 {
-            let token = self.tokens.token().await.map_err(GraphError::Token)?;
+            let token = self
+                .tokens
+                .token()
+                .await
+                .map_err(|error| GraphError::Token {
+                    tenant: self.tenant.clone(),
+                    error,
+                })?;
             let mut req = self
                 .http
                 .request(method.clone(), url)
@@ -536,14 +563,14 @@ impl GraphClient {
             let mut resp = match sent {
                 Ok(r) => r,
                 Err(e) => {
-                    metrics::counter!(crate::metrics::GRAPH_REQUESTS, "outcome" => "transient")
+                    metrics::counter!(crate::metrics::GRAPH_REQUESTS, "tenant" => self.tenant.to_string(), "outcome" => "transient")
                         .increment(1);
                     return Err(GraphError::Transient(format!("Graph request failed: {e}")));
                 }
             };
             let status = resp.status().as_u16();
             if resp.status().is_redirection() {
-                metrics::counter!(crate::metrics::GRAPH_REQUESTS, "outcome" => "transient")
+                metrics::counter!(crate::metrics::GRAPH_REQUESTS, "tenant" => self.tenant.to_string(), "outcome" => "transient")
                     .increment(1);
                 let location = resp.headers().get("Location").and_then(|v| v.to_str().ok());
                 return Err(GraphError::Transient(super::redirect_refused(
@@ -572,7 +599,8 @@ impl GraphClient {
                 Err(GraphError::Rejected { .. }) => "rejected",
                 Err(_) => "transient",
             };
-            metrics::counter!(crate::metrics::GRAPH_REQUESTS, "outcome" => outcome).increment(1);
+            metrics::counter!(crate::metrics::GRAPH_REQUESTS, "tenant" => self.tenant.to_string(), "outcome" => outcome)
+                .increment(1);
             match verdict {
                 Ok(()) => return Ok(bytes),
                 Err(GraphError::Unauthorized(..)) if attempt == 0 => {

@@ -18,7 +18,8 @@
 //! - **Lifecycle events** (`POST /webhook/lifecycle`): `reauthorizationRequired` → renew now;
 //!   `subscriptionRemoved` → create a new one and poll to catch up; `missed` → poll to catch up.
 
-use crate::clients::graph::{GraphClient, GraphError};
+use crate::clients::graph::GraphError;
+use crate::clients::graph_tenants::GraphTenants;
 use crate::messages::TriggerPoll;
 use crate::settings::Settings;
 use crate::sources::graph::GraphPoller;
@@ -203,7 +204,7 @@ struct Renew {
 pub struct WebhookReceiver {
     settings: Arc<Settings>,
     store: Store,
-    graph: Rc<GraphClient>,
+    graph: Rc<GraphTenants>,
     pollers: BTreeMap<String, Addr<GraphPoller>>,
     health: Health,
     pacer: RestartPacer,
@@ -221,7 +222,7 @@ impl WebhookReceiver {
     pub(crate) fn new(
         settings: Arc<Settings>,
         store: Store,
-        graph: Rc<GraphClient>,
+        graph: Rc<GraphTenants>,
         pollers: BTreeMap<String, Addr<GraphPoller>>,
         health: Health,
     ) -> Self {
@@ -296,7 +297,7 @@ impl Actor for WebhookReceiver {
         self.pacer.delay(Instant::now());
         // Know the persisted subscriptions before handling any notification.
         let store = self.store.clone();
-        let mailboxes = self.settings.graph.mailboxes.clone();
+        let mailboxes = self.settings.graph.all_mailboxes();
         ctx.wait(
             async move {
                 let mut found = Vec::new();
@@ -458,7 +459,7 @@ impl Handler<SetIntake> for WebhookReceiver {
 
 impl WebhookReceiver {
     fn subscribe_all(&mut self, ctx: &mut Context<Self>) {
-        for mailbox in self.settings.graph.mailboxes.clone() {
+        for mailbox in self.settings.graph.all_mailboxes() {
             let known = self.subscriptions.values().any(|m| *m == mailbox);
             if !known {
                 ctx.notify(Renew {
@@ -491,6 +492,10 @@ impl Handler<Renew> for WebhookReceiver {
             .map(|(id, _)| id.clone());
         let mailbox = msg.mailbox.clone();
         let fut = async move {
+            let graph = match graph.of(&mailbox) {
+                Ok(graph) => graph.clone(),
+                Err(e) => return (existing, Err(e)),
+            };
             let expiration = (Utc::now() + lifetime).to_rfc3339_opts(SecondsFormat::Secs, true);
             let renewed = match (&existing, msg.recreate) {
                 (Some(id), false) => {
@@ -582,7 +587,11 @@ impl Handler<Unsubscribe> for WebhookReceiver {
         Box::pin(
             async move {
                 for (id, mailbox) in subs {
-                    match graph.delete_subscription(&mailbox, &id).await {
+                    let deleted = match graph.of(&mailbox) {
+                        Ok(graph) => graph.delete_subscription(&mailbox, &id).await,
+                        Err(e) => Err(e),
+                    };
+                    match deleted {
                         Ok(()) => {
                             let _ = store.forget_subscription(&mailbox).await;
                             tracing::info!(%mailbox, "subscription deleted");

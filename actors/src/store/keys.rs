@@ -96,6 +96,11 @@ impl Keys {
         format!("{}ratelimit:graph:{}:window", self.prefix, mailbox)
     }
 
+    /// Sliding window of an app registration's Graph requests, across every tenant and mailbox.
+    pub(crate) fn graph_app_window(&self, app: &str) -> String {
+        format!("{}ratelimit:graph-app:{}:window", self.prefix, app)
+    }
+
     /// Delta cursor (or poll state) of a mailbox.
     pub(crate) fn cursor(&self, mailbox: &str) -> String {
         format!("{}cursor:{}", self.prefix, mailbox)

@@ -263,6 +263,11 @@ impl TokenSource {
                 ];
                 match credential {
                     ClientCredential::Secret(secret) => {
+                        // A secret from a file is read again: a rotated one is used at once.
+                        let secret = secret.reread().map_err(|problem| OAuthError::Unusable {
+                            credential: self.grant.credential(),
+                            problem,
+                        })?;
                         f.push(("client_secret", secret.expose().to_string()))
                     }
                     ClientCredential::Certificate(files) => {

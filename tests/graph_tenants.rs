@@ -103,18 +103,29 @@ mailboxes = ["{fm}"]
         "the secret leaked"
     );
     assert!(
-        metric_with(&daemon, &["ms1_oauth_token_failures_total", "graph:fabrikam", "refused"])
-            >= Some(1.0),
+        metric_with(
+            &daemon,
+            &[
+                "ms1_oauth_token_failures_total",
+                "graph:fabrikam",
+                "refused"
+            ]
+        ) >= Some(1.0),
         "{}",
         daemon.metrics()
     );
     assert_eq!(
-        metric_with(&daemon, &["ms1_oauth_token_failures_total", "graph:contoso", "refused"]),
+        metric_with(
+            &daemon,
+            &["ms1_oauth_token_failures_total", "graph:contoso", "refused"]
+        ),
         Some(0.0)
     );
     assert!(
-        metric_with(&daemon, &["ms1_graph_requests_total", "tenant=\"contoso\"", "\"ok\""])
-            >= Some(1.0)
+        metric_with(
+            &daemon,
+            &["ms1_graph_requests_total", "tenant=\"contoso\"", "\"ok\""]
+        ) >= Some(1.0)
     );
     assert_eq!(fabrikam.stats()["tokens_issued"].as_u64().unwrap_or(0), 0);
 

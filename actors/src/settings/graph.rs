@@ -210,7 +210,8 @@ impl GraphSettings {
             // No mailbox: nothing signs in, but the hosts must still make sense.
             return self.single_tenant().validate_hosts("graph");
         }
-        if !self.tenants.is_empty() && self.single_tenant()
+        if !self.tenants.is_empty()
+            && self.single_tenant()
                 != (GraphTenant {
                     name: "default".into(),
                     ..GraphTenant::default()

@@ -508,16 +508,28 @@ fn the_single_tenant_keys_are_one_tenant_and_tenants_entries_several() {
             tenant("contoso", "a", &["ap@contoso.example"]),
             GraphTenant {
                 name: String::new(),
-                ..tenant("fabrikam", "b", &["ap@fabrikam.example", "ar@fabrikam.example"])
+                ..tenant(
+                    "fabrikam",
+                    "b",
+                    &["ap@fabrikam.example", "ar@fabrikam.example"],
+                )
             },
         ],
         ..Default::default()
     };
     let names: Vec<String> = g.tenants().into_iter().map(|t| t.name).collect();
-    assert_eq!(names, ["contoso", "fabrikam-id"], "an unnamed entry is its tenant_id");
+    assert_eq!(
+        names,
+        ["contoso", "fabrikam-id"],
+        "an unnamed entry is its tenant_id"
+    );
     assert_eq!(
         g.all_mailboxes(),
-        ["ap@contoso.example", "ap@fabrikam.example", "ar@fabrikam.example"]
+        [
+            "ap@contoso.example",
+            "ap@fabrikam.example",
+            "ar@fabrikam.example"
+        ]
     );
     let s = Settings {
         graph: g.clone(),
@@ -545,7 +557,9 @@ fn tenants_that_cannot_work_are_refused_naming_the_entry() {
     };
     let e = refused(two(), &|g| g.tenants[1].client_secret = Secret::default());
     assert_eq!(e.key, "graph.tenants[1].client_secret");
-    let e = refused(two(), &|g| g.tenants[1].mailboxes = vec!["AP@contoso.example".into()]);
+    let e = refused(two(), &|g| {
+        g.tenants[1].mailboxes = vec!["AP@contoso.example".into()]
+    });
     assert_eq!(e.key, "graph.tenants[1].mailboxes");
     assert!(e.problem.contains("tenant \"contoso\""), "{}", e.problem);
     let e = refused(two(), &|g| g.tenants[1].name = "contoso".into());

@@ -285,9 +285,11 @@ impl TokenSource {
                         f.push(("client_assertion", jwt));
                     }
                     ClientCredential::FederatedToken(file) => {
-                        let token = federated_token(file, "federated_token_file").map_err(|e| OAuthError::Unusable {
-                            credential: self.grant.credential(),
-                            problem: e.to_string(),
+                        let token = federated_token(file, "federated_token_file").map_err(|e| {
+                            OAuthError::Unusable {
+                                credential: self.grant.credential(),
+                                problem: e.to_string(),
+                            }
                         })?;
                         f.push(("client_assertion_type", assertion::JWT_BEARER.into()));
                         f.push(("client_assertion", token));
@@ -452,10 +454,11 @@ pub fn check_credential(settings: &Settings) -> Result<(), InvalidSetting> {
                 .load()
                 .map_err(|e| in_tenant(e, &at))
                 .map(drop)?,
-            GraphCredential::WorkloadIdentity => {
-                federated_token(&g.federated_token_file, &format!("{at}.federated_token_file"))
-                    .map(drop)?
-            }
+            GraphCredential::WorkloadIdentity => federated_token(
+                &g.federated_token_file,
+                &format!("{at}.federated_token_file"),
+            )
+            .map(drop)?,
             GraphCredential::Secret | GraphCredential::ManagedIdentity => {}
         }
     }

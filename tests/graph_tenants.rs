@@ -97,6 +97,16 @@ mailboxes = ["{fm}"]
     for mb in CONTOSO {
         assert!(ready["degraded_sources"][mb].is_null(), "{ready}");
     }
+    // Once for the whole tenant too: the line to read when a tenant has 500 mailboxes.
+    let tenant = ready["degraded_sources"]["tenant:fabrikam"].to_string();
+    assert!(
+        tenant.contains("refused the client secret credential"),
+        "{ready}"
+    );
+    assert!(
+        ready["degraded_sources"]["tenant:contoso"].is_null(),
+        "{ready}"
+    );
     assert!(
         !ready.to_string().contains("an-expired-secret")
             && !daemon.log_tail(300).contains("an-expired-secret"),
@@ -133,7 +143,9 @@ mailboxes = ["{fm}"]
     std::fs::write(&secret_file, "fabrikam-secret\n").unwrap();
     w.wait_delivered(14, MINUTE, &daemon);
     let cleared = wait_until(MINUTE, || {
-        daemon.ready().1["degraded_sources"][FABRIKAM].is_null()
+        let ready = daemon.ready().1;
+        ready["degraded_sources"][FABRIKAM].is_null()
+            && ready["degraded_sources"]["tenant:fabrikam"].is_null()
     });
     assert!(cleared, "{}", daemon.ready().1);
     assert_eq!(contoso.stats()["violations"], 0);

@@ -144,6 +144,7 @@ impl Pipeline {
         let graph = GraphTenants::new(
             &settings,
             &pipeline::ratelimiter::RateLimiter::graph_budget(&limiter),
+            &health,
             &settings.consumer_name(),
         );
         if let Some(graph) = graph.map(Rc::new) {

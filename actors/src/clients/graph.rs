@@ -193,6 +193,10 @@ pub(crate) struct GraphClient {
     tenant: Rc<str>,
     /// The app registration whose fleet-wide Graph budget every request draws on.
     app: std::sync::Arc<str>,
+    /// Where a refused credential is reported (`tenant:{name}` in readiness' degraded
+    /// sources), and whether it is reported now.
+    health: Option<crate::health::Health>,
+    refused: std::cell::Cell<bool>,
     /// Local admission per mailbox (as many as the shared limit allows), so that callers of
     /// this process queue here instead of polling Redis for a slot.
     local: RefCell<HashMap<String, Rc<Semaphore>>>,
@@ -244,6 +248,8 @@ impl GraphClient {
             limiter,
             tenant: Rc::from("default"),
             app: std::sync::Arc::from(""),
+            health: None,
+            refused: std::cell::Cell::new(false),
             local: RefCell::new(HashMap::new()),
             max_concurrent: max_concurrent.max(1) as usize,
             expand: "",
@@ -264,6 +270,32 @@ impl GraphClient {
         self.tenant = Rc::from(tenant);
         self.app = std::sync::Arc::from(app);
         self
+    }
+
+    /// Reports a credential the tenant refuses in readiness, once for the whole tenant
+    /// (`tenant:{name}`; its mailboxes say it too).
+    pub(crate) fn with_health(mut self, health: crate::health::Health) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// A token was had (`None`) or not: readiness follows the credential's state.
+    fn token_outcome(&self, error: Option<&OAuthError>) {
+        let refused = match error {
+            None => false,
+            // A timeout or a 5xx at the authority says nothing about the credential.
+            Some(OAuthError::Transient(_)) => return,
+            Some(_) => true,
+        };
+        let Some(health) = &self.health else { return };
+        let key = format!("tenant:{}", self.tenant);
+        if let Some(e) = error {
+            // Written each time: the reason may change (a rotated key that is still wrong).
+            health.set_source_error(&key, Some(format!("cannot get a Graph token: {e}")));
+        } else if self.refused.get() {
+            health.set_source_error(&key, None);
+        }
+        self.refused.set(refused);
     }
 
     /// Embed attachment metadata (`$expand`) in every message read.
@@ -535,14 +567,12 @@ impl GraphClient {
             .map_err(|e| GraphError::Transient(format!("rate limiter unavailable: {e}")))?
             .map_err(|e| GraphError::Transient(format!("rate limiter: {e}")))?;
         for attempt in 0..2 {
-            let token = self
-                .tokens
-                .token()
-                .await
-                .map_err(|error| GraphError::Token {
-                    tenant: self.tenant.clone(),
-                    error,
-                })?;
+            let token = self.tokens.token().await;
+            self.token_outcome(token.as_ref().err());
+            let token = token.map_err(|error| GraphError::Token {
+                tenant: self.tenant.clone(),
+                error,
+            })?;
             let mut req = self
                 .http
                 .request(method.clone(), url)

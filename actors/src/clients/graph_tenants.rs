@@ -3,12 +3,14 @@
 //! credential degrades only that tenant's mailboxes.
 
 use super::graph::{user_agent, GraphClient, GraphError};
+use crate::health::Health;
 use crate::messages::GraphBudget;
 use crate::settings::Settings;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// The Graph clients of a daemon's tenants. Not `Send` (awc): one per arbiter.
+/// The Graph clients of a daemon's tenants. A tenant whose credential is refused shows once in
+/// readiness as `tenant:{name}` (and on each of its mailboxes). Not `Send` (awc): one per arbiter.
 pub(crate) struct GraphTenants {
     /// Mailbox (lower case) → its tenant's client.
     by_mailbox: HashMap<String, Rc<GraphClient>>,
@@ -20,7 +22,12 @@ pub(crate) struct GraphTenants {
 impl GraphTenants {
     /// A client per tenant of `settings`; `None` when no tenant has a mailbox. `consumer`
     /// names this daemon in the `User-Agent`.
-    pub(crate) fn new(settings: &Settings, budget: &GraphBudget, consumer: &str) -> Option<Self> {
+    pub(crate) fn new(
+        settings: &Settings,
+        budget: &GraphBudget,
+        health: &Health,
+        consumer: &str,
+    ) -> Option<Self> {
         let g = &settings.graph;
         let tenants = g.tenants();
         let mut by_mailbox = HashMap::new();
@@ -39,6 +46,7 @@ impl GraphTenants {
                     g.max_concurrent_per_mailbox,
                 )
                 .with_tenant(&tenant.name, tenant.app())
+                .with_health(health.clone())
                 .with_attachments(g.fetch_attachments)
                 .with_agent(user_agent(consumer)),
             );

@@ -94,6 +94,7 @@ impl Actor for BatchProcessor {
             graph: GraphTenants::new(
                 &self.settings,
                 &RateLimiter::graph_budget(&self.limiter),
+                &self.health,
                 &self.consumer,
             )
             .map(Rc::new),

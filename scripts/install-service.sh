@@ -3,12 +3,14 @@
 #   /usr/local/bin/ms1-ingestor             the release binary (built here)
 #   /etc/ms1-ingestor/ms1.toml              settings, mode 0640 root:ms1-ingestor (kept if present,
 #                                           its mode tightened; starts as config/default.toml)
-#   /etc/ms1-ingestor/secrets.env           secrets, mode 0600 (kept if present; a template)
+#   /etc/ms1-ingestor/secrets.env           secrets, mode 0600 (kept if present; starts as
+#                                           config/secrets.env, a template)
 #   /etc/ms1-ingestor/credentials/          mode 0700, for LoadCredential= files (one per secret)
 # and the system group ms1-ingestor, through which the service (DynamicUser, with
 # SupplementaryGroups=ms1-ingestor) reads ms1.toml.
 #   /etc/systemd/system/ms1-ingestor.service
 # then reloads systemd and enables the service (start it with: systemctl start ms1-ingestor).
+# scripts/package.sh builds a Debian package of the same files instead (/usr/bin, /lib/systemd).
 # Usage: sudo scripts/install-service.sh [--no-build]
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -31,15 +33,7 @@ fi
 chown root:ms1-ingestor /etc/ms1-ingestor/ms1.toml
 chmod 0640 /etc/ms1-ingestor/ms1.toml
 if [ ! -f /etc/ms1-ingestor/secrets.env ]; then
-  umask 077
-  cat > /etc/ms1-ingestor/secrets.env <<'ENV'
-# Secrets of ms1-ingestor, read by systemd (EnvironmentFile=). Mode 0600, owned by root.
-# Alternatively, systemd credentials: see LoadCredential= in the unit and `credential:NAME`.
-MS1__MS4__API_KEY=
-MS1__GRAPH__CLIENT_SECRET=
-MS1__WEBHOOK__CLIENT_STATE=
-MS1__CONTROL__TOKEN=
-ENV
+  install -m 0600 -o root -g root config/secrets.env /etc/ms1-ingestor/secrets.env
   echo "installed /etc/ms1-ingestor/secrets.env (fill in the secrets)"
 fi
 install -m 0644 config/ms1-ingestor.service /etc/systemd/system/ms1-ingestor.service

@@ -213,6 +213,21 @@ impl<R: TestRedis> World<R> {
 
     /// Starts the daemon with settings for this world plus `extra` (MS1__… = value).
     pub fn daemon(&self, extra: &[(&str, &str)]) -> Daemon {
+        Daemon::start(self.daemon_env(extra), self.dir.path().join("daemon.log"))
+    }
+
+    /// Starts the daemon as the last argument of `wrapper` (`wrapper… BIN run`), e.g. under
+    /// `unshare`, with the settings of [`World::daemon`].
+    pub fn wrapped_daemon(&self, wrapper: &[String], extra: &[(&str, &str)]) -> Daemon {
+        Daemon::start_wrapped(
+            wrapper.to_vec(),
+            self.daemon_env(extra),
+            self.dir.path().join("daemon.log"),
+        )
+    }
+
+    /// The daemon's settings for this world plus `extra` (MS1__… = value).
+    pub fn daemon_env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = self.redis.daemon_env();
         env.extend([
             ("MS1__REDIS__CONSUMER".into(), "test-daemon".into()),
@@ -228,7 +243,7 @@ impl<R: TestRedis> World<R> {
             env.retain(|(ek, _)| ek != k);
             env.push((k.to_string(), v.to_string()));
         }
-        Daemon::start(env, self.dir.path().join("daemon.log"))
+        env
     }
 
     /// XADDs synthetic Graph messages `range` to the inbound stream in one MULTI/EXEC per
@@ -420,13 +435,19 @@ impl Sim {
 /// The daemon as a child process.
 pub struct Daemon {
     child: Option<Child>,
+    /// A command the daemon runs under (`wrapper… BIN run`); empty: BIN itself.
+    wrapper: Vec<String>,
     env: Vec<(String, String)>,
     pub control: String,
     log: PathBuf,
 }
 
 impl Daemon {
-    fn start(mut env: Vec<(String, String)>, log: PathBuf) -> Self {
+    fn start(env: Vec<(String, String)>, log: PathBuf) -> Self {
+        Self::start_wrapped(Vec::new(), env, log)
+    }
+
+    fn start_wrapped(wrapper: Vec<String>, mut env: Vec<(String, String)>, log: PathBuf) -> Self {
         if !env.iter().any(|(k, _)| k == "MS1__CONTROL__BIND") {
             let port = free_port().unwrap();
             env.push(("MS1__CONTROL__BIND".into(), format!("127.0.0.1:{port}")));
@@ -438,6 +459,7 @@ impl Daemon {
             .unwrap();
         let mut d = Self {
             child: None,
+            wrapper,
             env,
             control: format!("http://{bind}"),
             log,
@@ -452,7 +474,15 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(BIN)
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .arg("run")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -326,6 +326,8 @@ pub struct GraphTenant {
     pub mailboxes: Vec<String>,
 }
 
+// Not derived: the defaults are the single-tenant keys' (cloud, URLs, credential), not empty.
+#[allow(clippy::derivable_impls)]
 impl Default for GraphTenant {
     fn default() -> Self {
         GraphTenant {

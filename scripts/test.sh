@@ -19,6 +19,9 @@
 #                                                 (default 15; scripts/fuzz.sh runs them longer)
 #        scripts/test.sh --api-fuzz [SECONDS]     only schemathesis against the control API and
 #                                                 its /openapi.json (scripts/api-fuzz.sh)
+#        scripts/test.sh --package                only the Debian package: scripts/package.sh
+#                                                 (release build, layout check, lintian; a few
+#                                                 minutes, so not in the default run)
 # The options combine (`--audit --fuzz`); each installs what it needs when missing (cargo-audit,
 # cargo-fuzz, schemathesis).
 set -euo pipefail
@@ -35,7 +38,7 @@ if [ "${1:-}" = "--soak" ]; then
   exit "${PIPESTATUS[0]}"
 fi
 
-audit=0 fuzz="" api_fuzz="" extras=0 AUDIT_SKIPPED=0
+audit=0 fuzz="" api_fuzz="" package=0 extras=0 AUDIT_SKIPPED=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --audit) audit=1 extras=1 ;;
@@ -43,6 +46,7 @@ while [ $# -gt 0 ]; do
       if [[ "${2:-}" =~ ^[0-9]+$ ]]; then fuzz="$2"; shift; fi ;;
     --api-fuzz) api_fuzz=120 extras=1
       if [[ "${2:-}" =~ ^[0-9]+$ ]]; then api_fuzz="$2"; shift; fi ;;
+    --package) package=1 extras=1 ;;
     --) shift; break ;;
     *) break ;;
   esac
@@ -109,6 +113,8 @@ all_passed() {
 
 if [ "$extras" = 0 ]; then
   need_packages redis-server:redis-server redis-cli:redis-tools dovecot:dovecot-imapd
+  # tests/journald.rs (systemd-journald, journalctl) and tests/service.rs (systemd-nspawn).
+  need_packages journalctl:systemd systemd-nspawn:systemd-container
   echo "==> cargo fmt --check"
   cargo fmt --all -- --check
   echo "==> cargo clippy (warnings are errors)"
@@ -123,4 +129,5 @@ fi
 [ "$audit" = 0 ] || run_audit
 [ -z "$fuzz" ] || "$ROOT/scripts/fuzz.sh" "$fuzz"
 [ -z "$api_fuzz" ] || "$ROOT/scripts/api-fuzz.sh" "$api_fuzz"
+[ "$package" = 0 ] || { need_packages lintian:lintian; "$ROOT/scripts/package.sh"; }
 all_passed

@@ -26,19 +26,19 @@
 # The package lands in DIR (default: $CARGO_TARGET_DIR/debian or target/debian).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-cd "$ROOT"
 
-target="${CARGO_TARGET_DIR:-$ROOT/target}"
+target="$(realpath -m "${CARGO_TARGET_DIR:-$ROOT/target}")"
 out="$target/debian" build=1 check_only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-build) build=0 ;;
-    --out) out="$2"; shift ;;
-    --check) check_only="$2"; shift ;;
+    --out) out="$(realpath -m "$2")"; shift ;;
+    --check) check_only="$(realpath "$2")"; shift ;;
     *) echo "usage: $0 [--no-build] [--out DIR] | --check DEB" >&2; exit 2 ;;
   esac
   shift
 done
+cd "$ROOT"
 
 # check_package DEB: the paths, modes and maintainer scripts a package must have. Fails with
 # what is wrong.

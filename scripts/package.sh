@@ -319,6 +319,9 @@ chmod 0755 "$pkg/DEBIAN/postinst" "$pkg/DEBIAN/prerm" "$pkg/DEBIAN/postrm"
   | LC_ALL=C sort -z | xargs -0 md5sum >DEBIAN/md5sums)
 chmod 0644 "$pkg/DEBIAN/control" "$pkg/DEBIAN/conffiles" "$pkg/DEBIAN/md5sums"
 
+# Every file dated at the last commit: the same tree gives the same package.
+find "$pkg" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+
 mkdir -p "$out"
 deb="$out/ms1-ingestor_${version}_${arch}.deb"
 dpkg-deb --root-owner-group -Zxz --build "$pkg" "$deb" >/dev/null

@@ -12,6 +12,7 @@ mod common;
 
 use common::{wait_until, World, MAILBOXES};
 use serde_json::Value;
+use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -94,7 +95,8 @@ fn cursors(entries: &[Value]) -> Vec<&str> {
 fn journald_entries_carry_priority_identifier_and_structured_fields_and_journalctl_filters_as_the_runbook_says(
 ) {
     if let Some(why) = cannot_run() {
-        eprintln!("SKIPPED: journald test: {why}");
+        // Straight to stderr, past the test harness's capture: a skip is seen in every run.
+        let _ = writeln!(std::io::stderr(), "SKIPPED: journald test: {why}");
         return;
     }
     let host_before = host_logging();

@@ -92,6 +92,7 @@ async fn serve(settings: Arc<Settings>, prometheus: PrometheusHandle) -> anyhow:
         token: settings.control.token.clone(),
         session: pipeline.session.clone(),
         dead_letters: pipeline.dead_letters.clone(),
+        inspector: pipeline.inspector.clone(),
         default_interval: settings.graph.poll_interval_s,
         default_webhook: settings.webhook.enabled,
     });

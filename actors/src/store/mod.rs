@@ -26,6 +26,7 @@ mod access;
 pub mod dlq;
 pub mod entry;
 pub(crate) mod imap;
+pub mod inspect;
 pub(crate) mod keys;
 pub(crate) mod lease;
 pub(crate) mod park;

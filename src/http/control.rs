@@ -40,6 +40,8 @@ pub struct ControlState {
     pub session: Addr<SessionManager>,
     pub dead_letters: Addr<DeadLetterOffice>,
     pub inspector: Addr<Inspector>,
+    /// The web console's signed-in browsers.
+    pub console: super::console::sessions::Sessions,
     /// Defaults of `POST /session/start`.
     pub default_interval: u64,
     pub default_webhook: bool,
@@ -118,7 +120,7 @@ async fn ready(state: web::Data<ControlState>, req: HttpRequest) -> HttpResponse
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    if authorize(&req, state.token.expose()).is_ok() {
+    if super::console::authenticate(&req, &state).is_ok() {
         HttpResponse::build(status).json(r)
     } else {
         HttpResponse::build(status).json(r.public())
@@ -131,16 +133,18 @@ async fn prometheus(state: web::Data<ControlState>) -> HttpResponse {
         .body(state.prometheus.render())
 }
 
-/// Requires the bearer token on every route it wraps.
+/// Requires the bearer token (or a signed-in console, with its CSRF token on every
+/// state-changing request) on every route it wraps.
 async fn require_token(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let token = req
-        .app_data::<web::Data<ControlState>>()
-        .map(|s| s.token.clone())
-        .unwrap_or_default();
-    authorize(req.request(), token.expose())?;
+    match req.app_data::<web::Data<ControlState>>() {
+        Some(state) => {
+            super::console::authenticate(req.request(), state)?;
+        }
+        None => authorize(req.request(), "")?,
+    }
     next.call(req).await
 }
 

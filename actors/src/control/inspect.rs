@@ -118,9 +118,9 @@ impl Handler<GetSources> for Inspector {
             .into_iter()
             .flat_map(|t| {
                 let tenant = t.name;
-                t.mailboxes.into_iter().map(move |m| {
-                    (m.clone(), m.clone(), "graph", Some(tenant.clone()), m)
-                })
+                t.mailboxes
+                    .into_iter()
+                    .map(move |m| (m.clone(), m.clone(), "graph", Some(tenant.clone()), m))
             })
             .collect();
         sources.extend(self.settings.imap.sources.iter().map(|s| {

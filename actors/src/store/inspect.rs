@@ -186,10 +186,14 @@ impl Store {
         pipe.cmd("HGETALL").arg(self.keys.intake_today(now_ms));
         for (name, lease) in sources {
             pipe.cmd("GET").arg(self.keys.poller_lease(lease));
-            pipe.cmd("HGET").arg(self.keys.cursor(lease)).arg("updated_ms");
+            pipe.cmd("HGET")
+                .arg(self.keys.cursor(lease))
+                .arg("updated_ms");
             pipe.cmd("HGET").arg(self.keys.parked()).arg(name);
             pipe.cmd("XLEN").arg(self.keys.parked_entries(name));
-            pipe.cmd("HGET").arg(self.keys.subscription(name)).arg("expiration");
+            pipe.cmd("HGET")
+                .arg(self.keys.subscription(name))
+                .arg("expiration");
         }
         let mut answers: Vec<Value> = pipe.query_async(&mut self.conn()).await?;
         let today: std::collections::HashMap<String, u64> = pairs(answers.remove(0))
@@ -275,10 +279,7 @@ mod tests {
             Value::BulkString(b"idle".to_vec()),
             Value::Int(42),
         ]);
-        let resp3 = Value::Map(vec![(
-            Value::SimpleString("pending".into()),
-            Value::Int(3),
-        )]);
+        let resp3 = Value::Map(vec![(Value::SimpleString("pending".into()), Value::Int(3))]);
         let p = pairs(resp2);
         assert_eq!(p[0].0, "name");
         assert_eq!(int(&p[1].1), Some(42));

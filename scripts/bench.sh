@@ -405,6 +405,7 @@ bench_fleet() {
   for i in $(seq 1 "$k"); do
     controls[i]="127.0.0.1:$(free_port)"
     MS1__WEBHOOK__PUBLIC_URL="http://${controls[i]}" start_fleet_daemon "$i" "${controls[i]}"
+    echo "${controls[i]##*:} fleet-$i" >>"$WORK/ports"
   done
   fleet_settle "$boxes" "${controls[@]}"
   fleet_steady "$boxes" "$k" "$minutes" "$trickle"
@@ -480,7 +481,9 @@ fleet_steady() { # mailboxes daemons minutes trickle
 fleet_renewals() { # seconds between a subscription's renewals
   local period=$1 stats live; stats=$(graph_stats)
   live=$(jq '.subscription_activity.expiration_spread.live' <<<"$stats")
-  echo "subscriptions per daemon (notification URL): $(jq -r '[.subscriptions[].notificationUrl | capture(":(?<p>[0-9]+)/").p] | group_by(.) | map("port \(.[0]) \(length)") | join(", ")' <<<"$stats")"
+  # Each daemon's notification URL names its control port.
+  echo "subscriptions per daemon (by notification URL): $(jq -r '.subscriptions[].notificationUrl | capture(":(?<p>[0-9]+)/").p' <<<"$stats" \
+    | sort | uniq -c | while read -r n port; do echo "$(awk -v p="$port" '$1 == p {print $2}' "$WORK/ports") $n"; done | paste -sd, | sed 's/,/, /g')"
   printf '%-40s %s created, %s renewed; most renewed in one minute %s (spread evenly: %d)\n' "subscriptions:" \
     "$(jq .subscriptions_created <<<"$stats")" "$(jq .renewals <<<"$stats")" \
     "$(jq .subscription_activity.most_renewed_in_a_minute <<<"$stats")" "$(( live * 60 / (period > 0 ? period : 1) ))"
@@ -496,13 +499,13 @@ fleet_takeover() { # mailboxes daemons poll ttl
   local i=${victim#fleet-}
   lease_holders >"$WORK/holders"
   local keys; mapfile -t keys < <(awk -v v="$victim" '$2 == v {print $1}' "$WORK/holders")
+  disown "${FLEET_PIDS[i]}" # no "Killed" line from bash
   kill -KILL "${FLEET_PIDS[i]}"
   local t0 left=${#keys[@]} bound=$((2 * ttl + poll)); t0=$(now)
   while [ "$left" -gt 0 ] && [ "$(echo "$(now) - $t0 < 2 * $bound" | bc)" = 1 ]; do
     sleep 0.1
     left=$(redis-cli -p "$REDIS_PORT" eval "$ORPHANS_LUA" "${#keys[@]}" "${keys[@]}" "$victim")
   done
-  { wait "${FLEET_PIDS[i]}"; } 2>/dev/null || true # (without bash's "Killed" line)
   if [ "$left" -eq 0 ]; then
     printf '%-40s all %d of %s'"'"'s mailboxes held by others %.1f s after its SIGKILL (target ≤ %d s: 2 × lease TTL + poll interval)\n' \
       "takeover:" "${#keys[@]}" "$victim" "$(echo "$(now) - $t0" | bc -l)" "$bound"
@@ -514,13 +517,17 @@ fleet_takeover() { # mailboxes daemons poll ttl
 
 # Stops the trickle, waits for MS4 to have everything, prints latency, losses and violations.
 fleet_drain() { # poll ttl
-  local poll=$1 ttl=$2 sent accepted
+  local poll=$1 ttl=$2 sent accepted t0
   curl -s -X POST "$GRAPH_URL/_sim/config" -H 'Content-Type: application/json' -d '{"trickle_per_s": 0}' >/dev/null
-  sent=$(graph_stats | jq .trickle.sent)
-  local deadline=$(( $(date +%s) + 2 * poll + 2 * ttl + 30 ))
+  sent=$(graph_stats | jq .trickle.sent); t0=$(now)
+  # The killed daemon's pending entries are claimed by another after redis.claim_idle_ms.
+  local claim=$(( ${MS1__REDIS__CLAIM_IDLE_MS:-60000} / 1000 ))
+  local deadline=$(( $(date +%s) + 2 * poll + 2 * ttl + claim + 30 ))
   while accepted=$(ms4_stats | jq .unique_records); [ "$accepted" -lt "$sent" ] && [ "$(date +%s)" -lt "$deadline" ]; do
     sleep 1
   done
+  printf '%-40s %s %.0f s after the trickle stopped\n' "drain:" \
+    "$([ "$accepted" -ge "$sent" ] && echo "all at MS4" || echo "gave up waiting")" "$(echo "$(now) - $t0" | bc -l)"
   local ms4 graph; ms4=$(ms4_stats); graph=$(graph_stats)
   printf '%-40s p50 %.1f s, p99 %.1f s, max %.1f s over %d records (target: p99 ≤ %d s); stamps up to %s ms late\n' \
     "arrival to MS4, whole run with takeover:" "$(jq '.arrival_to_accept_ms.p50 / 1000' <<<"$ms4")" \

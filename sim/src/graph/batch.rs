@@ -133,6 +133,7 @@ pub(super) async fn batch(state: &Shared, call: &Call<'_>) -> Reply {
             base: call.base,
             agent: call.agent,
             app: call.app,
+            tenant: call.tenant,
         };
         let reply = if is_batch_path(&path) {
             GraphError::bad_request("A batch cannot contain a batch.").into()
@@ -194,6 +195,7 @@ mod tests {
             base: "http://sim/v1.0",
             agent: "test",
             app: "ms1-app",
+            tenant: "contoso",
         };
         let reply = actix_web::rt::System::new().block_on(batch(state, &call));
         let v = reply

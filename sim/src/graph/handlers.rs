@@ -31,8 +31,8 @@ pub(super) async fn graph_api(
         return sim_error(404, format!("no route for {}", req.path()));
     };
     let state = state.get_ref();
-    let app = match lock(state).authorize(header(&req, "authorization"), Instant::now()) {
-        Ok(app) => app,
+    let issued = match lock(state).authorize(header(&req, "authorization"), Instant::now()) {
+        Ok(issued) => issued,
         Err(e) => return e.reply().into_http(),
     };
     let base = {
@@ -47,7 +47,8 @@ pub(super) async fn graph_api(
         body: &body,
         base: &base,
         agent: header(&req, "user-agent").unwrap_or(""),
-        app: &app,
+        app: &issued.app,
+        tenant: &issued.tenant,
     };
     let reply = if is_batch_path(path) {
         batch(state, &call).await

@@ -375,6 +375,7 @@ mod tests {
             base: BASE,
             agent: "test",
             app: "ms1-app",
+            tenant: "contoso",
         }
     }
 

@@ -68,6 +68,7 @@ mod spread;
 mod state;
 mod stats;
 mod subscriptions;
+mod tenants;
 mod throttling;
 mod tokens;
 mod trickle;
@@ -120,6 +121,12 @@ pub struct GraphSimOptions {
     /// `client_id` get the system-assigned one).
     #[arg(long)]
     pub managed_identity_client_id: Option<String>,
+    /// Another tenant beside `--tenant` (repeatable): `NAME:CLIENT_ID:CLIENT_SECRET:MAILBOX+MAILBOX`.
+    /// Its app signs in with its secret at `/{NAME}/oauth2/v2.0/token`; its tokens read only
+    /// its own mailboxes, and the other tenants' tokens do not read them (404
+    /// `ErrorInvalidUser`, as a user of another directory).
+    #[arg(long)]
+    pub extra_tenant: Vec<String>,
     /// The refresh token the `refresh_token` grant accepts (IMAP XOAUTH2).
     #[arg(long, default_value = "sim-refresh-token")]
     pub refresh_token: String,

@@ -25,6 +25,8 @@ pub(super) struct Call<'a> {
     pub(super) agent: &'a str,
     /// The application (client id) its token was issued to.
     pub(super) app: &'a str,
+    /// The tenant its token was issued in: only that tenant's mailboxes answer.
+    pub(super) tenant: &'a str,
 }
 
 /// What a request on a mailbox asks for.
@@ -128,7 +130,7 @@ async fn on_mailbox(
     let now = Instant::now();
     let (_in_flight, admission, latency, fail, mbx) = {
         let mut s = lock(state);
-        let Some(mbx) = s.resolve(user) else {
+        let Some(mbx) = s.resolve(user).filter(|m| s.tenant_of(*m) == call.tenant) else {
             return GraphError::new(
                 404,
                 "ErrorInvalidUser",
@@ -282,6 +284,7 @@ mod tests {
                 base: "http://sim/v1.0",
                 agent: "test",
                 app: "ms1-app",
+                tenant: "contoso",
             };
             actix_web::rt::System::new().block_on(dispatch(&state, &call, true))
         };

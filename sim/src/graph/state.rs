@@ -10,6 +10,7 @@ use super::messages::draft;
 use super::spread::SubscriptionActivity;
 use super::stats::GlobalCounters;
 use super::subscriptions::Subscription;
+use super::tenants::OtherTenant;
 use super::throttling::{AppBudgets, Limits};
 use super::tokens::Issued;
 use super::trickle::Trickle;
@@ -49,6 +50,10 @@ pub(super) struct State {
     pub(super) list_paging: ListPaging,
     /// Access tokens issued, when and to which application.
     pub(super) tokens: HashMap<String, Issued>,
+    /// The other tenants (`--extra-tenant`), and the tenant of each of their mailboxes (by
+    /// index; the others are `tenant`'s).
+    pub(super) other_tenants: Vec<OtherTenant>,
+    pub(super) mailbox_tenant: HashMap<usize, String>,
     pub(super) mailboxes: Vec<Mailbox>,
     /// Lower-cased UPN or GUID → mailbox index.
     pub(super) by_name: HashMap<String, usize>,
@@ -108,6 +113,12 @@ impl State {
             delta_ttl: (o.delta_token_ttl_s > 0).then(|| Duration::from_secs(o.delta_token_ttl_s)),
             list_paging: o.list_paging,
             tokens: HashMap::new(),
+            other_tenants: o
+                .extra_tenant
+                .iter()
+                .map(|spec| OtherTenant::parse(spec))
+                .collect::<anyhow::Result<_>>()?,
+            mailbox_tenant: HashMap::new(),
             mailboxes: Vec::new(),
             by_name: HashMap::new(),
             subscriptions: BTreeMap::new(),
@@ -117,8 +128,17 @@ impl State {
             stats: GlobalCounters::default(),
             notification_latencies: Vec::new(),
         };
-        for upn in o.mailbox_names() {
+        let others: Vec<(String, String)> = state
+            .other_tenants
+            .iter()
+            .flat_map(|t| t.mailboxes.iter().map(|m| (m.clone(), t.name.clone())))
+            .collect();
+        let own = o.mailbox_names().into_iter().map(|m| (m, String::new()));
+        for (upn, tenant) in own.chain(others) {
             let index = state.mailboxes.len();
+            if !tenant.is_empty() {
+                state.mailbox_tenant.insert(index, tenant);
+            }
             let mailbox = Mailbox::new(index, &upn);
             for name in [upn.to_lowercase(), mailbox.guid.clone()] {
                 anyhow::ensure!(
@@ -150,6 +170,13 @@ impl State {
             self.stats.errors_injected += 1;
         }
         fail
+    }
+
+    /// The tenant a mailbox belongs to.
+    pub(super) fn tenant_of(&self, mailbox: usize) -> &str {
+        self.mailbox_tenant
+            .get(&mailbox)
+            .map_or(self.tenant.as_str(), String::as_str)
     }
 
     /// The index of the mailbox named by UPN or GUID, in any case.

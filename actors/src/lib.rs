@@ -57,6 +57,7 @@ pub struct Pipeline {
     pub session: Addr<control::session::SessionManager>,
     /// The DLQ for operators: list, show, replay, purge.
     pub dead_letters: Addr<control::deadletters::DeadLetterOffice>,
+    pub inspector: Addr<control::inspect::Inspector>,
     /// Graph change notifications, when `webhook.enabled`.
     pub webhook: Option<Addr<sources::webhook::WebhookReceiver>>,
     pub health: Health,
@@ -228,6 +229,10 @@ impl Pipeline {
                 )
             })
         };
+        let inspector = {
+            let (store, settings, health) = (store.clone(), settings.clone(), health.clone());
+            Supervisor::start(move |_| control::inspect::Inspector::new(store, settings, health))
+        };
         let dead_letters = {
             let store = store.clone();
             Supervisor::start(move |_| control::deadletters::DeadLetterOffice::new(store))
@@ -235,6 +240,7 @@ impl Pipeline {
         Self {
             session,
             dead_letters,
+            inspector,
             webhook,
             health,
             processor,

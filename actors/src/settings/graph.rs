@@ -326,14 +326,12 @@ pub struct GraphTenant {
     pub mailboxes: Vec<String>,
 }
 
-// Not derived: the defaults are the single-tenant keys' (cloud, URLs, credential), not empty.
-#[allow(clippy::derivable_impls)]
+/// The single-tenant keys' defaults, without a name.
 impl Default for GraphTenant {
     fn default() -> Self {
-        GraphTenant {
-            name: String::new(),
-            ..GraphSettings::default().single_tenant()
-        }
+        let mut t = GraphSettings::default().single_tenant();
+        t.name.clear();
+        t
     }
 }
 

@@ -50,6 +50,7 @@ impl Store {
             .take
             .key(self.keys.rate_tat(budget))
             .key(self.keys.rate_pause(budget))
+            .key(self.keys.rate_log(budget))
             .arg(interval.as_micros() as u64)
             .arg(tolerance.as_micros() as u64)
             .invoke_async(&mut self.conn())

@@ -374,6 +374,8 @@ mod tests {
             body,
             base: BASE,
             agent: "test",
+            app: "ms1-app",
+            tenant: "contoso",
         }
     }
 

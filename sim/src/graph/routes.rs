@@ -23,6 +23,10 @@ pub(super) struct Call<'a> {
     pub(super) base: &'a str,
     /// The caller's `User-Agent` (ms1 names its daemon instance there).
     pub(super) agent: &'a str,
+    /// The application (client id) its token was issued to.
+    pub(super) app: &'a str,
+    /// The tenant its token was issued in: only that tenant's mailboxes answer.
+    pub(super) tenant: &'a str,
 }
 
 /// What a request on a mailbox asks for.
@@ -101,9 +105,13 @@ pub(super) fn is_batch_path(path: &str) -> bool {
     p.eq_ignore_ascii_case("$batch") || p.eq_ignore_ascii_case("%24batch")
 }
 
-/// Runs one request the way its route does: mailbox budget, latency, injected errors, then the
-/// route itself. `with_latency` is false inside a `$batch` (the batch waited once).
+/// Runs one request the way its route does: the app's budget, the mailbox's budget, latency,
+/// injected errors, then the route itself. `with_latency` is false inside a `$batch` (the
+/// batch waited once).
 pub(super) async fn dispatch(state: &Shared, call: &Call<'_>, with_latency: bool) -> Reply {
+    if let Err(e) = lock(state).apps.arrive(call.app, Instant::now()) {
+        return e.into();
+    }
     match parse_route(call.path) {
         Ok(Route::Mailbox { user, op }) => on_mailbox(state, call, &user, &op, with_latency).await,
         Ok(route) => on_subscriptions(state, call, route, with_latency).await,
@@ -122,7 +130,7 @@ async fn on_mailbox(
     let now = Instant::now();
     let (_in_flight, admission, latency, fail, mbx) = {
         let mut s = lock(state);
-        let Some(mbx) = s.resolve(user) else {
+        let Some(mbx) = s.resolve(user).filter(|m| s.tenant_of(*m) == call.tenant) else {
             return GraphError::new(
                 404,
                 "ErrorInvalidUser",
@@ -275,6 +283,8 @@ mod tests {
                 body: b"",
                 base: "http://sim/v1.0",
                 agent: "test",
+                app: "ms1-app",
+                tenant: "contoso",
             };
             actix_web::rt::System::new().block_on(dispatch(&state, &call, true))
         };

@@ -6,11 +6,22 @@ use super::answers::GraphError;
 use super::assertions::{Assertion, JWT_BEARER};
 use super::codecs::stable_guid;
 use super::state::State;
+use super::tenants::OtherTenant;
 use chrono::{SecondsFormat, Utc};
 use ms1_actors::settings::GraphCloud;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+/// An access token issued: when, and to which application (the client id; a managed
+/// identity is an application of its own).
+#[derive(Debug, Clone)]
+pub(super) struct Issued {
+    pub(super) at: Instant,
+    pub(super) app: String,
+    /// The tenant it was issued in: it reads that tenant's mailboxes only.
+    pub(super) tenant: String,
+}
 
 /// A fresh opaque access token.
 fn random_token() -> String {
@@ -39,6 +50,10 @@ impl State {
                        "trace_id": uuid::Uuid::new_v4().to_string()}),
             )
         };
+        if let Some(other) = self.other_tenants.iter().find(|t| t.is_named(tenant)) {
+            let other = other.clone();
+            return self.issue_other(&other, form, now, refuse);
+        }
         if !tenant.eq_ignore_ascii_case(&self.tenant)
             && !tenant.eq_ignore_ascii_case(&self.tenant_id)
         {
@@ -172,10 +187,19 @@ impl State {
         if self.tokens.len() > 10_000 {
             let keep = self.token_lifetime + Duration::from_secs(3600);
             self.tokens
-                .retain(|_, issued| now.duration_since(*issued) < keep);
+                .retain(|_, issued| now.duration_since(issued.at) < keep);
         }
         let token = random_token();
-        self.tokens.insert(token.clone(), now);
+        let app = self.client_id.clone();
+        let tenant = self.tenant.clone();
+        self.tokens.insert(
+            token.clone(),
+            Issued {
+                at: now,
+                app,
+                tenant,
+            },
+        );
         self.stats.tokens_issued += 1;
         let secs = self.token_lifetime.as_secs();
         let mut body = json!({"token_type": "Bearer", "expires_in": secs,
@@ -185,6 +209,61 @@ impl State {
             body["scope"] = json!(scope);
         }
         Ok(body)
+    }
+
+    /// The token endpoint of another tenant (`--extra-tenant`): client credentials with its
+    /// app's secret, for this cloud's Graph scope.
+    fn issue_other(
+        &mut self,
+        tenant: &OtherTenant,
+        form: &HashMap<String, String>,
+        now: Instant,
+        refuse: impl Fn(u16, &str, &str) -> (u16, Value),
+    ) -> Result<Value, (u16, Value)> {
+        let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+        if field("grant_type") != "client_credentials" {
+            return Err(refuse(
+                400,
+                "unsupported_grant_type",
+                "AADSTS70003: The app requested an unsupported grant type.",
+            ));
+        }
+        if field("client_id") != tenant.client_id {
+            return Err(refuse(
+                401,
+                "invalid_client",
+                "AADSTS700016: Application not found in the directory.",
+            ));
+        }
+        if field("client_secret") != tenant.client_secret {
+            return Err(refuse(
+                401,
+                "invalid_client",
+                "AADSTS7000215: Invalid client secret provided.",
+            ));
+        }
+        if field("scope") != format!("{}/.default", self.graph_resource) {
+            return Err(refuse(
+                400,
+                "invalid_scope",
+                "AADSTS1002012: The provided value for scope is not valid.",
+            ));
+        }
+        let token = random_token();
+        self.tokens.insert(
+            token.clone(),
+            Issued {
+                at: now,
+                app: tenant.client_id.clone(),
+                tenant: tenant.name.clone(),
+            },
+        );
+        self.stats.tokens_issued += 1;
+        let secs = self.token_lifetime.as_secs();
+        Ok(
+            json!({"token_type": "Bearer", "expires_in": secs, "ext_expires_in": secs,
+                  "access_token": token}),
+        )
     }
 
     /// The instance metadata service's answer to a managed identity token request: refused
@@ -233,7 +312,19 @@ impl State {
             return Err(refusal);
         }
         let token = random_token();
-        self.tokens.insert(token.clone(), now);
+        let app = match field("client_id") {
+            "" => "system-assigned managed identity".to_string(),
+            id => id.to_string(),
+        };
+        let tenant = self.tenant.clone();
+        self.tokens.insert(
+            token.clone(),
+            Issued {
+                at: now,
+                app,
+                tenant,
+            },
+        );
         self.stats.imds_tokens += 1;
         self.stats.tokens_issued += 1;
         let secs = self.token_lifetime.as_secs();
@@ -245,12 +336,13 @@ impl State {
         )
     }
 
-    /// Checks `Authorization: Bearer …` against the tokens issued and the current lifetime.
+    /// Checks `Authorization: Bearer …` against the tokens issued and the current lifetime;
+    /// the application and tenant the token was issued to.
     pub(super) fn authorize(
         &mut self,
         header: Option<&str>,
         now: Instant,
-    ) -> Result<(), GraphError> {
+    ) -> Result<Issued, GraphError> {
         let token = header
             .map(str::trim)
             .and_then(|h| {
@@ -260,7 +352,7 @@ impl State {
             })
             .filter(|t| !t.is_empty());
         let refuse = |message: &str| GraphError::new(401, "InvalidAuthenticationToken", message);
-        match token.map(|t| self.tokens.get(t).copied()) {
+        match token.map(|t| self.tokens.get(t)) {
             None => {
                 self.stats.unauthorized += 1;
                 Err(refuse("Access token is empty."))
@@ -269,12 +361,12 @@ impl State {
                 self.stats.unauthorized += 1;
                 Err(refuse("IDX14100: JWT is not well formed."))
             }
-            Some(Some(issued)) if now.duration_since(issued) >= self.token_lifetime => {
+            Some(Some(issued)) if now.duration_since(issued.at) >= self.token_lifetime => {
                 self.stats.unauthorized += 1;
                 self.stats.expired_token_used += 1;
                 Err(refuse("Lifetime validation failed, the token is expired."))
             }
-            Some(Some(_)) => Ok(()),
+            Some(Some(issued)) => Ok(issued.clone()),
         }
     }
 
@@ -282,7 +374,7 @@ impl State {
     /// Presenting an expired token is the client's mistake, counted as at `/v1.0`.
     pub(super) fn introspect(&mut self, token: &str, now: Instant) -> Value {
         self.stats.introspections += 1;
-        let Some(issued) = self.tokens.get(token.trim()).copied() else {
+        let Some(issued) = self.tokens.get(token.trim()).map(|i| i.at) else {
             self.stats.introspections_inactive += 1;
             return json!({"active": false});
         };
@@ -364,9 +456,13 @@ mod tests {
         assert_eq!(issued["expires_in"], 60);
         let token = issued["access_token"].as_str().unwrap().to_string();
         let bearer = format!("Bearer {token}");
-        assert!(s
-            .authorize(Some(&bearer), t0 + Duration::from_secs(59))
-            .is_ok());
+        let issued = s.authorize(Some(&bearer), t0 + Duration::from_secs(59));
+        let issued = issued.expect("a live token");
+        assert_eq!(
+            (issued.app.as_str(), issued.tenant.as_str()),
+            ("ms1-app", "contoso"),
+            "the token's application and tenant"
+        );
         let e = s
             .authorize(Some(&bearer), t0 + Duration::from_secs(60))
             .unwrap_err();
@@ -447,7 +543,11 @@ mod tests {
         let issued = s.issue_imds_token(Some("true"), &query(&good), t0).unwrap();
         assert_eq!(issued["expires_in"], "3599", "IMDS sends a string");
         let bearer = format!("Bearer {}", issued["access_token"].as_str().unwrap());
-        assert!(s.authorize(Some(&bearer), t0).is_ok());
+        assert_eq!(
+            s.authorize(Some(&bearer), t0).map(|i| i.app).as_deref(),
+            Ok("system-assigned managed identity"),
+            "an application of its own"
+        );
         let mut mine = good.to_vec();
         mine.push(("client_id", "mi-1"));
         assert!(s.issue_imds_token(Some("true"), &query(&mine), t0).is_ok());
@@ -509,6 +609,66 @@ mod tests {
                 s.stats.expired_token_used
             ),
             (3, 2, 1)
+        );
+    }
+
+    #[test]
+    fn another_tenants_app_signs_in_at_its_own_token_url_and_reads_only_its_mailboxes() {
+        let mut s = State::new(&options(&[
+            "--extra-tenant",
+            "fabrikam:fab-app:fab-secret:ap@fabrikam.example",
+        ]))
+        .unwrap();
+        let t0 = Instant::now();
+        let scope = "https://graph.microsoft.com/.default";
+        let form = |id: &str, secret: &str| {
+            [
+                ("grant_type", "client_credentials"),
+                ("client_id", id),
+                ("client_secret", secret),
+                ("scope", scope),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>()
+        };
+        let url = "http://sim/fabrikam/oauth2/v2.0/token";
+        let refused = s
+            .issue_token("fabrikam", url, &form("fab-app", "wrong"), t0)
+            .unwrap_err();
+        assert!(refused.1["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("AADSTS7000215"));
+        // Contoso's app is not Fabrikam's.
+        let refused = s
+            .issue_token("fabrikam", url, &form("ms1-app", "sim-secret"), t0)
+            .unwrap_err();
+        assert!(refused.1["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("AADSTS700016"));
+        let token = s
+            .issue_token("fabrikam", url, &form("fab-app", "fab-secret"), t0)
+            .unwrap();
+        let issued = s
+            .authorize(
+                Some(&format!(
+                    "Bearer {}",
+                    token["access_token"].as_str().unwrap()
+                )),
+                t0,
+            )
+            .unwrap();
+        assert_eq!(
+            (issued.app.as_str(), issued.tenant.as_str()),
+            ("fab-app", "fabrikam")
+        );
+        let fabrikam = s.resolve("ap@fabrikam.example").unwrap();
+        assert_eq!(s.tenant_of(fabrikam), "fabrikam");
+        assert_eq!(
+            s.tenant_of(s.resolve("invoices-0@contoso.example").unwrap()),
+            "contoso"
         );
     }
 }

@@ -65,7 +65,8 @@ fn holders(w: &World, boxes: &[String]) -> BTreeMap<String, Option<String>> {
 fn shares(held: &BTreeMap<String, Option<String>>) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for h in held.values() {
-        *out.entry(h.clone().unwrap_or_else(|| "-".into())).or_insert(0) += 1;
+        *out.entry(h.clone().unwrap_or_else(|| "-".into()))
+            .or_insert(0) += 1;
     }
     out
 }
@@ -81,18 +82,27 @@ fn wait_for_spread(w: &World, boxes: &[String], names: &[&str], min: usize, what
                 .iter()
                 .all(|n| last.get(*n).copied().unwrap_or(0) >= min)
     });
-    assert!(spread, "{what}: shares {last:?} (want each of {names:?} ≥ {min} of {})", boxes.len());
+    assert!(
+        spread,
+        "{what}: shares {last:?} (want each of {names:?} ≥ {min} of {})",
+        boxes.len()
+    );
     eprintln!("FLEET {what}: shares {last:?}");
 }
 
 #[test]
-fn three_daemons_share_the_mailboxes_a_late_one_takes_its_share_and_a_killed_ones_are_taken_over()
-{
+fn three_daemons_share_the_mailboxes_a_late_one_takes_its_share_and_a_killed_ones_are_taken_over() {
     let (w, boxes) = world(72, 5);
     let sixth = boxes.len() / 6;
     let a = daemon(&w, &boxes, "daemon-a");
     let b = daemon(&w, &boxes, "daemon-b");
-    wait_for_spread(&w, &boxes, &["daemon-a", "daemon-b"], boxes.len() / 4, "two daemons");
+    wait_for_spread(
+        &w,
+        &boxes,
+        &["daemon-a", "daemon-b"],
+        boxes.len() / 4,
+        "two daemons",
+    );
 
     // A third daemon, started later, takes its share from the two.
     let mut c = daemon(&w, &boxes, "daemon-c");
@@ -104,7 +114,13 @@ fn three_daemons_share_the_mailboxes_a_late_one_takes_its_share_and_a_killed_one
     // SIGKILL one: the other two hold every mailbox again, and mail sent after the kill is
     // delivered (only a poller that took over can bring it).
     c.kill();
-    wait_for_spread(&w, &boxes, &["daemon-a", "daemon-b"], sixth, "after the kill");
+    wait_for_spread(
+        &w,
+        &boxes,
+        &["daemon-a", "daemon-b"],
+        sixth,
+        "after the kill",
+    );
     for mb in &boxes {
         w.graph()
             .post("/_sim/mail", json!({"mailbox": mb, "count": 2}));

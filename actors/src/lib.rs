@@ -131,12 +131,14 @@ impl Pipeline {
         // Intake follows the session: the SessionManager opens and closes it.
         let intake = Arc::new(tokio::sync::watch::channel(messages::Intake::closed()).0);
         let (fleet, fleet_left) = start_fleet(&settings, &store, &shutdown);
+        let held: sources::fleet::HeldSources = Arc::new(tokio::sync::watch::Sender::default());
         let sources = sources::PollerContext {
             store: store.clone(),
             health: health.clone(),
             shutdown: shutdown.clone(),
             intake: intake.subscribe(),
             fleet,
+            held: held.clone(),
             stagger: sources::stagger(settings.graph.mailboxes.len() + settings.imap.sources.len()),
         };
         // Graph: one client (and token cache) for this thread's actors.
@@ -184,8 +186,10 @@ impl Pipeline {
                     health.clone(),
                     pollers.clone(),
                 );
+                let held = held.subscribe();
                 webhook = Some(Supervisor::start(move |_| {
                     sources::webhook::WebhookReceiver::new(settings, store, graph, pollers, health)
+                        .following(held)
                 }));
             }
         }
@@ -301,7 +305,11 @@ fn start_fleet(
     tokio::sync::watch::Receiver<sources::fleet::FleetView>,
     tokio::sync::watch::Receiver<bool>,
 ) {
-    let me = format!("{}:{}", settings.consumer_name(), uuid::Uuid::new_v4().simple());
+    let me = format!(
+        "{}:{}",
+        settings.consumer_name(),
+        uuid::Uuid::new_v4().simple()
+    );
     let (view, view_rx) = tokio::sync::watch::channel(sources::fleet::FleetView::new(me));
     let (left, left_rx) = tokio::sync::watch::channel(false);
     let graph = &settings.graph.mailboxes;

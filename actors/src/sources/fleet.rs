@@ -17,9 +17,14 @@
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// The sources (by lease name) whose leases this daemon holds now: the pollers keep it, the
+/// webhook receiver follows it (a mailbox's subscription is renewed by its lease holder).
+pub(crate) type HeldSources = Arc<watch::Sender<BTreeSet<String>>>;
 
 /// This daemon's view of its fleet: shared by all its pollers, refreshed by the heartbeat.
 #[derive(Debug, Clone)]
@@ -179,7 +184,9 @@ mod tests {
     }
 
     fn mailboxes(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("invoices-{i}@contoso.example")).collect()
+        (0..n)
+            .map(|i| format!("invoices-{i}@contoso.example"))
+            .collect()
     }
 
     #[test]
@@ -188,17 +195,13 @@ mod tests {
         let v = view("a:1", &members);
         let boxes = mailboxes(2_000);
         for m in members {
-            let share = boxes
-                .iter()
-                .filter(|b| v.preferred(b) == Some(m))
-                .count();
+            let share = boxes.iter().filter(|b| v.preferred(b) == Some(m)).count();
             assert!((560..=780).contains(&share), "{m}: {share} of 2000");
         }
     }
 
     #[test]
-    fn a_joining_daemon_takes_only_what_it_now_prefers_and_a_leaving_one_hands_out_only_its_own()
-    {
+    fn a_joining_daemon_takes_only_what_it_now_prefers_and_a_leaving_one_hands_out_only_its_own() {
         let boxes = mailboxes(600);
         let two = view("a:1", &["a:1", "b:2"]);
         let three = view("a:1", &["a:1", "b:2", "c:3"]);

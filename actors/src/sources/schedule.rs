@@ -28,7 +28,7 @@
 //! A source implements [`Source`]: how to poll, and (optionally) how to wait; a [`Poller`]
 //! is the supervised actor that runs one.
 
-use super::fleet::FleetView;
+use super::fleet::{FleetView, HeldSources};
 use crate::health::Health;
 use crate::messages::{Intake, TriggerPoll};
 use crate::retry::Backoff;
@@ -172,6 +172,8 @@ pub(crate) struct Schedule {
     pub(crate) fleet: watch::Receiver<FleetView>,
     /// This poller's offset in `[0, stagger)`: its first lease check waits that long.
     pub(crate) phase: Duration,
+    /// The sources this daemon holds (the webhook receiver follows them).
+    pub(crate) held: HeldSources,
 }
 
 /// This poller's side of its source's lease.
@@ -238,6 +240,7 @@ impl Schedule {
         // When the next scheduled poll is due (`None`: only when triggered).
         let mut next_poll: Option<Instant> = None;
         while !self.shutdown.is_raised() {
+            self.mark(lease.holding);
             let intake = self.intake.borrow_and_update().clone();
             if !intake.active {
                 // No session: no polling, and the lease is free for another daemon.
@@ -354,8 +357,17 @@ impl Schedule {
         if lease.holding {
             self.release().await;
         }
+        self.mark(false);
         source.let_go().await;
         Ok(())
+    }
+
+    /// Tells the daemon (its webhook receiver) whether this source's lease is held.
+    fn mark(&self, holding: bool) {
+        self.held.send_if_modified(|held| match holding {
+            true => held.insert(self.lease.clone()),
+            false => held.remove(&self.lease),
+        });
     }
 
     /// Checks the lease as the fleet view says ([`Step`]) and schedules the next check: TTL/3
@@ -385,7 +397,10 @@ impl Schedule {
         lease.next_check = Instant::now() + if often { self.ttl / 3 } else { self.ttl };
         Ok(match (was_holding, lease.holding) {
             (false, true) => {
-                tracing::info!(preferred = view.prefers_me(&self.lease), "took the poller lease of this source");
+                tracing::info!(
+                    preferred = view.prefers_me(&self.lease),
+                    "took the poller lease of this source"
+                );
                 Checked::Taken
             }
             (true, false) => {
@@ -440,6 +455,7 @@ impl<S: Source> Poller<S> {
                 wake: std::rc::Rc::new(Notify::new()),
                 shutdown: ctx.shutdown.clone(),
                 fleet: ctx.fleet.clone(),
+                held: ctx.held.clone(),
                 phase: ctx.stagger.min(ttl / 3).mul_f64(rand::random::<f64>()),
             },
             pacer: RestartPacer::new(S::NAME),
@@ -458,6 +474,7 @@ pub(crate) struct PollerContext {
     pub(crate) fleet: watch::Receiver<FleetView>,
     /// The span over which the pollers' first lease checks spread (see [`stagger`]).
     pub(crate) stagger: Duration,
+    pub(crate) held: HeldSources,
 }
 
 /// How long the first lease checks of `sources` pollers spread over: [`STAGGER_PER_SOURCE`]
@@ -545,15 +562,27 @@ mod tests {
     #[test]
     fn the_preferred_owner_takes_at_once_the_others_at_the_second_sighting() {
         let (view, mine, theirs) = two_daemons();
-        assert_eq!(Step::decide(&lease(false, false, None), &view, &mine), Step::Take);
-        assert_eq!(Step::decide(&lease(false, false, None), &view, &theirs), Step::Look);
-        assert_eq!(Step::decide(&lease(false, true, None), &view, &theirs), Step::Take);
+        assert_eq!(
+            Step::decide(&lease(false, false, None), &view, &mine),
+            Step::Take
+        );
+        assert_eq!(
+            Step::decide(&lease(false, false, None), &view, &theirs),
+            Step::Look
+        );
+        assert_eq!(
+            Step::decide(&lease(false, true, None), &view, &theirs),
+            Step::Take
+        );
     }
 
     #[test]
     fn a_holder_hands_over_to_the_preferred_owner_once_per_view() {
         let (view, mine, theirs) = two_daemons();
-        assert_eq!(Step::decide(&lease(true, false, None), &view, &mine), Step::Renew);
+        assert_eq!(
+            Step::decide(&lease(true, false, None), &view, &mine),
+            Step::Renew
+        );
         assert_eq!(
             Step::decide(&lease(true, false, None), &view, &theirs),
             Step::HandOver

@@ -139,3 +139,98 @@ fn three_daemons_share_the_mailboxes_a_late_one_takes_its_share_and_a_killed_one
     assert_eq!(g["violations"], 0, "{}", g["totals"]);
     assert!(w.dead_letters().is_empty());
 }
+
+/// CPU seconds (user + system) a process used so far, from `/proc/{pid}/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// Resident memory of a process in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Redis commands executed since the last `CONFIG RESETSTAT`, by command.
+fn command_calls(w: &World) -> BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut w.redis())
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
+}
+
+/// The idle cost of 2,000 mailboxes over three daemons (default lease TTL 30 s, polls every
+/// 60 s, no mail): Redis commands per second, CPU and RSS per daemon. A measurement for
+/// docs/OPERATIONS.md, not a check: `cargo test --test fleet -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn idle_cost_of_two_thousand_mailboxes_over_three_daemons() {
+    let (w, boxes) = world(2_000, 0);
+    let list = boxes.join(",");
+    let env = w.graph_env();
+    let start = |name: &str| {
+        let mut all: Vec<(&str, &str)> = env
+            .iter()
+            .filter(|(k, _)| k != "MS1__GRAPH__MAILBOXES" && k != "MS1__GRAPH__POLL_INTERVAL_S")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        all.extend([
+            ("MS1__GRAPH__MAILBOXES", list.as_str()),
+            ("MS1__REDIS__CONSUMER", name),
+            ("MS1__GRAPH__POLL_INTERVAL_S", "60"),
+            ("MS1__LOG__LEVEL", "warn"),
+        ]);
+        w.daemon(&all)
+    };
+    let fleet = [start("daemon-a"), start("daemon-b"), start("daemon-c")];
+    let names = ["daemon-a", "daemon-b", "daemon-c"];
+    wait_for_spread(&w, &boxes, &names, boxes.len() / 6, "2,000 mailboxes");
+    // Let the hand-overs and the first polls pass, then measure one minute of idling.
+    std::thread::sleep(Duration::from_secs(70));
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut w.redis())
+        .unwrap();
+    let cpu_before: Vec<f64> = fleet.iter().map(|d| cpu_seconds(d.pid())).collect();
+    let window = Duration::from_secs(60);
+    std::thread::sleep(window);
+    let calls = command_calls(&w);
+    let total: u64 = calls.values().sum();
+    let per_s = total as f64 / window.as_secs_f64();
+    eprintln!("FLEET idle: {per_s:.0} Redis commands/s for 2,000 mailboxes ({:.3} per mailbox per second): {calls:?}", per_s / 2_000.0);
+    for (d, before) in fleet.iter().zip(cpu_before) {
+        let cpu = (cpu_seconds(d.pid()) - before) / window.as_secs_f64();
+        eprintln!(
+            "FLEET idle daemon pid {}: CPU {:.1} % of a core, RSS {:.0} MiB",
+            d.pid(),
+            cpu * 100.0,
+            rss_mib(d.pid())
+        );
+    }
+    eprintln!("FLEET idle shares: {:?}", shares(&holders(&w, &boxes)));
+}

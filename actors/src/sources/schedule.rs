@@ -292,7 +292,8 @@ impl Schedule {
                 match source.wait(&mut wait).await? {
                     Waited::Poll if lease.holding => {}
                     Waited::Poll | Waited::Fleet => {
-                        // Not holding: a preferred owner checks soon (a trigger: now).
+                        // Not holding: the preferred owner checks within its phase (a fleet
+                        // change wakes many pollers at once; their checks stay spread).
                         if self.fleet.borrow_and_update().prefers_me(&self.lease) {
                             lease.next_check = lease.next_check.min(Instant::now() + self.phase);
                         }

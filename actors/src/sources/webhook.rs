@@ -25,9 +25,9 @@
 //!   daemon keeps.
 //! - **Lifecycle events** (`POST /webhook/lifecycle`): `reauthorizationRequired` → renew now;
 //!   `subscriptionRemoved` → create a new one and poll to catch up; `missed` → poll to catch up.
-//!   On a daemon that does not hold the mailbox these do nothing more: the holder's next
-//!   renewal re-creates a removed subscription (Graph answers 404), and its next scheduled
-//!   poll catches up.
+//!   One that reaches a daemon not keeping the subscription is refused (`rejected_lifecycle`)
+//!   or, for an id it knows, changes nothing there: the holder's next renewal re-creates a
+//!   removed subscription (Graph answers 404), and its scheduled polls catch up.
 
 use crate::clients::graph::{GraphClient, GraphError};
 use crate::messages::TriggerPoll;

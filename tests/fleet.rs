@@ -140,6 +140,102 @@ fn three_daemons_share_the_mailboxes_a_late_one_takes_its_share_and_a_killed_one
     assert!(w.dead_letters().is_empty());
 }
 
+const CLIENT_STATE: &str = "fleet-client-state-1234";
+
+/// A fleet daemon with webhooks on, its public URL its own control listener (the simulator
+/// validates it while creating a subscription), polling only as a far-away safety net.
+fn webhook_daemon(w: &World, boxes: &[String], name: &str) -> Daemon {
+    let bind = format!(
+        "127.0.0.1:{}",
+        ms1_sim::redis_launcher::free_port().unwrap()
+    );
+    let public = format!("http://{bind}");
+    let list = boxes.join(",");
+    let env = w.graph_env();
+    let mut all: Vec<(&str, &str)> = env
+        .iter()
+        .filter(|(k, _)| k != "MS1__GRAPH__MAILBOXES" && k != "MS1__GRAPH__POLL_INTERVAL_S")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    all.extend([
+        ("MS1__GRAPH__MAILBOXES", list.as_str()),
+        ("MS1__REDIS__CONSUMER", name),
+        ("MS1__GRAPH__LEASE_TTL_S", "3"),
+        ("MS1__GRAPH__POLL_INTERVAL_S", "3600"),
+        ("MS1__CONTROL__BIND", bind.as_str()),
+        ("MS1__WEBHOOK__ENABLED", "true"),
+        ("MS1__WEBHOOK__PUBLIC_URL", public.as_str()),
+        ("MS1__WEBHOOK__CLIENT_STATE", CLIENT_STATE),
+    ]);
+    w.daemon(&all)
+}
+
+fn subscription_id(w: &World, mailbox: &str) -> Option<String> {
+    redis::cmd("HGET")
+        .arg(format!("{PREFIX}webhook:subscription:{mailbox}"))
+        .arg("id")
+        .query(&mut w.redis())
+        .unwrap()
+}
+
+#[test]
+fn each_mailbox_has_one_subscription_kept_by_its_lease_holder_and_any_daemon_takes_its_notifications(
+) {
+    let (w, boxes) = world(12, 0);
+    let names = ["daemon-a", "daemon-b"];
+    let fleet = [
+        webhook_daemon(&w, &boxes, names[0]),
+        webhook_daemon(&w, &boxes, names[1]),
+    ];
+    wait_for_spread(&w, &boxes, &names, boxes.len() / 4, "two webhook daemons");
+    // One subscription per mailbox for the fleet: a mailbox handed over keeps the one its
+    // first holder created (the new holder adopts it).
+    let created = || {
+        w.graph().stats()["subscriptions_created"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let all_stored = || boxes.iter().all(|mb| subscription_id(&w, mb).is_some());
+    assert!(
+        wait_until(PATIENCE, || all_stored() && created() >= boxes.len() as u64),
+        "{}",
+        w.graph().stats()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(created(), boxes.len() as u64, "{}", w.graph().stats());
+
+    // A notification about a mailbox daemon-a keeps, POSTed to daemon-b (as a load balancer
+    // would): b resolves the subscription id through Redis and queues the message.
+    let held = holders(&w, &boxes);
+    let (mailbox, _) = held
+        .iter()
+        .find(|(_, h)| h.as_deref() == Some("daemon-a"))
+        .expect("daemon-a holds a mailbox");
+    let sub = subscription_id(&w, mailbox).unwrap();
+    w.mail(mailbox, 1);
+    let messages = w
+        .graph()
+        .get_json(&format!("/_sim/messages?mailbox={mailbox}"));
+    let id = messages[0]["id"]
+        .as_str()
+        .expect("the message's id")
+        .to_string();
+    let body = json!({"value": [{
+        "subscriptionId": sub, "changeType": "created", "clientState": CLIENT_STATE,
+        "resource": format!("Users/guid/Messages/{id}"),
+        "resourceData": {"@odata.type": "#Microsoft.Graph.Message", "id": id},
+    }]});
+    let (status, answer) = common::post(
+        &format!("{}/webhook/notifications", fleet[1].control),
+        &body.to_string(),
+    );
+    assert_eq!(status, 202, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["accepted"], 1, "{answer}");
+    assert_eq!(answer["rejected"], 0, "{answer}");
+    w.wait_delivered(1, PATIENCE, &fleet[1]);
+}
+
 /// CPU seconds (user + system) a process used so far, from `/proc/{pid}/stat`.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

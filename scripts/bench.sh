@@ -34,6 +34,23 @@
 #     100,000 entries (batch 50, unlimited MS4): e-mails/s, and the CPU seconds of the daemons,
 #     redis-server and the simulator, which show what the ceiling is on this machine.
 #
+#   scripts/bench.sh fleet      a fleet at rest: 2,000 mailboxes, three daemons on one Redis,
+#     the Graph simulator adding a trickle of mail over every mailbox for several minutes, MS4
+#     at its contract limit (120 requests/min). Prints, each beside its target: the lease spread
+#     per daemon (lease keys per holder), Redis commands/s (overall, per mailbox, the busiest
+#     commands), CPU seconds and steady/peak RSS per daemon, Graph requests/s; with webhooks,
+#     subscriptions per daemon and the renewal spread. Then SIGKILLs the daemon holding most
+#     mailboxes and measures the time until every one of them is held by another (Redis polled
+#     every 100 ms), stops the trickle, drains, and prints arrival → MS4 p50/p99/max (from
+#     each record's receivedDateTime, stamped on whole seconds by the trickle), duplicates,
+#     lost mail and Graph limit violations. Knobs (environment):
+#       FLEET_MAILBOXES=2000  FLEET_DAEMONS=3  FLEET_MINUTES=5 (the steady run)
+#       FLEET_TRICKLE=4 (new messages/s over all mailboxes)
+#       FLEET_POLL_S=30 (graph.poll_interval_s)  FLEET_LEASE_TTL_S=30 (graph.lease_ttl_s)
+#       FLEET_WEBHOOK=1: webhooks on, subscriptions of FLEET_SUB_MINUTES=3 renewed
+#         FLEET_RENEW_BEFORE_S=90 before they expire, so renewals happen within the run.
+#     The defaults take about 8 minutes.
+#
 # Everything runs on loopback: a private redis-server (AOF on, as in production), the MS4
 # simulator (`ms1-sim`) and the daemon (`ms1-ingestor`), release builds.
 set -euo pipefail
@@ -323,6 +340,207 @@ bench_scale() { # daemons
     "$k daemon(s), 1 Redis:" "$(echo "$n / $secs" | bc -l)" "$secs" "$cpu_d" "$cpu_r" "$cpu_s" "$(nproc)"
 }
 
+# The fleet benchmark's pieces: one daemon of the fleet, Redis figures, lease holders.
+
+# "invoices-0@contoso.example,…" for n mailboxes (as `ms1-sim graph --mailbox-count n`).
+mailbox_list() { seq 0 $(($1 - 1)) | sed 's/.*/invoices-&@contoso.example/' | paste -sd,; }
+
+start_fleet_daemon() { # i control_address
+  MS1__CONTROL__BIND="$2" MS1__LOG__FORMAT=json MS1__LOG__LEVEL=warn MS1__REDIS__CONSUMER="fleet-$1" \
+    "$DAEMON_BIN" run >>"$WORK/daemon-$1.log" 2>&1 &
+  FLEET_PIDS[$1]=$!
+  PIDS+=($!)
+}
+
+redis_info() { redis-cli -p "$REDIS_PORT" info "$1" | tr -d '\r'; }
+redis_field() { redis_info "$1" | awk -F: -v k="$2" '$1 == k {print $2}'; } # section field
+
+# Every lease key with its holder (the consumer its token "{consumer}:{uuid}" starts with),
+# "key holder" a line, read in one script so the snapshot is consistent.
+LEASES_LUA='local out = {}
+for _, k in ipairs(redis.call("KEYS", ARGV[1])) do
+  if redis.call("TYPE", k).ok == "string" then
+    table.insert(out, k); table.insert(out, redis.call("GET", k))
+  end
+end
+return out'
+lease_holders() {
+  redis-cli -p "$REDIS_PORT" eval "$LEASES_LUA" 0 "ms1:lease:*" \
+    | awk 'NR % 2 == 1 {key = $0; next} {sub(/:[^:]*$/, ""); print key, $0}'
+}
+
+# How many of the lease keys given are not held by a daemon other than ARGV[1].
+ORPHANS_LUA='local left = 0
+for _, k in ipairs(KEYS) do
+  local v = redis.call("GET", k)
+  if not v or string.match(v, "^(.*):") == ARGV[1] then left = left + 1 end
+end
+return left'
+
+# "cmd calls" per command from INFO commandstats.
+command_calls() { redis_info commandstats | sed -n 's/^cmdstat_\([^:]*\):calls=\([0-9]*\),.*/\1 \2/p'; }
+
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+median() { sort -n | awk '{v[NR] = $1} END {print (NR ? v[int((NR + 1) / 2)] : 0)}'; }
+graph_stats() { curl -s "$GRAPH_URL/_sim/stats"; }
+ms4_stats() { curl -s "$SIM_URL/_sim/stats"; }
+
+bench_fleet() {
+  local boxes=${FLEET_MAILBOXES:-2000} k=${FLEET_DAEMONS:-3} minutes=${FLEET_MINUTES:-5}
+  local trickle=${FLEET_TRICKLE:-4} poll=${FLEET_POLL_S:-30} ttl=${FLEET_LEASE_TTL_S:-30}
+  local webhook=${FLEET_WEBHOOK:-0} sub_minutes=${FLEET_SUB_MINUTES:-3} renew_before=${FLEET_RENEW_BEFORE_S:-90}
+  echo "settings: $boxes mailboxes, $k daemons, trickle $trickle messages/s for $minutes min, graph.poll_interval_s $poll, graph.lease_ttl_s $ttl, MS4 120 requests/min, webhooks $([ "$webhook" = 1 ] && echo "on (subscriptions of $sub_minutes min, renewed ${renew_before} s before expiry)" || echo off)"
+  export MS1__GRAPH__MAILBOXES; MS1__GRAPH__MAILBOXES=$(mailbox_list "$boxes")
+  export MS1__GRAPH__POLL_INTERVAL_S=$poll MS1__GRAPH__LEASE_TTL_S=$ttl
+  if [ "$webhook" = 1 ]; then
+    export MS1__WEBHOOK__ENABLED=true MS1__WEBHOOK__CLIENT_STATE=bench-client-state \
+      MS1__WEBHOOK__LIFETIME_MINUTES=$sub_minutes MS1__WEBHOOK__RENEW_BEFORE_S=$renew_before
+  fi
+  start_redis
+  start_sim
+  start_graph --mailbox-count "$boxes" --workers 2
+  FLEET_PIDS=()
+  local controls=() i
+  for i in $(seq 1 "$k"); do
+    controls[i]="127.0.0.1:$(free_port)"
+    MS1__WEBHOOK__PUBLIC_URL="http://${controls[i]}" start_fleet_daemon "$i" "${controls[i]}"
+    echo "${controls[i]##*:} fleet-$i" >>"$WORK/ports"
+  done
+  fleet_settle "$boxes" "${controls[@]}"
+  fleet_steady "$boxes" "$k" "$minutes" "$trickle"
+  [ "$webhook" = 1 ] && fleet_renewals "$((sub_minutes * 60 - renew_before))"
+  fleet_takeover "$boxes" "$k" "$poll" "$ttl"
+  fleet_drain "$poll" "$ttl"
+  for i in $(seq 1 "$k"); do kill -TERM "${FLEET_PIDS[i]}" 2>/dev/null || true; done
+  for i in $(seq 1 "$k"); do wait "${FLEET_PIDS[i]}" 2>/dev/null || true; done
+}
+
+# Waits for every daemon to answer and every mailbox to be leased.
+fleet_settle() { # mailboxes control…
+  local boxes=$1 t0 held=0 c; t0=$(now); shift
+  for c in "$@"; do
+    for _ in $(seq 600); do curl -sf "http://$c/health" >/dev/null && break; sleep 0.1; done
+  done
+  for _ in $(seq 1200); do
+    held=$(lease_holders | wc -l)
+    [ "$held" -ge "$boxes" ] && break
+    sleep 0.1
+  done
+  printf '%-40s %d of %d mailboxes leased %.1f s after the daemons started\n' "start:" "$held" "$boxes" "$(echo "$(now) - $t0" | bc -l)"
+}
+
+# The steady run with the trickle: leases, Redis, CPU, RSS, Graph requests.
+fleet_steady() { # mailboxes daemons minutes trickle
+  local boxes=$1 k=$2 minutes=$3 trickle=$4 i
+  curl -s -X POST "$GRAPH_URL/_sim/config" -H 'Content-Type: application/json' -d "{\"trickle_per_s\": $trickle}" >/dev/null
+  local cmds0 t0 graph0 rcpu0; cmds0=$(redis_field stats total_commands_processed); t0=$(now)
+  command_calls >"$WORK/calls-0"
+  graph0=$(graph_stats | jq '.totals.requests'); rcpu0=$(cpu_of "$REDIS_PID")
+  local cpu0=()
+  for i in $(seq 1 "$k"); do cpu0[i]=$(cpu_of "${FLEET_PIDS[i]}"); : >"$WORK/rss-$i"; done
+  local end=$(( $(date +%s) + minutes * 60 )) half=$(( $(date +%s) + minutes * 30 ))
+  while [ "$(date +%s)" -lt "$end" ]; do
+    sleep 5
+    # Steady RSS: the samples of the second half of the run.
+    if [ "$(date +%s)" -ge "$half" ]; then
+      for i in $(seq 1 "$k"); do rss_kb "${FLEET_PIDS[i]}" >>"$WORK/rss-$i"; done
+    fi
+  done
+  local secs cmds1 graph1; secs=$(echo "$(now) - $t0" | bc -l)
+  cmds1=$(redis_field stats total_commands_processed); command_calls >"$WORK/calls-1"
+  graph1=$(graph_stats | jq '.totals.requests')
+  lease_holders >"$WORK/holders"
+  echo "lease spread (lease keys per holder; target: about $boxes / $k each):"
+  for i in $(seq 1 "$k"); do
+    printf '    fleet-%d %6d\n' "$i" "$(awk -v h="fleet-$i" '$2 == h' "$WORK/holders" | wc -l)"
+  done
+  printf '    none    %6d\n' "$(( boxes - $(wc -l <"$WORK/holders") ))"
+  local rate; rate=$(echo "($cmds1 - $cmds0) / $secs" | bc -l)
+  printf '%-40s %.0f/s overall, %.3f/s per mailbox over %.0f s (no target: for sizing); redis-server %.1f CPU-s (%.0f%% of a core)\n' \
+    "Redis commands:" "$rate" "$(echo "$rate / $boxes" | bc -l)" "$secs" \
+    "$(echo "$(cpu_of "$REDIS_PID") - $rcpu0" | bc -l)" "$(echo "($(cpu_of "$REDIS_PID") - $rcpu0) / $secs * 100" | bc -l)"
+  echo "    busiest: $(LC_ALL=C join -a 2 -e 0 -o 0,1.2,2.2 <(LC_ALL=C sort "$WORK/calls-0") <(LC_ALL=C sort "$WORK/calls-1") \
+    | awk -v s="$secs" '{printf "%s %.0f/s\n", $1, ($3 - $2) / s}' | sort -k2 -n -r | head -5 | paste -sd, | sed 's/,/, /g')"
+  printf '%-40s %.1f/s (%.3f per mailbox per poll interval)\n' "Graph requests:" \
+    "$(echo "($graph1 - $graph0) / $secs" | bc -l)" "$(echo "($graph1 - $graph0) / $secs * ${MS1__GRAPH__POLL_INTERVAL_S} / $boxes" | bc -l)"
+  echo "per daemon (target: RSS ≤ 128 MB):"
+  for i in $(seq 1 "$k"); do
+    local cpu; cpu=$(echo "$(cpu_of "${FLEET_PIDS[i]}") - ${cpu0[i]}" | bc -l)
+    printf '    fleet-%d  CPU %6.1f s over the run (%4.1f%% of a core)   RSS steady %6.1f MB, peak %6.1f MB\n' "$i" \
+      "$cpu" "$(echo "$cpu / $secs * 100" | bc -l)" "$(echo "$(median <"$WORK/rss-$i") / 1024" | bc -l)" \
+      "$(echo "$(hwm_kb "${FLEET_PIDS[i]}") / 1024" | bc -l)"
+  done
+  local latency; latency=$(ms4_stats | jq -c .arrival_to_accept_ms)
+  printf '%-40s p50 %.1f s, p99 %.1f s, max %.1f s over %d records (target: p99 ≤ %d s, 2 poll intervals)\n' \
+    "arrival to MS4, steady:" "$(jq '.p50 / 1000' <<<"$latency")" "$(jq '.p99 / 1000' <<<"$latency")" \
+    "$(jq '.max / 1000' <<<"$latency")" "$(jq .count <<<"$latency")" "$((2 * MS1__GRAPH__POLL_INTERVAL_S))"
+}
+
+# Webhooks: subscriptions per daemon, renewals per minute, how the expirations spread.
+fleet_renewals() { # seconds between a subscription's renewals
+  local period=$1 stats live; stats=$(graph_stats)
+  live=$(jq '.subscription_activity.expiration_spread.live' <<<"$stats")
+  # Each daemon's notification URL names its control port.
+  echo "subscriptions per daemon (by notification URL): $(jq -r '.subscriptions[].notificationUrl | capture(":(?<p>[0-9]+)/").p' <<<"$stats" \
+    | sort | uniq -c | while read -r n port; do echo "$(awk -v p="$port" '$1 == p {print $2}' "$WORK/ports") $n"; done | paste -sd, | sed 's/,/, /g')"
+  printf '%-40s %s created, %s renewed; most renewed in one minute %s (spread evenly: %d)\n' "subscriptions:" \
+    "$(jq .subscriptions_created <<<"$stats")" "$(jq .renewals <<<"$stats")" \
+    "$(jq .subscription_activity.most_renewed_in_a_minute <<<"$stats")" "$(( live * 60 / (period > 0 ? period : 1) ))"
+  echo "    renewals per minute: $(jq -r '.subscription_activity.renewed_per_minute | to_entries | map("\(.key[11:16]) \(.value)") | join(", ")' <<<"$stats")"
+  echo "    expirations of the $live live: $(jq -r '.subscription_activity.expiration_spread | "min \(.min[11:19]), p50 \(.p50[11:19]), max \(.max[11:19]); most within 1 min \(.max_within_1_min), within 5 min \(.max_within_5_min)"' <<<"$stats")"
+}
+
+# SIGKILLs the daemon holding most mailboxes; times until all of them are held by others.
+fleet_takeover() { # mailboxes daemons poll ttl
+  local boxes=$1 k=$2 poll=$3 ttl=$4 victim
+  victim=$(awk '{print $2}' "$WORK/holders" | sort | uniq -c | sort -nr | awk 'NR == 1 {print $2}')
+  victim=${victim:-fleet-1}
+  local i=${victim#fleet-}
+  lease_holders >"$WORK/holders"
+  local keys; mapfile -t keys < <(awk -v v="$victim" '$2 == v {print $1}' "$WORK/holders")
+  disown "${FLEET_PIDS[i]}" # no "Killed" line from bash
+  kill -KILL "${FLEET_PIDS[i]}"
+  local t0 left=${#keys[@]} bound=$((2 * ttl + poll)); t0=$(now)
+  while [ "$left" -gt 0 ] && [ "$(echo "$(now) - $t0 < 2 * $bound" | bc)" = 1 ]; do
+    sleep 0.1
+    left=$(redis-cli -p "$REDIS_PORT" eval "$ORPHANS_LUA" "${#keys[@]}" "${keys[@]}" "$victim")
+  done
+  if [ "$left" -eq 0 ]; then
+    printf '%-40s all %d of %s'"'"'s mailboxes held by others %.1f s after its SIGKILL (target ≤ %d s: 2 × lease TTL + poll interval)\n' \
+      "takeover:" "${#keys[@]}" "$victim" "$(echo "$(now) - $t0" | bc -l)" "$bound"
+  else
+    printf '%-40s %d of %d of %s'"'"'s mailboxes still not held by another after %d s (target ≤ %d s)\n' \
+      "takeover:" "$left" "${#keys[@]}" "$victim" "$((2 * bound))" "$bound"
+  fi
+}
+
+# Stops the trickle, waits for MS4 to have everything, prints latency, losses and violations.
+fleet_drain() { # poll ttl
+  local poll=$1 ttl=$2 sent accepted t0
+  curl -s -X POST "$GRAPH_URL/_sim/config" -H 'Content-Type: application/json' -d '{"trickle_per_s": 0}' >/dev/null
+  sent=$(graph_stats | jq .trickle.sent); t0=$(now)
+  # The killed daemon's pending entries are claimed by another after redis.claim_idle_ms.
+  local claim=$(( ${MS1__REDIS__CLAIM_IDLE_MS:-60000} / 1000 ))
+  local deadline=$(( $(date +%s) + 2 * poll + 2 * ttl + claim + 30 ))
+  while accepted=$(ms4_stats | jq .unique_records); [ "$accepted" -lt "$sent" ] && [ "$(date +%s)" -lt "$deadline" ]; do
+    sleep 1
+  done
+  printf '%-40s %s %.0f s after the trickle stopped\n' "drain:" \
+    "$([ "$accepted" -ge "$sent" ] && echo "all at MS4" || echo "gave up waiting")" "$(echo "$(now) - $t0" | bc -l)"
+  local ms4 graph; ms4=$(ms4_stats); graph=$(graph_stats)
+  printf '%-40s p50 %.1f s, p99 %.1f s, max %.1f s over %d records (target: p99 ≤ %d s); stamps up to %s ms late\n' \
+    "arrival to MS4, whole run with takeover:" "$(jq '.arrival_to_accept_ms.p50 / 1000' <<<"$ms4")" \
+    "$(jq '.arrival_to_accept_ms.p99 / 1000' <<<"$ms4")" "$(jq '.arrival_to_accept_ms.max / 1000' <<<"$ms4")" \
+    "$(jq .arrival_to_accept_ms.count <<<"$ms4")" "$((2 * poll))" "$(jq .trickle.max_stamp_lag_ms <<<"$graph")"
+  printf '%-40s %d sent by the simulator, %d at MS4, %d lost, %d duplicates (target: 0 lost; duplicates allowed after a kill, none otherwise); MS4 429s %d\n' \
+    "mail:" "$sent" "$accepted" "$((sent - accepted))" "$(jq .duplicate_records <<<"$ms4")" "$(jq .rate_limited <<<"$ms4")"
+  printf '%-40s %d (in flight %d, window %d, app %d; target 0); contract mistakes %d, two pollers on a mailbox at once %d (target 0)\n' \
+    "Graph limit violations:" "$(jq .limit_violations.total <<<"$graph")" "$(jq .limit_violations.concurrency <<<"$graph")" \
+    "$(jq .limit_violations.window <<<"$graph")" "$(jq .limit_violations.app <<<"$graph")" \
+    "$(jq .violations <<<"$graph")" "$(jq .totals.poller_interleavings <<<"$graph")"
+}
+
 need_packages bc:bc
 case "$what" in
   pipeline)
@@ -363,8 +581,12 @@ case "$what" in
     bench_scale 2
     bench_scale 3
     ;;
+  fleet)
+    echo "ms1-ingestor fleet benchmark ($(nproc) cores, one redis-server $(redis-server --version | awk '{print $3}'))"
+    bench_fleet
+    ;;
   *)
-    echo "usage: scripts/bench.sh pipeline|contract|graph|imap|imap-burst|scale" >&2
+    echo "usage: scripts/bench.sh pipeline|contract|graph|imap|imap-burst|scale|fleet (fleet knobs: FLEET_MAILBOXES FLEET_DAEMONS FLEET_MINUTES FLEET_TRICKLE FLEET_POLL_S FLEET_LEASE_TTL_S FLEET_WEBHOOK FLEET_SUB_MINUTES FLEET_RENEW_BEFORE_S; see the top of this script)" >&2
     exit 2
     ;;
 esac

@@ -101,8 +101,13 @@ pub fn redacted(settings: &Settings) -> String {
     s.redis.url = redact_url(&s.redis.url);
     s.ms4.base_url = redact_url(&s.ms4.base_url);
     // What is in use: an empty base_url/authority is the cloud's.
-    s.graph.base_url = redact_url(&s.graph.base_url());
-    s.graph.authority = redact_url(&s.graph.authority());
+    let single = s.graph.single_tenant();
+    s.graph.base_url = redact_url(&single.base_url());
+    s.graph.authority = redact_url(&single.authority());
+    for t in &mut s.graph.tenants {
+        t.base_url = redact_url(&t.base_url());
+        t.authority = redact_url(&t.authority());
+    }
     s.webhook.public_url = redact_url(&s.webhook.public_url);
     toml::to_string_pretty(&s).unwrap_or_else(|e| format!("(cannot render: {e})"))
 }
@@ -240,6 +245,43 @@ after_delivery = \"seen\"\n",
     fn default_toml_matches_the_built_in_defaults() {
         let parsed = load_from(None, env(&[])).unwrap();
         assert_eq!(parsed, Settings::default());
+    }
+
+    #[test]
+    fn the_commented_tenants_example_of_default_toml_loads_as_written() {
+        // Uncomment the example: it must be a working configuration, secrets kept out of
+        // check-config's output.
+        let example: String = DEFAULT_TOML
+            .lines()
+            .skip_while(|l| !l.starts_with("# [[graph.tenants]]"))
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", l.trim_start_matches('#').trim_start()))
+            .collect();
+        // The certificate files and systemd credentials of the example are not on this
+        // machine: sign in with inline secrets instead.
+        let example = example
+            .replace(
+                "credential = \"certificate\"",
+                "client_secret = \"not-shown-either\"",
+            )
+            .replace("credential:fabrikam-secret", "not-shown")
+            .replace("credential:contoso-app-key", "not-shown-key");
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        write!(f, "{example}").unwrap();
+        let s = load_from(Some(f.path()), env(&[])).unwrap();
+        let tenants = s.graph.tenants();
+        assert_eq!(
+            tenants.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            ["contoso", "fabrikam-gov"]
+        );
+        assert_eq!(
+            tenants[1].token_url(),
+            "https://login.microsoftonline.us/00000000-0000-0000-0000-000000000002/oauth2/v2.0/token"
+        );
+        assert_eq!(s.graph.all_mailboxes().len(), 3);
+        let shown = redacted(&s);
+        assert!(!shown.contains("not-shown"), "{shown}");
+        assert!(shown.contains("https://graph.microsoft.us/v1.0"), "{shown}");
     }
 
     #[test]

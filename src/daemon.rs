@@ -6,6 +6,7 @@
 //! SIGTERM or SIGINT: drain (stop reading, flush the partial batch, wait for in-flight MS4
 //! requests up to `pipeline.drain_timeout_ms`), then exit.
 
+use crate::http::console;
 use crate::http::control::{self, ControlState};
 use crate::http::webhook::{self, WebhookState};
 use crate::private_redis::PrivateRedis;
@@ -92,6 +93,8 @@ async fn serve(settings: Arc<Settings>, prometheus: PrometheusHandle) -> anyhow:
         token: settings.control.token.clone(),
         session: pipeline.session.clone(),
         dead_letters: pipeline.dead_letters.clone(),
+        inspector: pipeline.inspector.clone(),
+        console: Default::default(),
         default_interval: settings.graph.poll_interval_s,
         default_webhook: settings.webhook.enabled,
     });
@@ -130,7 +133,7 @@ async fn serve(settings: Arc<Settings>, prometheus: PrometheusHandle) -> anyhow:
         } else {
             app
         };
-        app.configure(control::routes)
+        app.configure(console::routes).configure(control::routes)
     })
     .workers(2)
     .disable_signals()

@@ -134,6 +134,10 @@ fn every_protected_route_wants_the_token_and_bad_bodies_get_clear_errors() {
         ("GET", "/dlq"),
         ("POST", "/dlq/replay"),
         ("DELETE", "/dlq/1-0"),
+        ("GET", "/dlq/count"),
+        ("GET", "/queues"),
+        ("GET", "/sources"),
+        ("GET", "/rates"),
         ("GET", "/openapi.json"),
     ] {
         let (code, body) = call(&d, method, path, None, None);
@@ -262,6 +266,87 @@ fn replayed_dead_letters_are_delivered_once_the_cause_is_fixed_and_purge_takes_o
     assert!(world.dead_letters().is_empty());
     assert_eq!(world.ms4.stats()["duplicate_records"], 0);
     world.assert_drained();
+}
+
+#[test]
+fn queues_sources_and_rates_show_what_the_console_draws() {
+    let world = World::with_graph(&["--rate-limit-per-min", "0"], &[]);
+    let d = world.graph_daemon(&[
+        ("MS1__CONTROL__TOKEN", TOKEN),
+        ("MS1__MS4__RATE_LIMIT_PER_MIN", "6000"),
+    ]);
+    for mb in common::MAILBOXES {
+        world.mail(mb, 4);
+    }
+    world.wait_delivered(12, Duration::from_secs(60), &d);
+    let invalid = |n: u64| n.is_multiple_of(2);
+    world.load(1_000..1_010, invalid);
+    world.wait_delivered(17, Duration::from_secs(60), &d);
+    assert!(wait_until(Duration::from_secs(20), || world
+        .dead_letters()
+        .len()
+        == 5));
+
+    // Delivered per minute: the minutes add up to what MS4 holds; the MS4 budget in use.
+    let (code, rates) = get(&d, "/rates?minutes=5");
+    assert_eq!(code, 200, "{rates}");
+    let minutes = rates["delivered_per_minute"].as_array().unwrap();
+    assert_eq!(minutes.len(), 5);
+    let total: u64 = minutes.iter().map(|m| m[1].as_u64().unwrap()).sum();
+    assert_eq!(total, 17, "{rates}");
+    assert!(
+        rates["ms4_requests_last_60s"].as_u64() >= Some(1),
+        "{rates}"
+    );
+    assert_eq!(rates["ms4_limit_per_min"], 6000);
+    assert_eq!(get(&d, "/rates?minutes=x").0, 400);
+
+    // Every stream with its groups and this daemon's consumers.
+    let (code, queues) = get(&d, "/queues");
+    assert_eq!(code, 200);
+    let streams = queues["streams"].as_array().unwrap();
+    let stream = |name: &str| {
+        streams
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {queues}"))
+    };
+    assert_eq!(stream("dlq")["length"], 5);
+    assert!(stream("dlq")["oldest_age_ms"].as_u64().is_some());
+    let senders = &stream("outbound")["groups"][0];
+    assert_eq!(senders["name"], "senders");
+    assert_eq!(senders["consumers"][0]["name"], "test-daemon");
+
+    // Every mailbox: polled by this daemon, its messages today, its cursor.
+    let (code, sources) = get(&d, "/sources");
+    assert_eq!(code, 200);
+    let sources = sources["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 3);
+    for s in sources {
+        assert_eq!(s["kind"], "graph");
+        assert_eq!(s["state"], "active", "{s}");
+        assert_eq!(s["lease_holder"], "test-daemon", "{s}");
+        assert_eq!(s["messages_today"], 4, "{s}");
+        assert!(s["cursor_age_ms"].as_u64().is_some(), "{s}");
+    }
+
+    // How many a filter selects, by reason and by time.
+    let (_, all) = get(&d, "/dlq/count");
+    assert_eq!(all["matching"], 5);
+    let (_, none) = get(&d, "/dlq/count?reason=no-such-reason");
+    assert_eq!(none["matching"], 0);
+    let future = 4_000_000_000_000u64;
+    assert_eq!(
+        get(&d, &format!("/dlq/count?since_ms={future}")).1["matching"],
+        0
+    );
+    assert_eq!(
+        get(&d, &format!("/dlq/count?until_ms={future}")).1["matching"],
+        5
+    );
+    let (_, page) = get(&d, &format!("/dlq?until_ms={future}&stage=deliver"));
+    assert_eq!(page["entries"].as_array().unwrap().len(), 5);
+    assert_eq!(get(&d, "/dlq/count?since_ms=soon").0, 400);
 }
 
 /// Parses the Prometheus text exposition (name{labels} value), strictly.

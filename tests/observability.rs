@@ -12,7 +12,7 @@ const ALERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/prometheus-ale
 const METRICS_RS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/actors/src/metrics.rs");
 
 /// The alerts operators were promised.
-const REQUIRED_ALERTS: [&str; 10] = [
+const REQUIRED_ALERTS: [&str; 11] = [
     "Ms1DeadLettersGrowing",
     "Ms1DlqLarge",
     "Ms1BacklogGrowing",
@@ -23,6 +23,7 @@ const REQUIRED_ALERTS: [&str; 10] = [
     "Ms1ActorRestarting",
     "Ms1NotDelivering",
     "Ms1GraphThrottled",
+    "Ms1GraphCredentialRefused",
 ];
 
 /// What a description may point the operator to next.

@@ -40,7 +40,7 @@ pub(crate) mod shutdown;
 pub(crate) mod supervision;
 
 use actix::{Addr, Arbiter, Supervisor};
-use clients::graph::GraphClient;
+use clients::graph_tenants::GraphTenants;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -57,6 +57,7 @@ pub struct Pipeline {
     pub session: Addr<control::session::SessionManager>,
     /// The DLQ for operators: list, show, replay, purge.
     pub dead_letters: Addr<control::deadletters::DeadLetterOffice>,
+    pub inspector: Addr<control::inspect::Inspector>,
     /// Graph change notifications, when `webhook.enabled`.
     pub webhook: Option<Addr<sources::webhook::WebhookReceiver>>,
     pub health: Health,
@@ -94,6 +95,8 @@ impl Pipeline {
                 max_concurrent: g.max_concurrent_per_mailbox,
                 per_window: g.requests_per_window,
                 window: Duration::from_secs(g.window_s),
+                app_per_window: g.app_requests_per_window,
+                app_window: Duration::from_secs(g.app_window_s),
                 lease: g.request_timeout() * 2,
             };
             Supervisor::start(move |_| {
@@ -139,28 +142,25 @@ impl Pipeline {
             intake: intake.subscribe(),
             fleet,
             held: held.clone(),
-            stagger: sources::stagger(settings.graph.mailboxes.len() + settings.imap.sources.len()),
+            stagger: sources::stagger(
+                settings.graph.all_mailboxes().len() + settings.imap.sources.len(),
+            ),
         };
-        // Graph: one client (and token cache) for this thread's actors.
+        // Graph: one client (and token cache) per tenant for this thread's actors.
         let mut pollers = BTreeMap::new();
         let mut webhook = None;
         let mut graph_after_delivery = None;
-        if !settings.graph.mailboxes.is_empty() {
-            let graph = Rc::new(
-                GraphClient::new(
-                    &settings.graph.base_url(),
-                    Rc::new(clients::oauth::graph_tokens(&settings)),
-                    pipeline::ratelimiter::RateLimiter::graph_budget(&limiter),
-                    settings.graph.request_timeout(),
-                    settings.graph.max_concurrent_per_mailbox,
-                )
-                .with_attachments(settings.graph.fetch_attachments)
-                .with_agent(clients::graph::user_agent(&settings.consumer_name())),
-            );
-            for name in &settings.graph.mailboxes {
+        let graph = GraphTenants::new(
+            &settings,
+            &pipeline::ratelimiter::RateLimiter::graph_budget(&limiter),
+            &health,
+            &settings.consumer_name(),
+        );
+        if let Some(graph) = graph.map(Rc::new) {
+            for name in settings.graph.all_mailboxes() {
                 let poller =
                     sources::graph::poller(name.clone(), settings.clone(), graph.clone(), &sources);
-                pollers.insert(name.clone(), Supervisor::start(move |_| poller));
+                pollers.insert(name, Supervisor::start(move |_| poller));
             }
             if settings.graph.mode == settings::GraphMode::Unread {
                 let (settings, store, graph, health, shutdown) = (
@@ -239,6 +239,10 @@ impl Pipeline {
                 )
             })
         };
+        let inspector = {
+            let (store, settings, health) = (store.clone(), settings.clone(), health.clone());
+            Supervisor::start(move |_| control::inspect::Inspector::new(store, settings, health))
+        };
         let dead_letters = {
             let store = store.clone();
             Supervisor::start(move |_| control::deadletters::DeadLetterOffice::new(store))
@@ -246,6 +250,7 @@ impl Pipeline {
         Self {
             session,
             dead_letters,
+            inspector,
             webhook,
             health,
             processor,
@@ -312,7 +317,7 @@ fn start_fleet(
     );
     let (view, view_rx) = tokio::sync::watch::channel(sources::fleet::FleetView::new(me));
     let (left, left_rx) = tokio::sync::watch::channel(false);
-    let graph = &settings.graph.mailboxes;
+    let graph = settings.graph.all_mailboxes();
     let imap = &settings.imap.sources;
     let ttls = [
         (!graph.is_empty()).then_some(settings.graph.lease_ttl_s),

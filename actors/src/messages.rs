@@ -37,6 +37,8 @@ pub(crate) struct TriggerPoll;
 #[rtype(result = "Result<GraphPermit, BudgetUnavailable>")]
 pub(crate) struct AcquireGraph {
     pub mailbox: String,
+    /// The app registration (client id) whose per-app budget the request also draws on.
+    pub app: std::sync::Arc<str>,
     pub cost: u32,
 }
 

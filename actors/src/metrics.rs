@@ -27,9 +27,13 @@ pub const RATE_WAIT: &str = "ms1_rate_limit_wait_seconds";
 pub const RESTARTS: &str = "ms1_actor_restarts_total";
 /// Stream lengths, by `stream`.
 pub const STREAM_LEN: &str = "ms1_stream_length";
-/// OAuth2 tokens fetched.
+/// OAuth2 tokens fetched, by `owner` (`graph:{tenant}`, `imap:{source}`).
 pub const TOKEN_REFRESHES: &str = "ms1_oauth_token_refreshes_total";
-/// Graph requests by `outcome` (ok, throttled, unauthorized, gone, not_found, transient, rejected).
+/// OAuth2 token requests that failed, by `owner` and `reason` (refused: the authority refused
+/// the credential; unusable: the certificate, key or token file cannot be used; transient).
+pub const TOKEN_FAILURES: &str = "ms1_oauth_token_failures_total";
+/// Graph requests by `tenant` and `outcome` (ok, throttled, unauthorized, gone, not_found,
+/// transient, rejected).
 pub const GRAPH_REQUESTS: &str = "ms1_graph_requests_total";
 /// Graph request latency by `status`.
 pub const GRAPH_LATENCY: &str = "ms1_graph_request_duration_seconds";
@@ -75,7 +79,6 @@ pub fn register_counters() {
         DUPLICATES,
         KEY_CONFLICTS,
         MARKED_READ,
-        TOKEN_REFRESHES,
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -94,6 +97,10 @@ pub fn register_counters() {
     ] {
         metrics::counter!(MS4_REQUESTS, "outcome" => outcome).increment(0);
     }
+}
+
+/// Creates a tenant's Graph request counters at 0 (see [`register_counters`]).
+pub(crate) fn register_graph_tenant(tenant: &str) {
     for outcome in [
         "ok",
         "throttled",
@@ -103,6 +110,7 @@ pub fn register_counters() {
         "transient",
         "rejected",
     ] {
-        metrics::counter!(GRAPH_REQUESTS, "outcome" => outcome).increment(0);
+        metrics::counter!(GRAPH_REQUESTS, "tenant" => tenant.to_string(), "outcome" => outcome)
+            .increment(0);
     }
 }

@@ -7,6 +7,7 @@
 pub mod demo;
 pub mod dovecot_launcher;
 pub mod graph;
+pub mod histogram;
 pub mod imap;
 pub mod ms4;
 pub mod private_ca;

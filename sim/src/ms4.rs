@@ -14,9 +14,13 @@
 //!   every batch with that redirect; a `GET /batch-metadata` is a "maintenance page" answering
 //!   200, so a client that follows a 302 (and turns it into a GET) sees a success.
 //! - `GET /_sim/stats`: what it received, including contract violations a client committed
-//!   (requests during a Retry-After window, requests without `Idempotency-Key`).
+//!   (requests during a Retry-After window, requests without `Idempotency-Key`), and
+//!   `arrival_to_accept_ms`: for each record stored, the time from its `receivedDateTime` (the
+//!   message's arrival in the mailbox; the Graph simulator's trickle stamps it exactly) to its
+//!   acceptance here, read on the same clock as both simulators run on one machine.
 //! - `GET /_sim/keys`: every stored idempotency key, for exact checks; `POST /_sim/reset`.
 
+use crate::histogram::LatencyHistogram;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use chrono::DateTime;
 use serde::{Deserialize, Serialize};
@@ -117,6 +121,9 @@ pub struct SimStats {
     pub last_request_ms: u64,
     /// Stored records flagged `bodyOmitted` (a message too large to fetch), whole.
     pub body_omitted_records: Vec<Value>,
+    /// Time from each stored record's `receivedDateTime` to its acceptance (duplicates not
+    /// counted again; a receivedDateTime in the future counts as 0).
+    pub arrival_to_accept_ms: LatencyHistogram,
 }
 
 struct State {
@@ -284,12 +291,15 @@ async fn batch_metadata(
         }
     };
     let mut s = lock(&state);
+    let now_ms = chrono::Utc::now().timestamp_millis();
     let mut duplicates = 0u64;
     for r in &records {
         if s.keys.contains(r.key.as_str()) {
             duplicates += 1;
         } else {
             s.keys.insert(r.key.clone());
+            let latency = (now_ms - r.received_ms).max(0) as u64;
+            s.stats.arrival_to_accept_ms.record(latency);
             if let Some(record) = &r.body_omitted {
                 s.stats.body_omitted_records.push(record.clone());
             }
@@ -323,6 +333,8 @@ struct Accepted {
     attachments: (bool, bool),
     /// The record, when it is flagged `bodyOmitted`.
     body_omitted: Option<Value>,
+    /// Its `receivedDateTime`, in ms since the epoch.
+    received_ms: i64,
 }
 
 /// Validates a batch; returns its records' keys and attachment facts.
@@ -350,11 +362,20 @@ fn parse_batch(body: &[u8], max_batch: usize, lenient: bool) -> Result<Vec<Accep
                     item["hasAttachments"] == true,
                 ),
                 body_omitted: item.get("bodyOmitted").map(|_| item.clone()),
+                received_ms: received_ms(item),
             }),
             None => return Err("the batch contains at least one invalid record".into()),
         }
     }
     Ok(keys)
+}
+
+/// A record's `receivedDateTime` in ms since the epoch (valid records have one).
+fn received_ms(record: &Value) -> i64 {
+    record["receivedDateTime"]
+        .as_str()
+        .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
+        .map_or(0, |t| t.timestamp_millis())
 }
 
 /// MS4's record rules. Returns the idempotency key of a valid record.
@@ -540,6 +561,10 @@ mod tests {
         let accepted = parse_batch(&good, 100, false).unwrap();
         assert_eq!(accepted.len(), 2);
         assert_eq!(accepted[0].attachments, (true, false));
+        assert_eq!(
+            accepted[0].received_ms, 1_795_255_200_000,
+            "2026-11-21T10:00:00Z"
+        );
         assert!(parse_batch(&good, 1, false).is_err());
         let mut bad = record();
         bad["sender"] = json!("nobody");

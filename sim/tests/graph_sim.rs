@@ -867,6 +867,19 @@ fn a_subscription_renews_with_a_new_handshake_and_is_deleted() {
     let stats = sim.stats();
     assert_eq!(stats["renewals"], 1);
     assert_eq!(stats["deleted_subscriptions"], 1);
+    let activity = &stats["subscription_activity"];
+    let sum = |per_minute: &Value| -> u64 {
+        per_minute
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(sum(&activity["created_per_minute"]), 1);
+    assert_eq!(sum(&activity["renewed_per_minute"]), 1);
+    assert_eq!(activity["most_renewed_in_a_minute"], 1);
+    assert_eq!(activity["expiration_spread"]["live"], 0, "deleted");
 }
 
 #[test]
@@ -1031,5 +1044,74 @@ fn the_request_window_answers_429_with_the_wait_until_the_oldest_request_leaves(
     assert_eq!(a.status, 429);
     let wait: u64 = a.retry_after.unwrap().parse().unwrap();
     assert!((59..=60).contains(&wait), "{wait}");
-    assert_eq!(sim.stats()["mailboxes"][MB0]["max_requests_in_window"], 3);
+    let stats = sim.stats();
+    assert_eq!(stats["mailboxes"][MB0]["max_requests_in_window"], 3);
+    assert_eq!(stats["mailboxes"][MB0]["window_exceeded"], 1);
+    assert_eq!(
+        stats["limit_violations"],
+        json!({"concurrency": 0, "window": 1, "app": 0, "total": 1})
+    );
+}
+
+#[test]
+fn the_app_limit_throttles_every_mailbox_of_the_app_and_counts_each_request_over_it() {
+    let sim = GraphSim::start(&[
+        "--messages-per-mailbox",
+        "1",
+        "--app-limit",
+        "3",
+        "--app-window-ms",
+        "60000",
+    ]);
+    let token = sim.token();
+    for path in [MB0, MB1, MB0].map(|mb| format!("/users/{mb}/messages")) {
+        assert_eq!(sim.get(&token, &path).status, 200);
+    }
+    let a = sim.get(&token, &format!("/users/{MB1}/messages"));
+    assert_eq!(
+        (a.status, a.body["error"]["code"].as_str()),
+        (429, Some("ApplicationThrottled"))
+    );
+    let wait: u64 = a.retry_after.unwrap().parse().unwrap();
+    assert!((59..=60).contains(&wait), "{wait}");
+    let stats = sim.stats();
+    assert_eq!(
+        stats["apps"]["ms1-app"],
+        json!({"requests": 4, "exceeded": 1, "max_requests_in_window": 3})
+    );
+    assert_eq!(stats["limit_violations"]["app"], 1);
+    assert_eq!(stats["limit_violations"]["total"], 1);
+    assert_eq!(
+        stats["violations"], 0,
+        "a 429 is Graph's answer, not a mistake"
+    );
+}
+
+#[test]
+fn a_trickle_adds_mail_on_whole_seconds_to_one_mailbox_after_the_other() {
+    let sim = GraphSim::start(&["--mailbox-count", "2000", "--trickle-per-s", "5"]);
+    assert_eq!(sim.stats()["mailboxes"].as_object().unwrap().len(), 2000);
+    assert!(wait_until(WAIT, || sim.stats()["trickle"]["sent"]
+        .as_u64()
+        .unwrap()
+        >= 10));
+    let a = sim.control("config", json!({"trickle_per_s": 0}));
+    assert_eq!(a.body["trickle_per_s"], 0.0);
+    let sent = sim.stats()["trickle"]["sent"].as_u64().unwrap();
+    assert!(
+        wait_until(WAIT, || sim.stats()["totals"]["messages"] == sent),
+        "every message it sent is stored"
+    );
+    assert!(sim.stats()["trickle"]["max_stamp_lag_ms"].as_u64().unwrap() < 1000);
+    let mailbox = |i: u64| sim.messages(&format!("invoices-{i}@contoso.example"));
+    let first = mailbox(0);
+    assert_eq!(first.len(), 1, "one message a mailbox");
+    assert_eq!(first[0]["isRead"], false);
+    let stamp = |m: &[Value]| m[0]["receivedDateTime"].as_str().unwrap().to_string();
+    let (t0, t4, t5) = (stamp(&first), stamp(&mailbox(4)), stamp(&mailbox(5)));
+    assert_eq!(t0, t4, "five a second arrive on the same second");
+    assert!(t5 > t4, "the sixth on the next: {t4} {t5}");
+    assert!(mailbox(sent).is_empty(), "not reached yet");
+    std::thread::sleep(Duration::from_millis(1_200));
+    assert_eq!(sim.stats()["trickle"]["sent"], sent, "stopped");
 }

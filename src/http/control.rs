@@ -13,8 +13,9 @@ use actix_web::middleware::{from_fn, Next};
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse, ResponseError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use ms1_actors::control::deadletters::{
-    DeadLetterOffice, GetDead, ListDead, PurgeDead, ReplayDead,
+    CountDead, DeadLetterOffice, GetDead, ListDead, PurgeDead, ReplayDead,
 };
+use ms1_actors::control::inspect::{GetQueues, GetRates, GetSources, Inspector};
 use ms1_actors::control::session::{
     GetHistory, GetStatus, PollingMode, SessionError, SessionManager, StartSession, StopSession,
     TriggerPolling,
@@ -38,6 +39,9 @@ pub struct ControlState {
     pub token: Secret,
     pub session: Addr<SessionManager>,
     pub dead_letters: Addr<DeadLetterOffice>,
+    pub inspector: Addr<Inspector>,
+    /// The web console's signed-in browsers.
+    pub console: super::console::sessions::Sessions,
     /// Defaults of `POST /session/start`.
     pub default_interval: u64,
     pub default_webhook: bool,
@@ -116,7 +120,7 @@ async fn ready(state: web::Data<ControlState>, req: HttpRequest) -> HttpResponse
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    if authorize(&req, state.token.expose()).is_ok() {
+    if super::console::authenticate(&req, &state).is_ok() {
         HttpResponse::build(status).json(r)
     } else {
         HttpResponse::build(status).json(r.public())
@@ -129,16 +133,18 @@ async fn prometheus(state: web::Data<ControlState>) -> HttpResponse {
         .body(state.prometheus.render())
 }
 
-/// Requires the bearer token on every route it wraps.
+/// Requires the bearer token (or a signed-in console, with its CSRF token on every
+/// state-changing request) on every route it wraps.
 async fn require_token(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let token = req
-        .app_data::<web::Data<ControlState>>()
-        .map(|s| s.token.clone())
-        .unwrap_or_default();
-    authorize(req.request(), token.expose())?;
+    match req.app_data::<web::Data<ControlState>>() {
+        Some(state) => {
+            super::console::authenticate(req.request(), state)?;
+        }
+        None => authorize(req.request(), "")?,
+    }
     next.call(req).await
 }
 
@@ -293,9 +299,13 @@ fn dead_letter_json(e: &Entry, full: bool) -> Value {
 struct DlqQuery {
     after: Option<String>,
     count: Option<usize>,
+    // The criteria of [`FilterBody`], listed again: serde cannot flatten a query string into
+    // numbers, nor deny unknown fields through a flatten.
     stage: Option<String>,
     mailbox: Option<String>,
     reason: Option<String>,
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
 }
 
 async fn dlq_list(
@@ -316,12 +326,14 @@ async fn dlq_list(
         .send(ListDead {
             after: q.after,
             count,
-            filter: DeadLetterFilter {
-                ids: None,
+            filter: FilterBody {
                 stage: q.stage,
                 mailbox: q.mailbox,
                 reason: q.reason,
-            },
+                since_ms: q.since_ms,
+                until_ms: q.until_ms,
+            }
+            .into(),
         })
         .await
         .map_err(unavailable)?
@@ -372,12 +384,90 @@ struct Selector {
     all: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Which dead letters: each criterion given must match (`reason`: a substring; `since_ms`,
+/// `until_ms`: when they were dead-lettered).
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FilterBody {
     stage: Option<String>,
     mailbox: Option<String>,
     reason: Option<String>,
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
+}
+
+impl From<FilterBody> for DeadLetterFilter {
+    fn from(f: FilterBody) -> Self {
+        // An empty text criterion (a cleared form field) selects everything, as if absent.
+        let given = |v: Option<String>| v.filter(|v| !v.is_empty());
+        DeadLetterFilter {
+            ids: None,
+            stage: given(f.stage),
+            mailbox: given(f.mailbox),
+            reason: given(f.reason),
+            since_ms: f.since_ms,
+            until_ms: f.until_ms,
+        }
+    }
+}
+
+/// `GET /dlq/count`: how many dead letters a filter selects (what replaying or purging it
+/// would touch), for a confirmation that states the number.
+async fn dlq_count(
+    state: web::Data<ControlState>,
+    query: web::Query<FilterBody>,
+) -> Result<HttpResponse, ApiError> {
+    let n = state
+        .dead_letters
+        .send(CountDead(query.into_inner().into()))
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)?;
+    Ok(HttpResponse::Ok().json(json!({ "matching": n })))
+}
+
+/// `GET /queues`: every stream, its consumer groups and their consumers.
+async fn queues(state: web::Data<ControlState>) -> Result<HttpResponse, ApiError> {
+    let streams = state
+        .inspector
+        .send(GetQueues)
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)?;
+    Ok(HttpResponse::Ok().json(json!({ "streams": streams })))
+}
+
+/// `GET /sources`: every Graph mailbox and IMAP source with its state.
+async fn sources(state: web::Data<ControlState>) -> Result<HttpResponse, ApiError> {
+    let sources = state
+        .inspector
+        .send(GetSources)
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)?;
+    Ok(HttpResponse::Ok().json(json!({ "sources": sources })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RatesQuery {
+    minutes: Option<u64>,
+}
+
+/// `GET /rates`: records delivered per minute and the MS4 budget in use.
+async fn rates(
+    state: web::Data<ControlState>,
+    query: web::Query<RatesQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let rates = state
+        .inspector
+        .send(GetRates {
+            minutes: query.minutes.unwrap_or(60),
+        })
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)?;
+    Ok(HttpResponse::Ok().json(rates))
 }
 
 impl Selector {
@@ -412,12 +502,7 @@ impl Selector {
                 ids: Some(ids),
                 ..Default::default()
             },
-            (_, _, Some(f)) => DeadLetterFilter {
-                ids: None,
-                stage: f.stage,
-                mailbox: f.mailbox,
-                reason: f.reason,
-            },
+            (_, _, Some(f)) => f.into(),
             _ => DeadLetterFilter::default(),
         })
     }
@@ -534,7 +619,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/polling/trigger", web::post().to(polling_trigger))
                 .route("/metrics", web::get().to(metrics_json))
                 .route("/metrics/prometheus", web::get().to(prometheus))
+                .route("/queues", web::get().to(queues))
+                .route("/sources", web::get().to(sources))
+                .route("/rates", web::get().to(rates))
                 .route("/dlq", web::get().to(dlq_list))
+                .route("/dlq/count", web::get().to(dlq_count))
                 .route("/dlq/replay", web::post().to(dlq_replay))
                 .route("/dlq/purge", web::post().to(dlq_purge))
                 .route("/dlq/{id}", web::get().to(dlq_show))

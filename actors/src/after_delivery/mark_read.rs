@@ -2,7 +2,8 @@
 //! `PATCH /users/{mailbox}/messages/{id}` with `{"isRead": true}`, per mailbox.
 
 use super::{Action, Outcome};
-use crate::clients::graph::{GraphClient, GraphError, BATCH_MAX};
+use crate::clients::graph::{GraphError, BATCH_MAX};
+use crate::clients::graph_tenants::GraphTenants;
 use crate::metrics as m;
 use crate::store::keys::GRAPH_MARK_READ;
 use crate::store::{Entry, Keys};
@@ -10,7 +11,7 @@ use std::rc::Rc;
 
 /// Marks delivered messages read in their Graph mailbox.
 pub(crate) struct MarkRead {
-    pub graph: Rc<GraphClient>,
+    pub graph: Rc<GraphTenants>,
 }
 
 /// What a `$batch` sub-response's status means for its message.
@@ -51,7 +52,11 @@ impl Action for MarkRead {
                         .to_string()
                 })
                 .collect();
-            match self.graph.mark_read(mailbox, &ids).await {
+            let marked = match self.graph.of(mailbox) {
+                Ok(graph) => graph.mark_read(mailbox, &ids).await,
+                Err(e) => Err(e),
+            };
+            match marked {
                 Ok(statuses) => {
                     let outcomes: Vec<Outcome> = statuses.into_iter().map(outcome).collect();
                     let marked = outcomes.iter().filter(|o| **o == Outcome::Done).count();

@@ -55,8 +55,9 @@ pub enum GraphError {
     /// is disabled.` for a mailbox an application access policy excludes).
     #[error("Graph refuses access ({0}{1}): for one mailbox, an application access policy may exclude it; for every mailbox, check graph.client_id/client_secret and the app's Mail permissions")]
     Unauthorized(u16, String),
-    #[error("cannot get a Graph token: {0}")]
-    Token(OAuthError),
+    /// No token for the mailbox's tenant (named, with the kind of credential; never its value).
+    #[error("cannot get a Graph token for tenant {tenant}: {error}")]
+    Token { tenant: Rc<str>, error: OAuthError },
     #[error("the delta cursor is no longer valid (410 Gone / syncStateNotFound)")]
     SyncStateGone,
     #[error("not found (404)")]
@@ -74,7 +75,10 @@ impl GraphError {
             self,
             GraphError::Throttled(_)
                 | GraphError::Transient(_)
-                | GraphError::Token(OAuthError::Transient(_))
+                | GraphError::Token {
+                    error: OAuthError::Transient(_),
+                    ..
+                }
         )
     }
 }
@@ -185,6 +189,14 @@ pub(crate) struct GraphClient {
     origin: String,
     tokens: Rc<TokenSource>,
     limiter: GraphBudget,
+    /// The tenant this client signs in to (metrics' `tenant` label, errors).
+    tenant: Rc<str>,
+    /// The app registration whose fleet-wide Graph budget every request draws on.
+    app: std::sync::Arc<str>,
+    /// Where a refused credential is reported (`tenant:{name}` in readiness' degraded
+    /// sources), and whether it is reported now.
+    health: Option<crate::health::Health>,
+    refused: std::cell::Cell<bool>,
     /// Local admission per mailbox (as many as the shared limit allows), so that callers of
     /// this process queue here instead of polling Redis for a slot.
     local: RefCell<HashMap<String, Rc<Semaphore>>>,
@@ -234,6 +246,10 @@ impl GraphClient {
             origin: origin_of(base_url),
             tokens,
             limiter,
+            tenant: Rc::from("default"),
+            app: std::sync::Arc::from(""),
+            health: None,
+            refused: std::cell::Cell::new(false),
             local: RefCell::new(HashMap::new()),
             max_concurrent: max_concurrent.max(1) as usize,
             expand: "",
@@ -245,6 +261,41 @@ impl GraphClient {
     pub(crate) fn with_agent(mut self, agent: String) -> Self {
         self.agent = agent;
         self
+    }
+
+    /// The tenant signed in to, and its app registration (see [`GraphTenant::app`]).
+    ///
+    /// [`GraphTenant::app`]: crate::settings::GraphTenant::app
+    pub(crate) fn with_tenant(mut self, tenant: &str, app: String) -> Self {
+        self.tenant = Rc::from(tenant);
+        self.app = std::sync::Arc::from(app);
+        self
+    }
+
+    /// Reports a credential the tenant refuses in readiness, once for the whole tenant
+    /// (`tenant:{name}`; its mailboxes say it too).
+    pub(crate) fn with_health(mut self, health: crate::health::Health) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// A token was had (`None`) or not: readiness follows the credential's state.
+    fn token_outcome(&self, error: Option<&OAuthError>) {
+        let refused = match error {
+            None => false,
+            // A timeout or a 5xx at the authority says nothing about the credential.
+            Some(OAuthError::Transient(_)) => return,
+            Some(_) => true,
+        };
+        let Some(health) = &self.health else { return };
+        let key = format!("tenant:{}", self.tenant);
+        if let Some(e) = error {
+            // Written each time: the reason may change (a rotated key that is still wrong).
+            health.set_source_error(&key, Some(format!("cannot get a Graph token: {e}")));
+        } else if self.refused.get() {
+            health.set_source_error(&key, None);
+        }
+        self.refused.set(refused);
     }
 
     /// Embed attachment metadata (`$expand`) in every message read.
@@ -509,13 +560,19 @@ impl GraphClient {
             .acquire
             .send(AcquireGraph {
                 mailbox: mailbox.to_string(),
+                app: self.app.clone(),
                 cost,
             })
             .await
             .map_err(|e| GraphError::Transient(format!("rate limiter unavailable: {e}")))?
             .map_err(|e| GraphError::Transient(format!("rate limiter: {e}")))?;
         for attempt in 0..2 {
-            let token = self.tokens.token().await.map_err(GraphError::Token)?;
+            let token = self.tokens.token().await;
+            self.token_outcome(token.as_ref().err());
+            let token = token.map_err(|error| GraphError::Token {
+                tenant: self.tenant.clone(),
+                error,
+            })?;
             let mut req = self
                 .http
                 .request(method.clone(), url)
@@ -536,14 +593,14 @@ impl GraphClient {
             let mut resp = match sent {
                 Ok(r) => r,
                 Err(e) => {
-                    metrics::counter!(crate::metrics::GRAPH_REQUESTS, "outcome" => "transient")
+                    metrics::counter!(crate::metrics::GRAPH_REQUESTS, "tenant" => self.tenant.to_string(), "outcome" => "transient")
                         .increment(1);
                     return Err(GraphError::Transient(format!("Graph request failed: {e}")));
                 }
             };
             let status = resp.status().as_u16();
             if resp.status().is_redirection() {
-                metrics::counter!(crate::metrics::GRAPH_REQUESTS, "outcome" => "transient")
+                metrics::counter!(crate::metrics::GRAPH_REQUESTS, "tenant" => self.tenant.to_string(), "outcome" => "transient")
                     .increment(1);
                 let location = resp.headers().get("Location").and_then(|v| v.to_str().ok());
                 return Err(GraphError::Transient(super::redirect_refused(
@@ -572,7 +629,8 @@ impl GraphClient {
                 Err(GraphError::Rejected { .. }) => "rejected",
                 Err(_) => "transient",
             };
-            metrics::counter!(crate::metrics::GRAPH_REQUESTS, "outcome" => outcome).increment(1);
+            metrics::counter!(crate::metrics::GRAPH_REQUESTS, "tenant" => self.tenant.to_string(), "outcome" => outcome)
+                .increment(1);
             match verdict {
                 Ok(()) => return Ok(bytes),
                 Err(GraphError::Unauthorized(..)) if attempt == 0 => {

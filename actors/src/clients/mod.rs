@@ -1,6 +1,7 @@
 //! Outbound HTTP clients the actors call.
 
 pub mod graph;
+pub(crate) mod graph_tenants;
 pub(crate) mod imap;
 pub(crate) mod ms4;
 pub mod oauth;

@@ -43,6 +43,12 @@ pub struct GetDead(pub String);
 #[rtype(result = "Result<u64, StoreError>")]
 pub struct ReplayDead(pub DeadLetterFilter);
 
+/// How many dead letters a filter selects (what a replay or purge of it would touch, up to
+/// [`MAX_BATCH`]).
+#[derive(Message)]
+#[rtype(result = "Result<u64, StoreError>")]
+pub struct CountDead(pub DeadLetterFilter);
+
 #[derive(Message)]
 #[rtype(result = "Result<u64, StoreError>")]
 pub struct PurgeDead(pub DeadLetterFilter);
@@ -92,6 +98,15 @@ impl Handler<ReplayDead> for DeadLetterOffice {
             tracing::info!(replayed = n, "dead letters replayed");
             Ok(n)
         })
+    }
+}
+
+impl Handler<CountDead> for DeadLetterOffice {
+    type Result = ResponseFuture<Result<u64, StoreError>>;
+
+    fn handle(&mut self, msg: CountDead, _ctx: &mut Context<Self>) -> Self::Result {
+        let store = self.store.clone();
+        Box::pin(async move { Ok(store.dlq_select(&msg.0, MAX_BATCH).await?.len() as u64) })
     }
 }
 

@@ -579,7 +579,7 @@ impl Handler<TriggerPolling> for SessionManager {
         }
         if n == 0 && msg.mailbox.is_some() {
             return Err(SessionError::Invalid(
-                "mailbox: not one of graph.mailboxes or imap.sources".into(),
+                "mailbox: not a Graph mailbox (graph.mailboxes, graph.tenants) or IMAP source (imap.sources)".into(),
             ));
         }
         Ok(n)

@@ -142,10 +142,12 @@ impl Handler<AcquireGraph> for RateLimiter {
         Box::pin(async move {
             let started = Instant::now();
             let id = uuid::Uuid::new_v4().simple().to_string();
-            let cost = msg.cost.clamp(1, limits.per_window);
+            let cost = msg
+                .cost
+                .clamp(1, limits.per_window.min(limits.app_per_window));
             loop {
                 match store
-                    .take_graph_permit(&msg.mailbox, &id, cost, limits)
+                    .take_graph_permit(&msg.mailbox, &msg.app, &id, cost, limits)
                     .await
                     .map_err(|e| BudgetUnavailable(e.to_string()))?
                 {

@@ -1,7 +1,11 @@
-//! The `[graph]` section: the tenant's cloud, how the daemon signs in to Entra ID, the mailboxes
-//! and how they are read.
+//! The `[graph]` section: the tenants (each with its cloud, how the daemon signs in to its
+//! Entra ID, and its mailboxes) and how every mailbox is read.
+//!
+//! A tenant is one `[[graph.tenants]]` entry ([`GraphTenant`]); the single-tenant keys directly
+//! under `[graph]` (`tenant_id`, `client_id`, `credential`, …, `mailboxes`) are a shorthand for
+//! one entry. [`GraphSettings::tenants`] gives the list either way.
 
-use super::checks::{bad, imds_endpoint};
+use super::checks::{bad, endpoint, imds_endpoint};
 use super::{InvalidSetting, RetryBounds};
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
@@ -41,6 +45,9 @@ pub struct GraphSettings {
     pub federated_token_file: String,
     /// Mailboxes (UPNs or ids) to ingest. Empty: no Graph polling.
     pub mailboxes: Vec<String>,
+    /// Several tenants, one `[[graph.tenants]]` table each (its own credential, cloud and
+    /// mailboxes). Empty: the keys above are the one tenant. Both at once is refused.
+    pub tenants: Vec<GraphTenant>,
     /// Mail folder read in every mailbox.
     pub folder: String,
     /// `delta` (deltaLink cursor) or `unread` (isRead filter; messages are marked read after
@@ -56,6 +63,11 @@ pub struct GraphSettings {
     pub requests_per_window: u32,
     /// Length of that window in seconds.
     pub window_s: u64,
+    /// Requests per app registration (client id) per `app_window_s`, across every tenant,
+    /// mailbox and daemon (Graph's global limit: 130,000 per 10 s per app).
+    pub app_requests_per_window: u32,
+    /// Length of that window in seconds.
+    pub app_window_s: u64,
     /// A Graph request unanswered after this long is a transient failure, in ms.
     pub request_timeout_ms: u64,
     /// Fetch attachment metadata (name, type, size) for messages that have attachments.
@@ -96,6 +108,7 @@ impl Default for GraphSettings {
             managed_identity_client_id: String::new(),
             federated_token_file: String::new(),
             mailboxes: Vec::new(),
+            tenants: Vec::new(),
             folder: "inbox".into(),
             mode: GraphMode::Delta,
             poll_interval_s: 60,
@@ -103,6 +116,8 @@ impl Default for GraphSettings {
             max_concurrent_per_mailbox: 4,
             requests_per_window: 10_000,
             window_s: 600,
+            app_requests_per_window: 130_000,
+            app_window_s: 10,
             request_timeout_ms: 30_000,
             fetch_attachments: true,
             lease_ttl_s: 30,
@@ -132,6 +147,7 @@ impl std::fmt::Debug for GraphSettings {
                 &self.managed_identity_client_id,
             )
             .field("mailboxes", &self.mailboxes)
+            .field("tenants", &self.tenants)
             .field("mode", &self.mode)
             .finish_non_exhaustive()
     }
@@ -143,6 +159,198 @@ impl GraphSettings {
         RetryBounds::from_ms(self.retry_min_ms, self.retry_max_ms)
     }
 
+    /// Every tenant: the `[[graph.tenants]]` entries, or the single-tenant keys as one (none
+    /// when they name no mailbox).
+    pub fn tenants(&self) -> Vec<GraphTenant> {
+        if !self.tenants.is_empty() {
+            let mut tenants = self.tenants.clone();
+            for t in tenants.iter_mut().filter(|t| t.name.trim().is_empty()) {
+                t.name = t.tenant_id.clone();
+            }
+            return tenants;
+        }
+        let single = self.single_tenant();
+        if single.mailboxes.is_empty() {
+            Vec::new()
+        } else {
+            vec![single]
+        }
+    }
+
+    /// The single-tenant keys as a tenant, named after its `tenant_id` (or `default`).
+    pub fn single_tenant(&self) -> GraphTenant {
+        GraphTenant {
+            name: if self.tenant_id.trim().is_empty() {
+                "default".into()
+            } else {
+                self.tenant_id.clone()
+            },
+            cloud: self.cloud,
+            base_url: self.base_url.clone(),
+            authority: self.authority.clone(),
+            tenant_id: self.tenant_id.clone(),
+            client_id: self.client_id.clone(),
+            credential: self.credential,
+            client_secret: self.client_secret.clone(),
+            client_certificate: self.client_certificate.clone(),
+            client_certificate_key: self.client_certificate_key.clone(),
+            managed_identity_endpoint: self.managed_identity_endpoint.clone(),
+            managed_identity_client_id: self.managed_identity_client_id.clone(),
+            federated_token_file: self.federated_token_file.clone(),
+            mailboxes: self.mailboxes.clone(),
+        }
+    }
+
+    /// The tenants are usable: each one's credential settings and hosts, every tenant named
+    /// once, every mailbox in one tenant, and the single-tenant keys not mixed with
+    /// `[[graph.tenants]]`.
+    pub(super) fn validate_tenants(&self) -> Result<(), InvalidSetting> {
+        let tenants = self.tenants();
+        if tenants.is_empty() {
+            // No mailbox: nothing signs in, but the hosts must still make sense.
+            return self.single_tenant().validate_hosts("graph");
+        }
+        if !self.tenants.is_empty()
+            && self.single_tenant()
+                != (GraphTenant {
+                    name: "default".into(),
+                    ..GraphTenant::default()
+                })
+        {
+            return bad(
+                "graph.tenants",
+                "the single-tenant keys under [graph] (tenant_id, client_id, credential, mailboxes, …) are a shorthand for one tenant: with [[graph.tenants]], put them in an entry",
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut owners = std::collections::HashMap::new();
+        for (i, t) in tenants.iter().enumerate() {
+            let at = if self.tenants.is_empty() {
+                "graph".to_string()
+            } else {
+                format!("graph.tenants[{i}]")
+            };
+            if t.name.trim().is_empty() {
+                return bad(
+                    format!("{at}.name"),
+                    "is required when tenant_id is empty (a managed identity)",
+                );
+            }
+            if !names.insert(t.name.as_str()) {
+                return bad(
+                    format!("{at}.name"),
+                    format!("\"{}\" names another tenant too", t.name),
+                );
+            }
+            if t.mailboxes.is_empty() {
+                return bad(format!("{at}.mailboxes"), "must name at least one mailbox");
+            }
+            for m in &t.mailboxes {
+                if m.trim().is_empty() {
+                    return bad(format!("{at}.mailboxes"), "must not contain empty names");
+                }
+                if let Some(other) = owners.insert(m.to_lowercase(), t.name.as_str()) {
+                    return bad(
+                        format!("{at}.mailboxes"),
+                        format!("{m} is a mailbox of tenant \"{other}\" too: a mailbox belongs to one tenant (its records, cursor and lease are keyed by its name)"),
+                    );
+                }
+            }
+            t.validate_credential(&at)?;
+            t.validate_hosts(&at)?;
+        }
+        Ok(())
+    }
+
+    /// Every Graph mailbox of every tenant.
+    pub fn all_mailboxes(&self) -> Vec<String> {
+        self.tenants()
+            .into_iter()
+            .flat_map(|t| t.mailboxes)
+            .collect()
+    }
+
+    /// With `credential = "workload_identity"`, what a tenant leaves empty is taken from the
+    /// variables the AKS workload identity webhook sets (see
+    /// [`GraphTenant::apply_workload_identity_environment`]): for the single-tenant keys and
+    /// for every `[[graph.tenants]]` entry. `var` reads one.
+    pub fn apply_workload_identity_environment(&mut self, var: impl Fn(&str) -> Option<String>) {
+        let mut single = self.single_tenant();
+        single.apply_workload_identity_environment(&var);
+        self.tenant_id = single.tenant_id;
+        self.client_id = single.client_id;
+        self.federated_token_file = single.federated_token_file;
+        self.authority = single.authority;
+        for tenant in &mut self.tenants {
+            tenant.apply_workload_identity_environment(&var);
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_secs(self.poll_interval_s)
+    }
+    /// Wait before the retry that follows `failed` failed retries of a parked mailbox.
+    pub fn park_retry_after(&self, failed: u32) -> Duration {
+        let secs = self
+            .park_retry_min_s
+            .saturating_mul(1u64 << failed.min(20))
+            .min(self.park_retry_max_s);
+        Duration::from_secs(secs)
+    }
+}
+
+/// One Entra ID tenant: where it lives, how the daemon signs in to it, and its mailboxes. Its
+/// keys mean what the single-tenant keys of `[graph]` mean.
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GraphTenant {
+    /// The tenant's name in readiness, metrics (`tenant` label), logs and errors. Empty: its
+    /// `tenant_id`.
+    pub name: String,
+    pub cloud: GraphCloud,
+    pub base_url: String,
+    pub authority: String,
+    pub tenant_id: String,
+    pub client_id: String,
+    pub credential: GraphCredential,
+    pub client_secret: Secret,
+    pub client_certificate: String,
+    pub client_certificate_key: Secret,
+    pub managed_identity_endpoint: String,
+    pub managed_identity_client_id: String,
+    pub federated_token_file: String,
+    /// The tenant's mailboxes; a mailbox belongs to one tenant only.
+    pub mailboxes: Vec<String>,
+}
+
+/// The single-tenant keys' defaults, without a name.
+impl Default for GraphTenant {
+    fn default() -> Self {
+        let mut t = GraphSettings::default().single_tenant();
+        t.name.clear();
+        t
+    }
+}
+
+impl std::fmt::Debug for GraphTenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphTenant")
+            .field("name", &self.name)
+            .field("cloud", &self.cloud)
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("credential", &self.credential)
+            .field("client_secret", &self.client_secret)
+            .field("client_certificate_key", &self.client_certificate_key)
+            .field("mailboxes", &self.mailboxes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GraphTenant {
     /// The Graph API root in use: `base_url`, else the cloud's (`https://graph.microsoft.us/v1.0`, …).
     pub fn base_url(&self) -> String {
         if self.base_url.is_empty() {
@@ -161,16 +369,47 @@ impl GraphSettings {
         }
     }
 
+    /// `{authority}/oauth2/v2.0/token` with the tenant filled in.
+    pub fn token_url(&self) -> String {
+        format!(
+            "{}/oauth2/v2.0/token",
+            self.authority()
+                .replace("{tenant}", &self.tenant_id)
+                .trim_end_matches('/')
+        )
+    }
+
+    /// The app-only token scope: the cloud's Graph resource and `/.default`. Always the
+    /// cloud's, also behind an explicit `base_url`: a token is only good in its own cloud.
+    pub fn token_scope(&self) -> String {
+        format!("{}/.default", self.cloud.graph_root())
+    }
+
+    /// The app registration Graph counts its per-app limit against: the client id (one
+    /// multi-tenant app shares one budget across its tenants), or for a system-assigned managed
+    /// identity, whose id the settings do not know, the tenant.
+    pub fn app(&self) -> String {
+        match self.credential {
+            GraphCredential::ManagedIdentity if self.managed_identity_client_id.is_empty() => {
+                format!("managed-identity:{}", self.name)
+            }
+            GraphCredential::ManagedIdentity => self.managed_identity_client_id.clone(),
+            _ => self.client_id.clone(),
+        }
+    }
+
     /// The settings `credential` needs are there (their files' content is checked by
-    /// `clients::oauth::check_credential`, which the daemon runs at start and in `check-config`).
-    pub(super) fn validate_credential(&self) -> Result<(), InvalidSetting> {
+    /// `clients::oauth::check_credential`, which the daemon runs at start and in
+    /// `check-config`). `at` is the tenant's place in the settings (`graph`,
+    /// `graph.tenants[1]`), for the key a refusal names.
+    pub(super) fn validate_credential(&self, at: &str) -> Result<(), InvalidSetting> {
         use GraphCredential as C;
         let needs = |key: &str, value: &str, what: &str| {
             if value.trim().is_empty() {
                 bad(
-                    key,
+                    format!("{at}.{key}"),
                     format!(
-                        "is required with graph.credential = \"{}\"{what}",
+                        "is required with credential = \"{}\"{what}",
                         self.credential.name()
                     ),
                 )
@@ -183,29 +422,53 @@ impl GraphSettings {
             _ => ("", ""),
         };
         if self.credential != C::ManagedIdentity {
-            needs("graph.tenant_id", &self.tenant_id, tenant)?;
-            needs("graph.client_id", &self.client_id, client)?;
+            needs("tenant_id", &self.tenant_id, tenant)?;
+            needs("client_id", &self.client_id, client)?;
         }
         match self.credential {
-            C::Secret => needs("graph.client_secret", self.client_secret.expose(), ""),
+            C::Secret => needs("client_secret", self.client_secret.expose(), ""),
             C::Certificate => {
-                needs("graph.client_certificate", &self.client_certificate, "")?;
+                needs("client_certificate", &self.client_certificate, "")?;
                 needs(
-                    "graph.client_certificate_key",
+                    "client_certificate_key",
                     self.client_certificate_key.expose(),
                     "",
                 )
             }
             C::ManagedIdentity => imds_endpoint(
-                "graph.managed_identity_endpoint",
+                &format!("{at}.managed_identity_endpoint"),
                 &self.managed_identity_endpoint,
             ),
             C::WorkloadIdentity => needs(
-                "graph.federated_token_file",
+                "federated_token_file",
                 &self.federated_token_file,
                 " (or AZURE_FEDERATED_TOKEN_FILE)",
             ),
         }
+    }
+
+    /// The Graph and sign-in hosts are endpoints, and a Microsoft host is one of the tenant's
+    /// own cloud (a token of one Microsoft cloud is not accepted by another).
+    fn validate_hosts(&self, at: &str) -> Result<(), InvalidSetting> {
+        endpoint(&format!("{at}.base_url"), &self.base_url())?;
+        endpoint(&format!("{at}.authority"), &self.authority())?;
+        for (key, url, login) in [
+            ("authority", &self.authority, true),
+            ("base_url", &self.base_url, false),
+        ] {
+            let owners = GraphCloud::owners_of(url, login);
+            if !owners.is_empty() && !owners.contains(&self.cloud) {
+                return bad(
+                    format!("{at}.{key}"),
+                    format!(
+                        "{url} belongs to the {} cloud but {at}.cloud = \"{}\": tokens of one Microsoft cloud are not accepted by another (set {at}.cloud, or leave {at}.{key} empty to use the cloud's)",
+                        owners[0].name(),
+                        self.cloud.name()
+                    ),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// With `credential = "workload_identity"`, what the settings leave empty is taken from the
@@ -228,41 +491,11 @@ impl GraphSettings {
                 }
             }
         }
-        if self.authority == GraphSettings::default().authority {
+        if self.authority.is_empty() {
             if let Some(host) = var("AZURE_AUTHORITY_HOST") {
                 self.authority = format!("{}/{{tenant}}", host.trim_end_matches('/'));
             }
         }
-    }
-
-    /// `{authority}/oauth2/v2.0/token` with the tenant filled in.
-    pub fn token_url(&self) -> String {
-        format!(
-            "{}/oauth2/v2.0/token",
-            self.authority()
-                .replace("{tenant}", &self.tenant_id)
-                .trim_end_matches('/')
-        )
-    }
-
-    /// The app-only token scope: the cloud's Graph resource and `/.default`. Always the
-    /// cloud's, also behind an explicit `base_url`: a token is only good in its own cloud.
-    pub fn token_scope(&self) -> String {
-        format!("{}/.default", self.cloud.graph_root())
-    }
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
-    }
-    pub fn poll_interval(&self) -> Duration {
-        Duration::from_secs(self.poll_interval_s)
-    }
-    /// Wait before the retry that follows `failed` failed retries of a parked mailbox.
-    pub fn park_retry_after(&self, failed: u32) -> Duration {
-        let secs = self
-            .park_retry_min_s
-            .saturating_mul(1u64 << failed.min(20))
-            .min(self.park_retry_max_s);
-        Duration::from_secs(secs)
     }
 }
 

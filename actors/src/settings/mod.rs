@@ -16,7 +16,7 @@ mod tests;
 mod validate;
 
 use checks::{bad, endpoint, is_loopback_host};
-pub use graph::{GraphCloud, GraphCredential, GraphMode, GraphSettings};
+pub use graph::{GraphCloud, GraphCredential, GraphMode, GraphSettings, GraphTenant};
 pub use validate::hash_tag;
 
 /// The whole configuration, one struct per TOML section.

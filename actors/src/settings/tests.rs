@@ -175,7 +175,7 @@ fn workload_identity_takes_what_the_settings_leave_empty_from_the_azure_variable
         "/var/run/secrets/azure/tokens/azure-identity-token"
     );
     assert_eq!(
-        g.token_url(),
+        g.single_tenant().token_url(),
         "https://login.microsoftonline.us/tenant-from-env/oauth2/v2.0/token"
     );
     // A configured authority wins; another credential takes nothing from the environment.
@@ -292,7 +292,7 @@ fn bad_values_name_their_key() {
 
 #[test]
 fn a_national_cloud_sets_the_hosts_and_the_token_scope() {
-    let mut g = GraphSettings {
+    let mut g = GraphTenant {
         tenant_id: "t1".into(),
         ..Default::default()
     };
@@ -476,4 +476,114 @@ fn several_nodes_without_cluster_are_refused() {
     let e = s.validate().unwrap_err();
     assert_eq!(e.key, "redis.url");
     assert!(e.problem.contains("redis.cluster = true"), "{e}");
+}
+
+fn tenant(name: &str, secret: &str, mailboxes: &[&str]) -> GraphTenant {
+    GraphTenant {
+        name: name.into(),
+        tenant_id: format!("{name}-id"),
+        client_id: format!("{name}-app"),
+        client_secret: secret.into(),
+        mailboxes: mailboxes.iter().map(|m| m.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_single_tenant_keys_are_one_tenant_and_tenants_entries_several() {
+    let mut g = GraphSettings::default();
+    assert!(g.tenants().is_empty(), "no mailbox, no tenant");
+    g.tenant_id = "contoso-id".into();
+    g.client_id = "app".into();
+    g.client_secret = "s".into();
+    g.mailboxes = vec!["ap@contoso.example".into()];
+    let one = g.tenants();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].name, "contoso-id");
+    assert_eq!(one[0].mailboxes, g.mailboxes);
+    assert_eq!(one[0].app(), "app");
+
+    let mut g = GraphSettings {
+        tenants: vec![
+            tenant("contoso", "a", &["ap@contoso.example"]),
+            GraphTenant {
+                name: String::new(),
+                ..tenant(
+                    "fabrikam",
+                    "b",
+                    &["ap@fabrikam.example", "ar@fabrikam.example"],
+                )
+            },
+        ],
+        ..Default::default()
+    };
+    let names: Vec<String> = g.tenants().into_iter().map(|t| t.name).collect();
+    assert_eq!(
+        names,
+        ["contoso", "fabrikam-id"],
+        "an unnamed entry is its tenant_id"
+    );
+    assert_eq!(
+        g.all_mailboxes(),
+        [
+            "ap@contoso.example",
+            "ap@fabrikam.example",
+            "ar@fabrikam.example"
+        ]
+    );
+    let s = Settings {
+        graph: g.clone(),
+        ..Default::default()
+    };
+    s.validate().unwrap();
+    // A managed identity without a client id draws on a budget of its own tenant.
+    g.tenants[0].credential = GraphCredential::ManagedIdentity;
+    assert_eq!(g.tenants()[0].app(), "managed-identity:contoso");
+}
+
+#[test]
+fn tenants_that_cannot_work_are_refused_naming_the_entry() {
+    let refused = |tenants: Vec<GraphTenant>, change: &dyn Fn(&mut GraphSettings)| {
+        let mut s = Settings::default();
+        s.graph.tenants = tenants;
+        change(&mut s.graph);
+        s.validate().unwrap_err()
+    };
+    let two = || {
+        vec![
+            tenant("contoso", "a", &["ap@contoso.example"]),
+            tenant("fabrikam", "b", &["ap@fabrikam.example"]),
+        ]
+    };
+    let e = refused(two(), &|g| g.tenants[1].client_secret = Secret::default());
+    assert_eq!(e.key, "graph.tenants[1].client_secret");
+    let e = refused(two(), &|g| {
+        g.tenants[1].mailboxes = vec!["AP@contoso.example".into()]
+    });
+    assert_eq!(e.key, "graph.tenants[1].mailboxes");
+    assert!(e.problem.contains("tenant \"contoso\""), "{}", e.problem);
+    let e = refused(two(), &|g| g.tenants[1].name = "contoso".into());
+    assert_eq!(e.key, "graph.tenants[1].name");
+    let e = refused(two(), &|g| g.tenants[0].mailboxes.clear());
+    assert_eq!(e.key, "graph.tenants[0].mailboxes");
+    let e = refused(two(), &|g| {
+        g.tenants[0].cloud = GraphCloud::Usgov;
+        g.tenants[0].base_url = "https://graph.microsoft.com/v1.0".into();
+    });
+    assert_eq!(e.key, "graph.tenants[0].base_url");
+    // The shorthand and the entries at once: which is meant cannot be told.
+    let e = refused(two(), &|g| g.mailboxes = vec!["x@contoso.example".into()]);
+    assert_eq!(e.key, "graph.tenants");
+    let e = refused(two(), &|g| g.client_id = "app".into());
+    assert_eq!(e.key, "graph.tenants");
+    let e = refused(
+        vec![GraphTenant {
+            tenant_id: String::new(),
+            name: String::new(),
+            credential: GraphCredential::ManagedIdentity,
+            ..tenant("x", "", &["m@x.example"])
+        }],
+        &|_| {},
+    );
+    assert_eq!(e.key, "graph.tenants[0].name");
 }

@@ -131,31 +131,7 @@ impl Settings {
             return bad("breaker.open_ms", "must be greater than 0");
         }
         let g = &self.graph;
-        if !g.mailboxes.is_empty() {
-            g.validate_credential()?;
-            if g.mailboxes.iter().any(|m| m.trim().is_empty()) {
-                return bad("graph.mailboxes", "must not contain empty names");
-            }
-        }
-        endpoint("graph.base_url", &g.base_url())?;
-        endpoint("graph.authority", &g.authority())?;
-        // A Microsoft host of another cloud can never work: its tokens are not accepted here.
-        for (key, url, login) in [
-            ("graph.authority", &g.authority, true),
-            ("graph.base_url", &g.base_url, false),
-        ] {
-            let owners = GraphCloud::owners_of(url, login);
-            if !owners.is_empty() && !owners.contains(&g.cloud) {
-                return bad(
-                    key,
-                    format!(
-                        "{url} belongs to the {} cloud but graph.cloud = \"{}\": tokens of one Microsoft cloud are not accepted by another (set graph.cloud, or leave {key} empty to use the cloud's)",
-                        owners[0].name(),
-                        g.cloud.name()
-                    ),
-                );
-            }
-        }
+        g.validate_tenants()?;
         if g.folder.trim().is_empty() {
             return bad("graph.folder", "must not be empty");
         }
@@ -167,6 +143,12 @@ impl Settings {
         }
         if g.max_concurrent_per_mailbox == 0 {
             return bad("graph.max_concurrent_per_mailbox", "must be at least 1");
+        }
+        if g.app_requests_per_window == 0 || g.app_window_s == 0 {
+            return bad(
+                "graph.app_requests_per_window",
+                "app_requests_per_window and app_window_s must be greater than 0",
+            );
         }
         if g.requests_per_window == 0 || g.window_s == 0 {
             return bad(
@@ -191,8 +173,8 @@ impl Settings {
         }
         let w = &self.webhook;
         if w.enabled {
-            if g.mailboxes.is_empty() {
-                return bad("webhook.enabled", "needs graph.mailboxes to subscribe to");
+            if g.tenants().is_empty() {
+                return bad("webhook.enabled", "needs Graph mailboxes to subscribe to");
             }
             if !(w.public_url.starts_with("https://") || w.public_url.starts_with("http://")) {
                 return bad(
@@ -393,6 +375,7 @@ impl Settings {
                 s(self.graph.poll_interval_s),
             ),
             ("graph.window_s".into(), s(self.graph.window_s)),
+            ("graph.app_window_s".into(), s(self.graph.app_window_s)),
             (
                 "graph.request_timeout_ms".into(),
                 Some(self.graph.request_timeout_ms),

@@ -15,6 +15,7 @@
 //!   backlog is above `pipeline.max_backlog`; transient Graph failures back off and retry.
 
 use crate::clients::graph::{GraphClient, GraphError, Page};
+use crate::clients::graph_tenants::GraphTenants;
 
 use super::schedule::{Polled, Poller, PollerContext, Retry, Source};
 use super::wait_for_backlog;
@@ -30,11 +31,11 @@ use std::time::Duration;
 /// The poller of one Graph mailbox.
 pub(crate) type GraphPoller = Poller<PollLoop>;
 
-/// The poller of `mailbox`, reading through `graph`.
+/// The poller of `mailbox`, reading through its tenant's client.
 pub(crate) fn poller(
     mailbox: String,
     settings: Arc<Settings>,
-    graph: Rc<GraphClient>,
+    graph: Rc<GraphTenants>,
     ctx: &PollerContext,
 ) -> GraphPoller {
     let g = &settings.graph;
@@ -46,7 +47,7 @@ pub(crate) fn poller(
             mailbox: name.clone(),
             settings: settings.clone(),
             store: store.clone(),
-            graph: graph.clone(),
+            graph: graph.of(&name).map_err(|e| e.to_string())?.clone(),
             health: health.clone(),
             shutdown: shutdown.clone(),
             token: token.to_string(),

@@ -29,7 +29,8 @@
 //!   or, for an id it knows, changes nothing there: the holder's next renewal re-creates a
 //!   removed subscription (Graph answers 404), and its scheduled polls catch up.
 
-use crate::clients::graph::{GraphClient, GraphError};
+use crate::clients::graph::GraphError;
+use crate::clients::graph_tenants::GraphTenants;
 use crate::messages::TriggerPoll;
 use crate::settings::Settings;
 use crate::sources::graph::GraphPoller;
@@ -218,7 +219,7 @@ struct Renew {
 pub struct WebhookReceiver {
     settings: Arc<Settings>,
     store: Store,
-    graph: Rc<GraphClient>,
+    graph: Rc<GraphTenants>,
     pollers: BTreeMap<String, Addr<GraphPoller>>,
     health: Health,
     pacer: RestartPacer,
@@ -240,7 +241,7 @@ impl WebhookReceiver {
     pub(crate) fn new(
         settings: Arc<Settings>,
         store: Store,
-        graph: Rc<GraphClient>,
+        graph: Rc<GraphTenants>,
         pollers: BTreeMap<String, Addr<GraphPoller>>,
         health: Health,
     ) -> Self {
@@ -324,7 +325,7 @@ impl Actor for WebhookReceiver {
         self.pacer.delay(Instant::now());
         // Know the persisted subscriptions before handling any notification.
         let store = self.store.clone();
-        let mailboxes = self.settings.graph.mailboxes.clone();
+        let mailboxes = self.settings.graph.all_mailboxes();
         ctx.wait(
             async move {
                 let mut found = Vec::new();
@@ -549,6 +550,10 @@ impl Handler<Renew> for WebhookReceiver {
             .map(|(id, _)| id.clone());
         let mailbox = msg.mailbox.clone();
         let fut = async move {
+            let graph = match graph.of(&mailbox) {
+                Ok(graph) => graph.clone(),
+                Err(e) => return (existing, Err(e)),
+            };
             let expiration = spread_expiration(&mailbox, Utc::now(), lifetime, renew_before)
                 .to_rfc3339_opts(SecondsFormat::Secs, true);
             let renewed = match (&existing, msg.recreate) {
@@ -652,7 +657,11 @@ impl Handler<Unsubscribe> for WebhookReceiver {
         Box::pin(
             async move {
                 for (id, mailbox) in subs {
-                    match graph.delete_subscription(&mailbox, &id).await {
+                    let deleted = match graph.of(&mailbox) {
+                        Ok(graph) => graph.delete_subscription(&mailbox, &id).await,
+                        Err(e) => Err(e),
+                    };
+                    match deleted {
                         Ok(()) => {
                             let _ = store.forget_subscription(&mailbox, &id).await;
                             tracing::info!(%mailbox, "subscription deleted");

@@ -149,9 +149,24 @@ pub struct DeadLetterFilter {
     pub mailbox: Option<String>,
     /// Substring of the reason.
     pub reason: Option<String>,
+    /// Dead-lettered at or after / before this time (ms since the epoch; the entry id's).
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
 }
 
 impl DeadLetterFilter {
+    /// The entry id's time (`<ms>-<seq>`) is within `since_ms`..`until_ms`.
+    fn in_time(&self, id: &str) -> bool {
+        let at = id.split('-').next().and_then(|ms| ms.parse::<u64>().ok());
+        match (self.since_ms, self.until_ms, at) {
+            (None, None, _) => true,
+            (since, until, Some(at)) => {
+                since.is_none_or(|s| at >= s) && until.is_none_or(|u| at < u)
+            }
+            (_, _, None) => false,
+        }
+    }
+
     pub(crate) fn matches(&self, e: &super::Entry) -> bool {
         use super::schema::dead_letter as d;
         let f = |k: &str| e.field(k).unwrap_or("");
@@ -164,6 +179,7 @@ impl DeadLetterFilter {
                 .reason
                 .as_deref()
                 .is_none_or(|r| f(d::REASON).contains(r))
+            && self.in_time(&e.id)
     }
 }
 

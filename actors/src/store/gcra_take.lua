@@ -1,5 +1,6 @@
 -- Takes one permit of a shared rate budget (GCRA with no burst: one permit per interval).
--- KEYS[1] theoretical arrival time (µs since the epoch), KEYS[2] pause-until (µs).
+-- KEYS[1] theoretical arrival time (µs since the epoch), KEYS[2] pause-until (µs), KEYS[3] the
+-- log of the last minute's grants (sorted set by grant time, for the console's budget use).
 -- ARGV[1] emission interval in µs, ARGV[2] lateness tolerance in µs.
 -- Returns 0 when the permit is granted, else the µs to wait before asking again.
 -- Redis' own clock is used, so every daemon sharing this Redis shares one timeline.
@@ -26,4 +27,7 @@ if now - tat <= tolerance then
 end
 local ttl_ms = math.floor(interval / 1000) + 1000
 redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', ttl_ms)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 60000000)
+redis.call('ZADD', KEYS[3], now, string.format('%.0f:%d', now, redis.call('ZCARD', KEYS[3])))
+redis.call('PEXPIRE', KEYS[3], 61000)
 return 0

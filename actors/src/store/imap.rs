@@ -80,6 +80,7 @@ impl Store {
         inv.key(self.keys.poller_lease(&name))
             .key(self.keys.inbound())
             .key(self.keys.cursor(&name))
+            .key(self.keys.intake_today(now_ms))
             .arg(token)
             .arg(chunk.uidvalidity)
             .arg(chunk.last_uid)

@@ -2,7 +2,8 @@
 -- and the source's cursor (UIDVALIDITY, last UID), only while the caller holds the source's
 -- lease (the token fences a poller that lost it). Redis runs a script as one transaction, like
 -- MULTI/EXEC: a crash leaves either the whole chunk and its cursor, or neither.
--- KEYS[1] lease, KEYS[2] inbound stream, KEYS[3] cursor hash
+-- KEYS[1] lease, KEYS[2] inbound stream, KEYS[3] cursor hash, KEYS[4] today's intake counts
+-- (hash: source → messages added)
 -- ARGV[1] lease token, ARGV[2] UIDVALIDITY, ARGV[3] last UID after this chunk, ARGV[4] now ms,
 -- ARGV[5] source name, ARGV[6] after-delivery ('1' or ''),
 -- then per message: UID, INTERNALDATE (RFC 3339 or ''), message (base64), and for a message whose
@@ -50,4 +51,8 @@ if last < floor then
   last = floor
 end
 redis.call('HSET', KEYS[3], 'uidvalidity', ARGV[2], 'last_uid', last, 'updated_ms', ARGV[4])
+if added > 0 then
+  redis.call('HINCRBY', KEYS[4], ARGV[5], added)
+  redis.call('EXPIRE', KEYS[4], 172800)
+end
 return added

@@ -96,6 +96,11 @@ impl Keys {
         format!("{}ratelimit:graph:{}:window", self.prefix, mailbox)
     }
 
+    /// Sliding window of an app registration's Graph requests, across every tenant and mailbox.
+    pub(crate) fn graph_app_window(&self, app: &str) -> String {
+        format!("{}ratelimit:graph-app:{}:window", self.prefix, app)
+    }
+
     /// Delta cursor (or poll state) of a mailbox.
     pub(crate) fn cursor(&self, mailbox: &str) -> String {
         format!("{}cursor:{}", self.prefix, mailbox)
@@ -140,6 +145,23 @@ impl Keys {
     /// The entries of one mailbox that are parked until Graph serves the mailbox again.
     pub(crate) fn parked_entries(&self, mailbox: &str) -> String {
         format!("{}stream:parked:{}", self.prefix, mailbox)
+    }
+
+    /// Messages each source (Graph mailbox, IMAP source) queued on the UTC day of `now_ms`
+    /// (hash: source → count), kept two days.
+    pub(crate) fn intake_today(&self, now_ms: u64) -> String {
+        format!("{}history:intake:{}", self.prefix, now_ms / 86_400_000)
+    }
+
+    /// Records delivered to MS4 in the minute that starts at `minute` (ms since the epoch,
+    /// a multiple of 60,000), kept two hours.
+    pub(crate) fn delivered_in_minute(&self, minute: u64) -> String {
+        format!("{}history:delivered:{}", self.prefix, minute / 60_000)
+    }
+
+    /// The permits of a rate budget granted in its last minute (a sorted set by grant time).
+    pub(crate) fn rate_log(&self, budget: &str) -> String {
+        format!("{}ratelimit:{}:log", self.prefix, budget)
     }
 
     /// Until when every holder of a rate budget is paused (a Retry-After).
@@ -192,7 +214,12 @@ mod tests {
                 k.subscription_owner(n),
                 k.fleet(n),
                 k.rate_pause(n),
+                k.rate_log(n),
+                k.graph_app_window(n),
             ]);
+        }
+        for at in [0, 1_764_500_000_000] {
+            all.extend([k.intake_today(at), k.delivered_in_minute(at)]);
         }
         let slot = Slot::for_key("ms1");
         for key in &all {

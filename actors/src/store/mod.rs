@@ -28,6 +28,7 @@ pub mod dlq;
 pub mod entry;
 pub(crate) mod fleet;
 pub(crate) mod imap;
+pub mod inspect;
 pub(crate) mod keys;
 pub(crate) mod lease;
 pub(crate) mod park;

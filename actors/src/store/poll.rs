@@ -67,6 +67,7 @@ impl Store {
         inv.key(self.keys.poller_lease(page.mailbox))
             .key(self.keys.inbound())
             .key(self.keys.cursor(page.mailbox))
+            .key(self.keys.intake_today(now_ms))
             .arg(token)
             .arg(page.next.unwrap_or(""))
             .arg(page.phase)

@@ -2,12 +2,13 @@
 -- mailbox's cursor, only while the caller holds the mailbox's lease (the lease token is the
 -- fence: a poller that lost its lease cannot write). Redis runs a script as one transaction,
 -- like MULTI/EXEC: a crash leaves either the whole page and its cursor, or neither.
--- KEYS[1] lease, KEYS[2] inbound stream, KEYS[3] cursor hash,
--- then one intake mark (queued:{idempotency key}) per message, in page order.
+-- KEYS[1] lease, KEYS[2] inbound stream, KEYS[3] cursor hash, KEYS[4] today's intake counts
+-- (hash: source → messages added), then one intake mark (queued:{idempotency key}) per
+-- message, in page order.
 -- ARGV[1] lease token, ARGV[2] cursor link ('' clears), ARGV[3] cursor phase, ARGV[4] now ms,
 -- ARGV[5] mailbox, ARGV[6] mark_read ('1' or ''), ARGV[7] mark ttl s,
 -- then per message its JSON and its content digest: ARGV[6 + 2n] and ARGV[7 + 2n] go with
--- KEYS[3 + n]. The intake mark holds the digest: a key queued before with the same digest (or
+-- KEYS[4 + n]. The intake mark holds the digest: a key queued before with the same digest (or
 -- the legacy '1') is a repeat and skipped; with another digest it is another message reusing
 -- the Message-ID, queued for the BatchProcessor to deliver under its own key.
 -- Every key the script touches is declared in KEYS, so on a Redis Cluster it is checked
@@ -17,12 +18,12 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return -1
 end
 local added = 0
-for n = 1, #KEYS - 3 do
+for n = 1, #KEYS - 4 do
   local json, digest = ARGV[6 + 2 * n], ARGV[7 + 2 * n]
-  local mark = redis.call('GET', KEYS[3 + n])
+  local mark = redis.call('GET', KEYS[4 + n])
   local add = false
   if not mark then
-    redis.call('SET', KEYS[3 + n], digest, 'EX', ARGV[7])
+    redis.call('SET', KEYS[4 + n], digest, 'EX', ARGV[7])
     add = true
   elseif mark ~= digest and mark ~= '1' and digest ~= '' then
     add = true
@@ -42,5 +43,9 @@ if ARGV[2] == '' then
   redis.call('DEL', KEYS[3])
 else
   redis.call('HSET', KEYS[3], 'link', ARGV[2], 'phase', ARGV[3], 'updated_ms', ARGV[4])
+end
+if added > 0 then
+  redis.call('HINCRBY', KEYS[4], ARGV[5], added)
+  redis.call('EXPIRE', KEYS[4], 172800)
 end
 return added

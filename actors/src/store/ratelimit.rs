@@ -24,12 +24,14 @@ impl Scripts {
     }
 }
 
-/// A mailbox's Graph limits.
+/// Graph's limits: a mailbox's, and an app's across every tenant.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct GraphLimits {
     pub max_concurrent: u32,
     pub per_window: u32,
     pub window: Duration,
+    pub app_per_window: u32,
+    pub app_window: Duration,
     /// How long a permit holds its slot if never released (a crashed daemon).
     pub lease: Duration,
 }
@@ -48,6 +50,7 @@ impl Store {
             .take
             .key(self.keys.rate_tat(budget))
             .key(self.keys.rate_pause(budget))
+            .key(self.keys.rate_log(budget))
             .arg(interval.as_micros() as u64)
             .arg(tolerance.as_micros() as u64)
             .invoke_async(&mut self.conn())
@@ -55,11 +58,12 @@ impl Store {
         Ok((wait_us > 0).then(|| Duration::from_micros(wait_us as u64)))
     }
 
-    /// Tries to take a Graph permit `id` for `mailbox` standing for `cost` requests. `None`:
-    /// granted; `Some(d)`: ask again after `d`.
+    /// Tries to take a Graph permit `id` for `mailbox` of `app` standing for `cost` requests.
+    /// `None`: granted; `Some(d)`: ask again after `d`.
     pub(crate) async fn take_graph_permit(
         &self,
         mailbox: &str,
+        app: &str,
         id: &str,
         cost: u32,
         limits: GraphLimits,
@@ -70,12 +74,15 @@ impl Store {
             .key(self.keys.graph_in_flight(mailbox))
             .key(self.keys.graph_window(mailbox))
             .key(self.keys.rate_pause(&graph_budget(mailbox)))
+            .key(self.keys.graph_app_window(app))
             .arg(limits.max_concurrent)
             .arg(limits.per_window)
             .arg(limits.window.as_micros() as u64)
             .arg(limits.lease.as_micros() as u64)
             .arg(id)
             .arg(cost.max(1))
+            .arg(limits.app_per_window)
+            .arg(limits.app_window.as_micros() as u64)
             .invoke_async(&mut self.conn())
             .await?;
         Ok((wait_us > 0).then(|| Duration::from_micros(wait_us as u64)))

@@ -223,6 +223,10 @@ impl Store {
         pipe.cmd("XDEL").arg(stream).arg(ids).ignore();
         if group == super::keys::SENDERS {
             self.push_counts(&mut pipe, &[(stat::DELIVERED, ids.len() as u64)]);
+            // The console's delivery rate: records per minute, for the last two hours.
+            let minute = self.keys.delivered_in_minute(crate::clock::now_ms());
+            pipe.cmd("INCRBY").arg(&minute).arg(ids.len()).ignore();
+            pipe.cmd("EXPIRE").arg(&minute).arg(7_200).ignore();
         }
         for (source, mailbox, id) in mark_read {
             let marks = match *source {

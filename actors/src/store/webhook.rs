@@ -99,6 +99,7 @@ impl Store {
         let mut inv = REFS.prepare_invoke();
         inv.key(self.keys.inbound())
             .key(self.keys.outbound())
+            .key(self.keys.intake_today(crate::clock::now_ms()))
             .arg(mark_ttl_s)
             .arg(max_backlog);
         for (mailbox, id) in refs {

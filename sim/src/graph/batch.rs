@@ -132,6 +132,7 @@ pub(super) async fn batch(state: &Shared, call: &Call<'_>) -> Reply {
             body: &body,
             base: call.base,
             agent: call.agent,
+            app: call.app,
         };
         let reply = if is_batch_path(&path) {
             GraphError::bad_request("A batch cannot contain a batch.").into()
@@ -192,6 +193,7 @@ mod tests {
             body: &body,
             base: "http://sim/v1.0",
             agent: "test",
+            app: "ms1-app",
         };
         let reply = actix_web::rt::System::new().block_on(batch(state, &call));
         let v = reply

@@ -82,6 +82,13 @@ pub(super) async fn sim_mail(state: web::Data<Shared>, body: web::Bytes) -> Http
             d
         })
         .collect();
+    arrive(state, mbx, drafts);
+    HttpResponse::Ok().json(json!({"added": req.count}))
+}
+
+/// New messages arrive in mailbox `mbx`, stamped with the time now; its subscriptions are
+/// notified (in the background, as Graph does).
+pub(super) fn arrive(state: &Shared, mbx: usize, drafts: Vec<Draft>) {
     let (items, targets) = {
         let mut s = lock(state);
         let now_ms = Utc::now().timestamp_millis();
@@ -99,7 +106,6 @@ pub(super) async fn sim_mail(state: web::Data<Shared>, body: web::Bytes) -> Http
     for target in targets {
         actix_web::rt::spawn(notify_changes(state.clone(), target, items.clone()));
     }
-    HttpResponse::Ok().json(json!({"added": req.count}))
 }
 
 #[derive(Debug, Deserialize)]
@@ -313,6 +319,15 @@ pub(super) async fn sim_config(state: web::Data<Shared>, body: web::Bytes) -> Ht
     if let Some(w) = cfg.window_ms {
         s.limits.window = Duration::from_millis(w.max(1));
     }
+    if let Some(l) = cfg.app_limit {
+        s.apps.limit = l;
+    }
+    if let Some(w) = cfg.app_window_ms {
+        s.apps.window = Duration::from_millis(w.max(1));
+    }
+    if let Some(r) = cfg.trickle_per_s {
+        s.trickle.set_rate(r);
+    }
     if let Some(p) = cfg.max_page_size {
         s.max_page_size = p.max(1);
     }
@@ -351,6 +366,9 @@ pub(super) async fn sim_config(state: web::Data<Shared>, body: web::Bytes) -> Ht
         "concurrency_limit": s.limits.concurrency,
         "window_limit": s.limits.window_limit,
         "window_ms": s.limits.window.as_millis() as u64,
+        "app_limit": s.apps.limit,
+        "app_window_ms": s.apps.window.as_millis() as u64,
+        "trickle_per_s": s.trickle.per_s,
         "max_page_size": s.max_page_size,
         "delta_token_ttl_s": s.delta_ttl.map_or(0, |d| d.as_secs()),
         "client_certificates": s.assertions.certificates.len(),
@@ -477,7 +495,8 @@ mod tests {
     fn config_changes_the_limits_at_run_time_and_refuses_unknown_fields_or_mailboxes() {
         let state = data(&[]);
         let cfg = json!({"error_rate": 2.0, "window_ms": 0, "max_page_size": 0,
-                         "delta_token_ttl_s": 30, "deny_mailboxes": ["Invoices-1@contoso.example"]});
+                         "delta_token_ttl_s": 30, "deny_mailboxes": ["Invoices-1@contoso.example"],
+                         "app_limit": 5, "app_window_ms": 0, "trickle_per_s": 2.5});
         let (status, v) = answer(sim_config(state.clone(), body(cfg)));
         assert_eq!(status, 200);
         assert_eq!(
@@ -488,6 +507,10 @@ mod tests {
                 &v["delta_token_ttl_s"]
             ),
             (&json!(1.0), &json!(1), &json!(1), &json!(30))
+        );
+        assert_eq!(
+            (&v["app_limit"], &v["app_window_ms"], &v["trickle_per_s"]),
+            (&json!(5), &json!(1), &json!(2.5))
         );
         assert!(lock(&state).mailboxes[1].denied);
         assert_eq!(

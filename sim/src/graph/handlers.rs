@@ -31,9 +31,10 @@ pub(super) async fn graph_api(
         return sim_error(404, format!("no route for {}", req.path()));
     };
     let state = state.get_ref();
-    if let Err(e) = lock(state).authorize(header(&req, "authorization"), Instant::now()) {
-        return e.reply().into_http();
-    }
+    let app = match lock(state).authorize(header(&req, "authorization"), Instant::now()) {
+        Ok(app) => app,
+        Err(e) => return e.reply().into_http(),
+    };
     let base = {
         let info = req.connection_info();
         format!("{}://{}/v1.0", info.scheme(), info.host())
@@ -46,6 +47,7 @@ pub(super) async fn graph_api(
         body: &body,
         base: &base,
         agent: header(&req, "user-agent").unwrap_or(""),
+        app: &app,
     };
     let reply = if is_batch_path(path) {
         batch(state, &call).await

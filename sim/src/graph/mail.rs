@@ -374,6 +374,7 @@ mod tests {
             body,
             base: BASE,
             agent: "test",
+            app: "ms1-app",
         }
     }
 

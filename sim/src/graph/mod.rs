@@ -18,9 +18,13 @@
 //! - **Subscriptions** with the real validation handshake against the notification (and
 //!   lifecycle) URL, change notifications posted when mail arrives (up to 100 per POST), and
 //!   lifecycle events on demand.
-//! - **Throttling** per mailbox: 4 requests in flight, 10,000 per 10 minutes, storms on demand.
-//!   It counts what a client did wrong (requests inside a Retry-After, too many in flight,
-//!   batches over 20, expired tokens) as `violations`, which the daemon's tests assert at zero.
+//! - **Throttling** per mailbox: 4 requests in flight, 10,000 per 10 minutes, storms on demand;
+//!   and per application across all tenants (130,000 per 10 s). It counts what a client did
+//!   wrong (requests inside a Retry-After, too many in flight, batches over 20, expired tokens)
+//!   as `violations`, which the daemon's tests assert at zero, and every request beyond one of
+//!   Graph's limits (in flight, window, app) as `limit_violations`, which a fleet keeps at zero.
+//! - **A trickle** of new mail over many mailboxes (`--mailbox-count`, `--trickle-per-s`), and
+//!   when subscriptions were created and renewed and when they expire (`trickle`, `spread`).
 //! - **Token introspection** `POST /_sim/introspect` (RFC 7662, form field `token`) for a
 //!   private Dovecot's oauth2 passdb: a token this simulator issued and that has not expired is
 //!   `active` for the `--introspect-user` (so IMAP `XOAUTH2` logs in as that user).
@@ -36,7 +40,7 @@
 //! `messages` and `mailboxes` (the store), `pollers`, `throttling`, `tokens`,
 //! `mail` (the mail routes), `subscriptions`, `notifications` (outbound posts),
 //! `routes` and `batch` (dispatch), `handlers` (the HTTP edge), `control`
-//! (`/_sim/*`), `state` and `stats`.
+//! (`/_sim/*`), `trickle`, `spread`, `state` and `stats`.
 
 // The only paths out of this folder: submodules reach them through `super::`.
 use crate::synthetic;
@@ -60,11 +64,13 @@ mod notifications;
 mod odata;
 mod pollers;
 mod routes;
+mod spread;
 mod state;
 mod stats;
 mod subscriptions;
 mod throttling;
 mod tokens;
+mod trickle;
 
 use control::{
     sim_config, sim_delete, sim_expire_delta, sim_lifecycle, sim_mail, sim_messages, sim_notify,
@@ -136,6 +142,15 @@ pub struct GraphSimOptions {
         default_value = "invoices-0@contoso.example,invoices-1@contoso.example,invoices-2@contoso.example"
     )]
     pub mailboxes: Vec<String>,
+    /// Instead of --mailboxes: this many mailboxes, invoices-0@contoso.example to
+    /// invoices-{N-1}@contoso.example (a fleet's worth without a long list).
+    #[arg(long, conflicts_with = "mailboxes")]
+    pub mailbox_count: Option<usize>,
+    /// New unread messages per second over all mailboxes, one mailbox after the other, added
+    /// on whole seconds so that `receivedDateTime` is their arrival (0: none; fractions
+    /// allowed; `/_sim/config` `trickle_per_s` changes it).
+    #[arg(long, default_value_t = 0.0)]
+    pub trickle_per_s: f64,
     /// Unread messages each mailbox holds at start.
     #[arg(long, default_value_t = 0)]
     pub messages_per_mailbox: u64,
@@ -151,6 +166,13 @@ pub struct GraphSimOptions {
     /// Length of the sliding request window in ms.
     #[arg(long, default_value_t = 600_000)]
     pub window_ms: u64,
+    /// Requests per application across all tenants within the app window, Graph's global
+    /// limit (0: no limit); `$batch` items count one by one.
+    #[arg(long, default_value_t = 130_000)]
+    pub app_limit: usize,
+    /// Length of the application's sliding request window in ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub app_window_ms: u64,
     /// Longest subscription lifetime accepted, in minutes.
     #[arg(long, default_value_t = 10_080)]
     pub subscription_max_minutes: i64,
@@ -163,6 +185,23 @@ pub struct GraphSimOptions {
     /// HTTP worker threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+}
+
+impl GraphSimOptions {
+    /// The mailboxes' UPNs: `--mailbox-count` generated, or `--mailboxes` trimmed.
+    fn mailbox_names(&self) -> Vec<String> {
+        match self.mailbox_count {
+            Some(n) => (0..n)
+                .map(|i| format!("invoices-{i}@contoso.example"))
+                .collect(),
+            None => self
+                .mailboxes
+                .iter()
+                .map(|m| m.trim().to_string())
+                .filter(|m| !m.is_empty())
+                .collect(),
+        }
+    }
 }
 
 /// Faults and limits that can change while running (`POST /_sim/config`).
@@ -178,6 +217,10 @@ pub struct SimConfig {
     pub concurrency_limit: Option<usize>,
     pub window_limit: Option<usize>,
     pub window_ms: Option<u64>,
+    pub app_limit: Option<usize>,
+    pub app_window_ms: Option<u64>,
+    /// New messages per second over all mailboxes from now on (0 stops the trickle).
+    pub trickle_per_s: Option<f64>,
     pub max_page_size: Option<usize>,
     pub delta_token_ttl_s: Option<u64>,
     /// Mailboxes an application access policy excludes from now on (the whole list: `[]`
@@ -195,6 +238,7 @@ pub async fn serve(opts: GraphSimOptions) -> anyhow::Result<()> {
     let ip = crate::serve::loopback(&opts.bind)?;
     install_tls_provider();
     let state: Shared = Arc::new(Mutex::new(State::new(&opts)?));
+    actix_web::rt::spawn(trickle::run(state.clone()));
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
@@ -250,5 +294,17 @@ mod tests {
         );
         assert_eq!(o.subscription_max_minutes, 10_080);
         assert_eq!(o.list_paging, ListPaging::Skiptoken);
+        assert_eq!((o.app_limit, o.app_window_ms), (130_000, 10_000));
+        assert_eq!(o.trickle_per_s, 0.0);
+    }
+
+    #[test]
+    fn a_mailbox_count_names_a_fleet_of_mailboxes_instead_of_the_list() {
+        let names = options(&["--mailbox-count", "2000"]).mailbox_names();
+        assert_eq!(names.len(), 2000);
+        assert_eq!(names[1999], "invoices-1999@contoso.example");
+        assert_eq!(options(&[]).mailbox_names().len(), 3);
+        let both = ["sim", "--mailbox-count", "2", "--mailboxes", "a@x.example"];
+        assert!(Cli::try_parse_from(both).is_err(), "one or the other");
     }
 }

@@ -23,6 +23,8 @@ pub(super) struct Call<'a> {
     pub(super) base: &'a str,
     /// The caller's `User-Agent` (ms1 names its daemon instance there).
     pub(super) agent: &'a str,
+    /// The application (client id) its token was issued to.
+    pub(super) app: &'a str,
 }
 
 /// What a request on a mailbox asks for.
@@ -101,9 +103,13 @@ pub(super) fn is_batch_path(path: &str) -> bool {
     p.eq_ignore_ascii_case("$batch") || p.eq_ignore_ascii_case("%24batch")
 }
 
-/// Runs one request the way its route does: mailbox budget, latency, injected errors, then the
-/// route itself. `with_latency` is false inside a `$batch` (the batch waited once).
+/// Runs one request the way its route does: the app's budget, the mailbox's budget, latency,
+/// injected errors, then the route itself. `with_latency` is false inside a `$batch` (the
+/// batch waited once).
 pub(super) async fn dispatch(state: &Shared, call: &Call<'_>, with_latency: bool) -> Reply {
+    if let Err(e) = lock(state).apps.arrive(call.app, Instant::now()) {
+        return e.into();
+    }
     match parse_route(call.path) {
         Ok(Route::Mailbox { user, op }) => on_mailbox(state, call, &user, &op, with_latency).await,
         Ok(route) => on_subscriptions(state, call, route, with_latency).await,
@@ -275,6 +281,7 @@ mod tests {
                 body: b"",
                 base: "http://sim/v1.0",
                 agent: "test",
+                app: "ms1-app",
             };
             actix_web::rt::System::new().block_on(dispatch(&state, &call, true))
         };

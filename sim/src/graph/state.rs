@@ -7,16 +7,19 @@ use super::codecs::stable_guid;
 use super::cursors::Sealer;
 use super::mailboxes::Mailbox;
 use super::messages::draft;
+use super::spread::SubscriptionActivity;
 use super::stats::GlobalCounters;
 use super::subscriptions::Subscription;
-use super::throttling::Limits;
+use super::throttling::{AppBudgets, Limits};
+use super::tokens::Issued;
+use super::trickle::Trickle;
 use super::{GraphSimOptions, ListPaging};
 use chrono::Utc;
 use ms1_actors::settings::GraphCloud;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::RandomState;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Everything the simulator knows and counts.
 pub(super) struct State {
@@ -37,17 +40,22 @@ pub(super) struct State {
     pub(super) latency: Duration,
     pub(super) error_rate: f64,
     pub(super) limits: Limits,
+    /// Graph's global limit per application.
+    pub(super) apps: AppBudgets,
     pub(super) max_page_size: usize,
     pub(super) subscription_max_minutes: i64,
     /// Delta tokens older than this are gone (None: never).
     pub(super) delta_ttl: Option<Duration>,
     pub(super) list_paging: ListPaging,
-    /// Access tokens issued and when.
-    pub(super) tokens: HashMap<String, Instant>,
+    /// Access tokens issued, when and to which application.
+    pub(super) tokens: HashMap<String, Issued>,
     pub(super) mailboxes: Vec<Mailbox>,
     /// Lower-cased UPN or GUID → mailbox index.
     pub(super) by_name: HashMap<String, usize>,
     pub(super) subscriptions: BTreeMap<String, Subscription>,
+    pub(super) subscription_activity: SubscriptionActivity,
+    /// New mail on every second (`--trickle-per-s`).
+    pub(super) trickle: Trickle,
     pub(super) sealer: Sealer,
     pub(super) stats: GlobalCounters,
     /// Time to answer of each notification POST, in ms.
@@ -94,6 +102,7 @@ impl State {
                 window_limit: o.window_limit,
                 window: Duration::from_millis(o.window_ms.max(1)),
             },
+            apps: AppBudgets::new(o.app_limit, Duration::from_millis(o.app_window_ms.max(1))),
             max_page_size: o.max_page_size.max(1),
             subscription_max_minutes: o.subscription_max_minutes,
             delta_ttl: (o.delta_token_ttl_s > 0).then(|| Duration::from_secs(o.delta_token_ttl_s)),
@@ -102,18 +111,15 @@ impl State {
             mailboxes: Vec::new(),
             by_name: HashMap::new(),
             subscriptions: BTreeMap::new(),
+            subscription_activity: SubscriptionActivity::default(),
+            trickle: Trickle::new(o.trickle_per_s),
             sealer: Sealer(RandomState::new()),
             stats: GlobalCounters::default(),
             notification_latencies: Vec::new(),
         };
-        for upn in o
-            .mailboxes
-            .iter()
-            .map(|m| m.trim())
-            .filter(|m| !m.is_empty())
-        {
+        for upn in o.mailbox_names() {
             let index = state.mailboxes.len();
-            let mailbox = Mailbox::new(index, upn);
+            let mailbox = Mailbox::new(index, &upn);
             for name in [upn.to_lowercase(), mailbox.guid.clone()] {
                 anyhow::ensure!(
                     state.by_name.insert(name, index).is_none(),

@@ -2,6 +2,7 @@
 //! `violations` (what a client did wrong) the daemon's tests assert at zero.
 
 use super::codecs::graph_time;
+use super::spread::expiration_spread;
 use super::state::State;
 use chrono::Utc;
 use serde::Serialize;
@@ -50,17 +51,21 @@ pub(super) struct GlobalCounters {
 
 impl State {
     /// The `/_sim/stats` report: global counters, per-mailbox counters and their totals,
-    /// notification latencies, live subscriptions and `violations`.
+    /// notification latencies, live subscriptions and their renewals over time, the
+    /// trickle, `violations` and `limit_violations`.
     pub(super) fn stats_json(&mut self) -> Value {
         self.expire_subscriptions(Utc::now());
         let mut v = serde_json::to_value(&self.stats).expect("counters serialize");
         let mut mailboxes = serde_json::Map::new();
         let mut totals = serde_json::Map::new();
         let mut violations = self.stats.batch_over_20 + self.stats.expired_token_used;
+        let (mut over_concurrency, mut over_window) = (0, 0);
         for mb in &self.mailboxes {
             let b = &mb.budget.counters;
             violations +=
                 b.requests_during_retry_after + b.concurrency_exceeded + mb.pollers.interleavings;
+            over_concurrency += b.concurrency_exceeded;
+            over_window += b.window_exceeded;
             let mut m = serde_json::Map::new();
             m.insert("guid".into(), json!(mb.guid));
             m.insert("messages".into(), json!(mb.live));
@@ -113,7 +118,22 @@ impl State {
                        "notificationUrl": s.notification_url})
             })
             .collect();
+        let activity = &self.subscription_activity;
+        v["subscription_activity"] = json!({
+            "created_per_minute": activity.created.to_json(),
+            "renewed_per_minute": activity.renewed.to_json(),
+            "most_renewed_in_a_minute": activity.renewed.busiest(),
+            "expiration_spread":
+                expiration_spread(self.subscriptions.values().map(|s| s.expiration)),
+        });
+        v["trickle"] = json!(self.trickle);
+        v["apps"] = json!(self.apps.counters());
         v["violations"] = json!(violations);
+        let over_app = self.apps.exceeded();
+        v["limit_violations"] = json!({
+            "concurrency": over_concurrency, "window": over_window, "app": over_app,
+            "total": over_concurrency + over_window + over_app,
+        });
         v["tenant_id"] = json!(self.tenant_id);
         v["totals"] = Value::Object(totals);
         v["mailboxes"] = Value::Object(mailboxes);
@@ -139,8 +159,22 @@ mod tests {
         for mbx in [0, 0, 1] {
             let _ = s.mailboxes[mbx].budget.arrive(t, &limits);
         }
+        s.mailboxes[2].budget.counters.concurrency_exceeded = 1;
+        s.mailboxes[2].budget.counters.window_exceeded = 2;
+        s.apps.limit = 1;
+        for _ in 0..3 {
+            let _ = s.apps.arrive("ms1-app", t);
+        }
         let v = s.stats_json();
-        assert_eq!(v["violations"], 6);
+        assert_eq!(
+            v["violations"], 7,
+            "a request over the window is not a mistake"
+        );
+        assert_eq!(
+            v["limit_violations"],
+            json!({"concurrency": 1, "window": 2, "app": 2, "total": 5})
+        );
+        assert_eq!(v["apps"]["ms1-app"]["requests"], 3);
         assert_eq!(v["totals"]["list_requests"], 9);
         assert_eq!(v["totals"]["messages"], 6);
         assert_eq!(v["totals"]["in_flight"], 3);
@@ -162,7 +196,16 @@ mod tests {
         let mut s = State::new(&options(&[])).unwrap();
         let v = s.stats_json();
         assert_eq!(v["violations"], 0);
+        assert_eq!(v["limit_violations"]["total"], 0);
         assert_eq!(v["subscriptions"], json!([]));
+        assert_eq!(
+            v["subscription_activity"]["expiration_spread"],
+            json!({"live": 0})
+        );
+        assert_eq!(
+            v["trickle"],
+            json!({"per_s": 0.0, "sent": 0, "max_stamp_lag_ms": 0})
+        );
         assert_eq!(
             v["notification_latency_ms"],
             json!({"p50": 0, "p99": 0, "max": 0})

@@ -301,6 +301,7 @@ pub(super) async fn create_subscription(state: &Shared, call: &Call<'_>) -> Repl
     let body = sub.to_json().to_string();
     let mut s = lock(state);
     s.stats.subscriptions_created += 1;
+    s.subscription_activity.created.record(Utc::now());
     s.subscriptions.insert(sub.id.clone(), sub);
     Reply::json(201, body)
 }
@@ -378,6 +379,7 @@ pub(super) async fn renew_subscription(state: &Shared, call: &Call<'_>, id: &str
     sub.expiration = expiration;
     let body = sub.to_json().to_string();
     s.stats.renewals += 1;
+    s.subscription_activity.renewed.record(Utc::now());
     Reply::json(200, body)
 }
 

@@ -1,10 +1,10 @@
-//! Throttling per mailbox: requests in flight, the sliding window, Retry-After, storms on
-//! demand; and the counters of what clients did wrong.
+//! Throttling per mailbox (requests in flight, the sliding window, Retry-After, storms on
+//! demand) and per application across all tenants; and the counters of what clients did wrong.
 
 use super::answers::GraphError;
 use super::state::{lock, Shared};
 use serde::Serialize;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// A request that arrives this long after a 429 was sent cannot have been in flight already:
@@ -16,8 +16,8 @@ const RETRY_AFTER_GRACE: Duration = Duration::from_millis(100);
 #[derive(Debug, Default)]
 pub(super) struct Budget {
     pub(super) in_flight: usize,
-    /// Arrival times of admitted requests inside the window.
-    arrivals: VecDeque<Instant>,
+    /// The admitted requests inside the window.
+    window: SlidingWindow,
     /// When the last throttled answer was sent and until when it asked the client to wait.
     retry_after: Option<(Instant, Instant)>,
     pub(super) storm: Option<Storm>,
@@ -40,6 +40,8 @@ pub(super) struct BudgetCounters {
     max_concurrent: usize,
     /// Requests that arrived while the limit was already in flight.
     pub(super) concurrency_exceeded: u64,
+    /// Requests that arrived while the window's budget was spent (storms excluded).
+    pub(super) window_exceeded: u64,
     /// Requests that arrived inside a Retry-After this simulator gave (after the grace).
     pub(super) requests_during_retry_after: u64,
     max_requests_in_window: usize,
@@ -103,27 +105,21 @@ impl Budget {
                 1,
             );
         }
-        while self
-            .arrivals
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= limits.window)
-        {
-            self.arrivals.pop_front();
+        match self.window.admit(now, limits.window_limit, limits.window) {
+            Ok(in_window) => {
+                let c = &mut self.counters;
+                c.max_requests_in_window = c.max_requests_in_window.max(in_window);
+            }
+            Err(wait) => {
+                self.counters.window_exceeded += 1;
+                let message = format!(
+                    "Application is over its limit of {} requests per {} s for this mailbox.",
+                    limits.window_limit,
+                    limits.window.as_secs()
+                );
+                return self.throttle(now, 429, "ApplicationThrottled", message, seconds(wait));
+            }
         }
-        if limits.window_limit > 0 && self.arrivals.len() >= limits.window_limit {
-            let oldest = *self.arrivals.front().expect("the window is full");
-            let wait = limits.window.saturating_sub(now.duration_since(oldest));
-            let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
-            let message = format!(
-                "Application is over its limit of {} requests per {} s for this mailbox.",
-                limits.window_limit,
-                limits.window.as_secs()
-            );
-            return self.throttle(now, 429, "ApplicationThrottled", message, secs);
-        }
-        self.arrivals.push_back(now);
-        let c = &mut self.counters;
-        c.max_requests_in_window = c.max_requests_in_window.max(self.arrivals.len());
         Admission::Admit
     }
 
@@ -151,6 +147,117 @@ impl Budget {
     /// A request was answered.
     pub(super) fn depart(&mut self) {
         self.in_flight = self.in_flight.saturating_sub(1);
+    }
+}
+
+/// A Retry-After in whole seconds: the wait rounded up, at least one.
+fn seconds(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+/// The requests admitted within a sliding window.
+#[derive(Debug, Default)]
+pub(super) struct SlidingWindow {
+    arrivals: VecDeque<Instant>,
+}
+
+impl SlidingWindow {
+    /// Admits a request at `now` unless `limit` (0: none) were admitted within `window`
+    /// already. Ok: how many the window holds now; Err: the wait until its oldest leaves it.
+    pub(super) fn admit(
+        &mut self,
+        now: Instant,
+        limit: usize,
+        window: Duration,
+    ) -> Result<usize, Duration> {
+        while self
+            .arrivals
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            self.arrivals.pop_front();
+        }
+        if limit > 0 && self.arrivals.len() >= limit {
+            let oldest = *self.arrivals.front().expect("the window is full");
+            return Err(window.saturating_sub(now.duration_since(oldest)));
+        }
+        self.arrivals.push_back(now);
+        Ok(self.arrivals.len())
+    }
+}
+
+/// Graph's global limit, per application across all tenants (`--app-limit` requests per
+/// `--app-window-ms`): every request, `$batch` items one by one, counts against the app its
+/// token was issued to.
+#[derive(Debug)]
+pub(super) struct AppBudgets {
+    pub(super) limit: usize,
+    pub(super) window: Duration,
+    apps: BTreeMap<String, AppBudget>,
+}
+
+/// One application's window and counters.
+#[derive(Debug, Default)]
+struct AppBudget {
+    window: SlidingWindow,
+    counters: AppCounters,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub(super) struct AppCounters {
+    pub(super) requests: u64,
+    /// Requests that arrived while the app's budget was spent (answered 429).
+    pub(super) exceeded: u64,
+    pub(super) max_requests_in_window: usize,
+}
+
+impl AppBudgets {
+    pub(super) fn new(limit: usize, window: Duration) -> Self {
+        Self {
+            limit,
+            window,
+            apps: BTreeMap::new(),
+        }
+    }
+
+    /// A request of `app` arrives at `now`: admitted, or refused 429 with the wait.
+    pub(super) fn arrive(&mut self, app: &str, now: Instant) -> Result<(), GraphError> {
+        let (limit, window) = (self.limit, self.window);
+        let budget = self.apps.entry(app.to_string()).or_default();
+        budget.counters.requests += 1;
+        match budget.window.admit(now, limit, window) {
+            Ok(in_window) => {
+                let c = &mut budget.counters;
+                c.max_requests_in_window = c.max_requests_in_window.max(in_window);
+                Ok(())
+            }
+            Err(wait) => {
+                budget.counters.exceeded += 1;
+                let message = format!(
+                    "Application is over its limit of {limit} requests per {} s across all tenants.",
+                    window.as_secs_f64()
+                );
+                Err(GraphError::throttled(
+                    429,
+                    "ApplicationThrottled",
+                    message,
+                    seconds(wait),
+                ))
+            }
+        }
+    }
+
+    /// Each app's counters, by app (client) id.
+    pub(super) fn counters(&self) -> BTreeMap<&str, &AppCounters> {
+        self.apps
+            .iter()
+            .map(|(app, b)| (app.as_str(), &b.counters))
+            .collect()
+    }
+
+    /// Requests refused over every app's budget.
+    pub(super) fn exceeded(&self) -> u64 {
+        self.apps.values().map(|b| b.counters.exceeded).sum()
     }
 }
 
@@ -238,6 +345,49 @@ mod tests {
         b.depart();
         assert_eq!(b.arrive(t + Duration::from_secs(10), &l), Admission::Admit);
         assert_eq!(b.counters.max_requests_in_window, 3);
+        assert_eq!(
+            b.counters.window_exceeded, 1,
+            "a request over Graph's limit"
+        );
+    }
+
+    #[test]
+    fn a_storm_is_not_a_request_over_the_limits() {
+        let mut b = in_a_storm(1, 1, 429);
+        let _ = refused(b.arrive(Instant::now(), &limits(4, 10, 1000)));
+        let c = &b.counters;
+        assert_eq!(
+            (c.throttled, c.window_exceeded, c.concurrency_exceeded),
+            (1, 0, 0)
+        );
+    }
+
+    #[test]
+    fn each_app_has_its_own_window_across_every_mailbox_and_a_wait_rounded_up() {
+        let mut apps = AppBudgets::new(2, Duration::from_millis(10_000));
+        let t = Instant::now();
+        assert!(apps.arrive("a", t).is_ok());
+        assert!(apps.arrive("a", t + Duration::from_millis(500)).is_ok());
+        let e = apps
+            .arrive("a", t + Duration::from_millis(1_000))
+            .unwrap_err();
+        assert_eq!((e.status, e.retry_after_s), (429, Some(9)));
+        assert!(apps.arrive("b", t).is_ok(), "another app is not throttled");
+        assert!(
+            apps.arrive("a", t + Duration::from_secs(10)).is_ok(),
+            "the first left"
+        );
+        assert_eq!(apps.exceeded(), 1);
+        let a = apps.counters()["a"];
+        assert_eq!(
+            (a.requests, a.exceeded, a.max_requests_in_window),
+            (4, 1, 2)
+        );
+        let mut unlimited = AppBudgets::new(0, Duration::from_millis(1));
+        assert!(
+            (0..100).all(|_| unlimited.arrive("a", t).is_ok()),
+            "0: no limit"
+        );
     }
 
     #[test]

@@ -12,6 +12,14 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// An access token issued: when, and to which application (the client id; a managed
+/// identity is an application of its own).
+#[derive(Debug, Clone)]
+pub(super) struct Issued {
+    pub(super) at: Instant,
+    pub(super) app: String,
+}
+
 /// A fresh opaque access token.
 fn random_token() -> String {
     format!(
@@ -172,10 +180,11 @@ impl State {
         if self.tokens.len() > 10_000 {
             let keep = self.token_lifetime + Duration::from_secs(3600);
             self.tokens
-                .retain(|_, issued| now.duration_since(*issued) < keep);
+                .retain(|_, issued| now.duration_since(issued.at) < keep);
         }
         let token = random_token();
-        self.tokens.insert(token.clone(), now);
+        let app = self.client_id.clone();
+        self.tokens.insert(token.clone(), Issued { at: now, app });
         self.stats.tokens_issued += 1;
         let secs = self.token_lifetime.as_secs();
         let mut body = json!({"token_type": "Bearer", "expires_in": secs,
@@ -233,7 +242,11 @@ impl State {
             return Err(refusal);
         }
         let token = random_token();
-        self.tokens.insert(token.clone(), now);
+        let app = match field("client_id") {
+            "" => "system-assigned managed identity".to_string(),
+            id => id.to_string(),
+        };
+        self.tokens.insert(token.clone(), Issued { at: now, app });
         self.stats.imds_tokens += 1;
         self.stats.tokens_issued += 1;
         let secs = self.token_lifetime.as_secs();
@@ -245,12 +258,13 @@ impl State {
         )
     }
 
-    /// Checks `Authorization: Bearer …` against the tokens issued and the current lifetime.
+    /// Checks `Authorization: Bearer …` against the tokens issued and the current lifetime;
+    /// the application the token was issued to.
     pub(super) fn authorize(
         &mut self,
         header: Option<&str>,
         now: Instant,
-    ) -> Result<(), GraphError> {
+    ) -> Result<String, GraphError> {
         let token = header
             .map(str::trim)
             .and_then(|h| {
@@ -260,7 +274,7 @@ impl State {
             })
             .filter(|t| !t.is_empty());
         let refuse = |message: &str| GraphError::new(401, "InvalidAuthenticationToken", message);
-        match token.map(|t| self.tokens.get(t).copied()) {
+        match token.map(|t| self.tokens.get(t)) {
             None => {
                 self.stats.unauthorized += 1;
                 Err(refuse("Access token is empty."))
@@ -269,12 +283,12 @@ impl State {
                 self.stats.unauthorized += 1;
                 Err(refuse("IDX14100: JWT is not well formed."))
             }
-            Some(Some(issued)) if now.duration_since(issued) >= self.token_lifetime => {
+            Some(Some(issued)) if now.duration_since(issued.at) >= self.token_lifetime => {
                 self.stats.unauthorized += 1;
                 self.stats.expired_token_used += 1;
                 Err(refuse("Lifetime validation failed, the token is expired."))
             }
-            Some(Some(_)) => Ok(()),
+            Some(Some(issued)) => Ok(issued.app.clone()),
         }
     }
 
@@ -282,7 +296,7 @@ impl State {
     /// Presenting an expired token is the client's mistake, counted as at `/v1.0`.
     pub(super) fn introspect(&mut self, token: &str, now: Instant) -> Value {
         self.stats.introspections += 1;
-        let Some(issued) = self.tokens.get(token.trim()).copied() else {
+        let Some(issued) = self.tokens.get(token.trim()).map(|i| i.at) else {
             self.stats.introspections_inactive += 1;
             return json!({"active": false});
         };
@@ -364,9 +378,8 @@ mod tests {
         assert_eq!(issued["expires_in"], 60);
         let token = issued["access_token"].as_str().unwrap().to_string();
         let bearer = format!("Bearer {token}");
-        assert!(s
-            .authorize(Some(&bearer), t0 + Duration::from_secs(59))
-            .is_ok());
+        let app = s.authorize(Some(&bearer), t0 + Duration::from_secs(59));
+        assert_eq!(app.as_deref(), Ok("ms1-app"), "the token's application");
         let e = s
             .authorize(Some(&bearer), t0 + Duration::from_secs(60))
             .unwrap_err();
@@ -447,7 +460,11 @@ mod tests {
         let issued = s.issue_imds_token(Some("true"), &query(&good), t0).unwrap();
         assert_eq!(issued["expires_in"], "3599", "IMDS sends a string");
         let bearer = format!("Bearer {}", issued["access_token"].as_str().unwrap());
-        assert!(s.authorize(Some(&bearer), t0).is_ok());
+        assert_eq!(
+            s.authorize(Some(&bearer), t0).as_deref(),
+            Ok("system-assigned managed identity"),
+            "an application of its own"
+        );
         let mut mine = good.to_vec();
         mine.push(("client_id", "mi-1"));
         assert!(s.issue_imds_token(Some("true"), &query(&mine), t0).is_ok());

@@ -114,7 +114,8 @@ impl Connector {
                     refresh_token: source.refresh_token.clone(),
                     scope: source.scope.clone(),
                 };
-                let tokens = TokenSource::new(source.token_url.clone(), grant, timeout);
+                let tokens = TokenSource::new(source.token_url.clone(), grant, timeout)
+                    .with_owner(format!("imap:{}", source.name));
                 (Secret::default(), Some(Rc::new(tokens)))
             }
         };

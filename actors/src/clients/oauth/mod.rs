@@ -15,7 +15,7 @@ mod assertion;
 mod imds;
 
 use crate::secret::Secret;
-use crate::settings::{GraphCredential, GraphSettings, InvalidSetting, Settings};
+use crate::settings::{GraphCredential, GraphTenant, InvalidSetting, Settings};
 use assertion::CertificateFiles;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -177,6 +177,8 @@ pub(crate) struct TokenSource {
     grant: Grant,
     cached: RefCell<Option<Cached>>,
     refreshing: tokio::sync::Mutex<()>,
+    /// Whose tokens these are (`graph:{tenant}`, `imap:{source}`): the metrics' `owner` label.
+    owner: String,
 }
 
 impl TokenSource {
@@ -187,7 +189,19 @@ impl TokenSource {
             grant,
             cached: RefCell::new(None),
             refreshing: tokio::sync::Mutex::new(()),
+            owner: String::new(),
         }
+    }
+
+    /// Names whose tokens these are in the metrics (`graph:contoso`, `imap:ap-gmail`).
+    pub(crate) fn with_owner(mut self, owner: String) -> Self {
+        for reason in ["refused", "unusable", "transient"] {
+            metrics::counter!(crate::metrics::TOKEN_FAILURES, "owner" => owner.clone(), "reason" => reason)
+                .increment(0);
+        }
+        metrics::counter!(crate::metrics::TOKEN_REFRESHES, "owner" => owner.clone()).increment(0);
+        self.owner = owner;
+        self
     }
 
     fn current(&self) -> Option<Rc<str>> {
@@ -207,13 +221,22 @@ impl TokenSource {
         if let Some(t) = self.current() {
             return Ok(t);
         }
-        let (token, lifetime) = self.fetch().await?;
+        let (token, lifetime) = self.fetch().await.inspect_err(|e| {
+            let reason = match e {
+                OAuthError::Rejected { .. } => "refused",
+                OAuthError::Unusable { .. } => "unusable",
+                OAuthError::Transient(_) => "transient",
+            };
+            metrics::counter!(crate::metrics::TOKEN_FAILURES, "owner" => self.owner.clone(), "reason" => reason)
+                .increment(1);
+        })?;
         let token: Rc<str> = token.into();
         *self.cached.borrow_mut() = Some(Cached {
             token: token.clone(),
             refresh_at: Instant::now() + refresh_after(lifetime),
         });
-        metrics::counter!(crate::metrics::TOKEN_REFRESHES).increment(1);
+        metrics::counter!(crate::metrics::TOKEN_REFRESHES, "owner" => self.owner.clone())
+            .increment(1);
         Ok(token)
     }
 
@@ -240,6 +263,11 @@ impl TokenSource {
                 ];
                 match credential {
                     ClientCredential::Secret(secret) => {
+                        // A secret from a file is read again: a rotated one is used at once.
+                        let secret = secret.reread().map_err(|problem| OAuthError::Unusable {
+                            credential: self.grant.credential(),
+                            problem,
+                        })?;
                         f.push(("client_secret", secret.expose().to_string()))
                     }
                     ClientCredential::Certificate(files) => {
@@ -257,9 +285,11 @@ impl TokenSource {
                         f.push(("client_assertion", jwt));
                     }
                     ClientCredential::FederatedToken(file) => {
-                        let token = federated_token(file).map_err(|e| OAuthError::Unusable {
-                            credential: self.grant.credential(),
-                            problem: e.to_string(),
+                        let token = federated_token(file, "federated_token_file").map_err(|e| {
+                            OAuthError::Unusable {
+                                credential: self.grant.credential(),
+                                problem: e.to_string(),
+                            }
                         })?;
                         f.push(("client_assertion_type", assertion::JWT_BEARER.into()));
                         f.push(("client_assertion", token));
@@ -340,14 +370,13 @@ impl TokenSource {
 
 /// The Graph resource app-only tokens are asked for: the IMDS `resource`, and the scope
 /// `{resource}/.default` of the client credentials grant.
-fn graph_resource(graph: &GraphSettings) -> &'static str {
-    graph.cloud.graph_root()
+fn graph_resource(tenant: &GraphTenant) -> &'static str {
+    tenant.cloud.graph_root()
 }
 
-/// Builds the OAuth token source for Graph from the settings: the one place that turns
-/// `graph.credential` into a grant.
-pub(crate) fn graph_tokens(settings: &Settings) -> TokenSource {
-    let g = &settings.graph;
+/// Builds the OAuth token source of one tenant: the one place that turns a tenant's
+/// `credential` into a grant. `timeout` bounds each token request.
+pub(crate) fn graph_tokens(g: &GraphTenant, timeout: Duration) -> TokenSource {
     let scope = g.token_scope();
     let client = |credential| Grant::ClientCredentials {
         client_id: g.client_id.clone(),
@@ -378,42 +407,62 @@ pub(crate) fn graph_tokens(settings: &Settings) -> TokenSource {
             Grant::ManagedIdentity,
         ),
     };
-    TokenSource::new(token_url, grant, g.request_timeout())
+    TokenSource::new(token_url, grant, timeout)
 }
 
 /// The federated token in `file` as it is now (never shown in an error).
-fn federated_token(file: &str) -> Result<String, InvalidSetting> {
+fn federated_token(file: &str, key: &str) -> Result<String, InvalidSetting> {
     let problem = match std::fs::read_to_string(file) {
         Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_string()),
         Ok(_) => format!("{file} is empty"),
         Err(e) => format!("{file} is not a readable file: {e}"),
     };
     Err(InvalidSetting {
-        key: "graph.federated_token_file".into(),
+        key: key.into(),
         problem,
     })
 }
 
-fn certificate_files(g: &GraphSettings) -> CertificateFiles {
+fn certificate_files(g: &GraphTenant) -> CertificateFiles {
     CertificateFiles {
         certificate: g.client_certificate.clone(),
         key: g.client_certificate_key.clone(),
     }
 }
 
-/// Checks the Graph credential's files at start and in `check-config` (the settings are
-/// validated already): a certificate and key that are readable PEM and belong together. The
-/// error names the setting, never the key.
+/// A refusal of a single-tenant key (`graph.client_certificate`) about the tenant at `at`.
+fn in_tenant(mut e: InvalidSetting, at: &str) -> InvalidSetting {
+    if let Some(field) = e.key.strip_prefix("graph.") {
+        e.key = format!("{at}.{field}");
+    }
+    e
+}
+
+/// Checks every tenant's credential files at start and in `check-config` (the settings are
+/// validated already): a certificate and key that are readable PEM and belong together, a
+/// federated token file that is readable. The error names the setting, never the key.
 pub fn check_credential(settings: &Settings) -> Result<(), InvalidSetting> {
-    let g = &settings.graph;
-    if g.mailboxes.is_empty() {
-        return Ok(());
+    let several = !settings.graph.tenants.is_empty();
+    for (i, g) in settings.graph.tenants().iter().enumerate() {
+        let at = if several {
+            format!("graph.tenants[{i}]")
+        } else {
+            "graph".into()
+        };
+        match g.credential {
+            GraphCredential::Certificate => certificate_files(g)
+                .load()
+                .map_err(|e| in_tenant(e, &at))
+                .map(drop)?,
+            GraphCredential::WorkloadIdentity => federated_token(
+                &g.federated_token_file,
+                &format!("{at}.federated_token_file"),
+            )
+            .map(drop)?,
+            GraphCredential::Secret | GraphCredential::ManagedIdentity => {}
+        }
     }
-    match g.credential {
-        GraphCredential::Certificate => certificate_files(g).load().map(drop),
-        GraphCredential::WorkloadIdentity => federated_token(&g.federated_token_file).map(drop),
-        GraphCredential::Secret | GraphCredential::ManagedIdentity => Ok(()),
-    }
+    Ok(())
 }
 
 #[cfg(test)]

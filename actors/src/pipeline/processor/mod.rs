@@ -13,7 +13,8 @@
 //! consumer left idle, then reads new ones. While the outbound backlog is above
 //! `pipeline.max_backlog` it waits instead of piling more work onto Redis.
 
-use crate::clients::graph::{GraphClient, GraphError};
+use crate::clients::graph::GraphError;
+use crate::clients::graph_tenants::GraphTenants;
 use crate::model::TransformOptions;
 use crate::pipeline::ratelimiter::RateLimiter;
 use crate::retry::Backoff;
@@ -89,20 +90,14 @@ impl Actor for BatchProcessor {
             consumer: self.consumer.clone(),
             health: self.health.clone(),
             shutdown: self.shutdown.clone(),
-            graph: (!self.settings.graph.mailboxes.is_empty()).then(|| {
-                // Built here, on the processor's own thread (awc is not Send).
-                Rc::new(
-                    GraphClient::new(
-                        &self.settings.graph.base_url(),
-                        Rc::new(crate::clients::oauth::graph_tokens(&self.settings)),
-                        RateLimiter::graph_budget(&self.limiter),
-                        self.settings.graph.request_timeout(),
-                        self.settings.graph.max_concurrent_per_mailbox,
-                    )
-                    .with_attachments(self.settings.graph.fetch_attachments)
-                    .with_agent(crate::clients::graph::user_agent(&self.consumer)),
-                )
-            }),
+            // Built here, on the processor's own thread (awc is not Send).
+            graph: GraphTenants::new(
+                &self.settings,
+                &RateLimiter::graph_budget(&self.limiter),
+                &self.health,
+                &self.consumer,
+            )
+            .map(Rc::new),
             parked: Default::default(),
         };
         let span = tracing::info_span!("batch_processor", consumer = %self.consumer);
@@ -146,7 +141,7 @@ struct Work {
     health: Health,
     shutdown: Shutdown,
     /// Graph, for webhook refs and attachment metadata (none when no mailbox is configured).
-    graph: Option<Rc<GraphClient>>,
+    graph: Option<Rc<GraphTenants>>,
     /// Parked mailboxes as last read from Redis (shared by every daemon).
     parked: std::cell::RefCell<BTreeMap<String, ParkState>>,
 }

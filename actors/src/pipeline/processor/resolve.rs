@@ -89,13 +89,13 @@ impl Work {
         let jobs = work.into_iter().map(|(i, mailbox, id, is_ref)| {
             let graph = graph.clone();
             async move {
-                let r = if is_ref {
-                    fetch_ref(&graph, mailbox, &id, fetch_attachments).await
-                } else {
-                    match graph.attachments(mailbox, &id).await {
+                let r = match graph.of(mailbox) {
+                    Err(e) => gone_or(e),
+                    Ok(graph) if is_ref => fetch_ref(graph, mailbox, &id, fetch_attachments).await,
+                    Ok(graph) => match graph.attachments(mailbox, &id).await {
                         Ok(a) => Ok(Resolution::Attachments(a)),
                         Err(e) => gone_or(e),
-                    }
+                    },
                 };
                 (i, r)
             }
@@ -170,9 +170,10 @@ fn refuses_mailbox(e: &GraphError) -> bool {
     matches!(
         e,
         GraphError::Unauthorized(..)
-            | GraphError::Token(
-                crate::clients::oauth::OAuthError::Rejected { .. }
-                    | crate::clients::oauth::OAuthError::Unusable { .. }
-            )
+            | GraphError::Token {
+                error: crate::clients::oauth::OAuthError::Rejected { .. }
+                    | crate::clients::oauth::OAuthError::Unusable { .. },
+                ..
+            }
     )
 }

@@ -51,11 +51,9 @@ impl WebhookReceiver {
             }
             tracing::info!(%mailbox, "lease gone: the new holder renews this subscription");
         }
-        for mailbox in &self.settings.graph.mailboxes {
-            if held.contains(mailbox) && self.owned.insert(mailbox.clone()) {
-                ctx.notify(Adopt {
-                    mailbox: mailbox.clone(),
-                });
+        for mailbox in self.settings.graph.all_mailboxes() {
+            if held.contains(&mailbox) && self.owned.insert(mailbox.clone()) {
+                ctx.notify(Adopt { mailbox });
             }
         }
     }

@@ -187,7 +187,8 @@ fn each_mailbox_has_one_subscription_kept_by_its_lease_holder_and_any_daemon_tak
         webhook_daemon(&w, &boxes, names[0]),
         webhook_daemon(&w, &boxes, names[1]),
     ];
-    wait_for_spread(&w, &boxes, &names, boxes.len() / 4, "two webhook daemons");
+    // Each holds some (12 mailboxes over two random ids: the spread is the other test's).
+    wait_for_spread(&w, &boxes, &names, 1, "two webhook daemons");
     // One subscription per mailbox for the fleet: a mailbox handed over keeps the one its
     // first holder created (the new holder adopts it).
     let created = || {

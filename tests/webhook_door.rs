@@ -37,14 +37,19 @@ fn call(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u1
     }
 }
 
-/// The subscription id the daemon holds for `mailbox` (persisted in Redis).
+/// The subscription id the daemon holds for `mailbox` (persisted in Redis just after Graph
+/// answered the create, so waited for).
 fn subscription_id(w: &World, mailbox: &str) -> String {
-    redis::cmd("HGET")
-        .arg(format!("{PREFIX}webhook:subscription:{mailbox}"))
-        .arg("id")
-        .query::<Option<String>>(&mut w.redis())
-        .unwrap()
-        .expect("a subscription")
+    let mut id = None;
+    wait_until(Duration::from_secs(10), || {
+        id = redis::cmd("HGET")
+            .arg(format!("{PREFIX}webhook:subscription:{mailbox}"))
+            .arg("id")
+            .query::<Option<String>>(&mut w.redis())
+            .unwrap();
+        id.is_some()
+    });
+    id.expect("a subscription")
 }
 
 /// A notification body of `n` items about message `id` of the subscription.

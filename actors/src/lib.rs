@@ -64,6 +64,8 @@ pub struct Pipeline {
     processor: Addr<pipeline::processor::BatchProcessor>,
     sender: Addr<pipeline::sender::Ms4Sender>,
     shutdown: Shutdown,
+    /// Becomes true once the fleet heartbeat has left the fleet (drain).
+    fleet_left: tokio::sync::watch::Receiver<bool>,
     /// The other actors, held for as long as the pipeline runs: the rate limiter, one poller
     /// per Graph mailbox and per IMAP source, the after-delivery workers.
     _held: Held,
@@ -131,12 +133,18 @@ impl Pipeline {
 
         // Intake follows the session: the SessionManager opens and closes it.
         let intake = Arc::new(tokio::sync::watch::channel(messages::Intake::closed()).0);
+        let (fleet, fleet_left) = start_fleet(&settings, &store, &shutdown);
+        let held: sources::fleet::HeldSources = Arc::new(tokio::sync::watch::Sender::default());
         let sources = sources::PollerContext {
             store: store.clone(),
             health: health.clone(),
             shutdown: shutdown.clone(),
             intake: intake.subscribe(),
-            consumer: settings.consumer_name(),
+            fleet,
+            held: held.clone(),
+            stagger: sources::stagger(
+                settings.graph.all_mailboxes().len() + settings.imap.sources.len(),
+            ),
         };
         // Graph: one client (and token cache) per tenant for this thread's actors.
         let mut pollers = BTreeMap::new();
@@ -178,8 +186,10 @@ impl Pipeline {
                     health.clone(),
                     pollers.clone(),
                 );
+                let held = held.subscribe();
                 webhook = Some(Supervisor::start(move |_| {
                     sources::webhook::WebhookReceiver::new(settings, store, graph, pollers, health)
+                        .following(held)
                 }));
             }
         }
@@ -246,6 +256,7 @@ impl Pipeline {
             processor,
             sender,
             shutdown,
+            fleet_left,
             _held: Held {
                 _limiter: limiter,
                 _pollers: pollers,
@@ -278,7 +289,58 @@ impl Pipeline {
             }
             let _ = self.processor.send(pipeline::processor::Drain).await;
             let _ = self.sender.send(pipeline::sender::Drain).await;
+            // The other daemons need not wait for this one's heartbeat to expire. (No
+            // heartbeat runs without sources: the sender is gone, and this returns at once.)
+            let _ = self.fleet_left.clone().wait_for(|left| *left).await;
         };
         tokio::time::timeout(deadline, work).await.is_ok()
     }
+}
+
+/// Starts the daemon's fleet heartbeat (when it polls any source) and returns the view its
+/// pollers share and the signal that it left the fleet. The daemon's id in the fleet,
+/// `{consumer}:{uuid}`, is new at every start and is the token of its leases; the heartbeat's
+/// TTL is the shortest lease TTL of its sources, so a dead daemon leaves the views before (or
+/// as) its leases expire.
+fn start_fleet(
+    settings: &Settings,
+    store: &Store,
+    shutdown: &Shutdown,
+) -> (
+    tokio::sync::watch::Receiver<sources::fleet::FleetView>,
+    tokio::sync::watch::Receiver<bool>,
+) {
+    let me = format!(
+        "{}:{}",
+        settings.consumer_name(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let (view, view_rx) = tokio::sync::watch::channel(sources::fleet::FleetView::new(me));
+    let (left, left_rx) = tokio::sync::watch::channel(false);
+    let graph = settings.graph.all_mailboxes();
+    let imap = &settings.imap.sources;
+    let ttls = [
+        (!graph.is_empty()).then_some(settings.graph.lease_ttl_s),
+        (!imap.is_empty()).then_some(settings.imap.lease_ttl_s),
+    ];
+    let Some(ttl_s) = ttls.into_iter().flatten().min() else {
+        return (view_rx, left_rx);
+    };
+    let imap_leases: Vec<String> = imap
+        .iter()
+        .map(|s| store::imap::lease_name(&s.name))
+        .collect();
+    let names = graph.iter().chain(&imap_leases).map(String::as_str);
+    let heartbeat = sources::fleet::Heartbeat {
+        store: store.clone(),
+        fleet: sources::fleet::fleet_name(names),
+        ttl: Duration::from_secs(ttl_s),
+        view,
+        shutdown: shutdown.clone(),
+    };
+    actix::spawn(async move {
+        heartbeat.run().await;
+        let _ = left.send(true);
+    });
+    (view_rx, left_rx)
 }

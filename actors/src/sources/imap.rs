@@ -328,6 +328,8 @@ impl ImapLoop {
                 tokio::select! {
                     _ = tokio::time::sleep(renew_every) => {
                         match self.store.hold_lease(&self.lease, &self.token, self.lease_ttl()).await {
+                            // The schedule hands the source over at its next check.
+                            Ok(true) if w.hand_over_due() => return Ok(IdleEnd::Timeout),
                             Ok(true) => {}
                             Ok(false) => return Ok(IdleEnd::LeaseLost),
                             Err(e) => return Err(e),

@@ -3,15 +3,17 @@
 //!
 //! - [`graph`]: the Graph poller, one per mailbox (delta sync or the unread listing).
 //! - [`webhook`]: Graph change notifications, turned into fetches (and polls when one is missed).
+//! - [`fleet`]: which daemon of a fleet polls which source (heartbeats, rendezvous hashing).
 //! - [`imap`]: the IMAP poller, one per `[[imap.sources]]` entry (UID FETCH in chunks, IDLE).
 //!
 //! Every source pauses while the pipeline holds more than `pipeline.max_backlog` entries.
 
+pub(crate) mod fleet;
 pub(crate) mod graph;
 pub(crate) mod imap;
 mod schedule;
 
-pub(crate) use schedule::PollerContext;
+pub(crate) use schedule::{stagger, PollerContext};
 pub mod webhook;
 
 use crate::settings::Settings;

@@ -1,23 +1,40 @@
 //! The one loop every polling source runs (Graph mailboxes, IMAP folders): follow the session's
-//! intake, hold the source's lease, poll on schedule, when triggered, or early when the source
-//! itself sees new mail (IMAP IDLE), and back off after failures.
+//! intake, hold the source's lease if this daemon should, poll on schedule, when triggered, or
+//! early when the source itself sees new mail (IMAP IDLE), and back off after failures.
 //!
 //! - **Intake.** No session: no polling, and the lease is given up for another daemon. A session
-//!   that (re)starts polls at once, then every interval (`scheduled`) or only when triggered.
-//! - **Lease.** Exactly one daemon polls a source: the lease is taken or renewed before every
-//!   poll and at least every third of its TTL while waiting; the source's writes are fenced by
-//!   the lease token, so a poller that lost it cannot write.
+//!   that (re)starts polls as soon as the lease is held, then every interval (`scheduled`) or
+//!   only when triggered.
+//! - **Lease.** Exactly one daemon polls a source: the lease is renewed before every poll and
+//!   every third of its TTL while waiting; the source's writes are fenced by the lease token,
+//!   so a poller that lost it cannot write. Which daemon takes it follows the
+//!   [fleet](super::fleet): the source's preferred owner takes a free lease at its first check
+//!   (every TTL/3); another daemon only when it saw it free at two checks in a row (every TTL):
+//!   a fallback for views that differ, so nothing stays unowned. A holder that is not the
+//!   preferred owner gives the lease up at its next renewal (never mid-poll), once per view,
+//!   and the preferred owner takes it: each source moves once, directly. A lease newly taken
+//!   polls at once (the last holder may have died mid-poll).
+//! - **Takeover bound.** A daemon killed at `t` leaves its leases free by `t + ttl` and the
+//!   fleet views of the others by `t + fleet ttl + fleet ttl/3` (fleet ttl ≤ lease ttl); the
+//!   new preferred owner checks every TTL/3, so it holds the lease by `t + 5/3 ttl` and polls
+//!   at once: within `2 × ttl + one poll interval`, as docs/RELIABILITY.md promises.
+//! - **No stampede.** Each poller has a random phase in `[0, stagger)` (the daemon's stagger
+//!   grows with its number of sources, up to TTL/3): its first lease check after start or a
+//!   session (re)start waits that long, so the checks, renewals and first polls of 2,000
+//!   pollers spread out instead of arriving together.
 //! - **Failures.** The source says what a failure calls for ([`Retry`]); transient ones back off
 //!   on the source's own `retry_min_ms`/`retry_max_ms`, and a success starts the backoff over.
 //!
 //! A source implements [`Source`]: how to poll, and (optionally) how to wait; a [`Poller`]
 //! is the supervised actor that runs one.
 
+use super::fleet::{FleetView, HeldSources};
 use crate::health::Health;
 use crate::messages::{Intake, TriggerPoll};
 use crate::retry::Backoff;
 use crate::settings::RetryBounds;
 use crate::shutdown::Shutdown;
+use crate::store::lease::LeaseState;
 use crate::store::{Store, StoreError};
 use crate::supervision::{spawn_work, RestartPacer};
 use actix::{Actor, Context, Handler, Supervised};
@@ -53,10 +70,12 @@ pub(crate) enum Retry {
 pub(crate) enum Waited {
     /// Poll now: triggered, or the source saw new mail.
     Poll,
-    /// The wait's time is up: poll if due, else renew the lease and wait again.
+    /// The wait's time is up: poll if due, else check the lease and wait again.
     Timer,
     /// Look again at the intake (it changed).
     Again,
+    /// The fleet changed (only while not holding): this daemon may be the preferred owner now.
+    Fleet,
     /// The daemon is draining.
     Shutdown,
     /// The source learned while waiting that another daemon holds it.
@@ -67,7 +86,7 @@ pub(crate) enum Waited {
 
 /// What a source's wait may watch.
 pub(crate) struct Wait<'a> {
-    /// Longest the wait may last (the next poll, or the next lease renewal, is due then).
+    /// Longest the wait may last (the next poll, or the next lease check, is due then).
     pub(crate) until: Duration,
     /// The next scheduled poll (`None`: only when triggered).
     pub(crate) next_poll: Option<Instant>,
@@ -76,18 +95,31 @@ pub(crate) struct Wait<'a> {
     pub(crate) intake: &'a mut watch::Receiver<Intake>,
     pub(crate) wake: &'a Notify,
     pub(crate) shutdown: &'a Shutdown,
+    pub(crate) fleet: &'a mut watch::Receiver<FleetView>,
+    /// The source's name in lease keys (its name for the fleet's preferences).
+    pub(crate) lease: &'a str,
+    /// The view generation in which this poller offered the source to its preferred owner.
+    pub(crate) offered_in: Option<u64>,
 }
 
 impl Wait<'_> {
-    /// Sleeps until `until`, a trigger, an intake change or shutdown: the wait of a source with
-    /// no way to learn of new mail by itself.
+    /// Sleeps until `until`, a trigger, an intake change or shutdown (or, while not holding,
+    /// a fleet change): the wait of a source with no way to learn of new mail by itself.
     pub(crate) async fn sleep(&mut self) -> Waited {
+        let holding = self.holding;
         tokio::select! {
             _ = tokio::time::sleep(self.until) => Waited::Timer,
             _ = self.wake.notified() => Waited::Poll,
             _ = self.intake.changed() => Waited::Again,
             _ = self.shutdown.raised() => Waited::Shutdown,
+            Ok(()) = self.fleet.changed(), if !holding => Waited::Fleet,
         }
+    }
+
+    /// The holder should give the source to its preferred owner at its next lease check (a
+    /// long wait, such as IDLE, ends early for it).
+    pub(crate) fn hand_over_due(&self) -> bool {
+        self.holding && self.fleet.borrow().hands_over(self.lease, self.offered_in)
     }
 }
 
@@ -129,31 +161,92 @@ pub(crate) struct Schedule {
     pub(crate) health: Health,
     /// The source's name in lease keys.
     pub(crate) lease: String,
-    /// This daemon's lease token.
+    /// This daemon's lease token (its fleet id).
     pub(crate) token: String,
     pub(crate) ttl: Duration,
     pub(crate) retry: RetryBounds,
     pub(crate) intake: watch::Receiver<Intake>,
     pub(crate) wake: std::rc::Rc<Notify>,
     pub(crate) shutdown: Shutdown,
+    /// The daemon's fleet view, refreshed by its heartbeat.
+    pub(crate) fleet: watch::Receiver<FleetView>,
+    /// This poller's offset in `[0, stagger)`: its first lease check waits that long.
+    pub(crate) phase: Duration,
+    /// The sources this daemon holds (the webhook receiver follows them).
+    pub(crate) held: HeldSources,
+}
+
+/// This poller's side of its source's lease.
+struct LeaseWatch {
+    holding: bool,
+    /// The last check found the lease free (and did not take it).
+    seen_free: bool,
+    /// When to check it next (renew, or look for it free).
+    next_check: Instant,
+    /// The view generation in which the lease was offered to its preferred owner.
+    offered_in: Option<u64>,
+}
+
+/// What a lease check does, decided from the view before calling Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Renew the lease held.
+    Renew,
+    /// Give it up for the preferred owner.
+    HandOver,
+    /// Take it if free (preferred owner, or a second sighting of it free).
+    Take,
+    /// Only look whether it is free.
+    Look,
+}
+
+impl Step {
+    fn decide(lease: &LeaseWatch, view: &FleetView, source: &str) -> Self {
+        match (lease.holding, view.prefers_me(source) || lease.seen_free) {
+            (true, _) if view.hands_over(source, lease.offered_in) => Step::HandOver,
+            (true, _) => Step::Renew,
+            (false, true) => Step::Take,
+            (false, false) => Step::Look,
+        }
+    }
+}
+
+/// What a lease check changed.
+#[derive(Debug, PartialEq, Eq)]
+enum Checked {
+    /// Held before and still held, or not held before nor now.
+    Same,
+    /// Taken now: catch up at once.
+    Taken,
+    /// Held before, not now (another took it, or it was handed over): let go of the source.
+    Gone,
 }
 
 impl Schedule {
     /// Runs `source` until the daemon drains. Returns a Redis error for the supervisor.
     pub(crate) async fn run(mut self, source: &mut impl Source) -> Result<(), StoreError> {
-        let renew_every = self.ttl / 3;
+        tokio::select! {
+            _ = self.fleet.wait_for(FleetView::is_ready) => {}
+            _ = self.shutdown.raised() => return Ok(()),
+        }
         let mut backoff = Backoff::new(self.retry);
-        let mut holding = false;
+        let mut lease = LeaseWatch {
+            holding: false,
+            seen_free: false,
+            next_check: Instant::now(),
+            offered_in: None,
+        };
         let mut was_active = false;
         // When the next scheduled poll is due (`None`: only when triggered).
         let mut next_poll: Option<Instant> = None;
         while !self.shutdown.is_raised() {
+            self.mark(lease.holding);
             let intake = self.intake.borrow_and_update().clone();
             if !intake.active {
                 // No session: no polling, and the lease is free for another daemon.
-                if holding {
+                if lease.holding {
                     self.release().await;
-                    holding = false;
+                    lease.holding = false;
                 }
                 source.let_go().await;
                 was_active = false;
@@ -164,35 +257,53 @@ impl Schedule {
                 continue;
             }
             if !was_active {
-                // A session (re)started: catch up at once.
+                // A session (re)started: check the lease after this poller's phase (the first
+                // poll follows at once when it is held).
                 was_active = true;
-                next_poll = Some(Instant::now());
+                lease.next_check = Instant::now() + self.phase;
             }
             let now = Instant::now();
-            if next_poll.is_none_or(|t| t > now) {
-                // Wait for the next poll, a trigger, new mail, a session change, or to renew
-                // the lease.
+            if lease.next_check <= now {
+                match self.check(&mut lease).await? {
+                    Checked::Taken => next_poll = Some(Instant::now()),
+                    Checked::Gone => source.let_go().await,
+                    Checked::Same => {}
+                }
+                continue;
+            }
+            let poll_due = lease.holding && next_poll.is_some_and(|t| t <= now);
+            if !poll_due {
+                let to_check = lease.next_check - now;
+                let until = match (lease.holding, next_poll) {
+                    (true, Some(t)) => (t - now).min(to_check),
+                    _ => to_check,
+                };
                 let mut wait = Wait {
-                    until: next_poll.map_or(renew_every, |t| t - now).min(renew_every),
+                    until,
                     next_poll,
-                    holding,
+                    holding: lease.holding,
                     intake: &mut self.intake,
                     wake: &self.wake,
                     shutdown: &self.shutdown,
+                    fleet: &mut self.fleet,
+                    lease: &self.lease,
+                    offered_in: lease.offered_in,
                 };
                 match source.wait(&mut wait).await? {
-                    Waited::Poll => {}
-                    Waited::Timer => {
-                        if next_poll.is_none_or(|t| t > Instant::now()) {
-                            holding = self.renew(holding).await?;
-                            continue;
+                    Waited::Poll if lease.holding => {}
+                    Waited::Poll | Waited::Fleet => {
+                        // Not holding: the preferred owner checks within its phase (a fleet
+                        // change wakes many pollers at once; their checks stay spread).
+                        if self.fleet.borrow_and_update().prefers_me(&self.lease) {
+                            lease.next_check = lease.next_check.min(Instant::now() + self.phase);
                         }
+                        continue;
                     }
-                    Waited::Again => continue,
+                    Waited::Timer | Waited::Again => continue,
                     Waited::Shutdown => break,
                     Waited::LeaseLost => {
                         tracing::info!("another daemon polls this source");
-                        holding = false;
+                        lease.holding = false;
                         source.let_go().await;
                         continue;
                     }
@@ -205,8 +316,8 @@ impl Schedule {
             next_poll = intake
                 .scheduled
                 .then(|| Instant::now() + source.interval(&intake));
-            holding = self.renew(holding).await?;
-            if !holding {
+            // Renewed (or handed over) before every poll.
+            if self.check(&mut lease).await? == Checked::Gone || !lease.holding {
                 source.let_go().await;
                 continue;
             }
@@ -219,7 +330,7 @@ impl Schedule {
                 }
                 Polled::LeaseLost => {
                     tracing::warn!("lost the lease mid-poll; another daemon took over");
-                    holding = false;
+                    lease.holding = false;
                     source.let_go().await;
                 }
                 Polled::Failed { error, retry } => {
@@ -244,27 +355,63 @@ impl Schedule {
                 }
             }
         }
-        if holding {
+        if lease.holding {
             self.release().await;
         }
+        self.mark(false);
         source.let_go().await;
         Ok(())
     }
 
-    /// Takes or renews the lease; says when it changed hands.
-    async fn renew(&self, holding: bool) -> Result<bool, StoreError> {
-        let held = self
-            .store
-            .hold_lease(&self.lease, &self.token, self.ttl)
-            .await?;
-        if held != holding {
-            if held {
-                tracing::info!("took the poller lease of this source");
-            } else {
-                tracing::info!("another daemon polls this source");
+    /// Tells the daemon (its webhook receiver) whether this source's lease is held.
+    fn mark(&self, holding: bool) {
+        self.held.send_if_modified(|held| match holding {
+            true => held.insert(self.lease.clone()),
+            false => held.remove(&self.lease),
+        });
+    }
+
+    /// Checks the lease as the fleet view says ([`Step`]) and schedules the next check: TTL/3
+    /// for a holder or the preferred owner, the whole TTL for the others (they are only the
+    /// fallback, and cost one call per TTL per idle source).
+    async fn check(&mut self, lease: &mut LeaseWatch) -> Result<Checked, StoreError> {
+        let view = self.fleet.borrow_and_update().clone();
+        let step = Step::decide(lease, &view, &self.lease);
+        let was_holding = lease.holding;
+        let found = match step {
+            Step::HandOver => {
+                tracing::info!(to = ?view.preferred(&self.lease), "handing this source over to its preferred daemon");
+                self.release().await;
+                lease.offered_in = Some(view.generation);
+                LeaseState::Other
             }
-        }
-        Ok(held)
+            Step::Renew | Step::Take | Step::Look => {
+                let take = step != Step::Look;
+                self.store
+                    .check_lease(&self.lease, &self.token, self.ttl, take)
+                    .await?
+            }
+        };
+        lease.holding = found == LeaseState::Held;
+        lease.seen_free = found == LeaseState::Free;
+        let often = lease.holding || view.prefers_me(&self.lease);
+        lease.next_check = Instant::now() + if often { self.ttl / 3 } else { self.ttl };
+        Ok(match (was_holding, lease.holding) {
+            (false, true) => {
+                tracing::info!(
+                    preferred = view.prefers_me(&self.lease),
+                    "took the poller lease of this source"
+                );
+                Checked::Taken
+            }
+            (true, false) => {
+                if step != Step::HandOver {
+                    tracing::info!("another daemon polls this source");
+                }
+                Checked::Gone
+            }
+            _ => Checked::Same,
+        })
     }
 
     async fn release(&self) {
@@ -302,12 +449,15 @@ impl<S: Source> Poller<S> {
                 store: ctx.store.clone(),
                 health: ctx.health.clone(),
                 lease,
-                token: format!("{}:{}", ctx.consumer, uuid::Uuid::new_v4().simple()),
+                token: ctx.fleet.borrow().me.to_string(),
                 ttl,
                 retry,
                 intake: ctx.intake.clone(),
                 wake: std::rc::Rc::new(Notify::new()),
                 shutdown: ctx.shutdown.clone(),
+                fleet: ctx.fleet.clone(),
+                held: ctx.held.clone(),
+                phase: ctx.stagger.min(ttl / 3).mul_f64(rand::random::<f64>()),
             },
             pacer: RestartPacer::new(S::NAME),
             make: Box::new(make),
@@ -321,9 +471,23 @@ pub(crate) struct PollerContext {
     pub(crate) health: Health,
     pub(crate) shutdown: Shutdown,
     pub(crate) intake: watch::Receiver<Intake>,
-    /// This daemon instance's consumer name (lease tokens start with it).
-    pub(crate) consumer: String,
+    /// The daemon's fleet view; its `me` is every lease token of this daemon.
+    pub(crate) fleet: watch::Receiver<FleetView>,
+    /// The span over which the pollers' first lease checks spread (see [`stagger`]).
+    pub(crate) stagger: Duration,
+    pub(crate) held: HeldSources,
 }
+
+/// How long the first lease checks of `sources` pollers spread over: [`STAGGER_PER_SOURCE`]
+/// each (a burst of at most 200 lease calls and polls a second), and never more than a lease
+/// renewal period (the pollers cap it at TTL/3). Three mailboxes start within 15 ms, 2,000
+/// within 10 s.
+pub(crate) fn stagger(sources: usize) -> Duration {
+    STAGGER_PER_SOURCE * sources as u32
+}
+
+/// See [`stagger`].
+const STAGGER_PER_SOURCE: Duration = Duration::from_millis(5);
 
 impl<S: Source> Actor for Poller<S> {
     type Context = Context<Self>;
@@ -366,5 +530,74 @@ impl<S: Source> Handler<TriggerPoll> for Poller<S> {
 
     fn handle(&mut self, _: TriggerPoll, _ctx: &mut Context<Self>) {
         self.schedule.wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(holding: bool, seen_free: bool, offered_in: Option<u64>) -> LeaseWatch {
+        LeaseWatch {
+            holding,
+            seen_free,
+            next_check: Instant::now(),
+            offered_in,
+        }
+    }
+
+    /// A view of daemons `a:1` (this one) and `b:2`, and a source each prefers.
+    fn two_daemons() -> (FleetView, String, String) {
+        let view = FleetView::new("a:1".into()).with_members(vec!["a:1".into(), "b:2".into()]);
+        let mine = (0..)
+            .map(|i| format!("m{i}@x"))
+            .find(|s| view.prefers_me(s))
+            .unwrap();
+        let theirs = (0..)
+            .map(|i| format!("m{i}@x"))
+            .find(|s| !view.prefers_me(s))
+            .unwrap();
+        (view, mine, theirs)
+    }
+
+    #[test]
+    fn the_preferred_owner_takes_at_once_the_others_at_the_second_sighting() {
+        let (view, mine, theirs) = two_daemons();
+        assert_eq!(
+            Step::decide(&lease(false, false, None), &view, &mine),
+            Step::Take
+        );
+        assert_eq!(
+            Step::decide(&lease(false, false, None), &view, &theirs),
+            Step::Look
+        );
+        assert_eq!(
+            Step::decide(&lease(false, true, None), &view, &theirs),
+            Step::Take
+        );
+    }
+
+    #[test]
+    fn a_holder_hands_over_to_the_preferred_owner_once_per_view() {
+        let (view, mine, theirs) = two_daemons();
+        assert_eq!(
+            Step::decide(&lease(true, false, None), &view, &mine),
+            Step::Renew
+        );
+        assert_eq!(
+            Step::decide(&lease(true, false, None), &view, &theirs),
+            Step::HandOver
+        );
+        let offered = Some(view.generation);
+        assert_eq!(
+            Step::decide(&lease(true, false, offered), &view, &theirs),
+            Step::Renew
+        );
+    }
+
+    #[test]
+    fn two_thousand_sources_start_within_ten_seconds() {
+        assert_eq!(stagger(3), Duration::from_millis(15));
+        assert_eq!(stagger(2_000), Duration::from_secs(10));
     }
 }

@@ -11,12 +11,23 @@
 //!   `pipeline.max_backlog`, as the pollers pause, nothing is queued and the route answers 503
 //!   with `Retry-After`: Graph re-sends later, and the safety-net poll catches up on what it
 //!   gives up on.
-//! - **Subscriptions**: one per mailbox, created once the HTTP server is up (Graph validates the
-//!   notification URLs during the create), persisted in `webhook:subscription:{mailbox}`,
-//!   renewed `webhook.renew_before_s` before expiry by a timer (re-armed from Redis after a
-//!   restart), deleted on drain.
+//! - **Subscriptions**: one per mailbox, kept by the daemon that holds the mailbox's poller
+//!   lease (several daemons share the mailboxes, see [`fleet`](super::fleet)): created once the
+//!   HTTP server is up (Graph validates the notification URLs during the create), persisted in
+//!   `webhook:subscription:{mailbox}` with `webhook:subscription-id:{id}` naming its mailbox
+//!   (notifications reach any daemon behind a load balancer, and each resolves an id it does
+//!   not know there), renewed `webhook.renew_before_s` before expiry by a timer. A daemon that
+//!   takes a lease adopts the stored subscription (re-arming its renewal) instead of creating
+//!   another; one that loses the lease stops renewing and leaves it to the new holder. Each
+//!   asks Graph for an expiry spread by mailbox over the second half of the renewal window
+//!   ([`spread_expiration`]), so subscriptions created together do not renew together. A
+//!   drain, or a session that stops wanting notifications, deletes the subscriptions this
+//!   daemon keeps.
 //! - **Lifecycle events** (`POST /webhook/lifecycle`): `reauthorizationRequired` → renew now;
 //!   `subscriptionRemoved` → create a new one and poll to catch up; `missed` → poll to catch up.
+//!   One that reaches a daemon not keeping the subscription is refused (`rejected_lifecycle`)
+//!   or, for an id it knows, changes nothing there: the holder's next renewal re-creates a
+//!   removed subscription (Graph answers 404), and its scheduled polls catch up.
 
 use crate::clients::graph::GraphError;
 use crate::clients::graph_tenants::GraphTenants;
@@ -30,10 +41,14 @@ use crate::{health::Health, metrics as m};
 use actix::prelude::*;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+mod ownership;
+use ownership::{spread_expiration, ID_KEPT_AFTER_EXPIRY};
 
 /// One item of a notification POST (change or lifecycle).
 #[derive(Debug, Clone, Deserialize)]
@@ -208,8 +223,12 @@ pub struct WebhookReceiver {
     pollers: BTreeMap<String, Addr<GraphPoller>>,
     health: Health,
     pacer: RestartPacer,
-    /// subscription id → mailbox
+    /// subscription id → mailbox (of every stored subscription known, this daemon's or not)
     subscriptions: HashMap<String, String>,
+    /// The sources whose leases this daemon holds (the pollers keep it).
+    held: watch::Receiver<BTreeSet<String>>,
+    /// The mailboxes whose subscriptions this daemon keeps: those it holds the lease of.
+    owned: BTreeSet<String>,
     /// mailbox → its renewal timer
     timers: HashMap<String, SpawnHandle>,
     /// The HTTP server is listening.
@@ -234,10 +253,19 @@ impl WebhookReceiver {
             health,
             pacer: RestartPacer::new("webhook_receiver"),
             subscriptions: HashMap::new(),
+            held: watch::channel(BTreeSet::new()).1,
+            owned: BTreeSet::new(),
             timers: HashMap::new(),
             http_ready: false,
             wanted: false,
         }
+    }
+
+    /// Keeps the subscriptions of the mailboxes whose leases `held` lists (the daemon's
+    /// pollers keep it): without it, the receiver keeps none.
+    pub(crate) fn following(mut self, held: watch::Receiver<BTreeSet<String>>) -> Self {
+        self.held = held;
+        self
     }
 
     fn urls(&self) -> (String, String) {
@@ -310,10 +338,11 @@ impl Actor for WebhookReceiver {
             }
             .into_actor(self)
             .map(|found, act, ctx| {
+                // Known for notifications; renewed only once this daemon holds the lease.
                 for (mb, s) in found {
-                    act.subscriptions.insert(s.id.clone(), mb.clone());
-                    act.arm_renewal(&mb, &s.expiration, ctx);
+                    act.subscriptions.insert(s.id.clone(), mb);
                 }
+                act.watch_leases(act.held.clone(), ctx);
                 if act.http_ready && act.wanted {
                     // Restarted by the supervisor after the server was up: carry on.
                     act.subscribe_all(ctx);
@@ -328,6 +357,7 @@ impl Supervised for WebhookReceiver {
         self.pacer.on_restart();
         self.timers.clear();
         self.subscriptions.clear();
+        self.owned.clear();
     }
 }
 
@@ -335,54 +365,94 @@ impl Handler<Notifications> for WebhookReceiver {
     type Result = ResponseFuture<Result<Received, NotTaken>>;
 
     fn handle(&mut self, msg: Notifications, _ctx: &mut Context<Self>) -> Self::Result {
-        let sorted = sort_notifications(
-            &msg.0,
-            self.settings.webhook.client_state.expose(),
-            &self.subscriptions,
-        );
-        for refusal in &sorted.refused {
-            metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => refusal.outcome())
-                .increment(1);
-        }
-        let mut received = Received {
-            accepted: 0,
-            duplicates: 0,
-            rejected: sorted.refused.len(),
-        };
-        if received.rejected > 0 {
-            tracing::warn!(
-                rejected = received.rejected,
-                "rejected webhook notifications (wrong clientState, unknown subscription or no message id)"
-            );
-        }
-        let (refs, repeated) = (sorted.refs, sorted.repeated);
+        let (mut subscriptions, unknown) = self.subscriptions_of(&msg.0);
         let store = self.store.clone();
         let ttl = self.settings.redis.idempotency_ttl_s;
         let max = self.settings.pipeline.max_backlog;
+        let client_state = self.settings.webhook.client_state.clone();
         Box::pin(async move {
-            if refs.is_empty() {
-                return Ok(received);
-            }
-            let pairs: Vec<(&str, &str)> =
-                refs.iter().map(|(m, i)| (m.as_str(), i.as_str())).collect();
-            let added = match store.add_refs(&pairs, ttl, max).await {
-                Err(e) => return Err(NotTaken::NotStored(e.to_string())),
-                Ok(RefsQueued::Backlogged { backlog }) => {
-                    metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => "backlogged")
-                        .increment((refs.len() + repeated) as u64);
-                    return Err(NotTaken::Backlogged { backlog, max });
+            // Another daemon's subscriptions (a load balancer spreads the POSTs): their
+            // mailboxes are in Redis. If Redis cannot say, Graph is asked to send again.
+            let found = store
+                .subscription_mailboxes(&unknown)
+                .await
+                .map_err(|e| NotTaken::NotStored(e.to_string()))?;
+            for (id, mailbox) in unknown.into_iter().zip(found) {
+                if let Some(mailbox) = mailbox {
+                    subscriptions.insert(id, mailbox);
                 }
-                Ok(RefsQueued::Added(n)) => n as usize,
-            };
-            received.accepted = refs.len() + repeated;
-            received.duplicates = received.accepted - added;
-            metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => "accepted")
-                .increment(added as u64);
-            metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => "duplicate")
-                .increment(received.duplicates as u64);
-            Ok(received)
+            }
+            let sorted = sort_notifications(&msg.0, client_state.expose(), &subscriptions);
+            queue_sorted(sorted, &store, ttl, max).await
         })
     }
+}
+
+impl WebhookReceiver {
+    /// The subscriptions the items of a POST name (those with our `clientState`): the ones
+    /// this daemon knows, with their mailboxes, and the ids it does not know.
+    fn subscriptions_of(&self, items: &[Notification]) -> (HashMap<String, String>, Vec<String>) {
+        let mut known = HashMap::new();
+        let mut unknown = Vec::new();
+        for n in items {
+            if !self.client_state_ok(n.client_state.as_deref()) || n.subscription_id.is_empty() {
+                continue;
+            }
+            match self.subscriptions.get(&n.subscription_id) {
+                Some(mailbox) => {
+                    known.insert(n.subscription_id.clone(), mailbox.clone());
+                }
+                None if !unknown.contains(&n.subscription_id) => {
+                    unknown.push(n.subscription_id.clone())
+                }
+                None => {}
+            }
+        }
+        (known, unknown)
+    }
+}
+
+/// Counts the refusals of a sorted POST and queues its refs (see [`Store::add_refs`]).
+async fn queue_sorted(
+    sorted: SortedNotifications,
+    store: &Store,
+    ttl: u64,
+    max: u64,
+) -> Result<Received, NotTaken> {
+    for refusal in &sorted.refused {
+        metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => refusal.outcome()).increment(1);
+    }
+    let mut received = Received {
+        accepted: 0,
+        duplicates: 0,
+        rejected: sorted.refused.len(),
+    };
+    if received.rejected > 0 {
+        tracing::warn!(
+            rejected = received.rejected,
+            "rejected webhook notifications (wrong clientState, unknown subscription or no message id)"
+        );
+    }
+    let (refs, repeated) = (sorted.refs, sorted.repeated);
+    if refs.is_empty() {
+        return Ok(received);
+    }
+    let pairs: Vec<(&str, &str)> = refs.iter().map(|(m, i)| (m.as_str(), i.as_str())).collect();
+    let added = match store.add_refs(&pairs, ttl, max).await {
+        Err(e) => return Err(NotTaken::NotStored(e.to_string())),
+        Ok(RefsQueued::Backlogged { backlog }) => {
+            metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => "backlogged")
+                .increment((refs.len() + repeated) as u64);
+            return Err(NotTaken::Backlogged { backlog, max });
+        }
+        Ok(RefsQueued::Added(n)) => n as usize,
+    };
+    received.accepted = refs.len() + repeated;
+    received.duplicates = received.accepted - added;
+    metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => "accepted").increment(added as u64);
+    metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => "duplicate")
+        .increment(received.duplicates as u64);
+    Ok(received)
 }
 
 impl Handler<LifecycleEvents> for WebhookReceiver {
@@ -457,26 +527,13 @@ impl Handler<SetIntake> for WebhookReceiver {
     }
 }
 
-impl WebhookReceiver {
-    fn subscribe_all(&mut self, ctx: &mut Context<Self>) {
-        for mailbox in self.settings.graph.all_mailboxes() {
-            let known = self.subscriptions.values().any(|m| *m == mailbox);
-            if !known {
-                ctx.notify(Renew {
-                    mailbox,
-                    recreate: true,
-                });
-            }
-        }
-    }
-}
-
 impl Handler<Renew> for WebhookReceiver {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, msg: Renew, _ctx: &mut Context<Self>) -> Self::Result {
-        if !self.wanted {
-            // A timer that fired after the session stopped wanting notifications.
+        if !self.wanted || !self.owned.contains(&msg.mailbox) {
+            // A timer that fired after the session stopped wanting notifications, or a
+            // mailbox whose lease (and subscription) another daemon holds now.
             return Box::pin(async {}.into_actor(self));
         }
         let graph = self.graph.clone();
@@ -484,7 +541,8 @@ impl Handler<Renew> for WebhookReceiver {
         let (notification_url, lifecycle_url) = self.urls();
         let client_state = self.settings.webhook.client_state.clone();
         let folder = self.settings.graph.folder.clone();
-        let lifetime = chrono::Duration::minutes(self.settings.webhook.lifetime_minutes as i64);
+        let lifetime = Duration::from_secs(self.settings.webhook.lifetime_minutes * 60);
+        let renew_before = Duration::from_secs(self.settings.webhook.renew_before_s);
         let existing = self
             .subscriptions
             .iter()
@@ -496,7 +554,8 @@ impl Handler<Renew> for WebhookReceiver {
                 Ok(graph) => graph.clone(),
                 Err(e) => return (existing, Err(e)),
             };
-            let expiration = (Utc::now() + lifetime).to_rfc3339_opts(SecondsFormat::Secs, true);
+            let expiration = spread_expiration(&mailbox, Utc::now(), lifetime, renew_before)
+                .to_rfc3339_opts(SecondsFormat::Secs, true);
             let renewed = match (&existing, msg.recreate) {
                 (Some(id), false) => {
                     match graph.renew_subscription(&mailbox, id, &expiration).await {
@@ -525,7 +584,9 @@ impl Handler<Renew> for WebhookReceiver {
                     id: s.id.clone(),
                     expiration: s.expiration_date_time.clone(),
                 };
-                if let Err(e) = store.save_subscription(&mailbox, &stored).await {
+                let keep = renewal_delay(&stored.expiration, Utc::now(), Duration::ZERO)
+                    + ID_KEPT_AFTER_EXPIRY;
+                if let Err(e) = store.save_subscription(&mailbox, &stored, keep).await {
                     tracing::warn!(%mailbox, error = %e, "could not persist the subscription");
                 }
             }
@@ -581,7 +642,16 @@ impl Handler<Unsubscribe> for WebhookReceiver {
         for (_, handle) in self.timers.drain() {
             ctx.cancel_future(handle);
         }
-        let subs: Vec<(String, String)> = self.subscriptions.drain().collect();
+        // Only the subscriptions this daemon keeps: the others' stay with their holders.
+        let owned = std::mem::take(&mut self.owned);
+        let subs: Vec<(String, String)> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, mailbox)| owned.contains(*mailbox))
+            .map(|(id, mailbox)| (id.clone(), mailbox.clone()))
+            .collect();
+        self.subscriptions
+            .retain(|_, mailbox| !owned.contains(mailbox));
         let graph = self.graph.clone();
         let store = self.store.clone();
         Box::pin(
@@ -593,7 +663,7 @@ impl Handler<Unsubscribe> for WebhookReceiver {
                     };
                     match deleted {
                         Ok(()) => {
-                            let _ = store.forget_subscription(&mailbox).await;
+                            let _ = store.forget_subscription(&mailbox, &id).await;
                             tracing::info!(%mailbox, "subscription deleted");
                         }
                         Err(e) => {

@@ -116,6 +116,17 @@ impl Keys {
         format!("{}webhook:subscription:{}", self.prefix, mailbox)
     }
 
+    /// The mailbox a Graph subscription id belongs to (any daemon may receive its
+    /// notifications, not only the one that created it).
+    pub(crate) fn subscription_owner(&self, id: &str) -> String {
+        format!("{}webhook:subscription-id:{}", self.prefix, id)
+    }
+
+    /// The live daemons of one fleet (sorted set; `fleet`: a digest of their source list).
+    pub(crate) fn fleet(&self, fleet: &str) -> String {
+        format!("{}fleet:{}", self.prefix, fleet)
+    }
+
     /// Messages to mark read in Graph once MS4 accepted them (unread mode).
     pub(crate) fn mark_read(&self) -> String {
         format!("{}stream:markread", self.prefix)
@@ -200,6 +211,8 @@ mod tests {
                 k.cursor(n),
                 k.poller_lease(n),
                 k.subscription(n),
+                k.subscription_owner(n),
+                k.fleet(n),
                 k.rate_pause(n),
                 k.rate_log(n),
                 k.graph_app_window(n),

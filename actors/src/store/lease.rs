@@ -20,6 +20,17 @@ impl LeaseScripts {
     }
 }
 
+/// What a lease check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeaseState {
+    /// The caller holds it (taken now, or renewed).
+    Held,
+    /// Another daemon holds it.
+    Other,
+    /// Nobody holds it, and the caller only looked.
+    Free,
+}
+
 /// The write was refused: another daemon holds the mailbox (or source) now.
 #[derive(Debug, thiserror::Error)]
 #[error("lost the poller lease of {0}")]
@@ -33,15 +44,33 @@ impl Store {
         token: &str,
         ttl: Duration,
     ) -> StoreResult<bool> {
-        let held: i64 = self
+        Ok(self.check_lease(mailbox, token, ttl, true).await? == LeaseState::Held)
+    }
+
+    /// Renews the lease of `mailbox` if `token` holds it; a free lease is taken only when
+    /// `take`, else reported [`LeaseState::Free`] (one call either way).
+    pub(crate) async fn check_lease(
+        &self,
+        mailbox: &str,
+        token: &str,
+        ttl: Duration,
+        take: bool,
+    ) -> StoreResult<LeaseState> {
+        let found: i64 = self
             .lease
             .take
             .key(self.keys.poller_lease(mailbox))
             .arg(token)
             .arg(ttl.as_millis() as u64)
+            .arg(if take { "1" } else { "0" })
             .invoke_async(&mut self.conn())
             .await?;
-        Ok(held == 1)
+        match found {
+            1 => Ok(LeaseState::Held),
+            0 => Ok(LeaseState::Other),
+            2 => Ok(LeaseState::Free),
+            other => Err(super::StoreError::Reply(format!("lease check: {other}"))),
+        }
     }
 
     /// Gives the lease up (drain), if still held.

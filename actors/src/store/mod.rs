@@ -18,6 +18,7 @@
 //! - [`streams`]: consumer groups, reads, claims, acknowledgements, the hand-offs.
 //! - [`dlq`]: the dead-letter stream.
 //! - [`ratelimit`]: the shared rate budgets (Lua scripts).
+//! - [`fleet`]: which daemons of a fleet are alive (heartbeats).
 //! - [`lease`], [`poll`], [`imap`]: poller leases, Graph cursors and pages, IMAP cursors and
 //!   chunks.
 //! - [`schema`]: every stream's field names; [`keys`]: every key's name.
@@ -25,6 +26,7 @@
 mod access;
 pub mod dlq;
 pub mod entry;
+pub(crate) mod fleet;
 pub(crate) mod imap;
 pub mod inspect;
 pub(crate) mod keys;

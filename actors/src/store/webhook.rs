@@ -1,7 +1,10 @@
-//! What the WebhookReceiver keeps in Redis: one subscription per mailbox (so a restarted daemon
-//! renews instead of re-creating), and notification refs written to the inbound stream.
+//! What the WebhookReceiver keeps in Redis: one subscription per mailbox (so a restarted daemon,
+//! or the next holder of the mailbox's lease, renews instead of re-creating), the mailbox of
+//! each subscription id (any daemon may receive a notification), and notification refs written
+//! to the inbound stream.
 
 use super::{Store, StoreResult};
+use std::time::Duration;
 
 /// A mailbox's Graph subscription as persisted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,12 +31,17 @@ impl Store {
         })
     }
 
+    /// Stores `mailbox`'s subscription and, for `keep`, which mailbox its id belongs to (in one
+    /// transaction).
     pub(crate) async fn save_subscription(
         &self,
         mailbox: &str,
         s: &StoredSubscription,
+        keep: Duration,
     ) -> StoreResult<()> {
-        let _: () = redis::cmd("HSET")
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("HSET")
             .arg(self.keys.subscription(mailbox))
             .arg("id")
             .arg(&s.id)
@@ -41,14 +49,37 @@ impl Store {
             .arg(&s.expiration)
             .arg("mailbox")
             .arg(mailbox)
+            .ignore()
+            .cmd("SET")
+            .arg(self.keys.subscription_owner(&s.id))
+            .arg(mailbox)
+            .arg("PX")
+            .arg(keep.as_millis().max(1) as u64)
+            .ignore()
             .query_async(&mut self.conn())
             .await?;
         Ok(())
     }
 
-    pub(crate) async fn forget_subscription(&self, mailbox: &str) -> StoreResult<()> {
+    /// The mailboxes of subscription `ids` (`None`: unknown, or expired long ago).
+    pub(crate) async fn subscription_mailboxes(
+        &self,
+        ids: &[String],
+    ) -> StoreResult<Vec<Option<String>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut mget = redis::cmd("MGET");
+        for id in ids {
+            mget.arg(self.keys.subscription_owner(id));
+        }
+        Ok(mget.query_async(&mut self.conn()).await?)
+    }
+
+    pub(crate) async fn forget_subscription(&self, mailbox: &str, id: &str) -> StoreResult<()> {
         let _: i64 = redis::cmd("DEL")
             .arg(self.keys.subscription(mailbox))
+            .arg(self.keys.subscription_owner(id))
             .query_async(&mut self.conn())
             .await?;
         Ok(())

@@ -58,9 +58,10 @@ pub struct SourceReport {
     /// The Graph tenant it belongs to.
     pub tenant: Option<String>,
     /// `parked` (Graph keeps refusing or failing it: its entries wait), `degraded` (its
-    /// polls fail for a reason an operator must fix), `unowned` (no daemon holds its lease
-    /// yet), or `active` (polled by `lease_holder`).
-    pub state: &'static str,
+    /// polls are refused for a reason an operator must fix), `retrying` (its last poll failed
+    /// for a passing reason), `unowned` (no daemon holds its lease yet), `polling` (a poll is
+    /// under way) or `idle` (waiting for its next poll, or in IMAP IDLE), by `lease_holder`.
+    pub state: String,
     /// Why it is parked or degraded (as this daemon sees it; the holder's own `/ready` says
     /// more for a source another daemon polls).
     pub reason: Option<String>,
@@ -142,15 +143,7 @@ impl Handler<GetSources> for Inspector {
                         .as_ref()
                         .and_then(|t| health.get(&format!("tenant:{t}")));
                     let degraded = health.get(&health_key).or(tenant_refused).cloned();
-                    let (state, reason) = if record.parked_reason.is_some() {
-                        ("parked", record.parked_reason.clone())
-                    } else if degraded.is_some() {
-                        ("degraded", degraded)
-                    } else if record.lease_holder.is_none() {
-                        ("unowned", None)
-                    } else {
-                        ("active", None)
-                    };
+                    let (state, reason) = source_state(&record, degraded);
                     SourceReport {
                         name,
                         kind,
@@ -165,6 +158,25 @@ impl Handler<GetSources> for Inspector {
                 })
                 .collect())
         })
+    }
+}
+
+/// A source's state and why, from what Redis holds and what this daemon knows.
+fn source_state(record: &SourceRecord, degraded: Option<String>) -> (String, Option<String>) {
+    let poller = record.poller_state.as_deref();
+    if record.parked_reason.is_some() {
+        ("parked".into(), record.parked_reason.clone())
+    } else if degraded.is_some() || poller == Some("refused") {
+        let why = degraded.or_else(|| record.poller_reason.clone());
+        ("degraded".into(), why)
+    } else if record.lease_holder.is_none() {
+        ("unowned".into(), None)
+    } else {
+        let state = poller.unwrap_or("idle").to_string();
+        let why = (state == "retrying")
+            .then(|| record.poller_reason.clone())
+            .flatten();
+        (state, why)
     }
 }
 

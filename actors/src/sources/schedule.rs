@@ -321,8 +321,10 @@ impl Schedule {
                 source.let_go().await;
                 continue;
             }
+            self.report("polling", None).await;
             match source.poll().await? {
                 Polled::Done { added } => {
+                    self.report("idle", None).await;
                     backoff = Backoff::new(self.retry);
                     if added > 0 {
                         tracing::info!(added, session_id = %self.health.session(), "polled new messages");
@@ -334,6 +336,9 @@ impl Schedule {
                     source.let_go().await;
                 }
                 Polled::Failed { error, retry } => {
+                    let refused = matches!(retry, Retry::Schedule | Retry::Refused(_));
+                    let state = if refused { "refused" } else { "retrying" };
+                    self.report(state, Some(&error)).await;
                     let delay = match retry {
                         Retry::Backoff => backoff.next_delay(),
                         Retry::After(d) => d,
@@ -361,6 +366,20 @@ impl Schedule {
         self.mark(false);
         source.let_go().await;
         Ok(())
+    }
+
+    /// Records what the poller is doing for the operator (`GET /sources`, the console), on
+    /// every daemon's view: `polling`, `idle`, `retrying` or `refused` and why. A write that
+    /// fails is only a stale display: the next poll writes it again.
+    async fn report(&self, state: &str, reason: Option<&str>) {
+        let at = crate::clock::now_ms();
+        if let Err(e) = self
+            .store
+            .record_poller(&self.lease, state, reason, at)
+            .await
+        {
+            tracing::debug!(error = %e, "could not record the poller's state");
+        }
     }
 
     /// Tells the daemon (its webhook receiver) whether this source's lease is held.

@@ -55,6 +55,11 @@ pub struct SourceRecord {
     pub parked_reason: Option<String>,
     /// Its Graph subscription's expiry (RFC 3339), with webhooks.
     pub subscription_expires: Option<String>,
+    /// What its poller (on the lease holder) last said it does: `polling`, `idle`,
+    /// `retrying` or `refused`; since when, and why.
+    pub poller_state: Option<String>,
+    pub poller_since_ms: Option<u64>,
+    pub poller_reason: Option<String>,
 }
 
 /// Flattens a RESP2 array of pairs or a RESP3 map into (key, value) pairs.
@@ -194,6 +199,11 @@ impl Store {
             pipe.cmd("HGET")
                 .arg(self.keys.subscription(name))
                 .arg("expiration");
+            pipe.cmd("HMGET")
+                .arg(self.keys.poller_state(lease))
+                .arg("state")
+                .arg("since_ms")
+                .arg("reason");
         }
         let mut answers: Vec<Value> = pipe.query_async(&mut self.conn()).await?;
         let today: std::collections::HashMap<String, u64> = pairs(answers.remove(0))
@@ -206,6 +216,12 @@ impl Store {
             let mut next = || it.next().unwrap_or(Value::Nil);
             let (lease, cursor, parked, parked_len, subscription) =
                 (next(), next(), next(), next(), next());
+            let poller: Vec<Value> = match next() {
+                Value::Array(v) => v,
+                _ => Vec::new(),
+            };
+            let mut poller = poller.into_iter();
+            let (state, since, reason) = (poller.next(), poller.next(), poller.next());
             let parked_reason = as_string(parked).map(|json| {
                 serde_json::from_str::<super::park::ParkState>(&json)
                     .map(|s| s.reason)
@@ -220,9 +236,33 @@ impl Store {
                 parked_entries: int(&parked_len).unwrap_or(0),
                 parked_reason,
                 subscription_expires: as_string(subscription),
+                poller_state: state.and_then(as_string),
+                poller_since_ms: since.as_ref().and_then(int),
+                poller_reason: reason.and_then(as_string).filter(|r| !r.is_empty()),
             });
         }
         Ok(out)
+    }
+
+    /// Records what the poller of `lease` does now (see [`SourceRecord::poller_state`]).
+    pub(crate) async fn record_poller(
+        &self,
+        lease: &str,
+        state: &str,
+        reason: Option<&str>,
+        now_ms: u64,
+    ) -> StoreResult<()> {
+        let _: () = redis::cmd("HSET")
+            .arg(self.keys.poller_state(lease))
+            .arg("state")
+            .arg(state)
+            .arg("since_ms")
+            .arg(now_ms)
+            .arg("reason")
+            .arg(reason.unwrap_or(""))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
     }
 
     /// Records delivered to MS4 in each of the last `minutes` minutes, oldest first, as

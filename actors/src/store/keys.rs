@@ -147,6 +147,11 @@ impl Keys {
         format!("{}stream:parked:{}", self.prefix, mailbox)
     }
 
+    /// What the poller of a source is doing (hash: state, since_ms, reason), for the operator.
+    pub(crate) fn poller_state(&self, lease: &str) -> String {
+        format!("{}poller:{}", self.prefix, lease)
+    }
+
     /// Messages each source (Graph mailbox, IMAP source) queued on the UTC day of `now_ms`
     /// (hash: source → count), kept two days.
     pub(crate) fn intake_today(&self, now_ms: u64) -> String {
@@ -215,6 +220,7 @@ mod tests {
                 k.fleet(n),
                 k.rate_pause(n),
                 k.rate_log(n),
+                k.poller_state(n),
                 k.graph_app_window(n),
             ]);
         }

@@ -39,6 +39,26 @@ impl Entry {
     }
 }
 
+/// Flattens a RESP2 array of pairs or a RESP3 map (an `XINFO` or `HGETALL` reply) into
+/// (name, value) pairs; names that are not strings are left out.
+pub(crate) fn pairs(v: Value) -> Vec<(String, Value)> {
+    let raw = match v {
+        Value::Array(flat) => {
+            let mut it = flat.into_iter();
+            let mut p = Vec::new();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                p.push((k, v));
+            }
+            p
+        }
+        Value::Map(m) => m,
+        _ => Vec::new(),
+    };
+    raw.into_iter()
+        .filter_map(|(k, v)| Some((as_string(k).ok()?, v)))
+        .collect()
+}
+
 pub(crate) fn as_string(v: Value) -> StoreResult<String> {
     match v {
         Value::BulkString(b) => Ok(utf8(b)),

@@ -6,6 +6,7 @@
 fn as_string(v: Value) -> Option<String> {
     super::entry::as_string(v).ok()
 }
+use super::entry::pairs;
 use super::{Store, StoreResult};
 use redis::Value;
 
@@ -60,25 +61,6 @@ pub struct SourceRecord {
     pub poller_state: Option<String>,
     pub poller_since_ms: Option<u64>,
     pub poller_reason: Option<String>,
-}
-
-/// Flattens a RESP2 array of pairs or a RESP3 map into (key, value) pairs.
-fn pairs(v: Value) -> Vec<(String, Value)> {
-    let raw = match v {
-        Value::Array(flat) => {
-            let mut it = flat.into_iter();
-            let mut p = Vec::new();
-            while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                p.push((k, v));
-            }
-            p
-        }
-        Value::Map(m) => m,
-        _ => Vec::new(),
-    };
-    raw.into_iter()
-        .filter_map(|(k, v)| Some((as_string(k)?, v)))
-        .collect()
 }
 
 fn int(v: &Value) -> Option<u64> {

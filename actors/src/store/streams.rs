@@ -398,21 +398,9 @@ impl Store {
         };
         let mut out = Vec::new();
         for g in groups {
-            let pairs: Vec<(Value, Value)> = match g {
-                Value::Array(flat) => {
-                    let mut it = flat.into_iter();
-                    let mut p = Vec::new();
-                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                        p.push((k, v));
-                    }
-                    p
-                }
-                Value::Map(m) => m,
-                _ => continue,
-            };
             let (mut name, mut pending, mut lag) = (String::new(), 0, None);
-            for (k, v) in pairs {
-                match (as_string(k).unwrap_or_default().as_str(), v) {
+            for (k, v) in super::entry::pairs(g) {
+                match (k.as_str(), v) {
                     ("name", v) => name = as_string(v).unwrap_or_default(),
                     ("pending", Value::Int(n)) => pending = n.max(0) as u64,
                     ("lag", Value::Int(n)) => lag = Some(n.max(0) as u64),

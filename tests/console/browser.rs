@@ -180,7 +180,10 @@ impl Browser {
             if seen == path {
                 return;
             }
-            assert!(Instant::now() < deadline, "never reached {path}; at {seen}");
+            if Instant::now() >= deadline {
+                let body = self.client.source().await.unwrap_or_default();
+                panic!("never reached {path}; at {seen}, which shows:\n{body}");
+            }
             tokio::time::sleep(POLL).await;
         }
     }
@@ -209,7 +212,14 @@ impl Browser {
         let answer = if ok { "#confirm-ok" } else { "#confirm-cancel" };
         self.click(answer).await;
         let deadline = Instant::now() + PATIENCE;
-        while self.find("#confirm").await.attr("open").await.unwrap().is_some() {
+        while self
+            .find("#confirm")
+            .await
+            .attr("open")
+            .await
+            .unwrap()
+            .is_some()
+        {
             assert!(
                 Instant::now() < deadline,
                 "the confirmation stayed open after {answer}"

@@ -140,12 +140,28 @@ impl Browser {
         self.client.find_all(Locator::Css(css)).await.unwrap()
     }
 
+    /// Clicks `css`, finding it again when a refresh of the page replaced it in between.
     pub async fn click(&self, css: &str) {
-        self.find(css)
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let clicked = match self.client.find(Locator::Css(css)).await {
+                Ok(el) => el.click().await,
+                Err(e) => Err(e),
+            };
+            match clicked {
+                Ok(()) => return,
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
+                Err(e) => panic!("click {css}: {e}"),
+            }
+        }
+    }
+
+    /// Runs `script` (which `return`s) in the page, at once: what it reads cannot go stale.
+    pub async fn run(&self, script: &str) -> Value {
+        self.client
+            .execute(script, vec![])
             .await
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+            .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
     }
 
     /// The rendered text of an element (empty when it is missing or hidden).

@@ -76,6 +76,17 @@ fn shown_number(text: &str) -> Option<u64> {
     text.replace(',', "").trim().parse().ok()
 }
 
+/// The dead-letter rows shown, read in one go: (id, reason, key).
+async fn dead_letter_rows(b: &Browser) -> Vec<(String, String, String)> {
+    let rows = b
+        .run(
+            r##"return [...document.querySelectorAll("#dead-letters tr[data-id]")]
+                .map((tr) => [tr.dataset.id, tr.cells[3].textContent, tr.cells[6].textContent]);"##,
+        )
+        .await;
+    serde_json::from_value(rows).expect("rows as [id, reason, key]")
+}
+
 /// Signs in with the control token; lands on the overview.
 async fn sign_in(b: &Browser) {
     b.open("/console/login").await;
@@ -152,6 +163,9 @@ fn an_operator_signs_in_watches_mail_flow_and_stops_and_starts_the_session_after
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         assert_ne!(b.text("#rate-hour").await, "0");
+        // The daemon runs without an MS4 rate limit (MS1__MS4__RATE_LIMIT_PER_MIN=0).
+        b.wait_text("#budget-limit", "no limit", |t| t == "none")
+            .await;
         b.screenshot("overview").await;
 
         // Stopping asks first; "Cancel" leaves the session running.
@@ -252,22 +266,19 @@ fn dead_letters_are_found_by_reason_opened_replayed_into_ms4_and_purged_after_a_
             .unwrap();
         b.click("#f-apply").await;
         b.wait_count("#dead-letters tr[data-id]", 4).await;
-        for reason in b.all("#dead-letters tr[data-id] td.reason").await {
-            assert!(reason.text().await.unwrap().contains("MS4 rejected"));
-        }
+        let rows = dead_letter_rows(&b).await;
+        assert!(
+            rows.iter()
+                .all(|(_, reason, _)| reason.contains("MS4 rejected")),
+            "{rows:?}"
+        );
         b.wait_text("#dlq-total", "the totals", |t| {
             t == "4 shown · 6 in the dead-letter stream"
         })
         .await;
 
         // Opened: the reason, MS4's answer and the record.
-        let first = b.find("#dead-letters tr[data-id]").await;
-        let first_id = first.attr("data-id").await.unwrap().unwrap();
-        let cells = first
-            .find_all(fantoccini::Locator::Css("td"))
-            .await
-            .unwrap();
-        let first_key = cells[6].text().await.unwrap();
+        let (first_id, _, first_key) = rows[0].clone();
         b.click(&format!("tr[data-id=\"{first_id}\"] button.open"))
             .await;
         b.wait_text("#dl-reason", "the reason", |t| t.contains("MS4 rejected"))
@@ -291,13 +302,8 @@ fn dead_letters_are_found_by_reason_opened_replayed_into_ms4_and_purged_after_a_
         assert_eq!(world.dead_letters().len(), 5);
 
         // Purging one asks, states the count, and deletes only it.
-        let second_id = b
-            .find("#dead-letters tr[data-id]")
-            .await
-            .attr("data-id")
-            .await
-            .unwrap()
-            .unwrap();
+        let (second_id, _, second_key) = dead_letter_rows(&b).await[0].clone();
+        assert_ne!(second_id, first_id);
         b.click(&format!("tr[data-id=\"{second_id}\"] input.pick"))
             .await;
         let purge_one = "Purge 1 dead letter selected? They are deleted for good.";
@@ -306,6 +312,10 @@ fn dead_letters_are_found_by_reason_opened_replayed_into_ms4_and_purged_after_a_
             .await;
         b.wait_count("#dead-letters tr[data-id]", 2).await;
         assert_eq!(world.dead_letters().len(), 4);
+        assert!(world
+            .dead_letters()
+            .iter()
+            .all(|dl| dl.get("key") != Some(&second_key)));
         assert_eq!(world.ms4.stats()["unique_records"], 37);
 
         // All matching another reason: the confirmation counts them; Cancel keeps them.

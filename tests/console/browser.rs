@@ -223,8 +223,20 @@ impl Browser {
     /// Clicks `button`, checks the confirmation dialog's question, then answers it.
     pub async fn confirm(&self, button: &str, question: &str, ok: bool) {
         self.click(button).await;
-        self.wait_text("#confirm-text", question, |t| t == question)
-            .await;
+        // The question stays in the closed dialog from the last time: wait for it to open.
+        let deadline = Instant::now() + PATIENCE;
+        while self
+            .find("#confirm")
+            .await
+            .attr("open")
+            .await
+            .unwrap()
+            .is_none()
+        {
+            assert!(Instant::now() < deadline, "{button} opened no confirmation");
+            tokio::time::sleep(POLL).await;
+        }
+        assert_eq!(self.text("#confirm-text").await, question);
         let answer = if ok { "#confirm-ok" } else { "#confirm-cancel" };
         self.click(answer).await;
         let deadline = Instant::now() + PATIENCE;

@@ -413,3 +413,21 @@ fn requests_without_the_cookie_or_the_csrf_token_are_refused_and_logout_ends_the
         b.close().await;
     });
 }
+
+#[test]
+fn without_a_control_token_the_console_stays_shut() {
+    let Some(rt) = browser_runtime() else { return };
+    let world = World::new(&["--rate-limit-per-min", "0"]);
+    let d = world.daemon(&[]);
+    rt.block_on(async {
+        let b = Browser::start(&d.control).await;
+        for page in ["login", "overview", "dead-letters"] {
+            b.open(&format!("/console/{page}")).await;
+            b.wait_text("h1", "the console is off", |t| t == "The console is off")
+                .await;
+            assert!(b.all("#token").await.is_empty());
+        }
+        assert_eq!(call(&d, "GET", "/console/login", None, None, None).0, 403);
+        b.close().await;
+    });
+}

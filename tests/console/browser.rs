@@ -61,8 +61,8 @@ pub fn screenshot_dir() -> PathBuf {
 pub struct Browser {
     /// The WebDriver session (closed by [`Browser::close`]).
     pub client: Client,
-    /// `chromedriver`, leader of the process group that Chromium joins.
-    driver: Child,
+    /// `chromedriver` and everything it started.
+    _driver: ProcessGroup,
     /// Chromium's profile, private to this browser.
     _profile: tempfile::TempDir,
     /// The daemon's control address (`http://127.0.0.1:port`).
@@ -72,15 +72,17 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver and a headless Chromium on a fresh profile, for the console at `base`.
     pub async fn start(base: &str) -> Self {
-        let port = ms1_sim::redis_launcher::free_port().expect("a free port");
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {CHROMEDRIVER}: {e}"));
         let profile = tempfile::tempdir().expect("tempdir");
+        let port = ms1_sim::redis_launcher::free_port().expect("a free port");
+        let driver = ProcessGroup(
+            Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {CHROMEDRIVER}: {e}")),
+        );
         let url = format!("http://127.0.0.1:{port}");
         let mut caps = serde_json::Map::new();
         caps.insert("browserName".into(), json!("chrome"));
@@ -110,7 +112,7 @@ impl Browser {
         };
         Self {
             client,
-            driver,
+            _driver: driver,
             _profile: profile,
             base: base.to_string(),
         }
@@ -280,12 +282,16 @@ impl Browser {
     }
 }
 
-impl Drop for Browser {
+/// A child process that leads its own process group (chromedriver, and Chromium with its
+/// zygotes, renderers and helpers, which stay in the group): all killed on drop, so a failing
+/// test leaves no browser behind.
+struct ProcessGroup(Child);
+
+impl Drop for ProcessGroup {
     fn drop(&mut self) {
-        // The whole group: chromedriver, Chromium and its zygotes, renderers and helpers.
         let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
             .status();
-        let _ = self.driver.wait();
+        let _ = self.0.wait();
     }
 }

@@ -115,6 +115,8 @@ if [ "$extras" = 0 ]; then
   # MS1_NO_BROWSER=1, which is for a machine that cannot have one and is ignored under CI.
   if [ "${MS1_NO_BROWSER:-}" != 1 ] || [ -n "${CI:-}" ]; then
     need_packages chromium:chromium chromedriver:chromium-driver
+  else
+    echo "!!! MS1_NO_BROWSER=1: the console's browser tests (tests/console) are SKIPPED when no browser is installed" >&2
   fi
   echo "==> cargo fmt --check"
   cargo fmt --all -- --check

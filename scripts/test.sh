@@ -2,7 +2,9 @@
 # Every check CI runs, in the order CI runs them:
 #   formatting, clippy with warnings as errors, then all tests — unit tests and the end-to-end
 #   tests, which start their own redis-server (installed here when missing), the MS4 simulator
-#   and the daemon as real processes — then the dependency audit.
+#   and the daemon as real processes, and the console's browser tests (tests/console: headless
+#   Chromium through chromedriver; Debian's chromium and chromium-driver are installed here when
+#   missing; screenshots in target/console-screenshots/) — then the dependency audit.
 #
 # Usage: scripts/test.sh [cargo test filter…]     the checks above (what CI runs)
 #        scripts/test.sh --soak                   only the fault suite (tests/faults) at soak
@@ -115,6 +117,13 @@ if [ "$extras" = 0 ]; then
   need_packages redis-server:redis-server redis-cli:redis-tools dovecot:dovecot-imapd
   # tests/journald.rs (systemd-journald, journalctl) and tests/service.rs (systemd-nspawn).
   need_packages journalctl:systemd systemd-nspawn:systemd-container
+  # The console's browser tests. Without a browser they fail (they do not skip) unless
+  # MS1_NO_BROWSER=1, which is for a machine that cannot have one and is ignored under CI.
+  if [ "${MS1_NO_BROWSER:-}" != 1 ] || [ -n "${CI:-}" ]; then
+    need_packages chromium:chromium chromedriver:chromium-driver
+  else
+    echo "!!! MS1_NO_BROWSER=1: the console's browser tests (tests/console) are SKIPPED when no browser is installed" >&2
+  fi
   echo "==> cargo fmt --check"
   cargo fmt --all -- --check
   echo "==> cargo clippy (warnings are errors)"

@@ -280,7 +280,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .add(("Content-Security-Policy", CSP))
                     .add(("X-Content-Type-Options", "nosniff"))
                     .add(("X-Frame-Options", "DENY"))
-                    .add(("Referrer-Policy", "no-referrer")),
+                    // Not `no-referrer`: under it a browser sends `Origin: null` with the
+                    // console's own form posts (logout), which `check_csrf` must refuse.
+                    // `same-origin` still tells no other site where the operator came from.
+                    .add(("Referrer-Policy", "same-origin")),
             )
             .app_data(web::FormConfig::default().limit(4_096))
             .route(

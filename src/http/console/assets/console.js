@@ -150,7 +150,7 @@ async function refreshOverview() {
   const used = rates.ms4_requests_last_60s;
   const limit = rates.ms4_limit_per_min;
   text("budget-used", number(used));
-  text("budget-limit", limit > 0 ? number(limit) : "no limit");
+  text("budget-limit", limit > 0 ? `${number(limit)} per minute` : "none");
   const share = limit > 0 ? Math.min(1, used / limit) : 0;
   $("budget-bar").replaceChildren(rect(0, 0, 100 * share, 6, share >= 0.95 ? "full" : ""));
 

@@ -316,6 +316,7 @@ async function refreshDeadLetters() {
     }),
   );
   text("dlq-total", `${page.entries.length} shown · ${page.total} in the dead-letter stream`);
+  $("select-all").checked = page.entries.length > 0 && page.entries.every((e) => selected.has(e.id));
 }
 
 function pretty(s) {
@@ -365,6 +366,8 @@ async function act(verb, matching) {
     const n = verb === "replay" ? r.replayed : r.purged;
     result(`${verb === "replay" ? "Replayed" : "Purged"} ${n} dead letter${n === 1 ? "" : "s"}.`);
     selected.clear();
+    // What was open may be gone (purged) or back in the pipeline (replayed).
+    $("dead-letter").hidden = true;
   } catch (e) {
     result(`Could not ${verb}: ${e.message}`, true);
   }

@@ -5,6 +5,10 @@
 #     - 100,000 entries, unlimited simulator, batch 50 and batch 500: e-mails/s draining a
 #       preloaded backlog, peak RSS of the daemon, and p50/p99 inbound-to-MS4 latency with the
 #       same 100,000 offered at half that throughput (so latency is the system's, not a queue's);
+#     - beside them, the limit in the same run: redis-benchmark XADDing 100,000 entries of ~1 KB
+#       pipelined into the same kind of Redis, and the CPU the daemon and redis-server spent per
+#       e-mail (µs, and CPU-seconds per 100,000); the clock starts once the daemon answers
+#       /health, not when its process starts;
 #     - the contract case (also alone: scripts/bench.sh contract): MS4 limit 600/min, 12,000 records in batches of 50: achieved request
 #       rate as a percent of the limit, 429s, most requests seen in any 60-second window.
 #
@@ -130,15 +134,22 @@ bench_unlimited() { # batch
   local batch=$1 n=100000
   # ms4.max_batch: the simulator here takes batches of up to 1,000 (--max-batch 1000).
   export MS1__MS4__BATCH_SIZE=$batch MS1__MS4__MAX_BATCH=1000 MS1__MS4__RATE_LIMIT_PER_MIN=0 MS1__MS4__MAX_IN_FLIGHT=4 MS1__PIPELINE__READ_CHUNK=1000
-  # Throughput: drain a preloaded backlog.
+  # Throughput: drain a preloaded backlog. The clock starts once the daemon answers /health
+  # (the work starts then, not when the process does), and the CPU counted is what the daemon
+  # and redis-server spend from there on.
   start_redis; start_sim --rate-limit-per-min 0 --max-batch 1000
   "$SIM" load --count $n 2>/dev/null
-  local t0; t0=$(now)
+  local redis_cpu0; redis_cpu0=$(cpu_of "$REDIS_PID")
   start_daemon
+  local t0 daemon_cpu0; t0=$(now); daemon_cpu0=$(cpu_of "$DAEMON_PID")
   wait_for_records $n 300
   local t1; t1=$(now)
   local rss; rss=$(awk '/VmHWM/ {print $2}' "/proc/$DAEMON_PID/status")
   local rate; rate=$(echo "$n / ($t1 - $t0)" | bc)
+  # µs of CPU per e-mail: CPU seconds × 10^6 / n.
+  local daemon_us redis_us
+  daemon_us=$(echo "($(cpu_of "$DAEMON_PID") - $daemon_cpu0) * 1000000 / $n" | bc -l)
+  redis_us=$(echo "($(cpu_of "$REDIS_PID") - $redis_cpu0) * 1000000 / $n" | bc -l)
   cpu_report
   stop_all
   # Latency: the same volume offered at half the measured throughput.
@@ -153,6 +164,22 @@ bench_unlimited() { # batch
   stop_all
   printf '%-28s %10s e-mails/s   p50 %7.1f ms   p99 %7.1f ms (offered %s/s)   peak RSS %5.1f MB\n' \
     "batch $batch, unlimited MS4:" "$rate" "$(echo "$p50 * 1000" | bc -l)" "$(echo "$p99 * 1000" | bc -l)" "$offered" "$(echo "$rss / 1024" | bc -l)"
+  printf '%-28s daemon %5.1f µs, redis-server %5.1f µs of CPU per e-mail (%.2f + %.2f CPU-s per 100,000)\n' \
+    "" "$daemon_us" "$redis_us" "$(echo "$daemon_us / 10" | bc -l)" "$(echo "$redis_us / 10" | bc -l)"
+}
+
+# The limit beside the figures: redis-benchmark XADDing 100,000 entries of ~1 KB, pipelined
+# 500 deep, into the same kind of Redis (AOF on): what "queue → Redis" alone moves on this
+# machine, without transform, idempotency or delivery.
+bench_redis_limit() {
+  start_redis
+  local value; value=$(head -c 1000 /dev/zero | tr '\0' x)
+  local rate
+  rate=$(redis-benchmark -p "$REDIS_PORT" -n 100000 -P 500 -c 1 --csv \
+    XADD ms1-bench:stream '*' record "$value" | awk -F'"' 'NR == 2 {printf "%d", $4}')
+  kill "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true
+  printf '%-28s %10s XADDs/s (redis-benchmark, pipeline 500, 1 KB entries, AOF on): the ceiling of queue → Redis alone\n' \
+    "limit, Redis alone:" "$rate"
 }
 
 bench_contract() {
@@ -545,6 +572,7 @@ need_packages bc:bc
 case "$what" in
   pipeline)
     echo "ms1-ingestor pipeline benchmark ($(nproc) cores, $(redis-server --version | awk '{print $3}'))"
+    bench_redis_limit
     bench_unlimited 50
     bench_unlimited 500
     bench_contract

@@ -382,3 +382,53 @@ fn a_national_cloud_daemon_signs_in_for_its_own_clouds_graph() {
     assert!(world.dead_letters().is_empty());
     assert_no_graph_violations(&world);
 }
+
+#[test]
+fn a_poll_skips_a_message_a_webhook_ref_already_delivered() {
+    let world = World::with_graph(&["--rate-limit-per-min", "0"], &[]);
+    let daemon = world.graph_daemon(&[("MS1__SESSION__AUTOSTART", "false")]);
+    let mailbox = MAILBOXES[0];
+    world.mail(mailbox, 1);
+    let listed = world
+        .graph()
+        .get_json(&format!("/_sim/messages?mailbox={mailbox}"));
+    let id = listed["messages"][0]["id"]
+        .as_str()
+        .or_else(|| listed[0]["id"].as_str())
+        .unwrap_or_else(|| panic!("a message id in {listed}"))
+        .to_string();
+    // A webhook ref gets the message to MS4 first (no session: no poll yet).
+    let _: String = redis::cmd("XADD")
+        .arg("ms1:stream:inbound")
+        .arg("*")
+        .arg("source")
+        .arg("graph")
+        .arg("kind")
+        .arg("ref")
+        .arg("mailbox")
+        .arg(mailbox)
+        .arg("message_id")
+        .arg(&id)
+        .query(&mut world.redis())
+        .unwrap();
+    world.wait_delivered(1, MINUTES, &daemon);
+    // Then a poll meets the same message: it is not queued again.
+    let (code, body) = common::post(
+        &format!("{}/session/start", daemon.control),
+        r#"{"polling_mode":"manual"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    common::post(&format!("{}/polling/trigger", daemon.control), "{}");
+    assert!(
+        wait_until(MINUTES, || mailbox_stats(&world, mailbox)["delta_requests"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1),
+        "the mailbox was polled"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(daemon.metric("ms1_emails_polled_total{mode=\"delta\""), 0.0);
+    assert_eq!(daemon.metric("ms1_emails_duplicate_total"), 0.0);
+    assert_eq!(world.ms4.stats()["unique_records"], 1);
+    assert_eq!(world.ms4.stats()["duplicate_records"], 0);
+}

@@ -78,7 +78,10 @@ impl Store {
         // Each message's intake mark is a declared key (a cluster checks it against the
         // script's slot); its JSON is the argument at the same position.
         for (key, digest, json) in &page.messages {
-            inv.key(self.keys.queued(key)).arg(*json).arg(digest);
+            inv.key(self.keys.queued(key))
+                .key(self.keys.seen(key))
+                .arg(*json)
+                .arg(digest);
         }
         let added: i64 = inv.invoke_async(&mut self.conn()).await?;
         Ok(if added < 0 {

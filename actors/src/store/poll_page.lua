@@ -3,14 +3,16 @@
 -- fence: a poller that lost its lease cannot write). Redis runs a script as one transaction,
 -- like MULTI/EXEC: a crash leaves either the whole page and its cursor, or neither.
 -- KEYS[1] lease, KEYS[2] inbound stream, KEYS[3] cursor hash, KEYS[4] today's intake counts
--- (hash: source → messages added), then one intake mark (queued:{idempotency key}) per
--- message, in page order.
+-- (hash: source → messages added), then per message, in page order, its intake mark
+-- (queued:{idempotency key}) and its idempotency mark (seen:{idempotency key}: the
+-- BatchProcessor's, set when the key went to MS4 by another way, e.g. a webhook ref).
 -- ARGV[1] lease token, ARGV[2] cursor link ('' clears), ARGV[3] cursor phase, ARGV[4] now ms,
 -- ARGV[5] mailbox, ARGV[6] mark_read ('1' or ''), ARGV[7] mark ttl s,
 -- then per message its JSON and its content digest: ARGV[6 + 2n] and ARGV[7 + 2n] go with
--- KEYS[4 + n]. The intake mark holds the digest: a key queued before with the same digest (or
--- the legacy '1') is a repeat and skipped; with another digest it is another message reusing
--- the Message-ID, queued for the BatchProcessor to deliver under its own key.
+-- KEYS[3 + 2n] and KEYS[4 + 2n]. Either mark holds the digest: a key queued or delivered before
+-- with the same digest (or the legacy '1') is a repeat and skipped; with another digest it is
+-- another message reusing the Message-ID, queued for the BatchProcessor to deliver under its
+-- own key.
 -- Every key the script touches is declared in KEYS, so on a Redis Cluster it is checked
 -- against the slot the script runs on (they all share the prefix's hash tag).
 -- Returns the number of messages added (repeats are skipped), or -1 without the lease.
@@ -18,12 +20,13 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return -1
 end
 local added = 0
-for n = 1, #KEYS - 4 do
+for n = 1, (#KEYS - 4) / 2 do
   local json, digest = ARGV[6 + 2 * n], ARGV[7 + 2 * n]
-  local mark = redis.call('GET', KEYS[4 + n])
+  local queued = KEYS[3 + 2 * n]
+  local mark = redis.call('GET', queued) or redis.call('GET', KEYS[4 + 2 * n])
   local add = false
   if not mark then
-    redis.call('SET', KEYS[4 + n], digest, 'EX', ARGV[7])
+    redis.call('SET', queued, digest, 'EX', ARGV[7])
     add = true
   elseif mark ~= digest and mark ~= '1' and digest ~= '' then
     add = true

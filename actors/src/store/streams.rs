@@ -339,14 +339,9 @@ impl Store {
                 .arg("EX")
                 .arg(idempotency_ttl_s)
                 .ignore();
-            // Also an intake mark: a poller that meets this message later (a webhook ref got it
-            // first) skips it instead of queuing it again.
-            pipe.cmd("SET")
-                .arg(self.keys.queued(&r.key))
-                .arg(&r.digest)
-                .arg("EX")
-                .arg(idempotency_ttl_s)
-                .ignore();
+            // No intake mark here: a poller that meets this message later (a webhook ref got
+            // it first) finds this idempotency mark itself (`poll_page.lua` reads both), which
+            // saves a SET per record.
         }
         for d in &h.dead {
             self.push_dead_letter(&mut pipe, d, dlq_maxlen);

@@ -22,7 +22,10 @@
 #   scripts/bench.sh imap       Dovecot → inbound stream:
 #     - 5,000 messages of ~4 KB in one folder (then 50,000), a real Dovecot on loopback:
 #       e-mails/s from POST /session/start to the last message in the inbound stream (connect,
-#       login, UID FETCH in chunks, atomic writes), the time until all were at MS4, peak RSS.
+#       login, UID FETCH in chunks, atomic writes), the time until all were at MS4, peak RSS;
+#       beside it, in the same run against the same Dovecot, a plain fetch loop
+#       (`ms1-sim imap-fetch`: UID FETCH 500 at a time, discarding) and our rate as a percent
+#       of it.
 #
 #   scripts/bench.sh imap-burst  memory under a burst of large mail: 200 messages of 25 MB
 #     (every third with a 25 MB PDF attachment, the others 25 MB of text) appended to one folder
@@ -302,6 +305,9 @@ bench_imap() { # messages
   start_redis; start_sim --rate-limit-per-min 0 --max-batch 1000
   start_imap --dir "$WORK/dovecot-$n" --user "$user:bench-secret" --messages "$n" --size 4096
   write_imap_source "$user"
+  # The yardstick, in the same run against the same Dovecot: a plain fetch loop.
+  local plain
+  plain=$("$SIM" imap-fetch --addr "$IMAP_ADDR" --user "$user" --password bench-secret --chunk 500 | awk '{print $1}')
   MS1_CONFIG="$WORK/imap.toml" start_daemon
   local t0; t0=$(now)
   curl -sf -X POST "http://$CONTROL/session/start" -H 'Content-Type: application/json' -d '{}' >/dev/null
@@ -316,8 +322,11 @@ bench_imap() { # messages
   local rss; rss=$(awk '/VmHWM/ {print $2}' "/proc/$DAEMON_PID/status")
   stop_all; kill -TERM "$IMAP_PID" 2>/dev/null || true; wait "$IMAP_PID" 2>/dev/null || true
   unset MS1__SESSION__AUTOSTART
+  local ours; ours=$(echo "$n / ($t1 - $t0)" | bc -l)
   printf '%-34s %8.0f e-mails/s into the inbound stream (%d messages of ~4 KB); all at MS4 after %.2f s; peak RSS %.1f MB\n' \
-    "imap, 1 folder, UID FETCH:" "$(echo "$n / ($t1 - $t0)" | bc -l)" "$n" "$(echo "$t2 - $t0" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
+    "imap, 1 folder, UID FETCH:" "$ours" "$n" "$(echo "$t2 - $t0" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
+  printf '%-34s %8.0f messages/s (ms1-sim imap-fetch: UID FETCH 500 at a time, discarding); ms1-ingestor reaches %.0f %% of it\n' \
+    "  limit, the same Dovecot, plain:" "$plain" "$(echo "100 * $ours / $plain" | bc -l)"
 }
 
 bench_imap_burst() { # messages size_bytes include_raw — against the Dovecot of start_imap

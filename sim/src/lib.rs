@@ -6,6 +6,7 @@
 
 pub mod demo;
 pub mod dovecot_launcher;
+pub mod fetch_loop;
 pub mod graph;
 pub mod histogram;
 pub mod imap;

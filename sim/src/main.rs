@@ -4,7 +4,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ms1_ingestor::config;
-use ms1_sim::{demo, graph, imap, ms4, synthetic};
+use ms1_sim::{demo, fetch_loop, graph, imap, ms4, synthetic};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -41,6 +41,24 @@ enum Command {
     Demo(demo::DemoOptions),
     /// Put synthetic invoice e-mails (Graph messages) into the daemon's inbound stream.
     Load(LoadOptions),
+    /// The benchmark's yardstick: a plain IMAP fetch loop (LOGIN, SELECT INBOX, UID FETCH
+    /// (BODY.PEEK[]) in chunks, discarding) against a plain-text server on loopback; prints
+    /// messages/s.
+    ImapFetch(ImapFetchOptions),
+}
+
+#[derive(clap::Args)]
+struct ImapFetchOptions {
+    /// host:port of the server (plain text).
+    #[arg(long)]
+    addr: String,
+    #[arg(long)]
+    user: String,
+    #[arg(long)]
+    password: String,
+    /// UIDs per UID FETCH.
+    #[arg(long, default_value_t = 500)]
+    chunk: u32,
 }
 
 #[derive(clap::Args)]
@@ -86,6 +104,20 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Imap(opts) => imap::serve(opts),
         Command::Demo(opts) => demo::run(opts),
         Command::Load(opts) => load(opts),
+        Command::ImapFetch(o) => {
+            let f = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(fetch_loop::run(&o.addr, &o.user, &o.password, o.chunk))?;
+            println!(
+                "{:.0} messages/s ({} messages, {} bytes in {:.3} s)",
+                f.messages as f64 / f.seconds.max(1e-9),
+                f.messages,
+                f.bytes,
+                f.seconds
+            );
+            Ok(())
+        }
     }
 }
 

@@ -23,6 +23,10 @@ pub(super) struct Issued {
     pub(super) tenant: String,
 }
 
+/// Entra's answers to an unknown app and to a wrong secret (every tenant's token endpoint).
+const UNKNOWN_CLIENT: &str = "AADSTS700016: Application not found in the directory.";
+const WRONG_SECRET: &str = "AADSTS7000215: Invalid client secret provided.";
+
 /// A fresh opaque access token.
 fn random_token() -> String {
     format!(
@@ -65,20 +69,8 @@ impl State {
         }
         let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
         // Both grants name the client, and may give its secret, the same way.
-        let unknown_client = || {
-            refuse(
-                401,
-                "invalid_client",
-                "AADSTS700016: Application not found in the directory.",
-            )
-        };
-        let wrong_secret = || {
-            refuse(
-                401,
-                "invalid_client",
-                "AADSTS7000215: Invalid client secret provided.",
-            )
-        };
+        let unknown_client = || refuse(401, "invalid_client", UNKNOWN_CLIENT);
+        let wrong_secret = || refuse(401, "invalid_client", WRONG_SECRET);
         let mut scope = format!("{}/.default", self.graph_resource);
         let mut refresh = None;
         match field("grant_type") {
@@ -229,18 +221,10 @@ impl State {
             ));
         }
         if field("client_id") != tenant.client_id {
-            return Err(refuse(
-                401,
-                "invalid_client",
-                "AADSTS700016: Application not found in the directory.",
-            ));
+            return Err(refuse(401, "invalid_client", UNKNOWN_CLIENT));
         }
         if field("client_secret") != tenant.client_secret {
-            return Err(refuse(
-                401,
-                "invalid_client",
-                "AADSTS7000215: Invalid client secret provided.",
-            ));
+            return Err(refuse(401, "invalid_client", WRONG_SECRET));
         }
         if field("scope") != format!("{}/.default", self.graph_resource) {
             return Err(refuse(
@@ -633,21 +617,15 @@ mod tests {
             .collect::<HashMap<_, _>>()
         };
         let url = "http://sim/fabrikam/oauth2/v2.0/token";
-        let refused = s
-            .issue_token("fabrikam", url, &form("fab-app", "wrong"), t0)
-            .unwrap_err();
-        assert!(refused.1["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("AADSTS7000215"));
+        let mut refusal = |id: &str, secret: &str| {
+            let (_, body) = s
+                .issue_token("fabrikam", url, &form(id, secret), t0)
+                .unwrap_err();
+            body["error_description"].as_str().unwrap().to_string()
+        };
+        assert!(refusal("fab-app", "wrong").starts_with(WRONG_SECRET));
         // Contoso's app is not Fabrikam's.
-        let refused = s
-            .issue_token("fabrikam", url, &form("ms1-app", "sim-secret"), t0)
-            .unwrap_err();
-        assert!(refused.1["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("AADSTS700016"));
+        assert!(refusal("ms1-app", "sim-secret").starts_with(UNKNOWN_CLIENT));
         let token = s
             .issue_token("fabrikam", url, &form("fab-app", "fab-secret"), t0)
             .unwrap();

@@ -288,12 +288,12 @@ impl GraphClient {
             Some(_) => true,
         };
         let Some(health) = &self.health else { return };
-        let key = format!("tenant:{}", self.tenant);
+        let key = || format!("tenant:{}", self.tenant);
         if let Some(e) = error {
             // Written each time: the reason may change (a rotated key that is still wrong).
-            health.set_source_error(&key, Some(format!("cannot get a Graph token: {e}")));
+            health.set_source_error(&key(), Some(format!("cannot get a Graph token: {e}")));
         } else if self.refused.get() {
-            health.set_source_error(&key, None);
+            health.set_source_error(&key(), None);
         }
         self.refused.set(refused);
     }

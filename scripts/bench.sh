@@ -133,6 +133,21 @@ cpu_report() {
   echo "   cpu s: daemon $(cpu_of "$DAEMON_PID"), redis $(cpu_of "$REDIS_PID"), simulator $(cpu_of "$SIM_PID")" >&2
 }
 
+# "cmd calls usec" per command from INFO commandstats (cumulative since Redis started).
+command_usec() {
+  redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' \
+    | sed -n 's/^cmdstat_\([^:]*\):calls=\([0-9]*\),usec=\([0-9]*\),.*/\1 \2 \3/p'
+}
+# What Redis executed between two command_usec snapshots, per 100,000 e-mails: calls and CPU
+# seconds inside each command (INFO commandstats; excludes reading, parsing and replying).
+command_report() { # before after emails
+  awk -v n="$3" 'NR == FNR {c[$1] = $2; u[$1] = $3; next}
+    {dc = $2 - c[$1]; du = $3 - u[$1]; if (dc > 0) printf "%s %d %.3f\n", $1, dc * 100000 / n, du / 1e6 * 100000 / n}' "$1" "$2" \
+    | sort -k3 -nr | head -8 \
+    | awk '{printf "%s%s %s calls %.2f s", (NR > 1 ? ", " : ""), $1, $2, $3} END {print ""}' \
+    | sed 's/^/                             per 100,000 e-mails: /'
+}
+
 bench_unlimited() { # batch
   local batch=$1 n=100000
   # ms4.max_batch: the simulator here takes batches of up to 1,000 (--max-batch 1000).
@@ -143,6 +158,7 @@ bench_unlimited() { # batch
   start_redis; start_sim --rate-limit-per-min 0 --max-batch 1000
   "$SIM" load --count $n 2>/dev/null
   local redis_cpu0; redis_cpu0=$(cpu_of "$REDIS_PID")
+  command_usec >"$WORK/commands-0"
   start_daemon
   local t0 daemon_cpu0; t0=$(now); daemon_cpu0=$(cpu_of "$DAEMON_PID")
   wait_for_records $n 300
@@ -153,6 +169,7 @@ bench_unlimited() { # batch
   local daemon_us redis_us
   daemon_us=$(echo "($(cpu_of "$DAEMON_PID") - $daemon_cpu0) * 1000000 / $n" | bc -l)
   redis_us=$(echo "($(cpu_of "$REDIS_PID") - $redis_cpu0) * 1000000 / $n" | bc -l)
+  command_usec >"$WORK/commands-1"
   cpu_report
   stop_all
   # Latency: the same volume offered at half the measured throughput.
@@ -169,6 +186,7 @@ bench_unlimited() { # batch
     "batch $batch, unlimited MS4:" "$rate" "$(echo "$p50 * 1000" | bc -l)" "$(echo "$p99 * 1000" | bc -l)" "$offered" "$(echo "$rss / 1024" | bc -l)"
   printf '%-28s daemon %5.1f µs, redis-server %5.1f µs of CPU per e-mail (%.2f + %.2f CPU-s per 100,000)\n' \
     "" "$daemon_us" "$redis_us" "$(echo "$daemon_us / 10" | bc -l)" "$(echo "$redis_us / 10" | bc -l)"
+  command_report "$WORK/commands-0" "$WORK/commands-1" "$n"
 }
 
 # The limit beside the figures: redis-benchmark XADDing 100,000 entries of ~1 KB, pipelined

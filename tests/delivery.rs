@@ -152,7 +152,7 @@ fn a_refused_api_key_pauses_delivery_keeps_everything_and_resumes_by_itself() {
     // Only probes while refused: about one per second, not a storm.
     let refused = stats["responses"]["401"].as_u64().unwrap_or(0);
     assert!(refused <= 12, "401 storm: {stats}");
-    assert_eq!(world.xlen("outbound"), 500, "everything stays queued");
+    assert_eq!(world.outbound_records(), 500, "everything stays queued");
     assert!(world.dead_letters().is_empty());
 
     world.ms4.configure(json!({"api_key": API_KEY}));

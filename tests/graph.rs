@@ -93,7 +93,7 @@ fn unread_mode_marks_messages_read_only_after_ms4_accepted_them() {
         ("MS1__GRAPH__PAGE_SIZE", "250"),
         ("MS1__MS4__AUTH_PROBE_S", "1"),
     ]);
-    assert!(wait_until(MINUTES, || world.xlen("outbound") == 6_000));
+    assert!(wait_until(MINUTES, || world.outbound_records() == 6_000));
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         sum_over_mailboxes(&world, "marked_read"),
@@ -334,10 +334,10 @@ fn backpressure_stops_fetching_while_ms4_is_behind_and_resumes_after() {
         ("MS1__BREAKER__OPEN_MS", "500"),
     ]);
     // The backlog fills up to the limit, then polling pauses.
-    assert!(wait_until(MINUTES, || world.xlen("outbound") >= 200));
+    assert!(wait_until(MINUTES, || world.outbound_records() >= 200));
     std::thread::sleep(Duration::from_secs(3));
     let served = sum_over_mailboxes(&world, "messages_served");
-    let queued = world.xlen("inbound") + world.xlen("outbound");
+    let queued = world.xlen("inbound") + world.outbound_records();
     assert!(
         served < 3_000 && queued <= 200 + 3 * 50 + 50,
         "fetching went on while MS4 was down: {served} served, {queued} queued"

@@ -301,7 +301,7 @@ fn notifications_over_the_backlog_get_503_with_retry_after_and_nothing_is_queued
     );
     w.load(0..20, |_| false);
     let held = wait_until(Duration::from_secs(20), || {
-        w.xlen("outbound") == 20 && w.xlen("inbound") == 0
+        w.outbound_records() == 20 && w.xlen("inbound") == 0
     });
     assert!(held, "{}", d.log_tail(20));
     let url = format!("{}/webhook/notifications", d.control);

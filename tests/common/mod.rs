@@ -275,6 +275,20 @@ impl<R: TestRedis> World<R> {
             .unwrap()
     }
 
+    /// Records waiting in the outbound stream: an entry holds one MS4 batch (its `n` records)
+    /// or, written by a replay, one record.
+    pub fn outbound_records(&self) -> u64 {
+        let v: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
+            .arg(format!("{}stream:outbound", R::PREFIX))
+            .arg("-")
+            .arg("+")
+            .query(&mut self.redis())
+            .unwrap();
+        v.iter()
+            .map(|(_, f)| f.get("n").and_then(|n| n.parse::<u64>().ok()).unwrap_or(1))
+            .sum()
+    }
+
     /// Entries pending in a group (read, not acknowledged).
     pub fn pending(&self, stream: &str, group: &str) -> u64 {
         let v: redis::Value = redis::cmd("XPENDING")

@@ -11,12 +11,17 @@
 //! - **Admission.** Before each request the batch waits for the gate (circuit breaker and
 //!   MS4 authentication state) and for a permit of the shared MS4 rate budget.
 //! - **Answers** are classified once ([`Verdict`]) and acted on:
-//!   202 → XACK + XDEL; 400 → split the batch in halves and deliver each, until single invalid
-//!   records are isolated and dead-lettered with MS4's answer; 401 → stop all sending, report
+//!   202 → the records are delivered; 400 → split the batch in halves and deliver each, until
+//!   single invalid records are isolated and dead-lettered with MS4's answer; 401 → stop all sending, report
 //!   not ready, keep everything pending and let one batch probe every `ms4.auth_probe_s`;
 //!   429 → pause the whole budget (every sender, every daemon) for Retry-After; 5xx, timeouts and
 //!   connection errors → retry with exponential backoff and jitter, counted by the breaker.
-//!   A transient failure never dead-letters.
+//!   A transient failure never dead-letters. Once every record of a batch is delivered or
+//!   dead-lettered, one transaction writes its dead letters, queues the delivered records'
+//!   follow-ups and acknowledges and deletes its entries.
+//! - **Entries.** An outbound entry holds one batch of records ([`outbound`](crate::store::outbound)), so a full
+//!   batch is one read of one entry; entries of one record (earlier versions, replays) are
+//!   read alike.
 //! - **Ownership.** Entries stay pending in Redis until acknowledged. While a batch is being
 //!   retried its entries are touched so that no other daemon claims them; entries a dead
 //!   consumer left idle longer than `redis.claim_idle_ms` are claimed and sent. After a crash
@@ -32,9 +37,10 @@ use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::store::dlq::Stage;
 use crate::store::keys::SENDERS;
+use crate::store::outbound;
 use crate::store::read_budget::{entry_bytes, within_budget};
 use crate::store::schema::outbound as F;
-use crate::store::{DeadLetter, Entry, ReadBudget, Scan, Store, StoreError};
+use crate::store::{DeadLetter, Entry, FollowUp, ReadBudget, Scan, Store, StoreError};
 use crate::supervision::{spawn_work, RestartPacer};
 use actix::prelude::*;
 use std::cell::{Cell, RefCell};
@@ -328,77 +334,71 @@ impl Core {
         metrics::gauge!(m::BREAKER).set(state.as_gauge());
     }
 
-    /// Acknowledges delivered entries (queuing their mark-read in Graph, for unread mode),
-    /// retrying Redis until it answers: MS4 has them, so giving up would only cause a re-send.
-    async fn ack(&self, entries: &[Entry]) {
-        let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
-        let marks: Vec<(&str, &str, &str)> = entries
-            .iter()
-            .filter_map(|e| {
-                Some((
-                    e.field(F::FOLLOW_UP_SOURCE).unwrap_or("graph"),
-                    e.field(F::FOLLOW_UP_MAILBOX)?,
-                    e.field(F::FOLLOW_UP_ID)?,
-                ))
-            })
-            .collect();
+    /// Finishes a batch: acknowledges its entries, queuing the follow-ups of the records MS4
+    /// accepted and dead-lettering those it rejected, in one transaction; retries Redis until
+    /// it answers (MS4 has the records, so giving up would only cause a re-send).
+    async fn finish(&self, ids: &[String], outcome: &Outcome) {
         let mut backoff = Backoff::new(self.settings.ms4.retry());
         while let Err(e) = self
             .store
-            .ack_and_follow_up(&self.outbound(), SENDERS, &ids, &marks)
+            .finish_delivery(
+                ids,
+                outcome.delivered,
+                &outcome.follow_ups,
+                &outcome.dead,
+                self.settings.redis.dlq_maxlen,
+            )
             .await
         {
-            tracing::warn!(error = %e, "could not acknowledge delivered entries; retrying");
+            tracing::warn!(error = %e, "could not acknowledge a delivered batch; retrying");
             tokio::time::sleep(backoff.next_delay()).await;
         }
+        if !outcome.dead.is_empty() {
+            metrics::counter!(m::DEAD_LETTERED, "stage" => Stage::Deliver.as_str())
+                .increment(outcome.dead.len() as u64);
+        }
+    }
+}
+
+/// What became of a batch's records so far, written when the whole batch is done.
+#[derive(Default)]
+struct Outcome {
+    /// Records MS4 accepted.
+    delivered: u64,
+    /// Their follow-ups.
+    follow_ups: Vec<FollowUp>,
+    /// Records MS4 rejected.
+    dead: Vec<DeadLetter>,
+}
+
+impl Outcome {
+    fn accepted(&mut self, records: &[Entry]) {
+        self.delivered += records.len() as u64;
+        self.follow_ups
+            .extend(records.iter().filter_map(outbound::follow_up_of));
     }
 
-    async fn dead_letter(
-        &self,
-        entry: &Entry,
-        status: u16,
-        body: &str,
-        attempts: u32,
-        first_ms: u64,
-    ) {
-        let now = now_ms();
-        let d = DeadLetter {
+    fn rejected(&mut self, record: &Entry, status: u16, body: &str, attempts: u32, first_ms: u64) {
+        tracing::warn!(entry = %record.id, key = record.field(F::KEY).unwrap_or_default(), status, "MS4 rejected a record: dead-lettered");
+        self.dead.push(DeadLetter {
             stage: Stage::Deliver,
             reason: format!("MS4 rejected the record ({status})"),
             status,
             attempts,
             first_failure_ms: first_ms,
-            last_failure_ms: now,
-            payload: entry.field(F::RECORD).unwrap_or_default().to_string(),
-            mailbox: record_mailbox(entry.field(F::RECORD).unwrap_or_default()),
-            key: entry.field(F::KEY).unwrap_or_default().to_string(),
-            entry_id: entry.id.clone(),
+            last_failure_ms: now_ms(),
+            payload: record.field(F::RECORD).unwrap_or_default().to_string(),
+            mailbox: record_mailbox(record.field(F::RECORD).unwrap_or_default()),
+            key: record.field(F::KEY).unwrap_or_default().to_string(),
+            entry_id: record.id.clone(),
             response: body.to_string(),
             kind: "record".into(),
             source: String::new(),
             carry: crate::store::dlq::carried(
-                entry,
+                record,
                 &[F::FOLLOW_UP_MAILBOX, F::FOLLOW_UP_ID, F::FOLLOW_UP_SOURCE],
             ),
-        };
-        let ids = [entry.id.clone()];
-        let mut backoff = Backoff::new(self.settings.ms4.retry());
-        while let Err(e) = self
-            .store
-            .dead_letter_and_ack(
-                &self.outbound(),
-                SENDERS,
-                std::slice::from_ref(&d),
-                &ids,
-                self.settings.redis.dlq_maxlen,
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "could not dead-letter a rejected record; retrying");
-            tokio::time::sleep(backoff.next_delay()).await;
-        }
-        metrics::counter!(m::DEAD_LETTERED, "stage" => Stage::Deliver.as_str()).increment(1);
-        tracing::warn!(entry = %entry.id, status, "MS4 rejected a record: dead-lettered");
+        });
     }
 }
 
@@ -537,27 +537,32 @@ async fn form_batch(
             .saturating_sub(core.in_flight_bytes.get())
             .max(1),
     );
+    // Outbound entries (one batch of records each, or one record), exploded into records at
+    // the end; `records` counts what they hold.
     let mut batch: Vec<Entry> = Vec::with_capacity(size);
-    let mut bytes = 0u64;
-    // What a read may still add to the batch (`None`: the batch is full).
-    let left = |batch: &Vec<Entry>, bytes: u64| {
-        if batch.is_empty() {
+    let (mut records, mut bytes) = (0usize, 0u64);
+    // What a read may still add to the batch (`None`: the batch is full). A read counts
+    // entries: one that holds several records can take the batch past `batch_size`, and
+    // `deliver` then sends it as several requests.
+    let left = |records: usize, bytes: u64| {
+        if records == 0 {
             Some(budget)
         } else {
-            budget.after(batch.len(), bytes)
+            budget.after(records, bytes)
         }
     };
-    while let Some(room) = left(&batch, bytes) {
+    while let Some(room) = left(records, bytes) {
         let Some(e) = backlog.front() else { break };
         if within_budget(&[entry_bytes(e)], room) == 0 {
             break;
         }
         let e = backlog.pop_front().expect("looked at above");
         bytes += entry_bytes(&e);
+        records += outbound::records_in(&e);
         batch.push(e);
     }
     let outbound = core.outbound();
-    while let (Some(cursor), Some(room)) = (own.clone(), left(&batch, bytes)) {
+    while let (Some(cursor), Some(room)) = (own.clone(), left(records, bytes)) {
         let (next, got) = core
             .store
             .read_budgeted(&outbound, SENDERS, &core.consumer, Scan::Own, &cursor, room)
@@ -575,10 +580,12 @@ async fn form_batch(
             );
         }
         bytes += fresh.iter().map(entry_bytes).sum::<u64>();
+        records += fresh.iter().map(outbound::records_in).sum::<usize>();
         batch.extend(fresh);
     }
+    let mut largest = batch.iter().map(outbound::records_in).max().unwrap_or(1);
     let mut deadline = (!batch.is_empty()).then(|| Instant::now() + s.ms4.linger());
-    while let Some(room) = left(&batch, bytes) {
+    while let Some(room) = left(records, bytes) {
         let block_ms = match deadline {
             None => s.pipeline.block_ms,
             Some(d) => {
@@ -591,6 +598,10 @@ async fn form_batch(
         };
         // An empty batch waits (blocking) for its first record; a top-up read does not block
         // (the record it would wait for might not fit), it looks again shortly.
+        let room = ReadBudget {
+            max_entries: entries_for(records, largest, size),
+            ..room
+        };
         let (got, full) = blocking
             .read_new_budgeted(&outbound, SENDERS, &core.consumer, room, Some(block_ms))
             .await?;
@@ -610,12 +621,29 @@ async fn form_batch(
             deadline = Some(Instant::now() + s.ms4.linger());
         }
         bytes += got.iter().map(entry_bytes).sum::<u64>();
+        records += got.iter().map(outbound::records_in).sum::<usize>();
+        largest = got
+            .iter()
+            .map(outbound::records_in)
+            .fold(largest, usize::max);
         batch.extend(got);
         if full {
             break;
         }
     }
-    Ok(batch)
+    Ok(batch.into_iter().flat_map(outbound::explode).collect())
+}
+
+/// How many outbound entries the next read of a batch may take: a first read takes one (a
+/// whole batch, as the processor writes them), a top-up read as many as the records still
+/// missing would fill if each held as many as the largest entry so far (a batch of small
+/// entries fills in one read; entries of many records cannot take it far past `batch_size`).
+fn entries_for(records: usize, largest: usize, size: usize) -> usize {
+    if records == 0 {
+        1
+    } else {
+        size.saturating_sub(records).div_ceil(largest.max(1)).max(1)
+    }
 }
 
 /// How long a partial batch waits between two looks for more records while it lingers, in ms.
@@ -629,24 +657,40 @@ struct Part {
     first_failure_ms: Option<u64>,
 }
 
-/// Delivers one batch until every entry is accepted or dead-lettered.
+/// Delivers one batch until every record is accepted or dead-lettered, in requests of at
+/// most `ms4.batch_size` records, then finishes its entries in one transaction (a crash before
+/// that re-sends the batch: MS4 deduplicates by key, and what it rejects is dead-lettered once).
 async fn deliver(core: Rc<Core>, batch: Vec<Entry>) {
-    let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
-    let mut stack = vec![Part {
-        entries: batch,
-        attempts: 0,
-        first_failure_ms: None,
-    }];
-    while let Some(part) = stack.pop() {
-        deliver_part(&core, part, &mut stack).await;
+    let mut ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
+    ids.dedup();
+    let size = core.settings.ms4.batch_size.max(1);
+    let mut requests: Vec<Vec<Entry>> = Vec::with_capacity(batch.len().div_ceil(size));
+    let mut rest = batch.into_iter().peekable();
+    while rest.peek().is_some() {
+        requests.push(rest.by_ref().take(size).collect());
     }
+    // Popped from the end: the first request goes first.
+    let mut stack: Vec<Part> = requests
+        .into_iter()
+        .rev()
+        .map(|entries| Part {
+            entries,
+            attempts: 0,
+            first_failure_ms: None,
+        })
+        .collect();
+    let mut outcome = Outcome::default();
+    while let Some(part) = stack.pop() {
+        deliver_part(&core, part, &mut stack, &mut outcome).await;
+    }
+    core.finish(&ids, &outcome).await;
     let mut held = core.held.borrow_mut();
     for id in &ids {
         held.remove(id);
     }
 }
 
-async fn deliver_part(core: &Core, mut part: Part, stack: &mut Vec<Part>) {
+async fn deliver_part(core: &Core, mut part: Part, stack: &mut Vec<Part>, outcome: &mut Outcome) {
     let mut backoff = Backoff::new(core.settings.ms4.retry());
     loop {
         let turn = core.wait_turn().await;
@@ -688,7 +732,7 @@ async fn deliver_part(core: &Core, mut part: Part, stack: &mut Vec<Part>) {
         core.report(turn, Some(&verdict));
         match verdict {
             Verdict::Accepted => {
-                core.ack(&part.entries).await;
+                outcome.accepted(&part.entries);
                 let now = now_ms();
                 metrics::counter!(m::DELIVERED).increment(part.entries.len() as u64);
                 let latency = metrics::histogram!(m::END_TO_END);
@@ -704,8 +748,7 @@ async fn deliver_part(core: &Core, mut part: Part, stack: &mut Vec<Part>) {
             Verdict::Reject { status, body } => {
                 let first = *part.first_failure_ms.get_or_insert_with(now_ms);
                 if part.entries.len() == 1 {
-                    core.dead_letter(&part.entries[0], status, &body, part.attempts, first)
-                        .await;
+                    outcome.rejected(&part.entries[0], status, &body, part.attempts, first);
                 } else {
                     tracing::info!(
                         records = part.entries.len(),

@@ -25,7 +25,7 @@ use std::time::Duration;
 pub(crate) type HeldLease<'a> = (&'a str, &'a str, Duration);
 
 /// Backpressure for every poller: no fetching while the pipeline holds more than
-/// `pipeline.max_backlog` entries (inbound + outbound). The lease is renewed while waiting (a
+/// `pipeline.max_backlog` ([`Store::backlog`]: inbound entries and outbound records). The lease is renewed while waiting (a
 /// paused mailbox stays with its poller); returns false when it was lost meanwhile.
 pub(crate) async fn wait_for_backlog(
     store: &Store,
@@ -34,10 +34,9 @@ pub(crate) async fn wait_for_backlog(
     lease: HeldLease<'_>,
 ) -> Result<bool, StoreError> {
     let max = settings.pipeline.max_backlog;
-    let keys = store.keys().clone();
     let mut logged = false;
     loop {
-        let backlog = store.len(&keys.outbound()).await? + store.len(&keys.inbound()).await?;
+        let backlog = store.backlog(settings.ms4.batch_size).await?;
         if backlog <= max || shutdown.is_raised() {
             return Ok(true);
         }

@@ -369,6 +369,7 @@ impl Handler<Notifications> for WebhookReceiver {
         let store = self.store.clone();
         let ttl = self.settings.redis.idempotency_ttl_s;
         let max = self.settings.pipeline.max_backlog;
+        let batch_size = self.settings.ms4.batch_size;
         let client_state = self.settings.webhook.client_state.clone();
         Box::pin(async move {
             // Another daemon's subscriptions (a load balancer spreads the POSTs): their
@@ -383,7 +384,7 @@ impl Handler<Notifications> for WebhookReceiver {
                 }
             }
             let sorted = sort_notifications(&msg.0, client_state.expose(), &subscriptions);
-            queue_sorted(sorted, &store, ttl, max).await
+            queue_sorted(sorted, &store, ttl, (max, batch_size)).await
         })
     }
 }
@@ -417,7 +418,7 @@ async fn queue_sorted(
     sorted: SortedNotifications,
     store: &Store,
     ttl: u64,
-    max: u64,
+    (max, batch_size): (u64, usize),
 ) -> Result<Received, NotTaken> {
     for refusal in &sorted.refused {
         metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => refusal.outcome()).increment(1);
@@ -438,7 +439,7 @@ async fn queue_sorted(
         return Ok(received);
     }
     let pairs: Vec<(&str, &str)> = refs.iter().map(|(m, i)| (m.as_str(), i.as_str())).collect();
-    let added = match store.add_refs(&pairs, ttl, max).await {
+    let added = match store.add_refs(&pairs, ttl, max, batch_size).await {
         Err(e) => return Err(NotTaken::NotStored(e.to_string())),
         Ok(RefsQueued::Backlogged { backlog }) => {
             metrics::counter!(m::WEBHOOK_NOTIFICATIONS, "outcome" => "backlogged")

@@ -15,7 +15,8 @@
 //! follow MOVED/ASK; a transaction that meets a moved slot comes back aborted (EXECABORT), as
 //! any failed hand-off does, and its caller retries it once the slot map is refreshed.
 //!
-//! - [`streams`]: consumer groups, reads, claims, acknowledgements, the hand-offs.
+//! - [`streams`]: consumer groups, reads, claims, acknowledgements, the hand-offs;
+//!   [`outbound`]: the records of the outbound stream, an entry holding one MS4 batch.
 //! - [`dlq`]: the dead-letter stream.
 //! - [`ratelimit`]: the shared rate budgets (Lua scripts).
 //! - [`fleet`]: which daemons of a fleet are alive (heartbeats).
@@ -31,6 +32,7 @@ pub(crate) mod imap;
 pub mod inspect;
 pub(crate) mod keys;
 pub(crate) mod lease;
+pub(crate) mod outbound;
 pub(crate) mod park;
 pub(crate) mod poll;
 pub(crate) mod ratelimit;
@@ -44,8 +46,9 @@ pub use access::describe_refusal;
 pub(crate) use dlq::DeadLetter;
 pub use entry::Entry;
 pub(crate) use keys::Keys;
+pub(crate) use outbound::{FollowUp, OutboundRecord};
 pub use read_budget::{ReadBudget, Scan};
-pub(crate) use streams::{FollowUp, Handoff, OutboundRecord};
+pub(crate) use streams::Handoff;
 
 use crate::settings::RedisSettings;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};

@@ -35,6 +35,15 @@ pub(crate) mod outbound {
     pub(crate) const FOLLOW_UP_MAILBOX: &str = "mb";
     pub(crate) const FOLLOW_UP_ID: &str = "mid";
     pub(crate) const FOLLOW_UP_SOURCE: &str = "ms";
+    /// An entry that holds one MS4 batch ([`outbound`](crate::store::outbound)) has,
+    /// instead of the fields above: its number of records, the records (one JSON object a
+    /// line), their keys (a JSON array), their inbound times (separated by spaces) and, when
+    /// any has one, their follow-ups (a JSON array of `null` or `[source, mailbox, id]`).
+    pub(crate) const COUNT: &str = "n";
+    pub(crate) const RECORDS: &str = "rs";
+    pub(crate) const KEYS: &str = "ks";
+    pub(crate) const INBOUND_MS_LIST: &str = "ts";
+    pub(crate) const FOLLOW_UPS: &str = "fs";
 }
 
 /// A follow-up entry (`stream:markread`, `stream:imapdone`): what to do in the mailbox once

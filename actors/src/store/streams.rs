@@ -7,36 +7,9 @@
 //! (`XAUTOCLAIM` of entries idle longer than `claim_idle_ms`).
 
 use super::entry::{as_string, parse_entries, parse_read, Entry};
+use super::outbound::{self, BatchLimit, FollowUp, OutboundRecord};
 use super::{DeadLetter, Store, StoreError, StoreResult};
 use redis::Value;
-
-/// A record on its way to the outbound stream.
-#[derive(Debug, Clone)]
-pub(crate) struct OutboundRecord {
-    /// The record's idempotency key (also its `seen:` mark).
-    pub key: String,
-    /// The record's content digest: the value of its `seen:` and `queued:` marks, which tells
-    /// a repeat from another message that reuses the key.
-    pub digest: String,
-    /// The record as MS4 will receive it (JSON object).
-    pub json: String,
-    /// When its source entry entered the inbound stream (ms since the epoch).
-    pub inbound_ms: u64,
-    /// Work due once MS4 accepted the record (mark read in Graph, an IMAP action).
-    pub mark_read: Option<FollowUp>,
-}
-
-/// Work due on a message once MS4 accepted its record: mark it read in Graph (unread mode), or
-/// the IMAP source's after-delivery action (`\Seen` or move).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct FollowUp {
-    /// `graph` or `imap`.
-    pub source: &'static str,
-    /// The Graph mailbox, or the IMAP source's name.
-    pub mailbox: String,
-    /// The Graph message id, or `{uidvalidity}:{uid}` in the IMAP folder.
-    pub id: String,
-}
 
 /// Everything the BatchProcessor finishes for one chunk of inbound entries, applied as one
 /// MULTI/EXEC: either all of it happens or none of it.
@@ -204,32 +177,50 @@ impl Store {
         Ok(())
     }
 
-    /// Acknowledges delivered entries and, in the same MULTI/EXEC, queues their follow-ups
-    /// (`(source, mailbox, id)`: Graph messages to mark read, IMAP after-delivery actions), so
-    /// a follow-up happens only after MS4 accepted the message, and is never forgotten.
-    pub(crate) async fn ack_and_follow_up(
+    /// Finishes what the MS4Sender delivered from `ids` (outbound entries, each wholly
+    /// delivered or dead-lettered) in one MULTI/EXEC: the records MS4 rejected become dead
+    /// letters, the follow-ups of the `delivered` records it accepted are queued (Graph
+    /// messages to mark read, IMAP after-delivery actions), and the entries are acknowledged
+    /// and deleted. So a follow-up happens only after MS4 accepted the message and is never
+    /// forgotten, and a rejected record is dead-lettered exactly once.
+    pub(crate) async fn finish_delivery(
         &self,
-        stream: &str,
-        group: &str,
         ids: &[String],
-        mark_read: &[(&str, &str, &str)],
+        delivered: u64,
+        follow_ups: &[FollowUp],
+        dead: &[DeadLetter],
+        dlq_maxlen: u64,
     ) -> StoreResult<()> {
         if ids.is_empty() {
             return Ok(());
         }
+        let outbound = self.keys.outbound();
         let mut pipe = redis::pipe();
         pipe.atomic();
-        pipe.cmd("XACK").arg(stream).arg(group).arg(ids).ignore();
-        pipe.cmd("XDEL").arg(stream).arg(ids).ignore();
-        if group == super::keys::SENDERS {
-            self.push_counts(&mut pipe, &[(stat::DELIVERED, ids.len() as u64)]);
+        for d in dead {
+            self.push_dead_letter(&mut pipe, d, dlq_maxlen);
+        }
+        pipe.cmd("XACK")
+            .arg(&outbound)
+            .arg(super::keys::SENDERS)
+            .arg(ids)
+            .ignore();
+        pipe.cmd("XDEL").arg(&outbound).arg(ids).ignore();
+        self.push_counts(
+            &mut pipe,
+            &[
+                (stat::DELIVERED, delivered),
+                (stat::DEAD_LETTERED, dead.len() as u64),
+            ],
+        );
+        if delivered > 0 {
             // The console's delivery rate: records per minute, for the last two hours.
             let minute = self.keys.delivered_in_minute(crate::clock::now_ms());
-            pipe.cmd("INCRBY").arg(&minute).arg(ids.len()).ignore();
+            pipe.cmd("INCRBY").arg(&minute).arg(delivered).ignore();
             pipe.cmd("EXPIRE").arg(&minute).arg(7_200).ignore();
         }
-        for (source, mailbox, id) in mark_read {
-            let marks = match *source {
+        for f in follow_ups {
+            let marks = match f.source {
                 "imap" => self.keys.imap_done(),
                 _ => self.keys.mark_read(),
             };
@@ -237,9 +228,9 @@ impl Store {
                 .arg(marks)
                 .arg("*")
                 .arg(super::schema::follow_up::MAILBOX)
-                .arg(*mailbox)
+                .arg(&f.mailbox)
                 .arg(super::schema::follow_up::MESSAGE_ID)
-                .arg(*id)
+                .arg(&f.id)
                 .ignore();
         }
         let _: Value = pipe.query_async(&mut self.conn()).await?;
@@ -279,6 +270,30 @@ impl Store {
         }
     }
 
+    /// XADDs one record as an entry of its own (the fields of [`schema::outbound`](super::schema::outbound)).
+    fn push_record_entry(&self, pipe: &mut redis::Pipeline, outbound: &str, r: &OutboundRecord) {
+        use super::schema::outbound as F;
+        pipe.cmd("XADD")
+            .arg(outbound)
+            .arg("*")
+            .arg(F::KEY)
+            .arg(&r.key)
+            .arg(F::RECORD)
+            .arg(&r.json)
+            .arg(F::INBOUND_MS)
+            .arg(r.inbound_ms);
+        if let Some(f) = &r.mark_read {
+            pipe.arg(F::FOLLOW_UP_MAILBOX)
+                .arg(&f.mailbox)
+                .arg(F::FOLLOW_UP_ID)
+                .arg(&f.id);
+            if f.source != "graph" {
+                pipe.arg(F::FOLLOW_UP_SOURCE).arg(f.source);
+            }
+        }
+        pipe.ignore();
+    }
+
     /// The fleet-wide counters.
     pub(crate) async fn counts(&self) -> StoreResult<std::collections::HashMap<String, u64>> {
         Ok(redis::cmd("HGETALL")
@@ -300,11 +315,13 @@ impl Store {
             .await?)
     }
 
-    /// Applies a BatchProcessor hand-off in one MULTI/EXEC: XADD outbound + idempotency marks +
-    /// dead letters + XACK/XDEL of the inbound chunk.
+    /// Applies a BatchProcessor hand-off in one MULTI/EXEC: the records as outbound entries of
+    /// one MS4 batch each (`batch`, see [`batch_entry`](super::batch_entry)) + their
+    /// idempotency marks + dead letters + XACK/XDEL of the inbound chunk.
     pub(crate) async fn handoff(
         &self,
         h: &Handoff,
+        batch: BatchLimit,
         idempotency_ttl_s: u64,
         dlq_maxlen: u64,
     ) -> StoreResult<()> {
@@ -312,27 +329,22 @@ impl Store {
         let outbound = self.keys.outbound();
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for r in &h.outbound {
-            pipe.cmd("XADD")
-                .arg(&outbound)
-                .arg("*")
-                .arg(super::schema::outbound::KEY)
-                .arg(&r.key)
-                .arg(super::schema::outbound::RECORD)
-                .arg(&r.json)
-                .arg(super::schema::outbound::INBOUND_MS)
-                .arg(r.inbound_ms);
-            if let Some(f) = &r.mark_read {
-                pipe.arg(super::schema::outbound::FOLLOW_UP_MAILBOX)
-                    .arg(&f.mailbox)
-                    .arg(super::schema::outbound::FOLLOW_UP_ID)
-                    .arg(&f.id);
-                if f.source != "graph" {
-                    pipe.arg(super::schema::outbound::FOLLOW_UP_SOURCE)
-                        .arg(f.source);
+        for records in outbound::group(&h.outbound, batch) {
+            if records.len() == 1 || records.iter().any(|r| r.json.contains('\n')) {
+                // One record an entry (a record with a line break cannot share the
+                // line-separated field; serde_json never writes one, this only guards it).
+                for r in records {
+                    self.push_record_entry(&mut pipe, &outbound, r);
                 }
+            } else {
+                pipe.cmd("XADD").arg(&outbound).arg("*");
+                for (k, v) in outbound::encode(records) {
+                    pipe.arg(k).arg(v);
+                }
+                pipe.ignore();
             }
-            pipe.ignore();
+        }
+        for r in &h.outbound {
             pipe.cmd("SET")
                 .arg(self.keys.seen(&r.key))
                 .arg(&r.digest)
@@ -405,6 +417,14 @@ impl Store {
             out.push((name, pending, lag));
         }
         Ok(out)
+    }
+
+    /// What the pipeline holds, as backpressure counts it: inbound entries plus outbound
+    /// records, an outbound entry counted as a full batch of `batch_size` (it holds at most
+    /// one; counting it full keeps the records held within `pipeline.max_backlog`).
+    pub(crate) async fn backlog(&self, batch_size: usize) -> StoreResult<u64> {
+        let outbound = self.len(&self.keys.outbound()).await?;
+        Ok(self.len(&self.keys.inbound()).await? + outbound * batch_size.max(1) as u64)
     }
 
     /// `XLEN`.

@@ -88,20 +88,22 @@ impl Store {
     /// Queues notification refs (`(mailbox, message id)`) in the inbound stream in one
     /// script (a transaction): durable before the webhook answers 202. A ref already queued
     /// (its `queued:ref:` mark lives `mark_ttl_s`) is skipped, so a message notified five
-    /// times costs one Graph GET. Nothing is written while the backlog (inbound + outbound) is
-    /// above `max_backlog`.
+    /// times costs one Graph GET. Nothing is written while the backlog (see
+    /// [`Store::backlog`]) is above `max_backlog`.
     pub(crate) async fn add_refs(
         &self,
         refs: &[(&str, &str)],
         mark_ttl_s: u64,
         max_backlog: u64,
+        batch_size: usize,
     ) -> StoreResult<RefsQueued> {
         let mut inv = REFS.prepare_invoke();
         inv.key(self.keys.inbound())
             .key(self.keys.outbound())
             .key(self.keys.intake_today(crate::clock::now_ms()))
             .arg(mark_ttl_s)
-            .arg(max_backlog);
+            .arg(max_backlog)
+            .arg(batch_size);
         for (mailbox, id) in refs {
             inv.key(self.keys.ref_queued(mailbox, id))
                 .arg(*mailbox)

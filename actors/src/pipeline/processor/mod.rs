@@ -22,6 +22,7 @@ use crate::settings::{Oversize, Settings};
 use crate::shutdown::Shutdown;
 use crate::store::dlq::Stage;
 use crate::store::keys::PROCESSORS;
+use crate::store::outbound::BatchLimit;
 use crate::store::park::ParkState;
 use crate::store::{Entry, Handoff, OutboundRecord, ReadBudget, Scan, Store, StoreError};
 use crate::supervision::{spawn_work, RestartPacer};
@@ -202,7 +203,8 @@ impl Work {
                 self.tend_parked().await?;
                 next_tend = Instant::now() + PARK_TEND_EVERY;
             }
-            let backlog = self.store.len(&outbound).await?;
+            // An outbound entry holds up to one batch of records: count it as a full one.
+            let backlog = self.store.len(&outbound).await? * self.settings.ms4.batch_size as u64;
             if backlog > p.max_backlog {
                 tracing::debug!(backlog, "outbound backlog above max_backlog; waiting");
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -342,6 +344,7 @@ impl Work {
         self.store
             .handoff(
                 &handoff,
+                outbound_batch(&self.settings),
                 self.settings.redis.idempotency_ttl_s,
                 self.settings.redis.dlq_maxlen,
             )
@@ -357,6 +360,17 @@ impl Work {
             }
         }
         self.after_parking(entries, &resolved).await
+    }
+}
+
+/// How the hand-off groups records into outbound entries: one MS4 batch each (the sender reads
+/// one entry as one batch), and no more bytes than one of `ms4.max_in_flight` batches may hold
+/// (a record bigger than that gets an entry of its own, as before batches were entries).
+fn outbound_batch(settings: &Settings) -> BatchLimit {
+    let ms4 = &settings.ms4;
+    BatchLimit {
+        records: ms4.batch_size.max(1),
+        bytes: (ms4.max_in_flight_bytes / ms4.max_in_flight.max(1) as u64).max(1),
     }
 }
 

@@ -24,6 +24,7 @@ use crate::store::dlq::Stage;
 use crate::store::keys::PROCESSORS;
 use crate::store::outbound::BatchLimit;
 use crate::store::park::ParkState;
+use crate::store::read_budget::entry_bytes;
 use crate::store::{Entry, Handoff, OutboundRecord, ReadBudget, Scan, Store, StoreError};
 use crate::supervision::{spawn_work, RestartPacer};
 use crate::{health::Health, metrics as m};
@@ -185,7 +186,7 @@ impl Work {
                     entries = pending.len(),
                     "resuming entries this consumer held"
                 );
-                self.process(&pending).await?;
+                self.process(pending).await?;
             }
             if next == "0-0" {
                 break;
@@ -197,20 +198,49 @@ impl Work {
         let mut next_claim = Instant::now();
         let mut claim_cursor = "0-0".to_string();
         let mut next_tend = Instant::now();
+        // The chunk planned last, its hand-off not yet applied: it is handed off while the
+        // next chunk is planned (Redis applies one while the daemon transforms the other).
+        let mut planned: Option<Prepared> = None;
         while !self.shutdown.is_raised() {
             self.health.beat("batch_processor");
-            if self.graph.is_some() && Instant::now() >= next_tend {
+            let tend = self.graph.is_some() && Instant::now() >= next_tend;
+            let claim = Instant::now() >= next_claim;
+            // An outbound entry holds up to one batch of records: count it as a full one.
+            let backlog = self.store.len(&outbound).await? * self.settings.ms4.batch_size as u64;
+            if let Some(chunk) = planned.take() {
+                if tend || claim || backlog > p.max_backlog {
+                    self.finish(chunk).await?;
+                } else {
+                    // Read what fits beside it in the byte budget, without waiting for new
+                    // mail (the planned chunk would wait with it), and plan that while the
+                    // planned one is handed off.
+                    let room = budget.after(0, chunk.bytes());
+                    let next = async {
+                        let Some(room) = room else {
+                            return Ok(None);
+                        };
+                        let (entries, _) = self
+                            .store
+                            .read_new_budgeted(&inbound, PROCESSORS, &self.consumer, room, None)
+                            .await?;
+                        self.prepare(entries).await
+                    };
+                    let (done, next) = futures_util::future::join(self.finish(chunk), next).await;
+                    done?;
+                    planned = next?;
+                    continue;
+                }
+            }
+            if tend {
                 self.tend_parked().await?;
                 next_tend = Instant::now() + PARK_TEND_EVERY;
             }
-            // An outbound entry holds up to one batch of records: count it as a full one.
-            let backlog = self.store.len(&outbound).await? * self.settings.ms4.batch_size as u64;
             if backlog > p.max_backlog {
                 tracing::debug!(backlog, "outbound backlog above max_backlog; waiting");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
-            if Instant::now() >= next_claim {
+            if claim {
                 let claim = Scan::Claim {
                     min_idle_ms: claim_idle,
                 };
@@ -230,7 +260,7 @@ impl Work {
                         entries = claimed.len(),
                         "claimed entries a dead consumer left"
                     );
-                    self.process(&claimed).await?;
+                    self.process(claimed).await?;
                 }
                 if next == "0-0" {
                     next_claim = Instant::now() + claim_every;
@@ -247,18 +277,31 @@ impl Work {
                     Some(p.block_ms),
                 )
                 .await?;
-            if !entries.is_empty() {
-                self.process(&entries).await?;
-            }
+            planned = self.prepare(entries).await?;
+        }
+        if let Some(chunk) = planned {
+            self.finish(chunk).await?;
         }
         tracing::info!("drained: no longer reading the inbound stream");
         Ok(())
     }
 
-    /// Finishes one chunk with a single hand-off. Entries that need Graph (webhook refs,
-    /// attachment metadata) are resolved first; while Graph fails transiently the chunk is
-    /// retried with backoff and stays pending.
-    async fn process(&self, entries: &[Entry]) -> Result<(), StoreError> {
+    /// Finishes one chunk with a single hand-off.
+    async fn process(&self, entries: Vec<Entry>) -> Result<(), StoreError> {
+        match self.prepare(entries).await? {
+            Some(chunk) => self.finish(chunk).await,
+            None => Ok(()),
+        }
+    }
+
+    /// What a chunk becomes, before Redis is asked which keys it has seen. Entries that need
+    /// Graph (webhook refs, attachment metadata) are resolved first; while Graph fails
+    /// transiently the chunk is retried with backoff and stays pending (`None` when a drain
+    /// began meanwhile: the chunk is left pending for the next start).
+    async fn prepare(&self, entries: Vec<Entry>) -> Result<Option<Prepared>, StoreError> {
+        if entries.is_empty() {
+            return Ok(None);
+        }
         let opts = TransformOptions {
             include_raw: self.settings.ms4.include_raw,
             oversize_dead_letter: self.settings.imap.oversize == Oversize::DeadLetter,
@@ -274,7 +317,7 @@ impl Work {
         let resolved = loop {
             attempt += 1;
             let last_try = attempt >= g.park_after_attempts;
-            match self.resolve(entries, &mut partial, last_try).await {
+            match self.resolve(&entries, &mut partial, last_try).await {
                 None => {
                     break partial
                         .into_iter()
@@ -300,12 +343,27 @@ impl Work {
                     }
                     if self.shutdown.is_raised() {
                         // Left pending: picked up again on the next start.
-                        return Ok(());
+                        return Ok(None);
                     }
                 }
             }
         };
-        let plan = plan_chunk(entries, &resolved, opts);
+        let plan = plan_chunk(&entries, &resolved, opts);
+        Ok(Some(Prepared {
+            entries,
+            resolved,
+            plan,
+        }))
+    }
+
+    /// Hands a prepared chunk off: asks Redis which of its keys were seen before, then applies
+    /// the hand-off in one MULTI/EXEC.
+    async fn finish(&self, chunk: Prepared) -> Result<(), StoreError> {
+        let Prepared {
+            entries,
+            resolved,
+            plan,
+        } = chunk;
         let mut handoff = Handoff {
             dead: plan.dead,
             done: entries.iter().map(|e| e.id.clone()).collect(),
@@ -359,7 +417,7 @@ impl Work {
                 tracing::warn!(entry = %d.entry_id, mailbox = %d.mailbox, reason = %d.reason, "dead-lettered an entry");
             }
         }
-        self.after_parking(entries, &resolved).await
+        self.after_parking(&entries, &resolved).await
     }
 }
 
@@ -371,6 +429,20 @@ fn outbound_batch(settings: &Settings) -> BatchLimit {
     BatchLimit {
         records: ms4.batch_size.max(1),
         bytes: (ms4.max_in_flight_bytes / ms4.max_in_flight.max(1) as u64).max(1),
+    }
+}
+
+/// A chunk planned and waiting for its hand-off.
+struct Prepared {
+    entries: Vec<Entry>,
+    resolved: Vec<Resolution>,
+    plan: plan::ChunkPlan,
+}
+
+impl Prepared {
+    /// The chunk's entries as the read budget counts them.
+    fn bytes(&self) -> u64 {
+        self.entries.iter().map(entry_bytes).sum()
     }
 }
 

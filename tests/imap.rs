@@ -429,3 +429,93 @@ fn an_unreachable_source_never_holds_back_another_sources_after_delivery() {
     );
     assert!(w.dead_letters().is_empty());
 }
+
+/// Issue 15: a message the daemon recognises as delivered before still ends in its final
+/// state. A folder recreated with the same messages (new UIDVALIDITY, new UIDs) brings 50
+/// copies back: they are not delivered again, and they end \Seen (or moved) like their first
+/// copies. Before: the 50 stayed unseen, and in the source folder for good.
+#[test]
+fn copies_in_a_recreated_folder_end_seen_or_moved_like_their_first_copies() {
+    let w = World::new(&[]);
+    let mover = "ap@contoso.example";
+    let mut dc = dovecot(&w, &[(USER, PASSWORD), (mover, PASSWORD)]);
+    dc.deliver(USER, "INBOX", &messages(0..50, "c")).unwrap();
+    dc.deliver(mover, "INBOX", &messages(100..150, "d"))
+        .unwrap();
+    let created = imap(dc.port(), mover, &["CREATE Processed", "LOGOUT"]);
+    assert!(created.contains("t1 OK"), "{created}");
+    let sources = source(
+        "seen",
+        dc.port(),
+        USER,
+        PASSWORD,
+        "after_delivery = \"seen\"",
+    ) + &source(
+        "mover",
+        dc.port(),
+        mover,
+        PASSWORD,
+        "after_delivery = \"move\"\nmove_to = \"Processed\"",
+    );
+    let d = daemon(&w, &sources, &[]);
+    w.wait_at_least(100, Duration::from_secs(30), &d);
+    let port = dc.port();
+    let inbox = |user: &str| {
+        imap(
+            port,
+            user,
+            &[
+                "STATUS INBOX (MESSAGES UNSEEN)",
+                "STATUS Processed (MESSAGES)",
+                "LOGOUT",
+            ],
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || inbox(USER)
+            .contains("INBOX (MESSAGES 50 UNSEEN 0)")
+            && inbox(mover).contains("INBOX (MESSAGES 0")),
+        "first copies: {} / {}",
+        inbox(USER),
+        inbox(mover)
+    );
+
+    // Both INBOXes recreated with the same 50 messages and 10 new ones (Dovecot takes a new
+    // folder's UIDVALIDITY from the clock: let a second pass).
+    std::thread::sleep(Duration::from_millis(1_100));
+    dc.remove_folder(USER, "INBOX").unwrap();
+    dc.deliver(USER, "INBOX", &messages(0..60, "c")).unwrap();
+    // (Removing a Maildir's INBOX removes its other folders: the target is made again.)
+    dc.remove_folder(mover, "INBOX").unwrap();
+    let created = imap(port, mover, &["CREATE Processed", "LOGOUT"]);
+    assert!(created.contains("t1 OK"), "{created}");
+    dc.deliver(mover, "INBOX", &messages(100..160, "d"))
+        .unwrap();
+    w.wait_at_least(120, Duration::from_secs(30), &d);
+    let ended = wait_until(Duration::from_secs(20), || {
+        inbox(USER).contains("INBOX (MESSAGES 60 UNSEEN 0)")
+            && inbox(mover).contains("INBOX (MESSAGES 0")
+            && inbox(mover).contains("Processed (MESSAGES 60)")
+    });
+    assert!(
+        ended,
+        "copies end as their first copies: {} / {}\n{}",
+        inbox(USER),
+        inbox(mover),
+        d.log_tail(20)
+    );
+    let stats = w.ms4.stats();
+    assert_eq!(stats["unique_records"], 120, "{stats}");
+    assert_eq!(
+        stats["duplicate_records"], 0,
+        "no copy reached MS4 again: {stats}"
+    );
+    assert_eq!(
+        d.metric("ms1_copies_total{end=\"followed_up\"}")
+            + d.metric("ms1_copies_total{end=\"waiting\"}"),
+        100.0,
+        "{}",
+        d.metrics()
+    );
+    w.assert_drained();
+}

@@ -66,6 +66,9 @@ pub const AFTER_DELIVERY_WAITING: &str = "ms1_after_delivery_waiting";
 /// Records whose idempotency key (Message-ID) arrived again with other content, delivered
 /// under the key and their content digest.
 pub const KEY_CONFLICTS: &str = "ms1_key_conflicts_total";
+/// Later copies of a delivered message by how their follow-up ended (`end`: followed_up,
+/// waiting, first_dead_lettered, given_up; see `store::copies`).
+pub const COPIES: &str = "ms1_copies_total";
 
 /// Creates the counters that `rate()` and absence alerts watch, at 0, so a fresh daemon
 /// exports them before its first message (a counter otherwise appears only when first
@@ -84,6 +87,9 @@ pub fn register_counters() {
     }
     for mode in ["delta", "unread", "imap"] {
         metrics::counter!(POLLED, "mode" => mode).increment(0);
+    }
+    for end in ["followed_up", "waiting", "first_dead_lettered", "given_up"] {
+        metrics::counter!(COPIES, "end" => end).increment(0);
     }
     for stage in ["process", "deliver", "after_delivery"] {
         metrics::counter!(DEAD_LETTERED, "stage" => stage).increment(0);

@@ -160,6 +160,18 @@ impl Keys {
 
     /// Records delivered to MS4 in the minute that starts at `minute` (ms since the epoch,
     /// a multiple of 60,000), kept two hours.
+    /// What became of the records delivered or dead-lettered on the day of `ms` (hash: key →
+    /// `1` accepted by MS4, `0` dead-lettered): where a later copy of a message learns its
+    /// first copy's end state.
+    pub(crate) fn ended_on(&self, ms: u64) -> String {
+        format!("{}ended:{}", self.prefix, ms / 86_400_000)
+    }
+
+    /// Follow-ups of later copies waiting for their first copy's end state (hash: key → JSON).
+    pub(crate) fn follow_ups_waiting(&self) -> String {
+        format!("{}followups:waiting", self.prefix)
+    }
+
     pub(crate) fn delivered_in_minute(&self, minute: u64) -> String {
         format!("{}history:delivered:{}", self.prefix, minute / 60_000)
     }

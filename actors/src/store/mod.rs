@@ -25,6 +25,7 @@
 //! - [`schema`]: every stream's field names; [`keys`]: every key's name.
 
 mod access;
+pub(crate) mod copies;
 pub mod dlq;
 pub mod entry;
 pub(crate) mod fleet;

@@ -18,6 +18,8 @@ use super::Entry;
 /// A record on its way to the outbound stream.
 #[derive(Debug, Clone)]
 pub(crate) struct OutboundRecord {
+    /// The inbound entry it was made from.
+    pub entry: String,
     /// The record's idempotency key (also its `seen:` mark).
     pub key: String,
     /// The record's content digest: the value of its `seen:` and `queued:` marks, which tells
@@ -184,6 +186,7 @@ mod tests {
 
     fn record(key: &str, json: &str, follow_up: Option<(&'static str, &str)>) -> OutboundRecord {
         OutboundRecord {
+            entry: "1-0".into(),
             key: key.into(),
             digest: "d".into(),
             json: json.into(),

@@ -179,17 +179,17 @@ impl Store {
 
     /// Finishes what the MS4Sender delivered from `ids` (outbound entries, each wholly
     /// delivered or dead-lettered) in one MULTI/EXEC: the records MS4 rejected become dead
-    /// letters, the follow-ups of the `delivered` records it accepted are queued (Graph
-    /// messages to mark read, IMAP after-delivery actions), and the entries are acknowledged
-    /// and deleted. So a follow-up happens only after MS4 accepted the message and is never
+    /// letters, the follow-ups of the records it accepted (keys `delivered`) are queued (Graph
+    /// messages to mark read, IMAP after-delivery actions), each record's end is recorded for
+    /// later copies ([`copies`](super::copies)), and the entries are acknowledged and deleted. So a follow-up happens only after MS4 accepted the message and is never
     /// forgotten, and a rejected record is dead-lettered exactly once.
     pub(crate) async fn finish_delivery(
         &self,
         ids: &[String],
-        delivered: u64,
+        delivered: &[&str],
         follow_ups: &[FollowUp],
         dead: &[DeadLetter],
-        dlq_maxlen: u64,
+        (dlq_maxlen, idempotency_ttl_s): (u64, u64),
     ) -> StoreResult<()> {
         if ids.is_empty() {
             return Ok(());
@@ -209,16 +209,27 @@ impl Store {
         self.push_counts(
             &mut pipe,
             &[
-                (stat::DELIVERED, delivered),
+                (stat::DELIVERED, delivered.len() as u64),
                 (stat::DEAD_LETTERED, dead.len() as u64),
             ],
         );
-        if delivered > 0 {
+        if !delivered.is_empty() {
             // The console's delivery rate: records per minute, for the last two hours.
             let minute = self.keys.delivered_in_minute(crate::clock::now_ms());
-            pipe.cmd("INCRBY").arg(&minute).arg(delivered).ignore();
+            pipe.cmd("INCRBY")
+                .arg(&minute)
+                .arg(delivered.len())
+                .ignore();
             pipe.cmd("EXPIRE").arg(&minute).arg(7_200).ignore();
         }
+        // Where later copies of these messages learn their end (store::copies).
+        self.push_ended(&mut pipe, delivered, true, idempotency_ttl_s);
+        let dead_keys: Vec<&str> = dead
+            .iter()
+            .map(|d| d.key.as_str())
+            .filter(|k| !k.is_empty())
+            .collect();
+        self.push_ended(&mut pipe, &dead_keys, false, idempotency_ttl_s);
         for f in follow_ups {
             let marks = match f.source {
                 "imap" => self.keys.imap_done(),

@@ -20,6 +20,7 @@ use crate::pipeline::ratelimiter::RateLimiter;
 use crate::retry::Backoff;
 use crate::settings::{Oversize, Settings};
 use crate::shutdown::Shutdown;
+use crate::store::copies::Copy;
 use crate::store::dlq::Stage;
 use crate::store::keys::PROCESSORS;
 use crate::store::outbound::BatchLimit;
@@ -198,6 +199,7 @@ impl Work {
         let mut next_claim = Instant::now();
         let mut claim_cursor = "0-0".to_string();
         let mut next_tend = Instant::now();
+        let (mut next_drain, mut drain_cursor) = (Instant::now(), "0".to_string());
         // The chunk planned last, its hand-off not yet applied: it is handed off while the
         // next chunk is planned (Redis applies one while the daemon transforms the other).
         let mut planned: Option<Prepared> = None;
@@ -205,10 +207,11 @@ impl Work {
             self.health.beat("batch_processor");
             let tend = self.graph.is_some() && Instant::now() >= next_tend;
             let claim = Instant::now() >= next_claim;
+            let drain = Instant::now() >= next_drain;
             // An outbound entry holds up to one batch of records: count it as a full one.
             let backlog = self.store.len(&outbound).await? * self.settings.ms4.batch_size as u64;
             if let Some(chunk) = planned.take() {
-                if tend || claim || backlog > p.max_backlog {
+                if tend || claim || drain || backlog > p.max_backlog {
                     self.finish(chunk).await?;
                 } else {
                     // Read what fits beside it in the byte budget, without waiting for new
@@ -234,6 +237,10 @@ impl Work {
             if tend {
                 self.tend_parked().await?;
                 next_tend = Instant::now() + PARK_TEND_EVERY;
+            }
+            if drain {
+                drain_cursor = self.follow_up_waiting_copies(&drain_cursor).await?;
+                next_drain = Instant::now() + DRAIN_EVERY;
             }
             if backlog > p.max_backlog {
                 tracing::debug!(backlog, "outbound backlog above max_backlog; waiting");
@@ -284,6 +291,24 @@ impl Work {
         }
         tracing::info!("drained: no longer reading the inbound stream");
         Ok(())
+    }
+
+    /// One step through the later copies waiting for their first copy's end (store::copies);
+    /// returns the cursor for the next step.
+    async fn follow_up_waiting_copies(&self, cursor: &str) -> Result<String, StoreError> {
+        let ttl = self.settings.redis.idempotency_ttl_s;
+        let drained = self.store.drain_waiting(ttl, cursor).await?;
+        for (end, n) in [
+            ("followed_up", drained.followed_up),
+            ("first_dead_lettered", drained.first_dead_lettered),
+            ("given_up", drained.given_up),
+        ] {
+            metrics::counter!(m::COPIES, "end" => end).increment(n);
+        }
+        if drained.given_up > 0 {
+            tracing::warn!(copies = drained.given_up, ttl_s = ttl, "later copies waited longer than idempotency marks live for their first copy to end: left as they are");
+        }
+        Ok(drained.cursor)
     }
 
     /// Finishes one chunk with a single hand-off.
@@ -368,16 +393,17 @@ impl Work {
             dead: plan.dead,
             done: entries.iter().map(|e| e.id.clone()).collect(),
             outbound: Vec::with_capacity(plan.records.len()),
-            duplicates: plan.duplicates_in_chunk,
+            duplicates: 0,
             parked: plan.parked,
         };
+        let mut copies = plan.copies_in_chunk;
         let keys: Vec<&str> = plan.records.iter().map(|r| r.key.as_str()).collect();
         let marks = self.store.marks(&keys).await?;
         let mut conflicts = Vec::new();
         for (rec, mark) in plan.records.into_iter().zip(marks) {
             match mark {
                 None => handoff.outbound.push(rec),
-                Some(m) if m == rec.digest || m == LEGACY_MARK => handoff.duplicates += 1,
+                Some(m) if m == rec.digest || m == LEGACY_MARK => copies.push(copy_of(rec)),
                 // The key names a message with other content: this one is another message.
                 Some(_) => conflicts.push(renamed(rec)),
             }
@@ -388,7 +414,7 @@ impl Work {
         let mut key_conflicts = plan.key_conflicts;
         for (rec, mark) in conflicts.into_iter().zip(marks) {
             if mark.is_some() {
-                handoff.duplicates += 1;
+                copies.push(copy_of(rec));
             } else {
                 key_conflicts += 1;
                 tracing::warn!(key = %rec.key, "a Message-ID arrived again with other content (sender, subject or date): delivered as a message of its own under the key and its content digest");
@@ -397,6 +423,22 @@ impl Work {
         }
         if key_conflicts > 0 {
             metrics::counter!(m::KEY_CONFLICTS).increment(key_conflicts);
+        }
+        // Later copies end as their first copy does (store::copies), before the hand-off: a
+        // crash between the two leaves only the hand-off to do again.
+        handoff.duplicates = copies.len() as u64;
+        if !copies.is_empty() {
+            let ended = self
+                .store
+                .end_copies(&copies, self.settings.redis.idempotency_ttl_s)
+                .await?;
+            for (end, n) in [
+                ("followed_up", ended.followed_up),
+                ("waiting", ended.waiting),
+                ("first_dead_lettered", ended.first_dead_lettered),
+            ] {
+                metrics::counter!(m::COPIES, "end" => end).increment(n);
+            }
         }
         let duplicates = handoff.duplicates;
         self.store
@@ -432,6 +474,15 @@ fn outbound_batch(settings: &Settings) -> BatchLimit {
     }
 }
 
+/// A record whose key was delivered before: a later copy of that message.
+fn copy_of(rec: OutboundRecord) -> Copy {
+    Copy {
+        entry_id: rec.entry,
+        key: rec.key,
+        follow_up: rec.mark_read,
+    }
+}
+
 /// A chunk planned and waiting for its hand-off.
 struct Prepared {
     entries: Vec<Entry>,
@@ -460,6 +511,9 @@ fn renamed(mut rec: OutboundRecord) -> OutboundRecord {
     rec.json = v.to_string();
     rec
 }
+
+/// How often the processor looks for later copies whose first copy has ended.
+const DRAIN_EVERY: Duration = Duration::from_secs(2);
 
 /// Longest a chunk waits on a throttled mailbox before trying again (a longer Retry-After
 /// parks the mailbox's entries after `graph.park_after_attempts` instead of stalling the rest).

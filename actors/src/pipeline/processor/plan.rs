@@ -4,6 +4,7 @@
 use super::resolve::Resolution;
 use crate::clock::now_ms;
 use crate::model::{entry_to_record, InboundFields, OmittedBody, TransformOptions};
+use crate::store::copies::Copy;
 use crate::store::dlq::Stage;
 use crate::store::streams::ParkedEntry;
 use crate::store::{DeadLetter, Entry, FollowUp, OutboundRecord};
@@ -17,8 +18,8 @@ pub(super) struct ChunkPlan {
     pub(super) parked: Vec<ParkedEntry>,
     /// Records renamed because an earlier entry of the chunk had their key and other content.
     pub(super) key_conflicts: u64,
-    /// Entries whose key appears earlier in the same chunk.
-    pub(super) duplicates_in_chunk: u64,
+    /// Entries whose key appears earlier in the same chunk (with their content): later copies.
+    pub(super) copies_in_chunk: Vec<Copy>,
 }
 
 pub(super) fn plan_chunk(
@@ -100,7 +101,7 @@ pub(super) fn plan_chunk(
                 match keys_in_chunk.get(&record.idempotency_key) {
                     None => {}
                     Some(digest) if *digest == record.content_digest => {
-                        plan.duplicates_in_chunk += 1;
+                        plan.copies_in_chunk.push(copy_of(e, &record));
                         continue;
                     }
                     Some(_) => {
@@ -109,7 +110,7 @@ pub(super) fn plan_chunk(
                             &record.content_digest,
                         );
                         if keys_in_chunk.contains_key(&record.idempotency_key) {
-                            plan.duplicates_in_chunk += 1;
+                            plan.copies_in_chunk.push(copy_of(e, &record));
                             continue;
                         }
                         tracing::warn!(key = %record.idempotency_key, "a Message-ID arrived again with other content (sender, subject or date): delivered as a message of its own under the key and its content digest");
@@ -125,6 +126,7 @@ pub(super) fn plan_chunk(
                     .then(|| follow_up(e, &record))
                     .flatten();
                 plan.records.push(OutboundRecord {
+                    entry: e.id.clone(),
                     key: record.idempotency_key,
                     digest: record.content_digest,
                     json,
@@ -140,6 +142,18 @@ pub(super) fn plan_chunk(
         }
     }
     plan
+}
+
+/// An entry whose key was seen before, with the follow-up its source wants once delivered.
+fn copy_of(e: &Entry, record: &crate::model::Ms4Record) -> Copy {
+    use crate::store::schema::inbound as f;
+    Copy {
+        entry_id: e.id.clone(),
+        key: record.idempotency_key.clone(),
+        follow_up: (e.field(f::FOLLOW_UP) == Some("1"))
+            .then(|| follow_up(e, record))
+            .flatten(),
+    }
 }
 
 /// What to do with a delivered message: mark it read in Graph, or the IMAP source's action on
@@ -193,7 +207,9 @@ mod tests {
         assert_eq!(plan.records[0].key, "<a>");
         assert_eq!(plan.records[0].inbound_ms, 1);
         assert_eq!(plan.records[1].key, "<b>");
-        assert_eq!(plan.duplicates_in_chunk, 1);
+        assert_eq!(plan.copies_in_chunk.len(), 1);
+        assert_eq!(plan.copies_in_chunk[0].entry_id, "3-0");
+        assert_eq!(plan.copies_in_chunk[0].key, "<a>");
         assert_eq!(plan.dead.len(), 1);
         assert_eq!(plan.dead[0].entry_id, "2-0");
         assert_eq!(plan.dead[0].payload, "{broken");

@@ -1,0 +1,51 @@
+-- Later copies of a message (its key was seen before) end in the state of the first copy: a
+-- copy whose first copy MS4 accepted gets its follow-up now (Graph mark read, IMAP \Seen or
+-- move); a copy whose first copy was dead-lettered stays as it is (as the first does); a copy
+-- whose first copy is still on its way waits in the waiting hash until it ends (drained by
+-- drain_waiting.lua). The copies' inbound entries are acknowledged and deleted here, in the
+-- same step as their follow-ups.
+-- KEYS[1] inbound stream, KEYS[2] Graph mark-read stream, KEYS[3] IMAP after-delivery stream,
+-- KEYS[4] waiting hash, KEYS[5..] the end-state hashes of the days a first copy may have ended
+-- (newest first).
+-- ARGV[1] group, ARGV[2] now ms, then per copy five: entry id, key, source, mailbox, id
+-- (source '' for a copy without a follow-up: only acknowledged).
+-- Returns {followed up now, waiting, first copy dead-lettered}.
+local function ended(key)
+  for i = 5, #KEYS do
+    local state = redis.call('HGET', KEYS[i], key)
+    if state then
+      return state
+    end
+  end
+  return nil
+end
+
+local now, queued, waiting, dead = ARGV[2], 0, 0, 0
+for n = 3, #ARGV, 5 do
+  local entry, key, source, mailbox, id = ARGV[n], ARGV[n + 1], ARGV[n + 2], ARGV[n + 3], ARGV[n + 4]
+  if source ~= '' then
+    local state = ended(key)
+    if state == '1' then
+      local stream = KEYS[2]
+      if source == 'imap' then
+        stream = KEYS[3]
+      end
+      redis.call('XADD', stream, '*', 'mailbox', mailbox, 'message_id', id)
+      queued = queued + 1
+    elseif state == '0' then
+      dead = dead + 1
+    else
+      local list = {}
+      local held = redis.call('HGET', KEYS[4], key)
+      if held then
+        list = cjson.decode(held)
+      end
+      table.insert(list, {source, mailbox, id, tonumber(now)})
+      redis.call('HSET', KEYS[4], key, cjson.encode(list))
+      waiting = waiting + 1
+    end
+  end
+  redis.call('XACK', KEYS[1], ARGV[1], entry)
+  redis.call('XDEL', KEYS[1], entry)
+end
+return {queued, waiting, dead}

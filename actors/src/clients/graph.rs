@@ -7,14 +7,16 @@
 //! once and retries once. A 429 (or 503) pauses every caller of that mailbox for Retry-After.
 //! Each answer is classified once into `Ok` or a [`GraphError`]. Links Graph returns
 //! (`@odata.nextLink`, `@odata.deltaLink`) are followed only on Graph's own origin, so the
-//! bearer token never goes anywhere else.
-
-use super::oauth::{OAuthError, TokenSource};
-use answers::classify;
+//! bearer token never goes anywhere else. A caller that wants its permit before it sends (the
+//! delta poller admits its read ahead while Redis is free) takes it with
+//! [`admit`](GraphClient::admit) and sends under it: still one permit per request.
 
 mod answers;
+
+use super::oauth::{OAuthError, TokenSource};
 use crate::messages::{AcquireGraph, GraphBudget, GraphPermit, PauseGraph};
 use crate::model::{AttachmentMeta, GraphAttachment};
+use answers::classify;
 use awc::http::Method;
 use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};

@@ -6,9 +6,10 @@
 //! - **Delta mode** (default): a full sync follows `@odata.nextLink`s; its last page carries
 //!   the `@odata.deltaLink`, the cursor of the next poll, which returns only what changed
 //!   (`@removed` items are ignored). Each page's XADDs and its cursor are written in one atomic
-//!   step, so a crash re-fetches at most the page in flight. A 410 Gone (expired cursor)
-//!   restarts the full sync; intake marks (`queued:{key}`) and the processor's idempotency marks
-//!   keep MS4 free of repeats.
+//!   step, and the next page is read while it is: a crash re-fetches at most the pages in
+//!   flight (the one being written and the one read meanwhile), neither of them queued twice.
+//!   A 410 Gone (expired cursor) restarts the full sync; intake marks (`queued:{key}`) and the
+//!   processor's idempotency marks keep MS4 free of repeats.
 //! - **Unread mode**: the seed's `isRead eq false` listing; delivered messages are marked read
 //!   by the [after-delivery worker](crate::after_delivery) only after MS4 accepted them.
 //! - Polls every `graph.poll_interval_s` and at once on [`TriggerPoll`]; waits while the

@@ -432,3 +432,61 @@ fn a_poll_skips_a_message_a_webhook_ref_already_delivered() {
     assert_eq!(world.ms4.stats()["unique_records"], 1);
     assert_eq!(world.ms4.stats()["duplicate_records"], 0);
 }
+
+#[test]
+fn the_page_script_queues_a_key_once_per_page_and_honours_both_marks() {
+    // poll_page.lua itself, on a real Redis: one message twice on a page (the second copy
+    // must see the intake mark the first one set in the same script), one the processor
+    // delivered another way (its seen: mark, same digest: skipped), and one reusing a
+    // delivered Message-ID with other content (another digest: queued).
+    let world = World::new(&[]);
+    let mut redis = world.redis();
+    let _: () = redis::cmd("SET")
+        .arg("ms1:lease:poller:mb")
+        .arg("token")
+        .query(&mut redis)
+        .unwrap();
+    for (key, digest) in [("<seen@x>", "d-seen"), ("<reused@x>", "d-old")] {
+        let _: () = redis::cmd("SET")
+            .arg(format!("ms1:seen:{key}"))
+            .arg(digest)
+            .query(&mut redis)
+            .unwrap();
+    }
+    let page = [
+        ("<twice@x>", "d-twice"),
+        ("<twice@x>", "d-twice"),
+        ("<seen@x>", "d-seen"),
+        ("<reused@x>", "d-new"),
+    ];
+    let script = redis::Script::new(include_str!("../actors/src/store/poll_page.lua"));
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key("ms1:lease:poller:mb")
+        .key("ms1:stream:inbound")
+        .key("ms1:cursor:mb")
+        .key("ms1:history:intake:0")
+        .arg("token")
+        .arg("http://graph.example/next")
+        .arg("sync")
+        .arg(0)
+        .arg("mb")
+        .arg("")
+        .arg(3600);
+    for (key, digest) in page {
+        invocation
+            .key(format!("ms1:queued:{key}"))
+            .key(format!("ms1:seen:{key}"))
+            .arg(format!(r#"{{"id":"{key}"}}"#))
+            .arg(digest);
+    }
+    let added: i64 = invocation.invoke(&mut redis).unwrap();
+    assert_eq!(added, 2, "<twice@x> once and <reused@x>");
+    assert_eq!(world.xlen("inbound"), 2);
+    let queued: Vec<Option<String>> = redis::cmd("MGET")
+        .arg("ms1:queued:<twice@x>")
+        .arg("ms1:queued:<seen@x>")
+        .query(&mut redis)
+        .unwrap();
+    assert_eq!(queued, vec![Some("d-twice".to_string()), None]);
+}

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod dovecot_launcher;
 pub mod fetch_loop;
 pub mod graph;
+pub mod graph_fetch;
 pub mod histogram;
 pub mod imap;
 pub mod ms4;

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ms1_ingestor::config;
-use ms1_sim::{demo, fetch_loop, graph, imap, ms4, synthetic};
+use ms1_sim::{demo, fetch_loop, graph, graph_fetch, imap, ms4, synthetic};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -45,6 +45,29 @@ enum Command {
     /// (BODY.PEEK[]) in chunks, discarding) against a plain-text server on loopback; prints
     /// messages/s.
     ImapFetch(ImapFetchOptions),
+    /// The benchmark's yardstick for Graph: a plain delta reader (one token, then each
+    /// mailbox's delta pages followed to the deltaLink, the mailboxes side by side, the
+    /// messages discarded) against the Graph simulator; prints messages/s.
+    GraphFetch(GraphFetchOptions),
+}
+
+#[derive(clap::Args)]
+struct GraphFetchOptions {
+    /// The simulator's root URL (`http://127.0.0.1:PORT`, as `ms1-sim graph` prints it).
+    #[arg(long)]
+    url: String,
+    /// Mailboxes to read, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    mailboxes: Vec<String>,
+    /// `Prefer: odata.maxpagesize`.
+    #[arg(long, default_value_t = 1000)]
+    page_size: u32,
+    #[arg(long, default_value = "contoso")]
+    tenant: String,
+    #[arg(long, default_value = "ms1-app")]
+    client_id: String,
+    #[arg(long, default_value = "sim-secret")]
+    client_secret: String,
 }
 
 #[derive(clap::Args)]
@@ -113,6 +136,28 @@ fn run(command: Command) -> anyhow::Result<()> {
                 "{:.0} messages/s ({} messages, {} bytes in {:.3} s)",
                 f.messages as f64 / f.seconds.max(1e-9),
                 f.messages,
+                f.bytes,
+                f.seconds
+            );
+            Ok(())
+        }
+        Command::GraphFetch(o) => {
+            let target = graph_fetch::Target {
+                root: o.url.trim_end_matches('/'),
+                tenant: &o.tenant,
+                client_id: &o.client_id,
+                client_secret: &o.client_secret,
+            };
+            let f = actix_rt::System::new().block_on(graph_fetch::run(
+                &target,
+                &o.mailboxes,
+                o.page_size,
+            ))?;
+            println!(
+                "{:.0} messages/s ({} messages, {} pages, {} bytes in {:.3} s)",
+                f.messages as f64 / f.seconds.max(1e-9),
+                f.messages,
+                f.pages,
                 f.bytes,
                 f.seconds
             );

@@ -7,11 +7,16 @@
 //! once and retries once. A 429 (or 503) pauses every caller of that mailbox for Retry-After.
 //! Each answer is classified once into `Ok` or a [`GraphError`]. Links Graph returns
 //! (`@odata.nextLink`, `@odata.deltaLink`) are followed only on Graph's own origin, so the
-//! bearer token never goes anywhere else.
+//! bearer token never goes anywhere else. A caller that wants its permit before it sends (the
+//! delta poller admits its read ahead while Redis is free) takes it with
+//! [`admit`](GraphClient::admit) and sends under it: still one permit per request.
+
+mod answers;
 
 use super::oauth::{OAuthError, TokenSource};
-use crate::messages::{AcquireGraph, GraphBudget, PauseGraph};
+use crate::messages::{AcquireGraph, GraphBudget, GraphPermit, PauseGraph};
 use crate::model::{AttachmentMeta, GraphAttachment};
+use answers::classify;
 use awc::http::Method;
 use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -20,8 +25,9 @@ use serde_json::value::RawValue;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The message properties ms1 reads (CONTRACTS.md).
 pub(crate) const SELECT: &str =
@@ -182,6 +188,13 @@ pub(crate) struct Subscription {
     pub expiration_date_time: String,
 }
 
+/// A request's admission ([`GraphClient::admit`]): its mailbox's local slot and its permit of
+/// the shared budget, both given back when dropped.
+pub(crate) struct Admitted {
+    _local: OwnedSemaphorePermit,
+    _permit: GraphPermit,
+}
+
 /// Talks to Graph for every mailbox. Not `Send` (awc): one per arbiter.
 pub(crate) struct GraphClient {
     http: awc::Client,
@@ -199,7 +212,7 @@ pub(crate) struct GraphClient {
     refused: std::cell::Cell<bool>,
     /// Local admission per mailbox (as many as the shared limit allows), so that callers of
     /// this process queue here instead of polling Redis for a slot.
-    local: RefCell<HashMap<String, Rc<Semaphore>>>,
+    local: RefCell<HashMap<String, Arc<Semaphore>>>,
     max_concurrent: usize,
     /// `$expand` attachment metadata into every message read (one request for a whole page,
     /// instead of one per message with attachments).
@@ -304,11 +317,11 @@ impl GraphClient {
         self
     }
 
-    fn admission(&self, mailbox: &str) -> Rc<Semaphore> {
+    fn admission(&self, mailbox: &str) -> Arc<Semaphore> {
         self.local
             .borrow_mut()
             .entry(mailbox.to_string())
-            .or_insert_with(|| Rc::new(Semaphore::new(self.max_concurrent)))
+            .or_insert_with(|| Arc::new(Semaphore::new(self.max_concurrent)))
             .clone()
     }
 
@@ -341,11 +354,10 @@ impl GraphClient {
         url: &str,
         max_page_size: u32,
     ) -> Result<Page, GraphError> {
-        let prefer = format!("odata.maxpagesize={max_page_size}");
-        let body = self
-            .call(mailbox, Method::GET, url, None, Some(&prefer), 1)
-            .await?;
-        parse_page(&body)
+        self.same_origin(url)?;
+        let admitted = self.admit(mailbox, 1).await?;
+        self.page_admitted(admitted, mailbox, url, max_page_size)
+            .await
     }
 
     /// One message, with the selected properties.
@@ -534,28 +546,16 @@ impl GraphClient {
             .await;
     }
 
-    /// One request: permit, token, send, classify (and one retry after a 401).
-    async fn call(
-        &self,
-        mailbox: &str,
-        method: Method,
-        url: &str,
-        body: Option<Vec<u8>>,
-        prefer: Option<&str>,
-        cost: u32,
-    ) -> Result<Bytes, GraphError> {
-        if origin_of(url) != self.origin {
-            return Err(GraphError::Rejected {
-                status: 0,
-                body: "Graph returned a link to another origin; not following it".into(),
-            });
-        }
-        let admission = self.admission(mailbox);
-        let _local = admission
-            .acquire()
+    /// Admission for one request of `mailbox` standing for `cost` requests: a local slot, then
+    /// a permit of the shared budget (waiting for both as long as they take). Held until the
+    /// request is answered.
+    pub(crate) async fn admit(&self, mailbox: &str, cost: u32) -> Result<Admitted, GraphError> {
+        let local = self
+            .admission(mailbox)
+            .acquire_owned()
             .await
             .map_err(|_| GraphError::Transient("admission closed".into()))?;
-        let _permit = self
+        let permit = self
             .limiter
             .acquire
             .send(AcquireGraph {
@@ -566,6 +566,66 @@ impl GraphClient {
             .await
             .map_err(|e| GraphError::Transient(format!("rate limiter unavailable: {e}")))?
             .map_err(|e| GraphError::Transient(format!("rate limiter: {e}")))?;
+        Ok(Admitted {
+            _local: local,
+            _permit: permit,
+        })
+    }
+
+    /// One page of messages, as [`page`](Self::page), under an admission taken before (of
+    /// cost 1, for this mailbox).
+    pub(crate) async fn page_admitted(
+        &self,
+        admitted: Admitted,
+        mailbox: &str,
+        url: &str,
+        max_page_size: u32,
+    ) -> Result<Page, GraphError> {
+        self.same_origin(url)?;
+        let prefer = format!("odata.maxpagesize={max_page_size}");
+        let body = self
+            .send(admitted, mailbox, Method::GET, url, None, Some(&prefer))
+            .await?;
+        parse_page(&body)
+    }
+
+    /// Links Graph returns are followed only on its own origin (the token goes nowhere else).
+    fn same_origin(&self, url: &str) -> Result<(), GraphError> {
+        if origin_of(url) != self.origin {
+            return Err(GraphError::Rejected {
+                status: 0,
+                body: "Graph returned a link to another origin; not following it".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// One request: origin, admission, then [`send`](Self::send).
+    async fn call(
+        &self,
+        mailbox: &str,
+        method: Method,
+        url: &str,
+        body: Option<Vec<u8>>,
+        prefer: Option<&str>,
+        cost: u32,
+    ) -> Result<Bytes, GraphError> {
+        self.same_origin(url)?;
+        let admitted = self.admit(mailbox, cost).await?;
+        self.send(admitted, mailbox, method, url, body, prefer)
+            .await
+    }
+
+    /// One admitted request: token, send, classify (and one retry after a 401).
+    async fn send(
+        &self,
+        _admitted: Admitted,
+        mailbox: &str,
+        method: Method,
+        url: &str,
+        body: Option<Vec<u8>>,
+        prefer: Option<&str>,
+    ) -> Result<Bytes, GraphError> {
         for attempt in 0..2 {
             let token = self.tokens.token().await;
             self.token_outcome(token.as_ref().err());
@@ -648,97 +708,9 @@ impl GraphClient {
     }
 }
 
-/// `: {code}: {message}` of a Graph error body (short, for logs and `/ready`), or nothing.
-fn error_detail(body: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct Body {
-        error: Detail,
-    }
-    #[derive(serde::Deserialize)]
-    struct Detail {
-        #[serde(default)]
-        code: String,
-        #[serde(default)]
-        message: String,
-    }
-    match serde_json::from_slice::<Body>(body) {
-        Ok(b) => {
-            let text = format!(": {}: {}", b.error.code, b.error.message);
-            text.chars().take(200).collect()
-        }
-        Err(_) => String::new(),
-    }
-}
-
-/// Classifies a Graph answer once.
-pub(crate) fn classify(
-    status: u16,
-    retry_after: Option<Duration>,
-    body: &[u8],
-) -> Result<(), GraphError> {
-    let text = || String::from_utf8_lossy(&body[..body.len().min(1_024)]).into_owned();
-    match status {
-        200..=299 => Ok(()),
-        401 | 403 => Err(GraphError::Unauthorized(status, error_detail(body))),
-        404 => Err(GraphError::NotFound),
-        410 => Err(GraphError::SyncStateGone),
-        429 => Err(GraphError::Throttled(
-            retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
-        )),
-        503 if retry_after.is_some() => Err(GraphError::Throttled(
-            retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
-        )),
-        400 if text().to_ascii_lowercase().contains("syncstatenotfound") => {
-            Err(GraphError::SyncStateGone)
-        }
-        400..=499 => Err(GraphError::Rejected {
-            status,
-            body: text(),
-        }),
-        _ => Err(GraphError::Transient(format!("Graph answered {status}"))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn answers_are_classified_once() {
-        assert!(classify(200, None, b"{}").is_ok());
-        assert!(matches!(
-            classify(429, Some(Duration::from_secs(3)), b""),
-            Err(GraphError::Throttled(d)) if d == Duration::from_secs(3)
-        ));
-        assert!(matches!(
-            classify(503, Some(Duration::from_secs(1)), b""),
-            Err(GraphError::Throttled(_))
-        ));
-        assert!(matches!(
-            classify(503, None, b""),
-            Err(GraphError::Transient(_))
-        ));
-        assert!(matches!(
-            classify(410, None, b""),
-            Err(GraphError::SyncStateGone)
-        ));
-        assert!(matches!(
-            classify(400, None, br#"{"error":{"code":"SyncStateNotFound"}}"#),
-            Err(GraphError::SyncStateGone)
-        ));
-        assert!(matches!(
-            classify(401, None, b""),
-            Err(GraphError::Unauthorized(401, _))
-        ));
-        assert!(matches!(
-            classify(404, None, b""),
-            Err(GraphError::NotFound)
-        ));
-        assert!(matches!(
-            classify(400, None, b"InefficientFilter"),
-            Err(GraphError::Rejected { status: 400, .. })
-        ));
-    }
 
     #[test]
     fn a_delta_page_parses_without_reserializing_and_marks_removed_items() {

@@ -6,21 +6,23 @@
 //! - **Delta mode** (default): a full sync follows `@odata.nextLink`s; its last page carries
 //!   the `@odata.deltaLink`, the cursor of the next poll, which returns only what changed
 //!   (`@removed` items are ignored). Each page's XADDs and its cursor are written in one atomic
-//!   step, so a crash re-fetches at most the page in flight. A 410 Gone (expired cursor)
-//!   restarts the full sync; intake marks (`queued:{key}`) and the processor's idempotency marks
-//!   keep MS4 free of repeats.
+//!   step, and the next page is read while it is: a crash re-fetches at most the pages in
+//!   flight (the one being written and the one read meanwhile), neither of them queued twice.
+//!   A 410 Gone (expired cursor) restarts the full sync; intake marks (`queued:{key}`) and the
+//!   processor's idempotency marks keep MS4 free of repeats.
 //! - **Unread mode**: the seed's `isRead eq false` listing; delivered messages are marked read
 //!   by the [after-delivery worker](crate::after_delivery) only after MS4 accepted them.
 //! - Polls every `graph.poll_interval_s` and at once on [`TriggerPoll`]; waits while the
 //!   backlog is above `pipeline.max_backlog`; transient Graph failures back off and retry.
 
-use crate::clients::graph::{GraphClient, GraphError, Page};
+use crate::clients::graph::{Admitted, GraphClient, GraphError, Page};
 use crate::clients::graph_tenants::GraphTenants;
 
 use super::schedule::{Polled, Poller, PollerContext, Retry, Source};
 use super::wait_for_backlog;
 use crate::settings::{GraphMode, Settings};
 use crate::shutdown::Shutdown;
+use crate::store::lease::LeaseLost;
 use crate::store::poll::PolledPage;
 use crate::store::{Store, StoreError};
 use crate::{health::Health, metrics as m};
@@ -133,9 +135,14 @@ impl PollLoop {
     }
 
     /// Reads pages until the mailbox is caught up, writing each page with its cursor.
+    ///
+    /// While a page is written, the next one is read (its link is on the page): the write's
+    /// script holds Redis for milliseconds, and the read is Graph's and the parser's time, so
+    /// neither waits for the other. A page read ahead is written only after the page before
+    /// it, with its own cursor: a crash at any instant re-reads it from the cursor, as when
+    /// it was read after the write, and leaves at most the page being written to repeat.
     async fn poll_once(&self) -> Result<PollEnd, PollError> {
         let g = &self.settings.graph;
-        let mark_read = g.mode == GraphMode::Unread;
         let mut url = match g.mode {
             GraphMode::Delta => self
                 .store
@@ -146,52 +153,31 @@ impl PollLoop {
             GraphMode::Unread => self.graph.unread_url(&self.mailbox, &g.folder, g.page_size),
         };
         let mut added = 0;
+        // The next page, read while the one before it was written.
+        let mut ahead: Option<Result<Read, PollError>> = None;
         loop {
-            let lease = (
-                self.mailbox.as_str(),
-                self.token.as_str(),
-                Duration::from_secs(g.lease_ttl_s),
-            );
-            if !wait_for_backlog(&self.store, &self.settings, &self.shutdown, lease).await? {
-                return Ok(PollEnd::LeaseLost);
-            }
-            if self.shutdown.is_raised() {
-                return Ok(PollEnd::Done { added });
-            }
-            if !self
-                .store
-                .hold_lease(
-                    &self.mailbox,
-                    &self.token,
-                    Duration::from_secs(g.lease_ttl_s),
-                )
-                .await?
-            {
-                return Ok(PollEnd::LeaseLost);
-            }
-            let page = self.graph.page(&self.mailbox, &url, g.page_size).await?;
-            let (next, phase) = match (&page.next_link, &page.delta_link, g.mode) {
-                (Some(n), _, GraphMode::Delta) => (Some(n.as_str()), "sync"),
-                (None, Some(d), GraphMode::Delta) => (Some(d.as_str()), "delta"),
-                // Unread mode keeps no cursor: the unread flag is the state.
-                _ => (None, ""),
+            let Read { page, next } = match ahead.take() {
+                Some(read) => read?,
+                None => match self.ready_to_read().await? {
+                    Ready::Read => {
+                        let page = self.graph.page(&self.mailbox, &url, g.page_size).await?;
+                        let next = self.admission_after(&page).await?;
+                        Read { page, next }
+                    }
+                    Ready::LeaseLost => return Ok(PollEnd::LeaseLost),
+                    Ready::Draining => return Ok(PollEnd::Done { added }),
+                },
             };
-            let polled = PolledPage {
-                mailbox: &self.mailbox,
-                messages: messages_of(&page, &self.mailbox),
-                next,
-                phase,
-                mark_read,
+            let polled = self.polled(&page);
+            let written = match (next, page.next_link.as_deref()) {
+                (Some(admitted), Some(link)) => {
+                    let read = self.read_ahead(admitted, link);
+                    let (written, read) = tokio::join!(self.write(&polled), read);
+                    ahead = Some(read);
+                    written?
+                }
+                _ => self.write(&polled).await?,
             };
-            let written = self
-                .store
-                .write_page(
-                    &polled,
-                    &self.token,
-                    crate::clock::now_ms(),
-                    self.settings.redis.idempotency_ttl_s,
-                )
-                .await?;
             match written {
                 Ok(n) => {
                     added += n;
@@ -199,12 +185,119 @@ impl PollLoop {
                 }
                 Err(_) => return Ok(PollEnd::LeaseLost),
             }
-            match (&page.next_link, g.mode) {
-                (Some(n), _) => url = n.clone(),
-                (None, _) => return Ok(PollEnd::Done { added }),
+            match page.next_link {
+                Some(n) => url = n,
+                None => return Ok(PollEnd::Done { added }),
             }
         }
     }
+
+    /// Before a page is read without an admission taken ahead: waits while the backlog is
+    /// above `pipeline.max_backlog`, and renews the lease.
+    async fn ready_to_read(&self) -> Result<Ready, StoreError> {
+        let ttl = Duration::from_secs(self.settings.graph.lease_ttl_s);
+        let lease = (self.mailbox.as_str(), self.token.as_str(), ttl);
+        if !wait_for_backlog(&self.store, &self.settings, &self.shutdown, lease).await? {
+            return Ok(Ready::LeaseLost);
+        }
+        if self.shutdown.is_raised() {
+            return Ok(Ready::Draining);
+        }
+        if !self
+            .store
+            .hold_lease(&self.mailbox, &self.token, ttl)
+            .await?
+        {
+            return Ok(Ready::LeaseLost);
+        }
+        Ok(Ready::Read)
+    }
+
+    /// Reads the page at `link`, then takes the admission of the read after it. That
+    /// admission reaches Redis while the page before is still being written, so it is
+    /// granted as soon as that write ends instead of being asked for after it.
+    async fn read_ahead(&self, admitted: Admitted, link: &str) -> Result<Read, PollError> {
+        let g = &self.settings.graph;
+        let page = self
+            .graph
+            .page_admitted(admitted, &self.mailbox, link, g.page_size)
+            .await?;
+        let next = self.admission_after(&page).await?;
+        Ok(Read { page, next })
+    }
+
+    /// The admission of the read after `page`, when there is one and nothing stands against
+    /// it now: not draining, the backlog within `pipeline.max_backlog`, the lease renewed,
+    /// and a permit of Graph's budget granted within [`AHEAD_WAIT`] (the page in hand is not
+    /// held back longer). `None` otherwise: the next page is then read after this one is
+    /// written, once [`ready_to_read`](Self::ready_to_read) says so.
+    async fn admission_after(&self, page: &Page) -> Result<Option<Admitted>, StoreError> {
+        if page.next_link.is_none() || self.shutdown.is_raised() {
+            return Ok(None);
+        }
+        let ttl = Duration::from_secs(self.settings.graph.lease_ttl_s);
+        let (inbound, outbound) = (self.store.keys().inbound(), self.store.keys().outbound());
+        let (inbound, outbound, held, admitted) = tokio::join!(
+            self.store.len(&inbound),
+            self.store.len(&outbound),
+            self.store.hold_lease(&self.mailbox, &self.token, ttl),
+            tokio::time::timeout(AHEAD_WAIT, self.graph.admit(&self.mailbox, 1)),
+        );
+        if inbound? + outbound? > self.settings.pipeline.max_backlog || !held? {
+            // Dropped unused: its slot is given back (its window entry stays, on the safe
+            // side of Graph's limit).
+            return Ok(None);
+        }
+        Ok(admitted.ok().and_then(Result::ok))
+    }
+
+    /// A page as the store writes it: its new messages and the cursor after it.
+    fn polled<'a>(&'a self, page: &'a Page) -> PolledPage<'a> {
+        let mode = self.settings.graph.mode;
+        let (next, phase) = match (&page.next_link, &page.delta_link, mode) {
+            (Some(n), _, GraphMode::Delta) => (Some(n.as_str()), "sync"),
+            (None, Some(d), GraphMode::Delta) => (Some(d.as_str()), "delta"),
+            // Unread mode keeps no cursor: the unread flag is the state.
+            _ => (None, ""),
+        };
+        PolledPage {
+            mailbox: &self.mailbox,
+            messages: messages_of(page, &self.mailbox),
+            next,
+            phase,
+            mark_read: mode == GraphMode::Unread,
+        }
+    }
+
+    /// Writes a page with its cursor, fenced by the lease.
+    async fn write(&self, page: &PolledPage<'_>) -> Result<Result<u64, LeaseLost>, StoreError> {
+        self.store
+            .write_page(
+                page,
+                &self.token,
+                crate::clock::now_ms(),
+                self.settings.redis.idempotency_ttl_s,
+            )
+            .await
+    }
+}
+
+/// Longest a read ahead waits for its Graph permit (asked for while a page is being written,
+/// it waits for that write in Redis first) before the page in hand is written without it: the
+/// budget has no room now, and the next read waits for it after the write instead.
+const AHEAD_WAIT: Duration = Duration::from_millis(100);
+
+/// A page read, and the admission of the read after it when one was taken.
+struct Read {
+    page: Page,
+    next: Option<Admitted>,
+}
+
+/// Whether the next page may be read.
+enum Ready {
+    Read,
+    LeaseLost,
+    Draining,
 }
 
 fn mode_name(mode: GraphMode) -> &'static str {

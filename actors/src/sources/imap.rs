@@ -27,7 +27,7 @@ use crate::clients::imap::{Connector, Fetched, ImapError, ImapFolder, Part, Woke
 use crate::messages::Intake;
 use crate::settings::{AfterDelivery, ImapSource, Settings};
 use crate::shutdown::Shutdown;
-use crate::store::imap::{lease_name, FetchedChunk, FetchedMail, Omitted};
+use crate::store::imap::{lease_name, ChunkLink, FetchedChunk, FetchedMail, Omitted};
 use crate::store::{Store, StoreError};
 use crate::{health::Health, metrics as m};
 use base64::Engine;
@@ -60,6 +60,7 @@ pub(crate) fn poller(
             lease: lease_name(&source.name),
             connector,
             conn: None,
+            link: None,
             idle_refused: false,
         })
     })
@@ -83,6 +84,8 @@ pub(crate) struct ImapLoop {
     connector: Connector,
     /// The open session, when there is one.
     conn: Option<ImapFolder>,
+    /// Where chunks are written (kept between polls; dropped after an error).
+    link: Option<ChunkLink>,
     /// The server refused IDLE once: poll on schedule only.
     idle_refused: bool,
 }
@@ -265,8 +268,13 @@ impl ImapLoop {
         };
         let mut added = 0;
         let chunk = self.settings.imap.fetch_chunk;
-        let writer = ChunkWriter {
+        let link = match self.link.take() {
+            Some(link) => link,
+            None => self.store.chunk_link().await?,
+        };
+        let mut writer = ChunkWriter {
             store: self.store.clone(),
+            link,
             token: self.token.clone(),
             source: name.clone(),
             uidvalidity,
@@ -298,6 +306,7 @@ impl ImapLoop {
             last = hi;
         }
         added += writer.write(unwritten.take()).await?;
+        self.link = Some(writer.link);
         Ok(added)
     }
 
@@ -356,6 +365,7 @@ impl ImapLoop {
 /// Writes fetched chunks of one poll (each with the cursor after it).
 struct ChunkWriter {
     store: Store,
+    link: ChunkLink,
     token: String,
     source: String,
     uidvalidity: u32,
@@ -364,7 +374,7 @@ struct ChunkWriter {
 
 impl ChunkWriter {
     /// Writes `(mails, cursor)`, if any; returns the messages added.
-    async fn write(&self, chunk: Option<(Vec<FetchedMail>, u32)>) -> Result<u64, PollError> {
+    async fn write(&mut self, chunk: Option<(Vec<FetchedMail>, u32)>) -> Result<u64, PollError> {
         let Some((mails, last_uid)) = chunk else {
             return Ok(0);
         };
@@ -377,7 +387,7 @@ impl ChunkWriter {
         };
         let written = self
             .store
-            .write_imap_chunk(&chunk, &self.token, crate::clock::now_ms())
+            .write_imap_chunk(&mut self.link, &chunk, &self.token, crate::clock::now_ms())
             .await?
             .map_err(|_| PollError::LeaseLost)?;
         metrics::counter!(m::POLLED, "mode" => "imap").increment(written);

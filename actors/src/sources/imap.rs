@@ -31,6 +31,7 @@ use crate::store::imap::{lease_name, ChunkLink, FetchedChunk, FetchedMail, Omitt
 use crate::store::{Store, StoreError};
 use crate::{health::Health, metrics as m};
 use base64::Engine;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -202,13 +203,6 @@ impl ImapLoop {
         Duration::from_secs(self.settings.imap.lease_ttl_s)
     }
 
-    /// Renews the lease while working; false when another daemon holds it now.
-    async fn hold(&self) -> Result<bool, StoreError> {
-        self.store
-            .hold_lease(&self.lease, &self.token, self.lease_ttl())
-            .await
-    }
-
     /// Logs out politely (bounded), dropping the connection.
     async fn disconnect(&mut self) {
         if let Some(folder) = self.conn.take() {
@@ -245,7 +239,7 @@ impl ImapLoop {
         let name = self.source.name.clone();
         let selected = self.folder().select().await?;
         let uidvalidity = selected.uid_validity;
-        let mut last = match self.store.uid_cursor(&name).await? {
+        let last = match self.store.uid_cursor(&name).await? {
             Some(c) if c.uidvalidity == uidvalidity => c.last_uid,
             Some(c) => {
                 tracing::warn!(
@@ -266,8 +260,6 @@ impl ImapLoop {
                 above.last().copied().unwrap_or(last)
             }
         };
-        let mut added = 0;
-        let chunk = self.settings.imap.fetch_chunk;
         let link = match self.link.take() {
             Some(link) => link,
             None => self.store.chunk_link().await?,
@@ -276,38 +268,67 @@ impl ImapLoop {
             store: self.store.clone(),
             link,
             token: self.token.clone(),
+            lease: self.lease.clone(),
+            lease_ttl: self.lease_ttl(),
             source: name.clone(),
             uidvalidity,
             after_delivery: self.source.after_delivery != AfterDelivery::None,
         };
-        // One chunk is written to Redis while the next is fetched from the server.
+        // Each step fetches the next batch from the server while the previous one is written
+        // to Redis (one of each at a time: what the memory bound counts). The cursor only ever
+        // moves by a write, in UID order, so a crash anywhere re-reads at most these two.
+        let mut plan = Plan {
+            batches: VecDeque::new(),
+            through: last,
+            top,
+        };
+        let mut added = 0;
         let mut unwritten: Option<(Vec<FetchedMail>, u32)> = None;
-        while last < top {
+        loop {
+            let (fetched, written) = tokio::join!(
+                self.fetch_next(&mut plan),
+                writer.hold_and_write(unwritten.take())
+            );
+            added += written?;
+            match fetched? {
+                Some(chunk) => unwritten = Some(chunk),
+                None => break,
+            }
+        }
+        self.link = Some(writer.link);
+        Ok(added)
+    }
+
+    /// Fetches the next batch of `plan` with the cursor to write after it; `None` once the plan
+    /// is done (or the daemon drains). Before each `fetch_chunk` UIDs it waits while the
+    /// pipeline's backlog is above `pipeline.max_backlog`, then asks their sizes.
+    async fn fetch_next(
+        &mut self,
+        plan: &mut Plan,
+    ) -> Result<Option<(Vec<FetchedMail>, u32)>, PollError> {
+        if plan.batches.is_empty() {
+            if plan.through >= plan.top {
+                return Ok(None);
+            }
             let lease = (self.lease.as_str(), self.token.as_str(), self.lease_ttl());
             if !super::wait_for_backlog(&self.store, &self.settings, &self.shutdown, lease).await? {
                 return Err(PollError::LeaseLost);
             }
             if self.shutdown.is_raised() {
-                break;
+                return Ok(None);
             }
-            if !self.hold().await? {
-                return Err(PollError::LeaseLost);
-            }
-            let hi = last.saturating_add(chunk).min(top);
-            for (batch, batch_last) in self.plan_fetches(last + 1, hi).await? {
-                let limit = self.settings.imap.max_message_bytes;
-                let (fetched, written) = tokio::join!(
-                    fetch_batch(self.folder(), &batch, limit),
-                    writer.write(unwritten.take())
-                );
-                added += written?;
-                unwritten = Some((fetched?, batch_last));
-            }
-            last = hi;
+            let lo = plan.through + 1;
+            let hi = plan.through.saturating_add(self.settings.imap.fetch_chunk);
+            let hi = hi.min(plan.top);
+            plan.batches.extend(self.plan_fetches(lo, hi).await?);
+            plan.through = hi;
         }
-        added += writer.write(unwritten.take()).await?;
-        self.link = Some(writer.link);
-        Ok(added)
+        let Some((batch, batch_last)) = plan.batches.pop_front() else {
+            return Ok(None);
+        };
+        let limit = self.settings.imap.max_message_bytes;
+        let mails = fetch_batch(self.folder(), &batch, limit).await?;
+        Ok(Some((mails, batch_last)))
     }
 
     /// Splits the UIDs `lo..=hi` into FETCHes of at most `fetch_max_bytes` each (one message
@@ -362,19 +383,42 @@ impl ImapLoop {
     }
 }
 
+/// The UIDs of one poll still to fetch: the batches planned, and the UIDs not planned yet
+/// (`through + 1 ..= top`).
+struct Plan {
+    batches: VecDeque<(Batch, u32)>,
+    through: u32,
+    top: u32,
+}
+
 /// Writes fetched chunks of one poll (each with the cursor after it).
 struct ChunkWriter {
     store: Store,
     link: ChunkLink,
     token: String,
+    /// The source's name in lease keys, and the lease's TTL.
+    lease: String,
+    lease_ttl: Duration,
     source: String,
     uidvalidity: u32,
     after_delivery: bool,
 }
 
 impl ChunkWriter {
-    /// Writes `(mails, cursor)`, if any; returns the messages added.
-    async fn write(&mut self, chunk: Option<(Vec<FetchedMail>, u32)>) -> Result<u64, PollError> {
+    /// Renews the lease (as every step of a poll does), then writes `(mails, cursor)`, if any;
+    /// returns the messages added. (The renewal comes first: a renewal while the chunk's
+    /// transaction watches the lease would make it run again.)
+    async fn hold_and_write(
+        &mut self,
+        chunk: Option<(Vec<FetchedMail>, u32)>,
+    ) -> Result<u64, PollError> {
+        if !self
+            .store
+            .hold_lease(&self.lease, &self.token, self.lease_ttl)
+            .await?
+        {
+            return Err(PollError::LeaseLost);
+        }
         let Some((mails, last_uid)) = chunk else {
             return Ok(0);
         };

@@ -49,12 +49,17 @@ pub(crate) fn poller(
     let (store, health, shutdown) = (ctx.store.clone(), ctx.health.clone(), ctx.shutdown.clone());
     let (name, lease) = (source.name.clone(), lease_name(&source.name));
     Poller::new(name, lease, ttl, retry, ctx, move |token| {
+        // Its own connection: a poll's lease renewals and backlog checks do not wait behind
+        // the pipeline's long commands on the shared one.
+        let store = store
+            .own_connection()
+            .map_err(|e| format!("IMAP source `{}`: {e}", source.name))?;
         let connector = Connector::new(&source, settings.imap.timeout())
             .map_err(|e| format!("IMAP source `{}`: {e}", source.name))?;
         Ok(ImapLoop {
             source: source.clone(),
             settings: settings.clone(),
-            store: store.clone(),
+            store,
             health: health.clone(),
             shutdown: shutdown.clone(),
             token: token.to_string(),
@@ -405,22 +410,21 @@ struct ChunkWriter {
 }
 
 impl ChunkWriter {
-    /// Renews the lease (as every step of a poll does), then writes `(mails, cursor)`, if any;
-    /// returns the messages added. (The renewal comes first: a renewal while the chunk's
-    /// transaction watches the lease would make it run again.)
+    /// Writes `(mails, cursor)`, renewing the lease with it, or only renews the lease (the
+    /// first step of a poll); every step of a poll renews it. Returns the messages added.
     async fn hold_and_write(
         &mut self,
         chunk: Option<(Vec<FetchedMail>, u32)>,
     ) -> Result<u64, PollError> {
-        if !self
-            .store
-            .hold_lease(&self.lease, &self.token, self.lease_ttl)
-            .await?
-        {
-            return Err(PollError::LeaseLost);
-        }
         let Some((mails, last_uid)) = chunk else {
-            return Ok(0);
+            let held = (self.store)
+                .hold_lease(&self.lease, &self.token, self.lease_ttl)
+                .await?;
+            return if held {
+                Ok(0)
+            } else {
+                Err(PollError::LeaseLost)
+            };
         };
         let chunk = FetchedChunk {
             source: &self.source,
@@ -431,7 +435,13 @@ impl ChunkWriter {
         };
         let written = self
             .store
-            .write_imap_chunk(&mut self.link, &chunk, &self.token, crate::clock::now_ms())
+            .write_imap_chunk(
+                &mut self.link,
+                &chunk,
+                &self.token,
+                self.lease_ttl,
+                crate::clock::now_ms(),
+            )
             .await?
             .map_err(|_| PollError::LeaseLost)?;
         metrics::counter!(m::POLLED, "mode" => "imap").increment(written);

@@ -15,6 +15,7 @@ use super::schema::inbound as field;
 use super::{Store, StoreResult, Target, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 use redis::aio::MultiplexedConnection;
 use redis::Script;
+use std::time::Duration;
 
 /// Where a source's folder stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,17 +97,26 @@ impl Store {
         })
     }
 
-    /// Writes a chunk and the cursor after it atomically, fenced by the lease. Returns the
-    /// messages added (UIDs at or below the stored cursor are skipped).
+    /// Writes a chunk and the cursor after it atomically, fenced by the lease, and renews the
+    /// lease for `ttl`. Returns the messages added (UIDs at or below the stored cursor are
+    /// skipped).
     pub(crate) async fn write_imap_chunk(
         &self,
         link: &mut ChunkLink,
         chunk: &FetchedChunk<'_>,
         token: &str,
+        ttl: Duration,
         now_ms: u64,
     ) -> StoreResult<Result<u64, LeaseLost>> {
         let added = match link {
-            ChunkLink::Watched(conn) => self.write_watched(conn, chunk, token, now_ms).await?,
+            ChunkLink::Watched(conn) => self.write_watched(conn, chunk, token, ttl, now_ms).await?,
+            ChunkLink::Script
+                if !self
+                    .hold_lease(&lease_name(chunk.source), token, ttl)
+                    .await? =>
+            {
+                None
+            }
             ChunkLink::Script => self.write_by_script(chunk, token, now_ms).await?,
         };
         Ok(added.ok_or_else(|| LeaseLost(chunk.source.to_string())))
@@ -118,6 +128,7 @@ impl Store {
         conn: &mut MultiplexedConnection,
         chunk: &FetchedChunk<'_>,
         token: &str,
+        ttl: Duration,
         now_ms: u64,
     ) -> StoreResult<Option<u64>> {
         let name = lease_name(chunk.source);
@@ -145,7 +156,12 @@ impl Store {
                 (Some(uv), Some(last)) if uv == chunk.uidvalidity => last,
                 _ => 0,
             };
-            let (tx, added) = self.chunk_transaction(chunk, floor, now_ms);
+            let (mut tx, added) = self.chunk_transaction(chunk, floor, now_ms);
+            // The lease is this poller's at EXEC (WATCH): renewed as every step of a poll does.
+            tx.cmd("PEXPIRE")
+                .arg(&lease)
+                .arg(ttl.as_millis() as u64)
+                .ignore();
             // Nil: the lease or the cursor changed since WATCH (a renewal, a takeover): look again.
             let done: Option<(i64,)> = tx.query_async(conn).await?;
             if done.is_some() {

@@ -278,6 +278,7 @@ impl ImapLoop {
             source: name.clone(),
             uidvalidity,
             after_delivery: self.source.after_delivery != AfterDelivery::None,
+            backlog: None,
         };
         // Each step fetches the next batch from the server while the previous one is written
         // to Redis (one of each at a time: what the memory bound counts). The cursor only ever
@@ -290,8 +291,9 @@ impl ImapLoop {
         let mut added = 0;
         let mut unwritten: Option<(Vec<FetchedMail>, u32)> = None;
         loop {
+            let backlog = writer.backlog.take();
             let (fetched, written) = tokio::join!(
-                self.fetch_next(&mut plan),
+                self.fetch_next(&mut plan, backlog),
                 writer.hold_and_write(unwritten.take())
             );
             added += written?;
@@ -306,18 +308,25 @@ impl ImapLoop {
 
     /// Fetches the next batch of `plan` with the cursor to write after it; `None` once the plan
     /// is done (or the daemon drains). Before each `fetch_chunk` UIDs it waits while the
-    /// pipeline's backlog is above `pipeline.max_backlog`, then asks their sizes.
+    /// pipeline's backlog is above `pipeline.max_backlog` (unless the last write saw it below:
+    /// `backlog`), then asks their sizes.
     async fn fetch_next(
         &mut self,
         plan: &mut Plan,
+        backlog: Option<u64>,
     ) -> Result<Option<(Vec<FetchedMail>, u32)>, PollError> {
         if plan.batches.is_empty() {
             if plan.through >= plan.top {
                 return Ok(None);
             }
-            let lease = (self.lease.as_str(), self.token.as_str(), self.lease_ttl());
-            if !super::wait_for_backlog(&self.store, &self.settings, &self.shutdown, lease).await? {
-                return Err(PollError::LeaseLost);
+            let max = self.settings.pipeline.max_backlog;
+            if backlog.is_none_or(|b| b > max) {
+                let lease = (self.lease.as_str(), self.token.as_str(), self.lease_ttl());
+                if !super::wait_for_backlog(&self.store, &self.settings, &self.shutdown, lease)
+                    .await?
+                {
+                    return Err(PollError::LeaseLost);
+                }
             }
             if self.shutdown.is_raised() {
                 return Ok(None);
@@ -404,6 +413,8 @@ struct ChunkWriter {
     /// The source's name in lease keys, and the lease's TTL.
     lease: String,
     lease_ttl: Duration,
+    /// The backlog the last write saw, if it read it.
+    backlog: Option<u64>,
     source: String,
     uidvalidity: u32,
     after_delivery: bool,
@@ -444,8 +455,9 @@ impl ChunkWriter {
             )
             .await?
             .map_err(|_| PollError::LeaseLost)?;
-        metrics::counter!(m::POLLED, "mode" => "imap").increment(written);
-        Ok(written)
+        self.backlog = written.backlog;
+        metrics::counter!(m::POLLED, "mode" => "imap").increment(written.added);
+        Ok(written.added)
     }
 }
 

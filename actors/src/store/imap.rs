@@ -99,7 +99,7 @@ impl Store {
 
     /// Writes a chunk and the cursor after it atomically, fenced by the lease, and renews the
     /// lease for `ttl`. Returns the messages added (UIDs at or below the stored cursor are
-    /// skipped).
+    /// skipped) and, on a single server, the backlog right after.
     pub(crate) async fn write_imap_chunk(
         &self,
         link: &mut ChunkLink,
@@ -107,8 +107,8 @@ impl Store {
         token: &str,
         ttl: Duration,
         now_ms: u64,
-    ) -> StoreResult<Result<u64, LeaseLost>> {
-        let added = match link {
+    ) -> StoreResult<Result<Written, LeaseLost>> {
+        let written = match link {
             ChunkLink::Watched(conn) => self.write_watched(conn, chunk, token, ttl, now_ms).await?,
             ChunkLink::Script
                 if !self
@@ -117,12 +117,19 @@ impl Store {
             {
                 None
             }
-            ChunkLink::Script => self.write_by_script(chunk, token, now_ms).await?,
+            ChunkLink::Script => {
+                let added = self.write_by_script(chunk, token, now_ms).await?;
+                added.map(|added| Written {
+                    added,
+                    backlog: None,
+                })
+            }
         };
-        Ok(added.ok_or_else(|| LeaseLost(chunk.source.to_string())))
+        Ok(written.ok_or_else(|| LeaseLost(chunk.source.to_string())))
     }
 
-    /// The chunk as one MULTI/EXEC, run only while the lease and the cursor are as read.
+    /// The chunk as one MULTI/EXEC, run only while the lease and the cursor are as read; it
+    /// also reads the backlog (inbound + outbound entries), which spares the poller a call.
     async fn write_watched(
         &self,
         conn: &mut MultiplexedConnection,
@@ -130,7 +137,7 @@ impl Store {
         token: &str,
         ttl: Duration,
         now_ms: u64,
-    ) -> StoreResult<Option<u64>> {
+    ) -> StoreResult<Option<Written>> {
         let name = lease_name(chunk.source);
         let (lease, cursor) = (self.keys.poller_lease(&name), self.keys.cursor(&name));
         loop {
@@ -162,10 +169,15 @@ impl Store {
                 .arg(&lease)
                 .arg(ttl.as_millis() as u64)
                 .ignore();
+            tx.cmd("XLEN").arg(self.keys.inbound());
+            tx.cmd("XLEN").arg(self.keys.outbound());
             // Nil: the lease or the cursor changed since WATCH (a renewal, a takeover): look again.
-            let done: Option<(i64,)> = tx.query_async(conn).await?;
-            if done.is_some() {
-                return Ok(Some(added));
+            let done: Option<(i64, u64, u64)> = tx.query_async(conn).await?;
+            if let Some((_, inbound, outbound)) = done {
+                return Ok(Some(Written {
+                    added,
+                    backlog: Some(inbound + outbound),
+                }));
             }
         }
     }
@@ -256,6 +268,15 @@ impl Store {
         let added: i64 = inv.invoke_async(&mut self.conn()).await?;
         Ok(u64::try_from(added).ok())
     }
+}
+
+/// What a chunk's write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Written {
+    /// Messages added to the inbound stream.
+    pub added: u64,
+    /// Entries in the inbound and outbound streams right after, when the write read them.
+    pub backlog: Option<u64>,
 }
 
 /// How long a day's intake counts are kept (s): two days, as `imap_page.lua` keeps them.

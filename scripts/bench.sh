@@ -25,7 +25,8 @@
 #       login, UID FETCH in chunks, atomic writes), the time until all were at MS4, peak RSS;
 #       beside it, in the same run against the same Dovecot, a plain fetch loop
 #       (`ms1-sim imap-fetch`: UID FETCH 500 at a time, discarding) and our rate as a percent
-#       of it.
+#       of it. BENCH_CPU=1 also prints the CPU seconds the daemon (its pipeline included),
+#       redis-server, Dovecot and the MS4 simulator spent until the last message was queued.
 #
 #   scripts/bench.sh imap-burst  memory under a burst of large mail: 200 messages of 25 MB
 #     (every third with a 25 MB PDF attachment, the others 25 MB of text) appended to one folder

@@ -10,7 +10,10 @@
 //! - **UIDVALIDITY changed**: the stored UIDs are void; the folder is read again from the
 //!   start. Idempotency by Message-ID (or content hash) keeps MS4 free of repeats.
 //! - **Chunks**: at most `imap.fetch_chunk` messages and `imap.fetch_max_bytes` per FETCH
-//!   (sizes are asked first), so a 100,000-message folder never loads at once.
+//!   (sizes are asked first), so a 100,000-message folder never loads at once. The next chunk
+//!   is fetched while the previous one is written, on a Redis connection of the poller's own
+//!   (`store/imap.rs`); the write renews the lease and reads the backlog that decides whether
+//!   the chunk after may be fetched (`pipeline.max_backlog`).
 //! - **Oversized messages**: a message above `imap.max_message_bytes` (by its RFC822.SIZE) is
 //!   never fetched whole: its header (at most [`HEADER_MAX_BYTES`]) and BODYSTRUCTURE are, and
 //!   it is queued flagged, to become a record without body or a dead letter

@@ -34,7 +34,8 @@
 #       login, UID FETCH in chunks, atomic writes), the time until all were at MS4, peak RSS;
 #       beside it, in the same run against the same Dovecot, a plain fetch loop
 #       (`ms1-sim imap-fetch`: UID FETCH 500 at a time, discarding) and our rate as a percent
-#       of it.
+#       of it. BENCH_CPU=1 also prints the CPU seconds the daemon (its pipeline included),
+#       redis-server, Dovecot and the MS4 simulator spent until the last message was queued.
 #
 #   scripts/bench.sh imap-burst  memory under a burst of large mail: 200 messages of 25 MB
 #     (every third with a 25 MB PDF attachment, the others 25 MB of text) appended to one folder
@@ -375,6 +376,30 @@ poll_interval_s = 3600
 TOML
 }
 
+# CPU seconds of a process and its live descendants (Dovecot's master and its imap processes).
+cpu_tree() {
+  local total; total=$(cpu_of "$1")
+  local child
+  for child in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+    total=$(echo "$total + $(cpu_tree "$child")" | bc -l)
+  done
+  echo "$total"
+}
+# With BENCH_CPU=1: where the cores went from POST /session/start until the last message was in
+# the inbound stream (the daemon's includes its pipeline, which delivers meanwhile).
+# Dovecot daemonizes: its master is found by the configuration file of this run.
+imap_cpu() {
+  local master; master=$(pgrep -of "$WORK/dovecot-$1/dovecot.conf")
+  echo "$(cpu_of "$DAEMON_PID") $(cpu_of "$REDIS_PID") $(cpu_tree "$master") $(cpu_of "$SIM_PID")"
+}
+imap_cpu_report() { # messages, the imap_cpu figures at the start
+  [ -n "${BENCH_CPU:-}" ] || return 0
+  local -a a b; read -ra a <<<"$2"; read -ra b <<<"$(imap_cpu "$1")"
+  printf '   cpu s: daemon %.2f, redis-server %.2f, dovecot %.2f, ms4 simulator %.2f\n' \
+    "$(echo "${b[0]} - ${a[0]}" | bc -l)" "$(echo "${b[1]} - ${a[1]}" | bc -l)" \
+    "$(echo "${b[2]} - ${a[2]}" | bc -l)" "$(echo "${b[3]} - ${a[3]}" | bc -l)" >&2
+}
+
 bench_imap() { # messages
   local n=$1 user=invoices@contoso.example
   export MS1__MS4__RATE_LIMIT_PER_MIN=0 MS1__SESSION__AUTOSTART=false
@@ -385,6 +410,7 @@ bench_imap() { # messages
   local plain
   plain=$("$SIM" imap-fetch --addr "$IMAP_ADDR" --user "$user" --password bench-secret --chunk 500 | awk '{print $1}')
   MS1_CONFIG="$WORK/imap.toml" start_daemon
+  local cpu0; cpu0=$(imap_cpu "$n")
   local t0; t0=$(now)
   curl -sf -X POST "http://$CONTROL/session/start" -H 'Content-Type: application/json' -d '{}' >/dev/null
   local deadline=$(( $(date +%s) + 300 ))
@@ -393,6 +419,7 @@ bench_imap() { # messages
     sleep 0.02
   done
   local t1; t1=$(now)
+  imap_cpu_report "$n" "$cpu0"
   wait_for_records "$n" 300
   local t2; t2=$(now)
   local rss; rss=$(awk '/VmHWM/ {print $2}' "/proc/$DAEMON_PID/status")

@@ -5,7 +5,9 @@
 mod common;
 
 use common::{wait_until, TestRedis, World, CLUSTER_PREFIX, MAILBOXES};
+use ms1_sim::dovecot_launcher::PrivateDovecot;
 use ms1_sim::redis_launcher::PrivateCluster;
+use ms1_sim::synthetic::mime_message;
 use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
@@ -229,6 +231,48 @@ fn graph_mail_reaches_ms4_through_a_redis_cluster_with_leases_cursors_and_budget
             "{mb}"
         );
     }
+    assert_all_keys_on_the_owner(&world);
+}
+
+#[test]
+fn imap_mail_reaches_ms4_through_a_redis_cluster_by_the_chunk_script() {
+    // On a cluster the IMAP poller writes its chunks with imap_page.lua (a WATCH cannot follow a
+    // cluster connection's reconnects): the same mail, once, with its cursor in the slot.
+    let world = World::cluster(&["--rate-limit-per-min", "0"]);
+    let (user, password) = ("invoices@contoso.example", "dovecot-secret");
+    let mut dc = PrivateDovecot::start(
+        &world.dir.path().join("dovecot"),
+        &[(user, password)],
+        false,
+    )
+    .expect("dovecot starts (apt-get install dovecot-imapd)");
+    let mail: Vec<Vec<u8>> = (0..1_000).map(|n| mime_message(n, "c", 1_500)).collect();
+    dc.deliver(user, "INBOX", &mail).unwrap();
+    let config = world.dir.path().join("imap.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[imap.sources]]\nname = \"invoices\"\nhost = \"127.0.0.1\"\nport = {}\n\
+tls = \"none\"\nusername = \"{user}\"\npassword = \"{password}\"\npoll_interval_s = 1\n",
+            dc.port()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let daemon = world.daemon(&[
+        ("MS1_CONFIG", config.as_str()),
+        ("MS1__IMAP__FETCH_CHUNK", "100"),
+    ]);
+    world.wait_delivered(1_000, MINUTES, &daemon);
+    assert_eq!(world.ms4.stats()["duplicate_records"], 0);
+    let last_uid: u32 = redis::cmd("HGET")
+        .arg(format!("{CLUSTER_PREFIX}cursor:imap:invoices"))
+        .arg("last_uid")
+        .query(&mut world.redis())
+        .unwrap();
+    assert_eq!(last_uid, 1_000);
+    assert!(world.dead_letters().is_empty());
+    world.assert_drained();
     assert_all_keys_on_the_owner(&world);
 }
 

@@ -109,6 +109,58 @@ fn five_thousand_messages_arrive_once_then_only_new_ones_and_an_idle_poll_fetche
 }
 
 #[test]
+fn a_poller_whose_lease_is_taken_mid_poll_writes_no_further_chunk() {
+    let w = World::new(&[]);
+    let mut dc = dovecot(&w, &[(USER, PASSWORD)]);
+    dc.deliver(USER, "INBOX", &messages(0..20_000, "f"))
+        .unwrap();
+    // Chunks of 20: the poll is a thousand writes, and the lease changes hands between two.
+    let d = daemon(
+        &w,
+        &source("invoices", dc.port(), USER, PASSWORD, ""),
+        &[("MS1__IMAP__FETCH_CHUNK", "20")],
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || polled(&d) >= 200.0),
+        "the poll started: polled {}",
+        polled(&d)
+    );
+    // Another daemon holds the lease now (as after this one's had expired).
+    let mut con = w.redis();
+    let cursor = format!("{PREFIX}cursor:imap:invoices");
+    let last_uid = |con: &mut redis::Connection| -> u32 {
+        redis::cmd("HGET")
+            .arg(&cursor)
+            .arg("last_uid")
+            .query(con)
+            .unwrap()
+    };
+    let (_, at_takeover): ((), u32) = redis::pipe()
+        .cmd("SET")
+        .arg(format!("{PREFIX}lease:poller:imap:invoices"))
+        .arg("another-daemon")
+        .arg("PX")
+        .arg(60_000)
+        .cmd("HGET")
+        .arg(&cursor)
+        .arg("last_uid")
+        .query(&mut con)
+        .unwrap();
+    assert!(at_takeover < 20_000, "the poll was still running");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        last_uid(&mut con),
+        at_takeover,
+        "a poller that lost its lease must not write another chunk"
+    );
+    let polled_now = polled(&d);
+    assert!(
+        polled_now <= f64::from(at_takeover) + 20.0,
+        "queued {polled_now}, cursor {at_takeover} at the takeover"
+    );
+}
+
+#[test]
 fn a_new_uidvalidity_resyncs_the_folder_and_delivers_only_the_new_mail() {
     let w = World::new(&[]);
     let mut dc = dovecot(&w, &[(USER, PASSWORD)]);

@@ -8,8 +8,8 @@
 //!
 //! - **IMAP poller**, per source: one FETCH response of up to `F = max(imap.fetch_max_bytes,
 //!   imap.max_message_bytes)` in async-imap's buffer (up to 2.5·F as it grows), its base64
-//!   (4/3·F), and the previous chunk being written to Redis meanwhile (its base64, the script's
-//!   arguments and the encoded command: 4·F): **8·F**.
+//!   (4/3·F), and the previous chunk being written to Redis meanwhile (its base64, the
+//!   transaction's (or script's) arguments and the encoded command: 4·F): **8·F**.
 //! - **BatchProcessor**: one read of up to `R = max(pipeline.read_max_bytes, E)` where `E` is the
 //!   largest inbound entry (a message of `imap.max_message_bytes` in base64, 4/3 of it): the
 //!   reply buffer and the entries (2·R); with `ms4.include_raw` the records and their encoded

@@ -10,7 +10,10 @@
 //! - **UIDVALIDITY changed**: the stored UIDs are void; the folder is read again from the
 //!   start. Idempotency by Message-ID (or content hash) keeps MS4 free of repeats.
 //! - **Chunks**: at most `imap.fetch_chunk` messages and `imap.fetch_max_bytes` per FETCH
-//!   (sizes are asked first), so a 100,000-message folder never loads at once.
+//!   (sizes are asked first), so a 100,000-message folder never loads at once. The next chunk
+//!   is fetched while the previous one is written, on a Redis connection of the poller's own
+//!   (`store/imap.rs`); the write renews the lease and reads the backlog that decides whether
+//!   the chunk after may be fetched (`pipeline.max_backlog`).
 //! - **Oversized messages**: a message above `imap.max_message_bytes` (by its RFC822.SIZE) is
 //!   never fetched whole: its header (at most [`HEADER_MAX_BYTES`]) and BODYSTRUCTURE are, and
 //!   it is queued flagged, to become a record without body or a dead letter
@@ -27,10 +30,11 @@ use crate::clients::imap::{Connector, Fetched, ImapError, ImapFolder, Part, Woke
 use crate::messages::Intake;
 use crate::settings::{AfterDelivery, ImapSource, Settings};
 use crate::shutdown::Shutdown;
-use crate::store::imap::{lease_name, FetchedChunk, FetchedMail, Omitted};
+use crate::store::imap::{lease_name, ChunkLink, FetchedChunk, FetchedMail, Omitted};
 use crate::store::{Store, StoreError};
 use crate::{health::Health, metrics as m};
 use base64::Engine;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,18 +52,24 @@ pub(crate) fn poller(
     let (store, health, shutdown) = (ctx.store.clone(), ctx.health.clone(), ctx.shutdown.clone());
     let (name, lease) = (source.name.clone(), lease_name(&source.name));
     Poller::new(name, lease, ttl, retry, ctx, move |token| {
+        // Its own connection: a poll's lease renewals and backlog checks do not wait behind
+        // the pipeline's long commands on the shared one.
+        let store = store
+            .own_connection()
+            .map_err(|e| format!("IMAP source `{}`: {e}", source.name))?;
         let connector = Connector::new(&source, settings.imap.timeout())
             .map_err(|e| format!("IMAP source `{}`: {e}", source.name))?;
         Ok(ImapLoop {
             source: source.clone(),
             settings: settings.clone(),
-            store: store.clone(),
+            store,
             health: health.clone(),
             shutdown: shutdown.clone(),
             token: token.to_string(),
             lease: lease_name(&source.name),
             connector,
             conn: None,
+            link: None,
             idle_refused: false,
         })
     })
@@ -83,6 +93,8 @@ pub(crate) struct ImapLoop {
     connector: Connector,
     /// The open session, when there is one.
     conn: Option<ImapFolder>,
+    /// Where chunks are written (kept between polls; dropped after an error).
+    link: Option<ChunkLink>,
     /// The server refused IDLE once: poll on schedule only.
     idle_refused: bool,
 }
@@ -199,13 +211,6 @@ impl ImapLoop {
         Duration::from_secs(self.settings.imap.lease_ttl_s)
     }
 
-    /// Renews the lease while working; false when another daemon holds it now.
-    async fn hold(&self) -> Result<bool, StoreError> {
-        self.store
-            .hold_lease(&self.lease, &self.token, self.lease_ttl())
-            .await
-    }
-
     /// Logs out politely (bounded), dropping the connection.
     async fn disconnect(&mut self) {
         if let Some(folder) = self.conn.take() {
@@ -242,7 +247,7 @@ impl ImapLoop {
         let name = self.source.name.clone();
         let selected = self.folder().select().await?;
         let uidvalidity = selected.uid_validity;
-        let mut last = match self.store.uid_cursor(&name).await? {
+        let last = match self.store.uid_cursor(&name).await? {
             Some(c) if c.uidvalidity == uidvalidity => c.last_uid,
             Some(c) => {
                 tracing::warn!(
@@ -263,42 +268,84 @@ impl ImapLoop {
                 above.last().copied().unwrap_or(last)
             }
         };
-        let mut added = 0;
-        let chunk = self.settings.imap.fetch_chunk;
-        let writer = ChunkWriter {
+        let link = match self.link.take() {
+            Some(link) => link,
+            None => self.store.chunk_link().await?,
+        };
+        let mut writer = ChunkWriter {
             store: self.store.clone(),
+            link,
             token: self.token.clone(),
+            lease: self.lease.clone(),
+            lease_ttl: self.lease_ttl(),
             source: name.clone(),
             uidvalidity,
             after_delivery: self.source.after_delivery != AfterDelivery::None,
+            backlog: None,
         };
-        // One chunk is written to Redis while the next is fetched from the server.
+        // Each step fetches the next batch from the server while the previous one is written
+        // to Redis (one of each at a time: what the memory bound counts). The cursor only ever
+        // moves by a write, in UID order, so a crash anywhere re-reads at most these two.
+        let mut plan = Plan {
+            batches: VecDeque::new(),
+            through: last,
+            top,
+        };
+        let mut added = 0;
         let mut unwritten: Option<(Vec<FetchedMail>, u32)> = None;
-        while last < top {
-            let lease = (self.lease.as_str(), self.token.as_str(), self.lease_ttl());
-            if !super::wait_for_backlog(&self.store, &self.settings, &self.shutdown, lease).await? {
-                return Err(PollError::LeaseLost);
+        loop {
+            let backlog = writer.backlog.take();
+            let (fetched, written) = tokio::join!(
+                self.fetch_next(&mut plan, backlog),
+                writer.hold_and_write(unwritten.take())
+            );
+            added += written?;
+            match fetched? {
+                Some(chunk) => unwritten = Some(chunk),
+                None => break,
+            }
+        }
+        self.link = Some(writer.link);
+        Ok(added)
+    }
+
+    /// Fetches the next batch of `plan` with the cursor to write after it; `None` once the plan
+    /// is done (or the daemon drains). Before each `fetch_chunk` UIDs it waits while the
+    /// pipeline's backlog is above `pipeline.max_backlog` (unless the last write saw it below:
+    /// `backlog`), then asks their sizes.
+    async fn fetch_next(
+        &mut self,
+        plan: &mut Plan,
+        backlog: Option<u64>,
+    ) -> Result<Option<(Vec<FetchedMail>, u32)>, PollError> {
+        if plan.batches.is_empty() {
+            if plan.through >= plan.top {
+                return Ok(None);
+            }
+            let max = self.settings.pipeline.max_backlog;
+            if backlog.is_none_or(|b| b > max) {
+                let lease = (self.lease.as_str(), self.token.as_str(), self.lease_ttl());
+                if !super::wait_for_backlog(&self.store, &self.settings, &self.shutdown, lease)
+                    .await?
+                {
+                    return Err(PollError::LeaseLost);
+                }
             }
             if self.shutdown.is_raised() {
-                break;
+                return Ok(None);
             }
-            if !self.hold().await? {
-                return Err(PollError::LeaseLost);
-            }
-            let hi = last.saturating_add(chunk).min(top);
-            for (batch, batch_last) in self.plan_fetches(last + 1, hi).await? {
-                let limit = self.settings.imap.max_message_bytes;
-                let (fetched, written) = tokio::join!(
-                    fetch_batch(self.folder(), &batch, limit),
-                    writer.write(unwritten.take())
-                );
-                added += written?;
-                unwritten = Some((fetched?, batch_last));
-            }
-            last = hi;
+            let lo = plan.through + 1;
+            let hi = plan.through.saturating_add(self.settings.imap.fetch_chunk);
+            let hi = hi.min(plan.top);
+            plan.batches.extend(self.plan_fetches(lo, hi).await?);
+            plan.through = hi;
         }
-        added += writer.write(unwritten.take()).await?;
-        Ok(added)
+        let Some((batch, batch_last)) = plan.batches.pop_front() else {
+            return Ok(None);
+        };
+        let limit = self.settings.imap.max_message_bytes;
+        let mails = fetch_batch(self.folder(), &batch, limit).await?;
+        Ok(Some((mails, batch_last)))
     }
 
     /// Splits the UIDs `lo..=hi` into FETCHes of at most `fetch_max_bytes` each (one message
@@ -353,20 +400,45 @@ impl ImapLoop {
     }
 }
 
+/// The UIDs of one poll still to fetch: the batches planned, and the UIDs not planned yet
+/// (`through + 1 ..= top`).
+struct Plan {
+    batches: VecDeque<(Batch, u32)>,
+    through: u32,
+    top: u32,
+}
+
 /// Writes fetched chunks of one poll (each with the cursor after it).
 struct ChunkWriter {
     store: Store,
+    link: ChunkLink,
     token: String,
+    /// The source's name in lease keys, and the lease's TTL.
+    lease: String,
+    lease_ttl: Duration,
+    /// The backlog the last write saw, if it read it.
+    backlog: Option<u64>,
     source: String,
     uidvalidity: u32,
     after_delivery: bool,
 }
 
 impl ChunkWriter {
-    /// Writes `(mails, cursor)`, if any; returns the messages added.
-    async fn write(&self, chunk: Option<(Vec<FetchedMail>, u32)>) -> Result<u64, PollError> {
+    /// Writes `(mails, cursor)`, renewing the lease with it, or only renews the lease (the
+    /// first step of a poll); every step of a poll renews it. Returns the messages added.
+    async fn hold_and_write(
+        &mut self,
+        chunk: Option<(Vec<FetchedMail>, u32)>,
+    ) -> Result<u64, PollError> {
         let Some((mails, last_uid)) = chunk else {
-            return Ok(0);
+            let held = (self.store)
+                .hold_lease(&self.lease, &self.token, self.lease_ttl)
+                .await?;
+            return if held {
+                Ok(0)
+            } else {
+                Err(PollError::LeaseLost)
+            };
         };
         let chunk = FetchedChunk {
             source: &self.source,
@@ -377,11 +449,18 @@ impl ChunkWriter {
         };
         let written = self
             .store
-            .write_imap_chunk(&chunk, &self.token, crate::clock::now_ms())
+            .write_imap_chunk(
+                &mut self.link,
+                &chunk,
+                &self.token,
+                self.lease_ttl,
+                crate::clock::now_ms(),
+            )
             .await?
             .map_err(|_| PollError::LeaseLost)?;
-        metrics::counter!(m::POLLED, "mode" => "imap").increment(written);
-        Ok(written)
+        self.backlog = written.backlog;
+        metrics::counter!(m::POLLED, "mode" => "imap").increment(written.added);
+        Ok(written.added)
     }
 }
 

@@ -1,10 +1,21 @@
 //! What the IMAP pollers keep in Redis: per source, the folder's UIDVALIDITY and the last UID
 //! queued (`cursor:imap:{name}`), written in one atomic step with the messages of each chunk,
 //! and fenced by the source's lease (`lease:poller:imap:{name}`).
+//!
+//! On a single server a chunk is one MULTI/EXEC under WATCH of the lease and the cursor, on a
+//! connection of the poller's own ([`ChunkLink`]): the lease and the cursor are read, and the
+//! transaction runs only if neither changed (nor expired) since, so it is fenced exactly as a
+//! script would be. A script would copy every message into Lua, where Redis hashes each string
+//! byte by byte: the biggest cost of the whole write. On a cluster (whose connections reconnect
+//! and reroute underneath, which a WATCH cannot survive) `imap_page.lua` does the same in one
+//! call.
 
 use super::lease::LeaseLost;
-use super::{Store, StoreResult};
+use super::schema::inbound as field;
+use super::{Store, StoreResult, Target, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
+use redis::aio::MultiplexedConnection;
 use redis::Script;
+use std::time::Duration;
 
 /// Where a source's folder stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,14 +78,172 @@ impl Store {
         }))
     }
 
-    /// Writes a chunk and the cursor after it atomically, fenced by the lease. Returns the
-    /// messages added (UIDs at or below the stored cursor are skipped).
+    /// Where a poller writes its chunks: a connection of its own on a single server, the
+    /// script on a cluster. Made once per connection; after any error, make a new one.
+    pub(crate) async fn chunk_link(&self) -> StoreResult<ChunkLink> {
+        Ok(match &self.target {
+            Target::Single(client) => {
+                // Never reconnected underneath: a WATCH lives and dies with its connection, so a
+                // broken one fails the write instead of running it unwatched.
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT));
+                let conn = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                ChunkLink::Watched(conn)
+            }
+            Target::Cluster { .. } => ChunkLink::Script,
+        })
+    }
+
+    /// Writes a chunk and the cursor after it atomically, fenced by the lease, and renews the
+    /// lease for `ttl`. Returns the messages added (UIDs at or below the stored cursor are
+    /// skipped) and, on a single server, the backlog right after.
     pub(crate) async fn write_imap_chunk(
+        &self,
+        link: &mut ChunkLink,
+        chunk: &FetchedChunk<'_>,
+        token: &str,
+        ttl: Duration,
+        now_ms: u64,
+    ) -> StoreResult<Result<Written, LeaseLost>> {
+        let written = match link {
+            ChunkLink::Watched(conn) => self.write_watched(conn, chunk, token, ttl, now_ms).await?,
+            ChunkLink::Script
+                if !self
+                    .hold_lease(&lease_name(chunk.source), token, ttl)
+                    .await? =>
+            {
+                None
+            }
+            ChunkLink::Script => {
+                let added = self.write_by_script(chunk, token, now_ms).await?;
+                added.map(|added| Written {
+                    added,
+                    backlog: None,
+                })
+            }
+        };
+        Ok(written.ok_or_else(|| LeaseLost(chunk.source.to_string())))
+    }
+
+    /// The chunk as one MULTI/EXEC, run only while the lease and the cursor are as read; it
+    /// also reads the backlog (inbound + outbound entries), which spares the poller a call.
+    async fn write_watched(
+        &self,
+        conn: &mut MultiplexedConnection,
+        chunk: &FetchedChunk<'_>,
+        token: &str,
+        ttl: Duration,
+        now_ms: u64,
+    ) -> StoreResult<Option<Written>> {
+        let name = lease_name(chunk.source);
+        let (lease, cursor) = (self.keys.poller_lease(&name), self.keys.cursor(&name));
+        loop {
+            let (holder, (uidvalidity, last_uid)): (Option<String>, (Option<u32>, Option<u32>)) =
+                redis::pipe()
+                    .cmd("WATCH")
+                    .arg(&lease)
+                    .arg(&cursor)
+                    .ignore()
+                    .cmd("GET")
+                    .arg(&lease)
+                    .cmd("HMGET")
+                    .arg(&cursor)
+                    .arg("uidvalidity")
+                    .arg("last_uid")
+                    .query_async(conn)
+                    .await?;
+            if holder.as_deref() != Some(token) {
+                redis::cmd("UNWATCH").query_async::<()>(conn).await?;
+                return Ok(None);
+            }
+            let floor = match (uidvalidity, last_uid) {
+                (Some(uv), Some(last)) if uv == chunk.uidvalidity => last,
+                _ => 0,
+            };
+            let (mut tx, added) = self.chunk_transaction(chunk, floor, now_ms);
+            // The lease is this poller's at EXEC (WATCH): renewed as every step of a poll does.
+            tx.cmd("PEXPIRE")
+                .arg(&lease)
+                .arg(ttl.as_millis() as u64)
+                .ignore();
+            tx.cmd("XLEN").arg(self.keys.inbound());
+            tx.cmd("XLEN").arg(self.keys.outbound());
+            // Nil: the lease or the cursor changed since WATCH (a renewal, a takeover): look again.
+            let done: Option<(i64, u64, u64)> = tx.query_async(conn).await?;
+            if let Some((_, inbound, outbound)) = done {
+                return Ok(Some(Written {
+                    added,
+                    backlog: Some(inbound + outbound),
+                }));
+            }
+        }
+    }
+
+    /// MULTI: the chunk's messages above `floor` into the inbound stream, the cursor after it,
+    /// today's intake count; EXEC. Also returns the number of messages it adds.
+    fn chunk_transaction(
+        &self,
+        chunk: &FetchedChunk<'_>,
+        floor: u32,
+        now_ms: u64,
+    ) -> (redis::Pipeline, u64) {
+        let name = lease_name(chunk.source);
+        let inbound = self.keys.inbound();
+        let mut tx = redis::pipe();
+        tx.atomic();
+        let mut added = 0;
+        for m in chunk.mails.iter().filter(|m| m.uid > floor) {
+            let xadd = tx.cmd("XADD").arg(&inbound).arg("*");
+            xadd.arg(field::SOURCE).arg("imap");
+            xadd.arg(field::KIND).arg("message");
+            xadd.arg(field::MAILBOX).arg(chunk.source);
+            xadd.arg(field::UID).arg(m.uid);
+            xadd.arg(field::UIDVALIDITY).arg(chunk.uidvalidity);
+            if !m.internal_date.is_empty() {
+                xadd.arg(field::INTERNAL_DATE).arg(&m.internal_date);
+            }
+            if chunk.after_delivery {
+                xadd.arg(field::FOLLOW_UP).arg("1");
+            }
+            if let Some(o) = &m.omitted {
+                xadd.arg(field::OVERSIZE)
+                    .arg(format!("{}:{}", o.size, o.limit))
+                    .arg(field::ATTACHMENTS)
+                    .arg(&o.attachments);
+            }
+            xadd.arg(field::PAYLOAD).arg(&m.payload).ignore();
+            added += 1;
+        }
+        tx.cmd("HSET")
+            .arg(self.keys.cursor(&name))
+            .arg("uidvalidity")
+            .arg(chunk.uidvalidity)
+            .arg("last_uid")
+            .arg(chunk.last_uid.max(floor))
+            .arg("updated_ms")
+            .arg(now_ms);
+        if added > 0 {
+            let intake = self.keys.intake_today(now_ms);
+            tx.cmd("HINCRBY")
+                .arg(&intake)
+                .arg(chunk.source)
+                .arg(added)
+                .ignore();
+            tx.cmd("EXPIRE").arg(&intake).arg(INTAKE_TTL_S).ignore();
+        }
+        (tx, added)
+    }
+
+    /// The chunk through `imap_page.lua` (a cluster).
+    async fn write_by_script(
         &self,
         chunk: &FetchedChunk<'_>,
         token: &str,
         now_ms: u64,
-    ) -> StoreResult<Result<u64, LeaseLost>> {
+    ) -> StoreResult<Option<u64>> {
         let name = lease_name(chunk.source);
         let mut inv = self.imap_page.prepare_invoke();
         inv.key(self.keys.poller_lease(&name))
@@ -97,12 +266,28 @@ impl Store {
             };
         }
         let added: i64 = inv.invoke_async(&mut self.conn()).await?;
-        Ok(if added < 0 {
-            Err(LeaseLost(chunk.source.to_string()))
-        } else {
-            Ok(added as u64)
-        })
+        Ok(u64::try_from(added).ok())
     }
+}
+
+/// What a chunk's write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Written {
+    /// Messages added to the inbound stream.
+    pub added: u64,
+    /// Entries in the inbound and outbound streams right after, when the write read them.
+    pub backlog: Option<u64>,
+}
+
+/// How long a day's intake counts are kept (s): two days, as `imap_page.lua` keeps them.
+const INTAKE_TTL_S: u64 = 172_800;
+
+/// Where an IMAP poller writes its chunks ([`Store::chunk_link`]).
+pub(crate) enum ChunkLink {
+    /// A single server: a connection of the poller's own, for WATCH and MULTI/EXEC.
+    Watched(MultiplexedConnection),
+    /// A cluster: `imap_page.lua` on the store's connection.
+    Script,
 }
 
 pub(super) fn imap_page_script() -> Script {

@@ -291,6 +291,23 @@ impl Store {
         })
     }
 
+    /// A store with a connection of its own (the same response timeout), for a client whose
+    /// short commands must not queue behind the long ones others send on the shared connection.
+    pub(crate) fn own_connection(&self) -> StoreResult<Self> {
+        let conn = match &self.target {
+            Target::Single(client) => {
+                Connection::Single(Self::manager(client, Some(RESPONSE_TIMEOUT))?)
+            }
+            Target::Cluster { normal, .. } => {
+                Connection::Cluster(Self::cluster_connection(normal, Some(RESPONSE_TIMEOUT)))
+            }
+        };
+        Ok(Self {
+            conn,
+            ..self.clone()
+        })
+    }
+
     /// Connects once, now, on a connection of its own, and PINGs: the start-up check that
     /// tells a Redis that refuses this daemon (a wrong password, a certificate either side
     /// does not trust: see [`describe_refusal`]) from one that is merely down.

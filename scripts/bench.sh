@@ -404,6 +404,7 @@ bench_imap() { # messages
   local n=$1 user=invoices@contoso.example
   export MS1__MS4__RATE_LIMIT_PER_MIN=0 MS1__SESSION__AUTOSTART=false
   start_redis; start_sim --rate-limit-per-min 0 --max-batch 1000
+  rm -rf "$WORK/dovecot-$n"  # a fresh folder of n messages each run
   start_imap --dir "$WORK/dovecot-$n" --user "$user:bench-secret" --messages "$n" --size 4096
   write_imap_source "$user"
   # The yardstick, in the same run against the same Dovecot: a plain fetch loop.

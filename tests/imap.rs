@@ -295,16 +295,13 @@ fn a_wrong_password_degrades_only_its_source() {
     assert!(d.log_tail(200).contains("IMAP source `bad`"));
 }
 
-#[test]
-fn after_delivery_sets_seen_or_moves_only_what_ms4_accepted() {
-    let w = World::new(&[]);
-    let mover = "ap@contoso.example";
-    let mut dc = dovecot(&w, &[(USER, PASSWORD), (mover, PASSWORD)]);
-    dc.deliver(USER, "INBOX", &messages(0..30, "s")).unwrap();
-    dc.deliver(mover, "INBOX", &messages(100..120, "m"))
-        .unwrap();
-    // The target folder exists.
-    let created = imap(dc.port(), mover, &["CREATE Processed", "LOGOUT"]);
+/// A Dovecot with two users and their sources: `seen` (USER, `after_delivery = "seen"`) with
+/// `seen` in its INBOX, and `mover` (MOVER, moving to Processed, which exists) with `moved`.
+fn seen_and_mover(w: &World, seen: &[Vec<u8>], moved: &[Vec<u8>]) -> (PrivateDovecot, String) {
+    let mut dc = dovecot(w, &[(USER, PASSWORD), (MOVER, PASSWORD)]);
+    dc.deliver(USER, "INBOX", seen).unwrap();
+    dc.deliver(MOVER, "INBOX", moved).unwrap();
+    let created = imap(dc.port(), MOVER, &["CREATE Processed", "LOGOUT"]);
     assert!(created.contains("t1 OK"), "{created}");
     let sources = source(
         "seen",
@@ -315,10 +312,20 @@ fn after_delivery_sets_seen_or_moves_only_what_ms4_accepted() {
     ) + &source(
         "mover",
         dc.port(),
-        mover,
+        MOVER,
         PASSWORD,
         "after_delivery = \"move\"\nmove_to = \"Processed\"",
     );
+    (dc, sources)
+}
+
+const MOVER: &str = "ap@contoso.example";
+
+#[test]
+fn after_delivery_sets_seen_or_moves_only_what_ms4_accepted() {
+    let w = World::new(&[]);
+    let mover = MOVER;
+    let (dc, sources) = seen_and_mover(&w, &messages(0..30, "s"), &messages(100..120, "m"));
     let d = daemon(&w, &sources, &[]);
     w.wait_at_least(50, Duration::from_secs(30), &d);
     let seen = wait_until(Duration::from_secs(15), || {
@@ -489,26 +496,8 @@ fn an_unreachable_source_never_holds_back_another_sources_after_delivery() {
 #[test]
 fn copies_in_a_recreated_folder_end_seen_or_moved_like_their_first_copies() {
     let w = World::new(&[]);
-    let mover = "ap@contoso.example";
-    let mut dc = dovecot(&w, &[(USER, PASSWORD), (mover, PASSWORD)]);
-    dc.deliver(USER, "INBOX", &messages(0..50, "c")).unwrap();
-    dc.deliver(mover, "INBOX", &messages(100..150, "d"))
-        .unwrap();
-    let created = imap(dc.port(), mover, &["CREATE Processed", "LOGOUT"]);
-    assert!(created.contains("t1 OK"), "{created}");
-    let sources = source(
-        "seen",
-        dc.port(),
-        USER,
-        PASSWORD,
-        "after_delivery = \"seen\"",
-    ) + &source(
-        "mover",
-        dc.port(),
-        mover,
-        PASSWORD,
-        "after_delivery = \"move\"\nmove_to = \"Processed\"",
-    );
+    let mover = MOVER;
+    let (mut dc, sources) = seen_and_mover(&w, &messages(0..50, "c"), &messages(100..150, "d"));
     let d = daemon(&w, &sources, &[]);
     w.wait_at_least(100, Duration::from_secs(30), &d);
     let port = dc.port();

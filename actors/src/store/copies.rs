@@ -14,8 +14,18 @@ use super::{FollowUp, Store, StoreResult};
 use redis::Script;
 use std::sync::LazyLock;
 
-static END: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("copies_end.lua")));
-static DRAIN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("drain_waiting.lua")));
+static END: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("copies_ended.lua"),
+        include_str!("copies_end.lua")
+    ))
+});
+static DRAIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("copies_ended.lua"),
+        include_str!("drain_waiting.lua")
+    ))
+});
 
 const DAY_MS: u64 = 86_400_000;
 

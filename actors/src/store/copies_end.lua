@@ -10,21 +10,13 @@
 -- ARGV[1] group, ARGV[2] now ms, then per copy five: entry id, key, source, mailbox, id
 -- (source '' for a copy without a follow-up: only acknowledged).
 -- Returns {followed up now, waiting, first copy dead-lettered}.
-local function ended(key)
-  for i = 5, #KEYS do
-    local state = redis.call('HGET', KEYS[i], key)
-    if state then
-      return state
-    end
-  end
-  return nil
-end
+local days = {unpack(KEYS, 5)}
 
 local now, queued, waiting, dead = ARGV[2], 0, 0, 0
 for n = 3, #ARGV, 5 do
   local entry, key, source, mailbox, id = ARGV[n], ARGV[n + 1], ARGV[n + 2], ARGV[n + 3], ARGV[n + 4]
   if source ~= '' then
-    local state = ended(key)
+    local state = first_copy_ended(days, key)
     if state == '1' then
       local stream = KEYS[2]
       if source == 'imap' then

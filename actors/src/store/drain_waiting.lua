@@ -6,15 +6,7 @@
 -- KEYS[4..] the end-state hashes of the days a first copy may have ended (newest first).
 -- ARGV[1] now ms, ARGV[2] give up after ms, ARGV[3] count, ARGV[4] cursor.
 -- Returns {next cursor, queued, dropped because the first copy was dead-lettered, given up}.
-local function ended(key)
-  for i = 4, #KEYS do
-    local state = redis.call('HGET', KEYS[i], key)
-    if state then
-      return state
-    end
-  end
-  return nil
-end
+local days = {unpack(KEYS, 4)}
 
 local now, give_up = tonumber(ARGV[1]), tonumber(ARGV[2])
 local scan = redis.call('HSCAN', KEYS[1], ARGV[4], 'COUNT', ARGV[3])
@@ -22,7 +14,7 @@ local queued, dead, expired = 0, 0, 0
 local found = scan[2]
 for i = 1, #found, 2 do
   local key, list = found[i], cjson.decode(found[i + 1])
-  local state = ended(key)
+  local state = first_copy_ended(days, key)
   if state == '1' then
     for _, f in ipairs(list) do
       local stream = KEYS[2]

@@ -459,26 +459,34 @@ fn the_page_script_queues_a_key_once_per_page_and_honours_both_marks() {
         ("<seen@x>", "d-seen"),
         ("<reused@x>", "d-new"),
     ];
-    let script = redis::Script::new(include_str!("../actors/src/store/poll_page.lua"));
+    let script = redis::Script::new(concat!(
+        include_str!("../actors/src/store/copies_ended.lua"),
+        include_str!("../actors/src/store/poll_page.lua")
+    ));
     let mut invocation = script.prepare_invoke();
     invocation
         .key("ms1:lease:poller:mb")
         .key("ms1:stream:inbound")
         .key("ms1:cursor:mb")
         .key("ms1:history:intake:0")
+        .key("ms1:stream:markread")
+        .key("ms1:followups:waiting")
         .arg("token")
         .arg("http://graph.example/next")
         .arg("sync")
         .arg(0)
         .arg("mb")
         .arg("")
-        .arg(3600);
+        .arg(3600)
+        .arg(0);
     for (key, digest) in page {
         invocation
             .key(format!("ms1:queued:{key}"))
             .key(format!("ms1:seen:{key}"))
             .arg(format!(r#"{{"id":"{key}"}}"#))
-            .arg(digest);
+            .arg(digest)
+            .arg(key)
+            .arg(format!("id-{key}"));
     }
     let added: i64 = invocation.invoke(&mut redis).unwrap();
     assert_eq!(added, 2, "<twice@x> once and <reused@x>");
@@ -488,5 +496,63 @@ fn the_page_script_queues_a_key_once_per_page_and_honours_both_marks() {
         .arg("ms1:queued:<seen@x>")
         .query(&mut redis)
         .unwrap();
-    assert_eq!(queued, vec![Some("d-twice".to_string()), None]);
+    assert_eq!(queued, vec![Some("d-twice id-<twice@x>".to_string()), None]);
+}
+
+/// Issue 15: in unread mode a second copy of a delivered message (the same Message-ID, sender,
+/// subject and date under another Graph id: the mail reached the mailbox again, or through a
+/// distribution list) is not delivered again but ends read like its first copy. Before: the
+/// poll skipped it at intake and it stayed unread for good, listed again by every poll.
+#[test]
+fn a_second_copy_of_a_delivered_message_ends_read_in_unread_mode() {
+    let world = World::with_graph(&["--rate-limit-per-min", "0"], &[]);
+    let mailbox = MAILBOXES[0];
+    world
+        .graph()
+        .post("/_sim/mail", json!({"mailbox": mailbox, "count": 10}));
+    let daemon = world.graph_daemon(&[
+        ("MS1__GRAPH__MODE", "unread"),
+        ("MS1__GRAPH__MAILBOXES", mailbox),
+        ("MS1__GRAPH__POLL_INTERVAL_S", "1"),
+    ]);
+    world.wait_delivered(10, MINUTES, &daemon);
+    let unread = || {
+        world
+            .graph()
+            .get_json(&format!("/_sim/messages?mailbox={mailbox}"))
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["isRead"] != true)
+            .count()
+    };
+    assert!(wait_until(MINUTES, || unread() == 0), "first copies read");
+
+    // The same ten messages again, under new Graph ids.
+    world.graph().post(
+        "/_sim/mail",
+        json!({"mailbox": mailbox, "count": 10, "start": 0}),
+    );
+    let total = || {
+        world
+            .graph()
+            .get_json(&format!("/_sim/messages?mailbox={mailbox}"))
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(total(), 20);
+    assert!(
+        wait_until(MINUTES, || unread() == 0),
+        "second copies still unread: {} of 20\n{}",
+        unread(),
+        daemon.log_tail(20)
+    );
+    let stats = world.ms4.stats();
+    assert_eq!(stats["unique_records"], 10, "{stats}");
+    assert_eq!(
+        stats["duplicate_records"], 0,
+        "no copy reached MS4 again: {stats}"
+    );
+    world.assert_drained();
 }

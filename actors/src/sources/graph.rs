@@ -23,7 +23,7 @@ use super::wait_for_backlog;
 use crate::settings::{GraphMode, Settings};
 use crate::shutdown::Shutdown;
 use crate::store::lease::LeaseLost;
-use crate::store::poll::PolledPage;
+use crate::store::poll::{PolledMessage, PolledPage};
 use crate::store::{Store, StoreError};
 use crate::{health::Health, metrics as m};
 use std::rc::Rc;
@@ -309,13 +309,15 @@ fn mode_name(mode: GraphMode) -> &'static str {
 
 /// The page's new messages with their idempotency keys and content digests (as the transform
 /// computes them).
-fn messages_of<'a>(page: &'a Page, mailbox: &str) -> Vec<(String, String, &'a str)> {
+fn messages_of<'a>(page: &'a Page, mailbox: &str) -> Vec<PolledMessage<'a>> {
     page.items
         .iter()
         .filter(|i| !i.removed && !i.id.is_empty())
-        .map(|i| {
-            let key = crate::model::graph_key(i.internet_message_id.as_deref(), mailbox, &i.id);
-            (key, i.content_digest.clone(), i.raw.as_str())
+        .map(|i| PolledMessage {
+            key: crate::model::graph_key(i.internet_message_id.as_deref(), mailbox, &i.id),
+            digest: i.content_digest.clone(),
+            id: &i.id,
+            json: &i.raw,
         })
         .collect()
 }
@@ -343,7 +345,7 @@ mod tests {
         )
         .unwrap();
         let msgs = messages_of(&page, "mb@x.example");
-        let keys: Vec<&str> = msgs.iter().map(|(k, ..)| k.as_str()).collect();
+        let keys: Vec<&str> = msgs.iter().map(|m| m.key.as_str()).collect();
         assert_eq!(keys, vec!["<a@x>", "graph:mb@x.example:A2"]);
     }
 
@@ -360,12 +362,12 @@ mod tests {
                  "receivedDateTime":"2026-11-01T00:00:05Z"}]}"#,
         )
         .unwrap();
-        for (key, digest, json) in messages_of(&page, "mb@x.example") {
+        for m in messages_of(&page, "mb@x.example") {
             let record =
-                crate::model::graph_to_record("mb@x.example", json, None, Default::default())
+                crate::model::graph_to_record("mb@x.example", m.json, None, Default::default())
                     .unwrap();
-            assert_eq!(key, record.idempotency_key);
-            assert_eq!(digest, record.content_digest);
+            assert_eq!(m.key, record.idempotency_key);
+            assert_eq!(m.digest, record.content_digest);
         }
     }
 }

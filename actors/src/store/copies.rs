@@ -63,7 +63,7 @@ pub(crate) struct Drained {
 impl Store {
     /// The end-state hashes a first copy may be recorded in (today's first), for marks that
     /// live `ttl_s`.
-    fn ended_days(&self, now_ms: u64, ttl_s: u64) -> Vec<String> {
+    pub(super) fn ended_days(&self, now_ms: u64, ttl_s: u64) -> Vec<String> {
         let days = ttl_s.saturating_mul(1_000).div_ceil(DAY_MS) + 1;
         (0..=days)
             .map(|d| self.keys.ended_on(now_ms.saturating_sub(d * DAY_MS)))

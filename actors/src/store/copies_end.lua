@@ -12,32 +12,18 @@
 -- Returns {followed up now, waiting, first copy dead-lettered}.
 local days = {unpack(KEYS, 5)}
 
-local now, queued, waiting, dead = ARGV[2], 0, 0, 0
+local now, counts = ARGV[2], {0, 0, 0}
 for n = 3, #ARGV, 5 do
   local entry, key, source, mailbox, id = ARGV[n], ARGV[n + 1], ARGV[n + 2], ARGV[n + 3], ARGV[n + 4]
   if source ~= '' then
-    local state = first_copy_ended(days, key)
-    if state == '1' then
-      local stream = KEYS[2]
-      if source == 'imap' then
-        stream = KEYS[3]
-      end
-      redis.call('XADD', stream, '*', 'mailbox', mailbox, 'message_id', id)
-      queued = queued + 1
-    elseif state == '0' then
-      dead = dead + 1
-    else
-      local list = {}
-      local held = redis.call('HGET', KEYS[4], key)
-      if held then
-        list = cjson.decode(held)
-      end
-      table.insert(list, {source, mailbox, id, tonumber(now)})
-      redis.call('HSET', KEYS[4], key, cjson.encode(list))
-      waiting = waiting + 1
+    local stream = KEYS[2]
+    if source == 'imap' then
+      stream = KEYS[3]
     end
+    local ended = end_copy(days, KEYS[4], stream, key, source, mailbox, id, now)
+    counts[ended] = counts[ended] + 1
   end
   redis.call('XACK', KEYS[1], ARGV[1], entry)
   redis.call('XDEL', KEYS[1], entry)
 end
-return {queued, waiting, dead}
+return counts

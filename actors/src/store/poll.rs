@@ -18,13 +18,26 @@ pub(crate) struct Cursor {
 #[derive(Debug, Default)]
 pub(crate) struct PolledPage<'a> {
     pub mailbox: &'a str,
-    /// `(idempotency key, content digest, message JSON)` of each message on the page.
-    pub messages: Vec<(String, String, &'a str)>,
+    /// The messages on the page.
+    pub messages: Vec<PolledMessage<'a>>,
     /// Cursor after this page (`None` clears it: the next poll starts a full sync).
     pub next: Option<&'a str>,
     pub phase: &'a str,
     /// Deliveries of these messages must be followed by marking them read (unread mode).
     pub mark_read: bool,
+}
+
+/// One message of a polled page.
+#[derive(Debug)]
+pub(crate) struct PolledMessage<'a> {
+    /// Its idempotency key.
+    pub key: String,
+    /// Its content digest (sender, subject, the sender's date).
+    pub digest: String,
+    /// Its Graph id.
+    pub id: &'a str,
+    /// The message as Graph returned it (JSON).
+    pub json: &'a str,
 }
 
 #[derive(Clone)]
@@ -35,7 +48,10 @@ pub(crate) struct PollScripts {
 impl PollScripts {
     pub(crate) fn new() -> Self {
         Self {
-            page: Script::new(include_str!("poll_page.lua")),
+            page: Script::new(concat!(
+                include_str!("copies_ended.lua"),
+                include_str!("poll_page.lua")
+            )),
         }
     }
 }
@@ -68,20 +84,30 @@ impl Store {
             .key(self.keys.inbound())
             .key(self.keys.cursor(page.mailbox))
             .key(self.keys.intake_today(now_ms))
-            .arg(token)
+            .key(self.keys.mark_read())
+            .key(self.keys.follow_ups_waiting());
+        // Where a later copy learns how its first copy ended (unread mode, store::copies).
+        let days = self.ended_days(now_ms, mark_ttl_s);
+        for day in &days {
+            inv.key(day);
+        }
+        inv.arg(token)
             .arg(page.next.unwrap_or(""))
             .arg(page.phase)
             .arg(now_ms)
             .arg(page.mailbox)
             .arg(if page.mark_read { "1" } else { "" })
-            .arg(mark_ttl_s);
+            .arg(mark_ttl_s)
+            .arg(days.len());
         // Each message's intake mark is a declared key (a cluster checks it against the
         // script's slot); its JSON is the argument at the same position.
-        for (key, digest, json) in &page.messages {
-            inv.key(self.keys.queued(key))
-                .key(self.keys.seen(key))
-                .arg(*json)
-                .arg(digest);
+        for m in &page.messages {
+            inv.key(self.keys.queued(&m.key))
+                .key(self.keys.seen(&m.key))
+                .arg(m.json)
+                .arg(&m.digest)
+                .arg(&m.key)
+                .arg(m.id);
         }
         let added: i64 = inv.invoke_async(&mut self.conn()).await?;
         Ok(if added < 0 {

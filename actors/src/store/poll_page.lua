@@ -2,17 +2,22 @@
 -- mailbox's cursor, only while the caller holds the mailbox's lease (the lease token is the
 -- fence: a poller that lost its lease cannot write). Redis runs a script as one transaction,
 -- like MULTI/EXEC: a crash leaves either the whole page and its cursor, or neither.
+-- (copies_ended.lua is prepended: end_copy.)
 -- KEYS[1] lease, KEYS[2] inbound stream, KEYS[3] cursor hash, KEYS[4] today's intake counts
--- (hash: source → messages added), then per message, in page order, its intake mark
--- (queued:{idempotency key}) and its idempotency mark (seen:{idempotency key}: the
--- BatchProcessor's, set when the key went to MS4 by another way, e.g. a webhook ref).
+-- (hash: source → messages added), KEYS[5] the Graph mark-read stream, KEYS[6] the waiting
+-- follow-ups of later copies, then ARGV[8] end-state day hashes (store/copies.rs), then per
+-- message, in page order, its intake mark (queued:{idempotency key}) and its idempotency mark
+-- (seen:{idempotency key}: the BatchProcessor's, set when the key went to MS4 by another way,
+-- e.g. a webhook ref).
 -- ARGV[1] lease token, ARGV[2] cursor link ('' clears), ARGV[3] cursor phase, ARGV[4] now ms,
--- ARGV[5] mailbox, ARGV[6] mark_read ('1' or ''), ARGV[7] mark ttl s,
--- then per message its JSON and its content digest: ARGV[6 + 2n] and ARGV[7 + 2n] go with
--- KEYS[3 + 2n] and KEYS[4 + 2n]. Either mark holds the digest: a key queued or delivered before
--- with the same digest (or the legacy '1') is a repeat and skipped; with another digest it is
--- another message reusing the Message-ID, queued for the BatchProcessor to deliver under its
--- own key.
+-- ARGV[5] mailbox, ARGV[6] mark_read ('1' or ''), ARGV[7] mark ttl s, ARGV[8] day hashes,
+-- then per message four: its JSON, content digest, idempotency key and Graph id.
+-- Either mark holds the digest (the intake mark also the Graph id, after a space): a key queued
+-- or delivered before with the same digest (or the legacy '1') is a repeat and skipped; with
+-- another digest it is another message reusing the Message-ID, queued for the BatchProcessor to
+-- deliver under its own key. In unread mode a repeat with another Graph id is a later copy of
+-- the message (the same mail again, a distribution list's copy): it is marked read as its first
+-- copy ends (end_copy), never before MS4 accepted the first copy.
 -- Every key the script touches is declared in KEYS, so on a Redis Cluster it is checked
 -- against the slot the script runs on (they all share the prefix's hash tag).
 -- Returns the number of messages added (repeats are skipped), or -1 without the lease.
@@ -20,24 +25,37 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return -1
 end
 local added = 0
--- Both marks of every message, read in one MGET (KEYS[5..] in order: queued, seen, queued,
--- seen, …) instead of two GETs a message (issue 14: a call from Lua costs more than the read).
--- `set_here` holds the intake marks this script sets, so that a key twice on one page sees
--- its first copy's mark, as it did when each message read its own. (A page holds at most
+local day_count = tonumber(ARGV[8])
+local days = {}
+for i = 1, day_count do
+  days[i] = KEYS[6 + i]
+end
+local first = 6 + day_count
+-- Both marks of every message, read in one MGET (KEYS[first + 1..] in order: queued, seen,
+-- queued, seen, …) instead of two GETs a message (issue 14: a call from Lua costs more than the
+-- read). `set_here` holds the intake marks this script sets, so that a key twice on one page
+-- sees its first copy's mark, as it did when each message read its own. (A page holds at most
 -- 1,000 messages: 2,000 keys, well within what unpack takes.)
-local marks = #KEYS > 4 and redis.call('MGET', unpack(KEYS, 5)) or {}
+local marks = #KEYS > first and redis.call('MGET', unpack(KEYS, first + 1)) or {}
 local set_here = {}
-for n = 1, (#KEYS - 4) / 2 do
-  local json, digest = ARGV[6 + 2 * n], ARGV[7 + 2 * n]
-  local queued = KEYS[3 + 2 * n]
+for n = 1, (#KEYS - first) / 2 do
+  local json, digest = ARGV[5 + 4 * n], ARGV[6 + 4 * n]
+  local key, id = ARGV[7 + 4 * n], ARGV[8 + 4 * n]
+  local queued = KEYS[first + 2 * n - 1]
   local mark = set_here[queued] or marks[2 * n - 1] or marks[2 * n]
   local add = false
   if not mark then
-    redis.call('SET', queued, digest, 'EX', ARGV[7])
-    set_here[queued] = digest
+    local value = digest .. ' ' .. id
+    redis.call('SET', queued, value, 'EX', ARGV[7])
+    set_here[queued] = value
     add = true
-  elseif mark ~= digest and mark ~= '1' and digest ~= '' then
-    add = true
+  else
+    local mark_digest, mark_id = string.match(mark, '^(%S*) ?(.*)$')
+    if mark_digest ~= digest and mark ~= '1' and digest ~= '' then
+      add = true
+    elseif ARGV[6] == '1' and mark_id ~= id then
+      end_copy(days, KEYS[6], KEYS[5], key, 'graph', ARGV[5], id, ARGV[4])
+    end
   end
   if add then
     if ARGV[6] == '1' then

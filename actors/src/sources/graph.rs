@@ -236,14 +236,16 @@ impl PollLoop {
             return Ok(None);
         }
         let ttl = Duration::from_secs(self.settings.graph.lease_ttl_s);
-        let (inbound, outbound) = (self.store.keys().inbound(), self.store.keys().outbound());
-        let (inbound, outbound, held, admitted) = tokio::join!(
-            self.store.len(&inbound),
-            self.store.len(&outbound),
+        let (backlog, held, admitted) = tokio::join!(
+            self.store.backlog(self.settings.ms4.batch_size),
             self.store.hold_lease(&self.mailbox, &self.token, ttl),
             tokio::time::timeout(AHEAD_WAIT, self.graph.admit(&self.mailbox, 1)),
         );
-        if inbound? + outbound? > self.settings.pipeline.max_backlog || !held? {
+        // Neither the page in hand nor the one being written may be in the streams yet: both
+        // count already (the one being written as a full page), so a poller never takes the
+        // backlog more than one page past the limit, as without reading ahead.
+        let in_hand = page.items.len() as u64 + u64::from(self.settings.graph.page_size);
+        if backlog? + in_hand > self.settings.pipeline.max_backlog || !held? {
             // Dropped unused: its slot is given back (its window entry stays, on the safe
             // side of Graph's limit).
             return Ok(None);

@@ -282,6 +282,7 @@ impl ImapLoop {
             uidvalidity,
             after_delivery: self.source.after_delivery != AfterDelivery::None,
             backlog: None,
+            batch_size: self.settings.ms4.batch_size,
         };
         // Each step fetches the next batch from the server while the previous one is written
         // to Redis (one of each at a time: what the memory bound counts). The cursor only ever
@@ -418,6 +419,8 @@ struct ChunkWriter {
     lease_ttl: Duration,
     /// The backlog the last write saw, if it read it.
     backlog: Option<u64>,
+    /// Records an outbound entry counts for in the backlog (`ms4.batch_size`).
+    batch_size: usize,
     source: String,
     uidvalidity: u32,
     after_delivery: bool,
@@ -458,7 +461,9 @@ impl ChunkWriter {
             )
             .await?
             .map_err(|_| PollError::LeaseLost)?;
-        self.backlog = written.backlog;
+        self.backlog = written.backlog.map(|(inbound, outbound)| {
+            crate::store::streams::backlog_of(inbound, outbound, self.batch_size)
+        });
         metrics::counter!(m::POLLED, "mode" => "imap").increment(written.added);
         Ok(written.added)
     }

@@ -176,7 +176,7 @@ impl Store {
             if let Some((_, inbound, outbound)) = done {
                 return Ok(Some(Written {
                     added,
-                    backlog: Some(inbound + outbound),
+                    backlog: Some((inbound, outbound)),
                 }));
             }
         }
@@ -275,8 +275,9 @@ impl Store {
 pub(crate) struct Written {
     /// Messages added to the inbound stream.
     pub added: u64,
-    /// Entries in the inbound and outbound streams right after, when the write read them.
-    pub backlog: Option<u64>,
+    /// Entries in the inbound and outbound streams right after, when the write read them (see
+    /// [`backlog_of`](super::streams::backlog_of)).
+    pub backlog: Option<(u64, u64)>,
 }
 
 /// How long a day's intake counts are kept (s): two days, as `imap_page.lua` keeps them.

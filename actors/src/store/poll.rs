@@ -86,8 +86,13 @@ impl Store {
             .key(self.keys.intake_today(now_ms))
             .key(self.keys.mark_read())
             .key(self.keys.follow_ups_waiting());
-        // Where a later copy learns how its first copy ended (unread mode, store::copies).
-        let days = self.ended_days(now_ms, mark_ttl_s);
+        // Where a later copy learns how its first copy ended (unread mode only: in delta mode
+        // a copy has nothing to end, and each argument costs Redis a copy into Lua).
+        let days = if page.mark_read {
+            self.ended_days(now_ms, mark_ttl_s)
+        } else {
+            Vec::new()
+        };
         for day in &days {
             inv.key(day);
         }
@@ -102,12 +107,17 @@ impl Store {
         // Each message's intake mark is a declared key (a cluster checks it against the
         // script's slot); its JSON is the argument at the same position.
         for m in &page.messages {
+            let (key, id) = if page.mark_read {
+                (m.key.as_str(), m.id)
+            } else {
+                ("", "")
+            };
             inv.key(self.keys.queued(&m.key))
                 .key(self.keys.seen(&m.key))
                 .arg(m.json)
                 .arg(&m.digest)
-                .arg(&m.key)
-                .arg(m.id);
+                .arg(key)
+                .arg(id);
         }
         let added: i64 = inv.invoke_async(&mut self.conn()).await?;
         Ok(if added < 0 {

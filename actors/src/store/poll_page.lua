@@ -11,7 +11,8 @@
 -- e.g. a webhook ref).
 -- ARGV[1] lease token, ARGV[2] cursor link ('' clears), ARGV[3] cursor phase, ARGV[4] now ms,
 -- ARGV[5] mailbox, ARGV[6] mark_read ('1' or ''), ARGV[7] mark ttl s, ARGV[8] day hashes,
--- then per message four: its JSON, content digest, idempotency key and Graph id.
+-- then per message four: its JSON, content digest, idempotency key and Graph id (the last two
+-- only in unread mode, '' otherwise).
 -- Either mark holds the digest (the intake mark also the Graph id, after a space): a key queued
 -- or delivered before with the same digest (or the legacy '1') is a repeat and skipped; with
 -- another digest it is another message reusing the Message-ID, queued for the BatchProcessor to
@@ -45,7 +46,10 @@ for n = 1, (#KEYS - first) / 2 do
   local mark = set_here[queued] or marks[2 * n - 1] or marks[2 * n]
   local add = false
   if not mark then
-    local value = digest .. ' ' .. id
+    local value = digest
+    if id ~= '' then
+      value = digest .. ' ' .. id
+    end
     redis.call('SET', queued, value, 'EX', ARGV[7])
     set_here[queued] = value
     add = true

@@ -435,7 +435,8 @@ impl Store {
     /// one; counting it full keeps the records held within `pipeline.max_backlog`).
     pub(crate) async fn backlog(&self, batch_size: usize) -> StoreResult<u64> {
         let outbound = self.len(&self.keys.outbound()).await?;
-        Ok(self.len(&self.keys.inbound()).await? + outbound * batch_size.max(1) as u64)
+        let inbound = self.len(&self.keys.inbound()).await?;
+        Ok(backlog_of(inbound, outbound, batch_size))
     }
 
     /// `XLEN`.
@@ -465,4 +466,10 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The backlog as backpressure counts it ([`Store::backlog`]) from the two streams' lengths in
+/// entries: an outbound entry counts as a full batch of `batch_size` records.
+pub(crate) fn backlog_of(inbound: u64, outbound: u64, batch_size: usize) -> u64 {
+    inbound + outbound * batch_size.max(1) as u64
 }

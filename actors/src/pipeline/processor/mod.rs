@@ -211,7 +211,10 @@ impl Work {
             // An outbound entry holds up to one batch of records: count it as a full one.
             let backlog = self.store.len(&outbound).await? * self.settings.ms4.batch_size as u64;
             if let Some(chunk) = planned.take() {
-                if tend || claim || drain || backlog > p.max_backlog {
+                // The planned chunk's records count as outbound already: no chunk is read ahead
+                // when they take the backlog past the limit.
+                let after = backlog + chunk.plan.records.len() as u64;
+                if tend || claim || drain || after > p.max_backlog {
                     self.finish(chunk).await?;
                 } else {
                     // Read what fits beside it in the byte budget, without waiting for new

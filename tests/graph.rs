@@ -516,16 +516,15 @@ fn a_second_copy_of_a_delivered_message_ends_read_in_unread_mode() {
         ("MS1__GRAPH__POLL_INTERVAL_S", "1"),
     ]);
     world.wait_delivered(10, MINUTES, &daemon);
-    let unread = || {
+    let listed = || {
         world
             .graph()
             .get_json(&format!("/_sim/messages?mailbox={mailbox}"))
             .as_array()
             .unwrap()
-            .iter()
-            .filter(|m| m["isRead"] != true)
-            .count()
+            .clone()
     };
+    let unread = || listed().iter().filter(|m| m["isRead"] != true).count();
     assert!(wait_until(MINUTES, || unread() == 0), "first copies read");
 
     // The same ten messages again, under new Graph ids.
@@ -533,15 +532,7 @@ fn a_second_copy_of_a_delivered_message_ends_read_in_unread_mode() {
         "/_sim/mail",
         json!({"mailbox": mailbox, "count": 10, "start": 0}),
     );
-    let total = || {
-        world
-            .graph()
-            .get_json(&format!("/_sim/messages?mailbox={mailbox}"))
-            .as_array()
-            .unwrap()
-            .len()
-    };
-    assert_eq!(total(), 20);
+    assert_eq!(listed().len(), 20);
     assert!(
         wait_until(MINUTES, || unread() == 0),
         "second copies still unread: {} of 20\n{}",

@@ -460,6 +460,8 @@ fn the_page_script_queues_a_key_once_per_page_and_honours_both_marks() {
         ("<reused@x>", "d-new"),
     ];
     let script = redis::Script::new(concat!(
+        "local LARGE_ENTRY_BYTES = 65536\n",
+        include_str!("../actors/src/store/large.lua"),
         include_str!("../actors/src/store/copies_ended.lua"),
         include_str!("../actors/src/store/poll_page.lua")
     ));
@@ -471,6 +473,7 @@ fn the_page_script_queues_a_key_once_per_page_and_honours_both_marks() {
         .key("ms1:history:intake:0")
         .key("ms1:stream:markread")
         .key("ms1:followups:waiting")
+        .key("ms1:stream:inbound:large")
         .arg("token")
         .arg("http://graph.example/next")
         .arg("sync")

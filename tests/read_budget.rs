@@ -160,3 +160,95 @@ async fn add_more(store: &Store) {
     ]];
     store.add_entries(STREAM, &entries).await.unwrap();
 }
+
+/// Issue 14: new inbound entries are read with a plain XREADGROUP while no large one is there
+/// (store::large): every producer counts the large entries it writes, and a plain read takes at
+/// most as many entries as fit the budget at the largest small size. Large entries arriving
+/// between reads, and uncounted ones already there when the reader starts, are read within
+/// the budget all the same; each entry once, in order.
+#[test]
+fn plain_reads_of_new_inbound_entries_stay_within_the_byte_budget() {
+    use ms1_actors::store::large::{FastRead, LARGE_ENTRY_BYTES};
+    let dir = tempfile::tempdir().unwrap();
+    let redis = start_loopback(&dir.path().join("redis"), None, false).unwrap();
+    runtime().block_on(async {
+        let store = Store::open(&redis.url(), "t:").unwrap();
+        let inbound = store.keys().inbound();
+        store.ensure_group(&inbound, GROUP).await.unwrap();
+        let entry =
+            |n: usize, size: usize| vec![("n", n.to_string()), ("payload", "x".repeat(size))];
+        // Written uncounted (as by an older daemon) before the reader starts: 5 of 3 MB.
+        let early: Vec<_> = (0..5).map(|n| entry(n, 3 * MIB as usize)).collect();
+        store.add_entries(&inbound, &early).await.unwrap();
+        let mut fast = FastRead::start(&store)
+            .await
+            .unwrap()
+            .expect("a single server");
+        let budget = ReadBudget::new(500, 8 * MIB);
+        let (mut seen, mut plain_reads, mut next) = (Vec::new(), 0, 5);
+        read_all(&store, &mut fast, budget, &mut seen).await;
+        // 2,000 small entries with large ones among them, written while reading.
+        for round in 0..2 {
+            let mut batch = Vec::new();
+            for i in 0..500 {
+                let size = if i % 25 == 7 { 3 * MIB as usize } else { 1_000 };
+                batch.push(entry(next, size));
+                next += 1;
+            }
+            store.add_inbound(&batch).await.unwrap();
+            let reads = read_all(&store, &mut fast, budget, &mut seen).await;
+            // Small entries only now: read plainly, up to the count that fits.
+            let small: Vec<_> = (0..300)
+                .map(|_| {
+                    next += 1;
+                    entry(next - 1, 1_000)
+                })
+                .collect();
+            store.add_inbound(&small).await.unwrap();
+            let (got, _) = store
+                .read_new_fast(Some(&mut fast), &inbound, GROUP, "a", budget, None)
+                .await
+                .unwrap();
+            let most = (8 * MIB / (LARGE_ENTRY_BYTES + 41)) as usize;
+            assert_eq!(
+                got.len(),
+                most,
+                "round {round}: a plain read takes {most} (reads before: {reads:?})"
+            );
+            plain_reads += 1;
+            seen.extend(numbers(&got));
+            read_all(&store, &mut fast, budget, &mut seen).await;
+        }
+        assert_eq!(plain_reads, 2);
+        assert_eq!(seen, (0..next).collect::<Vec<_>>(), "each once, in order");
+    });
+}
+
+/// Reads new inbound entries until none is left, asserting each read's bytes; returns the
+/// number of entries of each read.
+async fn read_all(
+    store: &Store,
+    fast: &mut ms1_actors::store::large::FastRead,
+    budget: ReadBudget,
+    seen: &mut Vec<usize>,
+) -> Vec<usize> {
+    let inbound = store.keys().inbound();
+    let mut reads = Vec::new();
+    loop {
+        let (got, _) = store
+            .read_new_fast(Some(&mut *fast), &inbound, GROUP, "a", budget, None)
+            .await
+            .unwrap();
+        if got.is_empty() {
+            return reads;
+        }
+        let b = bytes(&got);
+        assert!(
+            b <= budget.max_bytes || got.len() == 1,
+            "a read of {} entries holds {b} bytes",
+            got.len()
+        );
+        reads.push(got.len());
+        seen.extend(numbers(&got));
+    }
+}

@@ -138,9 +138,8 @@ impl LoadPlan {
 /// Loads a plan into the inbound stream; returns how many entries were added.
 pub async fn load(store: &ms1_actors::Store, plan: &LoadPlan) -> anyhow::Result<u64> {
     let entries = plan.entries();
-    let inbound = store.keys().inbound();
     match plan.rate_per_s {
-        None => store.add_entries(&inbound, &entries).await?,
+        None => store.add_inbound(&entries).await?,
         Some(rate) => {
             // Chunks every 10 ms, paced against the start so the average rate holds.
             let per_tick = (rate / 100).max(1) as usize;
@@ -148,7 +147,7 @@ pub async fn load(store: &ms1_actors::Store, plan: &LoadPlan) -> anyhow::Result<
             for (i, chunk) in entries.chunks(per_tick).enumerate() {
                 let due = started + std::time::Duration::from_millis(10 * i as u64);
                 tokio::time::sleep_until(due.into()).await;
-                store.add_entries(&inbound, chunk).await?;
+                store.add_inbound(chunk).await?;
             }
         }
     }

@@ -316,6 +316,12 @@ impl Store {
                         pipe.ignore();
                     }
                 }
+                let to_inbound = !matches!(stage, Some(Stage::Deliver | Stage::AfterDelivery));
+                if to_inbound && super::large::is_large(super::read_budget::entry_bytes(e) as usize)
+                {
+                    // The dead letter's size bounds the entry's (it carries more fields).
+                    pipe.cmd("INCR").arg(self.keys.inbound_large()).ignore();
+                }
                 pipe.cmd("XDEL").arg(self.keys.dlq()).arg(&e.id).ignore();
                 replayed += 1;
             }

@@ -10,9 +10,10 @@
 //! and reroute underneath, which a WATCH cannot survive) `imap_page.lua` does the same in one
 //! call.
 
+use super::large;
 use super::lease::LeaseLost;
 use super::schema::inbound as field;
-use super::{Store, StoreResult, Target, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
+use super::{Store, StoreResult};
 use redis::aio::MultiplexedConnection;
 use redis::Script;
 use std::time::Duration;
@@ -81,19 +82,9 @@ impl Store {
     /// Where a poller writes its chunks: a connection of its own on a single server, the
     /// script on a cluster. Made once per connection; after any error, make a new one.
     pub(crate) async fn chunk_link(&self) -> StoreResult<ChunkLink> {
-        Ok(match &self.target {
-            Target::Single(client) => {
-                // Never reconnected underneath: a WATCH lives and dies with its connection, so a
-                // broken one fails the write instead of running it unwatched.
-                let config = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT));
-                let conn = client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?;
-                ChunkLink::Watched(conn)
-            }
-            Target::Cluster { .. } => ChunkLink::Script,
+        Ok(match self.watched_connection().await? {
+            Some(conn) => ChunkLink::Watched(conn),
+            None => ChunkLink::Script,
         })
     }
 
@@ -215,6 +206,14 @@ impl Store {
                     .arg(&o.attachments);
             }
             xadd.arg(field::PAYLOAD).arg(&m.payload).ignore();
+            // The payload, the attachments and the folder's name, and 200 bytes for the rest.
+            let bytes = m.payload.len()
+                + m.omitted.as_ref().map_or(0, |o| o.attachments.len())
+                + chunk.source.len()
+                + 200;
+            if large::is_large(bytes) {
+                tx.cmd("INCR").arg(self.keys.inbound_large()).ignore();
+            }
             added += 1;
         }
         tx.cmd("HSET")
@@ -250,6 +249,7 @@ impl Store {
             .key(self.keys.inbound())
             .key(self.keys.cursor(&name))
             .key(self.keys.intake_today(now_ms))
+            .key(self.keys.inbound_large())
             .arg(token)
             .arg(chunk.uidvalidity)
             .arg(chunk.last_uid)
@@ -292,5 +292,8 @@ pub(crate) enum ChunkLink {
 }
 
 pub(super) fn imap_page_script() -> Script {
-    Script::new(include_str!("imap_page.lua"))
+    Script::new(concat!(
+        super::large::lua_prelude!(),
+        include_str!("imap_page.lua")
+    ))
 }

@@ -2,8 +2,9 @@
 -- and the source's cursor (UIDVALIDITY, last UID), only while the caller holds the source's
 -- lease (the token fences a poller that lost it). Redis runs a script as one transaction, like
 -- MULTI/EXEC: a crash leaves either the whole chunk and its cursor, or neither.
+-- (large.lua is prepended: xadd_inbound.)
 -- KEYS[1] lease, KEYS[2] inbound stream, KEYS[3] cursor hash, KEYS[4] today's intake counts
--- (hash: source → messages added)
+-- (hash: source → messages added), KEYS[5] the large-entries counter (store/large.rs)
 -- ARGV[1] lease token, ARGV[2] UIDVALIDITY, ARGV[3] last UID after this chunk, ARGV[4] now ms,
 -- ARGV[5] source name, ARGV[6] after-delivery ('1' or ''),
 -- then per message: UID, INTERNALDATE (RFC 3339 or ''), message (base64), and for a message whose
@@ -42,7 +43,7 @@ for i = 7, #ARGV, 5 do
     end
     table.insert(fields, 'payload')
     table.insert(fields, ARGV[i + 2])
-    redis.call('XADD', KEYS[2], '*', unpack(fields))
+    xadd_inbound(KEYS[2], KEYS[5], fields)
     added = added + 1
   end
 end

@@ -37,6 +37,18 @@ impl Keys {
         format!("{}stream:inbound", self.prefix)
     }
 
+    /// Large inbound entries written since a budgeted read last reached the end of the inbound
+    /// stream ([`large`](super::large)).
+    pub(crate) fn inbound_large(&self) -> String {
+        format!("{}stream:inbound:large", self.prefix)
+    }
+
+    /// Set (to the time) by the first reader that relied on [`inbound_large`](Self::inbound_large):
+    /// every inbound entry written since is counted.
+    pub(crate) fn inbound_large_counted(&self) -> String {
+        format!("{}stream:inbound:large:counted", self.prefix)
+    }
+
     /// MS4 records waiting to be delivered.
     pub fn outbound(&self) -> String {
         format!("{}stream:outbound", self.prefix)

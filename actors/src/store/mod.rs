@@ -32,6 +32,7 @@ pub(crate) mod fleet;
 pub(crate) mod imap;
 pub mod inspect;
 pub(crate) mod keys;
+pub mod large;
 pub(crate) mod lease;
 pub(crate) mod outbound;
 pub(crate) mod park;
@@ -275,6 +276,26 @@ impl Store {
             config = config.set_response_timeout(t);
         }
         client.get_pending_async_connection_with_config(config)
+    }
+
+    /// A connection of its own for `WATCH` … `MULTI`/`EXEC` on a single server (`None` on a
+    /// cluster, whose connections reconnect and reroute underneath, which a WATCH cannot
+    /// survive). Never reconnected underneath either: a WATCH lives and dies with its
+    /// connection, so a broken one fails the transaction instead of running it unwatched.
+    pub(crate) async fn watched_connection(
+        &self,
+    ) -> StoreResult<Option<redis::aio::MultiplexedConnection>> {
+        let Target::Single(client) = &self.target else {
+            return Ok(None);
+        };
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        Ok(Some(
+            client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?,
+        ))
     }
 
     /// A store with a connection of its own and no response timeout, for `BLOCK` reads.

@@ -102,10 +102,14 @@ impl Store {
         count: usize,
         probe: bool,
     ) -> StoreResult<u64> {
-        let script = Script::new(include_str!("unpark.lua"));
+        let script = Script::new(concat!(
+            super::large::lua_prelude!(),
+            include_str!("unpark.lua")
+        ));
         let moved: i64 = script
             .key(self.keys.parked_entries(mailbox))
             .key(self.keys.inbound())
+            .key(self.keys.inbound_large())
             .arg(count)
             .arg(if probe { "1" } else { "0" })
             .invoke_async(&mut self.conn())

@@ -49,6 +49,7 @@ impl PollScripts {
     pub(crate) fn new() -> Self {
         Self {
             page: Script::new(concat!(
+                super::large::lua_prelude!(),
                 include_str!("copies_ended.lua"),
                 include_str!("poll_page.lua")
             )),
@@ -85,7 +86,8 @@ impl Store {
             .key(self.keys.cursor(page.mailbox))
             .key(self.keys.intake_today(now_ms))
             .key(self.keys.mark_read())
-            .key(self.keys.follow_ups_waiting());
+            .key(self.keys.follow_ups_waiting())
+            .key(self.keys.inbound_large());
         // Where a later copy learns how its first copy ended (unread mode only: in delta mode
         // a copy has nothing to end, and each argument costs Redis a copy into Lua).
         let days = if page.mark_read {

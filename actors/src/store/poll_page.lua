@@ -2,10 +2,11 @@
 -- mailbox's cursor, only while the caller holds the mailbox's lease (the lease token is the
 -- fence: a poller that lost its lease cannot write). Redis runs a script as one transaction,
 -- like MULTI/EXEC: a crash leaves either the whole page and its cursor, or neither.
--- (copies_ended.lua is prepended: end_copy.)
+-- (large.lua and copies_ended.lua are prepended: xadd_inbound, end_copy.)
 -- KEYS[1] lease, KEYS[2] inbound stream, KEYS[3] cursor hash, KEYS[4] today's intake counts
 -- (hash: source → messages added), KEYS[5] the Graph mark-read stream, KEYS[6] the waiting
--- follow-ups of later copies, then ARGV[8] end-state day hashes (store/copies.rs), then per
+-- follow-ups of later copies, KEYS[7] the large-entries counter (store/large.rs), then ARGV[8]
+-- end-state day hashes (store/copies.rs), then per
 -- message, in page order, its intake mark (queued:{idempotency key}) and its idempotency mark
 -- (seen:{idempotency key}: the BatchProcessor's, set when the key went to MS4 by another way,
 -- e.g. a webhook ref).
@@ -29,9 +30,9 @@ local added = 0
 local day_count = tonumber(ARGV[8])
 local days = {}
 for i = 1, day_count do
-  days[i] = KEYS[6 + i]
+  days[i] = KEYS[7 + i]
 end
-local first = 6 + day_count
+local first = 7 + day_count
 -- Both marks of every message, read in one MGET (KEYS[first + 1..] in order: queued, seen,
 -- queued, seen, …) instead of two GETs a message (issue 14: a call from Lua costs more than the
 -- read). `set_here` holds the intake marks this script sets, so that a key twice on one page
@@ -63,11 +64,11 @@ for n = 1, (#KEYS - first) / 2 do
   end
   if add then
     if ARGV[6] == '1' then
-      redis.call('XADD', KEYS[2], '*', 'source', 'graph', 'kind', 'message', 'mailbox', ARGV[5],
-        'mark_read', '1', 'payload', json)
+      xadd_inbound(KEYS[2], KEYS[7], {'source', 'graph', 'kind', 'message', 'mailbox', ARGV[5],
+        'mark_read', '1', 'payload', json})
     else
-      redis.call('XADD', KEYS[2], '*', 'source', 'graph', 'kind', 'message', 'mailbox', ARGV[5],
-        'payload', json)
+      xadd_inbound(KEYS[2], KEYS[7], {'source', 'graph', 'kind', 'message', 'mailbox', ARGV[5],
+        'payload', json})
     end
     added = added + 1
   end

@@ -4,7 +4,8 @@
 -- (XRANGE of that one id, inside Redis) before taking it, and stops before the entry that would
 -- pass the byte budget. The first entry is always taken, whatever its size, so a single entry
 -- above the budget still moves (alone).
--- KEYS[1] stream
+-- KEYS[1] stream, KEYS[2] (optional) its large-entries counter (store/large.rs): deleted when
+-- a 'new' read took every entry up to the end of the stream (nothing large is left unread).
 -- ARGV[1] group, ARGV[2] consumer,
 -- ARGV[3] mode:
 --   'new'   entries never delivered to the group (XREADGROUP '>'),
@@ -91,10 +92,11 @@ if mode == 'new' then
   -- enough that 32 of the largest would fit twice over (a run of small entries costs one XRANGE
   -- per 32, a large entry is still looked at alone or with a few others).
   local full = '0-0'
-  local largest, step, done = 1, 1, false
+  local largest, step, done, at_end = 1, 1, false, false
   while not done and #taken < max_count do
     local nxt = redis.call('XRANGE', stream, start_after(last), '+', 'COUNT', step)
     if #nxt == 0 then
+      at_end = true
       break
     end
     for _, e in ipairs(nxt) do
@@ -114,10 +116,14 @@ if mode == 'new' then
       last = e[1]
     end
     if #nxt < step then
+      at_end = not done
       break
     end
     step = math.max(1, math.min(32, max_count - #taken,
       math.floor((max_bytes - bytes) / (2 * largest))))
+  end
+  if at_end and KEYS[2] then
+    redis.call('DEL', KEYS[2])
   end
   if #taken == 0 then
     return {full, 0, before}

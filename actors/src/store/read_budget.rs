@@ -10,6 +10,7 @@
 //! `max(max_bytes, one entry)` ([`within_budget`] is the rule, unit-tested).
 
 use super::entry::{parse_entries_public, Entry};
+use super::large::{plain_count, FastRead};
 use super::{Store, StoreError, StoreResult};
 use redis::{Script, Value};
 use std::sync::LazyLock;
@@ -103,8 +104,12 @@ impl Store {
             Scan::Claim { min_idle_ms } => ("claim", min_idle_ms),
         };
         let mut inv = SCRIPT.prepare_invoke();
-        inv.key(stream)
-            .arg(group)
+        inv.key(stream);
+        if stream == self.keys.inbound() {
+            // Cleared once a read reaches the end (store::large).
+            inv.key(self.keys.inbound_large());
+        }
+        inv.arg(group)
             .arg(consumer)
             .arg(mode)
             .arg(cursor)
@@ -187,6 +192,34 @@ impl Store {
             .await?;
         first.extend(more);
         Ok((first, cursor == "full"))
+    }
+}
+
+impl Store {
+    /// New entries of the inbound stream within `budget`, as [`Store::read_new_budgeted`]
+    /// reads them, but with a plain `XREADGROUP` on `fast`'s connection while no large entry is
+    /// there ([`large`](super::large)); without `fast` (a cluster), always as that does.
+    pub async fn read_new_fast(
+        &self,
+        fast: Option<&mut FastRead>,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        budget: ReadBudget,
+        block_ms: Option<u64>,
+    ) -> StoreResult<(Vec<Entry>, bool)> {
+        if let Some(fast) = fast {
+            let n = plain_count(budget.max_entries, budget.max_bytes);
+            if let Some(got) = fast.read(stream, group, consumer, n).await? {
+                // Nothing new: wait for it (when asked to) as a budgeted read does.
+                if !got.is_empty() || block_ms.is_none() {
+                    let full = got.len() == n;
+                    return Ok((got, full));
+                }
+            }
+        }
+        self.read_new_budgeted(stream, group, consumer, budget, block_ms)
+            .await
     }
 }
 

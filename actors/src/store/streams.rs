@@ -447,20 +447,43 @@ impl Store {
             .await?)
     }
 
-    /// Adds raw entries to a stream in pipelined chunks (loaders, tests, benchmarks, replays).
+    /// Adds raw entries to a stream in pipelined chunks (tests, benchmarks).
     pub async fn add_entries(
         &self,
         stream: &str,
         entries: &[Vec<(&str, String)>],
     ) -> StoreResult<()> {
+        self.add(stream, None, entries).await
+    }
+
+    /// Adds entries to the inbound stream as every producer does, counting the large ones
+    /// ([`large`](super::large)), in one MULTI/EXEC per 1,000 (loaders, tests).
+    pub async fn add_inbound(&self, entries: &[Vec<(&str, String)>]) -> StoreResult<()> {
+        self.mark_counted(&mut self.conn(), false).await?;
+        let counter = self.keys.inbound_large();
+        self.add(&self.keys.inbound(), Some(&counter), entries)
+            .await
+    }
+
+    async fn add(
+        &self,
+        stream: &str,
+        large: Option<&str>,
+        entries: &[Vec<(&str, String)>],
+    ) -> StoreResult<()> {
         for chunk in entries.chunks(1_000) {
             let mut pipe = redis::pipe();
+            pipe.atomic();
             for fields in chunk {
                 pipe.cmd("XADD").arg(stream).arg("*");
                 for (k, v) in fields {
                     pipe.arg(*k).arg(v);
                 }
                 pipe.ignore();
+                let bytes = fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+                if let Some(counter) = large.filter(|_| super::large::is_large(bytes)) {
+                    pipe.cmd("INCR").arg(counter).ignore();
+                }
             }
             let _: Value = pipe.query_async(&mut self.conn()).await?;
         }

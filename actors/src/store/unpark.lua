@@ -1,7 +1,9 @@
 -- Moves up to ARGV[1] of the oldest parked entries of one mailbox back to the inbound stream,
 -- each in one step with its removal from the parked stream (a script runs as one transaction:
 -- an entry is in exactly one of the two streams, whatever crashes).
--- KEYS[1] the mailbox's parked stream, KEYS[2] the inbound stream.
+-- (large.lua is prepended: xadd_inbound.)
+-- KEYS[1] the mailbox's parked stream, KEYS[2] the inbound stream, KEYS[3] the large-entries
+-- counter (store/large.rs).
 -- ARGV[1] how many, ARGV[2] '1' to flag the moved entries as probes (tried against Graph even
 -- while their mailbox is parked).
 -- Returns the number of entries moved.
@@ -19,7 +21,7 @@ for _, e in ipairs(entries) do
     args[#args + 1] = 'probe'
     args[#args + 1] = '1'
   end
-  redis.call('XADD', KEYS[2], '*', unpack(args))
+  xadd_inbound(KEYS[2], KEYS[3], args)
   redis.call('XDEL', KEYS[1], e[1])
 end
 return #entries

@@ -101,6 +101,7 @@ impl Store {
         inv.key(self.keys.inbound())
             .key(self.keys.outbound())
             .key(self.keys.intake_today(crate::clock::now_ms()))
+            .key(self.keys.inbound_large())
             .arg(mark_ttl_s)
             .arg(max_backlog)
             .arg(batch_size);
@@ -127,5 +128,9 @@ pub(crate) enum RefsQueued {
     Backlogged { backlog: u64 },
 }
 
-static REFS: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("webhook_refs.lua")));
+static REFS: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(concat!(
+        super::large::lua_prelude!(),
+        include_str!("webhook_refs.lua")
+    ))
+});

@@ -3,8 +3,10 @@
 -- within the mark's lifetime) is skipped before it costs a Graph GET. Refused whole while the
 -- backlog (inbound entries + outbound records, an outbound entry counted as a full batch) is
 -- above the limit. Runs as one transaction.
+-- (large.lua is prepended: xadd_inbound.)
 -- KEYS[1] inbound stream, KEYS[2] outbound stream, KEYS[3] today's intake counts (hash:
--- mailbox → messages added), then one ref mark per ref.
+-- mailbox → messages added), KEYS[4] the large-entries counter (store/large.rs), then one ref
+-- mark per ref.
 -- ARGV[1] mark ttl s, ARGV[2] max backlog, ARGV[3] records an outbound entry counts for (one
 -- batch), then per ref: ARGV[2 + 2n] mailbox, ARGV[3 + 2n] id.
 -- Returns {0, added} or, over the backlog, {1, backlog} (nothing written).
@@ -13,10 +15,10 @@ if backlog > tonumber(ARGV[2]) then
   return {1, backlog}
 end
 local added = 0
-for n = 1, #KEYS - 3 do
-  if redis.call('SET', KEYS[3 + n], '1', 'NX', 'EX', ARGV[1]) then
-    redis.call('XADD', KEYS[1], '*', 'source', 'graph', 'kind', 'ref', 'mailbox', ARGV[2 + 2 * n],
-      'message_id', ARGV[3 + 2 * n])
+for n = 1, #KEYS - 4 do
+  if redis.call('SET', KEYS[4 + n], '1', 'NX', 'EX', ARGV[1]) then
+    xadd_inbound(KEYS[1], KEYS[4], {'source', 'graph', 'kind', 'ref', 'mailbox', ARGV[2 + 2 * n],
+      'message_id', ARGV[3 + 2 * n]})
     redis.call('HINCRBY', KEYS[3], ARGV[2 + 2 * n], 1)
     added = added + 1
   end

@@ -23,6 +23,7 @@ use crate::shutdown::Shutdown;
 use crate::store::copies::Copy;
 use crate::store::dlq::Stage;
 use crate::store::keys::PROCESSORS;
+use crate::store::large::FastRead;
 use crate::store::outbound::BatchLimit;
 use crate::store::park::ParkState;
 use crate::store::read_budget::entry_bytes;
@@ -167,8 +168,10 @@ impl Work {
             .await?;
         self.health.set_redis(true);
 
-        // Every read is bounded in bytes as well as in entries (store::read_budget).
+        // Every read is bounded in bytes as well as in entries (store::read_budget); new
+        // entries are read plainly while none of them is large (store::large).
         let budget = ReadBudget::new(p.read_chunk, p.read_max_bytes);
+        let mut fast = FastRead::start(&self.store).await?;
         let mut own = "0-0".to_string();
         loop {
             let (next, pending) = self
@@ -225,9 +228,15 @@ impl Work {
                         let Some(room) = room else {
                             return Ok(None);
                         };
-                        let (entries, _) = self
-                            .store
-                            .read_new_budgeted(&inbound, PROCESSORS, &self.consumer, room, None)
+                        let (entries, _) = blocking
+                            .read_new_fast(
+                                fast.as_mut(),
+                                &inbound,
+                                PROCESSORS,
+                                &self.consumer,
+                                room,
+                                None,
+                            )
                             .await?;
                         self.prepare(entries).await
                     };
@@ -279,7 +288,8 @@ impl Work {
                 continue;
             }
             let (entries, _) = blocking
-                .read_new_budgeted(
+                .read_new_fast(
+                    fast.as_mut(),
                     &inbound,
                     PROCESSORS,
                     &self.consumer,

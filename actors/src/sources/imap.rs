@@ -166,8 +166,8 @@ impl Source for ImapLoop {
 
     async fn wait(&mut self, wait: &mut Wait<'_>) -> Result<Waited, StoreError> {
         // New mail the server announced during the last poll (inside a FETCH answer) or in the
-        // answer to DONE: it will not be announced again, so neither IDLE nor the schedule
-        // would bring it before the next poll. Poll now.
+        // answer to DONE is not announced again: IDLE would sit on it until the next scheduled
+        // poll. Poll now.
         if wait.holding && self.conn.as_mut().is_some_and(|f| f.announced_mail()) {
             tracing::debug!("the server announced new mail during the last command: polling again");
             return Ok(Waited::Poll);

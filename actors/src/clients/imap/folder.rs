@@ -274,8 +274,7 @@ impl ImapFolder {
 
     /// Waits in IDLE (RFC 2177) until the server reports a change (also one it reported before
     /// `+ idling`), `wait` passes, or `stop` ends (it is polled only once IDLE runs); then ends
-    /// IDLE with DONE. A server that will
-    /// not start IDLE fails it with [`ImapError::Refused`].
+    /// IDLE with DONE. A server that will not start IDLE fails it with [`ImapError::Refused`].
     pub(crate) async fn idle<T>(self, wait: Duration, stop: impl Future<Output = T>) -> Idled<T> {
         let lost = |e| Idled {
             end: Err(e),

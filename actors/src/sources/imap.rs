@@ -165,6 +165,13 @@ impl Source for ImapLoop {
     }
 
     async fn wait(&mut self, wait: &mut Wait<'_>) -> Result<Waited, StoreError> {
+        // New mail the server announced during the last poll (inside a FETCH answer) or in the
+        // answer to DONE is not announced again: IDLE would sit on it until the next scheduled
+        // poll. Poll now.
+        if wait.holding && self.conn.as_mut().is_some_and(|f| f.announced_mail()) {
+            tracing::debug!("the server announced new mail during the last command: polling again");
+            return Ok(Waited::Poll);
+        }
         let can_idle = wait.holding
             && self.source.idle
             && !self.idle_refused

@@ -8,6 +8,7 @@ use super::{Caps, ImapSession};
 use crate::model::AttachmentMeta;
 use async_imap::extensions::idle::IdleResponse;
 use async_imap::imap_proto::{BodyStructure, ContentEncoding};
+use async_imap::types::UnsolicitedResponse;
 use chrono::SecondsFormat;
 use futures_util::TryStreamExt;
 use std::future::Future;
@@ -115,6 +116,9 @@ impl ImapFolder {
 
     /// SELECTs the folder. A NO is [`ImapError::Folder`]; no UIDVALIDITY is a protocol error.
     pub(crate) async fn select(&mut self) -> Result<Selected, ImapError> {
+        // What the server announced before this SELECT, its answer reports again: only what
+        // comes after it is news for [`announced_mail`](Self::announced_mail).
+        while self.session.unsolicited_responses.try_recv().is_ok() {}
         let folder = self.folder.clone();
         let mailbox = match self.run("SELECT", async |s| s.select(&folder).await).await {
             Ok(mb) => mb,
@@ -259,9 +263,18 @@ impl ImapFolder {
         Ok(())
     }
 
-    /// Waits in IDLE (RFC 2177) until the server reports a change, `wait` passes, or `stop`
-    /// ends (it is polled only once IDLE runs); then ends IDLE with DONE. A server that will
-    /// not start IDLE fails it with [`ImapError::Refused`].
+    /// Whether the server announced new mail (`* n EXISTS`) since the last SELECT in an answer
+    /// async-imap set aside: an announcement inside the answer to another command (a FETCH, a
+    /// STORE, DONE) goes to the session's unsolicited channel, which only this reads, and the
+    /// server does not repeat it in the next IDLE. Empties the channel.
+    pub(crate) fn announced_mail(&mut self) -> bool {
+        let set_aside = &self.session.unsolicited_responses;
+        announces_mail(set_aside.is_full(), || set_aside.try_recv().ok())
+    }
+
+    /// Waits in IDLE (RFC 2177) until the server reports a change (also one it reported before
+    /// `+ idling`), `wait` passes, or `stop` ends (it is polled only once IDLE runs); then ends
+    /// IDLE with DONE. A server that will not start IDLE fails it with [`ImapError::Refused`].
     pub(crate) async fn idle<T>(self, wait: Duration, stop: impl Future<Output = T>) -> Idled<T> {
         let lost = |e| Idled {
             end: Err(e),
@@ -274,13 +287,18 @@ impl ImapFolder {
             folder,
             timeout,
         } = self;
+        let set_aside = session.unsolicited_responses.clone();
         let mut handle = session.idle();
         match tokio::time::timeout(timeout, handle.init()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return lost(ImapError::of_idle_start(&source_name, e)),
             Err(_) => return lost(ImapError::timeout(&source_name, timeout, "IDLE")),
         }
-        let end = {
+        // New mail announced between IDLE and `+ idling` was set aside by `init`: the wait
+        // below would not see it, and the server does not say it again.
+        let end = if announces_mail(set_aside.is_full(), || set_aside.try_recv().ok()) {
+            Woken::Changed
+        } else {
             let (fut, _interrupt) = handle.wait_with_timeout(wait);
             tokio::select! {
                 r = fut => match r {
@@ -313,6 +331,18 @@ impl ImapFolder {
     pub(crate) async fn logout(mut self) {
         let _ = tokio::time::timeout(LOGOUT_WAIT, self.session.logout()).await;
     }
+}
+
+/// Empties what async-imap set aside (`next` takes one response; `full`: the channel was full,
+/// 100 responses, so later ones were dropped); whether it held news of new mail. `EXISTS` is
+/// that news (RFC 3501 7.3.1: sent whenever the mailbox grows); a full channel may have
+/// dropped one, so it counts as news too (at worst one poll more).
+fn announces_mail(full: bool, mut next: impl FnMut() -> Option<UnsolicitedResponse>) -> bool {
+    let mut news = full;
+    while let Some(response) = next() {
+        news |= matches!(response, UnsolicitedResponse::Exists(_));
+    }
+    news
 }
 
 /// `1:3,7,9:10`: the UIDs (in any order, repeats allowed) as an IMAP sequence set.
@@ -402,5 +432,20 @@ mod tests {
         assert_eq!(uid_set(&[10, 9, 7, 3, 2, 1, 2]), "1:3,7,9:10");
         assert_eq!(uid_set(&[5]), "5");
         assert_eq!(uid_set(&[]), "");
+    }
+
+    #[test]
+    fn only_an_exists_or_a_full_channel_announces_new_mail_and_everything_is_taken() {
+        let mut set_aside = vec![
+            UnsolicitedResponse::Expunge(3),
+            UnsolicitedResponse::Recent(0),
+            UnsolicitedResponse::Exists(7),
+            UnsolicitedResponse::Expunge(1),
+        ];
+        assert!(announces_mail(false, || set_aside.pop()));
+        assert!(set_aside.is_empty());
+        let mut expunged = vec![UnsolicitedResponse::Expunge(2)];
+        assert!(!announces_mail(false, || expunged.pop()));
+        assert!(announces_mail(true, || None));
     }
 }

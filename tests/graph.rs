@@ -437,8 +437,9 @@ fn a_poll_skips_a_message_a_webhook_ref_already_delivered() {
 fn the_page_script_queues_a_key_once_per_page_and_honours_both_marks() {
     // poll_page.lua itself, on a real Redis: one message twice on a page (the second copy
     // must see the intake mark the first one set in the same script), one the processor
-    // delivered another way (its seen: mark, same digest: skipped), and one reusing a
-    // delivered Message-ID with other content (another digest: queued).
+    // delivered another way (its seen: mark, same digest: skipped), one reusing a
+    // delivered Message-ID with other content (another digest: queued), and one past 64 KiB
+    // (counted as large: store::large).
     let world = World::new(&[]);
     let mut redis = world.redis();
     let _: () = redis::cmd("SET")
@@ -458,6 +459,7 @@ fn the_page_script_queues_a_key_once_per_page_and_honours_both_marks() {
         ("<twice@x>", "d-twice"),
         ("<seen@x>", "d-seen"),
         ("<reused@x>", "d-new"),
+        ("<big@x>", "d-big"),
     ];
     let script = redis::Script::new(concat!(
         "local LARGE_ENTRY_BYTES = 65536\n",
@@ -486,14 +488,28 @@ fn the_page_script_queues_a_key_once_per_page_and_honours_both_marks() {
         invocation
             .key(format!("ms1:queued:{key}"))
             .key(format!("ms1:seen:{key}"))
-            .arg(format!(r#"{{"id":"{key}"}}"#))
+            .arg(if key == "<big@x>" {
+                // Past 64 KiB: counted as large, for the processor's plain reads.
+                format!(r#"{{"id":"{key}","body":"{}"}}"#, "x".repeat(70_000))
+            } else {
+                format!(r#"{{"id":"{key}"}}"#)
+            })
             .arg(digest)
             .arg(key)
             .arg(format!("id-{key}"));
     }
     let added: i64 = invocation.invoke(&mut redis).unwrap();
-    assert_eq!(added, 2, "<twice@x> once and <reused@x>");
-    assert_eq!(world.xlen("inbound"), 2);
+    assert_eq!(added, 3, "<twice@x> once, <reused@x> and <big@x>");
+    assert_eq!(world.xlen("inbound"), 3);
+    let large: Option<u64> = redis::cmd("GET")
+        .arg("ms1:stream:inbound:large")
+        .query(&mut redis)
+        .unwrap();
+    assert_eq!(
+        large,
+        Some(1),
+        "the large entry is counted, the small ones not"
+    );
     let queued: Vec<Option<String>> = redis::cmd("MGET")
         .arg("ms1:queued:<twice@x>")
         .arg("ms1:queued:<seen@x>")

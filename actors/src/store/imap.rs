@@ -297,3 +297,37 @@ pub(super) fn imap_page_script() -> Script {
         include_str!("imap_page.lua")
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_chunk_counts_its_large_messages_in_the_same_transaction() {
+        // Opening makes no connection (it connects lazily).
+        let store = Store::open("redis://127.0.0.1:1", "t:").unwrap();
+        let mail = |uid, size| FetchedMail {
+            uid,
+            internal_date: String::new(),
+            payload: "x".repeat(size),
+            omitted: None,
+        };
+        let chunk = FetchedChunk {
+            source: "invoices",
+            uidvalidity: 7,
+            last_uid: 3,
+            after_delivery: false,
+            mails: vec![mail(1, 1_000), mail(2, 70_000), mail(3, 100_000)],
+        };
+        let (tx, added) = store.chunk_transaction(&chunk, 0, 0);
+        assert_eq!(added, 3);
+        let packed = String::from_utf8_lossy(&tx.get_packed_pipeline()).into_owned();
+        let incr = "$4\r\nINCR\r\n$22\r\nt:stream:inbound:large\r\n";
+        assert_eq!(packed.matches(incr).count(), 2, "the two large messages");
+        // Above the floor only: what is not written is not counted.
+        let (tx, added) = store.chunk_transaction(&chunk, 2, 0);
+        assert_eq!(added, 1);
+        let packed = String::from_utf8_lossy(&tx.get_packed_pipeline()).into_owned();
+        assert_eq!(packed.matches(incr).count(), 1);
+    }
+}

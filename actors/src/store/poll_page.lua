@@ -2,7 +2,7 @@
 -- mailbox's cursor, only while the caller holds the mailbox's lease (the lease token is the
 -- fence: a poller that lost its lease cannot write). Redis runs a script as one transaction,
 -- like MULTI/EXEC: a crash leaves either the whole page and its cursor, or neither.
--- (large.lua and copies_ended.lua are prepended: xadd_inbound, end_copy.)
+-- (large.lua and copies_ended.lua are prepended: count_if_large, end_copy.)
 -- KEYS[1] lease, KEYS[2] inbound stream, KEYS[3] cursor hash, KEYS[4] today's intake counts
 -- (hash: source → messages added), KEYS[5] the Graph mark-read stream, KEYS[6] the waiting
 -- follow-ups of later copies, KEYS[7] the large-entries counter (store/large.rs), then ARGV[8]
@@ -63,12 +63,14 @@ for n = 1, (#KEYS - first) / 2 do
     end
   end
   if add then
+    -- The JSON, the mailbox, and 64 bytes for the field names and the other values.
+    count_if_large(KEYS[7], #json + #ARGV[5] + 64)
     if ARGV[6] == '1' then
-      xadd_inbound(KEYS[2], KEYS[7], {'source', 'graph', 'kind', 'message', 'mailbox', ARGV[5],
-        'mark_read', '1', 'payload', json})
+      redis.call('XADD', KEYS[2], '*', 'source', 'graph', 'kind', 'message', 'mailbox', ARGV[5],
+        'mark_read', '1', 'payload', json)
     else
-      xadd_inbound(KEYS[2], KEYS[7], {'source', 'graph', 'kind', 'message', 'mailbox', ARGV[5],
-        'payload', json})
+      redis.call('XADD', KEYS[2], '*', 'source', 'graph', 'kind', 'message', 'mailbox', ARGV[5],
+        'payload', json)
     end
     added = added + 1
   end

@@ -328,14 +328,15 @@ impl Store {
 
     /// Applies a BatchProcessor hand-off in one MULTI/EXEC: the records as outbound entries of
     /// one MS4 batch each (`batch`, see [`batch_entry`](super::batch_entry)) + their
-    /// idempotency marks + dead letters + XACK/XDEL of the inbound chunk.
+    /// idempotency marks + dead letters + XACK/XDEL of the inbound chunk. Returns the
+    /// outbound stream's length (entries) right after, which spares the caller a call.
     pub(crate) async fn handoff(
         &self,
         h: &Handoff,
         batch: BatchLimit,
         idempotency_ttl_s: u64,
         dlq_maxlen: u64,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<u64> {
         let inbound = self.keys.inbound();
         let outbound = self.keys.outbound();
         let mut pipe = redis::pipe();
@@ -394,8 +395,9 @@ impl Store {
                 .ignore();
             pipe.cmd("XDEL").arg(&inbound).arg(&h.done).ignore();
         }
-        let _: Value = pipe.query_async(&mut self.conn()).await?;
-        Ok(())
+        pipe.cmd("XLEN").arg(&outbound);
+        let (outbound_len,): (u64,) = pipe.query_async(&mut self.conn()).await?;
+        Ok(outbound_len)
     }
 
     /// `XINFO GROUPS`: each group's name, pending entries and lag (entries not yet delivered

@@ -206,19 +206,25 @@ impl Work {
         // The chunk planned last, its hand-off not yet applied: it is handed off while the
         // next chunk is planned (Redis applies one while the daemon transforms the other).
         let mut planned: Option<Prepared> = None;
+        // The outbound stream's length as the last hand-off left it (it answers with it).
+        let mut outbound_len: Option<u64> = None;
         while !self.shutdown.is_raised() {
             self.health.beat("batch_processor");
             let tend = self.graph.is_some() && Instant::now() >= next_tend;
             let claim = Instant::now() >= next_claim;
             let drain = Instant::now() >= next_drain;
             // An outbound entry holds up to one batch of records: count it as a full one.
-            let backlog = self.store.len(&outbound).await? * self.settings.ms4.batch_size as u64;
+            let entries = match outbound_len.take() {
+                Some(n) => n,
+                None => self.store.len(&outbound).await?,
+            };
+            let backlog = entries * self.settings.ms4.batch_size as u64;
             if let Some(chunk) = planned.take() {
                 // The planned chunk's records count as outbound already: no chunk is read ahead
                 // when they take the backlog past the limit.
                 let after = backlog + chunk.plan.records.len() as u64;
                 if tend || claim || drain || after > p.max_backlog {
-                    self.finish(chunk).await?;
+                    outbound_len = Some(self.finish(chunk).await?);
                 } else {
                     // Read what fits beside it in the byte budget, without waiting for new
                     // mail (the planned chunk would wait with it), and plan that while the
@@ -240,8 +246,9 @@ impl Work {
                             .await?;
                         self.prepare(entries).await
                     };
-                    let (done, next) = futures_util::future::join(self.finish(chunk), next).await;
-                    done?;
+                    // The read first: its entries are planned while Redis applies the hand-off.
+                    let (next, done) = futures_util::future::join(next, self.finish(chunk)).await;
+                    outbound_len = Some(done?);
                     planned = next?;
                     continue;
                 }
@@ -327,7 +334,7 @@ impl Work {
     /// Finishes one chunk with a single hand-off.
     async fn process(&self, entries: Vec<Entry>) -> Result<(), StoreError> {
         match self.prepare(entries).await? {
-            Some(chunk) => self.finish(chunk).await,
+            Some(chunk) => self.finish(chunk).await.map(drop),
             None => Ok(()),
         }
     }
@@ -395,8 +402,8 @@ impl Work {
     }
 
     /// Hands a prepared chunk off: asks Redis which of its keys were seen before, then applies
-    /// the hand-off in one MULTI/EXEC.
-    async fn finish(&self, chunk: Prepared) -> Result<(), StoreError> {
+    /// the hand-off in one MULTI/EXEC. Returns the outbound stream's length (entries) after.
+    async fn finish(&self, chunk: Prepared) -> Result<u64, StoreError> {
         let Prepared {
             entries,
             resolved,
@@ -454,7 +461,8 @@ impl Work {
             }
         }
         let duplicates = handoff.duplicates;
-        self.store
+        let outbound_len = self
+            .store
             .handoff(
                 &handoff,
                 outbound_batch(&self.settings),
@@ -472,7 +480,8 @@ impl Work {
                 tracing::warn!(entry = %d.entry_id, mailbox = %d.mailbox, reason = %d.reason, "dead-lettered an entry");
             }
         }
-        self.after_parking(&entries, &resolved).await
+        self.after_parking(&entries, &resolved).await?;
+        Ok(outbound_len)
     }
 }
 

@@ -32,6 +32,7 @@ impl Core {
                     .collect::<Vec<_>>(),
                 &outcome.follow_ups,
                 &outcome.dead,
+                &outcome.dead_ends,
                 (
                     self.settings.redis.dlq_maxlen,
                     self.settings.redis.idempotency_ttl_s,
@@ -58,6 +59,8 @@ pub(super) struct Outcome {
     follow_ups: Vec<FollowUp>,
     /// Records MS4 rejected.
     dead: Vec<DeadLetter>,
+    /// The `after_dead_letter` ends of those whose source wants one.
+    dead_ends: Vec<FollowUp>,
 }
 
 impl Outcome {
@@ -71,7 +74,17 @@ impl Outcome {
             .extend(records.iter().filter_map(outbound::follow_up_of));
     }
 
-    fn rejected(&mut self, record: &Entry, status: u16, body: &str, attempts: u32, first_ms: u64) {
+    /// `record` is dead-lettered with MS4's answer; its follow-up target gets the source's
+    /// `after_dead_letter` end when `ends` says the source wants one.
+    fn rejected(
+        &mut self,
+        record: &Entry,
+        (status, body): (u16, &str),
+        (attempts, first_ms): (u32, u64),
+        ends: impl Fn(&FollowUp) -> bool,
+    ) {
+        self.dead_ends
+            .extend(outbound::follow_up_of(record).filter(|f| ends(f)));
         tracing::warn!(entry = %record.id, key = record.field(F::KEY).unwrap_or_default(), status, "MS4 rejected a record: dead-lettered");
         self.dead.push(DeadLetter {
             stage: Stage::Deliver,
@@ -205,7 +218,12 @@ async fn deliver_part(core: &Core, mut part: Part, stack: &mut Vec<Part>, outcom
             Verdict::Reject { status, body } => {
                 let first = *part.first_failure_ms.get_or_insert_with(now_ms);
                 if part.entries.len() == 1 {
-                    outcome.rejected(&part.entries[0], status, &body, part.attempts, first);
+                    outcome.rejected(
+                        &part.entries[0],
+                        (status, &body),
+                        (part.attempts, first),
+                        |f| core.settings.ends_dead_letters(f.source, &f.mailbox),
+                    );
                 } else {
                     tracing::info!(
                         records = part.entries.len(),

@@ -547,3 +547,66 @@ fn a_second_copy_of_a_delivered_message_ends_read_in_unread_mode() {
     );
     world.assert_drained();
 }
+
+/// Issue 15: with `graph.after_dead_letter = "mark_read"` (unread mode) a message MS4 refuses
+/// ends read, so it leaves the unread listing; it is dead-lettered exactly once however often
+/// the mailbox is polled, and replayed once MS4 accepts it, it is delivered. Before: the key was
+/// unknown, and refused messages stayed unread for good.
+#[test]
+fn a_refused_message_ends_read_and_dead_lettered_once_with_after_dead_letter_mark_read() {
+    let world = World::with_graph(&["--rate-limit-per-min", "0"], &[]);
+    let mailbox = MAILBOXES[0];
+    world.graph().post(
+        "/_sim/mail",
+        json!({"mailbox": mailbox, "count": 20, "invalid": 4}),
+    );
+    let daemon = world.graph_daemon(&[
+        ("MS1__GRAPH__MODE", "unread"),
+        ("MS1__GRAPH__MAILBOXES", mailbox),
+        ("MS1__GRAPH__POLL_INTERVAL_S", "1"),
+        ("MS1__GRAPH__AFTER_DEAD_LETTER", "mark_read"),
+    ]);
+    world.wait_delivered(16, MINUTES, &daemon);
+    let unread = || {
+        world
+            .graph()
+            .get_json(&format!("/_sim/messages?mailbox={mailbox}"))
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["isRead"] != true)
+            .count()
+    };
+    assert!(
+        wait_until(MINUTES, || unread() == 0),
+        "refused messages still unread: {}\n{}",
+        unread(),
+        daemon.log_tail(20)
+    );
+    // A few polls later, each refused message is still dead-lettered once.
+    std::thread::sleep(Duration::from_secs(3));
+    let dead = world.dead_letters();
+    assert_eq!(dead.len(), 4, "{dead:?}");
+    let keys: std::collections::BTreeSet<&str> = dead.iter().map(|d| d["key"].as_str()).collect();
+    assert_eq!(keys.len(), 4, "{dead:?}");
+    assert!(dead.iter().all(|d| d["stage"] == "deliver"), "{dead:?}");
+    assert_eq!(world.xlen("markread"), 0, "every end applied");
+
+    // MS4 relaxes its rule; the operator replays them: delivered, once each.
+    world.ms4.configure(json!({"lenient_sender": true}));
+    let (code, body) = common::post(
+        &format!("{}/dlq/replay", daemon.control),
+        &json!({"filter": {"stage": "deliver"}}).to_string(),
+    );
+    assert_eq!(code, 200, "{body}");
+    world.wait_delivered(20, MINUTES, &daemon);
+    assert!(wait_until(MINUTES, || world.xlen("markread") == 0));
+    assert!(
+        world.dead_letters().is_empty(),
+        "{:?}",
+        world.dead_letters()
+    );
+    assert_eq!(unread(), 0);
+    assert_eq!(world.ms4.stats()["duplicate_records"], 0);
+    world.assert_drained();
+}

@@ -6,10 +6,10 @@
 //! fetched, or a target folder that does not exist, is a refusal (dead letter); a connection
 //! failure is retried.
 
+use super::mark_read::dead_lettered;
 use super::{Action, Outcome};
 use crate::clients::imap::{Connector, ImapError, ImapFolder};
 use crate::metrics as m;
-use super::mark_read::dead_lettered;
 use crate::settings::{AfterDeadLetter, AfterDelivery, ImapSource, Settings};
 use crate::store::keys::IMAP_AFTER_DELIVERY;
 use crate::store::{Entry, Keys};

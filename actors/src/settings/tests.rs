@@ -65,7 +65,11 @@ fn dead_letters_end_as_chosen_in_a_folder_of_their_own_and_graph_marks_them_read
     s.validate().unwrap();
     s.imap.sources[0].after_delivery = AfterDelivery::Move;
     s.imap.sources[0].move_to = "Ingestion failed".into();
-    assert_eq!(s.validate().unwrap_err().key, key, "not the delivered folder");
+    assert_eq!(
+        s.validate().unwrap_err().key,
+        key,
+        "not the delivered folder"
+    );
     s.imap.sources[0].move_to = "Processed".into();
     s.validate().unwrap();
     // Read by name; an unknown end is refused naming the values there are.

@@ -170,13 +170,10 @@ impl Pipeline {
                     health.clone(),
                     shutdown.clone(),
                 );
-                let after_dead_letter = settings.graph.after_dead_letter;
                 graph_after_delivery = Some(Supervisor::start(move |_| {
+                    let graph_settings = settings.graph.clone();
                     after_delivery::Worker::new(store, settings, health, shutdown, move || {
-                        after_delivery::mark_read::MarkRead {
-                            graph: graph.clone(),
-                            after_dead_letter,
-                        }
+                        after_delivery::mark_read::MarkRead::new(graph.clone(), &graph_settings)
                     })
                 }));
             }

@@ -54,9 +54,13 @@ pub struct GraphSettings {
     /// MS4 accepted them).
     pub mode: GraphMode,
     /// Once a message was dead-lettered (MS4 refused its record, or it cannot be one): `leave`
-    /// it unread, or `mark_read` it (unread mode only), so that refused invoices leave the
-    /// unread listing.
+    /// it unread, `mark_read` it, or `move` it to `dead_letter_move_to` (unread mode only), so
+    /// that refused invoices leave the unread listing.
     pub after_dead_letter: GraphAfterDeadLetter,
+    /// Target folder of `after_dead_letter = "move"` in every mailbox: a well-known folder name
+    /// (`archive`, `junkemail`, …) or a folder id, as Graph's `destinationId` takes it (a
+    /// display name is not looked up: it need not be unique). It must exist.
+    pub dead_letter_move_to: String,
     /// Seconds between polls of a mailbox (webhook mode polls too, as a safety net).
     pub poll_interval_s: u64,
     /// Messages per page: `$top` (unread) and `Prefer: odata.maxpagesize` (delta).
@@ -116,6 +120,7 @@ impl Default for GraphSettings {
             folder: "inbox".into(),
             mode: GraphMode::Delta,
             after_dead_letter: GraphAfterDeadLetter::Leave,
+            dead_letter_move_to: String::new(),
             poll_interval_s: 60,
             page_size: 100,
             max_concurrent_per_mailbox: 4,
@@ -619,4 +624,6 @@ pub enum GraphAfterDeadLetter {
     Leave,
     /// Marked read (`PATCH isRead`), as a delivered message is.
     MarkRead,
+    /// Moved to `dead_letter_move_to` (`POST …/move`); it gets a new id there.
+    Move,
 }

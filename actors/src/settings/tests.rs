@@ -89,7 +89,7 @@ fn dead_letters_end_as_chosen_in_a_folder_of_their_own_and_graph_marks_them_read
     assert_eq!(
         s.validate().unwrap_err().key,
         "graph.after_dead_letter",
-        "delta mode marks nothing read"
+        "delta mode leaves messages as they are"
     );
     s.graph.mode = GraphMode::Unread;
     s.validate().unwrap();
@@ -100,7 +100,21 @@ fn dead_letters_end_as_chosen_in_a_folder_of_their_own_and_graph_marks_them_read
         g("mark_read").unwrap().after_dead_letter,
         GraphAfterDeadLetter::MarkRead
     );
-    assert!(g("move").is_err(), "not implemented for Graph");
+    assert_eq!(
+        g("move").unwrap().after_dead_letter,
+        GraphAfterDeadLetter::Move
+    );
+    assert!(g("delete").is_err());
+    s.graph.after_dead_letter = GraphAfterDeadLetter::Move;
+    assert_eq!(s.validate().unwrap_err().key, "graph.dead_letter_move_to");
+    s.graph.dead_letter_move_to = "Inbox".into();
+    assert_eq!(
+        s.validate().unwrap_err().key,
+        "graph.dead_letter_move_to",
+        "not the folder read"
+    );
+    s.graph.dead_letter_move_to = "junkemail".into();
+    s.validate().unwrap();
 }
 
 #[test]

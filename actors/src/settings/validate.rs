@@ -346,13 +346,21 @@ impl Settings {
                 return bad(key("ca_file"), format!("{} is not a file", src.ca_file));
             }
         }
-        if self.graph.after_dead_letter == GraphAfterDeadLetter::MarkRead
-            && self.graph.mode != GraphMode::Unread
-        {
+        let g = &self.graph;
+        if g.after_dead_letter != GraphAfterDeadLetter::Leave && g.mode != GraphMode::Unread {
             return bad(
                 "graph.after_dead_letter",
-                "mark_read needs graph.mode = \"unread\" (delta mode does not mark messages read)",
+                "mark_read and move need graph.mode = \"unread\" (delta mode leaves messages as they are)",
             );
+        }
+        if g.after_dead_letter == GraphAfterDeadLetter::Move {
+            let target = g.dead_letter_move_to.trim();
+            if target.is_empty() || target.eq_ignore_ascii_case(&g.folder) {
+                return bad(
+                    "graph.dead_letter_move_to",
+                    "must name a folder other than graph.folder (a well-known name such as `archive`, or a folder id) with after_dead_letter = move",
+                );
+            }
         }
         Ok(())
     }

@@ -640,6 +640,21 @@ pub enum AfterDelivery {
 }
 
 impl Settings {
+    /// Whether a message of `source` (`graph` or `imap`) and `mailbox` that carries a follow-up
+    /// target has an action once MS4 accepted it: always in Graph (unread mode carries them),
+    /// the source's `after_delivery` for IMAP (an unknown source: yes, the worker settles it).
+    pub fn acts_after_delivery(&self, source: &str, mailbox: &str) -> bool {
+        match source {
+            "imap" => self
+                .imap
+                .sources
+                .iter()
+                .find(|s| s.name == mailbox)
+                .is_none_or(|s| s.after_delivery != AfterDelivery::None),
+            _ => true,
+        }
+    }
+
     /// Whether a dead letter from `source` (`graph` or `imap`) and `mailbox` (the Graph
     /// mailbox, or the IMAP source's name) gets an end in its mailbox (`after_dead_letter`
     /// other than `leave`).

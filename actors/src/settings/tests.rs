@@ -56,6 +56,12 @@ fn dead_letters_end_as_chosen_in_a_folder_of_their_own_and_graph_marks_them_read
     s.imap.sources[0].after_dead_letter = AfterDeadLetter::Seen;
     s.validate().unwrap();
     assert!(s.imap.sources[0].has_follow_ups());
+    assert!(s.ends_dead_letters("imap", "invoices"));
+    assert!(!s.ends_dead_letters("imap", "another"));
+    assert!(
+        !s.acts_after_delivery("imap", "invoices"),
+        "a target for its dead letters only"
+    );
     s.imap.sources[0].after_dead_letter = AfterDeadLetter::Move;
     let key = "imap.sources[0].dead_letter_move_to";
     assert_eq!(s.validate().unwrap_err().key, key, "a folder is needed");

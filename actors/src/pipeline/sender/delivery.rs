@@ -64,14 +64,20 @@ pub(super) struct Outcome {
 }
 
 impl Outcome {
-    fn accepted(&mut self, records: &[Entry]) {
+    /// `records` were accepted; their follow-ups are due where `acts` says the source has an
+    /// action after delivery (an IMAP source may carry targets for its dead letters only).
+    fn accepted(&mut self, records: &[Entry], acts: impl Fn(&FollowUp) -> bool) {
         self.delivered.extend(
             records
                 .iter()
                 .map(|r| r.field(F::KEY).unwrap_or_default().to_string()),
         );
-        self.follow_ups
-            .extend(records.iter().filter_map(outbound::follow_up_of));
+        self.follow_ups.extend(
+            records
+                .iter()
+                .filter_map(outbound::follow_up_of)
+                .filter(|f| acts(f)),
+        );
     }
 
     /// `record` is dead-lettered with MS4's answer; its follow-up target gets the source's
@@ -202,7 +208,9 @@ async fn deliver_part(core: &Core, mut part: Part, stack: &mut Vec<Part>, outcom
         core.report(turn, Some(&verdict));
         match verdict {
             Verdict::Accepted => {
-                outcome.accepted(&part.entries);
+                outcome.accepted(&part.entries, |f| {
+                    core.settings.acts_after_delivery(f.source, &f.mailbox)
+                });
                 let now = now_ms();
                 metrics::counter!(m::DELIVERED).increment(part.entries.len() as u64);
                 let latency = metrics::histogram!(m::END_TO_END);

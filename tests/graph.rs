@@ -550,8 +550,9 @@ fn a_second_copy_of_a_delivered_message_ends_read_in_unread_mode() {
 
 /// Issue 15: with `graph.after_dead_letter = "mark_read"` (unread mode) a message MS4 refuses
 /// ends read, so it leaves the unread listing; it is dead-lettered exactly once however often
-/// the mailbox is polled, and replayed once MS4 accepts it, it is delivered. Before: the key was
-/// unknown, and refused messages stayed unread for good.
+/// the mailbox is polled, a later copy of it ends read too, and replayed once MS4 accepts it, it
+/// is delivered. Before: the key was unknown, and refused messages (and their copies) stayed
+/// unread for good.
 #[test]
 fn a_refused_message_ends_read_and_dead_lettered_once_with_after_dead_letter_mark_read() {
     let world = World::with_graph(&["--rate-limit-per-min", "0"], &[]);
@@ -591,6 +592,21 @@ fn a_refused_message_ends_read_and_dead_lettered_once_with_after_dead_letter_mar
     assert_eq!(keys.len(), 4, "{dead:?}");
     assert!(dead.iter().all(|d| d["stage"] == "deliver"), "{dead:?}");
     assert_eq!(world.xlen("markread"), 0, "every end applied");
+
+    // The same 20 again under new Graph ids (the mail came twice): no copy is sent again or
+    // dead-lettered again, and the refused ones' copies end read as their first copies did.
+    world.graph().post(
+        "/_sim/mail",
+        json!({"mailbox": mailbox, "count": 20, "start": 0, "invalid": 4}),
+    );
+    assert!(
+        wait_until(MINUTES, || unread() == 0),
+        "copies still unread: {}\n{}",
+        unread(),
+        daemon.log_tail(20)
+    );
+    assert_eq!(world.dead_letters().len(), 4);
+    assert_eq!(world.ms4.stats()["unique_records"], 16);
 
     // MS4 relaxes its rule; the operator replays them: delivered, once each.
     world.ms4.configure(json!({"lenient_sender": true}));

@@ -566,3 +566,163 @@ fn a_second_copy_of_a_delivered_message_ends_read_in_unread_mode() {
     );
     world.assert_drained();
 }
+
+/// Issue 15: with `graph.after_dead_letter = "mark_read"` (unread mode) a message MS4 refuses
+/// ends read, so it leaves the unread listing; it is dead-lettered exactly once however often
+/// the mailbox is polled, a later copy of it ends read too, and replayed once MS4 accepts it, it
+/// is delivered. Before: the key was unknown, and refused messages (and their copies) stayed
+/// unread for good.
+#[test]
+fn a_refused_message_ends_read_and_dead_lettered_once_with_after_dead_letter_mark_read() {
+    let world = World::with_graph(&["--rate-limit-per-min", "0"], &[]);
+    let mailbox = MAILBOXES[0];
+    world.graph().post(
+        "/_sim/mail",
+        json!({"mailbox": mailbox, "count": 20, "invalid": 4}),
+    );
+    let daemon = world.graph_daemon(&[
+        ("MS1__GRAPH__MODE", "unread"),
+        ("MS1__GRAPH__MAILBOXES", mailbox),
+        ("MS1__GRAPH__POLL_INTERVAL_S", "1"),
+        ("MS1__GRAPH__AFTER_DEAD_LETTER", "mark_read"),
+    ]);
+    world.wait_delivered(16, MINUTES, &daemon);
+    let unread = || {
+        world
+            .graph()
+            .get_json(&format!("/_sim/messages?mailbox={mailbox}"))
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["isRead"] != true)
+            .count()
+    };
+    assert!(
+        wait_until(MINUTES, || unread() == 0),
+        "refused messages still unread: {}\n{}",
+        unread(),
+        daemon.log_tail(20)
+    );
+    // A few polls later, each refused message is still dead-lettered once.
+    std::thread::sleep(Duration::from_secs(3));
+    let dead = world.dead_letters();
+    assert_eq!(dead.len(), 4, "{dead:?}");
+    let keys: std::collections::BTreeSet<&str> = dead.iter().map(|d| d["key"].as_str()).collect();
+    assert_eq!(keys.len(), 4, "{dead:?}");
+    assert!(dead.iter().all(|d| d["stage"] == "deliver"), "{dead:?}");
+    assert_eq!(world.xlen("markread"), 0, "every end applied");
+
+    // The same 20 again under new Graph ids (the mail came twice): no copy is sent again or
+    // dead-lettered again, and the refused ones' copies end read as their first copies did.
+    world.graph().post(
+        "/_sim/mail",
+        json!({"mailbox": mailbox, "count": 20, "start": 0, "invalid": 4}),
+    );
+    assert!(
+        wait_until(MINUTES, || unread() == 0),
+        "copies still unread: {}\n{}",
+        unread(),
+        daemon.log_tail(20)
+    );
+    assert_eq!(world.dead_letters().len(), 4);
+    assert_eq!(world.ms4.stats()["unique_records"], 16);
+
+    // MS4 relaxes its rule; the operator replays them: delivered, once each.
+    world.ms4.configure(json!({"lenient_sender": true}));
+    let (code, body) = common::post(
+        &format!("{}/dlq/replay", daemon.control),
+        &json!({"filter": {"stage": "deliver"}}).to_string(),
+    );
+    assert_eq!(code, 200, "{body}");
+    world.wait_delivered(20, MINUTES, &daemon);
+    assert!(wait_until(MINUTES, || world.xlen("markread") == 0));
+    assert!(
+        world.dead_letters().is_empty(),
+        "{:?}",
+        world.dead_letters()
+    );
+    assert_eq!(unread(), 0);
+    assert_eq!(world.ms4.stats()["duplicate_records"], 0);
+    world.assert_drained();
+}
+
+/// Issue 15: with `graph.after_dead_letter = "move"` a message MS4 refuses ends in the folder
+/// `graph.dead_letter_move_to` names (here by id, as an operator finds it; a well-known name
+/// such as `junkemail` works alike), out of the inbox, dead-lettered exactly once; replayed
+/// once MS4 accepts it, it is delivered, and the mark read due after delivery finds nothing at
+/// its old id (404: done) instead of failing or dead-lettering in a loop. Before: the keys were
+/// unknown, and refused messages stayed in the inbox, unread.
+#[test]
+fn a_refused_message_ends_in_the_dead_letter_folder_once_and_a_replay_delivers_it() {
+    let world = World::with_graph(&["--rate-limit-per-min", "0"], &[]);
+    let mailbox = MAILBOXES[0];
+    let folder = world.graph().post(
+        "/_sim/folders",
+        json!({"mailbox": mailbox, "displayName": "Ingestion failed"}),
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    world.graph().post(
+        "/_sim/mail",
+        json!({"mailbox": mailbox, "count": 20, "invalid": 4}),
+    );
+    let daemon = world.graph_daemon(&[
+        ("MS1__GRAPH__MODE", "unread"),
+        ("MS1__GRAPH__MAILBOXES", mailbox),
+        ("MS1__GRAPH__POLL_INTERVAL_S", "1"),
+        ("MS1__GRAPH__AFTER_DEAD_LETTER", "move"),
+        ("MS1__GRAPH__DEAD_LETTER_MOVE_TO", &folder),
+    ]);
+    world.wait_delivered(16, MINUTES, &daemon);
+    let listed = |folder: &str| {
+        world
+            .graph()
+            .get_json(&format!("/_sim/messages?mailbox={mailbox}&folder={folder}"))
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let ended = wait_until(MINUTES, || {
+        let inbox = listed("inbox");
+        inbox.len() == 16 && inbox.iter().all(|m| m["isRead"] == true) && listed(&folder).len() == 4
+    });
+    assert!(
+        ended,
+        "inbox {} / failed {}\n{}",
+        listed("inbox").len(),
+        listed(&folder).len(),
+        daemon.log_tail(20)
+    );
+    // A few polls later, each refused message is still dead-lettered once.
+    std::thread::sleep(Duration::from_secs(3));
+    let dead = world.dead_letters();
+    assert_eq!(dead.len(), 4, "{dead:?}");
+    assert!(dead.iter().all(|d| d["stage"] == "deliver"), "{dead:?}");
+    assert_eq!(world.xlen("markread"), 0, "every end applied");
+    assert_eq!(
+        daemon.metric("ms1_graph_dead_letters_moved_total"),
+        4.0,
+        "{}",
+        daemon.metrics()
+    );
+
+    world.ms4.configure(json!({"lenient_sender": true}));
+    let (code, body) = common::post(
+        &format!("{}/dlq/replay", daemon.control),
+        &json!({"filter": {"stage": "deliver"}}).to_string(),
+    );
+    assert_eq!(code, 200, "{body}");
+    world.wait_delivered(20, MINUTES, &daemon);
+    assert!(wait_until(MINUTES, || world.xlen("markread") == 0
+        && world.pending("markread", "markers") == 0));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        world.dead_letters().is_empty(),
+        "{:?}",
+        world.dead_letters()
+    );
+    assert_eq!(listed(&folder).len(), 4, "left where the end put them");
+    assert_eq!(world.ms4.stats()["duplicate_records"], 0);
+    world.assert_drained();
+}

@@ -560,3 +560,115 @@ fn copies_in_a_recreated_folder_end_seen_or_moved_like_their_first_copies() {
     );
     w.assert_drained();
 }
+
+/// Invoice `n` with a sender that is not an address (`billing3-at-vendor2.example`): MS4
+/// refuses its record until it relaxes that rule (`lenient_sender`).
+fn refused(n: u64, tag: &str) -> Vec<u8> {
+    String::from_utf8(mime_message(n, tag, 1_500))
+        .unwrap()
+        .replacen("@vendor", "-at-vendor", 1)
+        .into_bytes()
+}
+
+/// Issue 15: dead letters end as the source chooses. `failing` (`after_delivery = "seen"`,
+/// `after_dead_letter = "move"` to `Ingestion failed`): the 4 invoices MS4 refuses and the one
+/// that cannot be a record (no From) end in that folder, each exactly once in the dead-letter
+/// stream however often the folder is polled, while the 20 delivered ones are \Seen in INBOX.
+/// `marker` (no after-delivery action, `after_dead_letter = "seen"`): its 3 refused invoices
+/// end \Seen, its delivered ones stay unseen. Once MS4 accepts them, the operator's replay
+/// delivers the 7 refused invoices; their after-delivery action finds nothing at their old
+/// UIDs (the move took them away) and is done, without a new dead letter. Before: the keys
+/// were unknown.
+#[test]
+fn refused_invoices_end_moved_or_seen_dead_lettered_once_and_a_replay_delivers_them() {
+    let w = World::new(&[]);
+    let mut dc = dovecot(&w, &[(USER, PASSWORD), (MOVER, PASSWORD)]);
+    let mut failing = messages(0..20, "f");
+    failing.extend((20..24).map(|n| refused(n, "f")));
+    failing.push(
+        b"Subject: nobody sent this\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\n\r\n?\r\n".to_vec(),
+    );
+    dc.deliver(USER, "INBOX", &failing).unwrap();
+    let mut marked = messages(100..110, "s");
+    marked.extend((110..113).map(|n| refused(n, "s")));
+    dc.deliver(MOVER, "INBOX", &marked).unwrap();
+    let created = imap(dc.port(), USER, &["CREATE \"Ingestion failed\"", "LOGOUT"]);
+    assert!(created.contains("t1 OK"), "{created}");
+    let sources = source(
+        "failing",
+        dc.port(),
+        USER,
+        PASSWORD,
+        "after_delivery = \"seen\"\nafter_dead_letter = \"move\"\ndead_letter_move_to = \"Ingestion failed\"",
+    ) + &source(
+        "marker",
+        dc.port(),
+        MOVER,
+        PASSWORD,
+        "after_dead_letter = \"seen\"",
+    );
+    let d = daemon(&w, &sources, &[]);
+    w.wait_delivered(30, Duration::from_secs(60), &d);
+    let port = dc.port();
+    let status = |user: &str| {
+        imap(
+            port,
+            user,
+            &[
+                "STATUS INBOX (MESSAGES UNSEEN)",
+                "STATUS \"Ingestion failed\" (MESSAGES)",
+                "LOGOUT",
+            ],
+        )
+    };
+    let ended = wait_until(Duration::from_secs(20), || {
+        status(USER).contains("INBOX (MESSAGES 20 UNSEEN 0)")
+            && status(USER).contains("\"Ingestion failed\" (MESSAGES 5)")
+            && status(MOVER).contains("INBOX (MESSAGES 13 UNSEEN 10)")
+    });
+    assert!(
+        ended,
+        "{} / {}\n{}",
+        status(USER),
+        status(MOVER),
+        d.log_tail(20)
+    );
+    // Polls go on (every second): nothing is dead-lettered twice.
+    std::thread::sleep(Duration::from_secs(3));
+    let dead = w.dead_letters();
+    assert_eq!(dead.len(), 8, "{dead:?}");
+    let by_stage = |stage: &str| dead.iter().filter(|d| d["stage"] == stage).count();
+    assert_eq!(
+        (by_stage("deliver"), by_stage("process")),
+        (7, 1),
+        "{dead:?}"
+    );
+    assert_eq!(
+        d.metric("ms1_imap_after_delivery_total{action=\"dead_letter_move\"}"),
+        5.0
+    );
+    assert_eq!(
+        d.metric("ms1_imap_after_delivery_total{action=\"dead_letter_seen\"}"),
+        3.0
+    );
+    assert_eq!(w.xlen("imapdone"), 0);
+
+    // MS4 relaxes the rule; the operator replays what it refused.
+    w.ms4.configure(serde_json::json!({"lenient_sender": true}));
+    let (code, body) = post(
+        &format!("{}/dlq/replay", d.control),
+        &serde_json::json!({"filter": {"stage": "deliver"}}).to_string(),
+    );
+    assert_eq!(code, 200, "{body}");
+    w.wait_delivered(37, Duration::from_secs(60), &d);
+    assert!(wait_until(Duration::from_secs(15), || w.xlen("imapdone")
+        == 0
+        && w.pending("imapdone", "imap_finishers") == 0));
+    std::thread::sleep(Duration::from_secs(2));
+    let dead = w.dead_letters();
+    assert_eq!(dead.len(), 1, "only the message without From: {dead:?}");
+    assert_eq!(dead[0]["stage"], "process");
+    assert!(status(USER).contains("\"Ingestion failed\" (MESSAGES 5)"));
+    assert_eq!(w.ms4.stats()["duplicate_records"], 0);
+    w.assert_drained();
+}

@@ -171,10 +171,9 @@ impl Pipeline {
                     shutdown.clone(),
                 );
                 graph_after_delivery = Some(Supervisor::start(move |_| {
+                    let graph_settings = settings.graph.clone();
                     after_delivery::Worker::new(store, settings, health, shutdown, move || {
-                        after_delivery::mark_read::MarkRead {
-                            graph: graph.clone(),
-                        }
+                        after_delivery::mark_read::MarkRead::new(graph.clone(), &graph_settings)
                     })
                 }));
             }

@@ -42,8 +42,11 @@ pub const POLLED: &str = "ms1_emails_polled_total";
 /// Webhook notifications by `outcome` (accepted, duplicate, backlogged, rejected_client_state,
 /// unknown_subscription, no_message_id, rejected_lifecycle, lifecycle).
 pub const WEBHOOK_NOTIFICATIONS: &str = "ms1_webhook_notifications_total";
-/// Messages marked read in Graph after MS4 accepted them.
+/// Messages marked read in Graph after MS4 accepted them (and dead-lettered ones with
+/// `graph.after_dead_letter = "mark_read"`).
 pub const MARKED_READ: &str = "ms1_emails_marked_read_total";
+/// Dead-lettered Graph messages moved to `graph.dead_letter_move_to`.
+pub const GRAPH_DEAD_LETTER_MOVED: &str = "ms1_graph_dead_letters_moved_total";
 /// 1 while MS4 accepts the API key, 0 after a 401/403 until a probe succeeds.
 pub const MS4_AUTH_OK: &str = "ms1_ms4_auth_ok";
 /// Entries not yet delivered to a consumer group, by `stream` and `group` (XINFO GROUPS lag).
@@ -54,7 +57,8 @@ pub const GROUP_PENDING: &str = "ms1_consumer_group_pending";
 pub const IMAP_RESYNCS: &str = "ms1_imap_uidvalidity_resets_total";
 /// IMAP failures by `source` and `kind` (connect, tls, login, token, folder, protocol, timeout).
 pub const IMAP_ERRORS: &str = "ms1_imap_errors_total";
-/// IMAP after-delivery actions done, by `action` (seen, move).
+/// IMAP after-delivery actions done, by `action` (seen, move; after a dead letter
+/// dead_letter_seen, dead_letter_move).
 pub const IMAP_AFTER_DELIVERY: &str = "ms1_imap_after_delivery_total";
 /// Inbound entries parked because Graph refuses their mailbox, by `mailbox`.
 pub const PARKED: &str = "ms1_entries_parked_total";

@@ -1,14 +1,16 @@
-//! IMAP after-delivery actions: `\\Seen` (`UID STORE +FLAGS.SILENT (\\Seen)`) or a move to
+//! IMAP after-delivery actions (and `after_dead_letter` ends, the same steps with their own
+//! folder): `\\Seen` (`UID STORE +FLAGS.SILENT (\\Seen)`) or a move to
 //! another folder (`UID MOVE`, or COPY + `\\Deleted` + `UID EXPUNGE` where MOVE is missing),
 //! applied to many UIDs per command over a connection per source kept apart from the
 //! poller's (which may be in IDLE). A folder whose UIDVALIDITY changed since the message was
 //! fetched, or a target folder that does not exist, is a refusal (dead letter); a connection
 //! failure is retried.
 
+use super::mark_read::dead_lettered;
 use super::{Action, Outcome};
 use crate::clients::imap::{Connector, ImapError, ImapFolder};
 use crate::metrics as m;
-use crate::settings::{AfterDelivery, ImapSource, Settings};
+use crate::settings::{AfterDeadLetter, AfterDelivery, ImapSource, Settings};
 use crate::store::keys::IMAP_AFTER_DELIVERY;
 use crate::store::{Entry, Keys};
 use std::collections::BTreeMap;
@@ -20,7 +22,8 @@ struct Target {
     folder: Option<ImapFolder>,
 }
 
-/// Applies each IMAP source's `after_delivery` action.
+/// Applies each IMAP source's `after_delivery` action, and its `after_dead_letter` end to
+/// the follow-ups of dead letters.
 pub(crate) struct ImapAction {
     targets: BTreeMap<String, Target>,
 }
@@ -71,12 +74,12 @@ impl Action for ImapAction {
         keys.imap_done()
     }
 
-    fn kind(&self, source: &str) -> String {
-        let action = self
+    fn kind(&self, source: &str, entry: &Entry) -> String {
+        let step = self
             .targets
             .get(source)
-            .map_or(AfterDelivery::None, |t| t.source.after_delivery);
-        format!("imap_{}", kind(action))
+            .map_or(Step::Nothing, |t| step(&t.source, dead_lettered(entry)));
+        format!("imap_{}", step.name(dead_lettered(entry)))
     }
 
     async fn act(&mut self, source: &str, entries: &[Entry]) -> Vec<Outcome> {
@@ -90,10 +93,10 @@ impl Action for ImapAction {
                 .map(|_| refuse("the IMAP source is no longer configured"))
                 .collect();
         };
-        let action = target.source.after_delivery;
         let mut out: Vec<Option<Outcome>> = vec![None; entries.len()];
-        // Entries grouped by the UIDVALIDITY they were fetched under.
-        let mut by_validity: BTreeMap<&str, Vec<(usize, u32)>> = BTreeMap::new();
+        // Entries grouped by their end (after delivery, after a dead letter) and the
+        // UIDVALIDITY they were fetched under.
+        let mut groups: BTreeMap<(bool, &str), Vec<(usize, u32)>> = BTreeMap::new();
         for (i, e) in entries.iter().enumerate() {
             let id = e
                 .field(crate::store::schema::follow_up::MESSAGE_ID)
@@ -102,12 +105,15 @@ impl Action for ImapAction {
                 .split_once(':')
                 .and_then(|(uv, uid)| Some((uv, uid.parse().ok()?)))
             {
-                Some((uv, uid)) => by_validity.entry(uv).or_default().push((i, uid)),
+                Some((uv, uid)) => groups
+                    .entry((dead_lettered(e), uv))
+                    .or_default()
+                    .push((i, uid)),
                 None => out[i] = Some(refuse("not a `uidvalidity:uid` id")),
             }
         }
         let mut unreachable: Option<String> = None;
-        for (uv, group) in by_validity {
+        for ((dead, uv), group) in groups {
             let uids: Vec<u32> = group.iter().map(|(_, u)| *u).collect();
             if let Some(why) = &unreachable {
                 // The source just failed: the other groups wait for the same retry.
@@ -116,10 +122,13 @@ impl Action for ImapAction {
                 }
                 continue;
             }
-            let outcome = match apply(target, action, uv, &uids).await {
+            // (Its own copy: `apply` needs the target mutably.)
+            let settings = target.source.clone();
+            let due = step(&settings, dead);
+            let outcome = match apply(target, due, uv, &uids).await {
                 Ok(()) => {
-                    if action != AfterDelivery::None {
-                        metrics::counter!(m::IMAP_AFTER_DELIVERY, "action" => kind(action))
+                    if due != Step::Nothing {
+                        metrics::counter!(m::IMAP_AFTER_DELIVERY, "action" => due.name(dead))
                             .increment(group.len() as u64);
                     }
                     Outcome::Done
@@ -149,22 +158,54 @@ impl Action for ImapAction {
     }
 }
 
-fn kind(action: AfterDelivery) -> &'static str {
-    match action {
-        AfterDelivery::None => "none",
-        AfterDelivery::Seen => "seen",
-        AfterDelivery::Move => "move",
+/// What is done to a message in its folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step<'a> {
+    Nothing,
+    Seen,
+    Move(&'a str),
+}
+
+impl Step<'_> {
+    /// Its name in metrics and dead letters (`seen`, `dead_letter_move`, …).
+    fn name(self, dead: bool) -> &'static str {
+        match (self, dead) {
+            (Step::Nothing, false) => "none",
+            (Step::Seen, false) => "seen",
+            (Step::Move(_), false) => "move",
+            (Step::Nothing, true) => "dead_letter_leave",
+            (Step::Seen, true) => "dead_letter_seen",
+            (Step::Move(_), true) => "dead_letter_move",
+        }
     }
 }
 
-/// Applies the source's action to `uids` of the folder, if the folder still has `uidvalidity`.
+/// The source's step after delivery, or after a dead letter (`dead`).
+fn step(source: &ImapSource, dead: bool) -> Step<'_> {
+    if dead {
+        return match source.after_dead_letter {
+            AfterDeadLetter::Leave => Step::Nothing,
+            AfterDeadLetter::Seen => Step::Seen,
+            AfterDeadLetter::Move => Step::Move(&source.dead_letter_move_to),
+        };
+    }
+    match source.after_delivery {
+        AfterDelivery::None => Step::Nothing,
+        AfterDelivery::Seen => Step::Seen,
+        AfterDelivery::Move => Step::Move(&source.move_to),
+    }
+}
+
+/// Applies `step` to `uids` of the folder, if the folder still has `uidvalidity`. A UID the
+/// folder no longer holds (the message was moved or deleted meanwhile, e.g. a replayed dead
+/// letter that its end moved away) is ignored by the server, as IMAP wants: nothing to do.
 async fn apply(
     target: &mut Target,
-    action: AfterDelivery,
+    step: Step<'_>,
     uidvalidity: &str,
     uids: &[u32],
 ) -> Result<(), Failure> {
-    if action == AfterDelivery::None {
+    if step == Step::Nothing {
         return Ok(());
     }
     let connector = target
@@ -184,10 +225,10 @@ async fn apply(
             selected.uid_validity
         )));
     }
-    match action {
-        AfterDelivery::Seen => folder.mark_seen(uids).await?,
-        AfterDelivery::Move => folder.move_to(uids, &target.source.move_to).await?,
-        AfterDelivery::None => {}
+    match step {
+        Step::Seen => folder.mark_seen(uids).await?,
+        Step::Move(to) => folder.move_to(uids, to).await?,
+        Step::Nothing => {}
     }
     Ok(())
 }

@@ -61,8 +61,8 @@ pub(crate) trait Action: 'static {
     const SOURCE: &'static str;
     /// The stream of follow-ups.
     fn stream(keys: &Keys) -> String;
-    /// The dead letter's `kind` for entries of `target`.
-    fn kind(&self, target: &str) -> String;
+    /// The dead letter's `kind` for `entry` of `target`.
+    fn kind(&self, target: &str, entry: &Entry) -> String;
     /// Does `entries` (all of one target); returns one outcome per entry, in order.
     async fn act(&mut self, target: &str, entries: &[Entry]) -> Vec<Outcome>;
     /// Releases connections at shutdown.
@@ -309,7 +309,6 @@ impl<A: Action> Run<A> {
             t.waiting.drain(..n).collect()
         };
         let outcomes = self.action.act(name, &round).await;
-        let kind = self.action.kind(name);
         let now_ms = crate::clock::now_ms();
         let mut done = Vec::new();
         let mut dead = Vec::new();
@@ -339,9 +338,10 @@ impl<A: Action> Run<A> {
                         key: String::new(),
                         entry_id: e.id.clone(),
                         response: String::new(),
-                        kind: kind.clone(),
+                        kind: self.action.kind(name, &e),
                         source: A::SOURCE.to_string(),
-                        carry: Vec::new(),
+                        // A dead-letter end replays as one.
+                        carry: crate::store::dlq::carried(&e, &[schema::follow_up::END]),
                     });
                 }
                 Outcome::Retry(reason) => {

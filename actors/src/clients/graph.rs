@@ -1,5 +1,5 @@
 //! The Microsoft Graph client: messages (delta and unread), single messages, attachment
-//! metadata, `$batch` mark-read, and subscriptions.
+//! metadata, `$batch` mark-read and move ([`batch`]), and subscriptions.
 //!
 //! Every request first takes a permit of its mailbox from the shared budget ([`GraphBudget`], answered by the RateLimiter) (at most
 //! `max_concurrent_per_mailbox` in flight and `requests_per_window` per window, across every
@@ -12,6 +12,7 @@
 //! [`admit`](GraphClient::admit) and sends under it: still one permit per request.
 
 mod answers;
+mod batch;
 
 use super::oauth::{OAuthError, TokenSource};
 use crate::messages::{AcquireGraph, GraphBudget, GraphPermit, PauseGraph};
@@ -393,80 +394,6 @@ impl GraphClient {
         let list: List = serde_json::from_slice(&body)
             .map_err(|e| GraphError::Transient(format!("unexpected attachments list: {e}")))?;
         Ok(list.value.into_iter().map(AttachmentMeta::from).collect())
-    }
-
-    /// Marks up to 20 messages read in one `$batch`; returns each message's status (200 done,
-    /// 404 gone, 429 throttled, …) in the order given.
-    pub(crate) async fn mark_read(
-        &self,
-        mailbox: &str,
-        ids: &[String],
-    ) -> Result<Vec<u16>, GraphError> {
-        assert!(ids.len() <= BATCH_MAX, "a $batch holds at most 20 requests");
-        #[derive(Deserialize)]
-        struct Reply {
-            #[serde(default)]
-            responses: Vec<Sub>,
-        }
-        #[derive(Deserialize)]
-        struct Sub {
-            id: String,
-            status: u16,
-            #[serde(default)]
-            headers: std::collections::HashMap<String, String>,
-        }
-        let requests: Vec<serde_json::Value> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| {
-                serde_json::json!({
-                    "id": (i + 1).to_string(),
-                    "method": "PATCH",
-                    "url": format!("/users/{}/messages/{}", segment(mailbox), segment(id)),
-                    "headers": {"Content-Type": "application/json"},
-                    "body": {"isRead": true},
-                })
-            })
-            .collect();
-        let body = serde_json::to_vec(&serde_json::json!({ "requests": requests }))
-            .expect("a batch serializes");
-        let url = format!("{}/$batch", self.base);
-        let reply = self
-            .call(
-                mailbox,
-                Method::POST,
-                &url,
-                Some(body),
-                None,
-                ids.len() as u32,
-            )
-            .await?;
-        let reply: Reply = serde_json::from_slice(&reply)
-            .map_err(|e| GraphError::Transient(format!("unexpected $batch answer: {e}")))?;
-        let mut statuses = vec![0u16; ids.len()];
-        let mut retry_after = None;
-        for r in reply.responses {
-            if let Some(slot) =
-                r.id.parse::<usize>()
-                    .ok()
-                    .and_then(|i| statuses.get_mut(i.wrapping_sub(1)))
-            {
-                *slot = r.status;
-            }
-            if r.status == 429 || r.status == 503 {
-                let d = r
-                    .headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
-                    .and_then(|(_, v)| super::ms4::parse_retry_after(v))
-                    .unwrap_or(DEFAULT_RETRY_AFTER);
-                retry_after = Some(retry_after.map_or(d, |p: Duration| p.max(d)));
-            }
-        }
-        if let Some(d) = retry_after {
-            self.pause(mailbox, d).await;
-        }
-        Ok(statuses)
     }
 
     /// `POST /subscriptions` for new mail in a mailbox's folder. Graph validates the

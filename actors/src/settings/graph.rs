@@ -53,6 +53,14 @@ pub struct GraphSettings {
     /// `delta` (deltaLink cursor) or `unread` (isRead filter; messages are marked read after
     /// MS4 accepted them).
     pub mode: GraphMode,
+    /// Once a message was dead-lettered (MS4 refused its record, or it cannot be one): `leave`
+    /// it unread, `mark_read` it, or `move` it to `dead_letter_move_to` (unread mode only), so
+    /// that refused invoices leave the unread listing.
+    pub after_dead_letter: GraphAfterDeadLetter,
+    /// Target folder of `after_dead_letter = "move"` in every mailbox: a well-known folder name
+    /// (`archive`, `junkemail`, …) or a folder id, as Graph's `destinationId` takes it (a
+    /// display name is not looked up: it need not be unique). It must exist.
+    pub dead_letter_move_to: String,
     /// Seconds between polls of a mailbox (webhook mode polls too, as a safety net).
     pub poll_interval_s: u64,
     /// Messages per page: `$top` (unread) and `Prefer: odata.maxpagesize` (delta).
@@ -111,6 +119,8 @@ impl Default for GraphSettings {
             tenants: Vec::new(),
             folder: "inbox".into(),
             mode: GraphMode::Delta,
+            after_dead_letter: GraphAfterDeadLetter::Leave,
+            dead_letter_move_to: String::new(),
             poll_interval_s: 60,
             page_size: 100,
             max_concurrent_per_mailbox: 4,
@@ -149,6 +159,7 @@ impl std::fmt::Debug for GraphSettings {
             .field("mailboxes", &self.mailboxes)
             .field("tenants", &self.tenants)
             .field("mode", &self.mode)
+            .field("after_dead_letter", &self.after_dead_letter)
             .finish_non_exhaustive()
     }
 }
@@ -603,4 +614,16 @@ impl GraphCredential {
 pub enum GraphMode {
     Delta,
     Unread,
+}
+
+/// What becomes of a Graph message once it was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphAfterDeadLetter {
+    /// Left unread.
+    Leave,
+    /// Marked read (`PATCH isRead`), as a delivered message is.
+    MarkRead,
+    /// Moved to `dead_letter_move_to` (`POST …/move`); it gets a new id there.
+    Move,
 }

@@ -16,7 +16,9 @@ mod tests;
 mod validate;
 
 use checks::{bad, endpoint, is_loopback_host};
-pub use graph::{GraphCloud, GraphCredential, GraphMode, GraphSettings, GraphTenant};
+pub use graph::{
+    GraphAfterDeadLetter, GraphCloud, GraphCredential, GraphMode, GraphSettings, GraphTenant,
+};
 pub use validate::hash_tag;
 
 /// The whole configuration, one struct per TOML section.
@@ -537,6 +539,11 @@ pub struct ImapSource {
     pub after_delivery: AfterDelivery,
     /// Target folder of `after_delivery = "move"`.
     pub move_to: String,
+    /// Once a message was dead-lettered (MS4 refused its record, or it cannot be one):
+    /// `leave` it as it is, set `seen`, or `move` it (to `dead_letter_move_to`).
+    pub after_dead_letter: AfterDeadLetter,
+    /// Target folder of `after_dead_letter = "move"` (e.g. `Ingestion failed`); it must exist.
+    pub dead_letter_move_to: String,
 }
 
 impl Default for ImapSource {
@@ -560,11 +567,20 @@ impl Default for ImapSource {
             idle: true,
             after_delivery: AfterDelivery::None,
             move_to: String::new(),
+            after_dead_letter: AfterDeadLetter::Leave,
+            dead_letter_move_to: String::new(),
         }
     }
 }
 
 impl ImapSource {
+    /// Whether its messages carry a follow-up target: some action is due after delivery or
+    /// after a dead letter.
+    pub fn has_follow_ups(&self) -> bool {
+        self.after_delivery != AfterDelivery::None
+            || self.after_dead_letter != AfterDeadLetter::Leave
+    }
+
     pub fn port(&self) -> u16 {
         match (self.port, self.tls) {
             (0, ImapTls::Implicit) => 993,
@@ -585,6 +601,7 @@ impl std::fmt::Debug for ImapSource {
             .field("auth", &self.auth)
             .field("folder", &self.folder)
             .field("after_delivery", &self.after_delivery)
+            .field("after_dead_letter", &self.after_dead_letter)
             .finish_non_exhaustive()
     }
 }
@@ -619,6 +636,49 @@ pub enum ImapAuth {
 pub enum AfterDelivery {
     None,
     Seen,
+    Move,
+}
+
+impl Settings {
+    /// Whether a message of `source` (`graph` or `imap`) and `mailbox` that carries a follow-up
+    /// target has an action once MS4 accepted it: always in Graph (unread mode carries them),
+    /// the source's `after_delivery` for IMAP (an unknown source: yes, the worker settles it).
+    pub fn acts_after_delivery(&self, source: &str, mailbox: &str) -> bool {
+        match source {
+            "imap" => self
+                .imap
+                .sources
+                .iter()
+                .find(|s| s.name == mailbox)
+                .is_none_or(|s| s.after_delivery != AfterDelivery::None),
+            _ => true,
+        }
+    }
+
+    /// Whether a dead letter from `source` (`graph` or `imap`) and `mailbox` (the Graph
+    /// mailbox, or the IMAP source's name) gets an end in its mailbox (`after_dead_letter`
+    /// other than `leave`).
+    pub fn ends_dead_letters(&self, source: &str, mailbox: &str) -> bool {
+        match source {
+            "imap" => self
+                .imap
+                .sources
+                .iter()
+                .any(|s| s.name == mailbox && s.after_dead_letter != AfterDeadLetter::Leave),
+            _ => self.graph.after_dead_letter != GraphAfterDeadLetter::Leave,
+        }
+    }
+}
+
+/// What becomes of an IMAP message once it was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterDeadLetter {
+    /// Left as it is (unseen, in the source folder).
+    Leave,
+    /// `\Seen` set.
+    Seen,
+    /// Moved to `dead_letter_move_to`.
     Move,
 }
 

@@ -43,6 +43,87 @@ fn imap_sources_are_checked_and_named_by_index() {
 }
 
 #[test]
+fn dead_letters_end_as_chosen_in_a_folder_of_their_own_and_graph_marks_them_read_only_in_unread_mode(
+) {
+    let mut s = Settings::default();
+    s.imap.sources = vec![imap_source()];
+    assert_eq!(
+        s.imap.sources[0].after_dead_letter,
+        AfterDeadLetter::Leave,
+        "leave is the default"
+    );
+    assert!(!s.imap.sources[0].has_follow_ups());
+    s.imap.sources[0].after_dead_letter = AfterDeadLetter::Seen;
+    s.validate().unwrap();
+    assert!(s.imap.sources[0].has_follow_ups());
+    assert!(s.ends_dead_letters("imap", "invoices"));
+    assert!(!s.ends_dead_letters("imap", "another"));
+    assert!(
+        !s.acts_after_delivery("imap", "invoices"),
+        "a target for its dead letters only"
+    );
+    s.imap.sources[0].after_dead_letter = AfterDeadLetter::Move;
+    let key = "imap.sources[0].dead_letter_move_to";
+    assert_eq!(s.validate().unwrap_err().key, key, "a folder is needed");
+    s.imap.sources[0].dead_letter_move_to = "INBOX".into();
+    assert_eq!(s.validate().unwrap_err().key, key, "not the source folder");
+    s.imap.sources[0].dead_letter_move_to = "Ingestion failed".into();
+    s.validate().unwrap();
+    s.imap.sources[0].after_delivery = AfterDelivery::Move;
+    s.imap.sources[0].move_to = "Ingestion failed".into();
+    assert_eq!(
+        s.validate().unwrap_err().key,
+        key,
+        "not the delivered folder"
+    );
+    s.imap.sources[0].move_to = "Processed".into();
+    s.validate().unwrap();
+    // Read by name; an unknown end is refused naming the values there are.
+    let src: ImapSource = serde_json::from_value(serde_json::json!({
+        "after_dead_letter": "move", "dead_letter_move_to": "Ingestion failed"
+    }))
+    .unwrap();
+    assert_eq!(src.after_dead_letter, AfterDeadLetter::Move);
+    let e = serde_json::from_value::<ImapSource>(serde_json::json!({
+        "after_dead_letter": "delete"
+    }))
+    .unwrap_err();
+    assert!(e.to_string().contains("leave"), "{e}");
+
+    assert_eq!(s.graph.after_dead_letter, GraphAfterDeadLetter::Leave);
+    s.graph.after_dead_letter = GraphAfterDeadLetter::MarkRead;
+    assert_eq!(
+        s.validate().unwrap_err().key,
+        "graph.after_dead_letter",
+        "delta mode leaves messages as they are"
+    );
+    s.graph.mode = GraphMode::Unread;
+    s.validate().unwrap();
+    let g = |end: &str| {
+        serde_json::from_value::<GraphSettings>(serde_json::json!({ "after_dead_letter": end }))
+    };
+    assert_eq!(
+        g("mark_read").unwrap().after_dead_letter,
+        GraphAfterDeadLetter::MarkRead
+    );
+    assert_eq!(
+        g("move").unwrap().after_dead_letter,
+        GraphAfterDeadLetter::Move
+    );
+    assert!(g("delete").is_err());
+    s.graph.after_dead_letter = GraphAfterDeadLetter::Move;
+    assert_eq!(s.validate().unwrap_err().key, "graph.dead_letter_move_to");
+    s.graph.dead_letter_move_to = "Inbox".into();
+    assert_eq!(
+        s.validate().unwrap_err().key,
+        "graph.dead_letter_move_to",
+        "not the folder read"
+    );
+    s.graph.dead_letter_move_to = "junkemail".into();
+    s.validate().unwrap();
+}
+
+#[test]
 fn debug_output_of_the_settings_shows_no_secret() {
     let mut s = Settings::default();
     s.redis.url = "redis://:redis-pw-1@10.0.0.1:6379".into();

@@ -327,8 +327,39 @@ impl Settings {
                     "must name a folder other than `folder` with after_delivery = move",
                 );
             }
+            if src.after_dead_letter == AfterDeadLetter::Move {
+                let target = src.dead_letter_move_to.trim();
+                if target.is_empty() || target == src.folder {
+                    return bad(
+                        key("dead_letter_move_to"),
+                        "must name a folder other than `folder` with after_dead_letter = move",
+                    );
+                }
+                if src.after_delivery == AfterDelivery::Move && target == src.move_to {
+                    return bad(
+                        key("dead_letter_move_to"),
+                        "must differ from `move_to`: refused and delivered messages would end in one folder",
+                    );
+                }
+            }
             if !src.ca_file.is_empty() && !std::path::Path::new(&src.ca_file).is_file() {
                 return bad(key("ca_file"), format!("{} is not a file", src.ca_file));
+            }
+        }
+        let g = &self.graph;
+        if g.after_dead_letter != GraphAfterDeadLetter::Leave && g.mode != GraphMode::Unread {
+            return bad(
+                "graph.after_dead_letter",
+                "mark_read and move need graph.mode = \"unread\" (delta mode leaves messages as they are)",
+            );
+        }
+        if g.after_dead_letter == GraphAfterDeadLetter::Move {
+            let target = g.dead_letter_move_to.trim();
+            if target.is_empty() || target.eq_ignore_ascii_case(&g.folder) {
+                return bad(
+                    "graph.dead_letter_move_to",
+                    "must name a folder other than graph.folder (a well-known name such as `archive`, or a folder id) with after_dead_letter = move",
+                );
             }
         }
         Ok(())

@@ -28,7 +28,7 @@
 use super::schedule::{Polled, Poller, PollerContext, Retry, Source, Wait, Waited};
 use crate::clients::imap::{Connector, Fetched, ImapError, ImapFolder, Part, Woken};
 use crate::messages::Intake;
-use crate::settings::{AfterDelivery, ImapSource, Settings};
+use crate::settings::{ImapSource, Settings};
 use crate::shutdown::Shutdown;
 use crate::store::imap::{lease_name, ChunkLink, FetchedChunk, FetchedMail, Omitted};
 use crate::store::{Store, StoreError};
@@ -287,7 +287,8 @@ impl ImapLoop {
             lease_ttl: self.lease_ttl(),
             source: name.clone(),
             uidvalidity,
-            after_delivery: self.source.after_delivery != AfterDelivery::None,
+            // Delivered or dead-lettered, the message may have an end in its folder.
+            after_delivery: self.source.has_follow_ups(),
             backlog: None,
             batch_size: self.settings.ms4.batch_size,
         };

@@ -7,8 +7,9 @@
 //! when MS4 has accepted the first copy, never before. So the MS4Sender records each record's
 //! end (`ended:{day}`: `1` accepted, `0` dead-lettered) in the transaction that finishes its
 //! batch, and a copy's follow-up is queued at once when its first copy has ended accepted,
-//! dropped when it was dead-lettered (the copy stays as the first one does), and otherwise
-//! waits (`followups:waiting`) until [`Store::drain_waiting`] finds the first copy's end.
+//! its dead-letter end (the source's `after_dead_letter`, nothing with `leave`) when the first
+//! was dead-lettered, so the copy ends as the first one did, and otherwise waits
+//! (`followups:waiting`) until [`Store::drain_waiting`] finds the first copy's end.
 
 use super::{FollowUp, Store, StoreResult};
 use redis::Script;
@@ -45,7 +46,7 @@ pub(crate) struct CopiesEnded {
     pub followed_up: u64,
     /// Follow-ups waiting for their first copy's end.
     pub waiting: u64,
-    /// Copies left as they are: their first copy was dead-lettered.
+    /// Copies whose first copy was dead-lettered: their dead-letter end is queued.
     pub first_dead_lettered: u64,
 }
 
@@ -127,8 +128,8 @@ impl Store {
     }
 
     /// One step through the follow-ups waiting for their first copy, from `cursor` (`0` to
-    /// start): queues those whose first copy was accepted, drops those whose first copy was
-    /// dead-lettered or that waited longer than `ttl_s`.
+    /// start): queues those whose first copy was accepted, the dead-letter ends of those whose
+    /// first copy was dead-lettered, and drops those that waited longer than `ttl_s`.
     pub(crate) async fn drain_waiting(&self, ttl_s: u64, cursor: &str) -> StoreResult<Drained> {
         let now = crate::clock::now_ms();
         let mut inv = DRAIN.prepare_invoke();

@@ -1,6 +1,6 @@
 -- Later copies of a message (its key was seen before) end in the state of the first copy: a
 -- copy whose first copy MS4 accepted gets its follow-up now (Graph mark read, IMAP \Seen or
--- move); a copy whose first copy was dead-lettered stays as it is (as the first does); a copy
+-- move); a copy whose first copy was dead-lettered gets its dead-letter end (as the first); a copy
 -- whose first copy is still on its way waits in the waiting hash until it ends (drained by
 -- drain_waiting.lua). The copies' inbound entries are acknowledged and deleted here, in the
 -- same step as their follow-ups.

@@ -14,15 +14,17 @@ local function first_copy_ended(days, key)
 end
 
 -- Ends one later copy whose follow-up is `source`, `mailbox`, `id`: queued on `stream` now if
--- its first copy was accepted (returns 1), nothing if it was dead-lettered (3), else kept in
--- the `waiting` hash under `key` (once: a follow-up already waiting is not added again) until
--- the first copy ends (2).
+-- its first copy was accepted (returns 1); if it was dead-lettered (3), its dead-letter end is
+-- queued (`end` = `dead_letter`: the worker applies the source's after_dead_letter, nothing
+-- with `leave`), so the copy ends as the first did; else kept in the `waiting` hash under `key`
+-- (once: a follow-up already waiting is not added again) until the first copy ends (2).
 local function end_copy(days, waiting, stream, key, source, mailbox, id, now)
   local state = first_copy_ended(days, key)
   if state == '1' then
     redis.call('XADD', stream, '*', 'mailbox', mailbox, 'message_id', id)
     return 1
   elseif state == '0' then
+    redis.call('XADD', stream, '*', 'mailbox', mailbox, 'message_id', id, 'end', 'dead_letter')
     return 3
   end
   local list = {}

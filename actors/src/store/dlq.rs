@@ -277,8 +277,10 @@ impl Store {
                             .arg(super::schema::follow_up::MAILBOX)
                             .arg(field(d::MAILBOX))
                             .arg(super::schema::follow_up::MESSAGE_ID)
-                            .arg(&payload)
-                            .ignore();
+                            .arg(&payload);
+                        // A refused dead-letter end comes back as one (`end`).
+                        push_carried(&mut pipe, e);
+                        pipe.ignore();
                     }
                     (_, "ref") => {
                         pipe.cmd("XADD")

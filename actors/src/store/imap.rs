@@ -55,7 +55,8 @@ pub(crate) struct FetchedChunk<'a> {
     pub uidvalidity: u32,
     /// The cursor after this chunk: every UID up to it was fetched (or does not exist).
     pub last_uid: u32,
-    /// The source has an after-delivery action.
+    /// The source has an after-delivery or an after-dead-letter action (its messages carry
+    /// their follow-up target).
     pub after_delivery: bool,
     pub mails: Vec<FetchedMail>,
 }

@@ -47,12 +47,16 @@ pub(crate) mod outbound {
 }
 
 /// A follow-up entry (`stream:markread`, `stream:imapdone`): what to do in the mailbox once
-/// MS4 accepted the message.
+/// MS4 accepted the message, or once it was dead-lettered.
 pub mod follow_up {
     /// The Graph mailbox, or the IMAP source's name.
     pub const MAILBOX: &str = "mailbox";
     /// The Graph message id, or `{uidvalidity}:{uid}` in the IMAP folder.
     pub const MESSAGE_ID: &str = "message_id";
+    /// Which end is due: absent after delivery (MS4 accepted the message), [`DEAD_LETTERED`]
+    /// once the message was dead-lettered (its source's `after_dead_letter`).
+    pub const END: &str = "end";
+    pub const DEAD_LETTERED: &str = "dead_letter";
 }
 
 /// A dead letter (`stream:dlq`): what failed, why, and what a replay puts back.

@@ -19,6 +19,8 @@ pub(crate) struct Handoff {
     pub outbound: Vec<OutboundRecord>,
     /// Entries that cannot become records.
     pub dead: Vec<DeadLetter>,
+    /// The `after_dead_letter` ends of those whose source wants one (queued with them).
+    pub dead_ends: Vec<FollowUp>,
     /// Inbound entry ids to acknowledge and delete (all of the chunk).
     pub done: Vec<String>,
     /// Entries dropped because their key was seen before (counted, not re-sent).
@@ -180,15 +182,18 @@ impl Store {
     /// Finishes what the MS4Sender delivered from `ids` (outbound entries, each wholly
     /// delivered or dead-lettered) in one MULTI/EXEC: the records MS4 rejected become dead
     /// letters, the follow-ups of the records it accepted (keys `delivered`) are queued (Graph
-    /// messages to mark read, IMAP after-delivery actions), each record's end is recorded for
-    /// later copies ([`copies`](super::copies)), and the entries are acknowledged and deleted. So a follow-up happens only after MS4 accepted the message and is never
-    /// forgotten, and a rejected record is dead-lettered exactly once.
+    /// messages to mark read, IMAP after-delivery actions), so are the `after_dead_letter` ends
+    /// of the rejected ones (`dead_ends`), each record's end is recorded for later copies
+    /// ([`copies`](super::copies)), and the entries are acknowledged and deleted. So a follow-up
+    /// happens only after MS4 accepted (or refused) the message and is never forgotten, and a
+    /// rejected record is dead-lettered exactly once.
     pub(crate) async fn finish_delivery(
         &self,
         ids: &[String],
         delivered: &[&str],
         follow_ups: &[FollowUp],
         dead: &[DeadLetter],
+        dead_ends: &[FollowUp],
         (dlq_maxlen, idempotency_ttl_s): (u64, u64),
     ) -> StoreResult<()> {
         if ids.is_empty() {
@@ -231,21 +236,40 @@ impl Store {
             .collect();
         self.push_ended(&mut pipe, &dead_keys, false, idempotency_ttl_s);
         for f in follow_ups {
-            let marks = match f.source {
-                "imap" => self.keys.imap_done(),
-                _ => self.keys.mark_read(),
-            };
-            pipe.cmd("XADD")
-                .arg(marks)
-                .arg("*")
-                .arg(super::schema::follow_up::MAILBOX)
-                .arg(&f.mailbox)
-                .arg(super::schema::follow_up::MESSAGE_ID)
-                .arg(&f.id)
-                .ignore();
+            self.push_follow_up(&mut pipe, f, false);
+        }
+        for f in dead_ends {
+            self.push_follow_up(&mut pipe, f, true);
         }
         let _: Value = pipe.query_async(&mut self.conn()).await?;
         Ok(())
+    }
+
+    /// Queues a follow-up in a transaction being built: the after-delivery action, or (with
+    /// `dead_lettered`) the source's `after_dead_letter` end, in the same transaction that
+    /// writes the dead letter, so it never runs before and is never lost.
+    pub(crate) fn push_follow_up(
+        &self,
+        pipe: &mut redis::Pipeline,
+        f: &FollowUp,
+        dead_lettered: bool,
+    ) {
+        use super::schema::follow_up as F;
+        let stream = match f.source {
+            "imap" => self.keys.imap_done(),
+            _ => self.keys.mark_read(),
+        };
+        pipe.cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg(F::MAILBOX)
+            .arg(&f.mailbox)
+            .arg(F::MESSAGE_ID)
+            .arg(&f.id);
+        if dead_lettered {
+            pipe.arg(F::END).arg(F::DEAD_LETTERED);
+        }
+        pipe.ignore();
     }
 
     /// Dead-letters entries and acknowledges them in one MULTI/EXEC.
@@ -369,6 +393,9 @@ impl Store {
         }
         for d in &h.dead {
             self.push_dead_letter(&mut pipe, d, dlq_maxlen);
+        }
+        for f in &h.dead_ends {
+            self.push_follow_up(&mut pipe, f, true);
         }
         for p in &h.parked {
             pipe.cmd("XADD")

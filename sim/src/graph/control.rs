@@ -384,6 +384,8 @@ pub(super) async fn sim_stats(state: web::Data<Shared>) -> HttpResponse {
 #[derive(Debug, Deserialize)]
 pub(super) struct MessagesQuery {
     mailbox: String,
+    /// A folder other than the inbox: the messages moved there.
+    folder: Option<String>,
 }
 
 /// `GET /_sim/messages?mailbox=…`: the mailbox's messages (not deleted), with `isRead`.
@@ -396,6 +398,13 @@ pub(super) async fn sim_messages(
         Ok(m) => m,
         Err(refusal) => return refusal.into_http(),
     };
+    if let Some(folder) = q
+        .folder
+        .as_deref()
+        .filter(|f| !f.eq_ignore_ascii_case("inbox"))
+    {
+        return HttpResponse::Ok().json(super::folders::moved_into(&s, mbx, folder));
+    }
     let mut out = String::from("[");
     let mut first = true;
     for m in s.mailboxes[mbx].messages.iter().filter(|m| !m.deleted) {

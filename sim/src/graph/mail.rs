@@ -52,6 +52,8 @@ impl State {
             ("GET", MailboxOp::Message(id)) => self.get_message(mbx, id, &q, call),
             ("PATCH", MailboxOp::Message(id)) => self.patch_message(mbx, id, call),
             ("GET", MailboxOp::Attachments(id)) => self.attachments(mbx, id, &q),
+            ("GET", MailboxOp::Folder(key)) => self.get_folder(mbx, key, call),
+            ("POST", MailboxOp::Move(id)) => self.move_message(mbx, id, call),
             _ => Err(GraphError::new(
                 405,
                 "MethodNotAllowed",
@@ -541,5 +543,54 @@ mod tests {
             .collect();
         keys.sort_unstable();
         assert_eq!(keys, ["@odata.type", "id", "name"]);
+    }
+
+    #[test]
+    fn a_message_moves_to_a_known_folder_under_a_new_id_and_leaves_the_unread_list() {
+        let mut s = State::new(&options(&["--messages-per-mailbox", "2"])).unwrap();
+        let mb = "/users/invoices-0@contoso.example";
+        let folder = json_of(
+            run(
+                &mut s,
+                &call("GET", &format!("{mb}/mailFolders/JunkEmail"), "", b""),
+            )
+            .unwrap(),
+        );
+        assert_eq!(folder["displayName"], "junkemail");
+        let to = folder["id"].as_str().unwrap().to_string();
+        let e = run(
+            &mut s,
+            &call("GET", &format!("{mb}/mailFolders/Nowhere"), "", b""),
+        )
+        .unwrap_err();
+        assert_eq!(e.status, 404);
+        let path = format!("{mb}/messages/AAMk-0-0/move");
+        let body = format!(r#"{{"destinationId":"{to}"}}"#);
+        let moved = run(&mut s, &call("POST", &path, "", body.as_bytes())).unwrap();
+        assert_eq!(moved.status, 201);
+        let m: Value = serde_json::from_str(moved.body.as_deref().unwrap()).unwrap();
+        assert_ne!(m["id"], "AAMk-0-0");
+        assert_eq!(m["parentFolderId"], to.as_str());
+        assert_eq!(
+            run(&mut s, &call("POST", &path, "", body.as_bytes()))
+                .unwrap_err()
+                .status,
+            404
+        );
+        let bad = run(
+            &mut s,
+            &call(
+                "POST",
+                &format!("{mb}/messages/AAMk-0-1/move"),
+                "",
+                br#"{"destinationId":"nope"}"#,
+            ),
+        );
+        assert_eq!(bad.unwrap_err().status, 400);
+        assert_eq!((s.mailboxes[0].live, s.mailboxes[0].unread), (1, 1));
+        assert_eq!(
+            super::super::folders::moved_into(&s, 0, "junkemail").len(),
+            1
+        );
     }
 }

@@ -73,6 +73,10 @@ pub(super) struct Mailbox {
     /// An application access policy excludes this mailbox: every request on it gets 403
     /// `ErrorAccessDenied` (`/_sim/config` `deny_mailboxes`).
     pub(super) denied: bool,
+    /// Folders made by `POST /_sim/folders`, and the messages moved out of the inbox
+    /// ([`folders`](super::folders)).
+    pub(super) folders: Vec<super::folders::Folder>,
+    pub(super) moved: Vec<super::folders::Moved>,
 }
 
 impl Mailbox {
@@ -96,6 +100,8 @@ impl Mailbox {
             counters: MailboxCounters::default(),
             denied: false,
             pollers: PollerLog::default(),
+            folders: Vec::new(),
+            moved: Vec::new(),
         }
     }
 
@@ -157,21 +163,30 @@ impl Mailbox {
         let mut deleted = 0;
         let mut i = self.first_live;
         while deleted < count && i < self.messages.len() {
-            let m = &mut self.messages[i];
-            if !m.deleted {
-                m.deleted = true;
-                m.version += 1;
-                if !m.is_read {
-                    self.unread -= 1;
-                }
-                self.live -= 1;
-                self.changes.push(Change::Removed(i));
+            if self.remove(i) {
                 deleted += 1;
             }
             i += 1;
         }
         self.advance_hints();
         deleted
+    }
+
+    /// Takes message `i` out of the folder (deleted, or moved away): delta reports it
+    /// `@removed`. Returns whether it was there. (The caller advances the hints.)
+    pub(super) fn remove(&mut self, i: usize) -> bool {
+        let m = &mut self.messages[i];
+        if m.deleted {
+            return false;
+        }
+        m.deleted = true;
+        m.version += 1;
+        if !m.is_read {
+            self.unread -= 1;
+        }
+        self.live -= 1;
+        self.changes.push(Change::Removed(i));
+        true
     }
 
     /// Sets `isRead`; returns whether it changed.
@@ -193,7 +208,7 @@ impl Mailbox {
     }
 
     /// Moves `first_live` and `first_unread` past deleted (and read) messages.
-    fn advance_hints(&mut self) {
+    pub(super) fn advance_hints(&mut self) {
         while self
             .messages
             .get(self.first_live)

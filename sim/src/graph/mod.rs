@@ -29,7 +29,9 @@
 //!   private Dovecot's oauth2 passdb: a token this simulator issued and that has not expired is
 //!   `active` for the `--introspect-user` (so IMAP `XOAUTH2` logs in as that user).
 //! - Control under `/_sim/*`: `mail`, `delete`, `expire-delta`, `throttle`, `notify`,
-//!   `lifecycle`, `config`, `stats`, `messages`.
+//!   `lifecycle`, `config`, `stats`, `messages` (`&folder=`: those moved there), `folders`.
+//! - Folders to move messages to (`folders`): by well-known name or id, and
+//!   `POST /users/{u}/messages/{id}/move`.
 //!
 //! Messages are serialized once when they arrive (property by property, so `$select` is a
 //! filter over ready-made fragments) and kept per mailbox in a `Vec` in arrival order; pages
@@ -56,6 +58,7 @@ mod batch;
 mod codecs;
 mod control;
 mod cursors;
+mod folders;
 mod handlers;
 mod mail;
 mod mailboxes;
@@ -253,6 +256,7 @@ pub async fn serve(opts: GraphSimOptions) -> anyhow::Result<()> {
             .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
             .route("/_sim/stats", web::get().to(sim_stats))
             .route("/_sim/messages", web::get().to(sim_messages))
+            .route("/_sim/folders", web::post().to(folders::sim_folders))
             .route("/_sim/config", web::post().to(sim_config))
             .route("/_sim/mail", web::post().to(sim_mail))
             .route("/_sim/delete", web::post().to(sim_delete))

@@ -32,10 +32,18 @@ pub(super) struct Call<'a> {
 /// What a request on a mailbox asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum MailboxOp {
-    List { folder: Option<String> },
-    Delta { folder: String },
+    List {
+        folder: Option<String>,
+    },
+    Delta {
+        folder: String,
+    },
     Message(String),
     Attachments(String),
+    /// `GET /users/{u}/mailFolders/{folder}`: one folder, by well-known name or id.
+    Folder(String),
+    /// `POST /users/{u}/messages/{id}/move`.
+    Move(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +86,7 @@ pub(super) fn parse_route(path: &str) -> Result<Route, GraphError> {
     let op = if is(2, "mailFolders") {
         let folder = segs.get(3).cloned().ok_or_else(unknown)?;
         match segs.len() {
+            4 => MailboxOp::Folder(folder),
             5 if is(4, "messages") => MailboxOp::List {
                 folder: Some(folder),
             },
@@ -91,6 +100,7 @@ pub(super) fn parse_route(path: &str) -> Result<Route, GraphError> {
             3 => MailboxOp::List { folder: None },
             4 => MailboxOp::Message(segs[3].clone()),
             5 if is(4, "attachments") => MailboxOp::Attachments(segs[3].clone()),
+            5 if is(4, "move") => MailboxOp::Move(segs[3].clone()),
             _ => return Err(unknown()),
         }
     } else {
@@ -245,6 +255,7 @@ mod tests {
             "/users/x",
             "/users/x/mailFolders",
             "/users/x/mailFolders/inbox/messages/delta/more",
+            "/users/x/messages/AAMk-0-1/move/more",
             "/users/x/messages/id/attachments/1",
             "/subscriptions/a/b",
         ] {

@@ -411,6 +411,11 @@ impl Work {
         } = chunk;
         let mut handoff = Handoff {
             dead: plan.dead,
+            dead_ends: plan
+                .dead_targets
+                .into_iter()
+                .filter(|f| self.settings.ends_dead_letters(f.source, &f.mailbox))
+                .collect(),
             done: entries.iter().map(|e| e.id.clone()).collect(),
             outbound: Vec::with_capacity(plan.records.len()),
             duplicates: 0,

@@ -15,6 +15,9 @@ use std::collections::HashMap;
 pub(super) struct ChunkPlan {
     pub(super) records: Vec<OutboundRecord>,
     pub(super) dead: Vec<DeadLetter>,
+    /// The follow-up targets of the dead letters that have one (the message in its mailbox),
+    /// for the sources' `after_dead_letter`.
+    pub(super) dead_targets: Vec<FollowUp>,
     pub(super) parked: Vec<ParkedEntry>,
     /// Records renamed because an earlier entry of the chunk had their key and other content.
     pub(super) key_conflicts: u64,
@@ -92,6 +95,7 @@ pub(super) fn plan_chunk(
                     .field(f::MESSAGE_ID)
                     .or(fields.payload)
                     .unwrap_or_default();
+                plan.dead_targets.extend(dead_target(e, fields.payload));
                 plan.dead.push(dead(reason.clone(), *status, what));
                 continue;
             }
@@ -134,11 +138,14 @@ pub(super) fn plan_chunk(
                     mark_read,
                 });
             }
-            Err(reason) => plan.dead.push(dead(
-                reason.to_string(),
-                0,
-                fields.payload.unwrap_or_default(),
-            )),
+            Err(reason) => {
+                plan.dead_targets.extend(dead_target(e, fields.payload));
+                plan.dead.push(dead(
+                    reason.to_string(),
+                    0,
+                    fields.payload.unwrap_or_default(),
+                ));
+            }
         }
     }
     plan
@@ -172,6 +179,36 @@ pub(super) fn follow_up(e: &Entry, record: &crate::model::Ms4Record) -> Option<F
             id: format!("{}:{}", e.field(f::UIDVALIDITY)?, e.field(f::UID)?),
         }),
     }
+}
+
+/// Where a message that cannot be a record is in its mailbox, when its source has follow-ups:
+/// the IMAP UID, or the Graph id (the ref's, else the `id` of the message, if it has one).
+fn dead_target(e: &Entry, payload: Option<&str>) -> Option<FollowUp> {
+    use crate::store::schema::inbound as f;
+    if e.field(f::FOLLOW_UP) != Some("1") {
+        return None;
+    }
+    let mailbox = e.field(f::MAILBOX)?.to_string();
+    if e.field(f::SOURCE) == Some("imap") {
+        return Some(FollowUp {
+            source: "imap",
+            mailbox,
+            id: format!("{}:{}", e.field(f::UIDVALIDITY)?, e.field(f::UID)?),
+        });
+    }
+    let id = match e.field(f::MESSAGE_ID) {
+        Some(id) => id.to_string(),
+        None => serde_json::from_str::<serde_json::Value>(payload?)
+            .ok()?
+            .get("id")?
+            .as_str()?
+            .to_string(),
+    };
+    (!id.is_empty()).then_some(FollowUp {
+        source: "graph",
+        mailbox,
+        id,
+    })
 }
 
 #[cfg(test)]
@@ -214,5 +251,33 @@ mod tests {
         assert_eq!(plan.dead[0].entry_id, "2-0");
         assert_eq!(plan.dead[0].payload, "{broken");
         assert!(plan.dead[0].reason.contains("not a Graph message"));
+        assert!(plan.dead_targets.is_empty(), "no follow-up asked for");
+    }
+
+    #[test]
+    fn a_message_that_cannot_be_a_record_keeps_where_it_is_for_its_dead_letter_end() {
+        let with = |mut e: Entry, fields: &[(&str, &str)]| {
+            e.fields.push(("mark_read".into(), "1".into()));
+            e.fields
+                .extend(fields.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            e
+        };
+        let no_from = r#"{"id":"AAMk1","receivedDateTime":"2026-01-01T00:00:00Z"}"#;
+        let entries = vec![
+            with(entry("1-0", no_from), &[]),
+            with(entry("2-0", "{broken"), &[]),
+            with(
+                entry("3-0", "not mime"),
+                &[("source", "imap"), ("uid", "42"), ("uidvalidity", "7")],
+            ),
+        ];
+        let plan = plan_chunk(&entries, &vec![Resolution::AsIs; 3], Default::default());
+        assert_eq!(plan.dead.len(), 3);
+        let ids: Vec<(&str, &str)> = plan
+            .dead_targets
+            .iter()
+            .map(|f| (f.source, f.id.as_str()))
+            .collect();
+        assert_eq!(ids, [("graph", "AAMk1"), ("imap", "7:42")]);
     }
 }

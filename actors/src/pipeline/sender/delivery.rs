@@ -32,6 +32,7 @@ impl Core {
                     .collect::<Vec<_>>(),
                 &outcome.follow_ups,
                 &outcome.dead,
+                &outcome.dead_ends,
                 (
                     self.settings.redis.dlq_maxlen,
                     self.settings.redis.idempotency_ttl_s,
@@ -58,20 +59,38 @@ pub(super) struct Outcome {
     follow_ups: Vec<FollowUp>,
     /// Records MS4 rejected.
     dead: Vec<DeadLetter>,
+    /// The `after_dead_letter` ends of those whose source wants one.
+    dead_ends: Vec<FollowUp>,
 }
 
 impl Outcome {
-    fn accepted(&mut self, records: &[Entry]) {
+    /// `records` were accepted; their follow-ups are due where `acts` says the source has an
+    /// action after delivery (an IMAP source may carry targets for its dead letters only).
+    fn accepted(&mut self, records: &[Entry], acts: impl Fn(&FollowUp) -> bool) {
         self.delivered.extend(
             records
                 .iter()
                 .map(|r| r.field(F::KEY).unwrap_or_default().to_string()),
         );
-        self.follow_ups
-            .extend(records.iter().filter_map(outbound::follow_up_of));
+        self.follow_ups.extend(
+            records
+                .iter()
+                .filter_map(outbound::follow_up_of)
+                .filter(|f| acts(f)),
+        );
     }
 
-    fn rejected(&mut self, record: &Entry, status: u16, body: &str, attempts: u32, first_ms: u64) {
+    /// `record` is dead-lettered with MS4's answer; its follow-up target gets the source's
+    /// `after_dead_letter` end when `ends` says the source wants one.
+    fn rejected(
+        &mut self,
+        record: &Entry,
+        (status, body): (u16, &str),
+        (attempts, first_ms): (u32, u64),
+        ends: impl Fn(&FollowUp) -> bool,
+    ) {
+        self.dead_ends
+            .extend(outbound::follow_up_of(record).filter(|f| ends(f)));
         tracing::warn!(entry = %record.id, key = record.field(F::KEY).unwrap_or_default(), status, "MS4 rejected a record: dead-lettered");
         self.dead.push(DeadLetter {
             stage: Stage::Deliver,
@@ -189,7 +208,9 @@ async fn deliver_part(core: &Core, mut part: Part, stack: &mut Vec<Part>, outcom
         core.report(turn, Some(&verdict));
         match verdict {
             Verdict::Accepted => {
-                outcome.accepted(&part.entries);
+                outcome.accepted(&part.entries, |f| {
+                    core.settings.acts_after_delivery(f.source, &f.mailbox)
+                });
                 let now = now_ms();
                 metrics::counter!(m::DELIVERED).increment(part.entries.len() as u64);
                 let latency = metrics::histogram!(m::END_TO_END);
@@ -205,7 +226,12 @@ async fn deliver_part(core: &Core, mut part: Part, stack: &mut Vec<Part>, outcom
             Verdict::Reject { status, body } => {
                 let first = *part.first_failure_ms.get_or_insert_with(now_ms);
                 if part.entries.len() == 1 {
-                    outcome.rejected(&part.entries[0], status, &body, part.attempts, first);
+                    outcome.rejected(
+                        &part.entries[0],
+                        (status, &body),
+                        (part.attempts, first),
+                        |f| core.settings.ends_dead_letters(f.source, &f.mailbox),
+                    );
                 } else {
                     tracing::info!(
                         records = part.entries.len(),

@@ -352,7 +352,8 @@ async fn feed(
     core.store.ensure_group(&outbound, SENDERS).await?;
     core.health.set_redis(true);
 
-    // Claimed entries waiting for a batch (at most one batch's worth, within the byte budget).
+    // Entries waiting for a batch: claimed ones (at most one batch's worth, within the byte
+    // budget), or read ahead for the free slots (within the bytes free).
     let mut backlog: VecDeque<Entry> = VecDeque::new();
     // This consumer's own pending entries (held before it stopped) are re-sent first, read in
     // budgeted steps from this cursor; `None` once all were read.
@@ -417,6 +418,28 @@ async fn feed(
             let _ =
                 tokio::time::timeout(Duration::from_millis(200), core.slot_freed.notified()).await;
             continue;
+        }
+        let slots = s.ms4.max_in_flight - core.in_flight.get();
+        if backlog.is_empty() && own.is_none() && slots > 1 {
+            // An outbound entry holds a batch: read one for each free slot in one call (within
+            // the bytes free), instead of one call a slot. While the processor hands off large
+            // chunks, each call waits behind one in Redis; at batch 50 these reads were what
+            // held deliveries back.
+            let free = s
+                .ms4
+                .max_in_flight_bytes
+                .saturating_sub(core.in_flight_bytes.get());
+            let (ahead, _) = core
+                .store
+                .read_new_budgeted(
+                    &outbound,
+                    SENDERS,
+                    &core.consumer,
+                    ReadBudget::new(slots, free.max(1)),
+                    None,
+                )
+                .await?;
+            backlog.extend(ahead);
         }
         let batch = form_batch(&core, &blocking, &mut backlog, &mut own, &shutdown).await?;
         if batch.is_empty() {

@@ -520,7 +520,10 @@ mod tests {
             list("receivedDateTime ge 2026-01-01T00:00:02Z and isRead eq false"),
             ["AAMk-0-2", "AAMk-0-3"]
         );
-        assert_eq!(mb.last_received_ms, 1_767_225_603_000, "the newest stays newest");
+        assert_eq!(
+            mb.last_received_ms, 1_767_225_603_000,
+            "the newest stays newest"
+        );
     }
 
     #[test]

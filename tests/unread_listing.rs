@@ -102,7 +102,7 @@ fn polls_with_stuck_messages(stuck: u64) -> ListingCost {
     // One round before counting: the first listings (the first of all reads the folder from
     // its start) are behind once a new message is delivered and the overlap has passed.
     let mut delivered = 0;
-    let mut round = |delivered: &mut u64| {
+    let round = |delivered: &mut u64| {
         world.mail(mailbox, PER_ROUND);
         *delivered += PER_ROUND;
         world.wait_delivered(*delivered, MINUTES, &daemon);

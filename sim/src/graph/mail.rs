@@ -68,7 +68,7 @@ impl State {
         let opens = q.get("$skiptoken").is_none() && q.get("$skip").is_none();
         let c = &mut self.mailboxes[mbx].counters;
         c.list_starts += u64::from(opens);
-        if filter.from_the_start() {
+        if filter.reads_the_whole_folder() {
             c.full_list_requests += 1;
             c.full_list_starts += u64::from(opens);
         }

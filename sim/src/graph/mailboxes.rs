@@ -38,7 +38,7 @@ pub(super) struct MailboxCounters {
     /// List requests that open a listing (no `$skiptoken`/`$skip`): one per poll.
     pub(super) list_starts: u64,
     /// List requests (any page) of listings that read the folder from its start
-    /// ([`ListFilter::from_the_start`]), and how many such listings were opened.
+    /// ([`ListFilter::reads_the_whole_folder`]), and how many such listings were opened.
     pub(super) full_list_requests: u64,
     pub(super) full_list_starts: u64,
     pub(super) delta_requests: u64,
@@ -502,7 +502,7 @@ mod tests {
     }
 
     #[test]
-    fn a_message_moved_in_with_an_old_date_is_listed_from_the_start_but_not_since_a_recent_time() {
+    fn an_old_message_moved_in_is_listed_with_the_whole_folder_not_since_a_recent_time() {
         let mut mb = Mailbox::new(0, UPN);
         for n in 0..4 {
             mb.append(draft(n, UPN, true), 1_767_225_600_000 + n as i64 * 1000);

@@ -219,7 +219,7 @@ impl ListFilter {
 
     /// Whether the listing reads the folder from its start: no lower bound on receivedDateTime
     /// after 2000-01-01 (the contract's `ge 1900-01-01T00:00:00Z`), rather than from a recent time.
-    pub(super) fn from_the_start(&self) -> bool {
+    pub(super) fn reads_the_whole_folder(&self) -> bool {
         const Y2000_MS: i64 = 946_684_800_000;
         !self
             .received

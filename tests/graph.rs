@@ -483,7 +483,10 @@ fn the_page_script_queues_a_key_once_per_page_and_honours_both_marks() {
         .arg("mb")
         .arg("")
         .arg(3600)
-        .arg(0);
+        .arg(0)
+        .arg("")
+        .arg("")
+        .arg("");
     for (key, digest) in page {
         invocation
             .key(format!("ms1:queued:{key}"))

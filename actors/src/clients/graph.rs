@@ -99,6 +99,8 @@ pub struct PageItem {
     pub internet_message_id: Option<String>,
     /// `@removed` (deleted or moved out): not a new message.
     pub removed: bool,
+    /// Its `receivedDateTime` in ms since the epoch (`None` when absent or unreadable).
+    pub received_ms: Option<i64>,
     /// [`content_digest`](crate::model::content_digest) of the sender, subject and
     /// `sentDateTime` ("" without a sender), read in the same pass as the rest of the head.
     pub content_digest: String,
@@ -133,6 +135,7 @@ struct ItemHead {
     from: Option<HeadFrom>,
     subject: Option<String>,
     sent_date_time: Option<String>,
+    received_date_time: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -172,6 +175,10 @@ pub fn parse_page(body: &[u8]) -> Result<Page, GraphError> {
             id: head.id,
             internet_message_id: head.internet_message_id,
             removed: head.removed.is_some(),
+            received_ms: head
+                .received_date_time
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+                .map(|t| t.timestamp_millis()),
         });
     }
     Ok(Page {
@@ -337,10 +344,23 @@ impl GraphClient {
         )
     }
 
-    /// First URL of the unread listing (the seed's filter, oldest first).
-    pub(crate) fn unread_url(&self, mailbox: &str, folder: &str, top: u32) -> String {
+    /// First URL of the unread listing (the seed's filter, oldest first): of the messages
+    /// received since `since_ms` (whole seconds, rounded down), or of the whole folder.
+    pub(crate) fn unread_url(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        top: u32,
+        since_ms: Option<i64>,
+    ) -> String {
+        let since = since_ms
+            .and_then(|ms| chrono::DateTime::from_timestamp(ms.div_euclid(1000), 0))
+            .map_or_else(
+                || "1900-01-01T00:00:00Z".to_string(),
+                |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            );
         format!(
-            "{}/users/{}/mailFolders/{}/messages?$filter=receivedDateTime%20ge%201900-01-01T00:00:00Z%20and%20isRead%20eq%20false&$orderby=receivedDateTime&$top={top}&$select={SELECT}{}",
+            "{}/users/{}/mailFolders/{}/messages?$filter=receivedDateTime%20ge%20{since}%20and%20isRead%20eq%20false&$orderby=receivedDateTime&$top={top}&$select={SELECT}{}",
             self.base,
             segment(mailbox),
             segment(folder),

@@ -65,6 +65,15 @@ pub struct GraphSettings {
     pub poll_interval_s: u64,
     /// Messages per page: `$top` (unread) and `Prefer: odata.maxpagesize` (delta).
     pub page_size: u32,
+    /// Unread mode: a poll lists the messages received since the start of the previous
+    /// complete listing, less this many seconds (0-86,400), for the messages Exchange shows
+    /// late (eventual consistency, clock skew between its servers, between daemons). The
+    /// intake marks skip the repeats the overlap lists again.
+    pub unread_overlap_s: u64,
+    /// Unread mode: a listing from the folder's start (a sweep) at least this often, in
+    /// seconds (0-604,800; 0: every poll, as before issue 15), for messages with an older
+    /// receivedDateTime (moved in from another folder, marked unread again).
+    pub unread_sweep_s: u64,
     /// Requests in flight at once per mailbox, across every daemon on the same Redis (Graph: 4).
     pub max_concurrent_per_mailbox: u32,
     /// Requests per mailbox per `window_s`, across every daemon (Graph: 10,000 per 10 min).
@@ -123,6 +132,8 @@ impl Default for GraphSettings {
             dead_letter_move_to: String::new(),
             poll_interval_s: 60,
             page_size: 100,
+            unread_overlap_s: 300,
+            unread_sweep_s: 3_600,
             max_concurrent_per_mailbox: 4,
             requests_per_window: 10_000,
             window_s: 600,

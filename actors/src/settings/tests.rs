@@ -318,6 +318,31 @@ fn settings_that_cannot_work_are_refused_naming_their_key() {
 }
 
 #[test]
+fn the_unread_listing_window_is_bounded_and_zero_means_a_sweep_every_poll() {
+    let d = Settings::default();
+    assert_eq!(
+        (d.graph.unread_overlap_s, d.graph.unread_sweep_s),
+        (300, 3_600)
+    );
+    let with = |overlap: u64, sweep: u64| {
+        let mut s = Settings::default();
+        s.graph.unread_overlap_s = overlap;
+        s.graph.unread_sweep_s = sweep;
+        s.validate()
+    };
+    for (overlap, sweep) in [(0, 0), (86_400, 604_800), (2, 8)] {
+        with(overlap, sweep).unwrap();
+    }
+    assert_eq!(
+        with(86_401, 3_600).unwrap_err().key,
+        "graph.unread_overlap_s"
+    );
+    let e = with(300, 604_801).unwrap_err();
+    assert_eq!(e.key, "graph.unread_sweep_s");
+    assert!(e.problem.contains("every poll"), "{e}");
+}
+
+#[test]
 fn defaults_are_valid() {
     Settings::default().validate().unwrap();
 }

@@ -141,6 +141,18 @@ impl Settings {
         if !(1..=1_000).contains(&g.page_size) {
             return bad("graph.page_size", "must be between 1 and 1000");
         }
+        if g.unread_overlap_s > 86_400 {
+            return bad(
+                "graph.unread_overlap_s",
+                "must be between 0 and 86400 (one day)",
+            );
+        }
+        if g.unread_sweep_s > 604_800 {
+            return bad(
+                "graph.unread_sweep_s",
+                "must be between 0 (every poll) and 604800 (a week)",
+            );
+        }
         if g.max_concurrent_per_mailbox == 0 {
             return bad("graph.max_concurrent_per_mailbox", "must be at least 1");
         }

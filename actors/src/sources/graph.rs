@@ -11,7 +11,10 @@
 //!   A 410 Gone (expired cursor) restarts the full sync; intake marks (`queued:{key}`) and the
 //!   processor's idempotency marks keep MS4 free of repeats.
 //! - **Unread mode**: the seed's `isRead eq false` listing; delivered messages are marked read
-//!   by the [after-delivery worker](crate::after_delivery) only after MS4 accepted them.
+//!   by the [after-delivery worker](crate::after_delivery) only after MS4 accepted them. A
+//!   poll lists only the messages received since the last complete listing (less an overlap),
+//!   with a listing of the whole folder every `graph.unread_sweep_s` ([`UnreadListing`]): a
+//!   poll costs what is new, not what stays unread.
 //! - Polls every `graph.poll_interval_s` and at once on [`TriggerPoll`]; waits while the
 //!   backlog is above `pipeline.max_backlog`; transient Graph failures back off and retry.
 
@@ -19,6 +22,7 @@ use crate::clients::graph::{Admitted, GraphClient, GraphError, Page};
 use crate::clients::graph_tenants::GraphTenants;
 
 use super::schedule::{Polled, Poller, PollerContext, Retry, Source};
+use super::unread_listing::UnreadListing;
 use super::wait_for_backlog;
 use crate::settings::{GraphMode, Settings};
 use crate::shutdown::Shutdown;
@@ -143,6 +147,7 @@ impl PollLoop {
     /// it was read after the write, and leaves at most the page being written to repeat.
     async fn poll_once(&self) -> Result<PollEnd, PollError> {
         let g = &self.settings.graph;
+        let mut listing = None;
         let mut url = match g.mode {
             GraphMode::Delta => self
                 .store
@@ -150,7 +155,16 @@ impl PollLoop {
                 .await?
                 .link
                 .unwrap_or_else(|| self.graph.delta_url(&self.mailbox, &g.folder)),
-            GraphMode::Unread => self.graph.unread_url(&self.mailbox, &g.folder, g.page_size),
+            GraphMode::Unread => {
+                let mark = self.store.unread_mark(&self.mailbox).await?;
+                let l = UnreadListing::plan(&mark, now_ms(), g.unread_overlap_s, g.unread_sweep_s);
+                tracing::debug!(sweep = l.is_sweep(), since_ms = ?l.since_ms, "unread listing");
+                let url = self
+                    .graph
+                    .unread_url(&self.mailbox, &g.folder, g.page_size, l.since_ms);
+                listing = Some(l);
+                url
+            }
         };
         let mut added = 0;
         // The next page, read while the one before it was written.
@@ -168,7 +182,14 @@ impl PollLoop {
                     Ready::Draining => return Ok(PollEnd::Done { added }),
                 },
             };
-            let polled = self.polled(&page);
+            let mut polled = self.polled(&page);
+            if let Some(l) = listing.as_mut() {
+                l.saw(&page);
+                if page.next_link.is_none() {
+                    // The listing is complete once this page is written: its mark goes with it.
+                    polled.unread_mark = Some(l.mark_after(now_ms()));
+                }
+            }
             let written = match (next, page.next_link.as_deref()) {
                 (Some(admitted), Some(link)) => {
                     let read = self.read_ahead(admitted, link);
@@ -268,6 +289,7 @@ impl PollLoop {
             next,
             phase,
             mark_read: mode == GraphMode::Unread,
+            unread_mark: None,
         }
     }
 
@@ -282,6 +304,11 @@ impl PollLoop {
             )
             .await
     }
+}
+
+/// The daemon's clock in ms, as the unread listings' marks hold it.
+fn now_ms() -> i64 {
+    i64::try_from(crate::clock::now_ms()).unwrap_or(i64::MAX)
 }
 
 /// Longest a read ahead waits for its Graph permit (asked for while a page is being written,

@@ -1,7 +1,8 @@
 //! Sources: where mail enters. Each writes what it found into the inbound stream in one atomic
 //! step with its cursor, fenced by a per-source lease, so a crash re-reads at most one page.
 //!
-//! - [`graph`]: the Graph poller, one per mailbox (delta sync or the unread listing).
+//! - [`graph`]: the Graph poller, one per mailbox (delta sync or the unread listing, whose
+//!   window [`unread_listing`] plans).
 //! - [`webhook`]: Graph change notifications, turned into fetches (and polls when one is missed).
 //! - [`fleet`]: which daemon of a fleet polls which source (heartbeats, rendezvous hashing).
 //! - [`imap`]: the IMAP poller, one per `[[imap.sources]]` entry (UID FETCH in chunks, IDLE).
@@ -12,6 +13,7 @@ pub(crate) mod fleet;
 pub(crate) mod graph;
 pub(crate) mod imap;
 mod schedule;
+mod unread_listing;
 
 pub(crate) use schedule::{stagger, PollerContext};
 pub mod webhook;

@@ -1,5 +1,5 @@
-//! What the Graph pollers keep in Redis: delta cursors and the atomic page write, fenced by the
-//! mailbox's [lease](super::lease).
+//! What the Graph pollers keep in Redis: delta cursors, unread mode's listing marks, and the
+//! atomic page write, fenced by the mailbox's [lease](super::lease).
 
 use super::lease::LeaseLost;
 use super::{Store, StoreResult};
@@ -14,6 +14,20 @@ pub(crate) struct Cursor {
     pub phase: String,
 }
 
+/// Where unread mode's listings of a mailbox stand: the fields `unread_floor_ms`,
+/// `unread_listed_ms` and `unread_swept_ms` of its cursor hash, written with the last page of a
+/// complete listing (a listing cut short leaves them as they were).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct UnreadMark {
+    /// A time Graph's clock had certainly passed when the last complete listing started (ms
+    /// since the epoch, Graph's receivedDateTime scale); `None` before any message was seen.
+    pub floor_ms: Option<i64>,
+    /// When that listing started, on the daemon's clock (ms).
+    pub listed_ms: Option<i64>,
+    /// When the last complete listing of the whole folder (a sweep) started (ms).
+    pub swept_ms: Option<i64>,
+}
+
 /// One polled page, ready to be written.
 #[derive(Debug, Default)]
 pub(crate) struct PolledPage<'a> {
@@ -25,6 +39,9 @@ pub(crate) struct PolledPage<'a> {
     pub phase: &'a str,
     /// Deliveries of these messages must be followed by marking them read (unread mode).
     pub mark_read: bool,
+    /// Unread mode, the last page of a listing: the mark after it (its `None` fields are left
+    /// as they are).
+    pub unread_mark: Option<UnreadMark>,
 }
 
 /// One message of a polled page.
@@ -71,6 +88,22 @@ impl Store {
         })
     }
 
+    /// Where unread mode's listings of `mailbox` stand.
+    pub(crate) async fn unread_mark(&self, mailbox: &str) -> StoreResult<UnreadMark> {
+        let (floor_ms, listed_ms, swept_ms) = redis::cmd("HMGET")
+            .arg(self.keys.cursor(mailbox))
+            .arg("unread_floor_ms")
+            .arg("unread_listed_ms")
+            .arg("unread_swept_ms")
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(UnreadMark {
+            floor_ms,
+            listed_ms,
+            swept_ms,
+        })
+    }
+
     /// Writes a page and its cursor atomically, fenced by the lease. Returns the messages
     /// added (keys queued before are skipped).
     pub(crate) async fn write_page(
@@ -106,6 +139,11 @@ impl Store {
             .arg(if page.mark_read { "1" } else { "" })
             .arg(mark_ttl_s)
             .arg(days.len());
+        let mark = page.unread_mark.unwrap_or_default();
+        let field = |v: Option<i64>| v.map_or_else(String::new, |v| v.to_string());
+        inv.arg(field(mark.floor_ms.and(mark.listed_ms)))
+            .arg(field(mark.listed_ms.and(mark.floor_ms)))
+            .arg(field(mark.swept_ms));
         // Each message's intake mark is a declared key (a cluster checks it against the
         // script's slot); its JSON is the argument at the same position.
         for m in &page.messages {

@@ -10,10 +10,13 @@
 -- message, in page order, its intake mark (queued:{idempotency key}) and its idempotency mark
 -- (seen:{idempotency key}: the BatchProcessor's, set when the key went to MS4 by another way,
 -- e.g. a webhook ref).
--- ARGV[1] lease token, ARGV[2] cursor link ('' clears), ARGV[3] cursor phase, ARGV[4] now ms,
--- ARGV[5] mailbox, ARGV[6] mark_read ('1' or ''), ARGV[7] mark ttl s, ARGV[8] day hashes,
--- then per message four: its JSON, content digest, idempotency key and Graph id (the last two
--- only in unread mode, '' otherwise).
+-- ARGV[1] lease token, ARGV[2] cursor link ('' clears; delta mode only), ARGV[3] cursor phase,
+-- ARGV[4] now ms, ARGV[5] mailbox, ARGV[6] mark_read ('1' or ''; '1' is unread mode, which
+-- keeps no link), ARGV[7] mark ttl s, ARGV[8] day hashes, ARGV[9] unread mode's floor ms and
+-- ARGV[10] the start ms of the listing it holds for (both '' but on the last page of a listing
+-- that saw a message or had a floor: left as they are), ARGV[11] the start ms of a sweep this
+-- page ends ('' leaves it), then per message four: its JSON, content digest, idempotency key
+-- and Graph id (the last two only in unread mode, '' otherwise).
 -- Either mark holds the digest (the intake mark also the Graph id, after a space): a key queued
 -- or delivered before with the same digest (or the legacy '1') is a repeat and skipped; with
 -- another digest it is another message reusing the Message-ID, queued for the BatchProcessor to
@@ -41,8 +44,8 @@ local first = 7 + day_count
 local marks = #KEYS > first and redis.call('MGET', unpack(KEYS, first + 1)) or {}
 local set_here = {}
 for n = 1, (#KEYS - first) / 2 do
-  local json, digest = ARGV[5 + 4 * n], ARGV[6 + 4 * n]
-  local key, id = ARGV[7 + 4 * n], ARGV[8 + 4 * n]
+  local json, digest = ARGV[8 + 4 * n], ARGV[9 + 4 * n]
+  local key, id = ARGV[10 + 4 * n], ARGV[11 + 4 * n]
   local queued = KEYS[first + 2 * n - 1]
   local mark = set_here[queued] or marks[2 * n - 1] or marks[2 * n]
   local add = false
@@ -75,7 +78,17 @@ for n = 1, (#KEYS - first) / 2 do
     added = added + 1
   end
 end
-if ARGV[2] == '' then
+if ARGV[6] == '1' then
+  -- Unread mode: the listing's mark, only once the listing is complete (a listing cut short
+  -- leaves the mark before it, so the next one lists at least what it would have).
+  if ARGV[9] ~= '' then
+    redis.call('HSET', KEYS[3], 'unread_floor_ms', ARGV[9], 'unread_listed_ms', ARGV[10],
+      'updated_ms', ARGV[4])
+  end
+  if ARGV[11] ~= '' then
+    redis.call('HSET', KEYS[3], 'unread_swept_ms', ARGV[11], 'updated_ms', ARGV[4])
+  end
+elseif ARGV[2] == '' then
   redis.call('DEL', KEYS[3])
 else
   redis.call('HSET', KEYS[3], 'link', ARGV[2], 'phase', ARGV[3], 'updated_ms', ARGV[4])

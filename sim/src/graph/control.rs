@@ -39,6 +39,9 @@ struct MailRequest {
     /// same `internetMessageId` with another `from`, `subject` or `sentDateTime`).
     #[serde(default)]
     set: serde_json::Map<String, Value>,
+    /// The messages were received this many seconds ago (moved in from another folder, they
+    /// keep their receivedDateTime): older than the folder's newest.
+    received_ago_s: Option<u64>,
 }
 
 /// `POST /_sim/mail`: new messages arrive; subscriptions on the mailbox are notified.
@@ -82,13 +85,21 @@ pub(super) async fn sim_mail(state: web::Data<Shared>, body: web::Bytes) -> Http
             d
         })
         .collect();
-    arrive(state, mbx, drafts);
+    let received_ms = req
+        .received_ago_s
+        .map(|ago| Utc::now().timestamp_millis() - ago.saturating_mul(1000) as i64);
+    arrive_received(state, mbx, drafts, received_ms);
     HttpResponse::Ok().json(json!({"added": req.count}))
 }
 
 /// New messages arrive in mailbox `mbx`, stamped with the time now; its subscriptions are
 /// notified (in the background, as Graph does).
 pub(super) fn arrive(state: &Shared, mbx: usize, drafts: Vec<Draft>) {
+    arrive_received(state, mbx, drafts, None);
+}
+
+/// New messages arrive in mailbox `mbx`, received at `received_ms` (moved in) or now.
+fn arrive_received(state: &Shared, mbx: usize, drafts: Vec<Draft>, received_ms: Option<i64>) {
     let (items, targets) = {
         let mut s = lock(state);
         let now_ms = Utc::now().timestamp_millis();
@@ -96,7 +107,10 @@ pub(super) fn arrive(state: &Shared, mbx: usize, drafts: Vec<Draft>) {
         let items: Vec<(String, String)> = drafts
             .into_iter()
             .map(|d| {
-                let idx = mb.append(d, now_ms);
+                let idx = match received_ms {
+                    Some(at) => mb.append_received(d, at),
+                    None => mb.append(d, now_ms),
+                };
                 let m = &mb.messages[idx];
                 (m.id.clone(), m.etag())
             })

@@ -67,6 +67,13 @@ impl State {
     fn list(&mut self, mbx: usize, call: &Call<'_>, q: &Query) -> Result<Reply, GraphError> {
         self.mailboxes[mbx].counters.list_requests += 1;
         let filter = check_filter(q.get("$filter"), q.get("$orderby"))?;
+        let opens = q.get("$skiptoken").is_none() && q.get("$skip").is_none();
+        let c = &mut self.mailboxes[mbx].counters;
+        c.list_starts += u64::from(opens);
+        if filter.reads_the_whole_folder() {
+            c.full_list_requests += 1;
+            c.full_list_starts += u64::from(opens);
+        }
         let sel = Selection::parse(
             q.get("$select"),
             MESSAGE_PROPERTIES,

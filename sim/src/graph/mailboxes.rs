@@ -35,6 +35,12 @@ pub(super) struct MailboxCounters {
     /// Messages served in list and delta pages (`@removed` items and single GETs excluded).
     pub(super) messages_served: u64,
     pub(super) list_requests: u64,
+    /// List requests that open a listing (no `$skiptoken`/`$skip`): one per poll.
+    pub(super) list_starts: u64,
+    /// List requests (any page) of listings that read the folder from its start
+    /// ([`ListFilter::reads_the_whole_folder`]), and how many such listings were opened.
+    pub(super) full_list_requests: u64,
+    pub(super) full_list_starts: u64,
     pub(super) delta_requests: u64,
     pub(super) delta_410: u64,
     pub(super) get_requests: u64,
@@ -67,6 +73,10 @@ pub(super) struct Mailbox {
     /// Number of the next synthetic message.
     pub(super) next_n: u64,
     pub(super) last_received_ms: i64,
+    /// A message was added with an older receivedDateTime than the one before it (moved in
+    /// from another folder): the messages are no longer in receivedDateTime order, and lists
+    /// check every message's date instead of searching the sorted range.
+    pub(super) out_of_order: bool,
     pub(super) delta_epoch: u32,
     pub(super) budget: Budget,
     pub(super) counters: MailboxCounters,
@@ -95,6 +105,7 @@ impl Mailbox {
             unread: 0,
             next_n: 0,
             last_received_ms: 0,
+            out_of_order: false,
             delta_epoch: 0,
             budget: Budget::default(),
             counters: MailboxCounters::default(),
@@ -107,13 +118,28 @@ impl Mailbox {
 
     /// Appends a message arriving at `now_ms`; returns its index.
     pub(super) fn append(&mut self, draft: Draft, now_ms: i64) -> usize {
+        let received_ms = now_ms.max(self.last_received_ms + 1);
+        self.last_received_ms = received_ms;
+        self.push(draft, received_ms)
+    }
+
+    /// Appends a message received at `received_ms`, before the newest one (a message moved
+    /// into the folder keeps its receivedDateTime); returns its index.
+    pub(super) fn append_received(&mut self, draft: Draft, received_ms: i64) -> usize {
+        if received_ms < self.last_received_ms {
+            self.out_of_order = true;
+        } else {
+            self.last_received_ms = received_ms;
+        }
+        self.push(draft, received_ms)
+    }
+
+    fn push(&mut self, draft: Draft, received_ms: i64) -> usize {
         let idx = self.messages.len();
         let mut id = format!("AAMk-{}-{}", self.index, draft.n);
         if self.by_id.contains_key(&id) {
             id = format!("{id}-{idx}");
         }
-        let received_ms = now_ms.max(self.last_received_ms + 1);
-        self.last_received_ms = received_ms;
         let shown = Utc
             .timestamp_millis_opt(received_ms)
             .single()
@@ -245,7 +271,11 @@ impl Mailbox {
         sel: &Selection,
         out: &mut String,
     ) -> ListPage {
-        let (mut lo, mut hi) = f.range(|i| self.messages[i].shown_ms(), self.messages.len());
+        let (mut lo, mut hi) = if self.out_of_order {
+            (0, self.messages.len())
+        } else {
+            f.range(|i| self.messages[i].shown_ms(), self.messages.len())
+        };
         lo = lo.max(self.first_live);
         if f.is_read == Some(false) {
             lo = lo.max(self.first_unread);
@@ -258,7 +288,10 @@ impl Mailbox {
         let mut skipped = 0;
         let mut visit = |i: usize| -> bool {
             let m = &self.messages[i];
-            if m.deleted || f.is_read.is_some_and(|r| r != m.is_read) {
+            if m.deleted
+                || f.is_read.is_some_and(|r| r != m.is_read)
+                || (self.out_of_order && !f.admits(m.shown_ms()))
+            {
                 return true;
             }
             if skipped < skip {
@@ -481,6 +514,31 @@ mod tests {
         let mut out = String::new();
         mb.list_page(&f, None, 0, 10, &Selection::All, &mut out);
         assert_eq!(ids(&out), ["AAMk-0-2", "AAMk-0-3", "AAMk-0-4"]);
+    }
+
+    #[test]
+    fn an_old_message_moved_in_is_listed_with_the_whole_folder_not_since_a_recent_time() {
+        let mut mb = Mailbox::new(0, UPN);
+        for n in 0..4 {
+            mb.append(draft(n, UPN, true), 1_767_225_600_000 + n as i64 * 1000);
+        }
+        mb.append_received(draft(9, UPN, true), 1_767_225_000_000);
+        let list = |filter: &str| {
+            let f = check_filter(Some(filter), Some("receivedDateTime")).unwrap();
+            let mut out = String::new();
+            mb.list_page(&f, None, 0, 10, &Selection::All, &mut out);
+            ids(&out)
+        };
+        assert_eq!(list(CONTRACT_FILTER).len(), 5);
+        assert!(list(CONTRACT_FILTER).contains(&"AAMk-0-9".to_string()));
+        assert_eq!(
+            list("receivedDateTime ge 2026-01-01T00:00:02Z and isRead eq false"),
+            ["AAMk-0-2", "AAMk-0-3"]
+        );
+        assert_eq!(
+            mb.last_received_ms, 1_767_225_603_000,
+            "the newest stays newest"
+        );
     }
 
     #[test]

@@ -206,6 +206,27 @@ pub(super) struct ListFilter {
 }
 
 impl ListFilter {
+    /// Whether a message received at `t` (ms) is within the receivedDateTime bounds.
+    pub(super) fn admits(&self, t: i64) -> bool {
+        self.received.iter().all(|&(cmp, b)| match cmp {
+            Cmp::Ge => t >= b,
+            Cmp::Gt => t > b,
+            Cmp::Le => t <= b,
+            Cmp::Lt => t < b,
+            Cmp::Eq => t == b,
+        })
+    }
+
+    /// Whether the listing reads the folder from its start: no lower bound on receivedDateTime
+    /// after 2000-01-01 (the contract's `ge 1900-01-01T00:00:00Z`), rather than from a recent time.
+    pub(super) fn reads_the_whole_folder(&self) -> bool {
+        const Y2000_MS: i64 = 946_684_800_000;
+        !self
+            .received
+            .iter()
+            .any(|&(cmp, b)| matches!(cmp, Cmp::Ge | Cmp::Gt | Cmp::Eq) && b > Y2000_MS)
+    }
+
     /// The index range `lo..hi` of `times` (non-decreasing) the receivedDateTime bounds allow.
     pub(super) fn range(&self, times: impl Fn(usize) -> i64, len: usize) -> (usize, usize) {
         let first = |pred: &dyn Fn(i64) -> bool| {

@@ -246,8 +246,7 @@ impl Work {
                             .await?;
                         self.prepare(entries).await
                     };
-                    // The read first: its entries are planned while Redis applies the hand-off.
-                    let (next, done) = futures_util::future::join(next, self.finish(chunk)).await;
+                    let (done, next) = futures_util::future::join(self.finish(chunk), next).await;
                     outbound_len = Some(done?);
                     planned = next?;
                     continue;

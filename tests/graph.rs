@@ -108,15 +108,7 @@ fn unread_mode_marks_messages_read_only_after_ms4_accepted_them() {
     });
     assert!(all_read, "{}", world.graph().stats());
     for mb in MAILBOXES {
-        let msgs = world
-            .graph()
-            .get_json(&format!("/_sim/messages?mailbox={mb}"));
-        let unread = msgs
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|m| m["isRead"] != true)
-            .count();
+        let unread = world.graph_unread(mb);
         assert_eq!(unread, 0, "{mb} still has unread messages");
     }
     assert_eq!(world.ms4.stats()["duplicate_records"], 0);
@@ -538,15 +530,8 @@ fn a_second_copy_of_a_delivered_message_ends_read_in_unread_mode() {
         ("MS1__GRAPH__POLL_INTERVAL_S", "1"),
     ]);
     world.wait_delivered(10, MINUTES, &daemon);
-    let listed = || {
-        world
-            .graph()
-            .get_json(&format!("/_sim/messages?mailbox={mailbox}"))
-            .as_array()
-            .unwrap()
-            .clone()
-    };
-    let unread = || listed().iter().filter(|m| m["isRead"] != true).count();
+    let listed = || world.graph_messages(mailbox);
+    let unread = || world.graph_unread(mailbox);
     assert!(wait_until(MINUTES, || unread() == 0), "first copies read");
 
     // The same ten messages again, under new Graph ids.
@@ -590,16 +575,7 @@ fn a_refused_message_ends_read_and_dead_lettered_once_with_after_dead_letter_mar
         ("MS1__GRAPH__AFTER_DEAD_LETTER", "mark_read"),
     ]);
     world.wait_delivered(16, MINUTES, &daemon);
-    let unread = || {
-        world
-            .graph()
-            .get_json(&format!("/_sim/messages?mailbox={mailbox}"))
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|m| m["isRead"] != true)
-            .count()
-    };
+    let unread = || world.graph_unread(mailbox);
     assert!(
         wait_until(MINUTES, || unread() == 0),
         "refused messages still unread: {}\n{}",
@@ -678,14 +654,7 @@ fn a_refused_message_ends_in_the_dead_letter_folder_once_and_a_replay_delivers_i
         ("MS1__GRAPH__DEAD_LETTER_MOVE_TO", &folder),
     ]);
     world.wait_delivered(16, MINUTES, &daemon);
-    let listed = |folder: &str| {
-        world
-            .graph()
-            .get_json(&format!("/_sim/messages?mailbox={mailbox}&folder={folder}"))
-            .as_array()
-            .unwrap()
-            .clone()
-    };
+    let listed = |folder: &str| world.graph_messages_in(mailbox, folder);
     let ended = wait_until(MINUTES, || {
         let inbox = listed("inbox");
         inbox.len() == 16 && inbox.iter().all(|m| m["isRead"] == true) && listed(&folder).len() == 4

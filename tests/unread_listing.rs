@@ -89,16 +89,7 @@ fn polls_with_stuck_messages(stuck: u64) -> ListingCost {
         world.dead_letters().len(),
         daemon.log_tail(30)
     );
-    let unread = || {
-        world
-            .graph()
-            .get_json(&format!("/_sim/messages?mailbox={mailbox}"))
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|m| m["isRead"] != true)
-            .count() as u64
-    };
+    let unread = || world.graph_unread(mailbox) as u64;
     // One round before counting: the first listings (the first of all reads the folder from
     // its start) are behind once a new message is delivered and the overlap has passed.
     let mut delivered = 0;

@@ -175,6 +175,32 @@ impl<R: TestRedis> World<R> {
         self.graph.as_ref().expect("a world with a Graph simulator")
     }
 
+    /// The Graph simulator's messages of `mailbox` (in its inbox).
+    pub fn graph_messages(&self, mailbox: &str) -> Vec<serde_json::Value> {
+        self.graph_list(&format!("/_sim/messages?mailbox={mailbox}"))
+    }
+
+    /// The Graph simulator's messages of `mailbox` in `folder` (a folder id, or `inbox`).
+    pub fn graph_messages_in(&self, mailbox: &str, folder: &str) -> Vec<serde_json::Value> {
+        self.graph_list(&format!("/_sim/messages?mailbox={mailbox}&folder={folder}"))
+    }
+
+    fn graph_list(&self, path: &str) -> Vec<serde_json::Value> {
+        self.graph()
+            .get_json(path)
+            .as_array()
+            .expect("the mailbox's messages")
+            .clone()
+    }
+
+    /// How many of `mailbox`'s messages are unread in the Graph simulator.
+    pub fn graph_unread(&self, mailbox: &str) -> usize {
+        self.graph_messages(mailbox)
+            .iter()
+            .filter(|m| m["isRead"] != true)
+            .count()
+    }
+
     /// Daemon settings pointing at the Graph simulator (delta mode, the three mailboxes).
     pub fn graph_env(&self) -> Vec<(String, String)> {
         let url = &self.graph().url;

@@ -88,8 +88,7 @@ impl State {
         id: &str,
         call: &Call<'_>,
     ) -> Result<Reply, GraphError> {
-        let body: Value = serde_json::from_slice(call.body)
-            .map_err(|_| GraphError::bad_request("Empty Payload. JSON content expected."))?;
+        let body = call.json()?;
         let destination = body
             .get("destinationId")
             .and_then(Value::as_str)

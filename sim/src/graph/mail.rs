@@ -300,8 +300,7 @@ impl State {
         id: &str,
         call: &Call<'_>,
     ) -> Result<Reply, GraphError> {
-        let body: Value = serde_json::from_slice(call.body)
-            .map_err(|_| GraphError::bad_request("Empty Payload. JSON content expected."))?;
+        let body = call.json()?;
         let Value::Object(fields) = body else {
             return Err(GraphError::bad_request(
                 "The request body must be a JSON object.",

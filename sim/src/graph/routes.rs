@@ -29,6 +29,14 @@ pub(super) struct Call<'a> {
     pub(super) tenant: &'a str,
 }
 
+impl Call<'_> {
+    /// The JSON body, or Graph's 400 for a body that is not JSON.
+    pub(super) fn json(&self) -> Result<serde_json::Value, GraphError> {
+        serde_json::from_slice(self.body)
+            .map_err(|_| GraphError::bad_request("Empty Payload. JSON content expected."))
+    }
+}
+
 /// What a request on a mailbox asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum MailboxOp {

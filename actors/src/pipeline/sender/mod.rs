@@ -363,9 +363,10 @@ async fn feed(
     let mut next_housekeeping = Instant::now() + housekeeping_every;
     let mut claim_cursor = "0-0".to_string();
 
-    while !shutdown.is_raised() {
+    // On a drain, what was read (claimed or read ahead) is still sent; nothing new is read.
+    while !shutdown.is_raised() || !backlog.is_empty() {
         core.health.beat("ms4_sender");
-        if Instant::now() >= next_housekeeping {
+        if !shutdown.is_raised() && Instant::now() >= next_housekeeping {
             next_housekeeping = Instant::now() + housekeeping_every;
             // Keep what this consumer holds (in flight or waiting here) from looking abandoned.
             let held: Vec<String> = core
@@ -420,7 +421,7 @@ async fn feed(
             continue;
         }
         let slots = s.ms4.max_in_flight - core.in_flight.get();
-        if backlog.is_empty() && own.is_none() && slots > 1 {
+        if backlog.is_empty() && own.is_none() && slots > 1 && !shutdown.is_raised() {
             // An outbound entry holds a batch: read one for each free slot in one call (within
             // the bytes free), instead of one call a slot. While the processor hands off large
             // chunks, each call waits behind one in Redis; at batch 50 these reads were what

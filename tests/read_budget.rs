@@ -220,6 +220,27 @@ fn plain_reads_of_new_inbound_entries_stay_within_the_byte_budget() {
             read_all(&store, &mut fast, budget, &mut seen).await;
         }
         assert_eq!(plain_reads, 2);
+        // A blocking read on the caught-up stream waits for the first entry, then tops up
+        // plainly: 300 small entries arrive at once (one MULTI/EXEC), one read takes the most.
+        let writer = store.clone();
+        let late: Vec<_> = (next..next + 300).map(|n| entry(n, 1_000)).collect();
+        next += 300;
+        let write = async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            writer.add_inbound(&late).await.unwrap();
+        };
+        let blocking = store.blocking().unwrap();
+        let read =
+            blocking.read_new_fast(Some(&mut fast), &inbound, GROUP, "a", budget, Some(5_000));
+        let ((got, _), ()) = tokio::join!(async { read.await.unwrap() }, write);
+        let most = (8 * MIB / (LARGE_ENTRY_BYTES + 41)) as usize;
+        assert_eq!(
+            got.len(),
+            most,
+            "the first entry waited for, the rest topped up plainly"
+        );
+        seen.extend(numbers(&got));
+        read_all(&store, &mut fast, budget, &mut seen).await;
         assert_eq!(seen, (0..next).collect::<Vec<_>>(), "each once, in order");
     });
 }

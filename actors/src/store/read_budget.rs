@@ -208,18 +208,46 @@ impl Store {
         budget: ReadBudget,
         block_ms: Option<u64>,
     ) -> StoreResult<(Vec<Entry>, bool)> {
-        if let Some(fast) = fast {
-            let n = plain_count(budget.max_entries, budget.max_bytes);
-            if let Some(got) = fast.read(stream, group, consumer, n).await? {
-                // Nothing new: wait for it (when asked to) as a budgeted read does.
-                if !got.is_empty() || block_ms.is_none() {
+        let Some(fast) = fast else {
+            return self
+                .read_new_budgeted(stream, group, consumer, budget, block_ms)
+                .await;
+        };
+        let n = plain_count(budget.max_entries, budget.max_bytes);
+        match fast.read(stream, group, consumer, n).await? {
+            Some(got) if !got.is_empty() || block_ms.is_none() => {
+                let full = got.len() == n;
+                Ok((got, full))
+            }
+            Some(_) => {
+                // Nothing new: wait for a first entry, then top up plainly while no large
+                // entry is there (then the first one is small too: the count allows for it).
+                let mut got = self
+                    .read_group(stream, group, consumer, ">", 1, block_ms)
+                    .await?;
+                if got.is_empty() {
+                    return Ok((got, false));
+                }
+                if let Some(more) = fast.read(stream, group, consumer, n - 1).await? {
+                    got.extend(more);
                     let full = got.len() == n;
                     return Ok((got, full));
                 }
+                let used = got.iter().map(entry_bytes).sum::<u64>();
+                let Some(rest) = budget.after(got.len(), used) else {
+                    return Ok((got, true));
+                };
+                let (more, full) = self
+                    .read_new_budgeted(stream, group, consumer, rest, None)
+                    .await?;
+                got.extend(more);
+                Ok((got, full))
+            }
+            None => {
+                self.read_new_budgeted(stream, group, consumer, budget, block_ms)
+                    .await
             }
         }
-        self.read_new_budgeted(stream, group, consumer, budget, block_ms)
-            .await
     }
 }
 

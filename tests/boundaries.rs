@@ -523,59 +523,90 @@ fn a_replayed_dead_letter_still_gets_its_after_delivery_action() {
     );
 
     // IMAP: an entry that cannot be a record (no From) keeps its UID and dates through the
-    // dead-letter stream, its replay, and the dead letter it becomes again.
+    // dead-letter stream, its replay, and the dead letter it becomes again; in both forms of
+    // the message: base64 (written by earlier versions, and for bytes that are not UTF-8) and
+    // plain (its own bytes, `plain = 1`, which must come back with it or the replay would read
+    // the message as base64).
     use base64::Engine;
     let raw = b"Subject: no sender\r\nMessage-ID: <x1@imap.example>\r\n\r\nbody\r\n";
+    let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
     let mut con = world.redis();
-    let _: String = redis::cmd("XADD")
-        .arg(format!("{}stream:inbound", common::PREFIX))
-        .arg("*")
-        .arg(inbound::SOURCE)
-        .arg("imap")
-        .arg(inbound::MAILBOX)
-        .arg("gmail")
-        .arg(inbound::PAYLOAD)
-        .arg(base64::engine::general_purpose::STANDARD.encode(raw))
-        .arg(inbound::FOLLOW_UP)
-        .arg("1")
-        .arg(inbound::UID)
-        .arg("42")
-        .arg(inbound::UIDVALIDITY)
-        .arg("7")
-        .arg(inbound::INTERNAL_DATE)
-        .arg("2026-11-29T10:00:00Z")
-        .query(&mut con)
-        .unwrap();
+    for (uid, payload, plain) in [("42", b64.as_str(), false), ("43", "", true)] {
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(format!("{}stream:inbound", common::PREFIX))
+            .arg("*")
+            .arg(inbound::SOURCE)
+            .arg("imap")
+            .arg(inbound::MAILBOX)
+            .arg("gmail")
+            .arg(inbound::FOLLOW_UP)
+            .arg("1")
+            .arg(inbound::UID)
+            .arg(uid)
+            .arg(inbound::UIDVALIDITY)
+            .arg("7")
+            .arg(inbound::INTERNAL_DATE)
+            .arg("2026-11-29T10:00:00Z");
+        if plain {
+            xadd.arg(inbound::PLAIN)
+                .arg("1")
+                .arg(inbound::PAYLOAD)
+                .arg(&raw[..]);
+        } else {
+            xadd.arg(inbound::PAYLOAD).arg(payload);
+        }
+        let _: String = xadd.query(&mut con).unwrap();
+    }
     let imap_dead = || {
-        world
+        let mut dead: Vec<_> = world
             .dead_letters()
             .into_iter()
             .filter(|d| d["source"] == "imap")
-            .collect::<Vec<_>>()
+            .collect();
+        dead.sort_by(|a, b| a["carry.uid"].cmp(&b["carry.uid"]));
+        dead
     };
-    assert!(common::wait_until(MINUTE, || imap_dead().len() == 1));
+    assert!(common::wait_until(MINUTE, || imap_dead().len() == 2));
     let carried = |d: &std::collections::HashMap<String, String>| {
         [
             "carry.uid",
             "carry.uidvalidity",
             "carry.internal_date",
             "carry.mark_read",
+            "carry.plain",
+            "reason",
         ]
         .map(|k| d.get(k).cloned().unwrap_or_default())
     };
-    let first = imap_dead()[0]["entry_id"].clone();
-    let before = carried(&imap_dead()[0]);
+    let first: Vec<String> = imap_dead().iter().map(|d| d["entry_id"].clone()).collect();
+    let before: Vec<_> = imap_dead().iter().map(carried).collect();
+    let no_from = before[0][5].clone();
+    assert!(no_from.to_lowercase().contains("from"), "{no_from}");
     assert_eq!(
         before,
-        ["42", "7", "2026-11-29T10:00:00Z", "1"].map(String::from)
+        [
+            ["42", "7", "2026-11-29T10:00:00Z", "1", "", &no_from],
+            ["43", "7", "2026-11-29T10:00:00Z", "1", "1", &no_from]
+        ]
+        .map(|d| d.map(String::from))
     );
+    // The plain one's dead letter shows the message itself.
+    assert!(imap_dead()[1]["payload"].starts_with("Subject: no sender"));
     let (code, body) = common::post(
         &format!("{}/dlq/replay", daemon.control),
         &json!({"filter": {"stage": "process"}}).to_string(),
     );
     assert_eq!(code, 200, "{body}");
-    assert!(common::wait_until(MINUTE, || {
-        let d = imap_dead();
-        d.len() == 1 && d[0]["entry_id"] != first && carried(&d[0]) == before
-    }));
+    assert!(
+        common::wait_until(MINUTE, || {
+            let d = imap_dead();
+            d.len() == 2
+                && d.iter()
+                    .zip(&first)
+                    .all(|(d, first)| d["entry_id"] != *first)
+                && d.iter().map(carried).collect::<Vec<_>>() == before
+        }),
+        "{:?}",
+        imap_dead()
+    );
 }

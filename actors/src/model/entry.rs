@@ -8,8 +8,9 @@ use chrono::{DateTime, Utc};
 /// Turns one inbound stream entry (its fields) into a record.
 ///
 /// Fields: `source` (`graph` or `imap`; default `graph`), `mailbox`, `payload` (a Graph message
-/// as JSON, or for IMAP the raw RFC 5322 message in base64, since stream fields are read as
-/// text and mail may hold 8-bit bytes) and, for IMAP, `internal_date` (RFC 3339).
+/// as JSON, or for IMAP the raw RFC 5322 message: its own bytes when `plain`, else base64, since
+/// stream fields are read as text and mail may hold bytes that are not UTF-8) and, for IMAP,
+/// `internal_date` (RFC 3339).
 pub fn entry_to_record(
     fields: &InboundFields<'_>,
     opts: TransformOptions,
@@ -20,9 +21,14 @@ pub fn entry_to_record(
         "graph" => graph_to_record(mailbox, payload, fields.attachments, opts),
         "imap" => {
             use base64::Engine;
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(payload.trim())
-                .map_err(|e| Malformed::NotMime(format!("payload is not base64: {e}")))?;
+            let raw = if fields.plain {
+                std::borrow::Cow::Borrowed(payload.as_bytes())
+            } else {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(payload.trim())
+                    .map_err(|e| Malformed::NotMime(format!("payload is not base64: {e}")))?;
+                std::borrow::Cow::Owned(decoded)
+            };
             let internal_date = fields
                 .internal_date
                 .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
@@ -59,6 +65,8 @@ pub struct InboundFields<'a> {
     pub source: Option<&'a str>,
     pub mailbox: Option<&'a str>,
     pub payload: Option<&'a str>,
+    /// IMAP: `payload` is the message's own bytes, not base64.
+    pub plain: bool,
     /// Attachment metadata fetched for this message, if any.
     pub attachments: Option<&'a [AttachmentMeta]>,
     /// IMAP INTERNALDATE (RFC 3339): the date of a message without a usable Date header.

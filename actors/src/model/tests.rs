@@ -159,6 +159,39 @@ fn imap_entries_carry_the_raw_message_in_base64() {
 }
 
 #[test]
+fn a_plain_imap_entry_is_the_message_itself_and_gives_the_record_its_base64_form_gives() {
+    use base64::Engine;
+    let raw = "From: a@b.example\r\nSubject: café\r\nMessage-ID: <p1@b.example>\r\n\r\nbody\r\n";
+    let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+    let base64_form = InboundFields {
+        source: Some("imap"),
+        mailbox: Some("gmail"),
+        payload: Some(&b64),
+        internal_date: Some("2026-03-04T05:06:07+01:00"),
+        ..Default::default()
+    };
+    let plain_form = InboundFields {
+        payload: Some(raw),
+        plain: true,
+        ..base64_form
+    };
+    let opts = TransformOptions {
+        include_raw: true,
+        ..Default::default()
+    };
+    let plain = entry_to_record(&plain_form, opts).unwrap();
+    assert_eq!(plain, entry_to_record(&base64_form, opts).unwrap());
+    assert_eq!(plain.subject, "café");
+    assert_eq!(plain.raw_message.as_deref(), Some(raw));
+    // Without the flag, the message itself is not base64.
+    let unflagged = InboundFields {
+        plain: false,
+        ..plain_form
+    };
+    assert!(entry_to_record(&unflagged, opts).is_err());
+}
+
+#[test]
 fn an_oversized_imap_entry_becomes_a_flagged_record_without_body_or_a_dead_letter() {
     use base64::Engine;
     let header = b"From: a@b.example\r\nSubject: big\r\nMessage-ID: <big@b.example>\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\n\r\n";

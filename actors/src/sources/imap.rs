@@ -515,11 +515,22 @@ async fn fetch_batch(
     Ok(mails)
 }
 
-/// A fetched message (or its header, when `omitted`) as it is queued.
+/// A fetched message (or its header, when `omitted`) as it is queued: its own bytes when they
+/// are UTF-8 (7-bit mail always is), else base64 (a stream field is read back as text). Base64
+/// cost a third more bytes through Redis, an encode here and a decode in the processor (issue
+/// 14: ~8 % of the IMAP intake's rate).
 fn mail(f: Fetched<'_>, omitted: Option<Omitted>) -> FetchedMail {
+    let (payload, plain) = match std::str::from_utf8(f.bytes) {
+        Ok(text) => (text.to_string(), true),
+        Err(_) => (
+            base64::engine::general_purpose::STANDARD.encode(f.bytes),
+            false,
+        ),
+    };
     FetchedMail {
         uid: f.uid,
-        payload: base64::engine::general_purpose::STANDARD.encode(f.bytes),
+        payload,
+        plain,
         internal_date: f.internal_date,
         omitted,
     }
@@ -602,6 +613,27 @@ mod tests {
             whole: uids.to_vec(),
             headers: vec![],
         }
+    }
+
+    #[test]
+    fn a_message_is_queued_as_its_own_bytes_when_they_are_utf8_else_in_base64() {
+        let fetched = |bytes| Fetched {
+            uid: 7,
+            internal_date: String::new(),
+            bytes,
+            attachments: vec![],
+        };
+        let utf8 = "Subject: café\r\n\r\nbody\r\n".as_bytes();
+        let m = mail(fetched(utf8), None);
+        assert!(m.plain);
+        assert_eq!(m.payload.as_bytes(), utf8);
+        let latin1 = b"Subject: caf\xe9\r\n\r\nbody\r\n";
+        let m = mail(fetched(latin1), None);
+        assert!(!m.plain);
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(&m.payload)
+            .unwrap();
+        assert_eq!(decoded, latin1);
     }
 
     #[test]

@@ -31,8 +31,11 @@ pub(crate) struct FetchedMail {
     pub uid: u32,
     /// INTERNALDATE, RFC 3339 (empty when the server sent none).
     pub internal_date: String,
-    /// The raw message, base64 (its header only when `omitted`).
+    /// The raw message (its header only when `omitted`): the bytes themselves when `plain`,
+    /// else base64.
     pub payload: String,
+    /// `payload` is the message's own bytes, not base64 (they are UTF-8).
+    pub plain: bool,
     /// The body was not fetched: the message is above `imap.max_message_bytes`.
     pub omitted: Option<Omitted>,
 }
@@ -206,6 +209,9 @@ impl Store {
                     .arg(field::ATTACHMENTS)
                     .arg(&o.attachments);
             }
+            if m.plain {
+                xadd.arg(field::PLAIN).arg("1");
+            }
             xadd.arg(field::PAYLOAD).arg(&m.payload).ignore();
             // The payload, the attachments and the folder's name, and 200 bytes for the rest.
             let bytes = m.payload.len()
@@ -258,7 +264,10 @@ impl Store {
             .arg(chunk.source)
             .arg(if chunk.after_delivery { "1" } else { "" });
         for m in &chunk.mails {
-            inv.arg(m.uid).arg(&m.internal_date).arg(&m.payload);
+            inv.arg(m.uid)
+                .arg(&m.internal_date)
+                .arg(&m.payload)
+                .arg(if m.plain { "1" } else { "" });
             match &m.omitted {
                 Some(o) => inv
                     .arg(format!("{}:{}", o.size, o.limit))
@@ -311,6 +320,7 @@ mod tests {
             uid,
             internal_date: String::new(),
             payload: "x".repeat(size),
+            plain: true,
             omitted: None,
         };
         let chunk = FetchedChunk {

@@ -7,9 +7,10 @@
 -- (hash: source → messages added), KEYS[5] the large-entries counter (store/large.rs)
 -- ARGV[1] lease token, ARGV[2] UIDVALIDITY, ARGV[3] last UID after this chunk, ARGV[4] now ms,
 -- ARGV[5] source name, ARGV[6] after-delivery ('1' or ''),
--- then per message: UID, INTERNALDATE (RFC 3339 or ''), message (base64), and for a message whose
--- body was not fetched (above imap.max_message_bytes) '{size}:{limit}' and its attachments (JSON)
--- from BODYSTRUCTURE, else '' and '' (the message is then its header only).
+-- then per message: UID, INTERNALDATE (RFC 3339 or ''), message (its bytes, or base64), '1' when
+-- the message is its bytes ('' for base64), and for a message whose body was not fetched (above
+-- imap.max_message_bytes) '{size}:{limit}' and its attachments (JSON) from BODYSTRUCTURE, else
+-- '' and '' (the message is then its header only).
 -- Only UIDs above the stored last UID of the same UIDVALIDITY are added (a server answering
 -- `UID n:*` with the last message when nothing is new cannot make it re-push that message).
 -- Returns the number of messages added, or -1 without the lease.
@@ -22,7 +23,7 @@ if cursor[1] == ARGV[2] and cursor[2] then
   floor = tonumber(cursor[2])
 end
 local added = 0
-for i = 7, #ARGV, 5 do
+for i = 7, #ARGV, 6 do
   local uid = tonumber(ARGV[i])
   if uid > floor then
     local fields = {'source', 'imap', 'kind', 'message', 'mailbox', ARGV[5],
@@ -35,11 +36,15 @@ for i = 7, #ARGV, 5 do
       table.insert(fields, 'mark_read')
       table.insert(fields, '1')
     end
-    if ARGV[i + 3] ~= '' then
+    if ARGV[i + 4] ~= '' then
       table.insert(fields, 'oversize')
-      table.insert(fields, ARGV[i + 3])
-      table.insert(fields, 'attachments')
       table.insert(fields, ARGV[i + 4])
+      table.insert(fields, 'attachments')
+      table.insert(fields, ARGV[i + 5])
+    end
+    if ARGV[i + 3] == '1' then
+      table.insert(fields, 'plain')
+      table.insert(fields, '1')
     end
     table.insert(fields, 'payload')
     table.insert(fields, ARGV[i + 2])

@@ -23,6 +23,10 @@ pub mod inbound {
     /// header only, and `attachments` (JSON) what its BODYSTRUCTURE lists.
     pub(crate) const OVERSIZE: &str = "oversize";
     pub(crate) const ATTACHMENTS: &str = "attachments";
+    /// IMAP: `1` when `payload` is the message's own bytes (they were UTF-8, as 7-bit mail
+    /// always is); absent when `payload` is the message in base64 (bytes that are not UTF-8,
+    /// and every entry written before this field existed).
+    pub const PLAIN: &str = "plain";
 }
 
 /// An outbound entry (`stream:outbound`): an MS4 record waiting for delivery.

@@ -43,6 +43,7 @@ pub(super) fn plan_chunk(
             source: e.field(f::SOURCE),
             mailbox: e.field(f::MAILBOX),
             payload: e.field(f::PAYLOAD),
+            plain: e.field(f::PLAIN) == Some("1"),
             attachments: None,
             internal_date: e.field(f::INTERNAL_DATE),
             omitted: omitted.as_ref(),
@@ -70,6 +71,7 @@ pub(super) fn plan_chunk(
                     f::INTERNAL_DATE,
                     f::OVERSIZE,
                     f::ATTACHMENTS,
+                    f::PLAIN,
                 ],
             ),
         };

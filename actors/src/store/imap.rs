@@ -192,8 +192,8 @@ impl Store {
         let mut added = 0;
         for m in chunk.mails.iter().filter(|m| m.uid > floor) {
             let xadd = tx.cmd("XADD").arg(&inbound).arg("*");
+            // No `kind`: `message` is what readers take by default.
             xadd.arg(field::SOURCE).arg("imap");
-            xadd.arg(field::KIND).arg("message");
             xadd.arg(field::MAILBOX).arg(chunk.source);
             xadd.arg(field::UID).arg(m.uid);
             xadd.arg(field::UIDVALIDITY).arg(chunk.uidvalidity);

@@ -26,7 +26,7 @@ local added = 0
 for i = 7, #ARGV, 6 do
   local uid = tonumber(ARGV[i])
   if uid > floor then
-    local fields = {'source', 'imap', 'kind', 'message', 'mailbox', ARGV[5],
+    local fields = {'source', 'imap', 'mailbox', ARGV[5],
       'uid', ARGV[i], 'uidvalidity', ARGV[2]}
     if ARGV[i + 1] ~= '' then
       table.insert(fields, 'internal_date')

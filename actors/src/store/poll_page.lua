@@ -25,6 +25,8 @@
 -- copy ends (end_copy), never before MS4 accepted the first copy.
 -- Every key the script touches is declared in KEYS, so on a Redis Cluster it is checked
 -- against the slot the script runs on (they all share the prefix's hash tag).
+-- An entry names no `source` (graph) nor `kind` (message): readers take both by default, and
+-- each field costs Redis and the processor a copy and a parse a message.
 -- Returns the number of messages added (repeats are skipped), or -1 without the lease.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return -1
@@ -69,11 +71,9 @@ for n = 1, (#KEYS - first) / 2 do
     -- The JSON, the mailbox, and 64 bytes for the field names and the other values.
     count_if_large(KEYS[7], #json + #ARGV[5] + 64)
     if ARGV[6] == '1' then
-      redis.call('XADD', KEYS[2], '*', 'source', 'graph', 'kind', 'message', 'mailbox', ARGV[5],
-        'mark_read', '1', 'payload', json)
+      redis.call('XADD', KEYS[2], '*', 'mailbox', ARGV[5], 'mark_read', '1', 'payload', json)
     else
-      redis.call('XADD', KEYS[2], '*', 'source', 'graph', 'kind', 'message', 'mailbox', ARGV[5],
-        'payload', json)
+      redis.call('XADD', KEYS[2], '*', 'mailbox', ARGV[5], 'payload', json)
     end
     added = added + 1
   end

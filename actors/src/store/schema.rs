@@ -3,7 +3,8 @@
 
 /// An inbound entry (`stream:inbound`): what a source brought in.
 pub mod inbound {
-    /// `graph` (default) or `imap`.
+    /// `graph` (default) or `imap`. Writers leave out a default (`source` of a Graph entry,
+    /// `kind` of a message): every field costs Redis and the processor a copy and a parse.
     pub const SOURCE: &str = "source";
     /// `message` (default: `payload` is the message) or `ref` (a webhook notification: only
     /// `message_id`; the processor fetches the message).

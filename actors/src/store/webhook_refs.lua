@@ -17,7 +17,7 @@ end
 local added = 0
 for n = 1, #KEYS - 4 do
   if redis.call('SET', KEYS[4 + n], '1', 'NX', 'EX', ARGV[1]) then
-    xadd_inbound(KEYS[1], KEYS[4], {'source', 'graph', 'kind', 'ref', 'mailbox', ARGV[2 + 2 * n],
+    xadd_inbound(KEYS[1], KEYS[4], {'kind', 'ref', 'mailbox', ARGV[2 + 2 * n],
       'message_id', ARGV[3 + 2 * n]})
     redis.call('HINCRBY', KEYS[3], ARGV[2 + 2 * n], 1)
     added = added + 1

@@ -19,6 +19,10 @@
 //!   message's arrival in the mailbox; the Graph simulator's trickle stamps it exactly) to its
 //!   acceptance here, read on the same clock as both simulators run on one machine.
 //! - `GET /_sim/keys`: every stored idempotency key, for exact checks; `POST /_sim/reset`.
+//! - `GET /_sim/wait?unique_records=N&timeout_ms=T`: answers once N records are stored (or T
+//!   has passed, 60 s by default) with `{"unique_records": stored, "reached": bool}`, so a
+//!   benchmark waits in one request instead of polling the stats (whose probes cost CPU the
+//!   measured processes would otherwise have).
 
 use crate::histogram::LatencyHistogram;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -143,6 +147,8 @@ struct State {
     retry_after: Option<(Instant, Instant)>,
     keys: HashSet<String>,
     stats: SimStats,
+    /// `stats.unique_records`, for `GET /_sim/wait`.
+    stored: tokio::sync::watch::Sender<u64>,
 }
 
 impl State {
@@ -161,6 +167,7 @@ impl State {
             retry_after: None,
             keys: HashSet::new(),
             stats: SimStats::default(),
+            stored: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -312,6 +319,7 @@ async fn batch_metadata(
     }
     let n = records.len();
     s.stats.unique_records += n as u64 - duplicates;
+    s.stored.send_replace(s.stats.unique_records);
     s.stats.duplicate_records += duplicates;
     s.stats.batches_accepted += 1;
     s.stats.max_batch_seen = s.stats.max_batch_seen.max(n);
@@ -433,6 +441,23 @@ async fn stats(state: web::Data<Shared>) -> HttpResponse {
     HttpResponse::Ok().json(s)
 }
 
+#[derive(Deserialize)]
+struct WaitQuery {
+    unique_records: u64,
+    timeout_ms: Option<u64>,
+}
+
+/// `GET /_sim/wait`: answers once `unique_records` records are stored, or at the timeout.
+async fn wait(state: web::Data<Shared>, q: web::Query<WaitQuery>) -> HttpResponse {
+    let mut stored = lock(&state).stored.subscribe();
+    let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(60_000));
+    let reached = tokio::time::timeout(timeout, stored.wait_for(|n| *n >= q.unique_records))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let now = *stored.borrow();
+    HttpResponse::Ok().json(json!({"unique_records": now, "reached": reached}))
+}
+
 async fn keys(state: web::Data<Shared>) -> HttpResponse {
     let s = lock(&state);
     let mut keys: Vec<&String> = s.keys.iter().collect();
@@ -492,6 +517,7 @@ async fn reset(state: web::Data<Shared>) -> HttpResponse {
     let mut s = lock(&state);
     s.keys.clear();
     s.stats = SimStats::default();
+    s.stored.send_replace(0);
     s.arrivals.clear();
     s.retry_after = None;
     HttpResponse::Ok().json(json!({"reset": true}))
@@ -510,6 +536,7 @@ pub async fn serve(opts: Ms4SimOptions) -> anyhow::Result<()> {
             .route("/batch-metadata", web::get().to(maintenance_page))
             .route("/_sim/stats", web::get().to(stats))
             .route("/_sim/keys", web::get().to(keys))
+            .route("/_sim/wait", web::get().to(wait))
             .route("/_sim/config", web::post().to(configure))
             .route("/_sim/reset", web::post().to(reset))
     })

@@ -121,8 +121,8 @@ stop_all() { stop_daemon; kill "$SIM_PID" "$REDIS_PID" 2>/dev/null || true; wait
 
 sim_stat() { curl -s "$SIM_URL/_sim/stats" | jq -r ".$1"; }
 
-# One long poll (the simulator answers once n records are stored): a probe every 0.1 s (curl
-# and jq) cost the measured processes ~5 % of the 2 cores.
+# One long poll (the simulator answers once n records are stored), not a curl | jq every 0.1 s:
+# probes started as processes take CPU from the processes measured (docs/TESTING.md).
 wait_for_records() { # n timeout_s
   local got
   got=$(curl -s --max-time $(( $2 + 5 )) "$SIM_URL/_sim/wait?unique_records=$1&timeout_ms=$(( $2 * 1000 ))")

@@ -10,8 +10,9 @@
 use super::keys::content_digest;
 use super::record::{preview, AttachmentMeta, Malformed, Ms4Record, Source, TransformOptions};
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
-use mail_parser::{MessageParser, MimeHeaders};
+use mail_parser::{HeaderName, Message, MessageParser, MimeHeaders};
 use sha2::{Digest, Sha256};
+use std::sync::LazyLock;
 
 /// Turns one raw message of `mailbox` (an IMAP source name) into a record.
 pub fn mime_to_record(
@@ -30,9 +31,7 @@ pub fn mime_to_record(
         .filter(|a| !a.is_empty())
         .ok_or(Malformed::MissingProperty("From address"))?
         .to_string();
-    let date = msg
-        .date()
-        .and_then(|d| Utc.timestamp_opt(d.to_timestamp(), 0).single())
+    let date = header_date(&msg)
         .or(internal_date)
         .ok_or(Malformed::MissingProperty("Date"))?;
     let (id, idempotency_key) = match msg.message_id().map(str::trim).filter(|m| !m.is_empty()) {
@@ -100,6 +99,26 @@ pub fn mime_to_record(
         attachments,
         body_omitted: None,
     })
+}
+
+/// The Date header as the record takes it, when there is one it can read.
+fn header_date(msg: &Message<'_>) -> Option<DateTime<Utc>> {
+    msg.date()
+        .and_then(|d| Utc.timestamp_opt(d.to_timestamp(), 0).single())
+}
+
+/// Whether the record of `raw` will take its date from the Date header, read by the same
+/// parser as [`mime_to_record`]; only the header is read. A message without one needs its
+/// INTERNALDATE, which the IMAP poller then asks for (few do: RFC 5322 requires a Date).
+pub fn has_header_date(raw: &[u8]) -> bool {
+    static DATE_ONLY: LazyLock<MessageParser> = LazyLock::new(|| {
+        MessageParser::new()
+            .header_date(HeaderName::Date)
+            .default_header_ignore()
+    });
+    DATE_ONLY
+        .parse_headers(raw)
+        .is_some_and(|msg| header_date(&msg).is_some())
 }
 
 /// How much of the text body the preview is taken from: far more than its 255 characters, even
@@ -202,5 +221,27 @@ Content-Type: text/html\r\n\r\n<html><body><p>Total <b>42 EUR</b></p></body></ht
         assert!(err.to_string().contains("From"), "{err}");
         let no_date = b"From: a@b.example\r\n\r\nx";
         assert!(mime_to_record("m", no_date, None, Default::default()).is_err());
+    }
+
+    #[test]
+    fn a_header_date_is_found_as_the_record_reads_it() {
+        assert!(has_header_date(INVOICE));
+        // Folded, and after other headers in any case.
+        assert!(has_header_date(
+            b"X-A: 1\r\nDATE: Sat, 21 Nov 2026\r\n 10:00:00 +0000\r\n\r\nbody"
+        ));
+        for raw in [
+            &b"From: a@b.example\r\n\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\n"[..],
+            b"From: a@b.example\r\nDate: yesterday\r\n\r\nx",
+            b"From: a@b.example\r\nX-Date: Sat, 21 Nov 2026 10:00:00 +0000\r\n\r\nx",
+            b"",
+        ] {
+            assert!(!has_header_date(raw), "{}", String::from_utf8_lossy(raw));
+            // The record needs the INTERNALDATE for each of these.
+            let when = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+            if let Ok(r) = mime_to_record("m", raw, Some(when), Default::default()) {
+                assert_eq!(r.received_date_time, "2026-01-02T03:04:05Z");
+            }
+        }
     }
 }

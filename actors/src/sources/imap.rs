@@ -28,6 +28,7 @@
 use super::schedule::{Polled, Poller, PollerContext, Retry, Source, Wait, Waited};
 use crate::clients::imap::{Connector, Fetched, ImapError, ImapFolder, Part, Woken};
 use crate::messages::Intake;
+use crate::model::mime::has_header_date;
 use crate::settings::{ImapSource, Settings};
 use crate::shutdown::Shutdown;
 use crate::store::imap::{lease_name, ChunkLink, FetchedChunk, FetchedMail, Omitted};
@@ -484,9 +485,24 @@ async fn fetch_batch(
     batch: &Batch,
     limit: u64,
 ) -> Result<Vec<FetchedMail>, ImapError> {
+    // Whole messages come without their INTERNALDATE: only those without a Date header the
+    // record can read need it, asked for afterwards.
+    let mut undated = Vec::new();
     let mut mails = folder
-        .fetch(&batch.whole, Part::Whole, |f| Some(mail(f, None)))
+        .fetch(&batch.whole, Part::Whole, |f| {
+            if !has_header_date(f.bytes) {
+                undated.push(f.uid);
+            }
+            Some(mail(f, None))
+        })
         .await?;
+    if !undated.is_empty() {
+        for (uid, date) in folder.internal_dates(&undated).await? {
+            if let Some(m) = mails.iter_mut().find(|m| m.uid == uid) {
+                m.internal_date = date;
+            }
+        }
+    }
     if !batch.headers.is_empty() {
         let uids: Vec<u32> = batch.headers.iter().map(|(u, _)| *u).collect();
         let part = Part::Header {

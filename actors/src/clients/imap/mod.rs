@@ -28,55 +28,69 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, BufWriter, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-/// The transport under an IMAP session.
+/// The bytes under an IMAP session: TCP or TLS.
 #[derive(Debug)]
-pub(crate) enum ImapStream {
+pub(crate) enum Transport {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-impl AsyncRead for ImapStream {
+impl AsyncRead for Transport {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            ImapStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ImapStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for ImapStream {
+impl AsyncWrite for Transport {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            ImapStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ImapStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            ImapStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ImapStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            ImapStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ImapStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
+}
+
+/// The transport as async-imap gets it, buffered both ways. async-imap reads into a buffer of
+/// 4 KiB blocks (one `recv` per block: two or three per 4 KB message), and writes a command in
+/// four pieces (tag, space, command, CRLF: four packets with `TCP_NODELAY`) before it flushes.
+/// Here a read takes up to [`READ_BUFFER`] at once, and a command leaves in one write at
+/// async-imap's flush (it flushes after every command it sends).
+pub(crate) type ImapStream = BufReader<BufWriter<Transport>>;
+
+/// How much one read from the server may take.
+const READ_BUFFER: usize = 64 * 1024;
+
+fn buffered(transport: Transport) -> ImapStream {
+    BufReader::with_capacity(READ_BUFFER, BufWriter::new(transport))
 }
 
 pub(crate) type ImapSession = async_imap::Session<ImapStream>;
@@ -162,18 +176,19 @@ impl Connector {
             .within("greeting and TLS", async {
                 match src.tls {
                     ImapTls::None => {
-                        let mut c = async_imap::Client::new(ImapStream::Plain(tcp));
+                        let mut c = async_imap::Client::new(buffered(Transport::Plain(tcp)));
                         self.greeting(&mut c).await?;
                         Ok(c)
                     }
                     ImapTls::Implicit => {
                         let tls = self.handshake(tcp).await?;
-                        let mut c = async_imap::Client::new(ImapStream::Tls(Box::new(tls)));
+                        let mut c =
+                            async_imap::Client::new(buffered(Transport::Tls(Box::new(tls))));
                         self.greeting(&mut c).await?;
                         Ok(c)
                     }
                     ImapTls::Starttls => {
-                        let mut c = async_imap::Client::new(ImapStream::Plain(tcp));
+                        let mut c = async_imap::Client::new(buffered(Transport::Plain(tcp)));
                         self.greeting(&mut c).await?;
                         c.run_command_and_check_ok("STARTTLS", None)
                             .await
@@ -182,11 +197,25 @@ impl Connector {
                                 host: src.host.clone(),
                                 reason: format!("STARTTLS refused: {e}"),
                             })?;
-                        let ImapStream::Plain(tcp) = c.into_inner() else {
+                        let plain = c.into_inner();
+                        // Nothing may follow the OK in the clear: bytes already here would be
+                        // an attacker's, injected before the handshake (CVE-2011-0411's class).
+                        if !plain.buffer().is_empty() {
+                            return Err(ImapError::Tls {
+                                source_name: self.name(),
+                                host: src.host.clone(),
+                                reason:
+                                    "the server sent data after STARTTLS before the TLS handshake"
+                                        .into(),
+                            });
+                        }
+                        let Transport::Plain(tcp) = plain.into_inner().into_inner() else {
                             unreachable!("STARTTLS starts on a plain stream")
                         };
                         let tls = self.handshake(tcp).await?;
-                        Ok(async_imap::Client::new(ImapStream::Tls(Box::new(tls))))
+                        Ok(async_imap::Client::new(buffered(Transport::Tls(Box::new(
+                            tls,
+                        )))))
                     }
                 }
             })

@@ -146,8 +146,13 @@ fn serve(conn: TcpStream, folder: &Mutex<Folder>) -> std::io::Result<()> {
                 let (sub, args) = args.split_once(' ').unwrap_or((args, ""));
                 match sub.to_ascii_uppercase().as_str() {
                     "SEARCH" => {
-                        let set = args.trim_start_matches("UID ").trim();
-                        let found = uid_set(set, f.messages.len());
+                        let args = args.trim_start_matches("UID ").trim();
+                        let (set, larger) = match args.split_once(" LARGER ") {
+                            Some((set, n)) => (set, n.parse().unwrap()),
+                            None => (args, 0),
+                        };
+                        let mut found = uid_set(set, f.messages.len());
+                        found.retain(|u| f.messages[u - 1].len() > larger);
                         let found: Vec<String> = found.iter().map(|u| u.to_string()).collect();
                         out.extend(format!("* SEARCH {}\r\n", found.join(" ")).bytes());
                     }

@@ -362,13 +362,23 @@ impl ImapLoop {
     /// bigger than that goes alone; one above `max_message_bytes` is fetched as its header).
     /// Each batch carries the cursor to write after it: the last batch moves it to `hi`, so
     /// gaps (expunged UIDs) are passed once.
+    ///
+    /// Sizes are asked only of the messages above the range's even share of `fetch_max_bytes`
+    /// (one `SEARCH LARGER` finds them); every other UID counts as that share, which bounds it
+    /// (a UID that does not exist counts too: the FETCH just gets nothing for it). Mail of a few
+    /// KB thus costs one SEARCH a chunk instead of a size line a message.
     async fn plan_fetches(&mut self, lo: u32, hi: u32) -> Result<Vec<(Batch, u32)>, PollError> {
-        let sizes = self.folder().sizes(lo, hi).await?;
-        let imap = &self.settings.imap;
+        let (max_bytes, max_message) = (
+            self.settings.imap.fetch_max_bytes,
+            self.settings.imap.max_message_bytes,
+        );
+        let share = even_share(max_bytes, max_message, hi - lo + 1);
+        let large = self.folder().larger_than(lo, hi, u64::from(share)).await?;
+        let exact = self.folder().sizes(&large).await?;
         Ok(batches(
-            &sizes,
-            imap.fetch_max_bytes,
-            imap.max_message_bytes,
+            &bounded_sizes(lo, hi, share, &exact),
+            max_bytes,
+            max_message,
             hi,
         ))
     }
@@ -577,6 +587,29 @@ impl Batch {
     }
 }
 
+/// The size every message of a range of `uids` UIDs may have for all of them to fit in one
+/// FETCH of `max_bytes`, and at most `max_message_bytes` (a message within it is never
+/// oversized).
+fn even_share(max_bytes: u64, max_message_bytes: u64, uids: u32) -> u32 {
+    let share = (max_bytes / u64::from(uids.max(1))).min(max_message_bytes);
+    u32::try_from(share).unwrap_or(u32::MAX)
+}
+
+/// `(uid, size)` for every UID of `lo..=hi`: its size where `exact` (ascending) has it, else
+/// `share`, the bound a SEARCH LARGER proved.
+fn bounded_sizes(lo: u32, hi: u32, share: u32, exact: &[(u32, u32)]) -> Vec<(u32, u32)> {
+    let mut exact = exact.iter().peekable();
+    (lo..=hi)
+        .map(|uid| {
+            while exact.next_if(|(u, _)| *u < uid).is_some() {}
+            match exact.next_if(|(u, _)| *u == uid) {
+                Some(&(_, size)) => (uid, size),
+                None => (uid, share),
+            }
+        })
+        .collect()
+}
+
 /// Groups `(uid, size)` (sorted) into batches of at most `max_bytes` each (a message above
 /// `max_message_bytes` counts as its header, [`HEADER_MAX_BYTES`]), with the cursor to write
 /// after each: the last batch's cursor is `hi`.
@@ -650,6 +683,47 @@ mod tests {
             .decode(&m.payload)
             .unwrap();
         assert_eq!(decoded, latin1);
+    }
+
+    #[test]
+    fn uids_without_a_size_count_as_the_share_that_lets_them_all_fit_in_one_fetch() {
+        let mb = 1u64 << 20;
+        // 500 UIDs, 16 MiB: 33,554 bytes each; never above max_message_bytes.
+        assert_eq!(even_share(16 * mb, 25 * mb, 500), 33_554);
+        assert_eq!(even_share(16 * mb, 10_000, 500), 10_000);
+        assert_eq!(even_share(100, 25 * mb, 500), 0);
+        assert_eq!(even_share(u64::MAX, u64::MAX, 1), u32::MAX);
+        let sizes = bounded_sizes(3, 8, 100, &[(4, 5_000), (7, 900)]);
+        assert_eq!(
+            sizes,
+            vec![(3, 100), (4, 5_000), (5, 100), (6, 100), (7, 900), (8, 100)]
+        );
+        // All small: one FETCH of the whole range, which moves the cursor to its end.
+        let share = even_share(16 * mb, 25 * mb, 500);
+        let all = bounded_sizes(1, 500, share, &[]);
+        let b = batches(&all, 16 * mb, 25 * mb, 500);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].0.whole.len(), 500);
+        assert_eq!(b[0].1, 500);
+        // One large message among them is weighed at its size, an oversized one as its header.
+        let b = batches(
+            &bounded_sizes(1, 500, share, &[(10, 15 * mb as u32), (20, 30 * mb as u32)]),
+            16 * mb,
+            25 * mb,
+            500,
+        );
+        let fetched: usize = b.iter().map(|(x, _)| x.whole.len() + x.headers.len()).sum();
+        assert_eq!(fetched, 500);
+        assert!(b.iter().any(|(x, _)| x.headers == vec![(20, 30 * mb as u32)]));
+        for (x, _) in &b {
+            let bytes: u64 = x
+                .whole
+                .iter()
+                .map(|u| if *u == 10 { 15 * mb } else { u64::from(share) })
+                .sum::<u64>()
+                + x.headers.len() as u64 * HEADER_MAX_BYTES;
+            assert!(bytes <= 16 * mb, "{bytes}");
+        }
     }
 
     #[test]

@@ -714,7 +714,9 @@ mod tests {
         );
         let fetched: usize = b.iter().map(|(x, _)| x.whole.len() + x.headers.len()).sum();
         assert_eq!(fetched, 500);
-        assert!(b.iter().any(|(x, _)| x.headers == vec![(20, 30 * mb as u32)]));
+        assert!(b
+            .iter()
+            .any(|(x, _)| x.headers == vec![(20, 30 * mb as u32)]));
         for (x, _) in &b {
             let bytes: u64 = x
                 .whole

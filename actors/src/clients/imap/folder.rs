@@ -165,7 +165,10 @@ impl ImapFolder {
         let found = self
             .run("UID SEARCH", async |s| s.uid_search(&query).await)
             .await?;
-        let mut uids: Vec<u32> = found.into_iter().filter(|u| (lo..=hi).contains(u)).collect();
+        let mut uids: Vec<u32> = found
+            .into_iter()
+            .filter(|u| (lo..=hi).contains(u))
+            .collect();
         uids.sort_unstable();
         Ok(uids)
     }

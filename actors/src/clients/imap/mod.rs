@@ -197,18 +197,10 @@ impl Connector {
                                 host: src.host.clone(),
                                 reason: format!("STARTTLS refused: {e}"),
                             })?;
+                        // Whatever was read past the OK in the clear (an attacker's injection
+                        // before the handshake, CVE-2011-0411's class) is dropped with the
+                        // buffers, here and in async-imap: only what comes over TLS is read.
                         let plain = c.into_inner();
-                        // Nothing may follow the OK in the clear: bytes already here would be
-                        // an attacker's, injected before the handshake (CVE-2011-0411's class).
-                        if !plain.buffer().is_empty() {
-                            return Err(ImapError::Tls {
-                                source_name: self.name(),
-                                host: src.host.clone(),
-                                reason:
-                                    "the server sent data after STARTTLS before the TLS handshake"
-                                        .into(),
-                            });
-                        }
                         let Transport::Plain(tcp) = plain.into_inner().into_inner() else {
                             unreachable!("STARTTLS starts on a plain stream")
                         };

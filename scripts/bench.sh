@@ -15,8 +15,8 @@
 #   scripts/bench.sh graph      Graph simulator → inbound stream:
 #     - 100,000 messages polled in delta mode at page 1,000 (one mailbox, then four in
 #       parallel): e-mails/s into the inbound stream, from the session's start (its
-#       `started_ms`) to the last message in the stream (its last id); the CPU the daemon, redis-server and the Graph simulator spent per e-mail
-#       meanwhile (the daemon's delivery pipeline runs at the same time: its MS4 deliveries
+#       `started_ms`) to the last message in the stream (its last id); the CPU the daemon,
+#       redis-server and the Graph simulator spent per e-mail meanwhile (the daemon's delivery pipeline runs at the same time: its MS4 deliveries
 #       count in the daemon's figure), and again until all were at MS4 (the same work for any
 #       build, so before/after comparisons of the daemon's cost hold); beside it, in the same run against the same simulator,
 #       a plain delta reader (`ms1-sim graph-fetch`: the pages fetched and discarded) and our
@@ -35,7 +35,8 @@
 #       connect, login, SELECT, UID FETCH in chunks, atomic writes; the time until all were at
 #       MS4, peak RSS; beside it, in the same run against the same Dovecot, a plain fetch loop
 #       (`ms1-sim imap-fetch`: UID FETCH 500 at a time, discarding, clocked from its TCP
-#       connect, so that both log in and select) and our rate as a percent of it. BENCH_CPU=1 also prints the CPU seconds the daemon (its pipeline included),
+#       connect, so that both log in and select) and our rate as a percent of it.
+#       BENCH_CPU=1 also prints the CPU seconds the daemon (its pipeline included),
 #       redis-server, Dovecot and the MS4 simulator spent until the last message was queued.
 #
 #   scripts/bench.sh imap-burst  memory under a burst of large mail: 200 messages of 25 MB

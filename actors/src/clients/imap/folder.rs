@@ -144,13 +144,10 @@ impl ImapFolder {
     /// The UIDs above `last`, ascending (`UID SEARCH UID last+1:*`, without the message a
     /// server names for `*` when none is above).
     pub(crate) async fn uids_above(&mut self, last: u32) -> Result<Vec<u32>, ImapError> {
-        let query = format!("UID {}:*", last.saturating_add(1));
-        let found = self
-            .run("UID SEARCH", async |s| s.uid_search(&query).await)
-            .await?;
-        let mut uids: Vec<u32> = found.into_iter().filter(|u| *u > last).collect();
-        uids.sort_unstable();
-        Ok(uids)
+        let Some(from) = last.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        self.search(&format!("UID {from}:*"), from..=u32::MAX).await
     }
 
     /// The UIDs in `lo..=hi` of messages larger than `bytes` (`UID SEARCH UID lo:hi LARGER
@@ -161,14 +158,21 @@ impl ImapFolder {
         hi: u32,
         bytes: u64,
     ) -> Result<Vec<u32>, ImapError> {
-        let query = format!("UID {lo}:{hi} LARGER {bytes}");
+        self.search(&format!("UID {lo}:{hi} LARGER {bytes}"), lo..=hi)
+            .await
+    }
+
+    /// `UID SEARCH query`: the UIDs found within `keep` (a server may name one outside the
+    /// set asked for), ascending.
+    async fn search(
+        &mut self,
+        query: &str,
+        keep: std::ops::RangeInclusive<u32>,
+    ) -> Result<Vec<u32>, ImapError> {
         let found = self
-            .run("UID SEARCH", async |s| s.uid_search(&query).await)
+            .run("UID SEARCH", async |s| s.uid_search(query).await)
             .await?;
-        let mut uids: Vec<u32> = found
-            .into_iter()
-            .filter(|u| (lo..=hi).contains(u))
-            .collect();
+        let mut uids: Vec<u32> = found.into_iter().filter(|u| keep.contains(u)).collect();
         uids.sort_unstable();
         Ok(uids)
     }

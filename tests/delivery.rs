@@ -43,6 +43,72 @@ fn a_trickle_of_seven_is_sent_as_one_partial_batch_by_the_linger_timer() {
     assert_eq!(stats["batches_accepted"], 1, "{stats}");
     assert_eq!(stats["batch_sizes"]["7"], 1, "{stats}");
     world.assert_drained();
+    // A fresh deployment: no idempotency mark of a version before can exist, none is read.
+    let legacy: Option<String> = redis::cmd("GET")
+        .arg("ms1:marks:legacy_until")
+        .query(&mut world.redis())
+        .unwrap();
+    assert_eq!(legacy.as_deref(), Some("0"));
+}
+
+/// Idempotency marks moved from a key a record (`seen:{key}`) to one hash a day (issue 14). A
+/// deployment upgraded from a version before honours the marks that version left while they
+/// live: a repeat stays a duplicate, a reused Message-ID with other content is delivered under
+/// the key and its digest. The marks written from then on are in the day hash.
+#[test]
+fn marks_a_version_before_left_are_honoured_after_the_upgrade() {
+    let world = World::new(&["--rate-limit-per-min", "0"]);
+    let mut con = world.redis();
+    // What the version before leaves: its counters, and one mark a record.
+    let _: () = redis::cmd("HSET")
+        .arg("ms1:stats")
+        .arg("processed")
+        .arg(2)
+        .query(&mut con)
+        .unwrap();
+    for (n, mark) in [(0, "1"), (1, "another-digest")] {
+        let _: () = redis::cmd("SET")
+            .arg(format!("ms1:seen:{}", World::key_of(n)))
+            .arg(mark)
+            .arg("EX")
+            .arg(3_600)
+            .query(&mut con)
+            .unwrap();
+    }
+    let daemon = world.daemon(&[]);
+    world.load(0..10, |_| false);
+    world.wait_delivered(9, MINUTE, &daemon);
+    assert!(common::wait_until(Duration::from_secs(5), || daemon
+        .metric("ms1_emails_duplicate_total")
+        == 1.0));
+    let keys = world.ms4.keys();
+    assert!(!keys.contains(&World::key_of(0)), "{keys:?}");
+    let renamed = format!("{}#", World::key_of(1));
+    assert!(keys.iter().any(|k| k.starts_with(&renamed)), "{keys:?}");
+    assert_eq!(daemon.metric("ms1_key_conflicts_total"), 1.0);
+    world.assert_drained();
+    // The 8 new keys and the renamed one are marked in the day hash (two, across midnight).
+    let today = now_ms() / 86_400_000;
+    let marked: u64 = [today - 1, today]
+        .iter()
+        .map(|d| -> u64 {
+            redis::cmd("HLEN")
+                .arg(format!("ms1:marks:{d}"))
+                .query(&mut con)
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(marked, 9);
+    let own_keys: u64 = redis::cmd("EXISTS")
+        .arg(format!("ms1:seen:{}", World::key_of(2)))
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(own_keys, 0);
+    let until: u64 = redis::cmd("GET")
+        .arg("ms1:marks:legacy_until")
+        .query(&mut con)
+        .unwrap();
+    assert!(until > now_ms() + 3_600_000, "{until}");
 }
 
 #[test]
@@ -260,4 +326,11 @@ fn errors_and_slow_answers_are_retried_until_delivered() {
     );
     assert!(world.dead_letters().is_empty());
     world.assert_drained();
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }

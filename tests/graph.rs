@@ -429,9 +429,10 @@ fn a_poll_skips_a_message_a_webhook_ref_already_delivered() {
 fn the_page_script_queues_a_key_once_per_page_and_honours_both_marks() {
     // poll_page.lua itself, on a real Redis: one message twice on a page (the second copy
     // must see the intake mark the first one set in the same script), one the processor
-    // delivered another way (its seen: mark, same digest: skipped), one reusing a
-    // delivered Message-ID with other content (another digest: queued), and one past 64 KiB
-    // (counted as large: store::large).
+    // delivered another way (its idempotency mark in yesterday's hash, same digest: skipped),
+    // one whose mark a version before left as a key of its own (same digest: skipped), one
+    // reusing a delivered Message-ID with other content (another digest: queued), and one past
+    // 64 KiB (counted as large: store::large).
     let world = World::new(&[]);
     let mut redis = world.redis();
     let _: () = redis::cmd("SET")
@@ -439,17 +440,29 @@ fn the_page_script_queues_a_key_once_per_page_and_honours_both_marks() {
         .arg("token")
         .query(&mut redis)
         .unwrap();
-    for (key, digest) in [("<seen@x>", "d-seen"), ("<reused@x>", "d-old")] {
-        let _: () = redis::cmd("SET")
-            .arg(format!("ms1:seen:{key}"))
+    // Today's hash exists but holds none of them: each day hash is looked in.
+    for (day, key, digest) in [
+        ("ms1:marks:2", "<other@x>", "d-other"),
+        ("ms1:marks:1", "<seen@x>", "d-seen"),
+        ("ms1:marks:1", "<reused@x>", "d-old"),
+    ] {
+        let _: () = redis::cmd("HSET")
+            .arg(day)
+            .arg(key)
             .arg(digest)
             .query(&mut redis)
             .unwrap();
     }
+    let _: () = redis::cmd("SET")
+        .arg("ms1:seen:<legacy@x>")
+        .arg("d-legacy")
+        .query(&mut redis)
+        .unwrap();
     let page = [
         ("<twice@x>", "d-twice"),
         ("<twice@x>", "d-twice"),
         ("<seen@x>", "d-seen"),
+        ("<legacy@x>", "d-legacy"),
         ("<reused@x>", "d-new"),
         ("<big@x>", "d-big"),
     ];
@@ -468,6 +481,9 @@ fn the_page_script_queues_a_key_once_per_page_and_honours_both_marks() {
         .key("ms1:stream:markread")
         .key("ms1:followups:waiting")
         .key("ms1:stream:inbound:large")
+        .key("ms1:marks:2")
+        .key("ms1:marks:1")
+        .key("ms1:marks:0")
         .arg("token")
         .arg("http://graph.example/next")
         .arg("sync")
@@ -478,7 +494,9 @@ fn the_page_script_queues_a_key_once_per_page_and_honours_both_marks() {
         .arg(0)
         .arg("")
         .arg("")
-        .arg("");
+        .arg("")
+        .arg(3)
+        .arg("1");
     for (key, digest) in page {
         invocation
             .key(format!("ms1:queued:{key}"))
@@ -508,9 +526,14 @@ fn the_page_script_queues_a_key_once_per_page_and_honours_both_marks() {
     let queued: Vec<Option<String>> = redis::cmd("MGET")
         .arg("ms1:queued:<twice@x>")
         .arg("ms1:queued:<seen@x>")
+        .arg("ms1:queued:<legacy@x>")
+        .arg("ms1:queued:<reused@x>")
         .query(&mut redis)
         .unwrap();
-    assert_eq!(queued, vec![Some("d-twice id-<twice@x>".to_string()), None]);
+    assert_eq!(
+        queued,
+        vec![Some("d-twice id-<twice@x>".to_string()), None, None, None]
+    );
 }
 
 /// Issue 15: in unread mode a second copy of a delivered message (the same Message-ID, sender,

@@ -28,8 +28,6 @@ static DRAIN: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
-const DAY_MS: u64 = 86_400_000;
-
 /// An inbound entry whose key was seen before.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Copy {
@@ -65,9 +63,8 @@ impl Store {
     /// The end-state hashes a first copy may be recorded in (today's first), for marks that
     /// live `ttl_s`.
     pub(super) fn ended_days(&self, now_ms: u64, ttl_s: u64) -> Vec<String> {
-        let days = ttl_s.saturating_mul(1_000).div_ceil(DAY_MS) + 1;
-        (0..=days)
-            .map(|d| self.keys.ended_on(now_ms.saturating_sub(d * DAY_MS)))
+        super::keys::live_days(now_ms, ttl_s)
+            .map(|ms| self.keys.ended_on(ms))
             .collect()
     }
 
@@ -80,20 +77,9 @@ impl Store {
         accepted: bool,
         ttl_s: u64,
     ) {
-        if keys.is_empty() {
-            return;
-        }
         let day = self.keys.ended_on(crate::clock::now_ms());
         let state = if accepted { "1" } else { "0" };
-        pipe.cmd("HSET").arg(&day);
-        for key in keys {
-            pipe.arg(*key).arg(state);
-        }
-        pipe.ignore();
-        pipe.cmd("EXPIRE")
-            .arg(&day)
-            .arg(ttl_s + DAY_MS / 1_000)
-            .ignore();
+        Self::push_day_hash(pipe, &day, keys.iter().map(|k| (*k, state)), ttl_s);
     }
 
     /// Ends `copies` (see the module) and acknowledges and deletes their inbound entries, in

@@ -15,6 +15,17 @@ pub(crate) const GRAPH_MARK_READ: &str = "markers";
 pub(crate) const IMAP_AFTER_DELIVERY: &str = "imap_finishers";
 // (Group names are state in Redis: renaming one would orphan its pending entries.)
 
+/// A day in ms: day hashes (`ended:{day}`, `marks:{day}`) are named by `ms / DAY_MS`.
+pub(crate) const DAY_MS: u64 = 86_400_000;
+
+/// One time a day from `now_ms` back, today's first: the days whose hash can still hold what
+/// was written in the last `ttl_s`, when each day's hash lives `ttl_s` plus a day after its last
+/// write ([`Store::push_day_hash`](super::Store::push_day_hash)).
+pub(crate) fn live_days(now_ms: u64, ttl_s: u64) -> impl Iterator<Item = u64> {
+    let days = ttl_s.saturating_mul(1_000).div_ceil(DAY_MS) + 1;
+    (0..=days).map(move |d| now_ms.saturating_sub(d * DAY_MS))
+}
+
 /// Key names under one prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -59,8 +70,21 @@ impl Keys {
         format!("{}stream:dlq", self.prefix)
     }
 
-    /// Idempotency mark of one record key.
-    pub(crate) fn seen(&self, idempotency_key: &str) -> String {
+    /// The idempotency marks the BatchProcessor wrote on the day of `ms` (hash: record key →
+    /// content digest; see [`marks`](super::marks)).
+    pub(crate) fn marks_on(&self, ms: u64) -> String {
+        format!("{}marks:{}", self.prefix, ms / DAY_MS)
+    }
+
+    /// Until when (ms) idempotency marks may also be the keys of versions before the day
+    /// hashes, [`legacy_seen`](Self::legacy_seen) (`0`: none can exist).
+    pub(crate) fn marks_legacy_until(&self) -> String {
+        format!("{}marks:legacy_until", self.prefix)
+    }
+
+    /// The idempotency mark of one record key as versions before the day hashes wrote it (a
+    /// string with its own lifetime): still read until [`marks_legacy_until`](Self::marks_legacy_until).
+    pub(crate) fn legacy_seen(&self, idempotency_key: &str) -> String {
         format!("{}seen:{}", self.prefix, idempotency_key)
     }
 
@@ -170,13 +194,11 @@ impl Keys {
         format!("{}history:intake:{}", self.prefix, now_ms / 86_400_000)
     }
 
-    /// Records delivered to MS4 in the minute that starts at `minute` (ms since the epoch,
-    /// a multiple of 60,000), kept two hours.
     /// What became of the records delivered or dead-lettered on the day of `ms` (hash: key →
     /// `1` accepted by MS4, `0` dead-lettered): where a later copy of a message learns its
     /// first copy's end state.
     pub(crate) fn ended_on(&self, ms: u64) -> String {
-        format!("{}ended:{}", self.prefix, ms / 86_400_000)
+        format!("{}ended:{}", self.prefix, ms / DAY_MS)
     }
 
     /// Follow-ups of later copies waiting for their first copy's end state (hash: key → JSON).
@@ -184,6 +206,8 @@ impl Keys {
         format!("{}followups:waiting", self.prefix)
     }
 
+    /// Records delivered to MS4 in the minute that starts at `minute` (ms since the epoch,
+    /// a multiple of 60,000), kept two hours.
     pub(crate) fn delivered_in_minute(&self, minute: u64) -> String {
         format!("{}history:delivered:{}", self.prefix, minute / 60_000)
     }
@@ -208,7 +232,8 @@ mod tests {
         let k = Keys::new("{ms1}:");
         assert_eq!(k.inbound(), "{ms1}:stream:inbound");
         assert_eq!(k.dlq(), "{ms1}:stream:dlq");
-        assert_eq!(k.seen("<a@b>"), "{ms1}:seen:<a@b>");
+        assert_eq!(k.legacy_seen("<a@b>"), "{ms1}:seen:<a@b>");
+        assert_eq!(k.marks_on(1_764_500_000_000), "{ms1}:marks:20422");
         assert_eq!(k.rate_tat("ms4"), "{ms1}:ratelimit:ms4:tat");
     }
 
@@ -227,10 +252,11 @@ mod tests {
             k.sessions(),
             k.mark_read(),
             k.imap_done(),
+            k.marks_legacy_until(),
         ];
         for n in odd {
             all.extend([
-                k.seen(n),
+                k.legacy_seen(n),
                 k.queued(n),
                 k.ref_queued(n, n),
                 k.session(n),
@@ -249,7 +275,12 @@ mod tests {
             ]);
         }
         for at in [0, 1_764_500_000_000] {
-            all.extend([k.intake_today(at), k.delivered_in_minute(at)]);
+            all.extend([
+                k.intake_today(at),
+                k.delivered_in_minute(at),
+                k.marks_on(at),
+                k.ended_on(at),
+            ]);
         }
         let slot = Slot::for_key("ms1");
         for key in &all {

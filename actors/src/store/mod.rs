@@ -34,6 +34,7 @@ pub mod inspect;
 pub(crate) mod keys;
 pub mod large;
 pub(crate) mod lease;
+pub(crate) mod marks;
 pub(crate) mod outbound;
 pub(crate) mod park;
 pub(crate) mod poll;
@@ -86,6 +87,8 @@ pub struct Store {
     lease: Arc<lease::LeaseScripts>,
     poll: Arc<poll::PollScripts>,
     imap_page: Arc<redis::Script>,
+    /// Until when marks of versions before may exist (see [`marks`]), once Redis told.
+    legacy_marks_until: Arc<std::sync::OnceLock<u64>>,
 }
 
 /// Where the store's Redis is, kept to open further connections ([`Store::blocking`]).
@@ -244,6 +247,7 @@ impl Store {
             lease: Arc::new(lease::LeaseScripts::new()),
             poll: Arc::new(poll::PollScripts::new()),
             imap_page: Arc::new(imap::imap_page_script()),
+            legacy_marks_until: Arc::default(),
         }
     }
 

@@ -20,10 +20,10 @@ use super::Entry;
 pub(crate) struct OutboundRecord {
     /// The inbound entry it was made from.
     pub entry: String,
-    /// The record's idempotency key (also its `seen:` mark).
+    /// The record's idempotency key (also the field of its idempotency mark).
     pub key: String,
-    /// The record's content digest: the value of its `seen:` and `queued:` marks, which tells
-    /// a repeat from another message that reuses the key.
+    /// The record's content digest: the value of its idempotency and `queued:` marks, which
+    /// tells a repeat from another message that reuses the key.
     pub digest: String,
     /// The record as MS4 will receive it (JSON object).
     pub json: String,

@@ -128,7 +128,15 @@ impl Store {
         } else {
             Vec::new()
         };
-        for day in &days {
+        // The day hashes of the idempotency marks (store::marks), and the marks of versions
+        // before while they may live (none to look up for a page without messages).
+        let (mark_days, legacy) = if page.messages.is_empty() {
+            (Vec::new(), false)
+        } else {
+            let legacy = self.legacy_marks(now_ms, mark_ttl_s).await?;
+            (self.mark_days(now_ms, mark_ttl_s), legacy)
+        };
+        for day in days.iter().chain(&mark_days) {
             inv.key(day);
         }
         inv.arg(token)
@@ -143,21 +151,19 @@ impl Store {
         let field = |v: Option<i64>| v.map_or_else(String::new, |v| v.to_string());
         inv.arg(field(mark.floor_ms.and(mark.listed_ms)))
             .arg(field(mark.listed_ms.and(mark.floor_ms)))
-            .arg(field(mark.swept_ms));
-        // Each message's intake mark is a declared key (a cluster checks it against the
-        // script's slot); its JSON is the argument at the same position.
+            .arg(field(mark.swept_ms))
+            .arg(mark_days.len())
+            .arg(if legacy { "1" } else { "" });
+        // Each message's intake mark (and its mark of a version before) is a declared key (a
+        // cluster checks it against the script's slot); its JSON is the argument at the same
+        // position.
         for m in &page.messages {
-            let (key, id) = if page.mark_read {
-                (m.key.as_str(), m.id)
-            } else {
-                ("", "")
-            };
-            inv.key(self.keys.queued(&m.key))
-                .key(self.keys.seen(&m.key))
-                .arg(m.json)
-                .arg(&m.digest)
-                .arg(key)
-                .arg(id);
+            let id = if page.mark_read { m.id } else { "" };
+            inv.key(self.keys.queued(&m.key));
+            if legacy {
+                inv.key(self.keys.legacy_seen(&m.key));
+            }
+            inv.arg(m.json).arg(&m.digest).arg(&m.key).arg(id);
         }
         let added: i64 = inv.invoke_async(&mut self.conn()).await?;
         Ok(if added < 0 {

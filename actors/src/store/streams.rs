@@ -15,7 +15,8 @@ use redis::Value;
 /// MULTI/EXEC: either all of it happens or none of it.
 #[derive(Debug, Default)]
 pub(crate) struct Handoff {
-    /// New records for the outbound stream; their `seen:` marks are set with them.
+    /// New records for the outbound stream; their idempotency marks ([`marks`](super::marks))
+    /// are set with them.
     pub outbound: Vec<OutboundRecord>,
     /// Entries that cannot become records.
     pub dead: Vec<DeadLetter>,
@@ -337,19 +338,6 @@ impl Store {
             .await?)
     }
 
-    /// The idempotency mark of each of `keys`: the content digest of the message delivered
-    /// under it (`1` for marks older than digests), or `None`.
-    pub(crate) async fn marks(&self, keys: &[&str]) -> StoreResult<Vec<Option<String>>> {
-        if keys.is_empty() {
-            return Ok(vec![]);
-        }
-        let names: Vec<String> = keys.iter().map(|k| self.keys.seen(k)).collect();
-        Ok(redis::cmd("MGET")
-            .arg(&names)
-            .query_async(&mut self.conn())
-            .await?)
-    }
-
     /// Applies a BatchProcessor hand-off in one MULTI/EXEC: the records as outbound entries of
     /// one MS4 batch each (`batch`, see [`batch_entry`](super::batch_entry)) + their
     /// idempotency marks + dead letters + XACK/XDEL of the inbound chunk. Returns the
@@ -380,17 +368,10 @@ impl Store {
                 pipe.ignore();
             }
         }
-        for r in &h.outbound {
-            pipe.cmd("SET")
-                .arg(self.keys.seen(&r.key))
-                .arg(&r.digest)
-                .arg("EX")
-                .arg(idempotency_ttl_s)
-                .ignore();
-            // No intake mark here: a poller that meets this message later (a webhook ref got
-            // it first) finds this idempotency mark itself (`poll_page.lua` reads both), which
-            // saves a SET per record.
-        }
+        // No intake mark here: a poller that meets one of these messages later (a webhook ref
+        // got it first) finds its idempotency mark itself (`poll_page.lua` reads both), which
+        // saves a SET per record.
+        self.push_marks(&mut pipe, &h.outbound, idempotency_ttl_s);
         for d in &h.dead {
             self.push_dead_letter(&mut pipe, d, dlq_maxlen);
         }

@@ -421,8 +421,9 @@ impl Work {
             parked: plan.parked,
         };
         let mut copies = plan.copies_in_chunk;
+        let ttl_s = self.settings.redis.idempotency_ttl_s;
         let keys: Vec<&str> = plan.records.iter().map(|r| r.key.as_str()).collect();
-        let marks = self.store.marks(&keys).await?;
+        let marks = self.store.marks(&keys, ttl_s).await?;
         let mut conflicts = Vec::new();
         for (rec, mark) in plan.records.into_iter().zip(marks) {
             match mark {
@@ -434,7 +435,7 @@ impl Work {
         }
         // Each message that reused a key is delivered once, under the key and its digest.
         let keys: Vec<&str> = conflicts.iter().map(|r| r.key.as_str()).collect();
-        let marks = self.store.marks(&keys).await?;
+        let marks = self.store.marks(&keys, ttl_s).await?;
         let mut key_conflicts = plan.key_conflicts;
         for (rec, mark) in conflicts.into_iter().zip(marks) {
             if mark.is_some() {

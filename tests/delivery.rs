@@ -51,10 +51,10 @@ fn a_trickle_of_seven_is_sent_as_one_partial_batch_by_the_linger_timer() {
     assert_eq!(legacy.as_deref(), Some("0"));
 }
 
-/// Idempotency marks moved from a key a record (`seen:{key}`) to one hash a day (issue 14). A
+/// Idempotency marks moved from a key a record (`seen:{key}`) to one hash (issue 14). A
 /// deployment upgraded from a version before honours the marks that version left while they
 /// live: a repeat stays a duplicate, a reused Message-ID with other content is delivered under
-/// the key and its digest. The marks written from then on are in the day hash.
+/// the key and its digest. The marks written from then on are in the marks hash.
 #[test]
 fn marks_a_version_before_left_are_honoured_after_the_upgrade() {
     let world = World::new(&["--rate-limit-per-min", "0"]);
@@ -87,17 +87,8 @@ fn marks_a_version_before_left_are_honoured_after_the_upgrade() {
     assert!(keys.iter().any(|k| k.starts_with(&renamed)), "{keys:?}");
     assert_eq!(daemon.metric("ms1_key_conflicts_total"), 1.0);
     world.assert_drained();
-    // The 8 new keys and the renamed one are marked in the day hash (two, across midnight).
-    let today = now_ms() / 86_400_000;
-    let marked: u64 = [today - 1, today]
-        .iter()
-        .map(|d| -> u64 {
-            redis::cmd("HLEN")
-                .arg(format!("ms1:marks:{d}"))
-                .query(&mut con)
-                .unwrap()
-        })
-        .sum();
+    // The 8 new keys and the renamed one are marked in the marks hash.
+    let marked: u64 = redis::cmd("HLEN").arg("ms1:marks").query(&mut con).unwrap();
     assert_eq!(marked, 9);
     let own_keys: u64 = redis::cmd("EXISTS")
         .arg(format!("ms1:seen:{}", World::key_of(2)))
@@ -325,6 +316,64 @@ fn errors_and_slow_answers_are_retried_until_delivered() {
         "{stats}"
     );
     assert!(world.dead_letters().is_empty());
+    world.assert_drained();
+}
+
+/// The marks hash has no lifetime a field: the BatchProcessor sweeps the marks of every day
+/// that ended longer than `redis.idempotency_ttl_s` ago (a list of the day's keys), a batch at a
+/// time, and keeps the younger ones.
+#[test]
+fn idempotency_marks_older_than_their_ttl_are_swept_and_younger_ones_kept() {
+    let world = World::new(&["--rate-limit-per-min", "0"]);
+    let mut con = world.redis();
+    let today = now_ms() / 86_400_000;
+    // What hand-offs three days ago (2,500 keys: three sweep batches) and yesterday left.
+    let old: Vec<String> = (1_000..3_500).map(World::key_of).collect();
+    for (day, keys) in [
+        (today - 3, old.clone()),
+        (today - 1, vec!["<young@x>".into()]),
+    ] {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET").arg("ms1:marks");
+        for k in &keys {
+            pipe.arg(k).arg("digest");
+        }
+        pipe.cmd("RPUSH").arg(format!("ms1:marks:{day}")).arg(&keys);
+        pipe.cmd("ZADD").arg("ms1:marks:days").arg(day).arg(day);
+        let _: () = pipe.query(&mut con).unwrap();
+    }
+    let daemon = world.daemon(&[("MS1__REDIS__IDEMPOTENCY_TTL_S", "86400")]);
+    world.load(0..5, |_| false);
+    world.wait_delivered(5, MINUTE, &daemon);
+    let hlen = |con: &mut redis::Connection| -> u64 {
+        redis::cmd("HLEN").arg("ms1:marks").query(con).unwrap()
+    };
+    assert!(
+        common::wait_until(MINUTE, || hlen(&mut world.redis()) == 6),
+        "{} marks left; want yesterday's and the 5 new",
+        hlen(&mut con)
+    );
+    let young: bool = redis::cmd("HEXISTS")
+        .arg("ms1:marks")
+        .arg("<young@x>")
+        .query(&mut con)
+        .unwrap();
+    assert!(young);
+    let days: Vec<u64> = redis::cmd("ZRANGE")
+        .arg("ms1:marks:days")
+        .arg(0)
+        .arg(-1)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(days, vec![today - 1, today]);
+    let list: u64 = redis::cmd("EXISTS")
+        .arg(format!("ms1:marks:{}", today - 3))
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(list, 0);
+    // A swept key is new again: the first of them comes back and is delivered.
+    world.load(1_000..1_001, |_| false);
+    world.wait_delivered(6, MINUTE, &daemon);
     world.assert_drained();
 }
 

@@ -429,7 +429,7 @@ fn a_poll_skips_a_message_a_webhook_ref_already_delivered() {
 fn the_page_script_queues_a_key_once_per_page_and_honours_both_marks() {
     // poll_page.lua itself, on a real Redis: one message twice on a page (the second copy
     // must see the intake mark the first one set in the same script), one the processor
-    // delivered another way (its idempotency mark in yesterday's hash, same digest: skipped),
+    // delivered another way (its idempotency mark, same digest: skipped),
     // one whose mark a version before left as a key of its own (same digest: skipped), one
     // reusing a delivered Message-ID with other content (another digest: queued), and one past
     // 64 KiB (counted as large: store::large).
@@ -440,14 +440,9 @@ fn the_page_script_queues_a_key_once_per_page_and_honours_both_marks() {
         .arg("token")
         .query(&mut redis)
         .unwrap();
-    // Today's hash exists but holds none of them: each day hash is looked in.
-    for (day, key, digest) in [
-        ("ms1:marks:2", "<other@x>", "d-other"),
-        ("ms1:marks:1", "<seen@x>", "d-seen"),
-        ("ms1:marks:1", "<reused@x>", "d-old"),
-    ] {
+    for (key, digest) in [("<seen@x>", "d-seen"), ("<reused@x>", "d-old")] {
         let _: () = redis::cmd("HSET")
-            .arg(day)
+            .arg("ms1:marks")
             .arg(key)
             .arg(digest)
             .query(&mut redis)
@@ -481,9 +476,7 @@ fn the_page_script_queues_a_key_once_per_page_and_honours_both_marks() {
         .key("ms1:stream:markread")
         .key("ms1:followups:waiting")
         .key("ms1:stream:inbound:large")
-        .key("ms1:marks:2")
-        .key("ms1:marks:1")
-        .key("ms1:marks:0")
+        .key("ms1:marks")
         .arg("token")
         .arg("http://graph.example/next")
         .arg("sync")
@@ -495,7 +488,6 @@ fn the_page_script_queues_a_key_once_per_page_and_honours_both_marks() {
         .arg("")
         .arg("")
         .arg("")
-        .arg(3)
         .arg("1");
     for (key, digest) in page {
         invocation

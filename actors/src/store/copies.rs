@@ -11,6 +11,7 @@
 //! was dead-lettered, so the copy ends as the first one did, and otherwise waits
 //! (`followups:waiting`) until [`Store::drain_waiting`] finds the first copy's end.
 
+use super::keys::DAY_MS;
 use super::{FollowUp, Store, StoreResult};
 use redis::Script;
 use std::sync::LazyLock;
@@ -63,8 +64,9 @@ impl Store {
     /// The end-state hashes a first copy may be recorded in (today's first), for marks that
     /// live `ttl_s`.
     pub(super) fn ended_days(&self, now_ms: u64, ttl_s: u64) -> Vec<String> {
-        super::keys::live_days(now_ms, ttl_s)
-            .map(|ms| self.keys.ended_on(ms))
+        let days = ttl_s.saturating_mul(1_000).div_ceil(DAY_MS) + 1;
+        (0..=days)
+            .map(|d| self.keys.ended_on(now_ms.saturating_sub(d * DAY_MS)))
             .collect()
     }
 
@@ -77,9 +79,20 @@ impl Store {
         accepted: bool,
         ttl_s: u64,
     ) {
+        if keys.is_empty() {
+            return;
+        }
         let day = self.keys.ended_on(crate::clock::now_ms());
         let state = if accepted { "1" } else { "0" };
-        Self::push_day_hash(pipe, &day, keys.iter().map(|k| (*k, state)), ttl_s);
+        pipe.cmd("HSET").arg(&day);
+        for key in keys {
+            pipe.arg(*key).arg(state);
+        }
+        pipe.ignore();
+        pipe.cmd("EXPIRE")
+            .arg(&day)
+            .arg(ttl_s + DAY_MS / 1_000)
+            .ignore();
     }
 
     /// Ends `copies` (see the module) and acknowledges and deletes their inbound entries, in

@@ -15,16 +15,9 @@ pub(crate) const GRAPH_MARK_READ: &str = "markers";
 pub(crate) const IMAP_AFTER_DELIVERY: &str = "imap_finishers";
 // (Group names are state in Redis: renaming one would orphan its pending entries.)
 
-/// A day in ms: day hashes (`ended:{day}`, `marks:{day}`) are named by `ms / DAY_MS`.
+/// A day in ms: what is kept by the day (`ended:{day}`, `marks:{day}`) is named by
+/// `ms / DAY_MS`.
 pub(crate) const DAY_MS: u64 = 86_400_000;
-
-/// One time a day from `now_ms` back, today's first: the days whose hash can still hold what
-/// was written in the last `ttl_s`, when each day's hash lives `ttl_s` plus a day after its last
-/// write ([`Store::push_day_hash`](super::Store::push_day_hash)).
-pub(crate) fn live_days(now_ms: u64, ttl_s: u64) -> impl Iterator<Item = u64> {
-    let days = ttl_s.saturating_mul(1_000).div_ceil(DAY_MS) + 1;
-    (0..=days).map(move |d| now_ms.saturating_sub(d * DAY_MS))
-}
 
 /// Key names under one prefix.
 #[derive(Debug, Clone)]
@@ -70,10 +63,21 @@ impl Keys {
         format!("{}stream:dlq", self.prefix)
     }
 
-    /// The idempotency marks the BatchProcessor wrote on the day of `ms` (hash: record key →
-    /// content digest; see [`marks`](super::marks)).
-    pub(crate) fn marks_on(&self, ms: u64) -> String {
+    /// The idempotency marks (hash: record key → content digest; see [`marks`](super::marks)).
+    pub(crate) fn marks(&self) -> String {
+        format!("{}marks", self.prefix)
+    }
+
+    /// The record keys marked on the day of `ms` (a list), for the sweep that removes their
+    /// marks once they are older than the TTL.
+    pub(crate) fn marked_on(&self, ms: u64) -> String {
         format!("{}marks:{}", self.prefix, ms / DAY_MS)
+    }
+
+    /// The days that have a [`marked_on`](Self::marked_on) list (sorted set: the day, scored
+    /// by itself).
+    pub(crate) fn marked_days(&self) -> String {
+        format!("{}marks:days", self.prefix)
     }
 
     /// Until when (ms) idempotency marks may also be the keys of versions before the day
@@ -233,7 +237,7 @@ mod tests {
         assert_eq!(k.inbound(), "{ms1}:stream:inbound");
         assert_eq!(k.dlq(), "{ms1}:stream:dlq");
         assert_eq!(k.legacy_seen("<a@b>"), "{ms1}:seen:<a@b>");
-        assert_eq!(k.marks_on(1_764_500_000_000), "{ms1}:marks:20422");
+        assert_eq!(k.marked_on(1_764_500_000_000), "{ms1}:marks:20422");
         assert_eq!(k.rate_tat("ms4"), "{ms1}:ratelimit:ms4:tat");
     }
 
@@ -252,6 +256,8 @@ mod tests {
             k.sessions(),
             k.mark_read(),
             k.imap_done(),
+            k.marks(),
+            k.marked_days(),
             k.marks_legacy_until(),
         ];
         for n in odd {
@@ -278,7 +284,7 @@ mod tests {
             all.extend([
                 k.intake_today(at),
                 k.delivered_in_minute(at),
-                k.marks_on(at),
+                k.marked_on(at),
                 k.ended_on(at),
             ]);
         }

@@ -5,24 +5,26 @@
 //! [`copies`](super::copies)); with another digest it is another message reusing the
 //! Message-ID, delivered under the key and its digest.
 //!
-//! The marks of one day are one hash (`marks:{day}`: key → digest), written with the hand-off
-//! that queues the records and kept `redis.idempotency_ttl_s` plus a day after its last write.
-//! A key is looked up in every day hash that can still hold a mark younger than the TTL, the
-//! newest first, so a mark lives at least the TTL and at most a day longer. One `HSET` a
-//! hand-off costs Redis less than a key with its own lifetime a record did (issue 14: ~1.7 µs a
-//! record, in a keyspace growing by every record).
+//! The marks are one hash (`marks`: key → digest), written with the hand-off that queues the
+//! records, and looked up with one `HMGET`. The same hand-off appends the keys to the list of
+//! the day (`marks:{day}`, its day in the sorted set `marks:days`). Redis keeps no lifetime a
+//! field, so the BatchProcessors sweep: once every mark of a day is older than
+//! `redis.idempotency_ttl_s`, its keys are removed from the hash a thousand at a time, and the
+//! list with the last of them ([`Store::sweep_marks`]). A mark thus lives at least the TTL, a
+//! day more at most while a daemon runs. A field and a list element cost Redis less than a key
+//! with its own lifetime a record did (issue 14: ~1.7 µs a record, in a keyspace growing by
+//! every record), and the lookup stays one probe a key, however many days the TTL spans.
 //!
 //! Versions before wrote one such key a mark (`seen:{key}`, [`Keys::legacy_seen`]). When this
 //! version first looks at a deployment that ran one (its `stats` hash exists), it records
 //! until when those marks may still live (the TTL plus a day from then:
-//! [`Keys::marks_legacy_until`]), and until then they are read too, after the day hashes. A
-//! rolling upgrade finished within that day leaves no mark unread. A fresh deployment records
-//! `0` and never reads them.
+//! [`Keys::marks_legacy_until`]), and until then they are read too. A rolling upgrade finished
+//! within that day leaves no mark unread. A fresh deployment records `0` and never reads them.
 //!
 //! [`Keys::legacy_seen`]: super::keys::Keys::legacy_seen
 //! [`Keys::marks_legacy_until`]: super::keys::Keys::marks_legacy_until
 
-use super::keys::{live_days, DAY_MS};
+use super::keys::DAY_MS;
 use super::outbound::OutboundRecord;
 use super::{Store, StoreResult};
 use redis::Script;
@@ -47,48 +49,52 @@ return tonumber(at)
     )
 });
 
+/// Removes the marks of up to ARGV[2] keys from the head of one day's list, and the day from
+/// the sorted set once its list is gone; returns how many. Atomic, so sweepers side by side
+/// never skip a key. KEYS[1] the marks hash, KEYS[2] the day's list, KEYS[3] `marks:days`;
+/// ARGV[1] the day.
+static SWEEP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local keys = redis.call('LRANGE', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+if #keys > 0 then
+  redis.call('HDEL', KEYS[1], unpack(keys))
+  redis.call('LTRIM', KEYS[2], #keys, -1)
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+end
+return #keys
+",
+    )
+});
+
+/// Keys a sweep script call takes.
+const SWEEP_BATCH: usize = 1_000;
+
 impl Store {
-    /// Adds to a transaction being built: `pairs` into the day hash `day`, which then lives
-    /// `ttl_s` plus a day (so every entry lives at least `ttl_s`; readers look in
-    /// [`live_days`]). Nothing when `pairs` is empty.
-    pub(super) fn push_day_hash<'a>(
-        pipe: &mut redis::Pipeline,
-        day: &str,
-        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
-        ttl_s: u64,
-    ) {
-        let mut pairs = pairs.into_iter().peekable();
-        if pairs.peek().is_none() {
+    /// Adds the idempotency marks of `records` to a hand-off being built.
+    pub(super) fn push_marks(&self, pipe: &mut redis::Pipeline, records: &[OutboundRecord]) {
+        if records.is_empty() {
             return;
         }
-        pipe.cmd("HSET").arg(day);
-        for (field, value) in pairs {
-            pipe.arg(field).arg(value);
+        pipe.cmd("HSET").arg(self.keys.marks());
+        for r in records {
+            pipe.arg(&r.key).arg(&r.digest);
         }
         pipe.ignore();
-        pipe.cmd("EXPIRE")
+        let now = crate::clock::now_ms();
+        pipe.cmd("RPUSH").arg(self.keys.marked_on(now));
+        for r in records {
+            pipe.arg(&r.key);
+        }
+        pipe.ignore();
+        let day = now / DAY_MS;
+        pipe.cmd("ZADD")
+            .arg(self.keys.marked_days())
             .arg(day)
-            .arg(ttl_s + DAY_MS / 1_000)
+            .arg(day)
             .ignore();
-    }
-
-    /// Adds the idempotency marks of `records` to a hand-off being built.
-    pub(super) fn push_marks(
-        &self,
-        pipe: &mut redis::Pipeline,
-        records: &[OutboundRecord],
-        ttl_s: u64,
-    ) {
-        let day = self.keys.marks_on(crate::clock::now_ms());
-        let pairs = records.iter().map(|r| (r.key.as_str(), r.digest.as_str()));
-        Self::push_day_hash(pipe, &day, pairs, ttl_s);
-    }
-
-    /// The day hashes a mark younger than `ttl_s` can be in, today's first.
-    pub(super) fn mark_days(&self, now_ms: u64, ttl_s: u64) -> Vec<String> {
-        live_days(now_ms, ttl_s)
-            .map(|ms| self.keys.marks_on(ms))
-            .collect()
     }
 
     /// Whether marks of versions before may still exist (see the module). Asked of Redis once
@@ -120,58 +126,63 @@ impl Store {
             return Ok(vec![]);
         }
         let now = crate::clock::now_ms();
-        let mut pipe = redis::pipe();
-        for day in self.mark_days(now, ttl_s) {
-            pipe.cmd("HMGET").arg(day).arg(keys);
+        if !self.legacy_marks(now, ttl_s).await? {
+            return Ok(redis::cmd("HMGET")
+                .arg(self.keys.marks())
+                .arg(keys)
+                .query_async(&mut self.conn())
+                .await?);
         }
-        if self.legacy_marks(now, ttl_s).await? {
-            let names: Vec<String> = keys.iter().map(|k| self.keys.legacy_seen(k)).collect();
-            pipe.cmd("MGET").arg(names);
-        }
-        let found: Vec<Vec<Option<String>>> = pipe.query_async(&mut self.conn()).await?;
-        Ok(first_found(found, keys.len()))
-    }
-}
-
-/// Position by position, the first value any of `lists` holds (they are in the order to look).
-fn first_found(lists: Vec<Vec<Option<String>>>, n: usize) -> Vec<Option<String>> {
-    let mut out = vec![None; n];
-    for list in lists {
-        for (o, v) in out.iter_mut().zip(list) {
-            if o.is_none() {
-                *o = v;
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_newest_mark_of_a_key_wins_and_older_lists_fill_the_gaps() {
-        let s = |v: &str| Some(v.to_string());
-        let lists = vec![
-            vec![None, s("today"), None],
-            vec![s("yesterday"), s("older"), None],
-            vec![s("legacy"), None, None],
-        ];
-        assert_eq!(
-            first_found(lists, 3),
-            vec![s("yesterday"), s("today"), None]
-        );
-        assert_eq!(first_found(vec![], 2), vec![None, None]);
+        let names: Vec<String> = keys.iter().map(|k| self.keys.legacy_seen(k)).collect();
+        let (marks, legacy): (Vec<Option<String>>, Vec<Option<String>>) = redis::pipe()
+            .cmd("HMGET")
+            .arg(self.keys.marks())
+            .arg(keys)
+            .cmd("MGET")
+            .arg(names)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(marks
+            .into_iter()
+            .zip(legacy)
+            .map(|(m, l)| m.or(l))
+            .collect())
     }
 
-    #[test]
-    fn a_mark_is_looked_up_in_every_day_its_ttl_spans_and_the_day_its_hash_outlives() {
-        let now = 20_422 * DAY_MS + 5;
-        let days: Vec<u64> = live_days(now, 7 * 86_400).map(|ms| ms / DAY_MS).collect();
-        assert_eq!(days, (20_414..=20_422).rev().collect::<Vec<_>>());
-        // Less than a day: today's, yesterday's and the day before's.
-        assert_eq!(live_days(now, 3_600).count(), 3);
-        assert_eq!(live_days(0, 7 * 86_400).max(), Some(0));
+    /// One step of the sweep (see the module): removes the marks of up to `max` keys whose day
+    /// is entirely older than `ttl_s`, the oldest day first. Returns how many it removed (fewer
+    /// than `max`: nothing older is left).
+    pub(crate) async fn sweep_marks(&self, ttl_s: u64, max: usize) -> StoreResult<usize> {
+        let now = crate::clock::now_ms();
+        // The last day that ended at least `ttl_s` ago.
+        let Some(last) = (now.saturating_sub(ttl_s.saturating_mul(1_000)) / DAY_MS).checked_sub(1)
+        else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        while removed < max {
+            let days: Vec<u64> = redis::cmd("ZRANGEBYSCORE")
+                .arg(self.keys.marked_days())
+                .arg("-inf")
+                .arg(last)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(1)
+                .query_async(&mut self.conn())
+                .await?;
+            let Some(day) = days.first() else {
+                break;
+            };
+            let n: usize = SWEEP
+                .key(self.keys.marks())
+                .key(self.keys.marked_on(day * DAY_MS))
+                .key(self.keys.marked_days())
+                .arg(day)
+                .arg(SWEEP_BATCH.min(max - removed))
+                .invoke_async(&mut self.conn())
+                .await?;
+            removed += n;
+        }
+        Ok(removed)
     }
 }

@@ -120,7 +120,8 @@ impl Store {
             .key(self.keys.intake_today(now_ms))
             .key(self.keys.mark_read())
             .key(self.keys.follow_ups_waiting())
-            .key(self.keys.inbound_large());
+            .key(self.keys.inbound_large())
+            .key(self.keys.marks());
         // Where a later copy learns how its first copy ended (unread mode only: in delta mode
         // a copy has nothing to end, and each argument costs Redis a copy into Lua).
         let days = if page.mark_read {
@@ -128,15 +129,10 @@ impl Store {
         } else {
             Vec::new()
         };
-        // The day hashes of the idempotency marks (store::marks), and the marks of versions
-        // before while they may live (none to look up for a page without messages).
-        let (mark_days, legacy) = if page.messages.is_empty() {
-            (Vec::new(), false)
-        } else {
-            let legacy = self.legacy_marks(now_ms, mark_ttl_s).await?;
-            (self.mark_days(now_ms, mark_ttl_s), legacy)
-        };
-        for day in days.iter().chain(&mark_days) {
+        // The marks of versions before while they may live (store::marks; not asked for a page
+        // without messages: nothing to look up).
+        let legacy = !page.messages.is_empty() && self.legacy_marks(now_ms, mark_ttl_s).await?;
+        for day in &days {
             inv.key(day);
         }
         inv.arg(token)
@@ -152,7 +148,6 @@ impl Store {
         inv.arg(field(mark.floor_ms.and(mark.listed_ms)))
             .arg(field(mark.listed_ms.and(mark.floor_ms)))
             .arg(field(mark.swept_ms))
-            .arg(mark_days.len())
             .arg(if legacy { "1" } else { "" });
         // Each message's intake mark (and its mark of a version before) is a declared key (a
         // cluster checks it against the script's slot); its JSON is the argument at the same

@@ -5,20 +5,20 @@
 -- (large.lua and copies_ended.lua are prepended: count_if_large, end_copy.)
 -- KEYS[1] lease, KEYS[2] inbound stream, KEYS[3] cursor hash, KEYS[4] today's intake counts
 -- (hash: source → messages added), KEYS[5] the Graph mark-read stream, KEYS[6] the waiting
--- follow-ups of later copies, KEYS[7] the large-entries counter (store/large.rs), then ARGV[8]
--- end-state day hashes (store/copies.rs), then ARGV[12] day hashes of idempotency marks
--- (marks:{day}, the newest first: the BatchProcessor's, set when a key went to MS4, maybe by
--- another way, e.g. a webhook ref; store/marks.rs), then per message, in page order, its intake
--- mark (queued:{idempotency key}) and, when ARGV[13] is '1', its idempotency mark as versions
--- before the day hashes wrote it (seen:{idempotency key}).
+-- follow-ups of later copies, KEYS[7] the large-entries counter (store/large.rs), KEYS[8] the
+-- idempotency marks (hash: key → digest, the BatchProcessor's, set when a key went to MS4,
+-- maybe by another way, e.g. a webhook ref; store/marks.rs), then ARGV[8] end-state day hashes
+-- (store/copies.rs), then per message, in page order, its intake mark
+-- (queued:{idempotency key}) and, when ARGV[12] is '1', its idempotency mark as versions before
+-- the marks hash wrote it (seen:{idempotency key}).
 -- ARGV[1] lease token, ARGV[2] cursor link ('' clears; delta mode only), ARGV[3] cursor phase,
 -- ARGV[4] now ms, ARGV[5] mailbox, ARGV[6] mark_read ('1' or ''; '1' is unread mode, which
 -- keeps no link), ARGV[7] mark ttl s, ARGV[8] end-state day hashes, ARGV[9] unread mode's floor
 -- ms and ARGV[10] the start ms of the listing it holds for (both '' but on the last page of a
 -- listing that saw a message or had a floor: left as they are), ARGV[11] the start ms of a
--- sweep this page ends ('' leaves it), ARGV[12] idempotency mark day hashes, ARGV[13] '1' when
--- the marks of versions before are read, then per message four: its JSON, content digest,
--- idempotency key and Graph id (the last only in unread mode, '' otherwise).
+-- sweep this page ends ('' leaves it), ARGV[12] '1' when the marks of versions before are read,
+-- then per message four: its JSON, content digest, idempotency key and Graph id (the last only
+-- in unread mode, '' otherwise).
 -- Either mark holds the digest (the intake mark also the Graph id, after a space): a key queued
 -- or delivered before with the same digest (or the legacy '1') is a repeat and skipped; with
 -- another digest it is another message reusing the Message-ID, queued for the BatchProcessor to
@@ -37,39 +37,31 @@ local added = 0
 local day_count = tonumber(ARGV[8])
 local days = {}
 for i = 1, day_count do
-  days[i] = KEYS[7 + i]
+  days[i] = KEYS[8 + i]
 end
-local mark_days = tonumber(ARGV[12])
-local first = 7 + day_count + mark_days
-local stride = ARGV[13] == '1' and 2 or 1
+local first = 8 + day_count
+local stride = ARGV[12] == '1' and 2 or 1
 local count = (#KEYS - first) / stride
 -- The intake marks (and marks of versions before) of every message, read in one MGET
--- (KEYS[first + 1..] in order) instead of a GET each (issue 14: a call from Lua costs more than
--- the read); the idempotency marks in one HMGET a day hash that exists. `set_here` holds the
--- intake marks this script sets, so that a key twice on one page sees its first copy's mark,
--- as it did when each message read its own. (A page holds at most 1,000 messages: 2,000 keys,
--- well within what unpack takes.)
-local marks = count > 0 and redis.call('MGET', unpack(KEYS, first + 1)) or {}
+-- (KEYS[first + 1..] in order), and their idempotency marks in one HMGET, instead of a call
+-- each (issue 14: a call from Lua costs more than the read). `set_here` holds the intake marks
+-- this script sets, so that a key twice on one page sees its first copy's mark, as it did when
+-- each message read its own. (A page holds at most 1,000 messages: 2,000 keys, well within
+-- what unpack takes.)
+local marks = {}
 local handed_off = {}
 if count > 0 then
+  marks = redis.call('MGET', unpack(KEYS, first + 1))
   local keys = {}
   for n = 1, count do
-    keys[n] = ARGV[12 + 4 * n]
+    keys[n] = ARGV[11 + 4 * n]
   end
-  for d = 1, mark_days do
-    local day = KEYS[7 + day_count + d]
-    if redis.call('EXISTS', day) == 1 then
-      local got = redis.call('HMGET', day, unpack(keys))
-      for n = 1, count do
-        handed_off[n] = handed_off[n] or got[n]
-      end
-    end
-  end
+  handed_off = redis.call('HMGET', KEYS[8], unpack(keys))
 end
 local set_here = {}
 for n = 1, count do
-  local json, digest = ARGV[10 + 4 * n], ARGV[11 + 4 * n]
-  local key, id = ARGV[12 + 4 * n], ARGV[13 + 4 * n]
+  local json, digest = ARGV[9 + 4 * n], ARGV[10 + 4 * n]
+  local key, id = ARGV[11 + 4 * n], ARGV[12 + 4 * n]
   local queued = KEYS[first + stride * (n - 1) + 1]
   local mark = set_here[queued] or marks[stride * (n - 1) + 1] or handed_off[n]
     or (stride == 2 and marks[2 * n])

@@ -346,7 +346,6 @@ impl Store {
         &self,
         h: &Handoff,
         batch: BatchLimit,
-        idempotency_ttl_s: u64,
         dlq_maxlen: u64,
     ) -> StoreResult<u64> {
         let inbound = self.keys.inbound();
@@ -371,7 +370,7 @@ impl Store {
         // No intake mark here: a poller that meets one of these messages later (a webhook ref
         // got it first) finds its idempotency mark itself (`poll_page.lua` reads both), which
         // saves a SET per record.
-        self.push_marks(&mut pipe, &h.outbound, idempotency_ttl_s);
+        self.push_marks(&mut pipe, &h.outbound);
         for d in &h.dead {
             self.push_dead_letter(&mut pipe, d, dlq_maxlen);
         }

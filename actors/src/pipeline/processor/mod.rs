@@ -258,6 +258,7 @@ impl Work {
             }
             if drain {
                 drain_cursor = self.follow_up_waiting_copies(&drain_cursor).await?;
+                self.sweep_marks().await?;
                 next_drain = Instant::now() + DRAIN_EVERY;
             }
             if backlog > p.max_backlog {
@@ -328,6 +329,21 @@ impl Work {
             tracing::warn!(copies = drained.given_up, ttl_s = ttl, "later copies waited longer than idempotency marks live for their first copy to end: left as they are");
         }
         Ok(drained.cursor)
+    }
+
+    /// One step of the idempotency marks' sweep (store::marks): removes up to
+    /// [`MARKS_SWEPT_EACH`] marks older than `redis.idempotency_ttl_s`.
+    async fn sweep_marks(&self) -> Result<(), StoreError> {
+        let ttl = self.settings.redis.idempotency_ttl_s;
+        let swept = self.store.sweep_marks(ttl, MARKS_SWEPT_EACH).await?;
+        if swept > 0 {
+            tracing::debug!(
+                swept,
+                ttl_s = ttl,
+                "idempotency marks older than their TTL removed"
+            );
+        }
+        Ok(())
     }
 
     /// Finishes one chunk with a single hand-off.
@@ -471,7 +487,6 @@ impl Work {
             .handoff(
                 &handoff,
                 outbound_batch(&self.settings),
-                self.settings.redis.idempotency_ttl_s,
                 self.settings.redis.dlq_maxlen,
             )
             .await?;
@@ -539,8 +554,12 @@ fn renamed(mut rec: OutboundRecord) -> OutboundRecord {
     rec
 }
 
-/// How often the processor looks for later copies whose first copy has ended.
+/// How often the processor looks for later copies whose first copy has ended, and sweeps
+/// idempotency marks.
 const DRAIN_EVERY: Duration = Duration::from_secs(2);
+
+/// Idempotency marks one sweep step removes at most (a few milliseconds of Redis).
+const MARKS_SWEPT_EACH: usize = 20_000;
 
 /// Longest a chunk waits on a throttled mailbox before trying again (a longer Retry-After
 /// parks the mailbox's entries after `graph.park_after_attempts` instead of stalling the rest).

@@ -57,7 +57,8 @@ pub struct RedisSettings {
     pub consumer: String,
     /// Entries pending longer than this on a consumer (a dead daemon) are claimed by another.
     pub claim_idle_ms: u64,
-    /// How long an idempotency mark (`seen:{key}`) lives, in seconds.
+    /// How long an idempotency mark (a field of the `marks` hash) lives at least, in seconds:
+    /// the BatchProcessors sweep a day's marks once the day ended this long ago.
     pub idempotency_ttl_s: u64,
     /// Dead letters kept at most (approximate MAXLEN); 0 keeps them all.
     pub dlq_maxlen: u64,

@@ -381,7 +381,7 @@ mod tests {
     #[test]
     fn intake_marks_and_records_use_one_key_and_one_digest() {
         // Padded Message-IDs, none, and one with a sender: the poller's intake mark and the
-        // processor's record must agree, or `queued:` and `seen:` marks name different keys.
+        // processor's record must agree, or intake and idempotency marks name different keys.
         let page = parse_page(
             br#"{"value":[
                 {"id":"A1","internetMessageId":"  <a@x> ","from":{"emailAddress":{"address":"s@x"}},

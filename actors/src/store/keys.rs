@@ -80,14 +80,15 @@ impl Keys {
         format!("{}marks:days", self.prefix)
     }
 
-    /// Until when (ms) idempotency marks may also be the keys of versions before the day
-    /// hashes, [`legacy_seen`](Self::legacy_seen) (`0`: none can exist).
+    /// Until when (ms) idempotency marks may also be the keys versions before the marks hash
+    /// wrote, [`legacy_seen`](Self::legacy_seen) (`0`: none can exist).
     pub(crate) fn marks_legacy_until(&self) -> String {
         format!("{}marks:legacy_until", self.prefix)
     }
 
-    /// The idempotency mark of one record key as versions before the day hashes wrote it (a
-    /// string with its own lifetime): still read until [`marks_legacy_until`](Self::marks_legacy_until).
+    /// The idempotency mark of one record key as versions before the marks hash wrote it (a
+    /// string with its own lifetime): still read until
+    /// [`marks_legacy_until`](Self::marks_legacy_until).
     pub(crate) fn legacy_seen(&self, idempotency_key: &str) -> String {
         format!("{}seen:{}", self.prefix, idempotency_key)
     }

@@ -11,7 +11,9 @@
 //! field, so the BatchProcessors sweep: once every mark of a day is older than
 //! `redis.idempotency_ttl_s`, its keys are removed from the hash a thousand at a time, and the
 //! list with the last of them ([`Store::sweep_marks`]). A mark thus lives at least the TTL, a
-//! day more at most while a daemon runs. A field and a list element cost Redis less than a key
+//! day more at most while a daemon runs. (Two processors that hand off one key at once, either
+//! side of midnight, list it on both days, and the first day's sweep takes its mark a day early:
+//! a repeat after that is delivered again, and MS4 drops it by its key.) A field and a list element cost Redis less than a key
 //! with its own lifetime a record did (issue 14: ~1.7 µs a record, in a keyspace growing by
 //! every record), and the lookup stays one probe a key, however many days the TTL spans.
 //!

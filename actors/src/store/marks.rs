@@ -155,10 +155,7 @@ impl Store {
     /// is entirely older than `ttl_s`, the oldest day first. Returns how many it removed (fewer
     /// than `max`: nothing older is left).
     pub(crate) async fn sweep_marks(&self, ttl_s: u64, max: usize) -> StoreResult<usize> {
-        let now = crate::clock::now_ms();
-        // The last day that ended at least `ttl_s` ago.
-        let Some(last) = (now.saturating_sub(ttl_s.saturating_mul(1_000)) / DAY_MS).checked_sub(1)
-        else {
+        let Some(last) = last_expired_day(crate::clock::now_ms(), ttl_s) else {
             return Ok(0);
         };
         let mut removed = 0;
@@ -186,5 +183,28 @@ impl Store {
             removed += n;
         }
         Ok(removed)
+    }
+}
+
+/// The last day (`ms / DAY_MS`) that ended at least `ttl_s` before `now_ms`: every mark written
+/// on it or before is older than the TTL. `None` before the first such day.
+fn last_expired_day(now_ms: u64, ttl_s: u64) -> Option<u64> {
+    (now_ms.saturating_sub(ttl_s.saturating_mul(1_000)) / DAY_MS).checked_sub(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_day_is_swept_once_it_ended_the_ttl_ago_and_not_before() {
+        let week = 7 * 86_400;
+        // Day 10 ends at the start of day 11: swept from 11 days + the TTL on, not a ms before.
+        let ends = 11 * DAY_MS + week * 1_000;
+        assert_eq!(last_expired_day(ends, week), Some(10));
+        assert_eq!(last_expired_day(ends - 1, week), Some(9));
+        // Before the first day has ended a TTL ago: nothing; a TTL past the clock: nothing.
+        assert_eq!(last_expired_day(DAY_MS + week * 1_000 - 1, week), None);
+        assert_eq!(last_expired_day(5, u64::MAX), None);
     }
 }

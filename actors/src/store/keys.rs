@@ -196,7 +196,7 @@ impl Keys {
     /// Messages each source (Graph mailbox, IMAP source) queued on the UTC day of `now_ms`
     /// (hash: source → count), kept two days.
     pub(crate) fn intake_today(&self, now_ms: u64) -> String {
-        format!("{}history:intake:{}", self.prefix, now_ms / 86_400_000)
+        format!("{}history:intake:{}", self.prefix, now_ms / DAY_MS)
     }
 
     /// What became of the records delivered or dead-lettered on the day of `ms` (hash: key →
